@@ -1,0 +1,47 @@
+# guardrails — every target sets itself up: a fresh clone needs only Python 3.11+ and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= config/paper.toml
+DURATION ?= 600
+SEED ?=
+
+.PHONY: setup run test bench lint chaos clean browser
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "guardrails needs Python 3.11+, found " + sys.version.split()[0]'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+## make run — the example strategies on the paper venue with an embedded Redis, until Ctrl-C.
+run: $(STAMP)
+	$(BIN)/guardrails run --config $(CONFIG) --dashboard
+
+## make test — the whole suite, against redis-server processes the tests start themselves.
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q -ra
+
+## Headless Chromium for the dashboard test (Debian's package), installed when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian chromium for the dashboard browser test"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+chaos: $(STAMP)
+	$(BIN)/python -m guardrails.chaos --duration $(DURATION) $(if $(SEED),--seed $(SEED),)
+
+lint: $(STAMP)
+	$(BIN)/ruff check guardrails strategies tests bench
+	$(BIN)/mypy --strict guardrails
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from guardrails.cli import main
+
+sys.exit(main())

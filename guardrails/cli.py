@@ -1,0 +1,168 @@
+"""The ``guardrails`` command line: argument parsing and dispatch, nothing else.
+
+Each subcommand's behaviour lives in the module named for its concept; handlers take
+the parsed arguments and return the exit status. Exit status 2 means "could not even
+start": a bad config, a bad argument, a refused second copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from guardrails.config import ConfigError
+
+DEFAULT_CONFIG = "config/paper.toml"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(target: str) -> Handler:
+    """Import the handler only when its subcommand runs (keeps ``--help`` fast)."""
+
+    def call(args: argparse.Namespace) -> int:
+        module, _, func = target.partition(":")
+        handler: Handler = getattr(importlib.import_module(module), func)
+        return handler(args)
+
+    return call
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis URL or 'embedded'; overrides the config and $GUARDRAILS_REDIS_URL",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guardrails",
+        description="A safety harness for trading bots: one writer per account, shared risk.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the configured strategies under the account's lease")
+    _common(p)
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="deliberately run as an extra copy: wait as standby if another copy holds the host lock",
+    )
+    p.add_argument("--dashboard", action="store_true", help="also serve the web dashboard")
+    p.add_argument("--health-port", type=int, default=None, help="serve /health on this port")
+    p.add_argument("--instance-id", default=None, help="override the generated instance id")
+    p.set_defaults(func=_lazy("guardrails.runtime:cmd_run"))
+
+    p = sub.add_parser("kill", help="halt an account (or make it reduce-only) from anywhere")
+    _common(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--account", help="venue:account, e.g. paper:demo")
+    target.add_argument("--all", action="store_true", help="every known account")
+    p.add_argument("--reason", required=True, help="why; recorded with who and when")
+    p.add_argument("--reduce-only", action="store_true", help="REDUCING instead of HALTED")
+    p.add_argument("--revoke", action="store_true", help="also bump the fence: fence out the holder")
+    p.set_defaults(func=_lazy("guardrails.killswitch:cmd_kill"))
+
+    p = sub.add_parser("resume", help="clear the kill switch of an account")
+    _common(p)
+    p.add_argument("--account", required=True, help="venue:account")
+    p.add_argument("--reason", default="", help="why; recorded with who and when")
+    p.set_defaults(func=_lazy("guardrails.killswitch:cmd_resume"))
+
+    p = sub.add_parser("status", help="lease, positions, budget and instances of accounts")
+    _common(p)
+    p.add_argument("--account", default=None, help="venue:account (default: the config's)")
+    p.add_argument("--json", action="store_true", help="stable JSON (docs/status.schema.json)")
+    p.set_defaults(func=_lazy("guardrails.status:cmd_status"))
+
+    p = sub.add_parser("doctor", help="census: what runs vs what should run")
+    _common(p)
+    p.add_argument("--manifest", default="config/manifest.toml", help="what should run")
+    p.add_argument("--json", action="store_true", help="JSON (docs/doctor.schema.json)")
+    p.set_defaults(func=_lazy("guardrails.doctor:cmd_doctor"))
+
+    p = sub.add_parser("dashboard", help="serve the live web dashboard (read-only Redis)")
+    _common(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=_lazy("guardrails.dashboard:cmd_dashboard"))
+
+    p = sub.add_parser("reconcile", help="look up non-terminal orders at the venue, apply fills")
+    _common(p)
+    p.add_argument("--fix", action="store_true", help="repair stranded orders (default: report)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_lazy("guardrails.reconcile:cmd_reconcile"))
+
+    p = sub.add_parser("limits", help="show or deliberately apply the account's limits")
+    _common(p)
+    lsub = p.add_subparsers(dest="limits_command", required=True, metavar="ACTION")
+    lp = lsub.add_parser("show", help="the effective limits stored in Redis")
+    lp.add_argument("--json", action="store_true")
+    lp = lsub.add_parser("apply", help="store the config's limits as the account's limits")
+    lp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=_lazy("guardrails.limits:cmd_limits"))
+
+    p = sub.add_parser("venue", help="venue tools")
+    vsub = p.add_subparsers(dest="venue_command", required=True, metavar="ACTION")
+    vp = vsub.add_parser("serve", help="run the HTTP exchange simulator")
+    vp.add_argument("--host", default="127.0.0.1")
+    vp.add_argument("--port", type=int, default=8780)
+    vp.add_argument("--config", default=None, help="config whose [venue] market to simulate")
+    vp.add_argument("--record", default=None, help="append-only JSONL record of orders and fills")
+    vp.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_lazy("guardrails.venues.simulator:cmd_serve"))
+
+    p = sub.add_parser("redis", help="manage the embedded Redis")
+    rsub = p.add_subparsers(dest="redis_command", required=True, metavar="ACTION")
+    rp = rsub.add_parser("status", help="is the embedded Redis running, where")
+    rp.add_argument("--json", action="store_true")
+    rsub.add_parser("start", help="start it (guardrails starts it on demand anyway)")
+    rsub.add_parser("stop", help="stop it gracefully (AOF flushed)")
+    p.set_defaults(func=cmd_redis)
+
+    return parser
+
+
+def cmd_redis(args: argparse.Namespace) -> int:
+    from guardrails import embedded
+
+    try:
+        if args.redis_command == "start":
+            print(f"embedded redis running at {embedded.ensure_running()}")
+            return 0
+        if args.redis_command == "stop":
+            stopped = embedded.stop()
+            print("embedded redis stopped" if stopped else "embedded redis was not running")
+            return 0
+        info = embedded.status()
+    except embedded.EmbeddedRedisError as e:
+        print(f"guardrails redis: {e}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:>12}: {v}")
+    return 0 if info["running"] else 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Every Redis key guardrails uses, built in one place from the account identity.
+
+Invariant upheld here: *the lease's domain is the protected resource*. Every key of an
+account — lease, fencing counter, positions, budgets, kill switch, registry — derives
+from ``AccountId`` (venue + account id) and nothing else: never the host, the user,
+``$HOME``, the pid, the working directory or the strategy. All keys of one account
+share one hash tag, ``{venue:account}``, so every Lua script touches a single slot and
+runs unchanged on Redis Cluster.
+
+The schema is a public, versioned contract documented in ``docs/keys.md``; dashboards
+read these keys directly. Changing a name or a field is a schema-version bump.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+"""Value stored at ``AccountKeys.schema``; the gate refuses to act on any other."""
+
+PREFIX = "gr"
+"""Prefix of every guardrails key (the paper venue's own keys use ``VENUE_PREFIX``)."""
+
+VENUE_PREFIX = "venue"
+"""Namespace of the paper venue: it is an exchange, not part of the harness's state."""
+
+ACCOUNTS_INDEX = f"{PREFIX}:accounts"
+"""SET of every account id string (``venue:account``) that ever ran; for ``--all``."""
+
+_VENUE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+
+
+class InvalidAccountId(ValueError):
+    """An account identity that cannot be used to build keys safely."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountId:
+    """The protected resource: one trading account at one venue.
+
+    ``venue`` names the venue (``paper``, ``http``, ``evm``…); ``account`` is the
+    venue-side account or wallet address. Hex wallet addresses are lower-cased so one
+    wallet cannot be two accounts by spelling.
+    """
+
+    venue: str
+    account: str
+
+    def __post_init__(self) -> None:
+        if not _VENUE_RE.match(self.venue):
+            raise InvalidAccountId(
+                f"venue {self.venue!r}: use 1-32 chars of a-z, 0-9, '_' or '-', starting with a letter"
+            )
+        if not _ACCOUNT_RE.match(self.account):
+            raise InvalidAccountId(
+                f"account {self.account!r}: use 1-128 chars of A-Z, a-z, 0-9, '_', '.', '@' or '-'"
+            )
+        if self.account.startswith("0x") and len(self.account) == 42:
+            object.__setattr__(self, "account", self.account.lower())
+
+    @classmethod
+    def parse(cls, text: str) -> AccountId:
+        """Parse ``venue:account`` (the form the CLI's ``--account`` takes)."""
+        venue, sep, account = text.partition(":")
+        if not sep:
+            raise InvalidAccountId(f"account {text!r}: expected 'venue:account', e.g. 'paper:demo'")
+        return cls(venue, account)
+
+    def __str__(self) -> str:
+        return f"{self.venue}:{self.account}"
+
+    @property
+    def tag(self) -> str:
+        """The Redis Cluster hash tag shared by every key of this account."""
+        return "{" + str(self) + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """Names of every key of one account (schema version ``SCHEMA_VERSION``).
+
+    See ``docs/keys.md`` for each key's type, fields, units, writer and readers.
+    """
+
+    account: AccountId
+
+    def _k(self, name: str) -> str:
+        return f"{PREFIX}:{self.account.tag}:{name}"
+
+    # -- schema -------------------------------------------------------------------
+    @property
+    def schema(self) -> str:
+        """STRING: the key-schema version of this account's keys."""
+        return self._k("schema")
+
+    # -- lease (lease.py) ---------------------------------------------------------
+    @property
+    def fence(self) -> str:
+        """STRING integer: the fencing counter; only ever INCR'd, never reset."""
+        return self._k("fence")
+
+    @property
+    def lease(self) -> str:
+        """STRING ``<token>:<holder_id>`` with a PX expiry: who may trade, until when."""
+        return self._k("lease")
+
+    @property
+    def lease_channel(self) -> str:
+        """Pub/sub channel: ``released <token>`` when the holder releases the lease."""
+        return self._k("lease:events")
+
+    # -- kill switch (killswitch.py) ---------------------------------------------
+    @property
+    def state(self) -> str:
+        """HASH: trading state latch (``state`` ACTIVE|REDUCING|HALTED, ``by``, ``at_ms``, ``reason``)."""
+        return self._k("state")
+
+    @property
+    def control_channel(self) -> str:
+        """Pub/sub channel: a message on every trading-state change (kill, resume)."""
+        return self._k("control")
+
+    # -- risk state (gate.py, ledger.py) --------------------------------------------
+    @property
+    def limits(self) -> str:
+        """HASH: the account's one set of effective limits and instruments, with who set them."""
+        return self._k("limits")
+
+    @property
+    def positions(self) -> str:
+        """HASH: combined position per symbol (see docs/keys.md for fields and units)."""
+        return self._k("positions")
+
+    @property
+    def marks(self) -> str:
+        """HASH: last mark price per symbol."""
+        return self._k("marks")
+
+    @property
+    def reservations(self) -> str:
+        """HASH: open (unfilled) reserved exposure per symbol and side."""
+        return self._k("reservations")
+
+    @property
+    def open_orders(self) -> str:
+        """SET: client order ids of every non-terminal order."""
+        return self._k("open")
+
+    def order(self, client_order_id: str) -> str:
+        """HASH: one order's record and state."""
+        return self._k(f"order:{client_order_id}")
+
+    @property
+    def intents(self) -> str:
+        """HASH: intent id -> the gate's original decision (idempotency)."""
+        return self._k("intents")
+
+    @property
+    def fills(self) -> str:
+        """HASH: fill id -> client order id, for every fill applied (applied once)."""
+        return self._k("fills")
+
+    @property
+    def journal(self) -> str:
+        """STREAM: append-only journal of admissions, transitions and fills."""
+        return self._k("journal")
+
+    def day(self, trading_day: str) -> str:
+        """HASH: one trading day's realized PnL and loss (``trading_day`` is YYYY-MM-DD)."""
+        return self._k(f"day:{trading_day}")
+
+    @property
+    def throttle(self) -> str:
+        """HASH: the order-rate token bucket shared by every instance."""
+        return self._k("throttle")
+
+    @property
+    def stats(self) -> str:
+        """HASH: counters of admissions and denials by reason."""
+        return self._k("stats")
+
+    @property
+    def denials(self) -> str:
+        """STREAM (capped): recent denials with reason and detail, for dashboards."""
+        return self._k("denials")
+
+    @property
+    def nonce(self) -> str:
+        """STRING integer: next EVM nonce of the wallet, allocated inside the gate."""
+        return self._k("nonce")
+
+    # -- registry (registry.py) ----------------------------------------------------
+    @property
+    def instances(self) -> str:
+        """ZSET: instance id -> last heartbeat (ms since epoch); rows outlive their TTL key."""
+        return self._k("instances")
+
+    def instance(self, instance_id: str) -> str:
+        """HASH with PX expiry: one instance's heartbeat record."""
+        return self._k(f"instance:{instance_id}")
+
+
+def venue_key(venue_name: str, *parts: str) -> str:
+    """A key of the paper venue's own namespace (``venue:{<name>}:...``)."""
+    return ":".join([VENUE_PREFIX, "{" + venue_name + "}", *parts])

@@ -1,0 +1,164 @@
+"""Value types shared by the gate, the ledger, the venues and strategies.
+
+Money is exact: prices, quantities and amounts are ``decimal.Decimal`` in Python and
+never pass through a binary float on their way to Redis (see ``docs/keys.md`` for the
+representation in Redis). Outcomes are values: the gate returns ``Admitted`` or
+``Denied``; it raises only for broken infrastructure or programming errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+
+class TradingState(StrEnum):
+    """The account's trading state latch (NautilusTrader's ACTIVE / REDUCING / HALTED)."""
+
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class OrderState(StrEnum):
+    """Order lifecycle. Terminal states never move again (enforced in the ledger script)."""
+
+    PENDING_SUBMIT = "PENDING_SUBMIT"
+    SUBMITTED = "SUBMITTED"
+    UNKNOWN = "UNKNOWN"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {OrderState.FILLED, OrderState.CANCELED, OrderState.REJECTED, OrderState.EXPIRED}
+)
+
+
+class DenyReason(StrEnum):
+    """Why the gate refused an intent, in the order the checks run (docs/gate.md)."""
+
+    SCHEMA_MISMATCH = "schema_mismatch"
+    HALTED = "halted"
+    REDUCE_ONLY = "reduce_only"
+    STALE_TOKEN = "stale_token"
+    LEASE_EXPIRED = "lease_expired"
+    BAD_ORDER = "bad_order"
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    OFF_TICK = "off_tick"
+    OFF_LOT = "off_lot"
+    MAX_NOTIONAL = "max_notional"
+    PRICE_BAND = "price_band"
+    THROTTLED = "throttled"
+    POSITION_LIMIT = "position_limit"
+    GROSS_EXPOSURE = "gross_exposure"
+    DAILY_LOSS = "daily_loss"
+    NOT_ACTIVE = "not_active"
+    """Denied in-process: this instance does not hold the lease (or has self-fenced)."""
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    """Denied in-process: Redis could not be reached, so nothing was admitted."""
+    BAD_STATE = "bad_state"
+    """A key of the account has an unexpected type or shape; fail closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """What a strategy wants: a limit order. ``intent_id`` makes it idempotent.
+
+    If the strategy gives no ``intent_id``, one is derived deterministically from the
+    order's fields and ``tag`` (so re-sending the *same* intent is deduplicated; give
+    distinct ``tag``s or ids for deliberately repeated orders).
+    """
+
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    intent_id: str | None = None
+    tag: str = ""
+
+    def resolved_intent_id(self, strategy: str) -> str:
+        if self.intent_id:
+            return self.intent_id
+        raw = f"{strategy}|{self.symbol}|{self.side.value}|{self.qty}|{self.price}|{self.tag}"
+        return "i-" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def client_order_id_for(intent_id: str) -> str:
+    """The client order id of an intent: deterministic, so a retry re-sends the same id."""
+    return "c" + hashlib.sha256(intent_id.encode()).hexdigest()[:31]
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The gate admitted the intent and reserved its exposure.
+
+    ``submit_deadline_ms`` (Unix ms) is the latest moment the order may reach the venue:
+    no later than the lease's expiry. Venues that support it use it as the order's
+    expiry so a paused instance's late order dies at the venue.
+    """
+
+    intent_id: str
+    client_order_id: str
+    token: int
+    submit_deadline_ms: int
+    duplicate: bool = False
+    """True when the intent had already been admitted: nothing new was reserved."""
+    nonce: int | None = None
+    """EVM venues: the wallet nonce allocated to this order inside the gate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    intent_id: str
+    reason: DenyReason
+    detail: str = ""
+
+
+Decision = Admitted | Denied
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """What the runtime hands a venue: an admitted intent and its permit."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    token: int
+    submit_deadline_ms: int
+    nonce: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """A venue fact: ``qty`` of ``client_order_id`` executed at ``price``. Applied once per ``fill_id``."""
+
+    fill_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    ts_ms: int
+    fee: Decimal = field(default=Decimal(0))

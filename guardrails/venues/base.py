@@ -1,0 +1,114 @@
+"""The venue contract every adapter (paper, http, evm, yours) implements.
+
+Invariant upheld: *every side effect is idempotent and every error is classified*.
+A venue call either certainly did not and will not execute (``Rejected``) or its
+outcome is not known (``Unknown``): the runtime never retries an unknown outcome
+blindly — it keeps the reservation and reconciles by client order id.
+
+Adapters must pass the shared conformance suite in ``tests/venue_conformance.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from guardrails.model import Fill, Order
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The venue acknowledged the order (it may rest, fill, or have filled already)."""
+
+    venue_order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The order certainly did not and will not execute."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """The outcome is unknown (timeout, dropped connection, ambiguous error). Reconcile."""
+
+    reason: str
+
+
+SubmitResult = Accepted | Rejected | Unknown
+
+
+class VenueOrderState(StrEnum):
+    OPEN = "open"
+    """Live at the venue, may still execute."""
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    NOT_FOUND = "not_found"
+    """The venue has no record of this client order id."""
+
+
+@dataclass(frozen=True, slots=True)
+class VenueOrderStatus:
+    """A venue's answer to "what happened to this client order id?"."""
+
+    client_order_id: str
+    state: VenueOrderState
+    filled_qty: Decimal = Decimal(0)
+    fills: Sequence[Fill] = field(default_factory=tuple)
+    can_still_arrive: bool = False
+    """With ``NOT_FOUND``: True while an order sent earlier could still reach the venue
+    (its deadline has not passed). Only when False may the ledger expire it."""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FillBatch:
+    fills: Sequence[Fill]
+    cursor: str
+    """Opaque position to pass to the next ``fills_since`` call."""
+
+
+class VenueError(Exception):
+    """Infrastructure failure talking to the venue (not an order outcome)."""
+
+
+@runtime_checkable
+class Venue(Protocol):
+    """One account at one venue. Methods are safe to call from any instance."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Open connections. Idempotent."""
+
+    async def close(self) -> None:
+        """Close connections. Idempotent."""
+
+    async def submit(self, order: Order) -> SubmitResult:
+        """Send an admitted order. Must carry ``order.client_order_id`` so the venue
+        dedupes a re-send, and ``order.submit_deadline_ms`` as its expiry where the
+        venue supports one. Never raises for an order outcome: returns a result."""
+
+    async def cancel(self, client_order_id: str) -> SubmitResult:
+        """Request cancellation. ``Accepted`` means the venue confirmed the cancel (or
+        the order was already final); ``Unknown`` means it may still be live."""
+
+    async def lookup(self, client_order_id: str) -> VenueOrderStatus:
+        """The venue's record of one order, with all its fills. Raises ``VenueError``
+        when the venue cannot be asked."""
+
+    async def fills_since(self, cursor: str | None) -> FillBatch:
+        """Fills of this account after ``cursor`` (``None``: from the beginning)."""
+
+    async def marks(self, symbols: Sequence[str]) -> dict[str, Decimal]:
+        """Current mark (mid) price of each symbol the venue quotes."""
+
+    async def balances(self) -> dict[str, Decimal]:
+        """The account's holdings per symbol/asset as the venue sees them."""
