@@ -1,0 +1,51 @@
+"""Make an account ready for admissions, the way a running instance would find it.
+
+The lease is held by ``HOLDER`` with token 1 for an hour (the gate checks the lease
+value and its liveness inside Redis), the limits are stored, the mark is set so the
+price band check has something to compare with. Nothing here bypasses the gate: every
+benchmarked decision is a real ``OrderGate.admit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.account import HOLDER, MARK, SYMBOL, risk_config
+from guardrails.keys import SCHEMA_VERSION, AccountId, AccountKeys
+from guardrails.model import Admitted
+
+TOKEN = 1
+
+
+async def seed(client: aioredis.Redis, acct: AccountId) -> Any:
+    """Seed ``acct`` and return an ``OrderGate`` on ``client``."""
+    from guardrails.gate import OrderGate
+
+    keys = AccountKeys(acct)
+    risk = risk_config()
+    await client.set(keys.fence, TOKEN)
+    await client.set(keys.lease, f"{TOKEN}:{HOLDER}", px=3_600_000)
+    await client.set(keys.schema, SCHEMA_VERSION, nx=True)
+    try:
+        from guardrails import limits
+
+        mismatch = await limits.check_or_init(client, keys, risk, "bench")
+        if mismatch is not None:
+            raise RuntimeError(f"stored limits differ from the bench's: {mismatch}")
+    except ImportError:
+        pass
+    from guardrails.ledger import Ledger
+
+    await Ledger(client, keys, risk).update_marks({SYMBOL: MARK})
+    return OrderGate(client, keys, risk)
+
+
+async def admit(gate: Any, intent: Any) -> None:
+    """One decision; anything but an admission is a broken setup, not a data point."""
+    decision = await gate.admit(
+        intent, intent_id=intent.intent_id, token=TOKEN, holder_id=HOLDER
+    )
+    if not isinstance(decision, Admitted) or decision.duplicate:
+        raise RuntimeError(f"bench intent was not freshly admitted: {decision}")
