@@ -1,0 +1,202 @@
+"""Kill switch: the latch is written atomically with its journal entry and announcement,
+verified by reading it back, survives a Redis restart, and the CLI never claims a kill
+it did not make."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+import redis.asyncio as aioredis
+
+from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
+from guardrails.killswitch import KillSwitch, KillSwitchError, read_latch
+from guardrails.model import TradingState
+from tests.conftest import subprocess_env
+from tests.redis_harness import RedisServer, free_port
+
+ACCOUNT = AccountId("paper", "demo")
+KEYS = AccountKeys(ACCOUNT)
+
+
+def _cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "guardrails", *argv],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+async def test_kill_when_no_latch_then_halted_journaled_and_published(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(KEYS.control_channel)
+    await pubsub.get_message(timeout=1.0)  # subscribe confirmation
+    ks = KillSwitch(redis_client, KEYS)
+
+    # Act
+    change = await ks.set_state(TradingState.HALTED, reason="test halt", by="op@host")
+
+    # Assert
+    assert change.prev_state is TradingState.ACTIVE
+    assert change.state is TradingState.HALTED
+    assert change.subscribers == 1
+    latch = await read_latch(redis_client, KEYS)
+    assert latch.state is TradingState.HALTED
+    assert (latch.reason, latch.by, latch.at_ms) == ("test halt", "op@host", change.at_ms)
+    journal = await redis_client.xrange(KEYS.journal)
+    assert journal[-1][1]["type"] == "trading_state"
+    assert journal[-1][1]["state"] == "HALTED"
+    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+    assert msg is not None
+    payload = json.loads(msg["data"])
+    assert payload["state"] == "HALTED" and payload["account"] == "paper:demo"
+    assert payload["at_ms"] == change.at_ms
+    await pubsub.aclose()
+
+
+async def test_resume_when_halted_then_active_with_who_and_why(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange
+    ks = KillSwitch(redis_client, KEYS)
+    await ks.set_state(TradingState.HALTED, reason="halt", by="a@h")
+
+    # Act
+    change = await ks.set_state(TradingState.ACTIVE, reason="all clear", by="b@h")
+
+    # Assert
+    assert (change.prev_state, change.state) == (TradingState.HALTED, TradingState.ACTIVE)
+    latch = await read_latch(redis_client, KEYS)
+    assert (latch.state, latch.by, latch.reason) == (TradingState.ACTIVE, "b@h", "all clear")
+
+
+async def test_kill_when_revoke_then_fence_bumped_and_lease_deleted(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange
+    await redis_client.set(KEYS.fence, 5)
+    await redis_client.set(KEYS.lease, "5:host-a:123", px=30_000)
+    ks = KillSwitch(redis_client, KEYS)
+
+    # Act
+    change = await ks.set_state(TradingState.HALTED, reason="r", by="o@h", revoke=True)
+
+    # Assert
+    assert change.revoked_token == "5"
+    assert change.fence_after == "6"
+    assert await redis_client.get(KEYS.fence) == "6"
+    assert await redis_client.exists(KEYS.lease) == 0
+    assert (await read_latch(redis_client, KEYS)).revoked_token == "5"
+
+
+async def test_kill_when_state_key_has_wrong_type_then_raises_and_writes_nothing(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange
+    await redis_client.set(KEYS.state, "HALTED")
+    await redis_client.set(KEYS.fence, 3)
+    ks = KillSwitch(redis_client, KEYS)
+
+    # Act / Assert
+    with pytest.raises(KillSwitchError, match="state has type string"):
+        await ks.set_state(TradingState.HALTED, reason="r", by="o@h", revoke=True)
+    assert await redis_client.get(KEYS.fence) == "3"
+    assert await redis_client.exists(KEYS.journal) == 0
+
+
+async def test_latch_when_redis_restarts_with_aof_then_still_halted(
+    redis_server_aof: RedisServer,
+) -> None:
+    # Arrange
+    client = aioredis.Redis.from_url(redis_server_aof.url, decode_responses=True)
+    await KillSwitch(client, KEYS).set_state(TradingState.HALTED, reason="persist", by="o@h")
+    await client.aclose()
+
+    # Act
+    await asyncio.to_thread(redis_server_aof.restart)
+
+    # Assert
+    client = aioredis.Redis.from_url(redis_server_aof.url, decode_responses=True)
+    try:
+        latch = await read_latch(client, KEYS)
+        assert (latch.state, latch.reason) == (TradingState.HALTED, "persist")
+    finally:
+        await client.aclose()
+
+
+def test_cli_kill_when_redis_reachable_then_prints_change_and_exits_0(
+    redis_server: RedisServer,
+) -> None:
+    # Act
+    done = _cli("kill", "--account", "paper:demo", "--reason", "cli test",
+                "--revoke", "--redis-url", redis_server.url)
+
+    # Assert
+    assert done.returncode == 0, done.stderr
+    assert "paper:demo: ACTIVE -> HALTED" in done.stdout
+    assert "reason='cli test'" in done.stdout
+    c = redis_server.client()
+    try:
+        assert c.hget(KEYS.state, "state") == "HALTED"
+        assert c.sismember(ACCOUNTS_INDEX, "paper:demo")
+    finally:
+        c.close()
+
+    # Act: resume
+    done = _cli("resume", "--account", "paper:demo", "--redis-url", redis_server.url)
+
+    # Assert
+    assert done.returncode == 0, done.stderr
+    assert "paper:demo: HALTED -> ACTIVE" in done.stdout
+
+
+def test_cli_kill_when_redis_unreachable_then_exits_nonzero_and_claims_nothing() -> None:
+    # Arrange: a port where nothing listens
+    url = f"redis://127.0.0.1:{free_port()}/0"
+
+    # Act
+    done = _cli("kill", "--account", "paper:demo", "--reason", "x", "--redis-url", url)
+
+    # Assert
+    assert done.returncode != 0
+    assert "HALTED" not in done.stdout
+    assert "NOT confirmed" in done.stderr
+
+
+def test_cli_kill_all_when_two_accounts_known_then_both_halted(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange
+    c = redis_server.client()
+    c.sadd(ACCOUNTS_INDEX, "paper:one", "paper:two")
+
+    # Act
+    done = _cli("kill", "--all", "--reason", "everything", "--reduce-only",
+                "--redis-url", redis_server.url)
+
+    # Assert
+    try:
+        assert done.returncode == 0, done.stderr
+        for name in ("one", "two"):
+            k = AccountKeys(AccountId("paper", name))
+            assert c.hget(k.state, "state") == "REDUCING"
+            assert f"paper:{name}: ACTIVE -> REDUCING" in done.stdout
+    finally:
+        c.close()
+
+
+def test_cli_kill_all_when_no_known_accounts_then_exits_1(redis_server: RedisServer) -> None:
+    # Act
+    done = _cli("kill", "--all", "--reason", "x", "--redis-url", redis_server.url)
+
+    # Assert
+    assert done.returncode == 1
+    assert "nothing was changed" in done.stderr
