@@ -35,11 +35,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _table(rows: list[Row]) -> str:
     headers = ["benchmark", "figure", "measured", "baseline (same run)", "target", "result"]
     body = [[r.bench, r.figure, r.measured, r.baseline, r.target, r.status] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
-    widths = [min(w, 60) for w in widths]
+    widths = [min(60, max([len(h)] + [len(b[i]) for b in body])) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return " | ".join(c.ljust(w) if len(c) <= w else c for c, w in zip(cells, widths, strict=True))
+        return " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     out = [line(headers), "-+-".join("-" * w for w in widths)]
     out += [line(b) for b in body]
