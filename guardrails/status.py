@@ -1,0 +1,378 @@
+"""``guardrails status``: one account's lease, latch, combined risk and instances, read-only.
+
+Invariant served: *risk is shared, not per process* (DESIGN.md §2) — what an operator
+sees here is the account's combined state in Redis, never one process's view. Status
+(and the dashboard, which calls ``snapshot``) issue read-only Redis commands only
+(GET, PTTL, TYPE, HGETALL, SMEMBERS, XREVRANGE, ZRANGE, TIME), so they can run as a
+read-only ACL user and never disturb the account.
+
+The JSON form is a stable contract validated by ``docs/status.schema.json``: money and
+quantities are decimal strings, times are Unix milliseconds (Redis server time), and a
+part that could not be read is ``null`` with the reason in ``errors`` — never silently
+omitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from guardrails import redisconn
+from guardrails.config import EMBEDDED, REDIS_URL_ENV, Config, ConfigError, RiskConfig, load_config
+from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
+
+STATUS_SCHEMA_VERSION = 1
+"""``schema_version`` of the JSON output; bumped on any incompatible change."""
+
+RECENT_DENIALS = 20
+"""How many recent denials status and the dashboard show per account."""
+
+DEFAULT_CONFIG = "config/paper.toml"
+
+UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+"""Redis errors that mean "could not reach Redis" rather than "this part is odd"."""
+
+Json = dict[str, Any]
+
+
+# -- where to look ------------------------------------------------------------------
+
+
+def load_target(args: argparse.Namespace) -> tuple[str, Config | None]:
+    """The Redis URL and (if there is one) the config for an operator command.
+
+    ``--redis-url``, then ``$GUARDRAILS_REDIS_URL``, then the config's ``[redis] url``,
+    then ``embedded``. The config is optional for operator commands: the default path
+    may be absent (an operator machine has no bot config), an explicit one must load.
+    """
+    cfg: Config | None = None
+    path = getattr(args, "config", None)
+    if path:
+        if Path(path).exists():
+            cfg = load_config(path, getattr(args, "redis_url", None))
+        elif path != DEFAULT_CONFIG:
+            raise ConfigError(f"{path}: config file not found")
+    url = getattr(args, "redis_url", None) or os.environ.get(REDIS_URL_ENV)
+    if not url:
+        url = cfg.redis.url if cfg is not None else EMBEDDED
+    return url, cfg
+
+
+async def open_redis(args: argparse.Namespace) -> aioredis.Redis:
+    """A client for the operator command's Redis (decode_responses=True)."""
+    url, _ = load_target(args)
+    return await redisconn.connect(url)
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def _dec(value: object) -> str | None:
+    """A Decimal (or decimal string) as a plain decimal string; None stays None."""
+    if value is None:
+        return None
+    d = value if isinstance(value, Decimal) else Decimal(str(value))
+    return format(d, "f")
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _stream_entry(entry_id: str, fields: Mapping[str, str]) -> Json:
+    ms = _int_or_none(entry_id.split("-", 1)[0])
+    out: Json = {"id": entry_id, "at_ms": ms}
+    out.update({k: v for k, v in fields.items()})
+    return out
+
+
+async def _lease(redis: aioredis.Redis, keys: AccountKeys, errors: list[str]) -> Json:
+    value = await redis.get(keys.lease)
+    pttl = await redis.pttl(keys.lease)
+    fence = await redis.get(keys.fence)
+    holder: str | None = None
+    token: int | None = None
+    if value is not None:
+        tok, sep, who = str(value).partition(":")
+        token = _int_or_none(tok) if sep else None
+        holder = who if sep else str(value)
+        if token is None:
+            errors.append(f"lease value {value!r} is not '<token>:<holder>'")
+    return {
+        "holder": holder,
+        "token": token,
+        "ttl_ms": int(pttl) if value is not None and int(pttl) >= 0 else None,
+        "fence": _int_or_none(fence),
+    }
+
+
+async def _trading(redis: aioredis.Redis, keys: AccountKeys) -> Json:
+    from guardrails.killswitch import read_latch
+
+    return (await read_latch(redis, keys)).to_json()
+
+
+async def _counts(redis: aioredis.Redis, keys: AccountKeys) -> Json:
+    raw = await redis.hgetall(keys.stats)
+    denied: dict[str, int] = {}
+    admitted = 0
+    for key, value in raw.items():
+        field = str(key)
+        n = _int_or_none(value) or 0
+        if field == "admitted":
+            admitted = n
+        elif field.startswith("denied:"):
+            denied[field.removeprefix("denied:")] = n
+    return {"admitted": admitted, "denied": dict(sorted(denied.items()))}
+
+
+async def _denials(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
+    rows = await redis.xrevrange(keys.denials, "+", "-", count=RECENT_DENIALS)
+    return [_stream_entry(str(i), {str(k): str(v) for k, v in (f or {}).items()})
+            for i, f in rows or []]
+
+
+async def _instances(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
+    from guardrails.registry import Registry
+
+    rows = await Registry.list_instances(redis, keys)
+    out: list[Json] = []
+    for row in rows:
+        out.append({str(k): (v if isinstance(v, int | bool) or v is None else str(v))
+                    for k, v in row.items()})
+    return sorted(out, key=lambda r: str(r.get("id", "")))
+
+
+async def _risk_for(
+    redis: aioredis.Redis, keys: AccountKeys, cfg: Config | None
+) -> RiskConfig | None:
+    """The account's risk settings: the config's for its own account, else the stored limits."""
+    if cfg is not None and cfg.account_id == keys.account:
+        return cfg.risk
+    try:
+        from guardrails import limits
+    except ImportError:
+        return None
+    reader = getattr(limits, "stored_risk", None)
+    if reader is None:
+        return None
+    risk: RiskConfig | None = await reader(redis, keys)
+    return risk
+
+
+async def _ledger_views(
+    redis: aioredis.Redis, keys: AccountKeys, risk: RiskConfig
+) -> tuple[list[Json], Json, list[Json]]:
+    from guardrails.ledger import Ledger
+
+    ledger = Ledger(redis, keys, risk)
+    positions: list[Json] = []
+    for symbol, p in sorted((await ledger.positions()).items()):
+        positions.append(
+            {
+                "symbol": symbol,
+                "qty": _dec(p.qty),
+                "avg_cost": _dec(p.avg_cost),
+                "mark": _dec(p.mark),
+                "unrealized": _dec(p.unrealized),
+                "realized_pnl": _dec(p.realized_pnl),
+            }
+        )
+    b = await ledger.budget()
+    limit = Decimal(str(b.limit))
+    used = Decimal(str(b.used))
+    budget: Json = {
+        "trading_day": str(b.trading_day),
+        "realized_loss": _dec(b.realized_loss),
+        "unrealized_loss": _dec(b.unrealized_loss),
+        "reserved_worst_loss": _dec(b.reserved_worst_loss),
+        "limit": _dec(limit),
+        "used": _dec(used),
+        "remaining": _dec(limit - used),
+        "used_fraction": _dec((used / limit).quantize(Decimal("0.0001")) if limit > 0 else None),
+    }
+    orders: list[Json] = []
+    for o in await ledger.open_orders():
+        orders.append(_order_json(o))
+    return positions, budget, orders
+
+
+def _order_json(o: object) -> Json:
+    fields = ("client_order_id", "symbol", "side", "qty", "price", "filled_qty", "state", "token")
+    out: Json = {}
+    for f in fields:
+        v = getattr(o, f, None)
+        if isinstance(v, Decimal):
+            out[f] = _dec(v)
+        elif v is None or isinstance(v, int):
+            out[f] = v
+        else:
+            out[f] = str(getattr(v, "value", v))
+    return out
+
+
+async def snapshot(
+    redis: aioredis.Redis, account: AccountId, *, config: Config | None = None
+) -> Json:
+    """Everything status shows about one account, JSON-ready (``docs/status.schema.json``).
+
+    Each part is read independently: a part that fails is ``null`` and its error is in
+    ``errors``; a Redis connection error propagates (the caller reports "could not check").
+    """
+    keys = AccountKeys(account)
+    errors: list[str] = []
+    out: Json = {"account": str(account)}
+
+    async def part(name: str, coro: Any, default: Any) -> Any:
+        try:
+            return await coro
+        except UNREACHABLE:
+            raise  # "could not check" is the caller's to report, not a part's
+        except Exception as e:  # one odd part (or a peer's reader failing) must not hide the rest
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+        return default
+
+    out["lease"] = await part("lease", _lease(redis, keys, errors), None)
+    out["trading"] = await part("trading", _trading(redis, keys), None)
+    risk = await part("risk", _risk_for(redis, keys, config), None)
+    if risk is not None:
+        views = await part("ledger", _ledger_views(redis, keys, risk), None)
+    else:
+        views = None
+        errors.append("positions/budget: no config or stored limits for this account")
+    out["positions"], out["budget"], out["open_orders"] = views if views else (None, None, None)
+    out["reservations"] = await part("reservations", redis.hgetall(keys.reservations), None)
+    out["throttle"] = await part("throttle", redis.hgetall(keys.throttle), None)
+    out["limits"] = await part("limits", redis.hgetall(keys.limits), None)
+    out["counts"] = await part("counts", _counts(redis, keys), None)
+    out["recent_denials"] = await part("denials", _denials(redis, keys), None)
+    out["instances"] = await part("instances", _instances(redis, keys), None)
+    out["errors"] = errors
+    return out
+
+
+async def server_time_ms(redis: aioredis.Redis) -> int:
+    sec, usec = await redis.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+async def status_document(
+    redis: aioredis.Redis, accounts: list[AccountId], *, config: Config | None = None
+) -> Json:
+    """The whole ``status --json`` document for ``accounts``."""
+    now = await server_time_ms(redis)
+    snaps = [await snapshot(redis, a, config=config) for a in accounts]
+    return {"schema_version": STATUS_SCHEMA_VERSION, "generated_at_ms": now, "accounts": snaps}
+
+
+# -- rendering ----------------------------------------------------------------------
+
+
+def _fmt(v: object) -> str:
+    return "-" if v is None or v == "" else str(v)
+
+
+def render_table(doc: Json) -> str:
+    """The human-readable form of a status document."""
+    lines: list[str] = []
+    for a in doc["accounts"]:
+        lines.append(f"== {a['account']} ==")
+        lease = a["lease"] or {}
+        lines.append(
+            f"lease     holder={_fmt(lease.get('holder'))} token={_fmt(lease.get('token'))} "
+            f"ttl_ms={_fmt(lease.get('ttl_ms'))} fence={_fmt(lease.get('fence'))}"
+        )
+        t = a["trading"] or {}
+        lines.append(
+            f"trading   {_fmt(t.get('state'))}  reason={_fmt(t.get('reason'))} "
+            f"by={_fmt(t.get('by'))} at_ms={_fmt(t.get('at_ms'))}"
+        )
+        b = a["budget"]
+        if b:
+            lines.append(
+                f"budget    day={b['trading_day']} used={b['used']} / limit={b['limit']} "
+                f"(realized_loss={b['realized_loss']} unrealized_loss={b['unrealized_loss']} "
+                f"reserved_worst={b['reserved_worst_loss']})"
+            )
+        if a["positions"]:
+            lines.append(f"{'symbol':<12}{'qty':>14}{'avg_cost':>14}{'mark':>14}{'unrealized':>14}")
+            for p in a["positions"]:
+                lines.append(
+                    f"{p['symbol']:<12}{_fmt(p['qty']):>14}{_fmt(p['avg_cost']):>14}"
+                    f"{_fmt(p['mark']):>14}{_fmt(p['unrealized']):>14}"
+                )
+        if a["open_orders"] is not None:
+            lines.append(
+                f"open      {len(a['open_orders'])} order(s); reservations={a['reservations']}"
+            )
+        if a["throttle"]:
+            lines.append(f"throttle  {a['throttle']}")
+        if a["limits"]:
+            pairs = sorted(a["limits"].items())
+            lines.append("limits    " + " ".join(f"{k}={v}" for k, v in pairs))
+        c = a["counts"]
+        if c:
+            denied = " ".join(f"{k}={v}" for k, v in c["denied"].items()) or "none"
+            lines.append(f"counts    admitted={c['admitted']} denied: {denied}")
+        for d in (a["recent_denials"] or [])[:5]:
+            lines.append(f"denial    {d.get('at_ms')} {d.get('reason')} {d.get('detail', '')}")
+        for i in a["instances"] or []:
+            lines.append(
+                f"instance  {i.get('id')} host={i.get('host')} pid={i.get('pid')} "
+                f"role={i.get('role')} token={_fmt(i.get('token'))}"
+            )
+        for e in a["errors"]:
+            lines.append(f"error     {e}")
+    return "\n".join(lines)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    url, cfg = load_target(args)
+    if args.account:
+        try:
+            accounts = [AccountId.parse(args.account)]
+        except InvalidAccountId as e:
+            print(f"guardrails status: {e}", file=sys.stderr)
+            return 2
+    elif cfg is not None:
+        accounts = [cfg.account_id]
+    else:
+        accounts = []
+    redis = await redisconn.connect(url)
+    try:
+        if not accounts:
+            from guardrails.killswitch import known_accounts
+
+            accounts = await known_accounts(redis)
+        doc = await status_document(redis, accounts, config=cfg)
+    except RedisError as e:
+        print(f"guardrails status: could not read Redis at {redisconn.describe(url)}: {e}",
+              file=sys.stderr)
+        return 2
+    finally:
+        await redis.aclose()
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(render_table(doc) if doc["accounts"] else "no known accounts")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``guardrails status``: exit 0 when read, 2 when Redis could not be read."""
+    return asyncio.run(_status(args))
