@@ -81,12 +81,14 @@ def write_run_config(
     *,
     redis_url: str,
     acct: AccountId,
-    ttl: str = "1s",
+    ttl: str | None = "1s",
     renew_deadline: str = "700ms",
     renew_interval: str = "250ms",
     strategies: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """A config for ``guardrails run`` on the paper venue. Validated before it is written."""
+    """A config for ``guardrails run`` on the paper venue. Validated before it is written.
+
+    ``ttl=None`` leaves the ``[lease]`` section out: the project's default timings."""
     lines = [
         "[account]",
         f'venue = "{acct.venue}"',
@@ -95,13 +97,16 @@ def write_run_config(
         "[redis]",
         f'url = "{redis_url}"',
         "",
-        "[lease]",
-        f'ttl = "{ttl}"',
-        f'renew_deadline = "{renew_deadline}"',
-        f'renew_interval = "{renew_interval}"',
-        "",
-        "[risk]",
     ]
+    if ttl is not None:
+        lines += [
+            "[lease]",
+            f'ttl = "{ttl}"',
+            f'renew_deadline = "{renew_deadline}"',
+            f'renew_interval = "{renew_interval}"',
+            "",
+        ]
+    lines += ["[risk]"]
     for k, v in RISK.items():
         if k != "instruments":
             lines.append(f"{k} = {_toml_value(v)}")
