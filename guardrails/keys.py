@@ -205,3 +205,47 @@ class AccountKeys:
 def venue_key(venue_name: str, *parts: str) -> str:
     """A key of the paper venue's own namespace (``venue:{<name>}:...``)."""
     return ":".join([VENUE_PREFIX, "{" + venue_name + "}", *parts])
+
+
+@dataclass(frozen=True, slots=True)
+class PaperVenueKeys:
+    """Keys of one paper exchange (``venue:{<name>}:...``): the exchange's own state,
+    shared by every instance and account trading on it, never part of ``gr:`` state.
+    One hash tag per exchange, so each paper script touches one slot."""
+
+    venue_name: str
+
+    @property
+    def clock(self) -> str:
+        """HASH: ``origin_ms``, ``step``, ``px:<sym>`` (mark in ticks), ``pxd:<sym>`` (decimal)."""
+        return venue_key(self.venue_name, "clock")
+
+    @property
+    def orders(self) -> str:
+        """HASH: ``<account>|<client order id>`` -> JSON order record (state, fill, deadline...)."""
+        return venue_key(self.venue_name, "orders")
+
+    @property
+    def open(self) -> str:
+        """SET: ``<account>|<client order id>`` of resting (open) orders."""
+        return venue_key(self.venue_name, "open")
+
+    @property
+    def fills(self) -> str:
+        """STREAM: every fill of every account; ``fills_since`` cursors are its entry ids."""
+        return venue_key(self.venue_name, "fills")
+
+    @property
+    def record(self) -> str:
+        """STREAM: append-only record of every order received, cancel and fill (docs/venues.md)."""
+        return venue_key(self.venue_name, "record")
+
+    @property
+    def balances(self) -> str:
+        """HASH: ``<account>|<symbol>`` -> position in lots; ``<account>|cash`` -> money units."""
+        return venue_key(self.venue_name, "balances")
+
+    @property
+    def seq(self) -> str:
+        """STRING integer: source of venue order ids and fill ids."""
+        return venue_key(self.venue_name, "seq")

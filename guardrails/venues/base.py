@@ -100,9 +100,14 @@ class Venue(Protocol):
         """Request cancellation. ``Accepted`` means the venue confirmed the cancel (or
         the order was already final); ``Unknown`` means it may still be live."""
 
-    async def lookup(self, client_order_id: str) -> VenueOrderStatus:
+    async def lookup(
+        self, client_order_id: str, *, deadline_ms: int | None = None
+    ) -> VenueOrderStatus:
         """The venue's record of one order, with all its fills. Raises ``VenueError``
-        when the venue cannot be asked."""
+        when the venue cannot be asked. ``deadline_ms`` is the order's submit deadline
+        (the ledger knows it): with ``NOT_FOUND`` the venue sets ``can_still_arrive`` to
+        whether that deadline has not yet passed by the venue's clock; without it, to
+        True (it cannot know). Reconcilers should always pass it."""
 
     async def fills_since(self, cursor: str | None) -> FillBatch:
         """Fills of this account after ``cursor`` (``None``: from the beginning)."""

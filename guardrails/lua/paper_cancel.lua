@@ -1,0 +1,41 @@
+-- paper_cancel: cancel a resting order of the paper exchange; a final order stays final.
+--
+-- KEYS[1] orders_key  HASH   "<account>|<coid>" -> JSON order record
+-- KEYS[2] open_key    SET    "<account>|<coid>" of resting orders
+-- KEYS[3] record_key  STREAM append-only record of orders, cancels and fills
+-- ARGV[1] account     venue-side account id
+-- ARGV[2] coid        client order id
+--
+-- Returns {code, state, venue_order_id}
+--   1 = canceled now (state "canceled"): it can never fill afterwards
+--   2 = already final: state is filled | canceled | rejected (nothing written but the record)
+--   0 = no such order (state "", venue_order_id "")
+local orders_key = KEYS[1]
+local open_key = KEYS[2]
+local record_key = KEYS[3]
+local account = ARGV[1]
+local coid = ARGV[2]
+
+local t = redis.call('TIME')
+local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local field = account .. '|' .. coid
+
+local raw = redis.call('HGET', orders_key, field)
+if not raw then
+  redis.call('XADD', record_key, '*', 'type', 'cancel', 'coid', coid, 'account', account,
+    'arrival_ms', now_ms, 'result', 'not_found')
+  return {0, '', ''}
+end
+local rec = cjson.decode(raw)
+if rec.state ~= 'open' then
+  redis.call('XADD', record_key, '*', 'type', 'cancel', 'coid', coid, 'account', account,
+    'arrival_ms', now_ms, 'result', 'final', 'state', rec.state)
+  return {2, rec.state, rec.venue_order_id}
+end
+rec.state = 'canceled'
+rec.reason = 'canceled'
+redis.call('HSET', orders_key, field, cjson.encode(rec))
+redis.call('SREM', open_key, field)
+redis.call('XADD', record_key, '*', 'type', 'cancel', 'coid', coid, 'account', account,
+  'arrival_ms', now_ms, 'result', 'canceled', 'state', 'canceled')
+return {1, 'canceled', rec.venue_order_id}
