@@ -1,0 +1,802 @@
+"""The independent checker: did the account keep its invariants under faults?
+
+It trusts nothing the bots say about themselves. Its only inputs are
+
+- the **venue's own record** (the exchange simulator's append-only JSONL: every order
+  that arrived, what the venue did with it, every fill), and
+- **Redis**, read raw through the documented keys (``docs/keys.md``): the account's
+  journal stream, order hashes, open set, reservations, positions, fills, stats.
+
+It never imports the gate, the ledger or the runtime, never reads a bot's log, and
+parses the keys itself, so a bug in those modules cannot hide itself from it.
+
+The checks (numbering = ``INVARIANTS``):
+
+1. admissions are fenced: in journal order, once an order was admitted under token
+   N+1, no order is admitted under a token <= N;
+2. every order the venue received was admitted by the gate (same client order id,
+   symbol, side, quantity, price), no client order id was admitted twice, and none
+   executed twice at the venue (accepted as new more than once, or filled beyond its
+   quantity, or one fill id twice);
+3. replaying the venue's fills in order, the account's position never exceeds a
+   symbol's ``max_position`` and no trading day's realized loss exceeds the daily loss
+   limit (unrealized loss moves with the market, which no gate can stop, so it is not
+   checked here);
+4. after settling, the ledger equals the venue: positions, the set of fills (and
+   which order each belongs to), no order terminal in the ledger that is still live at
+   the venue, and every reservation belongs to a live (non-terminal) order;
+5. no order left a terminal state (journal transitions in order, and the final record);
+6. every order that reached the venue after its sender lost the lease (after its
+   permit deadline, after a higher token's first admission, or after its token was
+   revoked) was stopped by the venue's fence (expired/rejected there, no fills) or
+   stayed within what it reserved (filled no more than its quantity, at or better
+   than its limit price). These "late sends" are counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from guardrails.config import Config
+from guardrails.keys import AccountKeys
+from guardrails.model import Side
+
+INVARIANTS: dict[int, str] = {
+    1: "admissions fenced (token never goes back)",
+    2: "venue orders admitted once, executed once",
+    3: "venue position and daily loss within limits",
+    4: "ledger equals venue; reservations live",
+    5: "terminal stays terminal",
+    6: "late sends fenced or within reservation",
+}
+
+TERMINAL = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED"})
+
+
+# -- normalised inputs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A journal entry: the gate admitted ``coid`` under ``token``."""
+
+    seq: int
+    coid: str
+    token: int
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    deadline_ms: int
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A journal entry: ``coid`` moved to ``to_state``."""
+
+    seq: int
+    coid: str
+    to_state: str
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A journal entry: an operator revoked ``token`` (kill --revoke) at ``ts_ms``."""
+
+    seq: int
+    token: int
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class VenueOrder:
+    """One order arrival at the venue, and what the venue did with it on arrival."""
+
+    seq: int
+    coid: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    received_ms: int
+    outcome: str
+    """``accepted`` (a new order), ``duplicate`` (the id was known: no new order),
+    ``expired`` (arrived after its expiry: the venue-side fence), ``rejected``."""
+    expiry_ms: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VenueFill:
+    seq: int
+    fill_id: str
+    coid: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    ts_ms: int
+    fee: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class VenueEnd:
+    """The venue ended an order's life (cancel, expiry, full fill): no more fills."""
+
+    seq: int
+    coid: str
+    state: str
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerOrder:
+    coid: str
+    state: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    filled: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerView:
+    """The ledger after settling, read raw from Redis."""
+
+    positions: dict[str, Decimal]
+    fills: dict[str, str]
+    """fill id -> client order id."""
+    orders: dict[str, LedgerOrder]
+    open_orders: frozenset[str]
+    reserved: dict[str, Decimal]
+    """``<symbol>:buy`` / ``<symbol>:sell`` -> reserved quantity of open orders;
+    ``<symbol>:loss`` -> reserved worst-case loss (money units)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_position: dict[str, Decimal]
+    daily_loss_limit: Decimal
+    timezone: str = "UTC"
+
+
+@dataclass
+class CheckInput:
+    admissions: list[Admission]
+    transitions: list[Transition]
+    venue_orders: list[VenueOrder]
+    venue_fills: list[VenueFill]
+    limits: Limits
+    ledger: LedgerView | None
+    venue_ends: list[VenueEnd] = field(default_factory=list)
+    revocations: list[Revocation] = field(default_factory=list)
+    denied: dict[str, int] = field(default_factory=dict)
+    admitted_counter: int | None = None
+    journal_entries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    invariant: int
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "invariant": self.invariant,
+            "name": INVARIANTS[self.invariant],
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class CheckResult:
+    violations: list[Violation]
+    stats: dict[str, Any]
+    late_sends: dict[str, Any]
+
+    def by_invariant(self) -> dict[int, list[Violation]]:
+        out: dict[int, list[Violation]] = {n: [] for n in INVARIANTS}
+        for v in self.violations:
+            out[v.invariant].append(v)
+        return out
+
+
+# -- the checks ----------------------------------------------------------------------
+
+
+def check(data: CheckInput) -> CheckResult:
+    """Run every check over ``data``; never raises for a finding, only for bad input."""
+    violations: list[Violation] = []
+    violations += check_fencing(data.admissions)
+    violations += check_admitted_once(data.admissions, data.venue_orders, data.venue_fills)
+    violations += check_limits(data.venue_fills, data.limits)
+    if data.ledger is not None:
+        violations += check_ledger_matches_venue(
+            data.ledger, data.venue_orders, data.venue_fills, data.venue_ends
+        )
+    violations += check_terminal(data.transitions, data.ledger)
+    late, late_violations = check_late_sends(
+        data.admissions, data.venue_orders, data.venue_fills, data.revocations
+    )
+    violations += late_violations
+    outcomes = Counter(v.outcome for v in data.venue_orders)
+    stats: dict[str, Any] = {
+        "admitted": len(data.admissions),
+        "admitted_counter": data.admitted_counter,
+        "denied": dict(sorted(data.denied.items())),
+        "venue_orders": len(data.venue_orders),
+        "venue_accepted": outcomes.get("accepted", 0),
+        "venue_duplicates": outcomes.get("duplicate", 0),
+        "venue_expired": outcomes.get("expired", 0),
+        "venue_rejected": outcomes.get("rejected", 0),
+        "venue_fills": len(data.venue_fills),
+        "transitions": len(data.transitions),
+        "journal_entries": data.journal_entries,
+        "ledger_checked": data.ledger is not None,
+    }
+    return CheckResult(violations, stats, late)
+
+
+def check_fencing(admissions: Iterable[Admission]) -> list[Violation]:
+    """1. In journal order the admitting token never goes back."""
+    out: list[Violation] = []
+    highest: Admission | None = None
+    for a in sorted(admissions, key=lambda a: a.seq):
+        if highest is not None and a.token < highest.token:
+            out.append(
+                Violation(
+                    1,
+                    f"{a.coid} admitted under token {a.token} after {highest.coid} was "
+                    f"admitted under token {highest.token}",
+                )
+            )
+        if highest is None or a.token > highest.token:
+            highest = a
+    return out
+
+
+def check_admitted_once(
+    admissions: Iterable[Admission], venue_orders: Iterable[VenueOrder], fills: Iterable[VenueFill]
+) -> list[Violation]:
+    """2. Venue orders were admitted (same fields); once; executed once."""
+    out: list[Violation] = []
+    by_coid: dict[str, Admission] = {}
+    for a in sorted(admissions, key=lambda a: a.seq):
+        if a.coid in by_coid:
+            out.append(
+                Violation(2, f"{a.coid} admitted twice (tokens {by_coid[a.coid].token}, {a.token})")
+            )
+            continue
+        by_coid[a.coid] = a
+    accepted: Counter[str] = Counter()
+    for v in sorted(venue_orders, key=lambda v: v.seq):
+        adm = by_coid.get(v.coid)
+        if adm is None:
+            out.append(
+                Violation(
+                    2,
+                    f"venue received {v.coid} ({v.side} {v.qty} {v.symbol} @ {v.price}) "
+                    "that the gate never admitted",
+                )
+            )
+            continue
+        diffs = [
+            f"{name} {got} != admitted {want}"
+            for name, got, want in (
+                ("symbol", v.symbol, adm.symbol),
+                ("side", v.side, adm.side),
+                ("qty", v.qty, adm.qty),
+                ("price", v.price, adm.price),
+            )
+            if got != want
+        ]
+        if diffs:
+            out.append(
+                Violation(2, f"venue order {v.coid} differs from its admission: {'; '.join(diffs)}")
+            )
+        if v.outcome == "accepted":
+            accepted[v.coid] += 1
+    for coid, n in accepted.items():
+        if n > 1:
+            out.append(Violation(2, f"{coid} accepted as a new order {n} times at the venue"))
+    filled: dict[str, Decimal] = defaultdict(Decimal)
+    seen: set[str] = set()
+    for f in sorted(fills, key=lambda f: f.seq):
+        if f.fill_id in seen:
+            out.append(Violation(2, f"fill {f.fill_id} of {f.coid} recorded twice by the venue"))
+            continue
+        seen.add(f.fill_id)
+        filled[f.coid] += f.qty
+    for coid, qty in filled.items():
+        adm = by_coid.get(coid)
+        if adm is None:
+            out.append(Violation(2, f"venue filled {coid}, which the gate never admitted"))
+        elif qty > adm.qty:
+            out.append(
+                Violation(
+                    2, f"{coid} executed {qty} at the venue, more than its quantity {adm.qty}"
+                )
+            )
+    return out
+
+
+def _trading_day(ts_ms: int, tz: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).astimezone(tz).date().isoformat()
+
+
+def check_limits(fills: Iterable[VenueFill], limits: Limits) -> list[Violation]:
+    """3. Replay the venue's fills: position within max_position, day loss within budget."""
+    out: list[Violation] = []
+    tz = ZoneInfo(limits.timezone)
+    pos: dict[str, Decimal] = defaultdict(Decimal)
+    cost: dict[str, Decimal] = defaultdict(Decimal)
+    """Average entry price of the open position per symbol."""
+    day_pnl: dict[str, Decimal] = defaultdict(Decimal)
+    reported_pos: set[str] = set()
+    reported_day: set[str] = set()
+    for f in sorted(fills, key=lambda f: f.seq):
+        signed = f.qty * f.side.sign
+        before = pos[f.symbol]
+        realized = Decimal(0)
+        if before == 0 or (before > 0) == (signed > 0):
+            total = before + signed
+            cost[f.symbol] = (cost[f.symbol] * abs(before) + f.price * f.qty) / abs(total)
+            pos[f.symbol] = total
+        else:
+            closing = min(abs(before), f.qty)
+            direction = 1 if before > 0 else -1
+            realized = (f.price - cost[f.symbol]) * closing * direction
+            total = before + signed
+            pos[f.symbol] = total
+            if total == 0:
+                cost[f.symbol] = Decimal(0)
+            elif (total > 0) != (before > 0):
+                cost[f.symbol] = f.price  # flipped: the remainder opened at this price
+        day = _trading_day(f.ts_ms, tz)
+        day_pnl[day] += realized - f.fee
+        cap = limits.max_position.get(f.symbol)
+        if cap is None:
+            out.append(
+                Violation(3, f"venue filled {f.coid} in {f.symbol}, which has no configured limit")
+            )
+        elif abs(pos[f.symbol]) > cap and f.symbol not in reported_pos:
+            reported_pos.add(f.symbol)
+            out.append(
+                Violation(
+                    3,
+                    f"venue position {pos[f.symbol]} {f.symbol} exceeds max_position {cap} "
+                    f"after fill {f.fill_id}",
+                )
+            )
+        loss = -day_pnl[day]
+        if loss > limits.daily_loss_limit and day not in reported_day:
+            reported_day.add(day)
+            out.append(
+                Violation(
+                    3,
+                    f"realized loss {loss} on {day} exceeds daily_loss_limit "
+                    f"{limits.daily_loss_limit} after fill {f.fill_id}",
+                )
+            )
+    return out
+
+
+def venue_positions(fills: Iterable[VenueFill]) -> dict[str, Decimal]:
+    pos: dict[str, Decimal] = defaultdict(Decimal)
+    for f in fills:
+        pos[f.symbol] += f.qty * f.side.sign
+    return dict(pos)
+
+
+def check_ledger_matches_venue(
+    ledger: LedgerView,
+    venue_orders: Iterable[VenueOrder],
+    fills: list[VenueFill],
+    ends: Iterable[VenueEnd],
+) -> list[Violation]:
+    """4. After settling: positions and fills equal; reservations belong to live orders."""
+    out: list[Violation] = []
+    vpos = venue_positions(fills)
+    for sym in sorted(set(vpos) | set(ledger.positions)):
+        v, lg = vpos.get(sym, Decimal(0)), ledger.positions.get(sym, Decimal(0))
+        if v != lg:
+            out.append(Violation(4, f"position {sym}: ledger {lg}, venue {v}"))
+    vfills = {f.fill_id: f.coid for f in fills}
+    missing = sorted(set(vfills) - set(ledger.fills))
+    extra = sorted(set(ledger.fills) - set(vfills))
+    if missing:
+        out.append(
+            Violation(
+                4, f"{len(missing)} venue fill(s) missing from the ledger, e.g. {missing[:3]}"
+            )
+        )
+    if extra:
+        out.append(
+            Violation(4, f"{len(extra)} ledger fill(s) the venue never made, e.g. {extra[:3]}")
+        )
+    for fid in sorted(set(vfills) & set(ledger.fills)):
+        if vfills[fid] != ledger.fills[fid]:
+            out.append(
+                Violation(
+                    4,
+                    f"fill {fid}: ledger says order {ledger.fills[fid]}, venue says {vfills[fid]}",
+                )
+            )
+    # Orders still live at the venue (accepted, never ended) must not be terminal here.
+    accepted = {v.coid for v in venue_orders if v.outcome == "accepted"}
+    ended = {e.coid for e in ends}
+    for coid in sorted(accepted - ended):
+        rec = ledger.orders.get(coid)
+        if rec is not None and rec.state in TERMINAL:
+            out.append(
+                Violation(4, f"{coid} is {rec.state} in the ledger but still live at the venue")
+            )
+    # Every reservation belongs to a live order, and every open-set member is live.
+    live: dict[str, Decimal] = defaultdict(Decimal)
+    for coid in sorted(ledger.open_orders):
+        rec = ledger.orders.get(coid)
+        if rec is None:
+            out.append(Violation(4, f"{coid} is in the open set but has no order record"))
+            continue
+        if rec.state in TERMINAL:
+            out.append(Violation(4, f"{coid} is in the open set but {rec.state}"))
+            continue
+        live[f"{rec.symbol}:{rec.side.value}"] += rec.qty - rec.filled
+    for coid, rec in sorted(ledger.orders.items()):
+        if rec.state not in TERMINAL and coid not in ledger.open_orders:
+            out.append(Violation(4, f"{coid} is {rec.state} but missing from the open set"))
+    for key in sorted(set(ledger.reserved) | set(live)):
+        sym, _, part = key.rpartition(":")
+        r = ledger.reserved.get(key, Decimal(0))
+        if part == "loss":
+            has_live = live.get(f"{sym}:buy", Decimal(0)) + live.get(f"{sym}:sell", Decimal(0))
+            if r != 0 and has_live == 0:
+                out.append(Violation(4, f"reserved loss {r} units in {sym} with no live order"))
+            elif r < 0:
+                out.append(Violation(4, f"reserved loss {r} units in {sym} is negative"))
+            continue
+        want = live.get(key, Decimal(0))
+        if r != want:
+            out.append(Violation(4, f"reserved {r} {key}, but live orders account for {want}"))
+    return out
+
+
+def check_terminal(transitions: Iterable[Transition], ledger: LedgerView | None) -> list[Violation]:
+    """5. Once terminal (in journal order), an order never moves again."""
+    out: list[Violation] = []
+    final: dict[str, Transition] = {}
+    for t in sorted(transitions, key=lambda t: t.seq):
+        first = final.get(t.coid)
+        if first is not None:
+            if t.to_state != first.to_state or t.to_state not in TERMINAL:
+                out.append(
+                    Violation(
+                        5, f"{t.coid} moved {first.to_state} -> {t.to_state} (journal seq {t.seq})"
+                    )
+                )
+            continue
+        if t.to_state in TERMINAL:
+            final[t.coid] = t
+    if ledger is not None:
+        for coid, t in sorted(final.items()):
+            rec = ledger.orders.get(coid)
+            if rec is not None and rec.state != t.to_state:
+                out.append(
+                    Violation(
+                        5,
+                        f"{coid} was {t.to_state} in the journal, its record now says {rec.state}",
+                    )
+                )
+    return out
+
+
+def check_late_sends(
+    admissions: Iterable[Admission],
+    venue_orders: Iterable[VenueOrder],
+    fills: Iterable[VenueFill],
+    revocations: Iterable[Revocation],
+) -> tuple[dict[str, Any], list[Violation]]:
+    """6. Orders that reached the venue after their sender lost the lease: fenced or bounded."""
+    adms = sorted(admissions, key=lambda a: a.seq)
+    by_coid = {a.coid: a for a in reversed(adms)}  # first admission wins
+    # First moment a token above N was used to admit: from then on, N had lost the lease.
+    first_above: list[tuple[int, int]] = []  # (token, ts_ms of its first admission)
+    for a in adms:
+        if not first_above or a.token > first_above[-1][0]:
+            first_above.append((a.token, a.ts_ms))
+    revoked = {r.token: r.ts_ms for r in revocations}
+    filled: dict[str, Decimal] = defaultdict(Decimal)
+    bad_price: dict[str, str] = {}
+    for f in fills:
+        filled[f.coid] += f.qty
+        adm = by_coid.get(f.coid)
+        if adm is not None and (
+            (adm.side is Side.BUY and f.price > adm.price)
+            or (adm.side is Side.SELL and f.price < adm.price)
+        ):
+            bad_price[f.coid] = f"filled at {f.price} beyond its limit {adm.price}"
+    total = fenced = within = 0
+    out: list[Violation] = []
+    examples: list[dict[str, Any]] = []
+    for v in sorted(venue_orders, key=lambda v: v.seq):
+        adm = by_coid.get(v.coid)
+        if adm is None:
+            continue  # invariant 2 reports it
+        lost_at = min(
+            [adm.deadline_ms]
+            + [ts for tok, ts in first_above if tok > adm.token]
+            + [ts for tok, ts in revoked.items() if tok == adm.token]
+        )
+        if v.received_ms <= lost_at:
+            continue
+        total += 1
+        why = "permit deadline passed" if v.received_ms > adm.deadline_ms else "lease lost"
+        if v.outcome in ("expired", "rejected"):
+            fenced += 1
+            how = "venue_fenced"
+        elif v.outcome == "duplicate" or (filled[v.coid] <= adm.qty and v.coid not in bad_price):
+            within += 1
+            how = "within_reservation"
+        else:
+            how = "escaped"
+            extra = bad_price.get(v.coid, f"filled {filled[v.coid]} > reserved {adm.qty}")
+            out.append(
+                Violation(
+                    6,
+                    f"late send {v.coid} (token {adm.token}, {why}, "
+                    f"{v.received_ms - lost_at} ms late): {extra}",
+                )
+            )
+        if len(examples) < 20:
+            examples.append(
+                {
+                    "coid": v.coid,
+                    "token": adm.token,
+                    "late_ms": v.received_ms - lost_at,
+                    "why": why,
+                    "stopped": how,
+                }
+            )
+    return (
+        {
+            "total": total,
+            "venue_fenced": fenced,
+            "within_reservation": within,
+            "escaped": total - fenced - within,
+            "examples": examples,
+        },
+        out,
+    )
+
+
+# -- loading the raw sources ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Units:
+    """An instrument's tick and lot, from the run's own config (not from Redis)."""
+
+    tick: Decimal
+    lot: Decimal
+
+
+def _dec(text: str | None, what: str) -> Decimal:
+    if text is None or text == "":
+        raise ValueError(f"{what}: missing")
+    return Decimal(text)
+
+
+def _stream_ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+def parse_venue_rows(
+    rows: Iterable[dict[str, Any]],
+) -> tuple[list[VenueOrder], list[VenueFill], list[VenueEnd], dict[str, int]]:
+    """The venue's record (JSON objects, oldest first) as orders, fills and order ends.
+
+    Row shapes (``docs/venues.md``): ``type=order`` (coid, symbol, side, qty, price,
+    deadline_ms, arrival_ms, result accepted|rejected|duplicate, reason), ``type=fill``
+    (fill_id, coid, symbol, side, qty, price, ts_ms), ``type=cancel`` (coid, result
+    canceled|final|not_found), ``type=expire`` (coid), anything else is counted and
+    otherwise ignored.
+    """
+    orders: list[VenueOrder] = []
+    fills: list[VenueFill] = []
+    ends: list[VenueEnd] = []
+    other: Counter[str] = Counter()
+    for seq, row in enumerate(rows):
+        kind = str(row.get("type", ""))
+        if kind == "order":
+            result = str(row.get("result", ""))
+            reason = str(row.get("reason", "") or "")
+            if result == "rejected" and reason == "expired":
+                outcome = "expired"
+            elif result in ("accepted", "rejected", "duplicate"):
+                outcome = result
+            else:
+                raise ValueError(f"venue record row {seq}: unknown order result {result!r}")
+            received = int(row.get("arrival_ms") or row.get("ts_ms") or 0)
+            deadline = row.get("deadline_ms")
+            orders.append(
+                VenueOrder(
+                    seq=seq,
+                    coid=str(row["coid"]),
+                    symbol=str(row["symbol"]),
+                    side=Side(str(row["side"])),
+                    qty=_dec(str(row["qty"]), "qty"),
+                    price=_dec(str(row["price"]), "price"),
+                    received_ms=received,
+                    outcome=outcome,
+                    expiry_ms=int(deadline) if deadline not in (None, "") else None,
+                    reason=reason,
+                )
+            )
+            if outcome in ("rejected", "expired"):
+                ends.append(VenueEnd(seq, str(row["coid"]), outcome, received))
+        elif kind == "fill":
+            ts = int(row.get("ts_ms") or 0)
+            fills.append(
+                VenueFill(
+                    seq=seq,
+                    fill_id=str(row["fill_id"]),
+                    coid=str(row["coid"]),
+                    symbol=str(row["symbol"]),
+                    side=Side(str(row["side"])),
+                    qty=_dec(str(row["qty"]), "qty"),
+                    price=_dec(str(row["price"]), "price"),
+                    ts_ms=ts,
+                    fee=Decimal(str(row.get("fee") or "0")),
+                )
+            )
+            # Fills are whole at this venue (docs/venues.md): a fill ends the order.
+            if str(row.get("final", "1")) in ("1", "true", "True"):
+                ends.append(VenueEnd(seq, str(row["coid"]), "filled", ts))
+        elif kind == "cancel":
+            if str(row.get("result", "")) == "canceled":
+                ends.append(
+                    VenueEnd(seq, str(row["coid"]), "canceled", int(row.get("arrival_ms") or 0))
+                )
+        elif kind == "expire":
+            ends.append(VenueEnd(seq, str(row["coid"]), "expired", int(row.get("ts_ms") or 0)))
+        else:
+            other[kind or "?"] += 1
+    return orders, fills, ends, dict(other)
+
+
+def read_jsonl(path: Any) -> list[dict[str, Any]]:
+    """The simulator's JSONL record. A torn last line (process killed mid-write) is skipped."""
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if n >= len(lines) - 2:
+                continue  # torn tail
+            raise
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def parse_journal(
+    entries: Iterable[tuple[str, dict[str, str]]], units: dict[str, Units]
+) -> tuple[list[Admission], list[Transition], list[Revocation]]:
+    """The account's journal stream (``docs/keys.md``), oldest first."""
+    admissions: list[Admission] = []
+    transitions: list[Transition] = []
+    revocations: list[Revocation] = []
+    for seq, (entry_id, f) in enumerate(entries):
+        kind = f.get("ev") or f.get("type") or ""
+        ts = _stream_ms(entry_id)
+        if kind == "admit":
+            sym = f["symbol"]
+            u = units.get(sym)
+            if u is None:
+                raise ValueError(f"journal {entry_id}: admission in unconfigured symbol {sym}")
+            admissions.append(
+                Admission(
+                    seq=seq,
+                    coid=f["coid"],
+                    token=int(f["token"]),
+                    symbol=sym,
+                    side=Side(f["side"]),
+                    qty=Decimal(f["qty"]) if "qty" in f else u.lot * int(f["lots"]),
+                    price=Decimal(f["price"]) if "price" in f else u.tick * int(f["ticks"]),
+                    deadline_ms=int(f["deadline_ms"]),
+                    ts_ms=ts,
+                )
+            )
+        elif kind == "trading_state":
+            tok = f.get("revoked_token", "")
+            if tok:
+                revocations.append(Revocation(seq, int(tok), int(f.get("at_ms") or ts)))
+        elif "coid" in f and ("to" in f or "state" in f):
+            transitions.append(Transition(seq, f["coid"], f.get("to") or f["state"], ts))
+    return admissions, transitions, revocations
+
+
+def read_ledger(client: Any, keys: AccountKeys, units: dict[str, Units]) -> LedgerView:
+    """Positions, fills, orders, open set and reservations, read raw (docs/keys.md)."""
+    positions: dict[str, Decimal] = {}
+    for fld, val in (client.hgetall(keys.positions) or {}).items():
+        if fld.endswith(":qty"):
+            sym = fld[: -len(":qty")]
+            positions[sym] = units[sym].lot * int(val)
+    fills = dict(client.hgetall(keys.fills) or {})
+    open_orders = frozenset(client.smembers(keys.open_orders) or ())
+    orders: dict[str, LedgerOrder] = {}
+    pattern = keys.order("*")
+    for name in client.scan_iter(match=pattern, count=1000):
+        h = client.hgetall(name)
+        if not h or "state" not in h:
+            continue
+        sym = h["symbol"]
+        lot = units[sym].lot
+        qty = Decimal(h["qty"]) if "qty" in h else lot * int(h["lots"])
+        filled = (
+            lot * int(h["filled_lots"]) if "filled_lots" in h else Decimal(h.get("filled", "0"))
+        )
+        coid = h.get("coid") or name.rsplit("order:", 1)[1]
+        orders[coid] = LedgerOrder(coid, h["state"], sym, Side(h["side"]), qty, filled)
+    reserved: dict[str, Decimal] = {}
+    for fld, val in (client.hgetall(keys.reservations) or {}).items():
+        sym, _, part = fld.rpartition(":")
+        if part in ("buy", "sell") and sym in units:
+            reserved[fld] = units[sym].lot * int(val)
+        elif part == "loss":
+            reserved[fld] = Decimal(int(val))
+    return LedgerView(positions, fills, orders, open_orders, reserved)
+
+
+def load(client: Any, keys: AccountKeys, cfg: Config, record_path: Any) -> CheckInput:
+    """Everything the checker needs, from a (sync, decode_responses) Redis client and the
+    venue's JSONL record. ``cfg`` is the run's own config: instrument units and limits."""
+    units = {s: Units(i.tick, i.lot) for s, i in cfg.risk.instruments.items()}
+    entries: list[tuple[str, dict[str, str]]] = []
+    start = "-"
+    while True:
+        page = client.xrange(keys.journal, min=start, max="+", count=2000)
+        if not page:
+            break
+        entries.extend(page)
+        last = page[-1][0]
+        ms, _, n = last.partition("-")
+        start = f"{ms}-{int(n) + 1}"
+        if len(page) < 2000:
+            break
+    admissions, transitions, revocations = parse_journal(entries, units)
+    orders, fills, ends, _ = parse_venue_rows(read_jsonl(record_path))
+    stats = client.hgetall(keys.stats) or {}
+    denied = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("denied:")}
+    limits = Limits(
+        max_position={s: i.max_position for s, i in cfg.risk.instruments.items()},
+        daily_loss_limit=cfg.risk.daily_loss_limit,
+        timezone=cfg.risk.timezone,
+    )
+    return CheckInput(
+        admissions=admissions,
+        transitions=transitions,
+        venue_orders=orders,
+        venue_fills=fills,
+        limits=limits,
+        ledger=read_ledger(client, keys, units),
+        venue_ends=ends,
+        revocations=revocations,
+        denied=denied,
+        admitted_counter=int(stats["admitted"]) if "admitted" in stats else None,
+        journal_entries=len(entries),
+    )

@@ -1,0 +1,536 @@
+"""The chaos run: real processes, real Redis, real venue, faults from a seed.
+
+Layout of one run (everything under one work directory, kept for inspection):
+
+    redis-server (AOF)  <-- proxy 0 <-- guardrails run  (instance 0)
+                        <-- proxy 1 <-- guardrails run --standby  (instance 1)
+                        <-- proxy k <-- guardrails run --standby  (instance k)
+    guardrails venue serve (HTTP exchange simulator, JSONL record)  <-- every instance
+
+Phases: start → warm up → faults (``faults.schedule``) → settle (undo everything,
+restart what is dead, wait for an active instance that reconciled and trades) →
+quiesce (kill switch HALTED: the active instance cancels what rests at the venue) →
+stop every process gracefully → run the independent checker → report.
+
+The harness reads Redis only to *aim* faults (who holds the lease now) and to know
+when the system settled; the verdict comes from ``checker`` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from guardrails.chaos import checker, faults, report
+from guardrails.chaos.proxy import ChaosProxy
+from guardrails.chaos.redisproc import RedisProcess, free_port
+from guardrails.chaos.venue import VenueProcess
+from guardrails.config import Config, load_config
+from guardrails.keys import AccountKeys
+
+log = logging.getLogger("guardrails.chaos")
+
+ACCOUNT_VENUE = "sim"
+ACCOUNT_ID = "chaos"
+TTL_S = 3.0
+SETTLE_TIMEOUT_S = 45.0
+STOP_TIMEOUT_S = 20.0
+HTTP_KEY = "0x" + "4c" * 32
+"""A throwaway signing key for the simulator's account (test-only, not a secret)."""
+
+CONFIG_TEMPLATE = """\
+# Written by the chaos harness (guardrails/chaos/harness.py) for one run.
+[account]
+venue = "{account_venue}"
+id = "{account_id}"
+
+[redis]
+url = "{redis_url}"
+socket_timeout = "1s"
+
+[lease]
+ttl = "3s"
+renew_deadline = "2s"
+renew_interval = "500ms"
+drift_margin = "100ms"
+
+[risk]
+quote_decimals = 6
+timezone = "UTC"
+max_order_notional = "2500"
+max_gross_exposure = "20000"
+daily_loss_limit = "40"
+price_band = "0.02"
+orders_per_second = "12"
+burst = 12
+
+[risk.instruments.BTC-USD]
+tick = "0.01"
+lot = "0.0001"
+max_position = "0.02"
+
+[risk.instruments.ETH-USD]
+tick = "0.01"
+lot = "0.001"
+max_position = "0.3"
+
+[venue]
+kind = "http"
+url = "{venue_url}"
+key_env = "GUARDRAILS_CHAOS_HTTP_KEY"
+request_timeout = "1s"
+
+[venue.simulator]
+kind = "paper"
+seed = {seed}
+step = "250ms"
+volatility = "0.0015"
+start_prices = {{ BTC-USD = "60000.00", ETH-USD = "3000.00" }}
+
+# Crossing buys outpace crossing sells: the BTC position presses against max_position.
+[[strategies]]
+name = "btc-buyer"
+module = "strategies.looper:Looper"
+[strategies.params]
+symbol = "BTC-USD"
+qty = "0.002"
+interval = "250ms"
+side = "buy"
+offset = "0.001"
+
+[[strategies]]
+name = "btc-seller"
+module = "strategies.looper:Looper"
+[strategies.params]
+symbol = "BTC-USD"
+qty = "0.002"
+interval = "600ms"
+side = "sell"
+offset = "0.001"
+
+# Resting ETH orders on both sides: some rest, some fill as the walk crosses them.
+[[strategies]]
+name = "eth-rester"
+module = "strategies.looper:Looper"
+[strategies.params]
+symbol = "ETH-USD"
+qty = "0.02"
+interval = "400ms"
+side = "alternate"
+offset = "-0.0005"
+
+[runtime]
+heartbeat_interval = "1s"
+heartbeat_ttl = "5s"
+"""
+
+
+@dataclass
+class RunOptions:
+    duration_s: float
+    seed: int
+    instances: int
+    report_path: Path
+    workdir: Path
+
+
+@dataclass
+class Instance:
+    """One ``guardrails run`` process slot (restarted in place after a SIGKILL)."""
+
+    index: int
+    proxy: ChaosProxy
+    config: Path
+    logdir: Path
+    generation: int = 0
+    proc: asyncio.subprocess.Process | None = None
+    paused: bool = False
+    starts: list[float] = field(default_factory=list)
+
+    @property
+    def instance_id(self) -> str:
+        return f"chaos-{self.index}.{self.generation}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(self, env: dict[str, str]) -> None:
+        self.generation += 1
+        args = [
+            sys.executable, "-m", "guardrails", "run",
+            "--config", str(self.config),
+            "--redis-url", self.proxy.url,
+            "--instance-id", self.instance_id,
+        ]  # fmt: skip
+        if self.index > 0:
+            args.append("--standby")
+        out = (self.logdir / f"instance-{self.index}.log").open("ab")
+        try:
+            out.write(f"\n===== start {self.instance_id} at {time.time():.3f}\n".encode())
+            out.flush()
+            self.proc = await asyncio.create_subprocess_exec(
+                *args, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env
+            )
+        finally:
+            out.close()
+        self.paused = False
+        self.starts.append(time.time())
+
+    def signal(self, sig: signal.Signals) -> bool:
+        if not self.alive or self.proc is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+            if sig is signal.SIGSTOP:
+                self.paused = True
+            elif sig is signal.SIGCONT:
+                self.paused = False
+            return True
+        return False
+
+    async def wait(self, timeout: float) -> int | None:  # noqa: ASYNC109
+        if self.proc is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            return None
+
+
+class Harness:
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.work = opts.workdir
+        self.logdir = self.work / "logs"
+        self.redis = RedisProcess(self.work / "redis")
+        self.venue_port = free_port()
+        self.config_path = self.work / "chaos.toml"
+        self.instances: list[Instance] = []
+        self.injected: list[dict[str, Any]] = []
+        self.cfg: Config | None = None
+        self.keys = AccountKeys(checker_account())
+        self.venue: VenueProcess | None = None
+        self.t0 = 0.0
+        self.notes: list[str] = []
+        self.rng = random.Random(opts.seed ^ 0x5EED)
+
+    # -- environment ------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "GUARDRAILS_STATE_DIR": str(self.work / "state"),
+                "GUARDRAILS_LOCK_DIR": str(self.work / "locks"),
+                "GUARDRAILS_CHAOS_HTTP_KEY": HTTP_KEY,
+            }
+        )
+        env.pop("GUARDRAILS_REDIS_URL", None)
+        return env
+
+    def write_config(self) -> Config:
+        text = CONFIG_TEMPLATE.format(
+            account_venue=ACCOUNT_VENUE,
+            account_id=ACCOUNT_ID,
+            redis_url=self.redis.url,
+            venue_url=f"http://127.0.0.1:{self.venue_port}",
+            seed=self.opts.seed % 1_000_000,
+        )
+        self.config_path.write_text(text)
+        return load_config(self.config_path)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def say(self, text: str) -> None:
+        line = f"[chaos {self.elapsed():7.1f}s] {text}"
+        print(line, flush=True)
+        with (self.logdir / "harness.log").open("a") as f:
+            f.write(line + "\n")
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.monotonic()
+        schedule = faults.schedule(self.opts.seed, self.opts.duration_s, self.opts.instances, TTL_S)
+        print(f"chaos schedule (seed {self.opts.seed}, {len(schedule)} faults):", flush=True)
+        for f in schedule:
+            print("  " + f.describe(), flush=True)
+        await asyncio.to_thread(self.redis.start)
+        self.cfg = self.write_config()
+        direct = aioredis.Redis.from_url(
+            self.redis.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+        )
+        run_facts: dict[str, Any] = {"workdir": str(self.work)}
+        try:
+            self.venue = VenueProcess(
+                self.config_path, self.venue_port, self.work / "venue-record.jsonl",
+                self.logdir / "venue.log", seed=self.opts.seed,
+            )  # fmt: skip
+            await self.venue.start(self.env())
+            for i in range(self.opts.instances):
+                proxy = ChaosProxy(f"p{i}", "127.0.0.1", self.redis.port)
+                await proxy.start()
+                inst = Instance(i, proxy, self.config_path, self.logdir)
+                self.instances.append(inst)
+            for inst in self.instances:
+                await inst.start(self.env())
+                await asyncio.sleep(0.5)  # instance 0 first: it becomes the first active
+            self.say(f"started redis :{self.redis.port}, venue :{self.venue_port}, "
+                     f"{len(self.instances)} instances")  # fmt: skip
+            await self.run_schedule(schedule, direct)
+            await self.sleep_until(self.opts.duration_s)
+            settled = await self.settle(direct)
+            run_facts["settled"] = settled
+            run_facts["admitted_after_settle"] = settled.get("admitted_after", 0)
+            await self.quiesce(direct)
+            run_facts["stop"] = await self.stop_instances()
+        finally:
+            for inst in self.instances:
+                inst.signal(signal.SIGCONT)
+                if inst.alive and inst.proc is not None:
+                    inst.proc.kill()
+                    await inst.wait(5)
+            for inst in self.instances:
+                await inst.proxy.close()
+            if self.venue is not None:
+                await self.venue.stop()
+            await direct.aclose()
+        try:
+            assert self.cfg is not None
+            data = await asyncio.to_thread(
+                checker.load, self.redis.client(), self.keys, self.cfg,
+                self.work / "venue-record.jsonl",
+            )  # fmt: skip
+            result = checker.check(data)
+        finally:
+            await asyncio.to_thread(self.redis.stop)
+        run_facts["redis_restarts"] = self.redis.restarts
+        run_facts["notes"] = self.notes
+        run_facts["wall_s"] = round(self.elapsed(), 1)
+        doc = report.build(
+            seed=self.opts.seed,
+            duration_s=self.opts.duration_s,
+            instances=self.opts.instances,
+            schedule=schedule,
+            injected=self.injected,
+            result=result,
+            run=run_facts,
+        )
+        report.save(doc, self.opts.report_path)
+        return doc
+
+    async def sleep_until(self, t: float) -> None:
+        delay = t - self.elapsed()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # -- faults -----------------------------------------------------------------------
+
+    async def run_schedule(self, schedule: list[faults.Fault], direct: aioredis.Redis) -> None:
+        for n, fault in enumerate(schedule):
+            await self.sleep_until(fault.at_s)
+            await self.keep_alive()
+            record: dict[str, Any] = {
+                "n": n,
+                "kind": fault.kind.value,
+                "at_s": round(self.elapsed(), 1),
+            }
+            try:
+                await self.apply(fault, direct, record)
+                record.setdefault("ok", True)
+            except Exception as e:  # a fault that could not be applied is reported, not fatal
+                record["ok"] = False
+                record["error"] = f"{type(e).__name__}: {e}"
+            self.say(f"fault {n} {fault.kind.value}: {json.dumps(record, default=str)}")
+            self.injected.append(record)
+
+    async def keep_alive(self) -> None:
+        """Restart any instance that died on its own (recorded: it should not happen)."""
+        for inst in self.instances:
+            if inst.proc is not None and not inst.alive:
+                note = f"instance {inst.instance_id} exited on its own with {inst.proc.returncode}"
+                self.notes.append(note)
+                self.say(note + "; restarting")
+                await inst.start(self.env())
+
+    async def resolve(self, target: str, direct: aioredis.Redis) -> Instance:
+        if target.startswith("instance:"):
+            return self.instances[int(target.split(":", 1)[1]) % len(self.instances)]
+        with contextlib.suppress(Exception):
+            value = await direct.get(self.keys.lease)
+            if value:
+                holder = str(value).split(":", 1)[1]
+                for inst in self.instances:
+                    if holder == inst.instance_id:
+                        return inst
+        # Nobody holds the lease right now: hit a live instance, chosen by the seed.
+        return self.rng.choice([i for i in self.instances if i.alive] or self.instances)
+
+    async def apply(self, fault: faults.Fault, direct: aioredis.Redis, rec: dict[str, Any]) -> None:
+        kind = fault.kind
+        K = faults.FaultKind
+        if kind in (K.SIGKILL, K.SIGSTOP, K.PARTITION, K.BLACKHOLE, K.LATENCY):
+            inst = await self.resolve(fault.target, direct)
+            rec["instance"] = inst.instance_id
+            if kind is K.SIGKILL:
+                inst.signal(signal.SIGKILL)
+                await inst.wait(10)
+                await asyncio.sleep(fault.hold_s)
+                await inst.start(self.env())
+                rec["restarted_as"] = inst.instance_id
+            elif kind is K.SIGSTOP:
+                inst.signal(signal.SIGSTOP)
+                await asyncio.sleep(fault.hold_s)
+                inst.signal(signal.SIGCONT)
+            else:
+                await self.hold_proxy(inst.proxy, kind, fault)
+        elif kind is K.REDIS_RESTART:
+            await asyncio.to_thread(self.redis.kill)
+            await asyncio.sleep(fault.hold_s)
+            await asyncio.to_thread(self.redis.start)
+            self.redis.restarts += 1
+        elif kind is K.KILL_SWITCH:
+            mode = str(fault.params.get("mode", "halt"))
+            extra = {"halt": [], "reduce_only": ["--reduce-only"], "revoke": ["--revoke"]}[mode]
+            rec["mode"] = mode
+            rc = await self.cli("kill", "--account", str(self.keys.account),
+                                "--reason", f"chaos fault at {fault.at_s}s", *extra)  # fmt: skip
+            rec["kill_rc"] = rc
+            await asyncio.sleep(fault.hold_s)
+            rc2 = await self.resume()
+            rec["resume_rc"] = rc2
+            if rc != 0 or rc2 != 0:
+                rec["ok"] = False
+        elif kind is K.VENUE_DROP:
+            assert self.venue is not None
+            await self.venue.drop_responses(True)
+            await asyncio.sleep(fault.hold_s)
+            await self.venue.drop_responses(False)
+        else:  # pragma: no cover - every kind is handled above
+            raise ValueError(f"unhandled fault {kind}")
+
+    async def hold_proxy(
+        self, proxy: ChaosProxy, kind: faults.FaultKind, fault: faults.Fault
+    ) -> None:
+        if kind is faults.FaultKind.PARTITION:
+            proxy.partition()
+        elif kind is faults.FaultKind.BLACKHOLE:
+            proxy.blackhole()
+        else:
+            proxy.set_latency(float(fault.params.get("ms", 200)))
+        try:
+            await asyncio.sleep(fault.hold_s)
+        finally:
+            proxy.heal()
+
+    async def cli(self, *args: str) -> int:
+        """``guardrails <args>`` against Redis directly (operators do not go through proxies)."""
+        out = (self.logdir / "cli.log").open("ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "guardrails", *args,
+                "--config", str(self.config_path), "--redis-url", self.redis.url,
+                stdout=out, stderr=asyncio.subprocess.STDOUT, env=self.env(),
+            )  # fmt: skip
+            try:
+                return await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                return -9
+        finally:
+            out.close()
+
+    async def resume(self) -> int:
+        return await self.cli("resume", "--account", str(self.keys.account), "--reason", "chaos")
+
+    # -- settle, quiesce, stop ---------------------------------------------------------
+
+    async def settle(self, direct: aioredis.Redis) -> dict[str, Any]:
+        """Undo every fault, then wait for an active instance that reconciled and trades."""
+        for inst in self.instances:
+            inst.proxy.heal()
+            inst.signal(signal.SIGCONT)
+        assert self.venue is not None
+        await self.venue.drop_responses(False)
+        await self.keep_alive()
+        await self.resume()
+        self.say("faults over; settling")
+        start = time.monotonic()
+        base = await _admitted(direct, self.keys)
+        facts: dict[str, Any] = {"admitted_before": base}
+        while time.monotonic() - start < SETTLE_TIMEOUT_S:
+            await asyncio.sleep(1.0)
+            await self.keep_alive()
+            now = await _admitted(direct, self.keys)
+            # Trading resumed: the active instance reconciled (strategies start only after).
+            if now is not None and base is not None and now >= base + 5:
+                facts["admitted_after"] = now - base
+                facts["settle_s"] = round(time.monotonic() - start, 1)
+                self.say(f"settled: {now - base} admissions after the faults")
+                return facts
+        facts["admitted_after"] = 0
+        facts["settle_s"] = None
+        self.notes.append(f"no new admissions within {SETTLE_TIMEOUT_S}s after the faults")
+        self.say("did not settle: no new admissions")
+        return facts
+
+    async def quiesce(self, direct: aioredis.Redis) -> None:
+        """HALT the account: nothing new is admitted, the active instance cancels what rests."""
+        rc = await self.cli(
+            "kill", "--account", str(self.keys.account), "--reason", "chaos: end of run"
+        )
+        if rc != 0:
+            self.notes.append(f"final kill exited {rc}")
+        start = time.monotonic()
+        while time.monotonic() - start < 20:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                if await direct.scard(self.keys.open_orders) == 0:
+                    break
+        await asyncio.sleep(2.0)  # one more fills/marks pump round
+
+    async def stop_instances(self) -> dict[str, Any]:
+        """SIGTERM standbys first, then whoever is left; each must exit 0 in time."""
+        codes: dict[str, Any] = {}
+        for inst in sorted(self.instances, key=lambda i: -i.index):
+            inst.signal(signal.SIGTERM)
+            rc = await inst.wait(STOP_TIMEOUT_S)
+            codes[inst.instance_id] = rc
+            if rc is None:
+                self.notes.append(
+                    f"{inst.instance_id} did not stop within {STOP_TIMEOUT_S}s of SIGTERM"
+                )
+            elif rc != 0:
+                self.notes.append(f"{inst.instance_id} exited {rc} on SIGTERM")
+        return codes
+
+
+async def _admitted(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
+    with contextlib.suppress(Exception):
+        v = await direct.hget(keys.stats, "admitted")
+        return int(v or 0)
+    return None
+
+
+def checker_account() -> Any:
+    from guardrails.keys import AccountId
+
+    return AccountId(ACCOUNT_VENUE, ACCOUNT_ID)

@@ -1,0 +1,81 @@
+"""The chaos run's venue: ``guardrails venue serve`` (the HTTP exchange simulator) as a
+separate process, so it outlives every bot and its responses can be lost in flight.
+
+The simulator keeps its own append-only JSONL record of every order received and fill
+made; the checker reads that file and nothing else from the venue side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+FAULT_PATH = "/_faults"
+"""The simulator's test-only fault hook (``docs/venues.md``)."""
+
+
+class VenueProcess:
+    def __init__(self, config: Path, port: int, record: Path, log_path: Path, *, seed: int) -> None:
+        self.config = config
+        self.port = port
+        self.record = record
+        self.log_path = log_path
+        self.seed = seed
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, env: dict[str, str], timeout: float = 20.0) -> None:  # noqa: ASYNC109
+        out = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "guardrails", "venue", "serve",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--config", str(self.config), "--record", str(self.record),
+                "--seed", str(self.seed),
+                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        finally:
+            out.close()
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(
+                        f"venue simulator exited with {self.proc.returncode}; see {self.log_path}"
+                    )
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with s.get(self.url + "/health", timeout=aiohttp.ClientTimeout(1)) as r:
+                        if r.status < 500:
+                            return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"venue simulator not answering on {self.url} after {timeout}s")
+
+    async def drop_responses(self, on: bool) -> None:
+        """Apply requests but lose their responses (on) or answer normally again (off)."""
+        async with aiohttp.ClientSession() as s:
+            body = {"drop_responses": on}
+            async with s.post(
+                self.url + FAULT_PATH, json=body, timeout=aiohttp.ClientTimeout(5)
+            ) as r:
+                if r.status >= 300:
+                    raise RuntimeError(f"venue fault hook answered {r.status}: {await r.text()}")
+
+    async def stop(self, timeout: float = 10.0) -> int | None:  # noqa: ASYNC109
+        if self.proc is None or self.proc.returncode is not None:
+            return None if self.proc is None else self.proc.returncode
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()

@@ -1,0 +1,539 @@
+"""The chaos harness: its proxy, its seeded schedule, its checker — and one real run.
+
+The checker is tested the way it is used: on records whose violations we planted,
+each of which it must report under the right invariant, and on a clean record it
+must pass. The bounded real run at the end (several ``guardrails run`` processes,
+every fault kind at least once) must finish with zero violations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from guardrails.chaos import checker, faults, report
+from guardrails.chaos.checker import (
+    Admission,
+    CheckInput,
+    LedgerOrder,
+    LedgerView,
+    Limits,
+    Revocation,
+    Transition,
+    VenueEnd,
+    VenueFill,
+    VenueOrder,
+)
+from guardrails.chaos.proxy import ChaosProxy
+from guardrails.model import Side
+from tests.redis_harness import RedisServer
+
+# -- proxy -----------------------------------------------------------------------------
+
+
+async def _client(proxy: ChaosProxy, timeout: float = 1.0) -> aioredis.Redis:  # noqa: ASYNC109
+    return aioredis.Redis.from_url(
+        proxy.url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+async def test_proxy_when_passing_then_commands_reach_redis(redis_server: RedisServer) -> None:
+    # Arrange
+    proxy = ChaosProxy("t", "127.0.0.1", redis_server.port)
+    await proxy.start()
+    client = await _client(proxy)
+    try:
+        # Act
+        await client.set("k", "v")
+        # Assert
+        assert redis_server.client().get("k") == "v"
+        assert proxy.port != redis_server.port
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
+async def test_proxy_when_latency_added_then_round_trip_is_delayed(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange
+    proxy = ChaosProxy("t", "127.0.0.1", redis_server.port)
+    await proxy.start()
+    client = await _client(proxy, timeout=10)
+    try:
+        await client.ping()
+        proxy.set_latency(400)
+        # Act
+        t0 = time.monotonic()
+        await client.ping()
+        elapsed = time.monotonic() - t0
+        # Assert: both directions are delayed (request and reply)
+        assert elapsed >= 0.75
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
+async def test_proxy_when_blackholed_then_client_times_out_and_heal_restores(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange
+    proxy = ChaosProxy("t", "127.0.0.1", redis_server.port)
+    await proxy.start()
+    client = await _client(proxy, timeout=0.5)
+    try:
+        await client.ping()
+        proxy.blackhole()
+        # Act / Assert: silence, not an error: the request times out
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await client.set("during", "1")
+        assert redis_server.client().get("during") is None
+        proxy.heal()
+        # The client reconnects on a clean connection (the old one lost bytes).
+        for _ in range(5):
+            try:
+                assert await client.ping()
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                await asyncio.sleep(0.2)
+        else:
+            pytest.fail("client did not recover after heal")
+        await client.set("after", "1")
+        assert redis_server.client().get("after") == "1"
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
+async def test_proxy_when_partitioned_then_connections_refused_until_healed(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange
+    proxy = ChaosProxy("t", "127.0.0.1", redis_server.port)
+    await proxy.start()
+    client = await _client(proxy, timeout=2)
+    try:
+        await client.ping()
+        # Act
+        proxy.partition()
+        # Assert: the open connection is cut and a new one is closed at once
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await client.ping()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await client.ping()
+        proxy.heal()
+        assert await client.ping()
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
+async def test_proxy_when_redis_restarts_then_clients_reconnect_through_it() -> None:
+    # Arrange
+    server = RedisServer(aof=True).start()
+    proxy = ChaosProxy("t", "127.0.0.1", server.port)
+    await proxy.start()
+    client = await _client(proxy, timeout=2)
+    try:
+        await client.incr("n")
+        # Act
+        await asyncio.to_thread(server.kill)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await client.incr("n")
+        await asyncio.to_thread(server.start)
+        # Assert: the write before the crash survived (AOF) and the proxy forwards again
+        assert await client.incr("n") == 2
+    finally:
+        await client.aclose()
+        await proxy.close()
+        server.stop()
+
+
+# -- schedule --------------------------------------------------------------------------
+
+
+def test_schedule_when_same_seed_then_same_faults() -> None:
+    # Arrange / Act
+    a = faults.schedule(42, 600, 3, 3.0)
+    b = faults.schedule(42, 600, 3, 3.0)
+    c = faults.schedule(43, 600, 3, 3.0)
+    # Assert
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_schedule_when_minimum_duration_then_every_kind_once_without_overlap(seed: int) -> None:
+    # Arrange
+    duration = faults.minimum_duration(3.0)
+    # Act
+    sched = faults.schedule(seed, duration, 3, 3.0)
+    # Assert
+    assert {f.kind for f in sched} == set(faults.FaultKind)
+    for prev, nxt in itertools.pairwise(sched):
+        assert prev.at_s + prev.hold_s < nxt.at_s
+    assert sched[0].at_s >= faults.WARMUP_S
+    assert sched[-1].at_s + sched[-1].hold_s <= duration - faults.QUIET_S
+    stops = [f for f in sched if f.kind is faults.FaultKind.SIGSTOP]
+    assert all(f.hold_s > 3.0 for f in stops)
+
+
+def test_schedule_when_long_run_then_each_required_kind_many_times() -> None:
+    # Act
+    sched = faults.schedule(7, 600, 3, 3.0)
+    # Assert
+    for kind in faults.REQUIRED_KINDS:
+        assert sum(1 for f in sched if f.kind is kind) >= 5, kind
+
+
+# -- checker on planted violations -----------------------------------------------------
+
+BTC = "BTC-USD"
+T0 = 1_700_000_000_000
+LIMITS = Limits(max_position={BTC: Decimal("0.02")}, daily_loss_limit=Decimal("40"))
+
+
+def _adm(seq: int, n: int, token: int, side: Side = Side.BUY, ts: int = 0) -> Admission:
+    return Admission(
+        seq=seq,
+        coid=f"c{n}",
+        token=token,
+        symbol=BTC,
+        side=side,
+        qty=Decimal("0.01"),
+        price=Decimal("60000.00"),
+        deadline_ms=T0 + ts + 3000,
+        ts_ms=T0 + ts,
+    )
+
+
+def _vorder(
+    seq: int, adm: Admission, outcome: str = "accepted", at: int | None = None
+) -> VenueOrder:
+    return VenueOrder(
+        seq=seq,
+        coid=adm.coid,
+        symbol=adm.symbol,
+        side=adm.side,
+        qty=adm.qty,
+        price=adm.price,
+        received_ms=adm.ts_ms + 10 if at is None else at,
+        outcome=outcome,
+        expiry_ms=adm.deadline_ms,
+        reason="expired" if outcome == "expired" else "",
+    )
+
+
+def _vfill(seq: int, adm: Admission, price: str = "60000.00", fid: str | None = None) -> VenueFill:
+    return VenueFill(
+        seq=seq,
+        fill_id=fid or f"f-{adm.coid}",
+        coid=adm.coid,
+        symbol=adm.symbol,
+        side=adm.side,
+        qty=adm.qty,
+        price=Decimal(price),
+        ts_ms=adm.ts_ms + 20,
+    )
+
+
+def _clean() -> CheckInput:
+    """Two terms (tokens 1 then 2): buy, sell, a resting buy; ledger matches the venue."""
+    a1 = _adm(0, 1, 1, Side.BUY, ts=0)
+    a2 = _adm(3, 2, 2, Side.SELL, ts=5000)
+    a3 = _adm(6, 3, 2, Side.BUY, ts=6000)
+    orders = [_vorder(0, a1), _vorder(2, a2), _vorder(4, a3)]
+    fills = [_vfill(1, a1), _vfill(3, a2, "60010.00")]
+    ends = [VenueEnd(1, a1.coid, "filled", a1.ts_ms + 20), VenueEnd(3, a2.coid, "filled", a2.ts_ms)]
+    transitions = [
+        Transition(1, a1.coid, "SUBMITTED", a1.ts_ms + 15),
+        Transition(2, a1.coid, "FILLED", a1.ts_ms + 30),
+        Transition(4, a2.coid, "SUBMITTED", a2.ts_ms + 15),
+        Transition(5, a2.coid, "FILLED", a2.ts_ms + 30),
+        Transition(7, a3.coid, "SUBMITTED", a3.ts_ms + 15),
+    ]
+    ledger = LedgerView(
+        positions={BTC: Decimal(0)},
+        fills={"f-c1": "c1", "f-c2": "c2"},
+        orders={
+            "c1": LedgerOrder("c1", "FILLED", BTC, Side.BUY, Decimal("0.01"), Decimal("0.01")),
+            "c2": LedgerOrder("c2", "FILLED", BTC, Side.SELL, Decimal("0.01"), Decimal("0.01")),
+            "c3": LedgerOrder("c3", "SUBMITTED", BTC, Side.BUY, Decimal("0.01"), Decimal(0)),
+        },
+        open_orders=frozenset({"c3"}),
+        reserved={
+            f"{BTC}:buy": Decimal("0.01"),
+            f"{BTC}:sell": Decimal(0),
+            f"{BTC}:loss": Decimal(6),
+        },
+    )
+    return CheckInput(
+        admissions=[a1, a2, a3],
+        transitions=transitions,
+        venue_orders=orders,
+        venue_fills=fills,
+        limits=LIMITS,
+        ledger=ledger,
+        venue_ends=ends,
+        denied={"position_limit": 3},
+    )
+
+
+def _invariants(data: CheckInput) -> set[int]:
+    return {v.invariant for v in checker.check(data).violations}
+
+
+def test_checker_when_record_is_clean_then_no_violation() -> None:
+    # Act
+    result = checker.check(_clean())
+    # Assert
+    assert result.violations == []
+    assert result.stats["admitted"] == 3
+    assert result.late_sends["total"] == 0
+
+
+def test_checker_when_admitted_under_older_token_then_fencing_violation() -> None:
+    # Arrange: a paused holder of token 1 admitted after token 2 was in use (fence skipped)
+    data = _clean()
+    stale = replace(_adm(7, 9, 1, ts=7000), deadline_ms=T0 + 9000)
+    data.admissions.append(stale)
+    # Act / Assert
+    assert 1 in _invariants(data)
+
+
+def test_checker_when_venue_got_unadmitted_order_then_invariant_2() -> None:
+    # Arrange
+    data = _clean()
+    ghost = _adm(0, 99, 2, ts=6500)
+    data.venue_orders.append(_vorder(9, ghost))
+    # Act / Assert
+    assert _invariants(data) == {2}
+
+
+def test_checker_when_venue_order_differs_from_admission_then_invariant_2() -> None:
+    # Arrange
+    data = _clean()
+    data.venue_orders[2] = replace(data.venue_orders[2], qty=Decimal("0.05"))
+    # Act / Assert
+    assert 2 in _invariants(data)
+
+
+def test_checker_when_order_executed_twice_at_venue_then_invariant_2() -> None:
+    # Arrange: the same client order id accepted as a new order twice, filled twice
+    data = _clean()
+    a1 = data.admissions[0]
+    data.venue_orders.append(_vorder(10, a1))
+    data.venue_fills.append(_vfill(11, a1, fid="f-c1-again"))
+    # Act
+    found = checker.check(data).violations
+    # Assert
+    assert any(v.invariant == 2 and "accepted as a new order 2 times" in v.detail for v in found)
+    assert any(v.invariant == 2 and "more than its quantity" in v.detail for v in found)
+
+
+def test_checker_when_intent_admitted_twice_then_invariant_2() -> None:
+    # Arrange
+    data = _clean()
+    data.admissions.append(replace(data.admissions[2], seq=8))
+    # Act / Assert
+    assert 2 in _invariants(data)
+
+
+def test_checker_when_venue_position_exceeds_limit_then_invariant_3() -> None:
+    # Arrange: three buys of 0.01 without a sell: 0.03 > max 0.02
+    data = _clean()
+    buys = [_adm(10 + i, 10 + i, 2, Side.BUY, ts=7000 + i) for i in range(3)]
+    data.admissions += buys
+    data.venue_orders += [_vorder(20 + i, a) for i, a in enumerate(buys)]
+    data.venue_fills += [_vfill(30 + i, a) for i, a in enumerate(buys)]
+    data.ledger = None  # only invariant 3 is under test here
+    # Act / Assert
+    assert _invariants(data) == {3}
+
+
+def test_checker_when_day_loss_exceeds_budget_then_invariant_3() -> None:
+    # Arrange: buy 0.01 at 60000, sell at 55000: realized loss 50 > 40
+    data = _clean()
+    data.venue_fills[1] = replace(data.venue_fills[1], price=Decimal("55000.00"))
+    data.ledger = None
+    # Act
+    found = checker.check(data).violations
+    # Assert
+    assert [v.invariant for v in found] == [3]
+    assert "realized loss 50" in found[0].detail
+
+
+def test_checker_when_fill_applied_twice_in_ledger_then_invariant_4() -> None:
+    # Arrange: the ledger counted c1's fill twice (position 0.01 instead of 0)
+    data = _clean()
+    assert data.ledger is not None
+    data.ledger = replace(data.ledger, positions={BTC: Decimal("0.01")})
+    # Act / Assert
+    assert _invariants(data) == {4}
+
+
+def test_checker_when_ledger_misses_a_fill_then_invariant_4() -> None:
+    # Arrange
+    data = _clean()
+    assert data.ledger is not None
+    data.ledger = replace(data.ledger, fills={"f-c1": "c1"})
+    # Act / Assert
+    assert 4 in _invariants(data)
+
+
+def test_checker_when_reservation_has_no_live_order_then_invariant_4() -> None:
+    # Arrange: c3 ended but its reservation was never released
+    data = _clean()
+    assert data.ledger is not None
+    orders = dict(data.ledger.orders)
+    orders["c3"] = replace(orders["c3"], state="CANCELED")
+    data.ledger = replace(data.ledger, orders=orders, open_orders=frozenset())
+    data.venue_ends.append(VenueEnd(9, "c3", "canceled", T0 + 7000))
+    data.transitions.append(Transition(9, "c3", "CANCELED", T0 + 7000))
+    # Act
+    found = checker.check(data).violations
+    # Assert
+    assert {v.invariant for v in found} == {4}
+    assert any("reserved 0.01 BTC-USD:buy" in v.detail for v in found)
+
+
+def test_checker_when_ledger_terminal_but_venue_live_then_invariant_4() -> None:
+    # Arrange: c3 marked EXPIRED in the ledger, but the venue never ended it
+    data = _clean()
+    assert data.ledger is not None
+    orders = dict(data.ledger.orders)
+    orders["c3"] = replace(orders["c3"], state="EXPIRED")
+    data.ledger = replace(
+        data.ledger, orders=orders, open_orders=frozenset(), reserved={f"{BTC}:buy": Decimal(0)}
+    )
+    data.transitions.append(Transition(9, "c3", "EXPIRED", T0 + 7000))
+    # Act
+    found = checker.check(data).violations
+    # Assert
+    assert any(v.invariant == 4 and "still live at the venue" in v.detail for v in found)
+
+
+def test_checker_when_terminal_order_moves_again_then_invariant_5() -> None:
+    # Arrange: c1 FILLED, then "resurrected" to SUBMITTED by a requeueing error handler
+    data = _clean()
+    data.transitions.append(Transition(8, "c1", "SUBMITTED", T0 + 9000))
+    # Act
+    found = checker.check(data).violations
+    # Assert
+    assert [v.invariant for v in found] == [5]
+    assert "FILLED -> SUBMITTED" in found[0].detail
+
+
+def test_checker_when_record_state_differs_from_terminal_journal_then_invariant_5() -> None:
+    # Arrange
+    data = _clean()
+    assert data.ledger is not None
+    orders = dict(data.ledger.orders)
+    orders["c2"] = replace(orders["c2"], state="CANCELED")
+    data.ledger = replace(data.ledger, orders=orders)
+    # Act / Assert
+    assert 5 in _invariants(data)
+
+
+def test_checker_when_late_send_expired_at_venue_then_counted_not_violation() -> None:
+    # Arrange: c3 reached the venue after its permit deadline; the venue refused it
+    data = _clean()
+    a3 = data.admissions[2]
+    data.venue_orders[2] = _vorder(4, a3, outcome="expired", at=a3.deadline_ms + 500)
+    data.venue_ends.append(VenueEnd(4, a3.coid, "expired", a3.deadline_ms + 500))
+    assert data.ledger is not None
+    orders = dict(data.ledger.orders)
+    orders["c3"] = replace(orders["c3"], state="EXPIRED")
+    data.ledger = replace(data.ledger, orders=orders, open_orders=frozenset(), reserved={})
+    data.transitions.append(Transition(8, "c3", "EXPIRED", T0 + 9000))
+    # Act
+    result = checker.check(data)
+    # Assert
+    assert result.violations == []
+    assert result.late_sends["total"] == 1
+    assert result.late_sends["venue_fenced"] == 1
+
+
+def test_checker_when_late_send_executes_beyond_reservation_then_invariant_6() -> None:
+    # Arrange: a revoked holder's order arrived after the revoke and filled past its limit
+    data = _clean()
+    a3 = data.admissions[2]
+    data.revocations.append(Revocation(7, a3.token, a3.ts_ms + 5))
+    data.venue_fills.append(_vfill(5, a3, price="60500.00"))
+    # Act
+    result = checker.check(data)
+    # Assert
+    assert any(v.invariant == 6 for v in result.violations)
+    assert result.late_sends["escaped"] == 1
+
+
+def test_checker_when_late_send_fills_within_reservation_then_counted_not_violation() -> None:
+    # Arrange: token 1's order arrives after token 2 was first used, fills at its limit
+    a1 = _adm(0, 1, 1, Side.BUY, ts=0)
+    a2 = _adm(1, 2, 2, Side.SELL, ts=1000)
+    data = CheckInput(
+        admissions=[a1, a2],
+        transitions=[],
+        venue_orders=[_vorder(0, a2), _vorder(1, a1, at=a2.ts_ms + 100)],
+        venue_fills=[],
+        limits=LIMITS,
+        ledger=None,
+    )
+    # Act
+    result = checker.check(data)
+    # Assert
+    assert result.violations == []
+    assert result.late_sends["total"] == 1
+    assert result.late_sends["within_reservation"] == 1
+
+
+def test_report_when_violations_then_table_names_them_and_fails() -> None:
+    # Arrange
+    data = _clean()
+    data.transitions.append(Transition(8, "c1", "SUBMITTED", T0 + 9000))
+    result = checker.check(data)
+    sched = faults.schedule(1, 80, 3, 3.0)
+    # Act
+    doc = report.build(
+        seed=1, duration_s=80, instances=3, schedule=sched,
+        injected=[{"kind": "sigkill", "ok": True}], result=result, run={},
+    )  # fmt: skip
+    text = report.render(doc)
+    # Assert
+    assert doc["ok"] is False
+    assert len(doc["violations"]["5"]) == 1
+    assert "FAIL" in text and "terminal stays terminal" in text
+    json.dumps(doc)
+
+
+def test_venue_rows_when_parsed_then_outcomes_and_ends_classified(tmp_path: Path) -> None:
+    # Arrange: the simulator's JSONL, with a torn last line (killed mid-write)
+    rows = [
+        {"type": "order", "coid": "c1", "symbol": BTC, "side": "buy", "qty": "0.01",
+         "price": "60000.00", "deadline_ms": "5", "arrival_ms": "3", "result": "accepted"},
+        {"type": "order", "coid": "c2", "symbol": BTC, "side": "sell", "qty": "0.01",
+         "price": "60000.00", "deadline_ms": "5", "arrival_ms": "9", "result": "rejected",
+         "reason": "expired"},
+        {"type": "order", "coid": "c1", "symbol": BTC, "side": "buy", "qty": "0.01",
+         "price": "60000.00", "deadline_ms": "5", "arrival_ms": "4", "result": "duplicate"},
+        {"type": "fill", "fill_id": "f1", "coid": "c1", "symbol": BTC, "side": "buy",
+         "qty": "0.01", "price": "59990.00", "ts_ms": "4"},
+        {"type": "cancel", "coid": "c9", "result": "not_found", "arrival_ms": "10"},
+    ]  # fmt: skip
+    path = tmp_path / "record.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"type": "ord')
+    # Act
+    orders, fills, ends, _ = checker.parse_venue_rows(checker.read_jsonl(path))
+    # Assert
+    assert [o.outcome for o in orders] == ["accepted", "expired", "duplicate"]
+    assert [f.fill_id for f in fills] == ["f1"]
+    assert {(e.coid, e.state) for e in ends} == {("c2", "expired"), ("c1", "filled")}
