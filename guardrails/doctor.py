@@ -317,10 +317,9 @@ async def _registry(
     redis: aioredis.Redis, keys: AccountKeys
 ) -> tuple[list[dict[str, str]], list[tuple[str, int]]]:
     """(live heartbeat rows, ZSET members whose heartbeat hash is gone)."""
-    from guardrails.registry import Registry
+    from guardrails.status import registered_instances
 
-    rows = [{str(k): str(v) for k, v in r.items() if v is not None}
-            for r in await Registry.list_instances(redis, keys)]
+    rows = await registered_instances(redis, keys)
     known = {r.get("id") for r in rows}
     gone: list[tuple[str, int]] = []
     if (await redis.type(keys.instances)) == "zset":
@@ -563,8 +562,10 @@ async def _check_account(
                         c.add("unexpected_host", account,
                               f"{len(per_host[h])} instance(s) on {h}, not in the manifest's hosts",
                               f"stop them on {h}, or add {h} to the manifest")
+                # With at least one copy per listed host wanted, each host must have one.
+                spread = want.instances >= len(want.hosts)
                 for h in want.hosts:
-                    if h not in per_host and n < want.instances:
+                    if h not in per_host and spread:
                         c.add("missing_on_host", account, f"no instance on {h}",
                               f"start one on {h} via the supervisor")
     c.instances.extend(instances)
