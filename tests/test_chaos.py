@@ -137,6 +137,27 @@ async def test_proxy_when_partitioned_then_connections_refused_until_healed(
         await proxy.close()
 
 
+async def test_proxy_when_losing_replies_then_request_applied_but_client_sees_failure(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange
+    proxy = ChaosProxy("t", "127.0.0.1", redis_server.port)
+    await proxy.start()
+    client = await _client(proxy, timeout=2)
+    try:
+        await client.ping()
+        proxy.lose_replies()
+        # Act / Assert: the write happened, the client cannot know it
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await client.set("lost", "1")
+        assert redis_server.client().get("lost") == "1"
+        proxy.heal()
+        assert await client.get("lost") == "1"
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
 async def test_proxy_when_redis_restarts_then_clients_reconnect_through_it() -> None:
     # Arrange
     server = RedisServer(aof=True).start()
@@ -537,3 +558,47 @@ def test_venue_rows_when_parsed_then_outcomes_and_ends_classified(tmp_path: Path
     assert [o.outcome for o in orders] == ["accepted", "expired", "duplicate"]
     assert [f.fill_id for f in fills] == ["f1"]
     assert {(e.coid, e.state) for e in ends} == {("c2", "expired"), ("c1", "filled")}
+
+
+def test_checker_when_ledger_cancelled_an_order_the_venue_filled_then_invariant_4() -> None:
+    # Arrange: the ledger released c2 as CANCELED although the venue had filled it
+    data = _clean()
+    assert data.ledger is not None
+    orders = dict(data.ledger.orders)
+    orders["c2"] = replace(orders["c2"], state="CANCELED")
+    data.ledger = replace(data.ledger, orders=orders)
+    data.transitions[3] = replace(data.transitions[3], to_state="CANCELED")
+    # Act
+    found = checker.check(data).violations
+    # Assert
+    assert any(v.invariant == 4 and "the venue filled it" in v.detail for v in found)
+
+
+def test_checker_when_journal_shows_move_out_of_terminal_then_invariant_5() -> None:
+    # Arrange: one applied transition whose script saw a terminal state and wrote anyway
+    data = _clean()
+    data.transitions.append(Transition(8, "c9", "SUBMITTED", T0 + 9000, from_state="EXPIRED"))
+    # Act / Assert
+    assert _invariants(data) == {5}
+
+
+def test_journal_when_parsed_then_refusals_are_not_moves() -> None:
+    # Arrange: raw journal entries as the gate, the ledger and the kill switch write them
+    units = {BTC: checker.Units(Decimal("0.01"), Decimal("0.0001"))}
+    entries = [
+        ("1000-0", {"ev": "admit", "coid": "c1", "symbol": BTC, "side": "buy", "lots": "100",
+                    "ticks": "6000000", "token": "4", "deadline_ms": "4000"}),
+        ("1001-0", {"ev": "transition", "coid": "c1", "from": "PENDING_SUBMIT",
+                    "to": "CANCELED", "reason": "x"}),
+        ("1002-0", {"ev": "refused_terminal", "coid": "c1", "from": "CANCELED",
+                    "to": "SUBMITTED", "reason": "requeue"}),
+        ("1003-0", {"type": "trading_state", "state": "HALTED", "revoked_token": "4",
+                    "at_ms": "1003"}),
+    ]  # fmt: skip
+    # Act
+    admissions, transitions, revocations = checker.parse_journal(entries, units)
+    # Assert
+    assert admissions[0].qty == Decimal("0.0100") and admissions[0].price == Decimal("60000.00")
+    assert [(t.from_state, t.to_state) for t in transitions] == [("PENDING_SUBMIT", "CANCELED")]
+    assert revocations == [Revocation(3, 4, 1003)]
+    assert checker.check_terminal(transitions, None) == []

@@ -86,6 +86,8 @@ class Transition:
     coid: str
     to_state: str
     ts_ms: int
+    from_state: str = ""
+    """The state the ledger script saw before it wrote (``""`` when not recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +433,11 @@ def check_ledger_matches_venue(
                     f"fill {fid}: ledger says order {ledger.fills[fid]}, venue says {vfills[fid]}",
                 )
             )
+    # An order the venue filled cannot have ended any other way in the ledger.
+    for coid in sorted({f.coid for f in fills}):
+        rec = ledger.orders.get(coid)
+        if rec is not None and rec.state in TERMINAL - {"FILLED"}:
+            out.append(Violation(4, f"{coid} is {rec.state} in the ledger but the venue filled it"))
     # Orders still live at the venue (accepted, never ended) must not be terminal here.
     accepted = {v.coid for v in venue_orders if v.outcome == "accepted"}
     ended = {e.coid for e in ends}
@@ -475,6 +482,11 @@ def check_terminal(transitions: Iterable[Transition], ledger: LedgerView | None)
     out: list[Violation] = []
     final: dict[str, Transition] = {}
     for t in sorted(transitions, key=lambda t: t.seq):
+        if t.from_state in TERMINAL and t.to_state != t.from_state:
+            out.append(
+                Violation(5, f"{t.coid} moved {t.from_state} -> {t.to_state} (journal seq {t.seq})")
+            )
+            continue
         first = final.get(t.coid)
         if first is not None:
             if t.to_state != first.to_state or t.to_state not in TERMINAL:
@@ -724,8 +736,10 @@ def parse_journal(
             tok = f.get("revoked_token", "")
             if tok:
                 revocations.append(Revocation(seq, int(tok), int(f.get("at_ms") or ts)))
-        elif "coid" in f and ("to" in f or "state" in f):
-            transitions.append(Transition(seq, f["coid"], f.get("to") or f["state"], ts))
+        elif kind in ("transition", "fill"):
+            # Applied state changes only: ``refused_*`` entries record what the ledger
+            # script refused to do, which is the invariant working, not a move.
+            transitions.append(Transition(seq, f["coid"], f["to"], ts, f.get("from", "")))
     return admissions, transitions, revocations
 
 

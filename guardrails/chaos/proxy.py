@@ -9,6 +9,9 @@ hurt one instance's link without touching the others:
   partition: no RST, no FIN, just silence);
 - ``partition()``: every open connection is closed and new ones are closed as soon as
   they are accepted (the client sees connection errors at once);
+- ``lose_replies()``: requests are forwarded (the server acts on them) but the first
+  byte of a reply closes the connection instead of reaching the client: the client
+  cannot tell whether its request was applied (used in front of the venue);
 - ``heal()``: back to forwarding. Connections that lost bytes while blackholed are
   closed, because a byte stream with a hole in it is not a Redis protocol stream
   any more; the client reconnects on a clean connection.
@@ -34,6 +37,7 @@ class ProxyMode(StrEnum):
     PASS = "pass"
     BLACKHOLE = "blackhole"
     PARTITION = "partition"
+    LOSE_REPLIES = "lose_replies"
 
 
 class _Conn:
@@ -103,6 +107,9 @@ class ChaosProxy:
     def blackhole(self) -> None:
         self.mode = ProxyMode.BLACKHOLE
 
+    def lose_replies(self) -> None:
+        self.mode = ProxyMode.LOSE_REPLIES
+
     def partition(self) -> None:
         self.mode = ProxyMode.PARTITION
         for conn in list(self._conns):
@@ -144,8 +151,8 @@ class ChaosProxy:
                 return
             conn.upstream_w = up_w
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pipe(client_r, up_w, conn))
-                tg.create_task(self._pipe(up_r, client_w, conn))
+                tg.create_task(self._pipe(client_r, up_w, conn, reply=False))
+                tg.create_task(self._pipe(up_r, client_w, conn, reply=True))
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -160,8 +167,18 @@ class ChaosProxy:
             if not data:
                 return
 
+    def _forwards(self, reply: bool) -> bool:
+        if self.mode is ProxyMode.PASS:
+            return True
+        return self.mode is ProxyMode.LOSE_REPLIES and not reply
+
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: _Conn,
+        *,
+        reply: bool,
     ) -> None:
         """Copy one direction, in order, each chunk delivered ``latency`` after it arrived."""
         queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
@@ -178,8 +195,11 @@ class ChaosProxy:
                         await asyncio.sleep(delay)
                     if conn.closed.is_set():
                         return
-                    if self.mode is not ProxyMode.PASS:
+                    if not self._forwards(reply):
                         conn.tainted = True
+                        if self.mode is ProxyMode.LOSE_REPLIES:
+                            conn.close()  # the reply is lost; the client sees a dead socket
+                            return
                         continue
                     writer.write(data)
                     await writer.drain()
@@ -192,8 +212,11 @@ class ChaosProxy:
                 data = await _read_or_closed(reader, conn)
                 if not data:
                     break
-                if self.mode is not ProxyMode.PASS:
+                if not self._forwards(reply):
                     conn.tainted = True  # dropped on the floor
+                    if self.mode is ProxyMode.LOSE_REPLIES:
+                        conn.close()
+                        break
                     continue
                 queue.put_nowait((time.monotonic() + self.latency_s, data))
             queue.put_nowait(None)
