@@ -1,0 +1,191 @@
+"""The fenced order gate: one atomic Redis step per order decision.
+
+Invariants upheld: *one writer per account* (the script admits only while the lease
+holds exactly this instance's token and is live — checked inside Redis, so a paused
+process whose lease expired is refused even if no one took over), *risk is shared*
+(positions, reservations, the daily budget, the throttle and the limits are the
+account's combined state, read and reserved in the same step), *idempotency* (an intent
+id is admitted at most once; a retry gets the original decision and reserves nothing)
+and *fail closed* (a Redis error raises ``GateUnavailable``; a key of the wrong shape
+is ``Denied(BAD_STATE)``).
+
+Each ``admit`` is ONE ``EVALSHA`` of ``lua/gate_admit.lua``; Python only formats the
+arguments and maps the reply. The check order and every ``DenyReason`` are documented
+in ``docs/gate.md``; the key layout in ``docs/keys.md``.
+
+What it does not guarantee: that the order reaches the venue before
+``Admitted.submit_deadline_ms`` — the caller must not send it after that instant, and
+venues that support an expiry carry the deadline so a late order dies there.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from guardrails.config import RiskConfig
+from guardrails.keys import SCHEMA_VERSION, AccountKeys
+from guardrails.model import Admitted, Decision, Denied, DenyReason, Intent, client_order_id_for
+from guardrails.tradingday import ClockMs, TradingDay
+
+
+class GateUnavailable(Exception):
+    """Redis could not be asked (connection, timeout, script failure): nothing was admitted."""
+
+
+@cache
+def lua_source(name: str) -> str:
+    """The text of ``guardrails/lua/<name>`` (text only; registration is per client)."""
+    return resources.files("guardrails").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+ADMITTED = 0
+"""Reply code of gate_admit.lua for an admission (new or duplicate)."""
+
+DENY_CODES: dict[int, DenyReason] = {
+    1: DenyReason.SCHEMA_MISMATCH,
+    2: DenyReason.HALTED,
+    3: DenyReason.REDUCE_ONLY,
+    4: DenyReason.STALE_TOKEN,
+    5: DenyReason.LEASE_EXPIRED,
+    6: DenyReason.BAD_ORDER,
+    7: DenyReason.UNKNOWN_SYMBOL,
+    8: DenyReason.OFF_TICK,
+    9: DenyReason.OFF_LOT,
+    10: DenyReason.MAX_NOTIONAL,
+    11: DenyReason.PRICE_BAND,
+    12: DenyReason.THROTTLED,
+    13: DenyReason.POSITION_LIMIT,
+    14: DenyReason.GROSS_EXPOSURE,
+    15: DenyReason.DAILY_LOSS,
+    16: DenyReason.BAD_STATE,
+}
+"""gate_admit.lua's denial codes -> reasons: the one place the script's codes are mapped."""
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def decode_reply(intent_id: str, client_order_id: str, raw: Any) -> Decision:
+    """Map gate_admit.lua's reply to a decision; an unknown shape is a programming error."""
+    if not isinstance(raw, list) or not raw:
+        raise GateUnavailable(f"gate script returned an unexpected reply: {raw!r}")
+    code = int(raw[0])
+    if code == ADMITTED:
+        _, duplicate, token, deadline, nonce = raw
+        return Admitted(
+            intent_id=intent_id,
+            client_order_id=client_order_id,
+            token=int(token),
+            submit_deadline_ms=int(deadline),
+            duplicate=bool(int(duplicate)),
+            nonce=None if int(nonce) < 0 else int(nonce),
+        )
+    reason = DENY_CODES.get(code)
+    if reason is None:
+        raise GateUnavailable(f"gate script returned unknown code {code}: {raw!r}")
+    return Denied(intent_id, reason, _text(raw[1]) if len(raw) > 1 else "")
+
+
+def decimal_arg(value: Decimal, what: str) -> str:
+    """The exact decimal string sent to the script. Floats are refused (no binary money)."""
+    if not isinstance(value, Decimal):
+        raise TypeError(f"{what} must be a Decimal, not {type(value).__name__}")
+    return format(value, "f")
+
+
+def check_intent(intent: Intent, risk: RiskConfig) -> Denied | None:
+    """The script's order-sanity checks mirrored in Python, for a clear early error.
+
+    The script stays the authority (it parses the same strings against the limits
+    stored in Redis); this is for callers that want to explain a bad intent before
+    asking Redis. Returns the denial the script would give, or None.
+    """
+    iid = intent.intent_id or ""
+    inst = risk.instruments.get(intent.symbol)
+    if inst is None:
+        return Denied(iid, DenyReason.UNKNOWN_SYMBOL, f"symbol {intent.symbol} is not configured")
+    for what, v in (("qty", intent.qty), ("price", intent.price)):
+        if not isinstance(v, Decimal):
+            return Denied(iid, DenyReason.BAD_ORDER, f"{what} must be a Decimal")
+        if not v.is_finite() or v <= 0:
+            return Denied(iid, DenyReason.BAD_ORDER, f"{what} {v} is not a finite positive number")
+    try:
+        off_lot = intent.qty % inst.lot != 0
+        off_tick = intent.price % inst.tick != 0
+    except InvalidOperation:
+        return Denied(iid, DenyReason.BAD_ORDER, "qty or price is out of range")
+    if off_lot:
+        return Denied(iid, DenyReason.OFF_LOT, f"qty {intent.qty} is not a multiple of the lot")
+    if off_tick:
+        detail = f"price {intent.price} is not a multiple of the tick"
+        return Denied(iid, DenyReason.OFF_TICK, detail)
+    return None
+
+
+class OrderGate:
+    """Admits or denies intents for one account, atomically, inside Redis.
+
+    ``clock_ms`` (Unix ms) decides the trading day whose budget the decision reads;
+    the throttle and the permit deadline use Redis server time.
+    """
+
+    __slots__ = ("_day", "_head", "_keys", "_risk", "_script", "_tail")
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: AccountKeys,
+        risk: RiskConfig,
+        *,
+        clock_ms: ClockMs | None = None,
+    ) -> None:
+        self._keys = keys
+        self._risk = risk
+        self._day = TradingDay(risk.timezone, clock_ms)
+        self._script = redis.register_script(lua_source("gate_admit.lua"))
+        self._head = [
+            keys.schema, keys.state, keys.lease, keys.intents, keys.limits, keys.positions,
+            keys.reservations, keys.marks, keys.throttle,
+        ]
+        self._tail = [keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce]
+
+    async def admit(
+        self,
+        intent: Intent,
+        *,
+        intent_id: str,
+        token: int,
+        holder_id: str,
+        allocate_nonce: bool = False,
+    ) -> Decision:
+        """Decide ``intent`` in one EVALSHA: ``Admitted`` (exposure reserved, order
+        recorded PENDING_SUBMIT) or ``Denied(reason, detail)``. Raises
+        ``GateUnavailable`` when Redis cannot be asked: treat it as nothing admitted."""
+        coid = client_order_id_for(intent_id)
+        day = self._day.today()
+        keys = [*self._head, self._keys.day(day), self._keys.order(coid), *self._tail]
+        args: list[str | int] = [
+            SCHEMA_VERSION, token, holder_id, intent_id, coid, intent.symbol, intent.side.value,
+            decimal_arg(intent.qty, "qty"), decimal_arg(intent.price, "price"),
+            1 if allocate_nonce else 0, day,
+        ]
+        try:
+            raw = await self._script(keys=keys, args=args)
+        except ResponseError as e:
+            if "WRONGTYPE" in str(e):
+                return Denied(intent_id, DenyReason.BAD_STATE, str(e))
+            raise GateUnavailable(f"gate script failed: {e}") from e
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise GateUnavailable(f"redis unavailable: {type(e).__name__}: {e}") from e
+        except RedisError as e:
+            raise GateUnavailable(f"redis error: {type(e).__name__}: {e}") from e
+        return decode_reply(intent_id, coid, raw)

@@ -1,0 +1,381 @@
+"""The ledger: the only writer of order lifecycles, fills, positions and marks.
+
+Invariants upheld: *terminal is terminal* — ``lua/ledger_transition.lua`` refuses (and
+journals) any move out of FILLED, CANCELED, REJECTED or EXPIRED, whoever asks; and
+*every side effect is idempotent* — ``lua/ledger_fill.lua`` applies a fill once per
+fill id, moving its quantity from the order's reservation to the position and updating
+the cost basis and realized PnL. Venue events are facts any instance may record (no
+lease needed), but only through these scripts.
+
+Amounts in Redis are integers (docs/keys.md): quantities in lots, prices in ticks,
+money in units of 10^-quote_decimals. This module converts them to exact ``Decimal``
+and back; a fill's value is rounded against the account (a buy's cost up, a sell's
+proceeds down, fees up) when the venue's price is finer than the money unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from guardrails.config import RiskConfig
+from guardrails.gate import lua_source
+from guardrails.keys import AccountKeys
+from guardrails.limits import per_lot_tick
+from guardrails.model import Fill, OrderState, Side
+from guardrails.tradingday import ClockMs, TradingDay
+
+
+class LedgerError(Exception):
+    """The ledger could not apply a fact: a key has the wrong shape, or an overflow."""
+
+
+class Transition(StrEnum):
+    APPLIED = "applied"
+    REFUSED_TERMINAL = "refused_terminal"
+    """The order is terminal; nothing changed (the attempt is journaled)."""
+    UNKNOWN_ORDER = "unknown_order"
+    REFUSED_INVALID = "refused_invalid"
+    """The target state cannot be set this way (PENDING_SUBMIT, FILLED, PARTIALLY_FILLED)."""
+
+
+class FillOutcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+    """The fill's symbol/side differ from the order's, or its numbers are malformed."""
+    UNKNOWN_ORDER = "unknown_order"
+
+
+_TRANSITION_CODES = {
+    0: Transition.APPLIED,
+    1: Transition.REFUSED_TERMINAL,
+    2: Transition.UNKNOWN_ORDER,
+    3: Transition.REFUSED_INVALID,
+}
+_FILL_CODES = {
+    0: FillOutcome.APPLIED,
+    1: FillOutcome.DUPLICATE,
+    2: FillOutcome.UNKNOWN_ORDER,
+    3: FillOutcome.REFUSED,
+}
+_BAD_STATE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    client_order_id: str
+    intent_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    state: OrderState
+    filled_qty: Decimal
+    open_qty: Decimal
+    """Quantity still reserved (0 once terminal)."""
+    token: int
+    created_ms: int
+    updated_ms: int
+    deadline_ms: int
+    venue_order_id: str
+    reason: str
+    nonce: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    symbol: str
+    qty: Decimal
+    """Signed combined position (negative = short)."""
+    cost_basis: Decimal
+    """Signed money paid for the open position (negative for a short: money received)."""
+    avg_cost: Decimal | None
+    realized_pnl: Decimal
+    """Cumulative realized PnL in this symbol, fees included (all days)."""
+    mark: Decimal | None
+    unrealized: Decimal
+    reserved_buy: Decimal
+    reserved_sell: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    trading_day: str
+    realized_pnl: Decimal
+    realized_loss: Decimal
+    unrealized_loss: Decimal
+    reserved_worst_loss: Decimal
+    limit: Decimal
+    used: Decimal
+    """realized_loss + unrealized_loss + reserved_worst_loss (what the gate compares)."""
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.limit - self.used
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _i(v: Any, default: int = 0) -> int:
+    return default if v is None else int(_s(v))
+
+
+class Ledger:
+    """Records venue facts for one account through the ledger scripts."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: AccountKeys,
+        risk: RiskConfig,
+        *,
+        clock_ms: ClockMs | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.risk = risk
+        self._day = TradingDay(risk.timezone, clock_ms)
+        self._transition = redis.register_script(lua_source("ledger_transition.lua"))
+        self._fill = redis.register_script(lua_source("ledger_fill.lua"))
+
+    def trading_day(self) -> str:
+        return self._day.today()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def transition(
+        self, coid: str, target: OrderState, reason: str = "", venue_order_id: str = ""
+    ) -> Transition:
+        """Move ``coid`` to ``target`` through the script (refused if it is terminal)."""
+        k = self.keys
+        raw = await self._transition(
+            keys=[k.order(coid), k.open_orders, k.reservations, k.journal],
+            args=[coid, target.value, reason, venue_order_id],
+        )
+        code = int(raw[0])
+        if code == _BAD_STATE:
+            raise LedgerError(f"order {coid}: {_s(raw[1])}")
+        try:
+            return _TRANSITION_CODES[code]
+        except KeyError:
+            raise LedgerError(f"ledger_transition returned unknown code {code}") from None
+
+    async def mark_submitted(self, coid: str, venue_order_id: str) -> Transition:
+        return await self.transition(coid, OrderState.SUBMITTED, "", venue_order_id)
+
+    async def mark_unknown(self, coid: str, reason: str) -> Transition:
+        """An ambiguous submit: the reservation stays until reconciliation knows."""
+        return await self.transition(coid, OrderState.UNKNOWN, reason)
+
+    async def mark_canceled(self, coid: str, reason: str) -> Transition:
+        return await self.transition(coid, OrderState.CANCELED, reason)
+
+    async def mark_rejected(self, coid: str, reason: str) -> Transition:
+        return await self.transition(coid, OrderState.REJECTED, reason)
+
+    async def mark_expired(self, coid: str, reason: str) -> Transition:
+        """Only when the venue guarantees the order can no longer execute."""
+        return await self.transition(coid, OrderState.EXPIRED, reason)
+
+    # -- fills ---------------------------------------------------------------------------
+
+    def fill_amounts(self, fill: Fill) -> tuple[int, int, int, int]:
+        """(lots, value, fee, price_ticks) of ``fill`` as the script's integers.
+
+        Raises ``ValueError`` for a quantity that is not a whole number of lots."""
+        inst = self.risk.instruments.get(fill.symbol)
+        if inst is None:
+            raise ValueError(f"fill {fill.fill_id}: symbol {fill.symbol} is not configured")
+        for what, v in (("qty", fill.qty), ("price", fill.price), ("fee", fill.fee)):
+            if not isinstance(v, Decimal) or not v.is_finite() or v < 0:
+                raise ValueError(f"fill {fill.fill_id}: {what} {v!r} is not a finite Decimal >= 0")
+        lots_d = fill.qty / inst.lot
+        if lots_d != lots_d.to_integral_value() or lots_d <= 0:
+            raise ValueError(f"fill {fill.fill_id}: qty {fill.qty} is not a positive lot multiple")
+        qd = self.risk.quote_decimals
+        exact = (fill.qty * fill.price).scaleb(qd)
+        rounding = ROUND_CEILING if fill.side is Side.BUY else ROUND_FLOOR
+        value = int(exact.to_integral_value(rounding=rounding))
+        fee = int(fill.fee.scaleb(qd).to_integral_value(rounding=ROUND_CEILING))
+        ticks = int((fill.price / inst.tick).to_integral_value(rounding=ROUND_HALF_EVEN))
+        return int(lots_d), value, fee, ticks
+
+    async def apply_fill(self, fill: Fill) -> FillOutcome:
+        """Apply ``fill`` once per fill id (a second application is ``DUPLICATE``)."""
+        try:
+            lots, value, fee, ticks = self.fill_amounts(fill)
+        except ValueError as e:
+            raise LedgerError(str(e)) from None
+        k = self.keys
+        day = self._day.today()
+        raw = await self._fill(
+            keys=[
+                k.order(fill.client_order_id), k.open_orders, k.fills, k.positions,
+                k.reservations, k.day(day), k.journal, k.marks,
+            ],
+            args=[
+                fill.fill_id, fill.client_order_id, fill.symbol, fill.side.value,
+                lots, value, fee, ticks, fill.ts_ms, day,
+            ],
+        )
+        code = int(raw[0])
+        if code == _BAD_STATE:
+            raise LedgerError(f"fill {fill.fill_id}: {_s(raw[1])}")
+        try:
+            return _FILL_CODES[code]
+        except KeyError:
+            raise LedgerError(f"ledger_fill returned unknown code {code}") from None
+
+    # -- marks ---------------------------------------------------------------------------
+
+    async def update_marks(self, marks: dict[str, Decimal]) -> None:
+        """Store marks (rounded half-even to the instrument tick); unknown symbols ignored."""
+        fields: dict[str, str] = {}
+        for sym, px in marks.items():
+            inst = self.risk.instruments.get(sym)
+            if inst is None or not isinstance(px, Decimal) or not px.is_finite() or px <= 0:
+                continue
+            ticks = int((px / inst.tick).to_integral_value(rounding=ROUND_HALF_EVEN))
+            if ticks > 0:
+                fields[sym] = str(ticks)
+        if fields:
+            await self.redis.hset(self.keys.marks, mapping=fields)  # type: ignore[arg-type]
+
+    async def marks(self) -> dict[str, Decimal]:
+        raw = await self.redis.hgetall(self.keys.marks)
+        out: dict[str, Decimal] = {}
+        for k, v in raw.items():
+            sym = _s(k)
+            inst = self.risk.instruments.get(sym)
+            if inst is not None:
+                out[sym] = Decimal(_s(v)) * inst.tick
+        return out
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def order(self, coid: str) -> OrderRecord | None:
+        raw = await self.redis.hgetall(self.keys.order(coid))
+        if not raw:
+            return None
+        return self._record({_s(k): _s(v) for k, v in raw.items()})
+
+    def _record(self, h: dict[str, str]) -> OrderRecord:
+        inst = self.risk.instruments.get(h["symbol"])
+        lot = inst.lot if inst is not None else Decimal(0)
+        nonce = h.get("nonce", "-")
+        return OrderRecord(
+            client_order_id=h["coid"],
+            intent_id=h.get("intent_id", ""),
+            symbol=h["symbol"],
+            side=Side(h["side"]),
+            qty=Decimal(h["qty"]),
+            price=Decimal(h["price"]),
+            state=OrderState(h["state"]),
+            filled_qty=_i(h.get("filled_lots")) * lot,
+            open_qty=_i(h.get("open_lots")) * lot,
+            token=_i(h.get("token")),
+            created_ms=_i(h.get("created_ms")),
+            updated_ms=_i(h.get("updated_ms")),
+            deadline_ms=_i(h.get("deadline_ms")),
+            venue_order_id=h.get("venue_order_id", ""),
+            reason=h.get("reason", ""),
+            nonce=None if nonce in ("-", "") else int(nonce),
+        )
+
+    async def open_orders(self) -> list[OrderRecord]:
+        """Every non-terminal order of the account (all strategies), oldest first."""
+        coids = sorted(_s(c) for c in await self.redis.smembers(self.keys.open_orders))
+        if not coids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c in coids:
+                pipe.hgetall(self.keys.order(c))
+            rows = await pipe.execute()
+        out = [self._record({_s(k): _s(v) for k, v in row.items()}) for row in rows if row]
+        return sorted(out, key=lambda r: (r.created_ms, r.client_order_id))
+
+    async def positions(self) -> dict[str, PositionView]:
+        """Combined position per symbol with cost, PnL and mark (exact Decimals)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.positions)
+            pipe.hgetall(self.keys.reservations)
+            pipe.hgetall(self.keys.marks)
+            pos_raw, res_raw, marks_raw = await pipe.execute()
+        pos = {_s(k): int(_s(v)) for k, v in pos_raw.items()}
+        res = {_s(k): int(_s(v)) for k, v in res_raw.items()}
+        marks = {_s(k): int(_s(v)) for k, v in marks_raw.items()}
+        qd = self.risk.quote_decimals
+        out: dict[str, PositionView] = {}
+        syms = {f.rsplit(":", 1)[0] for f in pos} | {f.rsplit(":", 1)[0] for f in res}
+        for sym in sorted(syms):
+            inst = self.risk.instruments.get(sym)
+            if inst is None:
+                continue
+            lots = pos.get(f"{sym}:qty", 0)
+            cost = pos.get(f"{sym}:cost", 0)
+            qty = lots * inst.lot
+            cost_d = Decimal(cost).scaleb(-qd)
+            mark_t = marks.get(sym)
+            mark = mark_t * inst.tick if mark_t is not None else None
+            unreal = Decimal(0)
+            if mark_t is not None:
+                unreal = Decimal(lots * mark_t * per_lot_tick(self.risk, sym) - cost).scaleb(-qd)
+            out[sym] = PositionView(
+                symbol=sym,
+                qty=qty,
+                cost_basis=cost_d,
+                avg_cost=(cost_d / qty) if lots else None,
+                realized_pnl=Decimal(pos.get(f"{sym}:rpnl", 0)).scaleb(-qd),
+                mark=mark,
+                unrealized=unreal,
+                reserved_buy=res.get(f"{sym}:buy", 0) * inst.lot,
+                reserved_sell=res.get(f"{sym}:sell", 0) * inst.lot,
+            )
+        return out
+
+    async def budget(self) -> BudgetView:
+        """Today's loss budget exactly as the gate computes it (docs/gate.md)."""
+        day = self._day.today()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.day(day), "realized_pnl")
+            pipe.hgetall(self.keys.positions)
+            pipe.hgetall(self.keys.reservations)
+            pipe.hgetall(self.keys.marks)
+            pipe.hget(self.keys.limits, "daily_loss_limit")
+            rp_raw, pos_raw, res_raw, marks_raw, limit_raw = await pipe.execute()
+        qd = self.risk.quote_decimals
+        rp = _i(rp_raw)
+        pos = {_s(k): int(_s(v)) for k, v in pos_raw.items()}
+        res = {_s(k): int(_s(v)) for k, v in res_raw.items()}
+        marks = {_s(k): int(_s(v)) for k, v in marks_raw.items()}
+        unreal_loss = 0
+        for f, lots in pos.items():
+            sym, _, kind = f.rpartition(":")
+            if kind != "qty" or sym not in self.risk.instruments:
+                continue
+            cost = pos.get(f"{sym}:cost", 0)
+            if (lots or cost) and sym in marks:
+                u = lots * marks[sym] * per_lot_tick(self.risk, sym) - cost
+                unreal_loss += max(0, -u)
+        reserved = sum(v for f, v in res.items() if f.endswith(":loss"))
+        realized_loss = max(0, -rp)
+        limit = _i(limit_raw) if limit_raw is not None else None
+        limit_d = (
+            Decimal(limit).scaleb(-qd) if limit is not None else self.risk.daily_loss_limit
+        )
+        return BudgetView(
+            trading_day=day,
+            realized_pnl=Decimal(rp).scaleb(-qd),
+            realized_loss=Decimal(realized_loss).scaleb(-qd),
+            unrealized_loss=Decimal(unreal_loss).scaleb(-qd),
+            reserved_worst_loss=Decimal(reserved).scaleb(-qd),
+            limit=limit_d,
+            used=Decimal(realized_loss + unreal_loss + reserved).scaleb(-qd),
+        )

@@ -1,0 +1,385 @@
+-- gate_admit: one atomic admission decision for one intent of one account (docs/gate.md).
+--
+-- KEYS[1]  schema        STRING  key-schema version
+-- KEYS[2]  state         HASH    trading-state latch (field state)
+-- KEYS[3]  lease         STRING  "<token>:<holder_id>" with PX
+-- KEYS[4]  intents       HASH    intent id -> "<coid>|<token>|<deadline_ms>|<nonce or ->"
+-- KEYS[5]  limits        HASH    the account's effective limits (docs/keys.md)
+-- KEYS[6]  positions     HASH    <sym>:qty lots, <sym>:cost money, <sym>:rpnl money
+-- KEYS[7]  reservations  HASH    <sym>:buy lots, <sym>:sell lots, <sym>:loss money
+-- KEYS[8]  marks         HASH    <sym> mark in ticks
+-- KEYS[9]  throttle      HASH    tokens (milli-tokens), ts_ms
+-- KEYS[10] day           HASH    today's realized_pnl (money)
+-- KEYS[11] order         HASH    the order record of this intent's client order id
+-- KEYS[12] open          SET     client order ids of non-terminal orders
+-- KEYS[13] journal       STREAM  append-only journal
+-- KEYS[14] stats         HASH    admitted / duplicate / denied:<reason> counters
+-- KEYS[15] denials       STREAM  capped recent denials
+-- KEYS[16] nonce         STRING  next EVM nonce (only touched when ARGV[10] == "1")
+-- ARGV[1] schema version expected   ARGV[2] token        ARGV[3] holder id
+-- ARGV[4] intent id                 ARGV[5] client order id
+-- ARGV[6] symbol   ARGV[7] side (buy|sell)   ARGV[8] qty (decimal string)
+-- ARGV[9] price (decimal string)    ARGV[10] allocate nonce (0|1)   ARGV[11] trading day
+-- Returns {0, duplicate (0|1), token, submit_deadline_ms, nonce or -1}  admitted
+--         {code, detail}  denied; code indexes REASON below (gate.py maps it, in one place)
+local K_SCHEMA, K_STATE, K_LEASE, K_INTENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_LIMITS, K_POS, K_RES, K_MARKS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_THROTTLE, K_DAY, K_ORDER, K_OPEN = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_JOURNAL, K_STATS, K_DENIALS, K_NONCE = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local want_schema, token, holder, intent_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local coid, symbol, side_s, qty_s = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local price_s, alloc, day = ARGV[9], ARGV[10], ARGV[11]
+
+-- Effects replication (a no-op on Redis 7): TIME is read before writing.
+if redis.replicate_commands then redis.replicate_commands() end
+
+local REASON = {
+  'schema_mismatch', 'halted', 'reduce_only', 'stale_token', 'lease_expired',
+  'bad_order', 'unknown_symbol', 'off_tick', 'off_lot', 'max_notional',
+  'price_band', 'throttled', 'position_limit', 'gross_exposure', 'daily_loss', 'bad_state',
+}
+local SCHEMA_MISMATCH, HALTED, REDUCE_ONLY, STALE_TOKEN, LEASE_EXPIRED = 1, 2, 3, 4, 5
+local BAD_ORDER, UNKNOWN_SYMBOL, OFF_TICK, OFF_LOT, MAX_NOTIONAL = 6, 7, 8, 9, 10
+local PRICE_BAND, THROTTLED, POSITION_LIMIT, GROSS_EXPOSURE, DAILY_LOSS = 11, 12, 13, 14, 15
+local BAD_STATE = 16
+
+local MAXI = 9007199254740992 -- 2^53: integers at or above it are not exact in a double
+local P10 = {[0] = 1}
+for i = 1, 22 do P10[i] = P10[i - 1] * 10 end
+
+local function fmt(n) return string.format('%d', n) end
+
+-- A read that fails closed: a wrong-type key aborts the decision as BAD_STATE.
+local function rd(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    error({bad = 'key ' .. tostring(select(2, ...)) .. ': ' .. r.err})
+  end
+  return r
+end
+
+local function int_field(v, what)
+  if not v then return 0 end
+  local n = tonumber(v)
+  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI then
+    error({bad = what .. ' is not an integer: ' .. tostring(v)})
+  end
+  return n
+end
+
+local function hash_of(flat)
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return h
+end
+
+-- A plain positive decimal "123" or "0.0150": no sign, exponent, nan or inf.
+-- Returns mantissa, scale (value = m * 10^-scale) or nil.
+local function parse_dec(s)
+  if #s == 0 or #s > 40 then return nil end
+  local ip, fp = string.match(s, '^(%d+)%.(%d+)$')
+  if not ip then
+    ip = string.match(s, '^(%d+)$')
+    fp = ''
+  end
+  if not ip then return nil end
+  fp = (string.gsub(fp, '0+$', ''))
+  local digits = (string.gsub(ip .. fp, '^0+', ''))
+  if #digits > 15 then return nil end
+  return (tonumber(digits) or 0), #fp
+end
+
+-- value / unit as an integer, or nil, 'overflow' | 'off'.
+local function to_units(m, s, um, us)
+  local num, den = m, um
+  if us >= s then
+    if us - s > 22 then return nil, 'overflow' end
+    num = m * P10[us - s]
+  else
+    if s - us > 22 then return nil, 'overflow' end
+    den = um * P10[s - us]
+  end
+  if num >= MAXI or den >= MAXI then return nil, 'overflow' end
+  if num % den ~= 0 then return nil, 'off' end
+  return num / den
+end
+
+-- exact floor / ceil of a / b for integers (b > 0), safe against double rounding
+local function ifloor(a, b)
+  local q = math.floor(a / b)
+  local r = a - q * b
+  if r < 0 then q = q - 1 elseif r >= b then q = q + 1 end
+  return q
+end
+local function iceil(a, b) return -ifloor(-a, b) end
+
+local function mul(a, b)
+  local p = a * b
+  if p >= MAXI or p <= -MAXI then error({overflow = true}) end
+  return p
+end
+
+local function add(a, b)
+  local p = a + b
+  if p >= MAXI or p <= -MAXI then error({overflow = true}) end
+  return p
+end
+
+local function deny(code, detail)
+  redis.pcall('HINCRBY', K_STATS, 'denied:' .. REASON[code], 1)
+  redis.pcall('XADD', K_DENIALS, 'MAXLEN', '~', '1000', '*',
+    'intent_id', intent_id, 'reason', REASON[code], 'detail', detail,
+    'token', token, 'holder', holder, 'symbol', symbol, 'side', side_s,
+    'qty', qty_s, 'price', price_s)
+  return {code, detail}
+end
+
+local function main()
+  -- Reads first (each fails closed on a wrong type); writes only after every check.
+  local schema = rd('GET', K_SCHEMA)
+  -- 1. key-schema version
+  if schema ~= want_schema then
+    return deny(SCHEMA_MISMATCH, 'key schema is ' .. (schema or 'missing') .. ', gate speaks ' .. want_schema)
+  end
+  local lim = rd('HMGET', K_LIMITS, 'max_order_notional', 'max_gross_exposure',
+    'daily_loss_limit', 'band_ppm', 'rate_milli', 'burst', 'i:' .. symbol)
+  if not lim[1] then return deny(BAD_STATE, 'no limits stored for the account') end
+  local pos = hash_of(rd('HGETALL', K_POS))
+  local res = hash_of(rd('HGETALL', K_RES))
+  local state = rd('HGET', K_STATE, 'state')
+
+  -- Order sanity (pure); reported at step 5, or at step 2 in REDUCING.
+  local sane_code, sane_detail, side, lots, ticks, k, max_lots
+  local function sanity()
+    if side_s == 'buy' then side = 1 elseif side_s == 'sell' then side = -1 else
+      return BAD_ORDER, 'side must be buy or sell, got ' .. side_s
+    end
+    local inst = lim[7]
+    if not inst then return UNKNOWN_SYMBOL, 'symbol ' .. symbol .. ' is not configured' end
+    local tm, ts, lm, ls, kk, ml = string.match(inst, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+    if not tm then error({bad = 'limits i:' .. symbol .. ' is malformed'}) end
+    tm, ts, lm, ls = tonumber(tm), tonumber(ts), tonumber(lm), tonumber(ls)
+    k, max_lots = tonumber(kk), tonumber(ml)
+    local qm, qs = parse_dec(qty_s)
+    if not qm then return BAD_ORDER, 'qty ' .. qty_s .. ' is not a plain positive decimal' end
+    local pm, ps = parse_dec(price_s)
+    if not pm then return BAD_ORDER, 'price ' .. price_s .. ' is not a plain positive decimal' end
+    if qm == 0 then return BAD_ORDER, 'qty must be greater than 0' end
+    if pm == 0 then return BAD_ORDER, 'price must be greater than 0' end
+    local why
+    lots, why = to_units(qm, qs, lm, ls)
+    if not lots then
+      if why == 'off' then return OFF_LOT, 'qty ' .. qty_s .. ' is not a multiple of the lot' end
+      return BAD_ORDER, 'qty ' .. qty_s .. ' is out of range'
+    end
+    ticks, why = to_units(pm, ps, tm, ts)
+    if not ticks then
+      if why == 'off' then return OFF_TICK, 'price ' .. price_s .. ' is not a multiple of the tick' end
+      return BAD_ORDER, 'price ' .. price_s .. ' is out of range'
+    end
+    return nil
+  end
+  sane_code, sane_detail = sanity()
+
+  local function qty(sym) return int_field(pos[sym .. ':qty'], 'position ' .. sym) end
+  local function resv(sym, s)
+    return int_field(res[sym .. ':' .. s], 'reservation ' .. sym .. ':' .. s)
+  end
+
+  -- 2. trading state
+  if state == 'HALTED' then return deny(HALTED, 'account is HALTED') end
+  if state == 'REDUCING' then
+    if sane_code then return deny(sane_code, sane_detail) end
+    local p = qty(symbol)
+    local same = resv(symbol, side == 1 and 'buy' or 'sell')
+    -- Reduces |position| even if every open order on this side fills too.
+    if not (p * side < 0 and same + lots <= math.abs(p)) then
+      return deny(REDUCE_ONLY, 'account is REDUCING and this order does not reduce the position')
+    end
+  elseif state and state ~= 'ACTIVE' then
+    return deny(BAD_STATE, 'trading state is ' .. tostring(state))
+  end
+
+  -- 3. fence: the lease holds exactly this token and holder, and is live
+  local lease = rd('GET', K_LEASE)
+  if not lease then return deny(LEASE_EXPIRED, 'no live lease') end
+  if lease ~= token .. ':' .. holder then
+    return deny(STALE_TOKEN, 'lease is held as ' .. lease .. ', not ' .. token .. ':' .. holder)
+  end
+  local pttl = rd('PTTL', K_LEASE)
+  if pttl == -2 then return deny(LEASE_EXPIRED, 'no live lease') end
+  if pttl < 0 then return deny(BAD_STATE, 'lease has no expiry') end
+  if pttl == 0 then return deny(LEASE_EXPIRED, 'lease expires now') end
+
+  -- 4. idempotency: an admitted intent returns its original decision
+  local prior = rd('HGET', K_INTENTS, intent_id)
+  if prior then
+    local pc, pt, pd, pn = string.match(prior, '^([^|]*)|(%d+)|(%d+)|(.*)$')
+    if not pc then error({bad = 'intents ' .. intent_id .. ' is malformed'}) end
+    redis.pcall('HINCRBY', K_STATS, 'duplicate', 1)
+    return {0, 1, tonumber(pt), tonumber(pd), tonumber(pn) or -1}
+  end
+
+  -- 5. order sanity
+  if sane_code then return deny(sane_code, sane_detail) end
+
+  local max_notional, max_gross, loss_limit = int_field(lim[1]), int_field(lim[2]), int_field(lim[3])
+  local band_ppm, rate_milli, burst = int_field(lim[4]), int_field(lim[5]), int_field(lim[6])
+  local ok, notional = pcall(function() return mul(mul(lots, ticks), k) end)
+  if not ok then return deny(BAD_ORDER, 'order value overflows the exact integer range') end
+
+  -- 6. max notional per order
+  if notional > max_notional then
+    return deny(MAX_NOTIONAL, 'notional ' .. fmt(notional) .. ' > ' .. fmt(max_notional) .. ' money units')
+  end
+
+  -- 7. price band against the last mark
+  local marks = hash_of(rd('HGETALL', K_MARKS))
+  local mark = marks[symbol] and int_field(marks[symbol], 'mark ' .. symbol)
+  if not mark or mark <= 0 then return deny(PRICE_BAND, 'no mark for ' .. symbol) end
+  local dist = math.abs(ticks - mark)
+  local ok2, over = pcall(function() return mul(dist, 1000000) > mul(band_ppm, mark) end)
+  if not ok2 then return deny(BAD_ORDER, 'price band check overflows') end
+  if over then
+    return deny(PRICE_BAND, 'price ' .. price_s .. ' is ' .. fmt(dist) .. ' ticks from mark ' ..
+      fmt(mark) .. ' ticks (band ' .. fmt(band_ppm) .. ' ppm)')
+  end
+
+  -- 8. order-rate throttle (token bucket in milli-tokens, server clock)
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local tb = rd('HMGET', K_THROTTLE, 'tokens', 'ts_ms')
+  local cap = burst * 1000
+  local tokens = cap
+  if tb[1] then
+    tokens = int_field(tb[1], 'throttle tokens')
+    local elapsed = now_ms - int_field(tb[2], 'throttle ts_ms')
+    if elapsed < 0 then elapsed = 0 end
+    if elapsed > 1000000000 then elapsed = 1000000000 end
+    local refill = elapsed * rate_milli
+    if refill >= MAXI then tokens = cap else tokens = math.min(cap, tokens + ifloor(refill, 1000)) end
+  end
+  if tokens < 1000 then return deny(THROTTLED, 'order rate above ' .. fmt(rate_milli) .. ' milli-orders/s') end
+
+  local nonce = -1
+  if alloc == '1' then
+    local nv = rd('GET', K_NONCE)
+    if not nv then return deny(BAD_STATE, 'nonce not synced (' .. K_NONCE .. ' missing)') end
+    nonce = int_field(nv, 'nonce')
+  end
+
+  local side_name = side == 1 and 'buy' or 'sell'
+  local ok3, verdict = pcall(function()
+    -- 9. position limit: |position + same-side reservations + this order|
+    local p = qty(symbol)
+    local same = resv(symbol, side_name)
+    local before = math.abs(p + side * same)
+    local after = math.abs(add(p, side * add(same, lots)))
+    if after > max_lots and after > before then
+      return {POSITION_LIMIT, 'worst-case position ' .. fmt(after) .. ' lots > max ' .. fmt(max_lots)}
+    end
+    -- 10. gross exposure: sum of worst-case |position| x mark over symbols
+    local syms = {}
+    for f, _ in pairs(pos) do local s = string.match(f, '^(.*):qty$'); if s then syms[s] = true end end
+    for f, _ in pairs(res) do local s = string.match(f, '^(.*):buy$') or string.match(f, '^(.*):sell$'); if s then syms[s] = true end end
+    syms[symbol] = true
+    local gross_before, gross_after = 0, 0
+    for s, _ in pairs(syms) do
+      local sp, sb, ss = qty(s), resv(s, 'buy'), resv(s, 'sell')
+      local w0 = math.max(math.abs(add(sp, sb)), math.abs(add(sp, -ss)))
+      local w1 = w0
+      if s == symbol then
+        if side == 1 then sb = add(sb, lots) else ss = add(ss, lots) end
+        w1 = math.max(math.abs(add(sp, sb)), math.abs(add(sp, -ss)))
+      end
+      if w0 > 0 or w1 > 0 then
+        local m = marks[s] and int_field(marks[s], 'mark ' .. s)
+        local sk = k
+        if s ~= symbol then
+          local si = redis.call('HGET', K_LIMITS, 'i:' .. s)
+          local skk = si and string.match(si, '^%d+ %d+ %d+ %d+ (%d+) %d+$')
+          if not skk then error({bad = 'position in unconfigured symbol ' .. s}) end
+          sk = tonumber(skk)
+        end
+        if not m then error({bad = 'no mark for ' .. s .. ' which has exposure'}) end
+        gross_before = add(gross_before, mul(mul(w0, m), sk))
+        gross_after = add(gross_after, mul(mul(w1, m), sk))
+      end
+    end
+    if gross_after > max_gross and gross_after > gross_before then
+      return {GROSS_EXPOSURE, 'worst-case gross exposure ' .. fmt(gross_after) .. ' > ' .. fmt(max_gross) .. ' money units'}
+    end
+    -- 11. daily loss budget
+    local rp = int_field(rd('HGET', K_DAY, 'realized_pnl'), 'day realized_pnl')
+    local used = math.max(0, -rp)
+    for s, _ in pairs(syms) do
+      local c = int_field(pos[s .. ':cost'], 'cost ' .. s)
+      local sp = qty(s)
+      if sp ~= 0 or c ~= 0 then
+        local m = marks[s] and int_field(marks[s], 'mark ' .. s)
+        if not m then error({bad = 'no mark for ' .. s .. ' which has a position'}) end
+        local sk = k
+        if s ~= symbol then
+          local si = redis.call('HGET', K_LIMITS, 'i:' .. s)
+          sk = tonumber(si and string.match(si, '^%d+ %d+ %d+ %d+ (%d+) %d+$') or '')
+          if not sk then error({bad = 'position in unconfigured symbol ' .. s}) end
+        end
+        local unreal = add(mul(mul(sp, m), sk), -c)
+        if unreal < 0 then used = add(used, -unreal) end
+      end
+      used = add(used, int_field(res[s .. ':loss'], 'reserved loss ' .. s))
+    end
+    local adverse = side * (ticks - mark)
+    if adverse < 0 then adverse = 0 end
+    local band_ticks = iceil(mul(ticks, band_ppm), 1000000)
+    local wl = mul(add(adverse, band_ticks), k)
+    local this_loss = mul(lots, wl)
+    local total = add(used, this_loss)
+    if total > loss_limit then
+      return {DAILY_LOSS, 'worst-case daily loss ' .. fmt(total) .. ' > limit ' .. fmt(loss_limit) .. ' money units'}
+    end
+    return {0, wl, this_loss}
+  end)
+  if not ok3 then
+    if type(verdict) == 'table' and verdict.overflow then
+      return deny(BAD_ORDER, 'risk arithmetic overflows the exact integer range')
+    end
+    error(verdict)
+  end
+  if verdict[1] ~= 0 then return deny(verdict[1], verdict[2]) end
+  local wl, this_loss = verdict[2], verdict[3]
+
+  -- the write keys must have the shapes we are about to write
+  if rd('HGET', K_ORDER, 'state') then
+    return deny(BAD_STATE, 'order ' .. coid .. ' exists but its intent is not recorded')
+  end
+  rd('SISMEMBER', K_OPEN, coid)
+
+  -- 12. reserve, record PENDING_SUBMIT, journal (the journal first: it is the only
+  -- write whose key shape was not read above, so a failure there writes nothing)
+  local deadline = now_ms + pttl
+  local nonce_s = nonce >= 0 and fmt(nonce) or '-'
+  rd('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'admit', 'coid', coid,
+    'intent_id', intent_id, 'symbol', symbol, 'side', side_name, 'lots', fmt(lots),
+    'ticks', fmt(ticks), 'token', token, 'holder', holder, 'deadline_ms', fmt(deadline),
+    'nonce', nonce_s, 'day', day)
+  if nonce >= 0 then redis.call('INCR', K_NONCE) end
+  redis.call('HSET', K_ORDER, 'coid', coid, 'intent_id', intent_id, 'symbol', symbol,
+    'side', side_name, 'qty', qty_s, 'price', price_s, 'lots', fmt(lots), 'ticks', fmt(ticks),
+    'filled_lots', '0', 'open_lots', fmt(lots), 'wl', fmt(wl), 'state', 'PENDING_SUBMIT',
+    'token', token, 'holder', holder, 'created_ms', fmt(now_ms), 'updated_ms', fmt(now_ms),
+    'deadline_ms', fmt(deadline), 'nonce', nonce_s, 'day', day)
+  redis.call('SADD', K_OPEN, coid)
+  redis.call('HINCRBY', K_RES, symbol .. ':' .. side_name, fmt(lots))
+  redis.call('HINCRBY', K_RES, symbol .. ':loss', fmt(this_loss))
+  redis.call('HSET', K_THROTTLE, 'tokens', fmt(tokens - 1000), 'ts_ms', fmt(now_ms))
+  redis.call('HSET', K_INTENTS, intent_id, coid .. '|' .. token .. '|' .. fmt(deadline) .. '|' .. nonce_s)
+  redis.pcall('HINCRBY', K_STATS, 'admitted', 1)
+  return {0, 0, tonumber(token), deadline, nonce}
+end
+
+local ok, result = pcall(main)
+if ok then return result end
+if type(result) == 'table' and result.bad then return deny(BAD_STATE, result.bad) end
+if type(result) == 'table' and result.err then return deny(BAD_STATE, result.err) end
+error(result)
