@@ -25,7 +25,7 @@ RISK: dict[str, Any] = {
     "quote_decimals": 6,
     "timezone": "UTC",
     "max_order_notional": "1000000000",
-    "max_gross_exposure": "1000000000000",
+    "max_gross_exposure": "1000000000",
     "daily_loss_limit": "1000000000",
     "price_band": "0.05",
     "orders_per_second": "1000000000",
