@@ -185,18 +185,14 @@ async def _instances(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
 async def _risk_for(
     redis: aioredis.Redis, keys: AccountKeys, cfg: Config | None
 ) -> RiskConfig | None:
-    """The account's risk settings: the config's for its own account, else the stored limits."""
+    """The account's effective risk settings: the limits stored with the account (what the
+    gate enforces, ``limits`` HASH field ``config``), else the config's for its account."""
+    stored = await redis.hget(keys.limits, "config")
+    if stored:
+        return RiskConfig.model_validate(json.loads(str(stored), parse_float=Decimal))
     if cfg is not None and cfg.account_id == keys.account:
         return cfg.risk
-    try:
-        from guardrails import limits
-    except ImportError:
-        return None
-    reader = getattr(limits, "stored_risk", None)
-    if reader is None:
-        return None
-    risk: RiskConfig | None = await reader(redis, keys)
-    return risk
+    return None
 
 
 async def _ledger_views(
