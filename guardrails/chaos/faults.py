@@ -107,6 +107,9 @@ def _target(kind: FaultKind, rng: random.Random, instances: int) -> str:
 def _params(kind: FaultKind, rng: random.Random) -> dict[str, Any]:
     if kind is FaultKind.LATENCY:
         return {"ms": rng.choice((50, 150, 300, 600, 1200))}
+    if kind is FaultKind.VENUE_DROP:
+        modes = ("drop", "error_applied", "error_not_applied")
+        return {"mode": rng.choices(modes, (0.6, 0.25, 0.15))[0]}
     if kind is FaultKind.KILL_SWITCH:
         return {"mode": rng.choices(("halt", "reduce_only", "revoke"), (0.5, 0.25, 0.25))[0]}
     return {}

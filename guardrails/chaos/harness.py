@@ -420,9 +420,13 @@ class Harness:
                 rec["ok"] = False
         elif kind is K.VENUE_DROP:
             assert self.venue is not None
-            await self.venue.drop_responses(True)
-            await asyncio.sleep(fault.hold_s)
-            await self.venue.drop_responses(False)
+            mode = str(fault.params.get("mode", "drop"))
+            rec["mode"] = mode
+            await self.venue.lose_responses(mode)
+            try:
+                await asyncio.sleep(fault.hold_s)
+            finally:
+                await self.venue.lose_responses(None)
         else:  # pragma: no cover - every kind is handled above
             raise ValueError(f"unhandled fault {kind}")
 
@@ -469,7 +473,7 @@ class Harness:
             inst.proxy.heal()
             inst.signal(signal.SIGCONT)
         assert self.venue is not None
-        await self.venue.drop_responses(False)
+        await self.venue.lose_responses(None)
         await self.keep_alive()
         await self.resume()
         self.say("faults over; settling")

@@ -16,8 +16,15 @@ from pathlib import Path
 
 import aiohttp
 
-FAULT_PATH = "/_faults"
-"""The simulator's test-only fault hook (``docs/venues.md``)."""
+FAULT_PATH = "/admin/faults"
+"""The simulator's test-only fault hook (served only with ``--admin``)."""
+LOSE_ALL = 1_000_000
+"""A count of submits larger than any window: "every submit until switched off"."""
+
+LOSS_MODES = ("drop", "error_applied", "error_not_applied")
+"""How a lost venue response looks: ``drop`` applies the order and resets the
+connection; ``error_applied`` applies it and answers 503; ``error_not_applied``
+answers 503 without applying (the order never existed at the venue)."""
 
 
 class VenueProcess:
@@ -40,7 +47,7 @@ class VenueProcess:
                 sys.executable, "-m", "guardrails", "venue", "serve",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--config", str(self.config), "--record", str(self.record),
-                "--seed", str(self.seed),
+                "--seed", str(self.seed), "--admin",
                 stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
             )  # fmt: skip
         finally:
@@ -53,16 +60,24 @@ class VenueProcess:
                         f"venue simulator exited with {self.proc.returncode}; see {self.log_path}"
                     )
                 with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with s.get(self.url + "/health", timeout=aiohttp.ClientTimeout(1)) as r:
+                    async with s.get(self.url + "/v1/time", timeout=aiohttp.ClientTimeout(1)) as r:
                         if r.status < 500:
                             return
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"venue simulator not answering on {self.url} after {timeout}s")
 
-    async def drop_responses(self, on: bool) -> None:
-        """Apply requests but lose their responses (on) or answer normally again (off)."""
+    async def lose_responses(self, mode: str | None) -> None:
+        """Lose every submit's response in ``mode`` (``LOSS_MODES``) until called with None."""
+        body: dict[str, object] = {"drop_submit_responses": 0, "fail_submits": 0}
+        if mode == "drop":
+            body["drop_submit_responses"] = LOSE_ALL
+        elif mode in ("error_applied", "error_not_applied"):
+            body.update(
+                fail_submits=LOSE_ALL, fail_status=503, fail_applies=mode == "error_applied"
+            )
+        elif mode is not None:
+            raise ValueError(f"unknown loss mode {mode!r}; one of {LOSS_MODES}")
         async with aiohttp.ClientSession() as s:
-            body = {"drop_responses": on}
             async with s.post(
                 self.url + FAULT_PATH, json=body, timeout=aiohttp.ClientTimeout(5)
             ) as r:
