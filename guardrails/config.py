@@ -277,6 +277,20 @@ class EvmOrderTemplate(_Model):
     abi: list[dict[str, Any]] | None = Field(default=None, description="ABI for kind = 'call'.")
     function: str | None = Field(default=None, description="Function name for kind = 'call'.")
     args: list[Any] = Field(default_factory=list, description="Arguments for kind = 'call'.")
+    token: str | None = Field(
+        default=None, description="ERC-20 contract (erc20_* kinds; 'to' is recipient/spender)."
+    )
+    mark: PositiveAmount | None = Field(
+        default=None, description="Mark price the venue reports for the symbol (chains quote none)."
+    )
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> EvmOrderTemplate:
+        if self.kind.startswith("erc20") and not self.token:
+            raise ValueError(f"kind = {self.kind!r} needs 'token' (the ERC-20 contract address)")
+        if self.kind == "call" and (not self.abi or not self.function):
+            raise ValueError("kind = 'call' needs 'abi' and 'function'")
+        return self
 
 
 class EvmVenueConfig(_Model):

@@ -1,0 +1,50 @@
+-- evm_claim: bind a client order id to its signed transaction before it is sent — fenced.
+--
+-- KEYS[1]  lease key   (STRING "<token>:<holder_id>", PX ttl) of the wallet's account
+-- KEYS[2]  record key  (HASH venue:{<account>}:order:<coid>) the venue's record of the order
+-- KEYS[3]  orders key  (LIST venue:{<account>}:orders) client order ids in claim order
+-- ARGV[1]  token       (decimal string) the token the order was admitted under
+-- ARGV[2]  coid        client order id
+-- ARGV[3]  tx_hash     0x-hex hash of the signed transaction
+-- ARGV[4..] field/value pairs stored in the record (nonce, raw, symbol, side, qty, ...)
+--
+-- Returns {code, detail}
+--   0  claimed: the record was written with state "claimed"; send the transaction
+--   1  same: already claimed with this tx_hash (a re-send of the same id); send again
+--   2  closed: the record is "void", "canceled" or "rejected" (detail = state); do not send
+--   3  conflict: the id is bound to another transaction (detail = its hash); do not send
+--   4  no lease: nobody holds the lease; do not send
+--   5  stale: the lease holds another token (detail = the lease value); do not send
+--
+-- The fence is checked first, so a paused former holder that wakes after a takeover can
+-- never bind (and so never send) a new transaction; what it bound before stays findable.
+local lease_key = KEYS[1]
+local record_key = KEYS[2]
+local orders_key = KEYS[3]
+local token = ARGV[1]
+local coid = ARGV[2]
+local tx_hash = ARGV[3]
+
+local lease = redis.call('GET', lease_key)
+if not lease then
+  return {4, ''}
+end
+local lease_token = string.match(lease, '^(%d+):')
+if lease_token ~= token then
+  return {5, lease}
+end
+local state = redis.call('HGET', record_key, 'state')
+if state == 'claimed' then
+  local bound = redis.call('HGET', record_key, 'hash')
+  if bound == tx_hash then
+    return {1, ''}
+  end
+  return {3, bound or ''}
+end
+if state then
+  return {2, state}
+end
+redis.call('HSET', record_key, 'state', 'claimed', 'hash', tx_hash, 'token', token,
+  unpack(ARGV, 4))
+redis.call('RPUSH', orders_key, coid)
+return {0, ''}
