@@ -34,7 +34,7 @@ from guardrails.chaos.checker import (
     VenueOrder,
 )
 from guardrails.chaos.proxy import ChaosProxy
-from guardrails.model import Side
+from guardrails.model import Side, client_order_id_for
 from tests.redis_harness import RedisServer
 
 # -- proxy -----------------------------------------------------------------------------
@@ -602,3 +602,160 @@ def test_journal_when_parsed_then_refusals_are_not_moves() -> None:
     assert [(t.from_state, t.to_state) for t in transitions] == [("PENDING_SUBMIT", "CANCELED")]
     assert revocations == [Revocation(3, 4, 1003)]
     assert checker.check_terminal(transitions, None) == []
+
+
+# -- checker on records made by the real gate and ledger --------------------------------
+
+
+class _World:
+    """A small history made by the real gate and ledger, with the venue's JSONL beside it."""
+
+    def __init__(self, r: aioredis.Redis, server: RedisServer, record: Path) -> None:
+        from guardrails.gate import OrderGate
+        from guardrails.ledger import Ledger
+        from tests import gatekit
+
+        self.r = r
+        self.server = server
+        self.record = record
+        self.risk = gatekit.risk(daily_loss_limit="40")
+        self.keys = gatekit.account_keys("chaos")
+        self.gate = OrderGate(r, self.keys, self.risk)
+        self.ledger = Ledger(r, self.keys, self.risk)
+        self.rows: list[dict[str, object]] = []
+        self.fills: dict[str, object] = {}
+
+    async def setup(self) -> None:
+        from tests import gatekit
+
+        await gatekit.seed(self.r, self.keys, self.risk)
+
+    async def hold(self, token: int, holder: str) -> None:
+        await self.r.set(self.keys.fence, token)
+        await self.r.set(self.keys.lease, f"{token}:{holder}", px=600_000)
+
+    async def admit(self, n: int, side: Side, qty: str, token: int, holder: str) -> object:
+        from guardrails.model import Admitted, Intent
+
+        intent = Intent(BTC, side, Decimal(qty), Decimal("60000.00"), intent_id=f"i{n}")
+        d = await self.gate.admit(intent, intent_id=f"i{n}", token=token, holder_id=holder)
+        assert isinstance(d, Admitted), d
+        return d
+
+    def venue_order(self, d: object, side: Side, qty: str, result: str = "accepted") -> None:
+        from guardrails.model import Admitted
+
+        assert isinstance(d, Admitted)
+        self.rows.append(
+            {"type": "order", "coid": d.client_order_id, "symbol": BTC, "side": side.value,
+             "qty": qty, "price": "60000.00", "token": d.token,
+             "deadline_ms": d.submit_deadline_ms, "arrival_ms": int(time.time() * 1000),
+             "result": result, "reason": ""}
+        )  # fmt: skip
+
+    async def fill(self, d: object, side: Side, qty: str, price: str, fid: str) -> None:
+        from guardrails.model import Admitted, Fill
+
+        assert isinstance(d, Admitted)
+        f = Fill(fid, d.client_order_id, BTC, side, Decimal(qty), Decimal(price),
+                 int(time.time() * 1000))  # fmt: skip
+        self.rows.append(
+            {"type": "fill", "fill_id": fid, "coid": d.client_order_id, "symbol": BTC,
+             "side": side.value, "qty": qty, "price": price, "ts_ms": f.ts_ms}
+        )  # fmt: skip
+        await self.ledger.mark_submitted(d.client_order_id, "v-" + fid)
+        await self.ledger.apply_fill(f)
+        self.fills[fid] = f
+
+    async def history(self) -> None:
+        """Token 7 buys and fills; token 8 sells and fills, then rests a buy."""
+        await self.setup()
+        d1 = await self.admit(1, Side.BUY, "0.01", 7, "holder-a")
+        self.venue_order(d1, Side.BUY, "0.01")
+        await self.fill(d1, Side.BUY, "0.01", "59990.00", "f1")
+        await self.hold(8, "holder-b")
+        d2 = await self.admit(2, Side.SELL, "0.01", 8, "holder-b")
+        self.venue_order(d2, Side.SELL, "0.01")
+        await self.fill(d2, Side.SELL, "0.01", "60010.00", "f2")
+        d3 = await self.admit(3, Side.BUY, "0.005", 8, "holder-b")
+        self.venue_order(d3, Side.BUY, "0.005")
+        await self.ledger.mark_submitted(d3.client_order_id, "v-3")  # type: ignore[attr-defined]
+
+    def check(self) -> checker.CheckResult:
+        self.record.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        client = self.server.client()
+        try:
+            return checker.check(checker.load(client, self.keys, self.risk, self.record))
+        finally:
+            client.close()
+
+
+@pytest.fixture
+async def world(redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path) -> _World:
+    w = _World(redis_client, redis_server, tmp_path / "venue.jsonl")
+    await w.history()
+    return w
+
+
+async def test_real_records_when_history_is_sound_then_checker_passes(world: _World) -> None:
+    # Act
+    result = world.check()
+    # Assert
+    assert result.violations == []
+    assert result.stats["admitted"] == 3
+    assert result.stats["venue_fills"] == 2
+
+
+async def test_real_records_when_fence_check_skipped_then_invariant_1(world: _World) -> None:
+    # Arrange: a broken build in which the old holder's token still passes the fence
+    # (here: the lease rolled back to token 7, as a fence that skips the check would allow)
+    await world.hold(7, "holder-a")
+    d4 = await world.admit(4, Side.SELL, "0.005", 7, "holder-a")
+    world.venue_order(d4, Side.SELL, "0.005")
+    # Act
+    found = world.check().violations
+    # Assert
+    assert any(v.invariant == 1 and "token 7" in v.detail for v in found)
+
+
+async def test_real_records_when_fill_applied_twice_then_invariant_4(world: _World) -> None:
+    # Arrange: a broken build that applies one venue fill twice (under a second id)
+    from guardrails.model import Fill
+
+    f1 = world.fills["f1"]
+    assert isinstance(f1, Fill)
+    await world.ledger.apply_fill(replace(f1, fill_id="f1-again"))
+    # Act
+    found = world.check().violations
+    # Assert
+    details = [v.detail for v in found if v.invariant == 4]
+    assert any("position BTC-USD" in d for d in details)
+    assert any("the venue never made" in d for d in details)
+
+
+async def test_real_records_when_terminal_order_rewritten_then_invariant_5(world: _World) -> None:
+    # Arrange: a broken ledger that moves a FILLED order back without the terminal check
+    k = world.keys
+    d1 = client_order_id_for("i1")
+    await world.r.hset(k.order(d1), "state", "SUBMITTED")
+    await world.r.xadd(
+        k.journal, {"ev": "transition", "coid": d1, "from": "FILLED", "to": "SUBMITTED"}
+    )
+    # Act
+    found = world.check().violations
+    # Assert
+    assert any(v.invariant == 5 and "FILLED -> SUBMITTED" in v.detail for v in found)
+
+
+async def test_real_records_when_venue_got_unadmitted_order_then_invariant_2(
+    world: _World,
+) -> None:
+    # Arrange: an order reached the venue without passing the gate
+    world.rows.append(
+        {"type": "order", "coid": "c-bypass", "symbol": BTC, "side": "buy", "qty": "0.01",
+         "price": "60000.00", "deadline_ms": 0, "arrival_ms": 1, "result": "accepted"}
+    )  # fmt: skip
+    # Act
+    found = world.check().violations
+    # Assert
+    assert [v.invariant for v in found] == [2]

@@ -44,7 +44,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from guardrails.config import Config
+from guardrails.config import RiskConfig
 from guardrails.keys import AccountKeys
 from guardrails.model import Side
 
@@ -776,10 +776,10 @@ def read_ledger(client: Any, keys: AccountKeys, units: dict[str, Units]) -> Ledg
     return LedgerView(positions, fills, orders, open_orders, reserved)
 
 
-def load(client: Any, keys: AccountKeys, cfg: Config, record_path: Any) -> CheckInput:
+def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any) -> CheckInput:
     """Everything the checker needs, from a (sync, decode_responses) Redis client and the
-    venue's JSONL record. ``cfg`` is the run's own config: instrument units and limits."""
-    units = {s: Units(i.tick, i.lot) for s, i in cfg.risk.instruments.items()}
+    venue's JSONL record. ``risk`` is the run's own config: instrument units and limits."""
+    units = {s: Units(i.tick, i.lot) for s, i in risk.instruments.items()}
     entries: list[tuple[str, dict[str, str]]] = []
     start = "-"
     while True:
@@ -797,9 +797,9 @@ def load(client: Any, keys: AccountKeys, cfg: Config, record_path: Any) -> Check
     stats = client.hgetall(keys.stats) or {}
     denied = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("denied:")}
     limits = Limits(
-        max_position={s: i.max_position for s, i in cfg.risk.instruments.items()},
-        daily_loss_limit=cfg.risk.daily_loss_limit,
-        timezone=cfg.risk.timezone,
+        max_position={s: i.max_position for s, i in risk.instruments.items()},
+        daily_loss_limit=risk.daily_loss_limit,
+        timezone=risk.timezone,
     )
     return CheckInput(
         admissions=admissions,

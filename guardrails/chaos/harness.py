@@ -315,7 +315,7 @@ class Harness:
         try:
             assert self.cfg is not None
             data = await asyncio.to_thread(
-                checker.load, self.redis.client(), self.keys, self.cfg,
+                checker.load, self.redis.client(), self.keys, self.cfg.risk,
                 self.work / "venue-record.jsonl",
             )  # fmt: skip
             result = checker.check(data)
