@@ -1,0 +1,298 @@
+"""The strategy API: ``Strategy`` and ``Context``, the only door a strategy has.
+
+Invariants upheld here: *one writer per account* and *risk is shared*. A strategy
+never sees Redis, the venue or a key; every order it wants goes through ``submit``,
+which asks the fenced gate (one atomic Redis step that checks the current fencing
+token and a live lease, the kill switch and every limit, and reserves the exposure)
+*before* anything reaches the venue. What a strategy reads — positions, budget —
+is the account's combined state in Redis, not this process's view.
+
+``submit`` never retries blindly: a venue answer that is not a clear accept or
+reject is recorded as UNKNOWN and left to reconciliation, which looks the order up
+by client order id. An admitted order that can no longer be sent in time (the
+leadership was lost, or its permit deadline passed) is not sent and is expired in
+the ledger, so its reservation is released truthfully.
+
+What this does NOT guarantee: that the venue executes an admitted order, or that a
+strategy sees its own fills before its next decision (the runtime's pump applies
+fills a little later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import redis.exceptions
+
+from guardrails import logs
+from guardrails.config import InstrumentConfig, RiskConfig
+from guardrails.gate import GateUnavailable
+from guardrails.ledger import LedgerError
+from guardrails.model import Admitted, Decision, Denied, DenyReason, Fill, Intent, Order
+from guardrails.venues.base import Accepted, Rejected, Venue, VenueError, VenueOrderState
+
+if TYPE_CHECKING:
+    from guardrails.gate import OrderGate
+    from guardrails.ledger import BudgetView, Ledger, OrderRecord, PositionView
+
+_INFRA_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError, LedgerError)
+"""Failures to record a fact: logged, and left for reconciliation (never retried blindly)."""
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A strategy: constructed with its config ``params``, then ``await run(ctx)``.
+
+    ``run`` is cancelled when this instance stops being active or is stopped; it
+    must not swallow ``asyncio.CancelledError``.
+    """
+
+    async def run(self, ctx: Context) -> None: ...
+
+
+class LeadershipView(Protocol):
+    """What the context needs of ``lease.Leadership``: the token and whether it still holds."""
+
+    @property
+    def token(self) -> int: ...
+
+    @property
+    def holder_id(self) -> str: ...
+
+    def valid(self) -> bool: ...
+
+
+class MarkBook:
+    """The latest marks the runtime's pump fetched from the venue (shared by all contexts)."""
+
+    def __init__(self) -> None:
+        self._marks: dict[str, Decimal] = {}
+
+    def update(self, marks: dict[str, Decimal]) -> None:
+        self._marks.update(marks)
+
+    def get(self, symbol: str) -> Decimal | None:
+        return self._marks.get(symbol)
+
+    def snapshot(self) -> dict[str, Decimal]:
+        return dict(self._marks)
+
+
+class Context:
+    """One strategy's door to the account, for one term of leadership."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        gate: OrderGate,
+        ledger: Ledger,
+        venue: Venue,
+        leadership: LeadershipView,
+        risk: RiskConfig,
+        marks: MarkBook,
+        allocate_nonce: bool = False,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.name = name
+        self.log = logging.getLogger(f"strategy.{name}")
+        self._gate = gate
+        self._ledger = ledger
+        self._venue = venue
+        self._leadership = leadership
+        self._risk = risk
+        self._marks = marks
+        self._allocate_nonce = allocate_nonce
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._sent: list[str] = []
+        self._rlog = logging.getLogger("guardrails.orders")
+
+    # -- reading the account's combined state ------------------------------------
+
+    async def position(self, symbol: str) -> Decimal:
+        """The account's combined signed position in ``symbol`` (0 if none)."""
+        view = (await self._ledger.positions()).get(symbol)
+        return view.qty if view is not None else Decimal(0)
+
+    async def positions(self) -> dict[str, PositionView]:
+        """The account's combined positions (qty, avg cost, PnL, mark) per symbol."""
+        return await self._ledger.positions()
+
+    async def budget(self) -> BudgetView:
+        """Today's loss budget of the account: realized, unrealized, reserved, limit."""
+        return await self._ledger.budget()
+
+    async def mark(self, symbol: str) -> Decimal:
+        """The latest mark price of ``symbol`` (raises ``KeyError`` if the venue has none)."""
+        cached = self._marks.get(symbol)
+        if cached is not None:
+            return cached
+        fresh = await self._venue.marks([symbol])
+        self._marks.update(fresh)
+        return fresh[symbol]
+
+    def instrument(self, symbol: str) -> InstrumentConfig:
+        """Tick, lot and max position of ``symbol`` (raises ``KeyError`` if not configured)."""
+        return self._risk.instruments[symbol]
+
+    async def open_orders(self, symbol: str | None = None) -> list[OrderRecord]:
+        """The account's non-terminal orders (all strategies), optionally one symbol's."""
+        records = await self._ledger.open_orders()
+        return [r for r in records if symbol is None or r.symbol == symbol]
+
+    def sent_client_order_ids(self) -> list[str]:
+        """Client order ids this context sent to the venue in this term, oldest first."""
+        return list(self._sent)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    # -- acting -------------------------------------------------------------------
+
+    async def submit(self, intent: Intent) -> Decision:
+        """Gate, then venue. Returns the gate's decision (a value, never an exception).
+
+        An ``Admitted`` with ``duplicate=True`` was decided before (same intent id):
+        nothing new was reserved and nothing is sent again.
+        """
+        intent_id = intent.resolved_intent_id(self.name)
+        decision = await self._admit(intent, intent_id)
+        if isinstance(decision, Denied):
+            logs.event(
+                self._rlog, "order.denied", strategy=self.name, intent_id=intent_id,
+                symbol=intent.symbol, side=intent.side.value, qty=intent.qty, price=intent.price,
+                reason=decision.reason.value, detail=decision.detail or None,
+                token=self._leadership.token,
+            )
+            return decision
+        logs.event(
+            self._rlog, "order.admitted", strategy=self.name, intent_id=intent_id,
+            client_order_id=decision.client_order_id, symbol=intent.symbol,
+            side=intent.side.value, qty=intent.qty, price=intent.price, token=decision.token,
+            duplicate=decision.duplicate or None,
+        )
+        if not decision.duplicate:
+            await self._send(intent, decision)
+        return decision
+
+    async def _admit(self, intent: Intent, intent_id: str) -> Decision:
+        if not self._leadership.valid():
+            return Denied(intent_id, DenyReason.NOT_ACTIVE, "this instance does not hold the lease")
+        try:
+            return await self._gate.admit(
+                intent,
+                intent_id=intent_id,
+                token=self._leadership.token,
+                holder_id=self._leadership.holder_id,
+                allocate_nonce=self._allocate_nonce,
+            )
+        except GateUnavailable as e:
+            return Denied(intent_id, DenyReason.REDIS_UNAVAILABLE, str(e))
+
+    async def _send(self, intent: Intent, admitted: Admitted) -> None:
+        coid = admitted.client_order_id
+        # Re-check just before the order leaves the process: a term that ended (or a
+        # permit that ran out) while we waited for the gate must not reach the venue.
+        why_not = None
+        if not self._leadership.valid():
+            why_not = "not sent: leadership lost after admission"
+        elif self._clock_ms() >= admitted.submit_deadline_ms:
+            why_not = "not sent: permit deadline passed before sending"
+        if why_not is not None:
+            logs.event(self._rlog, "order.not_sent", logging.WARNING, strategy=self.name,
+                       client_order_id=coid, reason=why_not)
+            await self._record("mark_expired", coid, why_not)
+            return
+        order = Order(
+            client_order_id=coid, symbol=intent.symbol, side=intent.side, qty=intent.qty,
+            price=intent.price, token=admitted.token,
+            submit_deadline_ms=admitted.submit_deadline_ms, nonce=admitted.nonce,
+        )
+        self._sent.append(coid)
+        try:
+            result = await self._venue.submit(order)
+        except Exception as e:  # the protocol says "never raises"; if it does, we cannot know
+            logs.event(self._rlog, "order.unknown", logging.WARNING, strategy=self.name,
+                       client_order_id=coid, reason=f"{type(e).__name__}: {e}")
+            await self._record("mark_unknown", coid, f"submit raised {type(e).__name__}: {e}")
+            return
+        if isinstance(result, Accepted):
+            logs.event(self._rlog, "order.submitted", strategy=self.name, client_order_id=coid,
+                       venue_order_id=result.venue_order_id, token=admitted.token)
+            await self._record("mark_submitted", coid, result.venue_order_id)
+        elif isinstance(result, Rejected):
+            logs.event(self._rlog, "order.rejected", strategy=self.name, client_order_id=coid,
+                       reason=result.reason)
+            await self._record("mark_rejected", coid, result.reason)
+        else:
+            # Unknown: keep the reservation; reconciliation looks it up by coid. Never resend.
+            logs.event(self._rlog, "order.unknown", logging.WARNING, strategy=self.name,
+                       client_order_id=coid, reason=result.reason)
+            await self._record("mark_unknown", coid, result.reason)
+
+    async def _record(self, method: str, coid: str, arg: str) -> None:
+        """Record a venue outcome in the ledger; a Redis failure leaves it to reconciliation."""
+        try:
+            await getattr(self._ledger, method)(coid, arg)
+        except _INFRA_ERRORS as e:
+            logs.event(self._rlog, "order.record_failed", logging.WARNING, client_order_id=coid,
+                       transition=method, error=f"{type(e).__name__}: {e}",
+                       note="left for reconciliation")
+
+    async def cancel(self, client_order_id: str) -> bool:
+        """Ask the venue to cancel; True once the venue confirmed it is no longer live."""
+        if not self._leadership.valid():
+            logs.event(self._rlog, "order.cancel_refused", strategy=self.name,
+                       client_order_id=client_order_id, reason=DenyReason.NOT_ACTIVE.value)
+            return False
+        return await cancel_order(
+            self._ledger, self._venue, client_order_id, reason=f"canceled by {self.name}",
+            log=self._rlog,
+        )
+
+
+async def cancel_order(
+    ledger: Ledger, venue: Venue, client_order_id: str, *, reason: str, log: logging.Logger
+) -> bool:
+    """Cancel at the venue, then settle the ledger from the venue's record of the order.
+
+    After a confirmed cancel the order is looked up: fills it got first are applied
+    (once per fill id), and only a venue-side CANCELED/EXPIRED/REJECTED releases the
+    rest of the reservation — a cancel that raced a fill never loses the fill.
+    """
+    try:
+        result = await venue.cancel(client_order_id)
+    except (VenueError, *_INFRA_ERRORS) as e:
+        logs.event(log, "order.cancel_failed", logging.WARNING, client_order_id=client_order_id,
+                   error=f"{type(e).__name__}: {e}")
+        return False
+    if not isinstance(result, Accepted):
+        logs.event(log, "order.cancel_failed", logging.WARNING, client_order_id=client_order_id,
+                   error=getattr(result, "reason", ""))
+        return False
+    try:
+        status = await venue.lookup(client_order_id)
+        await apply_fills(ledger, status.fills)
+        if status.state in (VenueOrderState.CANCELED, VenueOrderState.EXPIRED):
+            await ledger.mark_canceled(client_order_id, reason)
+        elif status.state is VenueOrderState.REJECTED:
+            await ledger.mark_rejected(client_order_id, status.detail or reason)
+    except (VenueError, *_INFRA_ERRORS) as e:
+        logs.event(log, "order.cancel_record_failed", logging.WARNING,
+                   client_order_id=client_order_id, error=f"{type(e).__name__}: {e}",
+                   note="left for reconciliation")
+        return True
+    logs.event(log, "order.canceled", client_order_id=client_order_id,
+               venue_state=status.state.value, reason=reason)
+    return True
+
+
+async def apply_fills(ledger: Ledger, fills: Iterable[Fill]) -> None:
+    """Apply venue fills through the ledger (each fill id applies once, so re-applying is safe)."""
+    for fill in fills:
+        await ledger.apply_fill(fill)

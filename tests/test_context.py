@@ -1,0 +1,227 @@
+"""The Context: gate first, then venue, outcome recorded — against a real redis-server
+with the real gate, ledger, lease scripts and paper venue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+import redis.asyncio as aioredis
+
+from guardrails.config import Config, parse_config
+from guardrails.context import Context, MarkBook
+from guardrails.gate import OrderGate
+from guardrails.keys import AccountKeys
+from guardrails.lease import Acquired, Lease
+from guardrails.ledger import Ledger
+from guardrails.limits import check_or_init
+from guardrails.model import Admitted, Denied, DenyReason, Intent, Order, OrderState, Side
+from guardrails.venues.base import SubmitResult, Unknown
+from guardrails.venues.paper import PaperVenue, read_record
+from tests.redis_harness import RedisServer
+
+CONFIG = {
+    "account": {"venue": "paper", "id": "ctx"},
+    "lease": {"ttl": "10s", "renew_deadline": "5s", "renew_interval": "1s"},
+    "risk": {
+        "max_order_notional": "100000",
+        "max_gross_exposure": "1000000",
+        "daily_loss_limit": "10000",
+        "instruments": {"BTC-USD": {"tick": "0.01", "lot": "0.0001", "max_position": "10"}},
+    },
+    "venue": {"kind": "paper", "name": "ctxvenue", "start_prices": {"BTC-USD": "60000.00"}},
+}
+
+
+@dataclass
+class FakeTerm:
+    """The context's local view of a leadership term (the token is a real lease's)."""
+
+    token: int
+    holder_id: str
+    ok: bool = True
+    valid_calls: int = 0
+    invalid_after: int | None = None
+
+    def valid(self) -> bool:
+        self.valid_calls += 1
+        if self.invalid_after is not None and self.valid_calls > self.invalid_after:
+            return False
+        return self.ok
+
+
+@dataclass
+class World:
+    cfg: Config
+    redis: aioredis.Redis
+    keys: AccountKeys
+    venue: PaperVenue
+    ledger: Ledger
+    term: FakeTerm
+
+    def context(self, venue: PaperVenue | None = None) -> Context:
+        return Context(
+            "s1", gate=OrderGate(self.redis, self.keys, self.cfg.risk), ledger=self.ledger,
+            venue=venue or self.venue, leadership=self.term, risk=self.cfg.risk,
+            marks=MarkBook(),
+        )
+
+    async def orders_at_venue(self) -> list[dict[str, str]]:
+        return [r for r in await read_record(self.redis, "ctxvenue") if r["type"] == "order"]
+
+    async def intent(self, side: Side = Side.BUY, offset: str = "-0.01", tag: str = "") -> Intent:
+        mark = (await self.venue.marks(["BTC-USD"]))["BTC-USD"]
+        price = (mark * (1 + side.sign * Decimal(offset))).quantize(Decimal("0.01"))
+        return Intent("BTC-USD", side, Decimal("0.001"), price, tag=tag)
+
+
+@pytest.fixture
+async def world(redis_client: aioredis.Redis) -> AsyncIterator[World]:
+    cfg = parse_config(CONFIG)
+    keys = AccountKeys(cfg.account_id)
+    assert await check_or_init(redis_client, keys, cfg.risk, "test") is None
+    lease = Lease(redis_client, keys, "holder-1", cfg.lease)
+    acquired = await lease.try_acquire()
+    assert isinstance(acquired, Acquired)
+    venue = PaperVenue(redis_client, cfg.venue, cfg.account_id, risk=cfg.risk)  # type: ignore[arg-type]
+    await venue.start()
+    ledger = Ledger(redis_client, keys, cfg.risk)
+    await ledger.update_marks(await venue.marks(["BTC-USD"]))
+    yield World(cfg, redis_client, keys, venue, ledger, FakeTerm(acquired.token, "holder-1"))
+
+
+async def test_submit_when_admitted_then_sent_with_token_and_recorded_submitted(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = world.context()
+    caplog.set_level(logging.INFO)
+
+    decision = await ctx.submit(await world.intent())
+
+    assert isinstance(decision, Admitted)
+    orders = await world.orders_at_venue()
+    assert [(o["coid"], o["token"], o["result"]) for o in orders] == [
+        (decision.client_order_id, str(world.term.token), "accepted")
+    ]
+    record = await world.ledger.order(decision.client_order_id)
+    assert record is not None and record.state is OrderState.SUBMITTED
+    assert any("event=order.admitted" in r.getMessage() for r in caplog.records)
+
+
+async def test_submit_when_leadership_invalid_then_denied_not_active_and_nothing_sent(
+    world: World,
+) -> None:
+    world.term.ok = False
+    ctx = world.context()
+
+    decision = await ctx.submit(await world.intent())
+
+    assert isinstance(decision, Denied) and decision.reason is DenyReason.NOT_ACTIVE
+    assert await world.orders_at_venue() == []
+    assert await world.redis.hgetall(world.keys.stats) == {}  # the gate was never asked
+
+
+async def test_submit_when_token_is_stale_then_redis_denies_and_nothing_sent(
+    world: World,
+) -> None:
+    ctx = world.context()
+    world.term.token -= 1  # an older holder's token: valid() locally, refused by Redis
+
+    decision = await ctx.submit(await world.intent())
+
+    assert isinstance(decision, Denied) and decision.reason is DenyReason.STALE_TOKEN
+    assert await world.orders_at_venue() == []
+
+
+async def test_submit_when_same_intent_twice_then_admitted_once_and_sent_once(
+    world: World,
+) -> None:
+    ctx = world.context()
+    intent = await world.intent(tag="same")
+
+    first = await ctx.submit(intent)
+    second = await ctx.submit(intent)
+
+    assert isinstance(first, Admitted) and isinstance(second, Admitted)
+    assert second.duplicate and second.client_order_id == first.client_order_id
+    assert len(await world.orders_at_venue()) == 1
+
+
+class LostAckVenue(PaperVenue):
+    """Fault injection: the order reaches the exchange, the answer is lost on the way back."""
+
+    async def submit(self, order: Order) -> SubmitResult:
+        await super().submit(order)
+        return Unknown("ack lost (injected)")
+
+
+async def test_submit_when_venue_outcome_unknown_then_marked_unknown_and_not_resent(
+    world: World,
+) -> None:
+    lossy = LostAckVenue(world.redis, world.cfg.venue, world.cfg.account_id, risk=world.cfg.risk)  # type: ignore[arg-type]
+    ctx = world.context(venue=lossy)
+
+    decision = await ctx.submit(await world.intent())
+
+    assert isinstance(decision, Admitted)
+    record = await world.ledger.order(decision.client_order_id)
+    assert record is not None and record.state is OrderState.UNKNOWN
+    assert len(await world.orders_at_venue()) == 1  # sent once, never retried blindly
+
+
+async def test_submit_when_leadership_lost_after_admission_then_not_sent_and_expired(
+    world: World,
+) -> None:
+    world.term.invalid_after = 1  # valid for the admission, not for the send
+    ctx = world.context()
+
+    decision = await ctx.submit(await world.intent())
+
+    assert isinstance(decision, Admitted)
+    assert await world.orders_at_venue() == []
+    record = await world.ledger.order(decision.client_order_id)
+    assert record is not None and record.state is OrderState.EXPIRED
+
+
+async def test_submit_when_redis_down_then_denied_redis_unavailable(
+    world: World, redis_server: RedisServer
+) -> None:
+    ctx = world.context()
+    intent = await world.intent()
+    redis_server.kill()
+
+    decision = await ctx.submit(intent)
+
+    assert isinstance(decision, Denied) and decision.reason is DenyReason.REDIS_UNAVAILABLE
+
+
+async def test_cancel_when_order_resting_then_canceled_at_venue_and_in_ledger(
+    world: World,
+) -> None:
+    ctx = world.context()
+    decision = await ctx.submit(await world.intent(offset="-0.02"))
+    assert isinstance(decision, Admitted)
+
+    assert await ctx.cancel(decision.client_order_id) is True
+
+    record = await world.ledger.order(decision.client_order_id)
+    assert record is not None and record.state is OrderState.CANCELED
+    assert await ctx.open_orders() == []
+
+
+async def test_read_when_filled_then_position_is_accounts_combined_position(
+    world: World,
+) -> None:
+    ctx = world.context()
+    decision = await ctx.submit(await world.intent(offset="0.01"))  # crosses: fills at once
+    assert isinstance(decision, Admitted)
+    batch = await world.venue.fills_since(None)
+    for fill in batch.fills:
+        await world.ledger.apply_fill(fill)
+
+    assert await ctx.position("BTC-USD") == Decimal("0.001")
+    assert (await ctx.positions())["BTC-USD"].qty == Decimal("0.001")
+    assert (await ctx.budget()).limit == Decimal("10000")
