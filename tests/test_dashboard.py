@@ -1,0 +1,216 @@
+"""Dashboard: the JSON API equals `status --json`, /metrics is Prometheus text, the kill
+button exists only with an operator token, every read runs as a read-only Redis ACL
+user, and the page in a real headless Chromium shows the same figures and updates
+live after a fill (screenshot kept in artifacts/)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+import redis.asyncio as aioredis
+
+from guardrails.dashboard import create_app, serve
+from guardrails.killswitch import read_latch
+from guardrails.model import TradingState
+from tests import opskit
+from tests.browser import Browser
+from tests.conftest import ROOT, subprocess_env
+from tests.redis_harness import RedisServer
+
+SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
+OPERATOR_TOKEN = "op-secret-123"
+
+
+def status_json(url: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "guardrails", "status", "--redis-url", url,
+         "--account", str(opskit.ACCOUNT), "--json"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
+
+
+@dataclass
+class Served:
+    url: str
+    admin: aioredis.Redis
+    redis_url: str
+
+
+@pytest.fixture
+async def served(
+    redis_server: RedisServer, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Served]:
+    """The dashboard reading through a read-only ACL user, with a seeded account."""
+    monkeypatch.delenv("GUARDRAILS_OPERATOR_TOKEN", raising=False)
+    await opskit.seed(redis_client)
+    await opskit.buy_and_fill(redis_client, "0.01", "59900", "d1")
+    ro = aioredis.Redis.from_url(
+        await opskit.read_only_url(redis_client, redis_server.port), decode_responses=True)
+    app = create_app(ro, accounts=[opskit.ACCOUNT], interval_s=0.5)
+    runner, url = await serve(app, "127.0.0.1", 0)
+    try:
+        yield Served(url, redis_client, redis_server.url)
+    finally:
+        await runner.cleanup()
+        await ro.aclose()
+
+
+async def test_api_status_when_read_only_user_then_equals_status_json(served: Served) -> None:
+    # Act
+    async with aiohttp.ClientSession() as s, s.get(served.url + "api/status") as resp:
+        api = await resp.json()
+    cli = status_json(served.redis_url)
+
+    # Assert
+    jsonschema.validate(api, SCHEMA)
+    assert api["kill_enabled"] is False
+    assert api["accounts"][0]["errors"] == []
+    for doc in (api, cli):
+        doc.pop("generated_at_ms")
+        doc.pop("kill_enabled", None)
+        doc["accounts"][0]["lease"].pop("ttl_ms")
+    assert api == cli
+
+
+async def test_metrics_when_scraped_then_prometheus_text_with_positions_and_counters(
+    served: Served,
+) -> None:
+    # Act
+    async with aiohttp.ClientSession() as s, s.get(served.url + "metrics") as resp:
+        text = await resp.text()
+        ctype = resp.headers["Content-Type"]
+
+    # Assert
+    assert ctype.startswith("text/plain")
+    lines = text.splitlines()
+    assert "guardrails_up 1" in lines
+    assert 'guardrails_position_qty{account="paper:ops",symbol="BTC-USD"} 0.0100' in lines
+    assert 'guardrails_budget_limit{account="paper:ops"} 250.000000' in lines
+    assert f'guardrails_lease_token{{account="paper:ops"}} {opskit.TOKEN}' in lines
+    assert 'guardrails_trading_state{account="paper:ops",state="ACTIVE"} 1' in lines
+    assert 'guardrails_admitted_total{account="paper:ops"} 1' in lines
+    assert "# TYPE guardrails_denied_total counter" not in text  # nothing denied yet
+    for line in lines:  # every sample is `name{labels} value` or a HELP/TYPE comment
+        assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+
+
+async def test_events_when_subscribed_then_status_events_stream(served: Served) -> None:
+    # Act
+    events: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as s, s.get(served.url + "api/events") as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        async with asyncio.timeout(30):
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if line.startswith("data: "):
+                    events.append(json.loads(line.removeprefix("data: ")))
+                    if len(events) == 2:
+                        break
+
+    # Assert
+    assert [e["accounts"][0]["account"] for e in events] == ["paper:ops", "paper:ops"]
+    assert events[1]["generated_at_ms"] >= events[0]["generated_at_ms"]
+
+
+async def test_kill_when_no_operator_token_then_404_and_latch_untouched(served: Served) -> None:
+    # Act
+    async with aiohttp.ClientSession() as s, s.post(
+        served.url + "api/kill", json={"account": "paper:ops", "token": "x"}
+    ) as resp:
+        status = resp.status
+
+    # Assert
+    assert status == 404
+    assert (await read_latch(served.admin, opskit.KEYS)).state is TradingState.ACTIVE
+
+
+async def test_kill_when_operator_token_configured_then_bad_token_403_good_token_halts(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Arrange: reads through the read-only user, the kill through a writing client
+    await opskit.seed(redis_client)
+    ro = aioredis.Redis.from_url(
+        await opskit.read_only_url(redis_client, redis_server.port), decode_responses=True)
+    app = create_app(ro, accounts=[opskit.ACCOUNT], operator_token=OPERATOR_TOKEN,
+                     kill_redis=redis_client)
+    runner, url = await serve(app, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url + "api/status") as resp:
+                assert (await resp.json())["kill_enabled"] is True
+            # Act
+            async with s.post(url + "api/kill", json={
+                    "account": "paper:ops", "reason": "x", "token": "wrong"}) as resp:
+                bad = resp.status
+            async with s.post(url + "api/kill", json={
+                    "account": "paper:ops", "reason": "from the page",
+                    "token": OPERATOR_TOKEN}) as resp:
+                good = await resp.json()
+    finally:
+        await runner.cleanup()
+        await ro.aclose()
+
+    # Assert
+    assert bad == 403
+    assert good["ok"] is True and good["state"] == "HALTED"
+    latch = await read_latch(redis_client, opskit.KEYS)
+    assert (latch.state, latch.reason) == (TradingState.HALTED, "from the page")
+    assert "dashboard" in latch.by
+
+
+async def test_page_when_opened_in_chromium_then_shows_status_figures_and_updates_after_fill(
+    served: Served, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    # Arrange
+    before = status_json(served.redis_url)["accounts"][0]
+    browser = await Browser(tmp_path / "profile").start()
+    qty_js = ("document.querySelector('#acct-paper_ops tr[data-symbol=\"BTC-USD\"] "
+              "td[data-field=\"qty\"]')?.textContent")
+    def field_js(name: str) -> str:
+        return f"document.querySelector('#acct-paper_ops [data-field=\"{name}\"]')?.textContent"
+
+    used_js, limit_js, token_js = (field_js(n) for n in ("budget-used", "budget-limit",
+                                                          "lease-token"))
+    try:
+        # Act 1: load the page
+        await browser.navigate(served.url)
+        await browser.wait_for("window.guardrailsDashboard?.updates > 0")
+
+        # Assert 1: the same figures as status --json
+        assert await browser.evaluate(qty_js) == before["positions"][0]["qty"] == "0.0100"
+        assert await browser.evaluate(used_js) == before["budget"]["used"]
+        assert await browser.evaluate(limit_js) == before["budget"]["limit"]
+        assert await browser.evaluate(token_js) == str(opskit.TOKEN)
+        assert await browser.evaluate("document.querySelector('.kill').hidden") is True
+        updates_before = await browser.evaluate("window.guardrailsDashboard.updates")
+
+        # Act 2: a fill lands, no reload
+        await opskit.buy_and_fill(served.admin, "0.02", "60100", "d2")
+        after = status_json(served.redis_url)["accounts"][0]
+        new_qty = after["positions"][0]["qty"]
+        assert new_qty == "0.0300"
+
+        # Assert 2: the open page shows the new figures (live, via server-sent events)
+        await browser.wait_for(f"({qty_js}) === {json.dumps(new_qty)}")
+        await browser.wait_for(f"({used_js}) === {json.dumps(after['budget']['used'])}")
+        assert after["budget"]["used"] != before["budget"]["used"]
+        assert await browser.evaluate("window.guardrailsDashboard.updates") > updates_before
+        assert await browser.evaluate("location.href") == served.url  # never reloaded
+        png = await browser.screenshot()
+    finally:
+        await browser.close()
+    (artifacts_dir / "dashboard.png").write_bytes(png)
+    assert png.startswith(b"\x89PNG")
