@@ -329,10 +329,19 @@ local function main()
       end
       used = add(used, int_field(res[s .. ':loss'], 'reserved loss ' .. s))
     end
+    -- worst case of this order: it fills at its limit price (adverse distance from the
+    -- mark) and, for the lots that add exposure, the mark then moves one band against
+    -- it. Lots that reduce the position (net of same-side reservations) add no band.
     local adverse = side * (ticks - mark)
     if adverse < 0 then adverse = 0 end
     local band_ticks = iceil(mul(ticks, band_ppm), 1000000)
-    local wl = mul(add(adverse, band_ticks), k)
+    local p0, same0 = qty(symbol), resv(symbol, side_name)
+    local reducing_lots = 0
+    if p0 * side < 0 then
+      reducing_lots = math.max(0, math.min(lots, math.abs(p0) - same0))
+    end
+    local order_loss = add(mul(mul(lots, adverse), k), mul(mul(lots - reducing_lots, band_ticks), k))
+    local wl = iceil(order_loss, lots)
     local this_loss = mul(lots, wl)
     local total = add(used, this_loss)
     if total > loss_limit then

@@ -1,0 +1,283 @@
+"""Reconciliation and the sweep: the ledger catches up with what the venue knows.
+
+Invariants upheld: *terminal is terminal* and *fail closed*. On every takeover (and on
+demand, ``guardrails reconcile``) each non-terminal order of the account is looked up
+at the venue by client order id; its fills are applied (once per fill id) and its state
+finalised through the ledger scripts. An order the venue has never seen is EXPIRED only
+when the venue guarantees it can no longer arrive (``can_still_arrive=False``); until
+then its reservation is held. If any lookup fails the report is not ``ok`` and the
+caller must stay fail-closed (the runtime does not start strategies).
+
+The sweep finds orders stranded in a non-terminal state (the venue already finished
+them), open-index entries that disagree with the order records, and reservation totals
+that disagree with the open orders; with ``fix=True`` it reconciles the stranded orders
+and rebuilds the index and reservations atomically (``lua/ledger_rebuild.lua``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from guardrails.gate import lua_source
+from guardrails.ledger import FillOutcome, Ledger, OrderRecord
+from guardrails.model import OrderState
+from guardrails.venues.base import Venue, VenueError, VenueOrderState, VenueOrderStatus
+
+_TERMINAL_AT_VENUE = {
+    VenueOrderState.CANCELED: OrderState.CANCELED,
+    VenueOrderState.REJECTED: OrderState.REJECTED,
+    VenueOrderState.EXPIRED: OrderState.EXPIRED,
+}
+
+
+@dataclass
+class ReconcileReport:
+    checked: int = 0
+    fills_applied: int = 0
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    """(client order id, from state, to state) of every state the ledger changed."""
+    held: list[str] = field(default_factory=list)
+    """Orders the venue has not seen but that can still arrive: reservation kept."""
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    """(client order id, why): the venue could not be asked or disagrees with the ledger."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        return (
+            f"checked={self.checked} fills_applied={self.fills_applied} "
+            f"transitions={len(self.transitions)} held={len(self.held)} "
+            f"failures={len(self.failures)}"
+        )
+
+
+async def _lookup(venue: Venue, order: OrderRecord) -> VenueOrderStatus:
+    """Look the order up, telling the venue the order's submit deadline (a venue that
+    never saw the order uses it to decide whether the order can still arrive)."""
+    return await venue.lookup(order.client_order_id, deadline_ms=order.deadline_ms)
+
+
+async def reconcile_order(
+    ledger: Ledger, venue: Venue, order: OrderRecord, report: ReconcileReport
+) -> None:
+    """Bring one non-terminal order up to date with the venue's record of it."""
+    coid = order.client_order_id
+    report.checked += 1
+    try:
+        status = await _lookup(venue, order)
+    except VenueError as e:
+        report.failures.append((coid, f"venue lookup failed: {e}"))
+        return
+    for fill in status.fills:
+        if await ledger.apply_fill(fill) is FillOutcome.APPLIED:
+            report.fills_applied += 1
+    after = await ledger.order(coid)
+    if after is None:
+        report.failures.append((coid, "order record vanished"))
+        return
+    target: OrderState | None = None
+    if status.state is VenueOrderState.OPEN:
+        if after.state in (OrderState.PENDING_SUBMIT, OrderState.UNKNOWN):
+            target = OrderState.SUBMITTED
+    elif status.state is VenueOrderState.FILLED:
+        if after.state is not OrderState.FILLED:
+            report.failures.append(
+                (coid, f"venue says filled but the ledger has {after.filled_qty} of {after.qty}")
+            )
+    elif status.state in _TERMINAL_AT_VENUE:
+        target = _TERMINAL_AT_VENUE[status.state]
+    elif status.state is VenueOrderState.NOT_FOUND:
+        if status.can_still_arrive:
+            report.held.append(coid)
+        else:
+            target = OrderState.EXPIRED
+    if target is not None and not after.state.terminal:
+        reason = f"reconcile: venue says {status.state.value}"
+        if status.detail:
+            reason += f" ({status.detail})"
+        result = await ledger.transition(coid, target, reason)
+        if result.value == "applied":
+            report.transitions.append((coid, after.state.value, target.value))
+
+
+async def reconcile(ledger: Ledger, venue: Venue, *, now_ms: int) -> ReconcileReport:
+    """Look up every non-terminal order at the venue; apply fills; finalise states.
+
+    ``now_ms`` is recorded for the caller's logs; whether a never-seen order can still
+    arrive is the venue's call (``VenueOrderStatus.can_still_arrive``)."""
+    report = ReconcileReport()
+    for order in await ledger.open_orders():
+        await reconcile_order(ledger, venue, order, report)
+    return report
+
+
+@dataclass
+class SweepReport:
+    stranded: list[str] = field(default_factory=list)
+    """Non-terminal in the ledger, finished (or never-arriving) at the venue."""
+    missing_from_index: list[str] = field(default_factory=list)
+    """Non-terminal order records not in the open-order set."""
+    terminal_in_index: list[str] = field(default_factory=list)
+    dangling_in_index: list[str] = field(default_factory=list)
+    """Open-order set members without an order record."""
+    reservation_mismatches: list[str] = field(default_factory=list)
+    """``field: stored X, expected Y`` of the reservations hash."""
+    fixed: bool = False
+    reconcile: ReconcileReport | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.stranded or self.missing_from_index or self.terminal_in_index
+            or self.dangling_in_index or self.reservation_mismatches
+        )
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+async def _all_orders(ledger: Ledger) -> dict[str, OrderRecord]:
+    pattern = ledger.keys.order("*")
+    prefix = pattern[:-1]
+    out: dict[str, OrderRecord] = {}
+    async for key in ledger.redis.scan_iter(match=pattern, count=500):
+        coid = _s(key)[len(prefix):]
+        rec = await ledger.order(coid)
+        if rec is not None:
+            out[coid] = rec
+    return out
+
+
+async def _expected_reservations(ledger: Ledger, orders: dict[str, OrderRecord]) -> dict[str, int]:
+    exp: dict[str, int] = {}
+    for coid, rec in orders.items():
+        if rec.state.terminal:
+            continue
+        raw = await ledger.redis.hmget(ledger.keys.order(coid), ["open_lots", "wl"])
+        lots, wl = int(_s(raw[0] or 0)), int(_s(raw[1] or 0))
+        sk, lk = f"{rec.symbol}:{rec.side.value}", f"{rec.symbol}:loss"
+        exp[sk] = exp.get(sk, 0) + lots
+        exp[lk] = exp.get(lk, 0) + lots * wl
+    return exp
+
+
+async def _inspect(ledger: Ledger, venue: Venue) -> tuple[SweepReport, dict[str, OrderRecord]]:
+    report = SweepReport()
+    orders = await _all_orders(ledger)
+    index = {_s(m) for m in await ledger.redis.smembers(ledger.keys.open_orders)}
+    for coid, rec in sorted(orders.items()):
+        if not rec.state.terminal and coid not in index:
+            report.missing_from_index.append(coid)
+        if rec.state.terminal and coid in index:
+            report.terminal_in_index.append(coid)
+    report.dangling_in_index = sorted(index - set(orders))
+    stored = {
+        _s(k): int(_s(v)) for k, v in (await ledger.redis.hgetall(ledger.keys.reservations)).items()
+    }
+    expected = await _expected_reservations(ledger, orders)
+    for f in sorted(set(stored) | set(expected)):
+        if stored.get(f, 0) != expected.get(f, 0):
+            report.reservation_mismatches.append(
+                f"{f}: stored {stored.get(f, 0)}, expected {expected.get(f, 0)}"
+            )
+    for coid, rec in sorted(orders.items()):
+        if rec.state.terminal:
+            continue
+        try:
+            status = await _lookup(venue, rec)
+        except VenueError:
+            continue  # cannot tell; reconcile reports the failure
+        finished = status.state in _TERMINAL_AT_VENUE or status.state is VenueOrderState.FILLED
+        never = status.state is VenueOrderState.NOT_FOUND and not status.can_still_arrive
+        if finished or never:
+            report.stranded.append(coid)
+    return report, orders
+
+
+async def _rebuild(ledger: Ledger) -> None:
+    script = ledger.redis.register_script(lua_source("ledger_rebuild.lua"))
+    k = ledger.keys
+    for _ in range(20):
+        orders = await _all_orders(ledger)
+        index = sorted(_s(m) for m in await ledger.redis.smembers(k.open_orders))
+        coids = sorted(set(orders) | set(index))
+        raw = await script(
+            keys=[k.open_orders, k.reservations, k.journal, *[k.order(c) for c in coids]],
+            args=[len(index), *coids],
+        )
+        if int(raw[0]) == 0:
+            return
+    raise RuntimeError("open orders kept changing; could not rebuild reservations")
+
+
+async def sweep(ledger: Ledger, venue: Venue, *, fix: bool) -> SweepReport:
+    """Report (and with ``fix`` repair) orders stranded in a non-terminal state, and
+    index/reservation totals that disagree with the order records."""
+    report, _orders = await _inspect(ledger, venue)
+    if not fix or report.clean:
+        return report
+    rec_report = ReconcileReport()
+    for coid in report.stranded + report.missing_from_index:
+        rec = await ledger.order(coid)
+        if rec is not None and not rec.state.terminal:
+            await reconcile_order(ledger, venue, rec, rec_report)
+    await _rebuild(ledger)
+    report.fixed = True
+    report.reconcile = rec_report
+    return report
+
+
+# -- CLI ---------------------------------------------------------------------------------
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """``guardrails reconcile [--fix] [--json]``: 0 when reconciled and clean (or fixed)."""
+    return asyncio.run(_cmd_reconcile(args))
+
+
+async def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from guardrails.config import load_config
+    from guardrails.keys import AccountKeys
+    from guardrails.redisconn import connect
+    from guardrails.tradingday import wall_clock_ms
+    from guardrails.venues import make_venue
+
+    cfg = load_config(args.config, args.redis_url)
+    redis = await connect(cfg.redis)
+    venue = make_venue(cfg, redis)
+    try:
+        await venue.start()
+        ledger = Ledger(redis, AccountKeys(cfg.account_id), cfg.risk)
+        rep = await reconcile(ledger, venue, now_ms=wall_clock_ms())
+        sw = await sweep(ledger, venue, fix=bool(args.fix))
+    finally:
+        await venue.close()
+        await redis.aclose()
+    if args.json:
+        print(json.dumps({"account": str(cfg.account_id), "reconcile": asdict(rep),
+                          "ok": rep.ok, "sweep": asdict(sw), "clean": sw.clean}, indent=2))
+    else:
+        print(f"{cfg.account_id}: reconcile {'ok' if rep.ok else 'FAILED'}: {rep.summary()}")
+        for coid, why in rep.failures:
+            print(f"  failure {coid}: {why}", file=sys.stderr)
+        for coid, a, b in rep.transitions:
+            print(f"  {coid}: {a} -> {b}")
+        for coid in rep.held:
+            print(f"  held {coid}: not at the venue yet, can still arrive")
+        verdict = "clean" if sw.clean else ("repaired" if sw.fixed else "NEEDS --fix")
+        print(f"{cfg.account_id}: sweep {verdict}")
+        for name in ("stranded", "missing_from_index", "terminal_in_index", "dangling_in_index",
+                     "reservation_mismatches"):
+            for item in getattr(sw, name):
+                print(f"  {name}: {item}")
+    if not rep.ok:
+        return 1
+    return 0 if (sw.clean or sw.fixed) else 1

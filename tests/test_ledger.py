@@ -1,0 +1,225 @@
+"""The ledger scripts against a real redis-server: terminal is terminal, fills once,
+exact positions / cost / realized PnL, reservations released, day rollover."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis.asyncio as aioredis
+
+from guardrails.gate import OrderGate
+from guardrails.keys import AccountKeys
+from guardrails.ledger import FillOutcome, Ledger, Transition
+from guardrails.model import Admitted, Denied, DenyReason, Fill, Intent, OrderState, Side
+from guardrails.tradingday import TradingDay, trading_day_of
+from tests.gatekit import HOLDER, SYMBOL, TOKEN, account_keys, buy, risk, seed, sell
+
+
+@pytest.fixture
+async def acct(redis_client: aioredis.Redis) -> AccountKeys:
+    keys = account_keys()
+    await seed(redis_client, keys, risk())
+    return keys
+
+
+async def place(r: aioredis.Redis, keys: AccountKeys, intent: Intent, iid: str,
+                clock: object = None) -> str:
+    g = OrderGate(r, keys, risk(), clock_ms=clock)  # type: ignore[arg-type]
+    d = await g.admit(intent, intent_id=iid, token=TOKEN, holder_id=HOLDER)
+    assert isinstance(d, Admitted), d
+    return d.client_order_id
+
+
+def fill(fid: str, coid: str, side: Side, qty: str, price: str, fee: str = "0") -> Fill:
+    return Fill(fid, coid, SYMBOL, side, Decimal(qty), Decimal(price), ts_ms=1, fee=Decimal(fee))
+
+
+@pytest.mark.parametrize("target", [OrderState.SUBMITTED, OrderState.PENDING_SUBMIT,
+                                    OrderState.UNKNOWN, OrderState.CANCELED])
+async def test_transition_when_order_filled_then_refused_and_journaled(
+    redis_client: aioredis.Redis, acct: AccountKeys, target: OrderState
+) -> None:
+    # Arrange
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, buy("0.0100"), "f1")
+    await ledger.mark_submitted(coid, "v1")
+    applied = await ledger.apply_fill(fill("x1", coid, Side.BUY, "0.0100", "60000"))
+    assert applied is FillOutcome.APPLIED
+    before = await redis_client.hgetall(acct.order(coid))
+    # Act
+    result = await ledger.transition(coid, target, "requeue by an error handler")
+    # Assert
+    assert result is Transition.REFUSED_TERMINAL
+    assert await redis_client.hgetall(acct.order(coid)) == before
+    assert before["state"] == "FILLED"
+    last = (await redis_client.xrevrange(acct.journal, count=1))[0][1]
+    assert last["ev"] == "refused_terminal" and last["to"] == target.value
+
+
+async def test_transition_when_target_is_pending_submit_on_live_order_then_refused_invalid(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, buy("0.0100"), "p1")
+    await ledger.mark_submitted(coid, "v1")
+    assert await ledger.transition(coid, OrderState.PENDING_SUBMIT) is Transition.REFUSED_INVALID
+    assert await ledger.transition(coid, OrderState.FILLED) is Transition.REFUSED_INVALID
+    assert (await ledger.order(coid)).state is OrderState.SUBMITTED  # type: ignore[union-attr]
+
+
+async def test_transition_when_order_unknown_then_unknown_order(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    assert await ledger.mark_canceled("nope", "x") is Transition.UNKNOWN_ORDER
+
+
+async def test_apply_fill_when_same_fill_id_twice_then_applied_once(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, buy("0.0200"), "d1")
+    f = fill("same", coid, Side.BUY, "0.0100", "60000")
+    assert await ledger.apply_fill(f) is FillOutcome.APPLIED
+    snap = await redis_client.hgetall(acct.positions)
+    assert await ledger.apply_fill(f) is FillOutcome.DUPLICATE
+    assert await redis_client.hgetall(acct.positions) == snap
+    rec = await ledger.order(coid)
+    assert rec is not None and rec.state is OrderState.PARTIALLY_FILLED
+    assert rec.filled_qty == Decimal("0.0100") and rec.open_qty == Decimal("0.0100")
+
+
+async def test_apply_fill_when_partial_then_cancel_then_reservation_fully_released(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, buy("0.0300"), "pc")
+    await ledger.apply_fill(fill("a", coid, Side.BUY, "0.0100", "60000"))
+    res = await redis_client.hgetall(acct.reservations)
+    assert res[f"{SYMBOL}:buy"] == "200" and res[f"{SYMBOL}:loss"] == str(200 * 300_000)
+    assert await ledger.mark_canceled(coid, "user") is Transition.APPLIED
+    res = await redis_client.hgetall(acct.reservations)
+    assert res[f"{SYMBOL}:buy"] == "0" and res[f"{SYMBOL}:loss"] == "0"
+    assert not await redis_client.sismember(acct.open_orders, coid)
+    assert (await ledger.positions())[SYMBOL].qty == Decimal("0.0100")
+
+
+async def test_mark_unknown_when_submit_ambiguous_then_reservation_kept(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, buy("0.0100"), "u1")
+    assert await ledger.mark_unknown(coid, "timeout") is Transition.APPLIED
+    assert (await redis_client.hgetall(acct.reservations))[f"{SYMBOL}:buy"] == "100"
+    assert await redis_client.sismember(acct.open_orders, coid)
+
+
+async def test_apply_fill_when_round_trip_then_exact_cost_and_realized_pnl(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    b1 = await place(redis_client, acct, buy("0.0300", "60000"), "b1")
+    await ledger.apply_fill(fill("b1", b1, Side.BUY, "0.0300", "60000.01", fee="0.000001"))
+    s1 = await place(redis_client, acct, sell("0.0400", "61000"), "s1")
+    # closes 0.03 (realized) and opens a 0.01 short
+    await ledger.apply_fill(fill("s1", s1, Side.SELL, "0.0400", "61000.00", fee="0.5"))
+    view = (await ledger.positions())[SYMBOL]
+    assert view.qty == Decimal("-0.0100")
+    assert view.cost_basis == Decimal("-610.00")
+    assert view.avg_cost == Decimal("61000")
+    # 0.03 x (61000 - 60000.01) = 29.9997, minus fees 0.000001 + 0.5
+    assert view.realized_pnl == Decimal("29.4996990") or view.realized_pnl == Decimal("29.499699")
+    budget = await ledger.budget()
+    assert budget.realized_pnl == view.realized_pnl and budget.realized_loss == 0
+
+
+async def test_apply_fill_when_price_finer_than_money_unit_then_rounded_against_account(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    # a venue fill at a price finer than the tick: 0.0001 x 60000.005 = 6.0000005
+    f_buy = fill("r", "c", Side.BUY, "0.0001", "60000.005", fee="0.0000001")
+    f_sell = fill("r", "c", Side.SELL, "0.0001", "60000.005")
+    assert ledger.fill_amounts(f_buy)[1:3] == (6_000_001, 1)  # cost and fee rounded up
+    assert ledger.fill_amounts(f_sell)[1] == 6_000_000  # proceeds rounded down
+
+
+async def test_apply_fill_when_order_already_canceled_then_position_updated_state_kept(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, buy("0.0100"), "late")
+    await ledger.mark_canceled(coid, "user")
+    applied = await ledger.apply_fill(fill("lf", coid, Side.BUY, "0.0100", "60000"))
+    assert applied is FillOutcome.APPLIED
+    assert (await ledger.order(coid)).state is OrderState.CANCELED  # type: ignore[union-attr]
+    assert (await ledger.positions())[SYMBOL].qty == Decimal("0.0100")
+    res = await redis_client.hgetall(acct.reservations)
+    assert res[f"{SYMBOL}:buy"] == "0"
+
+
+async def test_apply_fill_when_side_differs_from_order_then_refused(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, buy("0.0100"), "mm")
+    refused = await ledger.apply_fill(fill("m", coid, Side.SELL, "0.0100", "60000"))
+    assert refused is FillOutcome.REFUSED
+    assert await ledger.apply_fill(fill("m2", "nope", Side.BUY, "0.0100", "60000")) is (
+        FillOutcome.UNKNOWN_ORDER)
+    assert await redis_client.hlen(acct.fills) == 0
+
+
+def _ms(tz: str, y: int, mo: int, d: int, h: int, mi: int) -> int:
+    return int(datetime(y, mo, d, h, mi, tzinfo=ZoneInfo(tz)).timestamp()) * 1000
+
+
+def test_trading_day_when_clock_crosses_local_midnight_then_day_rolls_over() -> None:
+    tz = "America/New_York"
+    now = [_ms(tz, 2026, 3, 7, 23, 59)]
+    day = TradingDay(tz, lambda: now[0])
+    assert day.today() == "2026-03-07"
+    now[0] += 60_000
+    assert day.today() == "2026-03-08"
+    # 2026-03-08 is 03:59 UTC on the 8th in New York but still the 7th's evening in UTC+... :
+    assert trading_day_of(_ms(tz, 2026, 3, 7, 21, 0), ZoneInfo(tz)) == "2026-03-07"
+    assert trading_day_of(_ms(tz, 2026, 3, 7, 21, 0), ZoneInfo("UTC")) == "2026-03-08"
+
+
+async def test_daily_loss_when_day_rolls_over_in_new_york_then_budget_resets_but_restart_does_not(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    tz = "America/New_York"
+    now = [_ms(tz, 2026, 3, 7, 23, 0)]
+    clock = lambda: now[0]  # noqa: E731
+    cfg = risk()
+    ledger = Ledger(redis_client, acct, cfg, clock_ms=clock)
+    # Arrange: realize a 200 loss on 2026-03-07 (New York)
+    b = await place(redis_client, acct, buy("0.0400", "60000"), "L1", clock)
+    await ledger.apply_fill(fill("L1", b, Side.BUY, "0.0400", "60000"))
+    await ledger.update_marks({SYMBOL: Decimal("55000")})
+    s = await place(redis_client, acct, sell("0.0400", "55000"), "L2", clock)
+    await ledger.apply_fill(fill("L2", s, Side.SELL, "0.0400", "55000"))
+    assert (await ledger.budget()).realized_loss == Decimal("200")
+    big = buy("0.0100", "55000")  # worst case 0.01 x 2750 = 27.5 -> 227.5 ok; 0.02 -> 255 no
+    bigger = buy("0.0200", "55000")
+    # Act + Assert: denied today; a restart (new objects) still on the same day still denies
+    g1 = OrderGate(redis_client, acct, cfg, clock_ms=clock)
+    d1 = await g1.admit(bigger, intent_id="x1", token=TOKEN, holder_id=HOLDER)
+    assert isinstance(d1, Denied) and d1.reason is DenyReason.DAILY_LOSS
+    g2 = OrderGate(redis_client, acct, cfg, clock_ms=clock)
+    d2 = await g2.admit(bigger, intent_id="x2", token=TOKEN, holder_id=HOLDER)
+    assert isinstance(d2, Denied) and d2.reason is DenyReason.DAILY_LOSS
+    assert (await Ledger(redis_client, acct, cfg, clock_ms=clock).budget()).realized_loss == 200
+    assert isinstance(await g2.admit(big, intent_id="x3", token=TOKEN, holder_id=HOLDER), Admitted)
+    # 23:59 -> 00:01 local: a new trading day, 04:01 UTC (not UTC midnight)
+    now[0] = _ms(tz, 2026, 3, 8, 0, 1)
+    budget = await Ledger(redis_client, acct, cfg, clock_ms=clock).budget()
+    assert budget.trading_day == "2026-03-08" and budget.realized_loss == 0
+    d3 = await OrderGate(redis_client, acct, cfg, clock_ms=clock).admit(
+        bigger, intent_id="x4", token=TOKEN, holder_id=HOLDER)
+    assert isinstance(d3, Admitted)
+    assert await redis_client.hget(acct.day("2026-03-07"), "realized_pnl") == "-200000000"
