@@ -12,11 +12,25 @@ balance is short, which is how tests produce a real on-chain revert (status 0 re
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+import pytest
+import redis.asyncio as aioredis
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from eth_tester import EthereumTester, PyEVMBackend
 from eth_utils import to_checksum_address
 from web3.providers.eth_tester import AsyncEthereumTesterProvider
+
+from guardrails.config import EvmVenueConfig, LeaseConfig, RiskConfig
+from guardrails.keys import AccountId, AccountKeys
+from guardrails.lease import Acquired, Lease
+from guardrails.model import Order, Side, client_order_id_for
+from guardrails.venues.evm import EvmVenue
 
 _OPS = {
     "STOP": 0x00, "ADD": 0x01, "SUB": 0x03, "LT": 0x10, "EQ": 0x14, "SHR": 0x1C,
@@ -143,3 +157,136 @@ class LocalChain:
 
     def nonce(self, address: str) -> int:
         return int(self.tester.get_nonce(to_checksum_address(address)))
+
+
+# -- the EVM test world: a chain, a funded wallet with a token, Redis -------------------
+
+TKN = "TKN"
+ETH = "ETH"
+TKN_CALL = "TKNC"
+DECIMALS = 6
+START_TKN = 1000 * 10**DECIMALS
+
+
+class ChainProvider(AsyncEthereumTesterProvider):
+    """The chain's provider with a faulty transport we control (a node, a network)."""
+
+    def __init__(self, chain: LocalChain) -> None:
+        super().__init__()
+        self.ethereum_tester = chain.tester
+        self.hold_send: asyncio.Event | None = None
+        self.sending = asyncio.Event()
+        self.down = False
+        self.lose_send_response = False
+
+    async def make_request(self, method: Any, params: Any) -> Any:
+        if self.down:
+            raise ConnectionError("node unreachable")
+        if method == "eth_sendRawTransaction":
+            self.sending.set()
+            if self.hold_send is not None:
+                await self.hold_send.wait()
+            response = await super().make_request(method, params)
+            if self.lose_send_response:
+                self.down = True
+                raise TimeoutError("response lost")
+            return response
+        return await super().make_request(method, params)
+
+
+def risk_cfg() -> RiskConfig:
+    return RiskConfig.model_validate({
+        "quote_decimals": 6,
+        "max_order_notional": "100000",
+        "max_gross_exposure": "1000000",
+        "daily_loss_limit": "100000",
+        "orders_per_second": "1000",
+        "burst": 1000,
+        "instruments": {
+            TKN: {"tick": "0.01", "lot": "0.01", "max_position": "500"},
+            ETH: {"tick": "0.01", "lot": "0.001", "max_position": "5"},
+            TKN_CALL: {"tick": "0.01", "lot": "0.01", "max_position": "500"},
+        },
+    })
+
+
+@dataclass
+class World:
+    chain: LocalChain
+    wallet: LocalAccount
+    token: str
+    recipient: str
+    redis: aioredis.Redis
+    account: AccountId
+    keys: AccountKeys
+    risk: RiskConfig
+
+    def venue_cfg(self, **over: Any) -> EvmVenueConfig:
+        data: dict[str, Any] = {
+            "kind": "evm",
+            "rpc_url": "http://127.0.0.1:1/unused-provider-is-injected",
+            "chain_id": self.chain.chain_id,
+            "gas_limit": 120_000,
+            "max_fee_per_gas": 10**10,
+            "max_priority_fee_per_gas": 10**9,
+            "orders": {
+                TKN: {"kind": "erc20_transfer", "token": self.token, "to": self.recipient,
+                      "mark": "2"},
+                ETH: {"kind": "native", "to": self.recipient, "mark": "3000"},
+                TKN_CALL: {"kind": "call", "to": self.token, "abi": ERC20_TRANSFER_ABI,
+                           "function": "transfer",
+                           "args": [self.recipient, "{qty:6}"], "mark": "2"},
+            },
+        }
+        data.update(over)
+        return EvmVenueConfig.model_validate(data)
+
+    def venue(self, provider: ChainProvider | None = None, **over: Any) -> EvmVenue:
+        return EvmVenue(
+            self.venue_cfg(**over), self.account, self.wallet, redis=self.redis,
+            risk=self.risk, provider=provider or ChainProvider(self.chain),
+        )
+
+
+@pytest.fixture
+async def world(redis_client: aioredis.Redis) -> AsyncIterator[World]:
+    chain = LocalChain()
+    wallet = Account.create()
+    chain.fund(wallet.address, 10 * 10**18)
+    token = chain.deploy_token(wallet.address, START_TKN, DECIMALS)
+    account = AccountId("evm", wallet.address)
+    yield World(chain, wallet, token, chain.tester.get_accounts()[1], redis_client, account,
+                AccountKeys(account), risk_cfg())
+
+
+async def take_lease(w: World, holder: str) -> int:
+    lease = Lease(w.redis, w.keys, holder, LeaseConfig(ttl="60s", renew_deadline="50s",
+                                                       renew_interval="10s"))
+    got = await lease.try_acquire()
+    assert isinstance(got, Acquired), got
+    return got.token
+
+
+async def allocate_nonce(r: aioredis.Redis, keys: AccountKeys) -> int:
+    """What the gate's script does with allocate_nonce: hand out keys.nonce, INCR it."""
+    value = await r.get(keys.nonce)
+    assert value is not None, "nonce not synced"
+    await r.incr(keys.nonce)
+    return int(value)
+
+
+def order(tag: str, *, token: int, nonce: int | None, symbol: str = TKN, side: Side = Side.SELL,
+          qty: str = "1.5", price: str = "2") -> Order:
+    return Order(client_order_id_for(tag), symbol, side, Decimal(qty), Decimal(price), token,
+                 10**13, nonce)
+
+
+async def holder(w: World, name: str) -> tuple[EvmVenue, ChainProvider, int]:
+    provider = ChainProvider(w.chain)
+    venue = w.venue(provider)
+    await venue.start()
+    token = await take_lease(w, name)
+    await venue.sync_nonce(token, name)
+    return venue, provider, token
+
+
