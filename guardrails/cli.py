@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--config", default=None, help="config whose [venue] market to simulate")
     vp.add_argument("--record", default=None, help="append-only JSONL record of orders and fills")
     vp.add_argument("--seed", type=int, default=None)
+    vp.add_argument("--admin", action="store_true", help="enable /admin/* test fault hooks")
     p.set_defaults(func=_lazy("guardrails.venues.simulator:cmd_serve"))
 
     p = sub.add_parser("redis", help="manage the embedded Redis")

@@ -29,9 +29,9 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
 
         return PaperVenue(redis, venue_cfg, cfg.account_id, risk=cfg.risk)
     if isinstance(venue_cfg, HttpVenueConfig):
-        http = importlib.import_module("guardrails.venues.http")
-        http_venue: Venue = http.HttpVenue(venue_cfg, cfg.account_id, signer, risk=cfg.risk)
-        return http_venue
+        from guardrails.venues.http import HttpVenue
+
+        return HttpVenue(venue_cfg, cfg.account_id, signer, risk=cfg.risk)
     if isinstance(venue_cfg, EvmVenueConfig):
         # Imported by name so this package imports (and type-checks) without the EVM
         # adapter. Constructor contract: EvmVenue(venue_cfg, account, signer, *, redis, risk).

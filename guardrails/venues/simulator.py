@@ -1,0 +1,653 @@
+"""An HTTP order-book exchange simulator that takes EIP-712 signed orders (``guardrails
+venue serve``).
+
+It is what the HTTP venue adapter talks to in tests and in the demo, over real HTTP, so
+the demo exercises the production code path. As an exchange it:
+
+* recovers the signer of every order and cancel and refuses it unless it is the
+  message's ``account`` (``bad_signature``);
+* dedupes client order ids per account: a re-send returns the original outcome and
+  never makes a second order;
+* refuses an order arriving after its signed ``expiration`` (``expired``) — the
+  venue-side fence that kills a paused instance's late order;
+* matches against a simple book: marks follow the same seeded random walk as the paper
+  venue (``market.walk_next``); an order that crosses the mark on arrival fills at the
+  mark, a resting order fills at its limit price when a later mark crosses it; whole
+  fills only, no fees;
+* appends every order received (accepted, rejected with its reason, duplicate), cancel
+  and fill to a JSONL record file, one JSON object per line (docs/venues.md).
+
+State lives in the process's memory: a restarted simulator starts an empty book (its
+record file keeps growing). Test fault hooks (``/admin/*``) exist only with
+``admin=True`` (``--admin``): drop the response of the next submits after applying them,
+answer them with a 5xx after applying (or not), and set a mark.
+
+HTTP API (JSON): ``POST /v1/orders`` {order, signature}; ``POST /v1/cancel`` {cancel,
+signature}; ``GET /v1/orders/{account}/{coid}``; ``GET /v1/fills/{account}?after=N``;
+``GET /v1/marks?symbols=A,B``; ``GET /v1/balances/{account}``; ``GET /v1/time``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+
+from guardrails import eip712, logs
+from guardrails.config import (
+    HttpVenueConfig,
+    PaperVenueConfig,
+    RiskConfig,
+    load_config,
+)
+from guardrails.model import Fill, Order, Side
+from guardrails.venues import market
+
+log = logging.getLogger("guardrails.simulator")
+
+DEFAULT_RISK = RiskConfig.model_validate(
+    {
+        "max_order_notional": "100000",
+        "max_gross_exposure": "100000",
+        "daily_loss_limit": "1000",
+        "instruments": {
+            "BTC-USD": {"tick": "0.01", "lot": "0.0001", "max_position": "1"},
+            "ETH-USD": {"tick": "0.01", "lot": "0.001", "max_position": "10"},
+        },
+    }
+)
+"""The market simulated when no config is given."""
+
+DEFAULT_MARKET = PaperVenueConfig.model_validate(
+    {"name": "sim", "start_prices": {"BTC-USD": "60000.00", "ETH-USD": "3000.00"}}
+)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class SimOrder:
+    account: str
+    order: Order
+    lots: int
+    ticks: int
+    arrival_ms: int
+    venue_order_id: str
+    state: str = "open"
+    reason: str = ""
+    fills: list[Fill] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        o = self.order
+        return {
+            "client_order_id": o.client_order_id,
+            "venue_order_id": self.venue_order_id,
+            "account": self.account,
+            "symbol": o.symbol,
+            "side": o.side.value,
+            "qty": str(o.qty),
+            "price": str(o.price),
+            "token": o.token,
+            "expiration": o.submit_deadline_ms,
+            "arrival_ms": self.arrival_ms,
+            "state": self.state,
+            "reason": self.reason,
+            "filled_qty": str(sum((f.qty for f in self.fills), Decimal(0))),
+            "fills": [fill_json(f) for f in self.fills],
+        }
+
+
+def fill_json(f: Fill) -> dict[str, Any]:
+    return {
+        "fill_id": f.fill_id,
+        "client_order_id": f.client_order_id,
+        "symbol": f.symbol,
+        "side": f.side.value,
+        "qty": str(f.qty),
+        "price": str(f.price),
+        "ts_ms": f.ts_ms,
+    }
+
+
+class SimExchange:
+    """The matching engine: one asyncio thread, so every method is atomic."""
+
+    def __init__(
+        self,
+        market_cfg: PaperVenueConfig,
+        risk: RiskConfig,
+        *,
+        chain_id: int = 1,
+        record_path: Path | None = None,
+        clock_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.chain_id = chain_id
+        self._cfg = market_cfg
+        self._instruments = market.instruments_for(market_cfg, risk)
+        self._clock_ms = clock_ms
+        self._origin_ms = clock_ms()
+        self._step = 0
+        self._marks = {s: market.start_ticks(market_cfg, i) for s, i in self._instruments.items()}
+        self._orders: dict[tuple[str, str], SimOrder] = {}
+        self._open: dict[tuple[str, str], SimOrder] = {}
+        self._fills: list[tuple[int, str, Fill]] = []
+        self._seq = 0
+        self._balances: dict[tuple[str, str], int] = {}
+        self._record_seq = 0
+        self._record: IO[str] | None = None
+        if record_path is not None:
+            record_path.parent.mkdir(parents=True, exist_ok=True)
+            self._record = record_path.open("a", encoding="utf-8")
+
+    def close(self) -> None:
+        if self._record is not None:
+            self._record.close()
+            self._record = None
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
+
+    def _next_id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}-{self._seq}"
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        self._record_seq += 1
+        if self._record is not None:
+            line = {"seq": self._record_seq, **entry}
+            self._record.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self._record.flush()
+
+    # -- clock and matching -------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Move the marks to the wall clock's step, filling crossed resting orders."""
+        step = (self.now_ms() - self._origin_ms) // self._cfg.step
+        if step <= self._step:
+            return
+        for sym in self._marks:
+            self._marks[sym] = market.walk(
+                self._marks[sym], self._step, step, seed=self._cfg.seed, symbol=sym,
+                volatility=self._cfg.volatility,
+            )
+        self._step = step
+        self._match()
+
+    def set_mark(self, symbol: str, price: Decimal) -> None:
+        """Test hook: put the mark of ``symbol`` at ``price`` now, and match."""
+        inst = self._instruments[symbol]
+        ticks = inst.ticks(price)
+        if ticks is None:
+            raise ValueError(f"{price} is not on {symbol}'s tick {inst.tick}")
+        self._marks[symbol] = ticks
+        self._match()
+
+    def _crossed(self, side: Side, limit_ticks: int, mark_ticks: int) -> bool:
+        return mark_ticks <= limit_ticks if side is Side.BUY else mark_ticks >= limit_ticks
+
+    def _match(self) -> None:
+        for key, so in list(self._open.items()):
+            o = so.order
+            if self._crossed(o.side, so.ticks, self._marks[o.symbol]):
+                self._fill(so, so.ticks, "maker")
+                del self._open[key]
+
+    def _fill(self, so: SimOrder, ticks: int, liquidity: str) -> None:
+        o = so.order
+        inst = self._instruments[o.symbol]
+        now = self.now_ms()
+        fill = Fill(
+            fill_id=self._next_id("sf"),
+            client_order_id=o.client_order_id,
+            symbol=o.symbol,
+            side=o.side,
+            qty=o.qty,
+            price=inst.price(ticks),
+            ts_ms=now,
+        )
+        pos = (so.account, o.symbol)
+        cash = (so.account, "cash")
+        self._balances[pos] = self._balances.get(pos, 0) + o.side.sign * so.lots
+        self._balances[cash] = self._balances.get(cash, 0) - o.side.sign * so.lots * ticks * inst.k
+        so.fills.append(fill)
+        so.state = "filled"
+        self._fills.append((len(self._fills) + 1, so.account, fill))
+        self._write(
+            {
+                "type": "fill", **fill_json(fill), "coid": o.client_order_id,
+                "account": so.account, "venue_order_id": so.venue_order_id,
+                "liquidity": liquidity,
+            }
+        )
+
+    # -- requests -----------------------------------------------------------------------
+
+    def submit(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One signed order arrives. Returns (HTTP status, JSON body)."""
+        self.advance()
+        now = self.now_ms()
+        msg = body.get("order")
+        signature = body.get("signature")
+        if not isinstance(msg, dict) or not isinstance(signature, str):
+            return self._reject_unparsed(now, "bad_request: expected {order, signature}", 400)
+        try:
+            order = eip712.order_from_message(msg)
+            claimed = str(msg["account"]).lower()
+            signer = eip712.recover(eip712.signable_order(msg, self.chain_id), signature)
+        except (ValueError, eip712.SignatureInvalid) as e:
+            return self._reject_unparsed(now, f"bad_request: {e}", 400, msg)
+        except Exception as e:  # eth-abi raises many types for values off their type
+            return self._reject_unparsed(now, f"bad_request: {type(e).__name__}", 400, msg)
+        if signer != claimed:
+            return self._reject(order, claimed, now, "bad_signature", 401, stored=False)
+        key = (claimed, order.client_order_id)
+        original = self._orders.get(key)
+        if original is not None:
+            self._write(self._order_entry(order, claimed, now, "duplicate", original.state,
+                                          original.venue_order_id))
+            out = original.status()
+            out["status"] = "rejected" if original.state == "rejected" else "accepted"
+            out["duplicate"] = True
+            return (422 if original.state == "rejected" else 200), out
+        if now > order.submit_deadline_ms:
+            return self._reject(order, claimed, now, "expired", 422)
+        invalid = market.validate_order(order, self._instruments)
+        if invalid:
+            return self._reject(order, claimed, now, invalid, 422)
+        inst = self._instruments[order.symbol]
+        lots, ticks = inst.lots(order.qty), inst.ticks(order.price)
+        assert lots is not None and ticks is not None  # validate_order checked both
+        so = SimOrder(claimed, order, lots, ticks, now, self._next_id("so"))
+        self._orders[key] = so
+        self._write(self._order_entry(order, claimed, now, "accepted", "", so.venue_order_id))
+        mark = self._marks[order.symbol]
+        if self._crossed(order.side, ticks, mark):
+            self._fill(so, mark, "taker")
+        else:
+            self._open[key] = so
+        out = so.status()
+        out["status"] = "accepted"
+        out["duplicate"] = False
+        return 200, out
+
+    def _order_entry(self, order: Order, account: str, now: int, result: str, reason: str,
+                     venue_order_id: str) -> dict[str, Any]:
+        return {
+            "type": "order", "coid": order.client_order_id, "account": account,
+            "symbol": order.symbol, "side": order.side.value, "qty": str(order.qty),
+            "price": str(order.price), "token": order.token,
+            "deadline_ms": order.submit_deadline_ms, "arrival_ms": now, "result": result,
+            "reason": reason, "venue_order_id": venue_order_id,
+        }
+
+    def _reject(self, order: Order, account: str, now: int, reason: str, status: int, *,
+                stored: bool = True) -> tuple[int, dict[str, Any]]:
+        venue_order_id = ""
+        if stored:
+            # A decided client order id stays decided: a re-send gets this rejection again.
+            so = SimOrder(account, order, 0, 0, now, self._next_id("so"), "rejected", reason)
+            self._orders[(account, order.client_order_id)] = so
+            venue_order_id = so.venue_order_id
+        self._write(self._order_entry(order, account, now, "rejected", reason, venue_order_id))
+        return status, {"status": "rejected", "reason": reason,
+                        "client_order_id": order.client_order_id}
+
+    def _reject_unparsed(self, now: int, reason: str, status: int,
+                         msg: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        msg = msg or {}
+        self._write({"type": "order", "coid": str(msg.get("clientOrderId", "")),
+                     "account": str(msg.get("account", "")).lower(), "arrival_ms": now,
+                     "result": "rejected", "reason": reason})
+        return status, {"status": "rejected", "reason": reason}
+
+    def cancel(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.advance()
+        now = self.now_ms()
+        msg = body.get("cancel")
+        signature = body.get("signature")
+        try:
+            if not isinstance(msg, dict) or not isinstance(signature, str):
+                raise ValueError("expected {cancel, signature}")
+            coid = str(msg["clientOrderId"])
+            claimed = str(msg["account"]).lower()
+            signer = eip712.recover(eip712.signable_cancel(msg, self.chain_id), signature)
+        except Exception as e:
+            return 400, {"status": "rejected", "reason": f"bad_request: {type(e).__name__}"}
+        if signer != claimed:
+            return 401, {"status": "rejected", "reason": "bad_signature"}
+        so = self._orders.get((claimed, coid))
+        entry: dict[str, Any] = {"type": "cancel", "coid": coid, "account": claimed,
+                                 "arrival_ms": now}
+        if so is None:
+            self._write({**entry, "result": "not_found"})
+            return 404, {"status": "not_found", "client_order_id": coid}
+        if so.state != "open":
+            self._write({**entry, "result": "final", "state": so.state})
+            return 200, {"status": "final", **so.status()}
+        so.state = "canceled"
+        so.reason = "canceled"
+        self._open.pop((claimed, coid), None)
+        self._write({**entry, "result": "canceled", "state": "canceled"})
+        return 200, {"status": "canceled", **so.status()}
+
+    def lookup(self, account: str, coid: str) -> tuple[int, dict[str, Any]]:
+        self.advance()
+        so = self._orders.get((account.lower(), coid))
+        if so is None:
+            return 404, {"state": "not_found", "client_order_id": coid, "now_ms": self.now_ms()}
+        return 200, so.status()
+
+    def fills_after(self, account: str, after: int) -> dict[str, Any]:
+        self.advance()
+        account = account.lower()
+        fills = [fill_json(f) for seq, acct, f in self._fills[after:] if acct == account]
+        return {"fills": fills, "cursor": str(len(self._fills))}
+
+    def marks(self, symbols: Sequence[str]) -> dict[str, Any]:
+        self.advance()
+        return {
+            "marks": {
+                s: str(self._instruments[s].price(self._marks[s]))
+                for s in symbols if s in self._marks
+            },
+            "step": self._step,
+        }
+
+    def balances(self, account: str) -> dict[str, Any]:
+        self.advance()
+        account = account.lower()
+        out: dict[str, str] = {}
+        unit = next(iter(self._instruments.values()))
+        for (acct, name), units in self._balances.items():
+            if acct != account:
+                continue
+            if name == "cash":
+                out["cash"] = str(unit.money(units))
+            elif name in self._instruments:
+                out[name] = str(self._instruments[name].qty(units))
+        return {"balances": out}
+
+
+@dataclass
+class Faults:
+    """Test fault hooks, each a count of submits it still applies to."""
+
+    drop_submit_responses: int = 0
+    """Apply the submit, then close the connection without answering."""
+    fail_submits: int = 0
+    """Answer the submit with ``fail_status`` (a 5xx)."""
+    fail_status: int = 503
+    fail_applies: bool = True
+    """With ``fail_submits``: whether the order is applied before the error is sent."""
+    delay_submit_responses: int = 0
+    """Apply the submit, then wait ``delay_seconds`` before answering (client timeouts)."""
+    delay_seconds: float = 0.0
+
+
+def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
+    faults = Faults()
+    app = web.Application()
+
+    async def submit(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        if faults.fail_submits > 0:
+            faults.fail_submits -= 1
+            if faults.fail_applies:
+                exchange.submit(body)
+            return web.json_response({"status": "error", "reason": "injected"},
+                                     status=faults.fail_status)
+        status, out = exchange.submit(body)
+        if faults.delay_submit_responses > 0:
+            faults.delay_submit_responses -= 1
+            await asyncio.sleep(faults.delay_seconds)
+        if faults.drop_submit_responses > 0:
+            faults.drop_submit_responses -= 1
+            if request.transport is not None:
+                request.transport.abort()
+            # The client sees the connection reset: the order exists, the answer is lost.
+            raise ConnectionResetError("fault hook: response dropped after applying")
+        return web.json_response(out, status=status)
+
+    async def cancel(request: web.Request) -> web.StreamResponse:
+        status, out = exchange.cancel(await _body(request))
+        return web.json_response(out, status=status)
+
+    async def lookup(request: web.Request) -> web.StreamResponse:
+        status, out = exchange.lookup(request.match_info["account"], request.match_info["coid"])
+        return web.json_response(out, status=status)
+
+    async def fills(request: web.Request) -> web.StreamResponse:
+        try:
+            after = max(0, int(request.query.get("after", "0") or "0"))
+        except ValueError:
+            return web.json_response({"status": "error", "reason": "bad cursor"}, status=400)
+        return web.json_response(exchange.fills_after(request.match_info["account"], after))
+
+    async def marks(request: web.Request) -> web.StreamResponse:
+        symbols = [s for s in request.query.get("symbols", "").split(",") if s]
+        return web.json_response(exchange.marks(symbols))
+
+    async def balances(request: web.Request) -> web.StreamResponse:
+        return web.json_response(exchange.balances(request.match_info["account"]))
+
+    async def now(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"now_ms": exchange.now_ms(), "chain_id": exchange.chain_id})
+
+    async def set_faults(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        for name in ("drop_submit_responses", "fail_submits", "fail_status",
+                     "delay_submit_responses"):
+            if name in body:
+                setattr(faults, name, int(body[name]))
+        if "delay_seconds" in body:
+            faults.delay_seconds = float(body["delay_seconds"])
+        if "fail_applies" in body:
+            faults.fail_applies = bool(body["fail_applies"])
+        return web.json_response({"status": "ok"})
+
+    async def set_mark(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        try:
+            exchange.set_mark(str(body["symbol"]), Decimal(str(body["price"])))
+        except (KeyError, ValueError, ArithmeticError) as e:
+            return web.json_response({"status": "error", "reason": str(e)}, status=400)
+        return web.json_response({"status": "ok"})
+
+    app.router.add_post("/v1/orders", submit)
+    app.router.add_post("/v1/cancel", cancel)
+    app.router.add_get("/v1/orders/{account}/{coid}", lookup)
+    app.router.add_get("/v1/fills/{account}", fills)
+    app.router.add_get("/v1/marks", marks)
+    app.router.add_get("/v1/balances/{account}", balances)
+    app.router.add_get("/v1/time", now)
+    if admin:
+        app.router.add_post("/admin/faults", set_faults)
+        app.router.add_post("/admin/mark", set_mark)
+    return app
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class Simulator:
+    """The simulator served in this process (tests; ``url = "embedded"``)."""
+
+    def __init__(self, exchange: SimExchange, *, admin: bool = False) -> None:
+        self.exchange = exchange
+        self._admin = admin
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0: a free port); returns the base URL."""
+        runner = web.AppRunner(build_app(self.exchange, admin=self._admin), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        assert server is not None
+        sockets: list[socket.socket] = list(getattr(server, "sockets", []))
+        bound = sockets[0].getsockname()[1]
+        self.url = f"http://{host}:{bound}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.exchange.close()
+
+
+def market_from_config(
+    path: str | None, seed: int | None
+) -> tuple[PaperVenueConfig, RiskConfig, int]:
+    """The market a config simulates: its paper venue, or its HTTP venue's ``simulator``."""
+    market_cfg, risk, chain_id = DEFAULT_MARKET, DEFAULT_RISK, 1
+    if path:
+        cfg = load_config(path)
+        risk = cfg.risk
+        if isinstance(cfg.venue, PaperVenueConfig):
+            market_cfg = cfg.venue
+        elif isinstance(cfg.venue, HttpVenueConfig):
+            chain_id = cfg.venue.chain_id
+            if cfg.venue.simulator is not None:
+                market_cfg = cfg.venue.simulator
+    if seed is not None:
+        market_cfg = market_cfg.model_copy(update={"seed": seed})
+    return market_cfg, risk, chain_id
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``guardrails venue serve``: serve the simulator until SIGTERM/SIGINT."""
+    logs.setup()
+    market_cfg, risk, chain_id = market_from_config(args.config, args.seed)
+    record = Path(args.record) if args.record else None
+    admin = bool(getattr(args, "admin", False))
+
+    async def serve() -> None:
+        sim = Simulator(
+            SimExchange(market_cfg, risk, chain_id=chain_id, record_path=record), admin=admin
+        )
+        url = await sim.start(args.host, args.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        # The first stdout line is the contract with SimulatorProcess: the URL served.
+        print(f"listening {url}", flush=True)
+        logs.event(log, "simulator.listening", url=url, record=record, admin=admin,
+                   chain_id=chain_id)
+        try:
+            await stop.wait()
+        finally:
+            await sim.stop()
+            logs.event(log, "simulator.stopped", url=url)
+
+    asyncio.run(serve())
+    return 0
+
+
+class SimulatorProcess:
+    """``guardrails venue serve`` as a child process on a free port (tests, ``make run``).
+
+    ``start()`` returns once the server answers; ``stop()`` terminates it (kill after 5 s).
+    """
+
+    def __init__(self, *, config: str | None = None, record: Path | None = None,
+                 admin: bool = False, seed: int | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self._args = [sys.executable, "-m", "guardrails", "venue", "serve", "--port", "0"]
+        if config:
+            self._args += ["--config", config]
+        if record:
+            self._args += ["--record", str(record)]
+        if seed is not None:
+            self._args += ["--seed", str(seed)]
+        if admin:
+            self._args.append("--admin")
+        self._env = dict(env) if env is not None else dict(os.environ)
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        # stderr goes to a file, not a pipe: a chatty child must never block on a full pipe.
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+        self._final_logs = ""
+
+    def start(self, timeout: float = 30.0) -> str:
+        self.proc = subprocess.Popen(
+            self._args, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=self._env
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        # readline blocks; the child prints its URL as soon as it listens (or exits).
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith("listening "):
+                self.url = line.split(" ", 1)[1].strip()
+                return self.url
+            if not line and self.proc.poll() is not None:
+                break
+        err = self.stop()
+        raise RuntimeError(f"simulator did not start: {line!r} {err[-2000:]}")
+
+    def stop(self) -> str:
+        """Stop the child; returns its stderr (logs)."""
+        if self._stderr.closed:
+            return self._final_logs
+        if self.proc is None:
+            self._stderr.close()
+            return ""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        text = self.logs()
+        self._stderr.close()
+        self._final_logs = text
+        return text
+
+    def logs(self) -> str:
+        """Everything the child wrote to stderr so far (all of it, after ``stop()``)."""
+        if self._stderr.closed:
+            return self._final_logs
+        with contextlib.suppress(ValueError, OSError):
+            self._stderr.seek(0)
+            return self._stderr.read()
+        return ""
+
+
+def read_record(path: Path) -> list[dict[str, Any]]:
+    """The simulator's JSONL record, oldest first (fields: docs/venues.md)."""
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
