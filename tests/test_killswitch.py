@@ -52,7 +52,7 @@ async def test_kill_when_no_latch_then_halted_journaled_and_published(
     assert latch.state is TradingState.HALTED
     assert (latch.reason, latch.by, latch.at_ms) == ("test halt", "op@host", change.at_ms)
     journal = await redis_client.xrange(KEYS.journal)
-    assert journal[-1][1]["type"] == "trading_state"
+    assert journal[-1][1]["ev"] == "trading_state"
     assert journal[-1][1]["state"] == "HALTED"
     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
     assert msg is not None

@@ -73,8 +73,8 @@ redis.call("HSET", state_key,
   "state", new_state, "reason", reason, "by", by, "at_ms", at_ms,
   "revoked_token", revoked_token, "prev_state", prev_state)
 
-redis.call("XADD", journal_key, "*",
-  "type", "trading_state", "account", account, "prev_state", prev_state, "state", new_state,
+redis.call("XADD", journal_key, "MAXLEN", "~", "100000", "*",
+  "ev", "trading_state", "account", account, "prev_state", prev_state, "state", new_state,
   "reason", reason, "by", by, "at_ms", at_ms, "revoked_token", revoked_token,
   "fence", fence_after)
 
