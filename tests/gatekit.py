@@ -87,3 +87,11 @@ async def risk_snapshot(r: aioredis.Redis, keys: AccountKeys) -> dict[str, Any]:
     snap["orders"] = sorted(await r.keys(keys.order("*").replace("{", "[{]")))
     snap["journal"] = await r.xlen(keys.journal) if await r.exists(keys.journal) else 0
     return snap
+
+
+def risk_for_load() -> RiskConfig:
+    """Limits where only the position limit binds: 0.1 BTC = 100 orders of 0.001."""
+    return risk(
+        max_order_notional="1000000", max_gross_exposure="100000000",
+        daily_loss_limit="100000000", orders_per_second="1000000", burst=1_000_000,
+    )
