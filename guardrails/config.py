@@ -278,7 +278,9 @@ class EvmOrderTemplate(_Model):
     function: str | None = Field(default=None, description="Function name for kind = 'call'.")
     args: list[Any] = Field(default_factory=list, description="Arguments for kind = 'call'.")
     token: str | None = Field(
-        default=None, description="ERC-20 contract (erc20_* kinds; 'to' is recipient/spender)."
+        default=None,
+        description="ERC-20 contract: of erc20_* kinds ('to' is then recipient/spender); "
+        "for 'call', the asset whose balance the venue reports for the symbol.",
     )
     mark: PositiveAmount | None = Field(
         default=None, description="Mark price the venue reports for the symbol (chains quote none)."

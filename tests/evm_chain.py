@@ -76,6 +76,7 @@ def _token_runtime(decimals: int) -> bytes:
         "DUP1", "PUSH4 095ea7b3", "EQ", "PUSH2 @approve", "JUMPI",
         "DUP1", "PUSH4 dd62ed3e", "EQ", "PUSH2 @allowance", "JUMPI",
         "DUP1", "PUSH4 313ce567", "EQ", "PUSH2 @decimals", "JUMPI",
+        "DUP1", "PUSH4 92b0cd99", "EQ", "PUSH2 @trade", "JUMPI",
         "@fail", "PUSH1 00", "DUP1", "REVERT",
         "@balanceOf", "PUSH1 04", "CALLDATALOAD", "SLOAD", *ret_word,
         "@transfer", "PUSH1 24", "CALLDATALOAD", "CALLER", "SLOAD",
@@ -89,6 +90,13 @@ def _token_runtime(decimals: int) -> bytes:
         "@allowance", "PUSH1 04", "CALLDATALOAD", "PUSH1 00", "MSTORE", "PUSH1 24",
         "CALLDATALOAD", "PUSH1 20", "MSTORE", "PUSH1 40", "PUSH1 00", "SHA3", "SLOAD", *ret_word,
         "@decimals", f"PUSH1 {decimals:02x}", *ret_word,
+        # trade(bool isBuy, uint256 amount): buy mints to the caller, sell burns (reverts
+        # when short) — a stand-in for a market the wallet trades on.
+        "@trade", "PUSH1 24", "CALLDATALOAD", "CALLER", "SLOAD", "PUSH1 04", "CALLDATALOAD",
+        "PUSH2 @mint", "JUMPI",
+        "DUP2", "DUP2", "LT", "PUSH2 @fail", "JUMPI", "SUB", "CALLER", "SSTORE",
+        "PUSH1 01", *ret_word,
+        "@mint", "ADD", "CALLER", "SSTORE", "PUSH1 01", *ret_word,
     ])
 
 
@@ -109,6 +117,15 @@ ERC20_TRANSFER_ABI: list[dict[str, Any]] = [
     {
         "type": "function", "name": "transfer", "stateMutability": "nonpayable",
         "inputs": [{"name": "to", "type": "address"}, {"name": "amount", "type": "uint256"}],
+        "outputs": [{"name": "", "type": "bool"}],
+    }
+]
+
+
+TRADE_ABI: list[dict[str, Any]] = [
+    {
+        "type": "function", "name": "trade", "stateMutability": "nonpayable",
+        "inputs": [{"name": "isBuy", "type": "bool"}, {"name": "amount", "type": "uint256"}],
         "outputs": [{"name": "", "type": "bool"}],
     }
 ]
@@ -164,6 +181,8 @@ class LocalChain:
 TKN = "TKN"
 ETH = "ETH"
 TKN_CALL = "TKNC"
+MKT = "MKT"
+"""A call template to ``trade(isBuy, amount)``: BUY mints, SELL burns (either side works)."""
 DECIMALS = 6
 START_TKN = 1000 * 10**DECIMALS
 
@@ -206,6 +225,7 @@ def risk_cfg() -> RiskConfig:
             TKN: {"tick": "0.01", "lot": "0.01", "max_position": "500"},
             ETH: {"tick": "0.01", "lot": "0.001", "max_position": "5"},
             TKN_CALL: {"tick": "0.01", "lot": "0.01", "max_position": "500"},
+            MKT: {"tick": "0.01", "lot": "0.01", "max_position": "500"},
         },
     })
 
@@ -236,6 +256,8 @@ class World:
                 TKN_CALL: {"kind": "call", "to": self.token, "abi": ERC20_TRANSFER_ABI,
                            "function": "transfer",
                            "args": [self.recipient, "{qty:6}"], "mark": "2"},
+                MKT: {"kind": "call", "to": self.token, "token": self.token, "abi": TRADE_ABI,
+                      "function": "trade", "args": ["{is_buy}", "{qty:6}"], "mark": "2"},
             },
         }
         data.update(over)
@@ -276,9 +298,9 @@ async def allocate_nonce(r: aioredis.Redis, keys: AccountKeys) -> int:
 
 
 def order(tag: str, *, token: int, nonce: int | None, symbol: str = TKN, side: Side = Side.SELL,
-          qty: str = "1.5", price: str = "2") -> Order:
+          qty: str = "1.5", price: str = "2", deadline_ms: int = 10**13) -> Order:
     return Order(client_order_id_for(tag), symbol, side, Decimal(qty), Decimal(price), token,
-                 10**13, nonce)
+                 deadline_ms, nonce)
 
 
 async def holder(w: World, name: str) -> tuple[EvmVenue, ChainProvider, int]:

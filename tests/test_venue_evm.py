@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from decimal import Decimal
 
 import pytest
@@ -193,21 +194,39 @@ async def test_submit_when_no_nonce_then_rejected_without_sending(world: World) 
     assert world.chain.nonce(world.wallet.address) == 0
 
 
-async def test_lookup_when_never_sent_then_not_found_final_and_later_submit_refused(
+async def test_submit_when_past_deadline_then_not_sent_nonce_filled_and_lookup_final(
     world: World,
 ) -> None:
-    # Arrange
+    # Arrange: an order whose permit ran out before it reached the venue.
     venue, _, token = await holder(world, "A")
-    o = order("late", token=token, nonce=await allocate_nonce(world.redis, world.keys))
+    past = int(time.time() * 1000) - 5_000
+    late = order("late", token=token, nonce=await allocate_nonce(world.redis, world.keys),
+                 deadline_ms=past)
+    nxt = order("next", token=token, nonce=await allocate_nonce(world.redis, world.keys))
     # Act
-    status = await venue.lookup(o.client_order_id)
-    late = await venue.submit(o)
-    # Assert: NOT_FOUND is final (the id is voided), the late submit sends no order; its
-    # nonce is filled so the next order is not stuck.
-    assert status.state is VenueOrderState.NOT_FOUND and not status.can_still_arrive
-    assert isinstance(late, Rejected)
-    assert world.chain.token_balance(world.token, world.recipient) == 0
-    assert world.chain.nonce(world.wallet.address) == 1
+    before = await venue.lookup(late.client_order_id, deadline_ms=past)
+    result = await venue.submit(late)
+    after = await venue.lookup(late.client_order_id, deadline_ms=past)
+    # Assert: never sent; the ledger may expire it; its nonce is used by a filler, so the
+    # next order is mined.
+    assert before.state is VenueOrderState.NOT_FOUND and not before.can_still_arrive
+    assert isinstance(result, Rejected) and "deadline" in result.reason
+    assert after.state is VenueOrderState.REJECTED
+    assert isinstance(await venue.submit(nxt), Accepted)
+    assert world.chain.nonce(world.wallet.address) == 2
+    assert world.chain.token_balance(world.token, world.recipient) == 1_500_000
+
+
+async def test_lookup_when_never_bound_then_can_arrive_until_deadline(world: World) -> None:
+    venue, _, _ = await holder(world, "A")
+    coid = client_order_id_for("never")
+    now = int(time.time() * 1000)
+    live = await venue.lookup(coid, deadline_ms=now + 60_000)
+    dead = await venue.lookup(coid, deadline_ms=now - 60_000)
+    blind = await venue.lookup(coid)
+    assert live.state is VenueOrderState.NOT_FOUND and live.can_still_arrive
+    assert dead.state is VenueOrderState.NOT_FOUND and not dead.can_still_arrive
+    assert blind.can_still_arrive
 
 
 async def test_submit_when_response_lost_and_node_unreachable_then_unknown_then_reconciled(
@@ -253,18 +272,20 @@ async def test_lookup_when_pending_then_open_and_when_nonce_replaced_then_expire
     assert world.chain.token_balance(world.token, world.recipient) == 0
 
 
-async def test_cancel_when_unsent_then_canceled_and_when_filled_then_final(world: World) -> None:
+async def test_cancel_when_unsent_then_voided_and_when_filled_then_final(world: World) -> None:
     # Arrange
     venue, _, token = await holder(world, "A")
     unsent = order("c-unsent", token=token, nonce=await allocate_nonce(world.redis, world.keys))
     filled = order("c-filled", token=token, nonce=await allocate_nonce(world.redis, world.keys))
-    # Act: cancel before it is sent; the runtime's submit then arrives late.
+    # Act: cancel before it is sent (unknown here: voided); the runtime's submit then
+    # arrives late.
     canceled = await venue.cancel(unsent.client_order_id)
     late = await venue.submit(unsent)
     sent = await venue.submit(filled)
-    # Assert: nothing of the canceled order is sent; its nonce is filled, so the next
+    # Assert: nothing of the voided order is sent; its nonce is filled, so the next
     # order (nonce 1) is mined; cancelling a mined order reports it final.
-    assert isinstance(canceled, Accepted) and isinstance(late, Rejected)
+    assert isinstance(canceled, Rejected) and "voided" in canceled.reason
+    assert isinstance(late, Rejected)
     assert isinstance(sent, Accepted)
     assert isinstance(await venue.cancel(filled.client_order_id), Accepted)
     assert (await venue.lookup(unsent.client_order_id)).state is VenueOrderState.CANCELED
@@ -314,8 +335,8 @@ async def test_paused_holder_when_it_wakes_after_takeover_then_its_nonce_is_not_
     assert world.chain.token_balance(world.token, world.recipient) == 3 * 10**DECIMALS
     assert (await venue_b.lookup(order_a.client_order_id)).state is VenueOrderState.EXPIRED
     assert (await venue_b.lookup(order_b.client_order_id)).state is VenueOrderState.FILLED
-    assert (await venue_a.lookup(client_order_id_for("a-fresh"))).state in (
-        VenueOrderState.NOT_FOUND,
+    assert (await venue_a.lookup(client_order_id_for("a-fresh"))).state is (
+        VenueOrderState.NOT_FOUND
     )
 
 

@@ -6,7 +6,10 @@
 -- ARGV[1]  token       (decimal string) the token the order was admitted under
 -- ARGV[2]  coid        client order id
 -- ARGV[3]  tx_hash     0x-hex hash of the signed transaction
--- ARGV[4..] field/value pairs stored in the record (nonce, raw, symbol, side, qty, ...)
+-- ARGV[4]  deadline_ms the order's submit deadline (Unix ms, the gate's permit)
+-- ARGV[5]  check       "1": refuse a new binding after deadline_ms by Redis server time;
+--                      "0": no deadline check (a nonce filler for a refused order)
+-- ARGV[6..] field/value pairs stored in the record (nonce, raw, symbol, side, qty, ...)
 --
 -- Returns {code, detail}
 --   0  claimed: the record was written with state "claimed"; send the transaction
@@ -15,6 +18,7 @@
 --   3  conflict: the id is bound to another transaction (detail = its hash); do not send
 --   4  no lease: nobody holds the lease; do not send
 --   5  stale: the lease holds another token (detail = the lease value); do not send
+--   6  late: Redis time is past deadline_ms (detail = that time); do not send
 --
 -- The fence is checked first, so a paused former holder that wakes after a takeover can
 -- never bind (and so never send) a new transaction; what it bound before stays findable.
@@ -24,6 +28,8 @@ local orders_key = KEYS[3]
 local token = ARGV[1]
 local coid = ARGV[2]
 local tx_hash = ARGV[3]
+local deadline_ms = tonumber(ARGV[4])
+local check = ARGV[5] == '1'
 
 local lease = redis.call('GET', lease_key)
 if not lease then
@@ -44,7 +50,14 @@ end
 if state then
   return {2, state}
 end
+if check then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if deadline_ms == nil or now_ms > deadline_ms then
+    return {6, tostring(now_ms)}
+  end
+end
 redis.call('HSET', record_key, 'state', 'claimed', 'hash', tx_hash, 'token', token,
-  unpack(ARGV, 4))
+  'deadline_ms', ARGV[4], unpack(ARGV, 6))
 redis.call('RPUSH', orders_key, coid)
 return {0, ''}

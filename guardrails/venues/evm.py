@@ -250,8 +250,7 @@ class EvmVenue:
             raise VenueError(f"venue.orders.{symbol}.to: {tpl.to!r} is not an address")
         if tpl.kind == "native":
             self._decimals[symbol] = NATIVE_DECIMALS
-        elif tpl.kind in ("erc20_transfer", "erc20_approve"):
-            assert tpl.token is not None  # config validator
+        elif tpl.token is not None:  # erc20_* (required), or the asset of a call
             if not is_address(tpl.token):
                 raise VenueError(f"venue.orders.{symbol}.token: {tpl.token!r} is not an address")
             try:
@@ -381,14 +380,26 @@ class EvmVenue:
             tpl = self._cfg.orders.get(order.symbol)
             if tpl is None:
                 raise OrderMappingError(f"no transaction template for symbol {order.symbol!r}")
+            inst = self._risk.instruments.get(order.symbol)
+            if order.qty <= 0 or order.price <= 0:
+                raise OrderMappingError("qty and price must be positive")
+            if inst is not None and order.price % inst.tick != 0:
+                raise OrderMappingError(f"price {order.price} is not a multiple of {inst.tick}")
+            if inst is not None and order.qty % inst.lot != 0:
+                raise OrderMappingError(f"qty {order.qty} is not a multiple of {inst.lot}")
             to, value, data = self._calldata(tpl, order.symbol, order)
             tx = self._tx(nonce, to, value, data, self._cfg.gas_limit)
-            kind, reason = "tx", ""
         except OrderMappingError as e:
-            tx = self._tx(nonce, self._checksum, 0, b"", FILLER_GAS)
-            kind, reason = "filler", str(e)
+            return self._filler(nonce, str(e))
         signed = self._signer.sign_transaction(tx)
-        return _Prepared(kind, bytes(signed.raw_transaction), _hex(signed.hash), reason)
+        return _Prepared("tx", bytes(signed.raw_transaction), _hex(signed.hash))
+
+    def _filler(self, nonce: int, reason: str) -> _Prepared:
+        """A zero-value self-transfer that uses ``nonce`` in place of a refused order."""
+        signed = self._signer.sign_transaction(
+            self._tx(nonce, self._checksum, 0, b"", FILLER_GAS)
+        )
+        return _Prepared("filler", bytes(signed.raw_transaction), _hex(signed.hash), reason)
 
     # -- submit ---------------------------------------------------------------------------
     async def submit(self, order: Order) -> SubmitResult:
@@ -396,47 +407,57 @@ class EvmVenue:
             return Rejected("no nonce: EVM orders must be admitted with allocate_nonce=True")
         await self.start()
         prep = self._prepare(order, order.nonce)
-        fields = {
-            "nonce": str(order.nonce), "raw": _hex(prep.raw), "kind": prep.kind,
-            "reason": prep.reason, "symbol": order.symbol, "side": order.side.value,
-            "qty": str(order.qty), "price": str(order.price),
-            "claimed_ms": str(self._clock_ms()),
-        }
-        flat = [x for kv in fields.items() for x in kv]
         try:
-            code, detail = await self._script(0)(
-                keys=[self._keys.lease, self.record_key(order.client_order_id), self.orders_key],
-                args=[str(order.token), order.client_order_id, prep.tx_hash, *flat],
-            )
+            code, detail, rec = await self._bind(order, prep, check_deadline=True)
+            if code == 6:
+                # Too late to send the order, but the nonce is ours and must not gap:
+                # bind a filler in its place (still fenced by the lease).
+                reason = f"not sent: past its submit deadline (Redis time {detail} ms)"
+                prep = self._filler(order.nonce, reason)
+                code, detail, rec = await self._bind(order, prep, check_deadline=False)
         except RedisError as e:
             return Rejected(f"not sent: cannot bind the transaction in Redis ({type(e).__name__})")
-        code, detail = int(code), _s(detail)
-        if code in (0, 1):
-            pass
-        elif code == 2:
+        if code == 2:
             if detail == "rejected":
-                reason = await self._redis.hget(self.record_key(order.client_order_id), "reason")
-                return Rejected(f"rejected earlier: {_s(reason or '')}")
-            # Voided/cancelled before it was bound: this nonce is ours and unused.
+                why = await self._redis.hget(self.record_key(order.client_order_id), "reason")
+                return Rejected(f"rejected earlier: {_s(why or '')}")
+            # Cancelled before it was bound: this nonce is ours and unused.
             await self._send_filler(order.nonce, order.client_order_id)
             return Rejected(f"not sent: the order was {detail} before it was sent")
-        elif code == 3:
+        if code == 3:
             return Unknown(f"client order id already bound to transaction {detail}; reconcile")
-        elif code == 4:
+        if code == 4:
             return Rejected("not sent: nobody holds the lease (fenced at the venue)")
-        elif code == 5:
+        if code == 5:
             return Rejected(
                 f"not sent: lease token {order.token} is not current (fenced at the venue)"
             )
-        else:
+        if code not in (0, 1):
             raise VenueError(f"evm_claim.lua returned unknown code {code}")
-        rec = {**fields, "state": "claimed", "hash": prep.tx_hash}
         result = await self._send(prep.raw, rec, order.client_order_id)
         if prep.kind == "filler":
             logs.event(log, "evm.rejected_before_send", coid=order.client_order_id,
                        nonce=order.nonce, reason=prep.reason, filler=prep.tx_hash)
             return Rejected(prep.reason)
         return result
+
+    async def _bind(
+        self, order: Order, prep: _Prepared, *, check_deadline: bool
+    ) -> tuple[int, str, dict[str, str]]:
+        """Run the fenced binding script; returns (code, detail, the record as bound)."""
+        rec = {
+            "nonce": str(order.nonce), "raw": _hex(prep.raw), "kind": prep.kind,
+            "reason": prep.reason, "symbol": order.symbol, "side": order.side.value,
+            "qty": str(order.qty), "price": str(order.price),
+            "claimed_ms": str(self._clock_ms()),
+        }
+        flat = [x for kv in rec.items() for x in kv]
+        code, detail = await self._script(0)(
+            keys=[self._keys.lease, self.record_key(order.client_order_id), self.orders_key],
+            args=[str(order.token), order.client_order_id, prep.tx_hash,
+                  str(order.submit_deadline_ms), "1" if check_deadline else "0", *flat],
+        )
+        return int(code), _s(detail), {**rec, "state": "claimed", "hash": prep.tx_hash}
 
     async def _send(self, raw: bytes, rec: Mapping[str, str], coid: str) -> SubmitResult:
         tx_hash, nonce = rec["hash"], int(rec["nonce"])
@@ -493,22 +514,25 @@ class EvmVenue:
 
     async def _send_filler(self, nonce: int, coid: str) -> None:
         """Best effort: use an unsent order's nonce with a zero-value self-transfer."""
-        tx = self._tx(nonce, self._checksum, 0, b"", FILLER_GAS)
-        signed = self._signer.sign_transaction(tx)
+        filler = self._filler(nonce, "")
         try:
-            await self._w3.eth.send_raw_transaction(signed.raw_transaction)
-            logs.event(log, "evm.nonce_filler", coid=coid, nonce=nonce, tx=_hex(signed.hash))
+            await self._w3.eth.send_raw_transaction(filler.raw)
+            logs.event(log, "evm.nonce_filler", coid=coid, nonce=nonce, tx=filler.tx_hash)
         except Exception as e:
             logs.event(log, "evm.nonce_filler_failed", logging.WARNING, coid=coid, nonce=nonce,
                        error=type(e).__name__)
 
     # -- cancel / lookup ------------------------------------------------------------------
     async def cancel(self, client_order_id: str) -> SubmitResult:
+        """An id never bound here is voided (it can never be sent afterwards) and the
+        cancel is ``Rejected`` as unknown; a final order is ``Accepted``; a sent, unmined
+        transaction cannot be withdrawn: ``Unknown``."""
         key = self.record_key(client_order_id)
         try:
             if await self._redis.hsetnx(key, "state", "canceled"):
                 await self._redis.hset(key, "canceled_ms", str(self._clock_ms()))
-                return Accepted(client_order_id)
+                logs.event(log, "evm.voided", coid=client_order_id)
+                return Rejected("unknown client order id; voided, so it can never be sent")
             status = await self.lookup(client_order_id)
         except (RedisError, VenueError) as e:
             return Unknown(f"cannot cancel: {type(e).__name__}")
@@ -518,18 +542,22 @@ class EvmVenue:
             )
         return Accepted(client_order_id)
 
-    async def lookup(self, client_order_id: str) -> VenueOrderStatus:
+    async def lookup(
+        self, client_order_id: str, *, deadline_ms: int | None = None
+    ) -> VenueOrderStatus:
+        """The order's state from its binding and the chain. An id never bound is
+        NOT_FOUND; it can still arrive while Redis time is at or before ``deadline_ms``
+        (the binding script refuses it after that), or always when no deadline is given."""
         key = self.record_key(client_order_id)
         try:
             rec = {_s(k): _s(v) for k, v in (await self._redis.hgetall(key)).items()}
             if not rec:
-                # Never bound: void the id so it can never be bound (and sent) later.
-                # NOT_FOUND is then final, so the ledger may expire it.
-                if await self._redis.hsetnx(key, "state", "void"):
-                    await self._redis.hset(key, "voided_ms", str(self._clock_ms()))
-                    return VenueOrderStatus(client_order_id, VenueOrderState.NOT_FOUND,
-                                            detail="never sent; voided")
-                rec = {_s(k): _s(v) for k, v in (await self._redis.hgetall(key)).items()}
+                can_arrive = True
+                if deadline_ms is not None:
+                    secs, micros = await self._redis.time()
+                    can_arrive = int(secs) * 1000 + int(micros) // 1000 <= deadline_ms
+                return VenueOrderStatus(client_order_id, VenueOrderState.NOT_FOUND,
+                                        can_still_arrive=can_arrive, detail="never bound here")
         except RedisError as e:
             raise VenueError(f"cannot read the venue record: {type(e).__name__}") from None
         try:
@@ -541,10 +569,8 @@ class EvmVenue:
 
     async def _status(self, coid: str, rec: Mapping[str, str]) -> VenueOrderStatus:
         state = rec.get("state", "claimed")
-        if state == "void":
-            return VenueOrderStatus(coid, VenueOrderState.NOT_FOUND, detail="never sent; voided")
         if state == "canceled":
-            return VenueOrderStatus(coid, VenueOrderState.CANCELED, detail="canceled before sent")
+            return VenueOrderStatus(coid, VenueOrderState.CANCELED, detail="voided before sent")
         if state == "rejected":
             return VenueOrderStatus(coid, VenueOrderState.REJECTED, detail=rec.get("reason", ""))
         if rec.get("kind") == "filler":
