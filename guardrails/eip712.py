@@ -162,6 +162,11 @@ class Signer:
             # Never chain the original: its message may quote the malformed key.
             raise SigningKeyError(f"{source}: not a valid secp256k1 private key") from None
 
+    @classmethod
+    def ephemeral(cls) -> Signer:
+        """A fresh throwaway key (the embedded demo exchange only; never for real funds)."""
+        return cls(Account.create())
+
     @property
     def address(self) -> str:
         """The lower-cased 0x address."""

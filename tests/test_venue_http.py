@@ -426,3 +426,33 @@ async def test_venue_serve_when_run_as_command_then_round_trip_and_jsonl_record(
     assert kinds == [("order", "c-serve"), ("fill", "c-serve")]
     assert "simulator.listening" in logs
     assert key.removeprefix("0x") not in logs
+
+
+async def test_start_when_embedded_and_no_key_configured_then_throwaway_key_signs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    cfg = venue_cfg("embedded", simulator=MARKET.model_dump(mode="json"))
+    venue = HttpVenue(cfg, AccountId("http", "demo"), risk=DEFAULT_RISK)
+    await venue.start()
+    try:
+        mark = (await venue.marks([SYMBOL]))[SYMBOL]
+        order = Order("c-ephemeral", SYMBOL, Side.BUY, Decimal("0.001"), mark + 1, 1,
+                      now_ms() + 60_000)
+
+        result = await venue.submit(order)
+
+        assert isinstance(result, Accepted)
+        assert venue.address.startswith("0x") and len(venue.address) == 42
+    finally:
+        await venue.close()
+
+
+async def test_start_when_remote_url_and_no_key_then_refused_naming_the_env_var(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    venue = HttpVenue(venue_cfg("http://127.0.0.1:1"), AccountId("http", "demo"))
+
+    with pytest.raises(VenueError, match=KEY_ENV):
+        await venue.start()

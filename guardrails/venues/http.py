@@ -20,12 +20,14 @@ or an encrypted keystore (``eip712.load_signer``) and appears in no log line, re
 exception text.
 
 With ``url = "embedded"`` the adapter starts the exchange simulator inside this process
-(for a single-process demo; a real deployment points at a shared venue).
+(for a single-process demo; a real deployment points at a shared venue), signing with a
+throwaway key when no key is configured.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
@@ -138,6 +140,13 @@ class HttpVenue:
     async def start(self) -> None:
         if self._session is not None:
             return
+        if self._signer is None and self._base == EMBEDDED and not self._cfg.keystore \
+                and not os.environ.get(self._cfg.key_env):
+            # The in-process demo exchange holds no real funds: with no key configured,
+            # sign with a throwaway key rather than asking the demo user for one.
+            self._signer = eip712.Signer.ephemeral()
+            logs.event(log, "venue.http.ephemeral_key", address=self._signer.address,
+                       reason=f"url=embedded and ${self._cfg.key_env} unset")
         if self._signer is None:
             try:
                 self._signer = eip712.load_signer(
