@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from guardrails.config import LeaseConfig
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.lease import (
+    _RENEW_CODES,
     Acquired,
     Held,
     LeaderElector,
@@ -25,7 +26,6 @@ from guardrails.lease import (
     ReplicasNotAcknowledged,
     _acquire_outcome,
     _mapped,
-    _RENEW_CODES,
 )
 from tests.redis_harness import RedisServer
 
@@ -36,25 +36,26 @@ LOG = logging.getLogger("test.lease")
 def cfg(
     ttl: str = "3s", renew_deadline: str = "2s", interval: str = "500ms", drift: str = "50ms"
 ) -> LeaseConfig:
-    return LeaseConfig(
-        ttl=ttl, renew_deadline=renew_deadline, renew_interval=interval, drift_margin=drift
-    )  # type: ignore[arg-type]
+    return LeaseConfig.model_validate(
+        {"ttl": ttl, "renew_deadline": renew_deadline, "renew_interval": interval,
+         "drift_margin": drift}
+    )
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if await predicate():
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {within_s}s waiting for {what}")
 
 
-async def wait_event(event: asyncio.Event, timeout: float, what: str) -> None:
+async def wait_event(event: asyncio.Event, within_s: float, what: str) -> None:
     try:
-        await asyncio.wait_for(event.wait(), timeout)
+        await asyncio.wait_for(event.wait(), within_s)
     except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+        raise AssertionError(f"timed out after {within_s}s waiting for {what}") from None
 
 
 async def expire_now(redis: aioredis.Redis) -> None:
@@ -303,7 +304,7 @@ class Recorder:
         self.cancelled = asyncio.Event()
         self.leaderships: list[Leadership] = []
         self.lost_when_cancelled: list[bool] = []
-        self.lease_at_exit: list[str | None] = []
+        self.lease_at_exit: list[object] = []
         self.cancelled_at: float | None = None
         self.exit_delay = 0.0
 
