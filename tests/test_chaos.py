@@ -759,3 +759,42 @@ async def test_real_records_when_venue_got_unadmitted_order_then_invariant_2(
     found = world.check().violations
     # Assert
     assert [v.invariant for v in found] == [2]
+
+
+def test_checker_when_open_order_never_reached_venue_past_deadline_then_invariant_4() -> None:
+    # Arrange: c4 is UNKNOWN and reserved, the venue never saw it, its deadline has passed
+    data = _clean()
+    assert data.ledger is not None
+    a4 = _adm(8, 4, 2, Side.BUY, ts=6500)
+    data.admissions.append(a4)
+    orders = dict(data.ledger.orders)
+    orders["c4"] = LedgerOrder("c4", "UNKNOWN", BTC, Side.BUY, Decimal("0.01"), Decimal(0))
+    reserved = dict(data.ledger.reserved)
+    reserved[f"{BTC}:buy"] = Decimal("0.02")
+    data.ledger = replace(
+        data.ledger, orders=orders, open_orders=frozenset({"c3", "c4"}), reserved=reserved
+    )
+    data.checked_at_ms = a4.deadline_ms + 60_000
+    # Act
+    found = checker.check(data).violations
+    # Assert
+    assert [v.invariant for v in found] == [4]
+    assert "stranded" in found[0].detail
+
+
+def test_checker_when_open_order_can_still_arrive_then_not_stranded() -> None:
+    # Arrange: as above, but checked before the order's deadline
+    data = _clean()
+    assert data.ledger is not None
+    a4 = _adm(8, 4, 2, Side.BUY, ts=6500)
+    data.admissions.append(a4)
+    orders = dict(data.ledger.orders)
+    orders["c4"] = LedgerOrder("c4", "UNKNOWN", BTC, Side.BUY, Decimal("0.01"), Decimal(0))
+    reserved = dict(data.ledger.reserved)
+    reserved[f"{BTC}:buy"] = Decimal("0.02")
+    data.ledger = replace(
+        data.ledger, orders=orders, open_orders=frozenset({"c3", "c4"}), reserved=reserved
+    )
+    data.checked_at_ms = a4.deadline_ms - 1000
+    # Act / Assert
+    assert checker.check(data).violations == []

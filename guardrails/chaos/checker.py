@@ -58,6 +58,8 @@ INVARIANTS: dict[int, str] = {
 }
 
 TERMINAL = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED"})
+STRANDED_GRACE_MS = 1000
+"""Clock slack between Redis (deadlines) and the checker's own clock."""
 
 
 # -- normalised inputs ---------------------------------------------------------------
@@ -184,6 +186,8 @@ class CheckInput:
     denied: dict[str, int] = field(default_factory=dict)
     admitted_counter: int | None = None
     journal_entries: int = 0
+    checked_at_ms: int | None = None
+    """When the sources were read (Unix ms); enables the stranded-reservation check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +227,12 @@ def check(data: CheckInput) -> CheckResult:
     violations += check_limits(data.venue_fills, data.limits)
     if data.ledger is not None:
         violations += check_ledger_matches_venue(
-            data.ledger, data.venue_orders, data.venue_fills, data.venue_ends
+            data.ledger,
+            data.venue_orders,
+            data.venue_fills,
+            data.venue_ends,
+            deadlines={a.coid: a.deadline_ms for a in data.admissions},
+            now_ms=data.checked_at_ms,
         )
     violations += check_terminal(data.transitions, data.ledger)
     late, late_violations = check_late_sends(
@@ -404,8 +413,16 @@ def check_ledger_matches_venue(
     venue_orders: Iterable[VenueOrder],
     fills: list[VenueFill],
     ends: Iterable[VenueEnd],
+    *,
+    deadlines: dict[str, int] | None = None,
+    now_ms: int | None = None,
 ) -> list[Violation]:
-    """4. After settling: positions and fills equal; reservations belong to live orders."""
+    """4. After settling: positions and fills equal; reservations belong to live orders.
+
+    With ``deadlines`` (client order id -> permit deadline) and ``now_ms``: an order the
+    ledger still holds open must be live at the venue, or still able to arrive there
+    (its deadline not yet passed); otherwise its reservation belongs to a dead order.
+    """
     out: list[Violation] = []
     vpos = venue_positions(fills)
     for sym in sorted(set(vpos) | set(ledger.positions)):
@@ -439,8 +456,27 @@ def check_ledger_matches_venue(
         if rec is not None and rec.state in TERMINAL - {"FILLED"}:
             out.append(Violation(4, f"{coid} is {rec.state} in the ledger but the venue filled it"))
     # Orders still live at the venue (accepted, never ended) must not be terminal here.
+    venue_orders = list(venue_orders)
     accepted = {v.coid for v in venue_orders if v.outcome == "accepted"}
     ended = {e.coid for e in ends}
+    seen = {v.coid for v in venue_orders}
+    if deadlines is not None and now_ms is not None:
+        for coid in sorted(ledger.open_orders):
+            rec = ledger.orders.get(coid)
+            if rec is None or rec.state in TERMINAL:
+                continue  # reported below
+            if coid in ended:
+                out.append(
+                    Violation(4, f"{coid} is {rec.state} in the ledger but ended at the venue")
+                )
+            elif coid not in seen and deadlines.get(coid, now_ms) < now_ms - STRANDED_GRACE_MS:
+                out.append(
+                    Violation(
+                        4,
+                        f"{coid} is {rec.state} and holds its reservation, but the venue never "
+                        "received it and its deadline has passed (stranded)",
+                    )
+                )
     for coid in sorted(accepted - ended):
         rec = ledger.orders.get(coid)
         if rec is not None and rec.state in TERMINAL:
@@ -780,6 +816,8 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any) -> 
     """Everything the checker needs, from a (sync, decode_responses) Redis client and the
     venue's JSONL record. ``risk`` is the run's own config: instrument units and limits."""
     units = {s: Units(i.tick, i.lot) for s, i in risk.instruments.items()}
+    sec, usec = client.time()
+    checked_at_ms = int(sec) * 1000 + int(usec) // 1000
     entries: list[tuple[str, dict[str, str]]] = []
     start = "-"
     while True:
@@ -813,4 +851,5 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any) -> 
         denied=denied,
         admitted_counter=int(stats["admitted"]) if "admitted" in stats else None,
         journal_entries=len(entries),
+        checked_at_ms=checked_at_ms,
     )

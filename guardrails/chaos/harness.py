@@ -47,6 +47,8 @@ ACCOUNT_ID = "chaos"
 TTL_S = 3.0
 SETTLE_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 20.0
+RECONCILE_WAIT_S = 5.0
+"""After a takeover: time for the new active instance to reconcile and pump fills."""
 HTTP_KEY = "0x" + "4c" * 32
 """A throwaway signing key for the simulator's account (test-only, not a secret)."""
 
@@ -224,7 +226,7 @@ class Harness:
         self.keys = AccountKeys(checker_account())
         self.venue: VenueProcess | None = None
         self.t0 = 0.0
-        self.notes: list[str] = []
+        self.problems: list[str] = []
         self.rng = random.Random(opts.seed ^ 0x5EED)
 
     # -- environment ------------------------------------------------------------------
@@ -300,6 +302,7 @@ class Harness:
             run_facts["settled"] = settled
             run_facts["admitted_after_settle"] = settled.get("admitted_after", 0)
             await self.quiesce(direct)
+            run_facts["handover"] = await self.handover(direct)
             run_facts["stop"] = await self.stop_instances()
         finally:
             for inst in self.instances:
@@ -322,7 +325,7 @@ class Harness:
         finally:
             await asyncio.to_thread(self.redis.stop)
         run_facts["redis_restarts"] = self.redis.restarts
-        run_facts["notes"] = self.notes
+        run_facts["problems"] = self.problems
         run_facts["wall_s"] = round(self.elapsed(), 1)
         doc = report.build(
             seed=self.opts.seed,
@@ -366,7 +369,7 @@ class Harness:
         for inst in self.instances:
             if inst.proc is not None and not inst.alive:
                 note = f"instance {inst.instance_id} exited on its own with {inst.proc.returncode}"
-                self.notes.append(note)
+                self.problems.append(note)
                 self.say(note + "; restarting")
                 await inst.start(self.env())
 
@@ -484,15 +487,18 @@ class Harness:
             await asyncio.sleep(1.0)
             await self.keep_alive()
             now = await _admitted(direct, self.keys)
+            if base is None:
+                base = now
+                continue
             # Trading resumed: the active instance reconciled (strategies start only after).
-            if now is not None and base is not None and now >= base + 5:
+            if now is not None and now >= base + 5:
                 facts["admitted_after"] = now - base
                 facts["settle_s"] = round(time.monotonic() - start, 1)
                 self.say(f"settled: {now - base} admissions after the faults")
                 return facts
         facts["admitted_after"] = 0
         facts["settle_s"] = None
-        self.notes.append(f"no new admissions within {SETTLE_TIMEOUT_S}s after the faults")
+        self.problems.append(f"no new admissions within {SETTLE_TIMEOUT_S}s after the faults")
         self.say("did not settle: no new admissions")
         return facts
 
@@ -502,7 +508,7 @@ class Harness:
             "kill", "--account", str(self.keys.account), "--reason", "chaos: end of run"
         )
         if rc != 0:
-            self.notes.append(f"final kill exited {rc}")
+            self.problems.append(f"final kill exited {rc}")
         start = time.monotonic()
         while time.monotonic() - start < 20:
             await asyncio.sleep(1.0)
@@ -511,26 +517,67 @@ class Harness:
                     break
         await asyncio.sleep(2.0)  # one more fills/marks pump round
 
+    async def holder(self, direct: aioredis.Redis) -> Instance | None:
+        with contextlib.suppress(Exception):
+            value = await direct.get(self.keys.lease)
+            if value:
+                holder = str(value).split(":", 1)[1]
+                for inst in self.instances:
+                    if holder == inst.instance_id and inst.alive:
+                        return inst
+        return None
+
+    async def handover(self, direct: aioredis.Redis) -> dict[str, Any]:
+        """Gracefully stop the active instance: a standby must take over and reconcile
+        (its takeover reconciliation finalises whatever the faults left undecided)."""
+        old = await self.holder(direct)
+        if old is None:
+            self.problems.append("no active instance at the end of the run")
+            return {"from": None}
+        old.signal(signal.SIGTERM)
+        rc = await old.wait(STOP_TIMEOUT_S)
+        facts: dict[str, Any] = {"from": old.instance_id, "exit": rc}
+        if rc != 0:
+            self.problems.append(f"{old.instance_id} exited {rc} on SIGTERM (handover)")
+        start = time.monotonic()
+        while time.monotonic() - start < STOP_TIMEOUT_S:
+            new = await self.holder(direct)
+            if new is not None and new is not old:
+                facts["to"] = new.instance_id
+                facts["takeover_s"] = round(time.monotonic() - start, 2)
+                await asyncio.sleep(RECONCILE_WAIT_S)
+                self.say(f"handover {old.instance_id} -> {new.instance_id}")
+                return facts
+            await asyncio.sleep(0.2)
+        self.problems.append(f"no standby took over within {STOP_TIMEOUT_S}s of a graceful stop")
+        return facts
+
     async def stop_instances(self) -> dict[str, Any]:
         """SIGTERM standbys first, then whoever is left; each must exit 0 in time."""
         codes: dict[str, Any] = {}
         for inst in sorted(self.instances, key=lambda i: -i.index):
+            if not inst.alive:
+                continue
             inst.signal(signal.SIGTERM)
             rc = await inst.wait(STOP_TIMEOUT_S)
             codes[inst.instance_id] = rc
             if rc is None:
-                self.notes.append(
+                self.problems.append(
                     f"{inst.instance_id} did not stop within {STOP_TIMEOUT_S}s of SIGTERM"
                 )
             elif rc != 0:
-                self.notes.append(f"{inst.instance_id} exited {rc} on SIGTERM")
+                self.problems.append(f"{inst.instance_id} exited {rc} on SIGTERM")
         return codes
 
 
 async def _admitted(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
-    with contextlib.suppress(Exception):
-        v = await direct.hget(keys.stats, "admitted")
-        return int(v or 0)
+    """The gate's admission counter; None if Redis cannot be read (after a few tries:
+    a pooled connection may be stale after a Redis restart)."""
+    for _ in range(3):
+        with contextlib.suppress(Exception):
+            v = await direct.hget(keys.stats, "admitted")
+            return int(v or 0)
+        await asyncio.sleep(0.2)
     return None
 
 

@@ -47,8 +47,9 @@ def build(
             for n in sorted(INVARIANTS)
         },
         "violation_count": len(result.violations),
+        "problems": list(run.get("problems", [])),
         "run": run,
-        "ok": not result.violations,
+        "ok": not result.violations and not run.get("problems"),
     }
 
 
@@ -97,6 +98,9 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"       - {v['detail']}")
         if len(found) > 5:
             lines.append(f"       … and {len(found) - 5} more")
+    problems = doc.get("problems", [])
+    lines += ["", f"run problems (not invariant violations, but the run fails): {len(problems)}"]
+    lines += [f"  - {p}" for p in problems]
     lines += ["", "RESULT: " + ("PASS (zero violations)" if doc["ok"] else "FAIL")]
     return "\n".join(lines)
 
