@@ -64,5 +64,6 @@ def test_admit_when_four_processes_race_a_binding_limit_then_exactly_the_allowed
     assert res[f"{SYMBOL}:buy"] == "1000"  # 100 x 10 lots: the limit, exactly
     assert client.scard(keys.open_orders) == 100
     stats = client.hgetall(keys.stats)
+    client.close()
     assert stats["admitted"] == "100"
     assert stats["denied:position_limit"] == str(WORKERS * PER_WORKER - 100)
