@@ -67,6 +67,11 @@ class _Settings:
         self.kill_redis = kill_redis
         self.interval_s = interval_s
 
+    @property
+    def kill_enabled(self) -> bool:
+        """A kill needs both the operator token and a client allowed to write the latch."""
+        return self.operator_token is not None and self.kill_redis is not None
+
 
 SETTINGS: web.AppKey[_Settings] = web.AppKey("dashboard_settings", _Settings)
 
@@ -84,7 +89,8 @@ def create_app(
 
     ``accounts`` are always shown; every account in ``keys.ACCOUNTS_INDEX`` is added.
     ``operator_token`` (default ``$GUARDRAILS_OPERATOR_TOKEN``) enables the kill button;
-    kills are written through ``kill_redis`` (a client with write access).
+    kills are written through ``kill_redis`` (a client with write access); without it
+    the kill button stays hidden, so ``redis`` is never used for a write.
     """
     if operator_token is None:
         operator_token = os.environ.get(OPERATOR_TOKEN_ENV) or None
@@ -133,7 +139,7 @@ async def document(s: _Settings) -> dict[str, Any]:
     from guardrails.status import status_document
 
     doc = await status_document(s.redis, await _accounts(s), config=s.config)
-    doc["kill_enabled"] = s.operator_token is not None
+    doc["kill_enabled"] = s.kill_enabled
     return doc
 
 
@@ -248,7 +254,7 @@ async def _api_kill(request: web.Request) -> web.Response:
     from guardrails.killswitch import KillSwitch, KillSwitchError, operator_identity
 
     s = request.app[SETTINGS]
-    if s.operator_token is None or s.kill_redis is None:
+    if s.operator_token is None or s.kill_redis is None:  # i.e. not s.kill_enabled
         raise web.HTTPNotFound(text="kill is disabled: no operator token configured")
     try:
         body = await request.json()

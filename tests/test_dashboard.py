@@ -214,3 +214,26 @@ async def test_page_when_opened_in_chromium_then_shows_status_figures_and_update
         await browser.close()
     (artifacts_dir / "dashboard.png").write_bytes(png)
     assert png.startswith(b"\x89PNG")
+
+
+async def test_kill_when_token_but_no_writing_client_then_button_hidden_and_404(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: e.g. `guardrails run --dashboard` with the token in its environment
+    await opskit.seed(redis_client)
+    app = create_app(redis_client, accounts=[opskit.ACCOUNT], operator_token=OPERATOR_TOKEN)
+    runner, url = await serve(app, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as s:
+            # Act
+            async with s.get(url + "api/status") as resp:
+                enabled = (await resp.json())["kill_enabled"]
+            async with s.post(url + "api/kill", json={
+                    "account": "paper:ops", "token": OPERATOR_TOKEN}) as resp:
+                status = resp.status
+    finally:
+        await runner.cleanup()
+
+    # Assert
+    assert enabled is False and status == 404
+    assert (await read_latch(redis_client, opskit.KEYS)).state is TradingState.ACTIVE
