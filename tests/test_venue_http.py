@@ -456,3 +456,48 @@ async def test_start_when_remote_url_and_no_key_then_refused_naming_the_env_var(
 
     with pytest.raises(VenueError, match=KEY_ENV):
         await venue.start()
+
+
+async def test_reconcile_when_submit_answer_lost_then_ledger_filled_once_and_resend_dedupes(
+    env: Env, redis_client: Any,
+) -> None:
+    """The must-show end to end: gate -> signed submit whose answer is lost -> UNKNOWN in
+    the ledger (reservation kept) -> reconcile by client order id -> FILLED, position
+    applied once; a deliberate re-send of the same id is the same order."""
+    from guardrails.gate import OrderGate
+    from guardrails.keys import AccountKeys
+    from guardrails.ledger import Ledger
+    from guardrails.model import Admitted, OrderState
+    from guardrails.reconcile import reconcile
+    from tests import gatekit
+
+    # Arrange: the account's limits, a live lease, marks; the simulator at 60000.00.
+    keys = AccountKeys(AccountId("http", address_of(env.key)))
+    cfg = gatekit.risk()
+    await gatekit.seed(redis_client, keys, cfg)
+    gate, ledger = OrderGate(redis_client, keys, cfg), Ledger(redis_client, keys, cfg)
+    decision = await gate.admit(gatekit.buy("0.0010", "60100.00"), intent_id="i-lost",
+                                token=gatekit.TOKEN, holder_id=gatekit.HOLDER)
+    assert isinstance(decision, Admitted)
+    order = Order(decision.client_order_id, SYMBOL, Side.BUY, Decimal("0.0010"),
+                  Decimal("60100.00"), decision.token, decision.submit_deadline_ms)
+    await env.admin("/admin/faults", {"drop_submit_responses": 1})
+    # Act
+    result = await env.venue.submit(order)
+    assert isinstance(result, Unknown), result
+    await ledger.mark_unknown(order.client_order_id, result.reason)
+    held = await ledger.order(order.client_order_id)
+    report = await reconcile(ledger, env.venue, now_ms=now_ms())
+    resent = await env.venue.submit(order)
+    again = await reconcile(ledger, env.venue, now_ms=now_ms())
+    # Assert
+    assert held is not None and held.state is OrderState.UNKNOWN and held.open_qty == order.qty
+    assert report.ok and report.fills_applied == 1
+    after = await ledger.order(order.client_order_id)
+    assert after is not None and after.state is OrderState.FILLED and after.open_qty == 0
+    assert (await ledger.positions())[SYMBOL].qty == Decimal("0.0010")
+    assert isinstance(resent, Accepted)
+    assert again.checked == 0  # nothing left open: the re-send changed nothing
+    orders = [r for r in read_record(env.record) if r["type"] == "order"]
+    assert [r["result"] for r in orders] == ["accepted", "duplicate"]
+    assert len([r for r in read_record(env.record) if r["type"] == "fill"]) == 1

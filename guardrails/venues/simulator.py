@@ -51,6 +51,7 @@ from aiohttp import web
 
 from guardrails import eip712, logs
 from guardrails.config import (
+    ConfigError,
     HttpVenueConfig,
     PaperVenueConfig,
     RiskConfig,
@@ -536,6 +537,11 @@ def market_from_config(
             chain_id = cfg.venue.chain_id
             if cfg.venue.simulator is not None:
                 market_cfg = cfg.venue.simulator
+    missing = sorted(set(risk.instruments) - set(market_cfg.start_prices))
+    if missing:
+        raise ConfigError(
+            f"{path}: venue.simulator.start_prices lacks a price for: {', '.join(missing)}"
+        )
     if seed is not None:
         market_cfg = market_cfg.model_copy(update={"seed": seed})
     return market_cfg, risk, chain_id
