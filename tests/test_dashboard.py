@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from guardrails.model import TradingState
 from tests import opskit
 from tests.browser import Browser
 from tests.conftest import ROOT, subprocess_env
-from tests.redis_harness import RedisServer
+from tests.redis_harness import RedisServer, free_port
 
 SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 OPERATOR_TOKEN = "op-secret-123"
@@ -237,3 +239,35 @@ async def test_kill_when_token_but_no_writing_client_then_button_hidden_and_404(
     # Assert
     assert enabled is False and status == 404
     assert (await read_latch(redis_client, opskit.KEYS)).state is TradingState.ACTIVE
+
+
+def test_cli_dashboard_when_started_then_serves_known_accounts_and_stops_on_sigterm(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange
+    c = redis_server.client()
+    c.sadd("gr:accounts", "paper:cli")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guardrails", "dashboard", "--redis-url", redis_server.url,
+         "--port", str(port)],
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+
+        # Act
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=30) as r:
+            doc = json.loads(r.read())
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    # Assert
+    assert banner.startswith(f"dashboard on http://127.0.0.1:{port}/")
+    assert "paper:cli" in [a["account"] for a in doc["accounts"]]
+    assert rc == 0
