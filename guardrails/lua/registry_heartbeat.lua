@@ -1,0 +1,35 @@
+-- registry_heartbeat: record one instance's heartbeat, stamped with Redis server time.
+--
+-- KEYS[1]  instance key   (HASH, one instance's record, PX heartbeat_ttl)
+-- KEYS[2]  instances key  (ZSET id -> last heartbeat, ms since epoch, server time)
+-- ARGV[1]  instance id
+-- ARGV[2]  heartbeat_ttl_ms (positive integer): the record expires unless refreshed
+-- ARGV[3]  keep_rows_ms (positive integer): ZSET rows silent for longer are pruned
+-- ARGV[4..] field, value, field, value, ... (the record; last_seen_ms is added here)
+--
+-- Returns now_ms: the server time written as last_seen_ms.
+local instance_key = KEYS[1]
+local instances_key = KEYS[2]
+local instance_id = ARGV[1]
+local ttl_ms = tonumber(ARGV[2])
+local keep_rows_ms = tonumber(ARGV[3])
+
+if ttl_ms == nil or ttl_ms <= 0 or keep_rows_ms == nil or keep_rows_ms <= 0 then
+  return redis.error_reply('registry_heartbeat: ttl and keep_rows must be positive integers')
+end
+if (#ARGV - 3) % 2 ~= 0 then
+  return redis.error_reply('registry_heartbeat: fields must come in field/value pairs')
+end
+
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local fields = {'last_seen_ms', string.format('%d', now_ms)}
+for i = 4, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', instance_key, unpack(fields))
+redis.call('PEXPIRE', instance_key, ttl_ms)
+redis.call('ZADD', instances_key, now_ms, instance_id)
+redis.call('ZREMRANGEBYSCORE', instances_key, '-inf', '(' .. string.format('%d', now_ms - keep_rows_ms))
+return now_ms

@@ -1,0 +1,195 @@
+"""Instance registry: every running instance says, in Redis, who it is and what it runs.
+
+Serves DESIGN.md's "count the processes before you count the rows": each instance
+heartbeats a HASH ``keys.instance(id)`` with its host, pid, version, role, token, start
+time and the digests of its *effective* config and limits, and the ZSET
+``keys.instances`` maps its id to the last heartbeat (Redis server time, ms). The HASH
+has a PX expiry of ``heartbeat_ttl``: an instance that stops heartbeating disappears
+from the live set on its own; its ZSET row stays (pruned after a day) so ``doctor`` and
+``status`` can name instances that went silent. The account string is also added to
+``keys.ACCOUNTS_INDEX`` so ``--all`` tools can find the account.
+
+One script (``lua/registry_heartbeat.lua``) writes the HASH, its expiry and the ZSET row
+in one step, stamped with Redis's clock (so rows from different hosts compare), at one
+command per heartbeat.
+
+What the registry does NOT guarantee: it is a census, not an authority. A row says an
+instance was alive at ``last_seen_ms``; a missing row does not prove a process is gone
+(Redis may have been unreachable from it). Who may trade is decided by the lease alone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from guardrails import __version__
+from guardrails.config import RuntimeConfig
+from guardrails.keys import ACCOUNTS_INDEX, AccountKeys
+
+KEEP_SILENT_ROWS_MS = 24 * 3600 * 1000
+"""ZSET rows of instances silent for longer than this are pruned on each heartbeat."""
+
+INT_FIELDS = ("pid", "started_at_ms", "last_seen_ms", "standby_flag")
+"""Fields ``list_instances`` returns as ``int`` (``token`` too, when set)."""
+
+
+class Role(StrEnum):
+    STANDBY = "standby"
+    ACTIVE = "active"
+    STOPPING = "stopping"
+
+
+def new_instance_id(host: str | None = None, pid: int | None = None) -> str:
+    """A unique id for this process: ``<host>-<pid>-<random>`` (also its lease holder id)."""
+    host = (host or socket.gethostname()).replace(" ", "_") or "host"
+    return f"{host}-{pid if pid is not None else os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """What does not change during an instance's life (role and token do)."""
+
+    id: str
+    account: str
+    """The account identity string, ``venue:account``."""
+    host: str
+    pid: int
+    config_digest: str
+    limits_digest: str
+    standby_flag: bool
+    health_url: str = ""
+    cmdline: str = ""
+    version: str = __version__
+    started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    @classmethod
+    def for_this_process(
+        cls,
+        account: str,
+        *,
+        config_digest: str,
+        limits_digest: str,
+        standby_flag: bool,
+        health_url: str = "",
+        instance_id: str | None = None,
+    ) -> InstanceInfo:
+        host = socket.gethostname()
+        return cls(
+            id=instance_id or new_instance_id(host),
+            account=account,
+            host=host,
+            pid=os.getpid(),
+            config_digest=config_digest,
+            limits_digest=limits_digest,
+            standby_flag=standby_flag,
+            health_url=health_url,
+            cmdline=" ".join(sys.argv),
+        )
+
+
+class Registry:
+    """Heartbeats of one instance. No I/O in the constructor."""
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: AccountKeys, info: InstanceInfo, cfg: RuntimeConfig
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.info = info
+        self.cfg = cfg
+        source = resources.files("guardrails").joinpath("lua/registry_heartbeat.lua").read_text()
+        self._heartbeat = redis.register_script(source)
+        self._indexed = False
+
+    def _fields(self, role: str, token: int | None) -> list[str]:
+        i = self.info
+        record = {
+            "id": i.id,
+            "account": i.account,
+            "host": i.host,
+            "pid": str(i.pid),
+            "version": i.version,
+            "role": role,
+            "token": "" if token is None else str(token),
+            "started_at_ms": str(i.started_at_ms),
+            "config_digest": i.config_digest,
+            "limits_digest": i.limits_digest,
+            "standby_flag": "1" if i.standby_flag else "0",
+            "health_url": i.health_url,
+            "cmdline": i.cmdline,
+        }
+        return [x for kv in record.items() for x in kv]
+
+    async def heartbeat(self, role: Role | str, token: int | None) -> int:
+        """Write this instance's record (expiring after ``heartbeat_ttl``); returns the
+        Redis server time (ms) written as ``last_seen_ms``. Raises on Redis errors."""
+        role = Role(role)
+        args: list[str | int] = [
+            self.info.id,
+            self.cfg.heartbeat_ttl,
+            KEEP_SILENT_ROWS_MS,
+            *self._fields(role.value, token),
+        ]
+        now_ms = await self._heartbeat(
+            keys=[self.keys.instance(self.info.id), self.keys.instances], args=args
+        )
+        if not self._indexed:
+            # ACCOUNTS_INDEX is outside the account's hash slot: a separate command.
+            await self.redis.sadd(ACCOUNTS_INDEX, self.info.account)
+            self._indexed = True
+        return int(now_ms)
+
+    async def remove(self) -> None:
+        """Delete this instance's record and row (a clean exit)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.instance(self.info.id))
+            pipe.zrem(self.keys.instances, self.info.id)
+            await pipe.execute()
+
+    @staticmethod
+    async def list_instances(
+        redis: aioredis.Redis, keys: AccountKeys, *, include_expired: bool = False
+    ) -> list[dict[str, object]]:
+        """Every instance of the account, most recently seen first.
+
+        Live rows carry every heartbeat field (``pid``, ``started_at_ms``,
+        ``last_seen_ms``, ``standby_flag`` and a set ``token`` as ``int``; the rest as
+        ``str``) and ``expired: False``. With ``include_expired``, instances whose record
+        expired are listed too as ``{"id", "last_seen_ms", "expired": True}``.
+        """
+        rows: list[Any] = list(await redis.zrevrange(keys.instances, 0, -1, withscores=True))
+        ids = [_text(row[0]) for row in rows]
+        scores = [int(row[1]) for row in rows]
+        async with redis.pipeline(transaction=False) as pipe:
+            for instance_id in ids:
+                pipe.hgetall(keys.instance(instance_id))
+            records = await pipe.execute() if ids else []
+        out: list[dict[str, object]] = []
+        for instance_id, score, raw in zip(ids, scores, records, strict=True):
+            if raw:
+                record: dict[str, object] = {_text(k): _text(v) for k, v in raw.items()}
+                for name in INT_FIELDS:
+                    value = record.get(name)
+                    if isinstance(value, str) and value.lstrip("-").isdigit():
+                        record[name] = int(value)
+                token = record.get("token")
+                record["token"] = int(token) if isinstance(token, str) and token.isdigit() else None
+                record["expired"] = False
+                out.append(record)
+            elif include_expired:
+                out.append({"id": instance_id, "last_seen_ms": score, "expired": True})
+        return out
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
