@@ -247,11 +247,12 @@ def test_cli_dashboard_when_started_then_serves_known_accounts_and_stops_on_sigt
     # Arrange
     c = redis_server.client()
     c.sadd("gr:accounts", "paper:cli")
+    c.close()
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "guardrails", "dashboard", "--redis-url", redis_server.url,
          "--port", str(port)],
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
         assert proc.stdout is not None
@@ -266,6 +267,8 @@ def test_cli_dashboard_when_started_then_serves_known_accounts_and_stops_on_sigt
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     # Assert
     assert banner.startswith(f"dashboard on http://127.0.0.1:{port}/")
