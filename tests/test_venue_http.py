@@ -501,3 +501,28 @@ async def test_reconcile_when_submit_answer_lost_then_ledger_filled_once_and_res
     orders = [r for r in read_record(env.record) if r["type"] == "order"]
     assert [r["result"] for r in orders] == ["accepted", "duplicate"]
     assert len([r for r in read_record(env.record) if r["type"] == "fill"]) == 1
+    # ...and the signing key is nowhere in Redis (keys, values, streams) or the record.
+    dump = await redis_dump(redis_client) + env.record.read_text()
+    assert address_of(env.key) in dump  # the dump does see the account's state
+    assert env.key.removeprefix("0x").lower() not in dump.lower()
+
+
+async def redis_dump(r: Any) -> str:
+    """Every key and value in Redis as text (strings, hashes, sets, zsets, lists, streams)."""
+    parts: list[str] = []
+    async for key in r.scan_iter("*"):
+        kind = await r.type(key)
+        parts.append(key)
+        if kind == "string":
+            parts.append(str(await r.get(key)))
+        elif kind == "hash":
+            parts.append(repr(await r.hgetall(key)))
+        elif kind == "set":
+            parts.append(repr(await r.smembers(key)))
+        elif kind == "zset":
+            parts.append(repr(await r.zrange(key, 0, -1, withscores=True)))
+        elif kind == "list":
+            parts.append(repr(await r.lrange(key, 0, -1)))
+        elif kind == "stream":
+            parts.append(repr(await r.xrange(key)))
+    return "\n".join(parts)

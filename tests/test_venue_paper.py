@@ -66,24 +66,39 @@ def path_ticks(cfg: PaperVenueConfig, symbol: str, steps: int) -> list[int]:
     return out
 
 
-async def cross_by_advancing(venue: PaperVenue, order: Order) -> None:
+async def cross_by_advancing(
+    venue: PaperVenue, order: Order, cfg: PaperVenueConfig | None = None
+) -> None:
     """Advance the clock to the first future step whose mark crosses ``order``."""
-    cfg = venue_config()
-    current = await venue.current_step()
-    ticks = path_ticks(cfg, order.symbol, current + 5000)
+    cfg = cfg or venue_config()
+    await venue.advance()
+    # The stored (step, mark) pair, read together: the walk continues from exactly there.
+    step, px = await venue._redis.hmget(venue.keys.clock, ["step", f"px:{order.symbol}"])
+    current, ticks = int(step), int(px)
     limit = int(order.price / Decimal("0.01"))
-    for n in range(current + 1, len(ticks)):
-        crossed = ticks[n] <= limit if order.side is Side.BUY else ticks[n] >= limit
+    for n in range(current + 1, current + 200_000):
+        ticks = market.walk_next(ticks, seed=cfg.seed, symbol=order.symbol, n=n,
+                                 volatility=cfg.volatility)
+        crossed = ticks <= limit if order.side is Side.BUY else ticks >= limit
         if crossed:
             await venue.advance_to(n)
             return
-    raise AssertionError("the walk never crosses the order within 5000 steps")
+    raise AssertionError("the walk never crosses the order within 200000 steps")
 
 
 class TestPaperConformance(VenueConformance):
-    @pytest.fixture
-    async def harness(self, redis_client: aioredis.Redis) -> AsyncIterator[VenueHarness]:
-        venue = paper(redis_client)
+    @pytest.fixture(params=["1h", "250ms"], ids=["held-clock", "live-clock"])
+    async def harness(
+        self, redis_client: aioredis.Redis, request: pytest.FixtureRequest
+    ) -> AsyncIterator[VenueHarness]:
+        # held-clock: only the tests move the market; live-clock: the wall clock does
+        # too (4 steps a second, at most 0.5 % each: a resting order 20 % away stays
+        # resting, and one step never undoes a 2 % cross).
+        over: dict[str, object] = {"step": request.param}
+        if request.param == "250ms":
+            over["volatility"] = "0.005"
+        cfg = venue_config(**over)
+        venue = paper(redis_client, **over)
         await venue.start()
         try:
             yield VenueHarness(
@@ -91,7 +106,7 @@ class TestPaperConformance(VenueConformance):
                 symbol=SYMBOL,
                 tick=Decimal("0.01"),
                 lot=Decimal("0.0001"),
-                cross=lambda order: cross_by_advancing(venue, order),
+                cross=lambda order: cross_by_advancing(venue, order, cfg),
             )
         finally:
             await venue.close()
