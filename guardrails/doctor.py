@@ -316,18 +316,18 @@ def _int(v: object) -> int | None:
 async def _registry(
     redis: aioredis.Redis, keys: AccountKeys
 ) -> tuple[list[dict[str, str]], list[tuple[str, int]]]:
-    """(live heartbeat rows, ZSET members whose heartbeat hash is gone)."""
-    from guardrails.status import registered_instances
+    """(live heartbeat rows as strings, (id, last_seen_ms) of rows whose heartbeat expired)."""
+    from guardrails.registry import Registry
 
-    rows = await registered_instances(redis, keys)
-    known = {r.get("id") for r in rows}
+    rows: list[dict[str, str]] = []
     gone: list[tuple[str, int]] = []
-    if (await redis.type(keys.instances)) == "zset":
-        members: list[Any] = await redis.zrange(keys.instances, 0, -1, withscores=True)
-        for member, score in members:
-            mid = str(member)
-            if mid not in known and not await redis.exists(keys.instance(mid)):
-                gone.append((mid, int(score)))
+    if (await redis.type(keys.instances)) not in ("zset", "none"):
+        return rows, gone  # reported as wrong_key_type
+    for row in await Registry.list_instances(redis, keys, include_expired=True):
+        if row.get("expired"):
+            gone.append((str(row["id"]), int(str(row.get("last_seen_ms") or 0))))
+        else:
+            rows.append({k: "" if v is None else str(v) for k, v in row.items()})
     return rows, gone
 
 

@@ -147,39 +147,22 @@ async def _denials(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
             for i, f in rows or []]
 
 
-async def registered_instances(redis: aioredis.Redis, keys: AccountKeys) -> list[dict[str, str]]:
-    """Live registry rows of the account: every id in the ``instances`` ZSET whose heartbeat
-    HASH still exists, as its fields (strings), sorted by id.
-
-    Read directly from the documented keys (ZRANGE + HGETALL) rather than through
-    ``Registry.list_instances`` so that status, doctor and the dashboard are guaranteed
-    to issue read-only commands (a registry helper may prune expired rows, a write).
-    """
-    rows: list[dict[str, str]] = []
-    for member in await redis.zrange(keys.instances, 0, -1):
-        mid = str(member)
-        raw = await redis.hgetall(keys.instance(mid))
-        if raw:
-            row = {str(k): str(v) for k, v in raw.items()}
-            row.setdefault("id", mid)
-            rows.append(row)
-    return sorted(rows, key=lambda r: r["id"])
-
-
-_INSTANCE_INTS = ("pid", "token", "started_at_ms", "last_seen_ms")
-
-
 async def _instances(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
+    """Live registry rows (``Registry.list_instances``: ZREVRANGE + HGETALL, read-only)."""
+    from guardrails.registry import Registry
+
     out: list[Json] = []
-    for row in await registered_instances(redis, keys):
-        item: Json = dict(row)
-        for f in _INSTANCE_INTS:
-            if f in item:
-                item[f] = _int_or_none(item[f])
-        if "standby_flag" in item:
-            item["standby_flag"] = item["standby_flag"] in ("1", "true", "True")
+    for row in await Registry.list_instances(redis, keys):
+        item: Json = {}
+        for k, v in row.items():
+            if k == "standby_flag":
+                item[k] = bool(v)
+            elif k == "expired":
+                continue  # live rows only here
+            else:
+                item[k] = v if v is None or isinstance(v, int | bool) else str(v)
         out.append(item)
-    return out
+    return sorted(out, key=lambda r: str(r.get("id", "")))
 
 
 async def _risk_for(
