@@ -798,3 +798,41 @@ def test_checker_when_open_order_can_still_arrive_then_not_stranded() -> None:
     data.checked_at_ms = a4.deadline_ms - 1000
     # Act / Assert
     assert checker.check(data).violations == []
+
+
+# -- the bounded real run ----------------------------------------------------------------
+
+BOUNDED_SEED = 20261122
+"""Fixed, so a failure in `make test` replays with `make chaos SEED=20261122`."""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_chaos_run_when_bounded_then_zero_violations(artifacts_dir: Path, tmp_path: Path) -> None:
+    # Arrange: the shortest window that injects every fault kind at least once
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    duration = faults.minimum_duration(3.0) + 2
+    report_path = artifacts_dir / "chaos-bounded.json"
+    report_path.unlink(missing_ok=True)
+    cmd = [
+        sys.executable, "-m", "guardrails.chaos", "--duration", str(duration),
+        "--seed", str(BOUNDED_SEED), "--instances", "3", "--report", str(report_path),
+        "--workdir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    # Act
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
+    # Assert
+    assert report_path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(report_path.read_text())
+    assert doc["violation_count"] == 0, report.render(doc)
+    assert doc["problems"] == [], report.render(doc)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert all(n >= 1 for n in doc["faults"].values()), doc["faults"]
+    assert doc["instances"] == 3
+    assert doc["orders"]["admitted"] > 20
+    assert doc["orders"]["venue_fills"] > 0
+    assert doc["run"]["settled"]["admitted_after"] >= 5

@@ -11,10 +11,12 @@ import asyncio
 import logging
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from guardrails.chaos import faults, report
 from guardrails.chaos.harness import TTL_S, Harness, RunOptions
@@ -38,6 +40,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--schedule-only", action="store_true", help="print the seed's schedule and exit"
     )
     return p.parse_args(argv)
+
+
+async def _run(opts: RunOptions) -> dict[str, Any]:
+    """The run, cancelled (so every child is cleaned up) on SIGTERM or SIGINT."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await Harness(opts).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_path=Path(args.report),
         workdir=workdir,
     )
-    doc = asyncio.run(Harness(opts).run())
+    try:
+        doc = asyncio.run(_run(opts))
+    except asyncio.CancelledError:
+        print(f"chaos: interrupted; logs kept in {workdir}", file=sys.stderr)
+        return 130
     print()
     print(report.render(doc))
     print(f"\nreport saved to {opts.report_path}; replay with --seed {seed}")

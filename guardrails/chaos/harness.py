@@ -275,55 +275,17 @@ class Harness:
         for f in schedule:
             print("  " + f.describe(), flush=True)
         await asyncio.to_thread(self.redis.start)
-        self.cfg = self.write_config()
-        direct = aioredis.Redis.from_url(
-            self.redis.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
-        )
-        run_facts: dict[str, Any] = {"workdir": str(self.work)}
         try:
-            self.venue = VenueProcess(
-                self.config_path, self.venue_port, self.work / "venue-record.jsonl",
-                self.logdir / "venue.log", seed=self.opts.seed,
-            )  # fmt: skip
-            await self.venue.start(self.env())
-            for i in range(self.opts.instances):
-                proxy = ChaosProxy(f"p{i}", "127.0.0.1", self.redis.port)
-                await proxy.start()
-                inst = Instance(i, proxy, self.config_path, self.logdir)
-                self.instances.append(inst)
-            for inst in self.instances:
-                await inst.start(self.env())
-                await asyncio.sleep(0.5)  # instance 0 first: it becomes the first active
-            self.say(f"started redis :{self.redis.port}, venue :{self.venue_port}, "
-                     f"{len(self.instances)} instances")  # fmt: skip
-            await self.run_schedule(schedule, direct)
-            await self.sleep_until(self.opts.duration_s)
-            settled = await self.settle(direct)
-            run_facts["settled"] = settled
-            run_facts["admitted_after_settle"] = settled.get("admitted_after", 0)
-            await self.quiesce(direct)
-            run_facts["handover"] = await self.handover(direct)
-            run_facts["stop"] = await self.stop_instances()
-        finally:
-            for inst in self.instances:
-                inst.signal(signal.SIGCONT)
-                if inst.alive and inst.proc is not None:
-                    inst.proc.kill()
-                    await inst.wait(5)
-            for inst in self.instances:
-                await inst.proxy.close()
-            if self.venue is not None:
-                await self.venue.stop()
-            await direct.aclose()
-        try:
-            assert self.cfg is not None
+            self.cfg = self.write_config()
+            run_facts = await self.exercise(schedule)
+            self.say("checking")
             data = await asyncio.to_thread(
                 checker.load, self.redis.client(), self.keys, self.cfg.risk,
                 self.work / "venue-record.jsonl",
             )  # fmt: skip
-            result = checker.check(data)
         finally:
-            await asyncio.to_thread(self.redis.stop)
+            self.redis.stop()  # also on cancellation (SIGTERM of the harness)
+        result = checker.check(data)
         run_facts["redis_restarts"] = self.redis.restarts
         run_facts["problems"] = self.problems
         run_facts["wall_s"] = round(self.elapsed(), 1)
@@ -338,6 +300,47 @@ class Harness:
         )
         report.save(doc, self.opts.report_path)
         return doc
+
+    async def exercise(self, schedule: list[faults.Fault]) -> dict[str, Any]:
+        """Start everything, inject the faults, settle, stop everything; always clean up."""
+        direct = aioredis.Redis.from_url(
+            self.redis.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+        )
+        run_facts: dict[str, Any] = {"workdir": str(self.work)}
+        try:
+            self.venue = VenueProcess(
+                self.config_path, self.venue_port, self.work / "venue-record.jsonl",
+                self.logdir / "venue.log", seed=self.opts.seed,
+            )  # fmt: skip
+            await self.venue.start(self.env())
+            for i in range(self.opts.instances):
+                proxy = ChaosProxy(f"p{i}", "127.0.0.1", self.redis.port)
+                await proxy.start()
+                self.instances.append(Instance(i, proxy, self.config_path, self.logdir))
+            for inst in self.instances:
+                await inst.start(self.env())
+                await asyncio.sleep(0.5)  # instance 0 first: it becomes the first active
+            self.say(f"started redis :{self.redis.port}, venue :{self.venue_port}, "
+                     f"{len(self.instances)} instances")  # fmt: skip
+            await self.run_schedule(schedule, direct)
+            await self.sleep_until(self.opts.duration_s)
+            settled = await self.settle(direct)
+            run_facts["settled"] = settled
+            await self.quiesce(direct)
+            run_facts["handover"] = await self.handover(direct)
+            run_facts["stop"] = await self.stop_instances()
+        finally:
+            for inst in self.instances:
+                inst.signal(signal.SIGCONT)
+                if inst.alive and inst.proc is not None:
+                    inst.proc.kill()
+                    await inst.wait(5)
+            for inst in self.instances:
+                await inst.proxy.close()
+            if self.venue is not None:
+                await self.venue.stop()
+            await direct.aclose()
+        return run_facts
 
     async def sleep_until(self, t: float) -> None:
         delay = t - self.elapsed()
@@ -376,13 +379,9 @@ class Harness:
     async def resolve(self, target: str, direct: aioredis.Redis) -> Instance:
         if target.startswith("instance:"):
             return self.instances[int(target.split(":", 1)[1]) % len(self.instances)]
-        with contextlib.suppress(Exception):
-            value = await direct.get(self.keys.lease)
-            if value:
-                holder = str(value).split(":", 1)[1]
-                for inst in self.instances:
-                    if holder == inst.instance_id:
-                        return inst
+        holder = await self.holder(direct)
+        if holder is not None:
+            return holder
         # Nobody holds the lease right now: hit a live instance, chosen by the seed.
         return self.rng.choice([i for i in self.instances if i.alive] or self.instances)
 
@@ -518,13 +517,20 @@ class Harness:
         await asyncio.sleep(2.0)  # one more fills/marks pump round
 
     async def holder(self, direct: aioredis.Redis) -> Instance | None:
-        with contextlib.suppress(Exception):
-            value = await direct.get(self.keys.lease)
+        """The live instance named in the lease value, if any (a few tries: a pooled
+        connection can be stale right after a Redis restart)."""
+        for _ in range(3):
+            try:
+                value = await direct.get(self.keys.lease)
+            except Exception:
+                await asyncio.sleep(0.2)
+                continue
             if value:
-                holder = str(value).split(":", 1)[1]
+                name = str(value).split(":", 1)[1]
                 for inst in self.instances:
-                    if holder == inst.instance_id and inst.alive:
+                    if name == inst.instance_id and inst.alive:
                         return inst
+            return None
         return None
 
     async def handover(self, direct: aioredis.Redis) -> dict[str, Any]:
