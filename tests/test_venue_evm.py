@@ -398,3 +398,24 @@ async def test_logs_when_orders_flow_then_every_line_is_one_event(
     events = [r.getMessage() for r in caplog.records if r.name.startswith("guardrails.venues")]
     assert any(e.startswith("event=evm.sent ") for e in events)
     assert any(e.startswith("event=evm.nonce_synced ") for e in events)
+
+
+async def test_make_venue_when_evm_config_then_builds_evm_venue_with_key_from_env(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: a whole config as `guardrails run` would load it.
+    from guardrails.config import parse_config
+    from guardrails.venues import make_venue
+
+    monkeypatch.setenv("GUARDRAILS_EVM_KEY", "0x" + bytes(world.wallet.key).hex())
+    cfg = parse_config({
+        "account": {"venue": "evm", "id": world.wallet.address},
+        "risk": world.risk.model_dump(mode="json"),
+        "venue": world.venue_cfg().model_dump(mode="json"),
+    })
+    # Act
+    venue = make_venue(cfg, world.redis)
+    # Assert
+    assert isinstance(venue, EvmVenue)
+    assert venue.address == world.wallet.address
+    assert repr(venue) == f"EvmVenue(account={world.account}, chain_id={world.chain.chain_id})"

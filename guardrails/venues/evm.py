@@ -44,11 +44,14 @@ An order the venue rejects *before* sending (a BUY on a transfer template, a qua
 finer than the token's decimals) still owns its nonce: a zero-value self-transfer
 ("nonce filler") is bound and sent with that nonce so later nonces are not stuck.
 
-Not guaranteed: EVM transactions have no expiry, so ``submit_deadline_ms`` cannot be
-enforced on-chain; a transaction sent (or bound) before a takeover may still be mined
-until its nonce is used. Fills count at one confirmation (no reorg handling). A sent
-transaction cannot be cancelled (no replacement is attempted): ``cancel`` only voids
-orders not yet bound, and reports final ones.
+The submit deadline is enforced where the harness can enforce it — the binding script
+refuses a new binding after ``submit_deadline_ms`` by Redis time — but not on-chain.
+
+Not guaranteed: EVM transactions have no expiry, so a transaction bound (and perhaps
+sent) before a takeover may still be mined until its nonce is used; its reservation is
+held until then. Fills count at one confirmation (no reorg handling). A sent
+transaction cannot be cancelled (no replacement is attempted): ``cancel`` voids ids not
+yet bound and reports final orders; a pending one is ``Unknown``.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ _SEL_BALANCE_OF = bytes.fromhex("70a08231")
 _SEL_DECIMALS = bytes.fromhex("313ce567")
 _PLACEHOLDER = re.compile(r"^\{(qty|price|notional):(\d{1,2})\}$")
 _FILLS_PER_BATCH = 200
+_ALREADY_KNOWN = re.compile(r"already known|known transaction|already imported", re.I)
 
 
 class NotHolder(VenueError):
@@ -485,7 +489,9 @@ class EvmVenue:
         """A failed send is classified from the chain, never from the error text alone."""
         # An error the node *answered* (JSON-RPC error; eth-tester's validation error)
         # means it refused the transaction; anything else is the transport.
-        answered = isinstance(err, Web3RPCError | EthValidationError | ValueError)
+        answered = isinstance(err, Web3RPCError | EthValidationError | ValueError) and not (
+            _ALREADY_KNOWN.search(str(err))  # another node may hold it: not a refusal
+        )
         what = type(err).__name__
         tx_hash, nonce = rec["hash"], int(rec["nonce"])
         try:
