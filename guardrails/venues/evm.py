@@ -66,6 +66,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiohttp import ClientTimeout
 from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
@@ -178,8 +179,12 @@ class EvmVenue:
         elif isinstance(signer, LocalAccount):
             signer = Signer(signer)
         self._signer: Signer = signer
+        # One attempt per request: a send that times out is classified, never retried
+        # blindly by the transport (reads are re-asked by reconciliation instead).
         self._provider = provider or AsyncHTTPProvider(
-            venue_cfg.rpc_url, request_kwargs={"timeout": rpc_timeout_s}
+            venue_cfg.rpc_url,
+            request_kwargs={"timeout": ClientTimeout(total=rpc_timeout_s)},
+            exception_retry_configuration=None,
         )
         self._w3 = AsyncWeb3(self._provider)
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
