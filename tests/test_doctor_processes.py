@@ -1,0 +1,104 @@
+"""Doctor against real `guardrails run` processes: the process table is a source of
+liveness in its own right — a paused process whose heartbeat expired is still found."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from guardrails.keys import AccountId, AccountKeys
+from tests.conftest import ROOT, subprocess_env
+from tests.redis_harness import RedisServer
+from tests.run_harness import RunProc, write_config
+
+pytestmark = pytest.mark.slow
+
+SCHEMA = json.loads((ROOT / "docs" / "doctor.schema.json").read_text())
+
+
+def doctor(url: str, manifest: Path) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "guardrails", "doctor", "--json", "--redis-url", url,
+         "--manifest", str(manifest)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=60,
+    )
+    report: dict[str, Any] = json.loads(done.stdout)
+    jsonschema.validate(report, SCHEMA)
+    return done.returncode, report
+
+
+def _manifest(tmp_path: Path, account: str) -> Path:
+    p = tmp_path / "manifest.toml"
+    p.write_text(f'[[accounts]]\naccount = "paper:{account}"\ninstances = 1\n'
+                 f'hosts = ["{socket.gethostname()}"]\n')
+    return p
+
+
+def _wait(predicate: Any, what: str, within_s: float = 60.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_doctor_when_one_run_process_as_manifest_says_then_exit_0_seen_by_all_sources(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange
+    cfg = write_config(tmp_path / "d0.toml", redis_url=redis_server.url, account="d0")
+    proc = RunProc("d0-a", cfg, tmp_path).start()
+    try:
+        proc.wait_for("runtime.active", 60)
+        c = redis_server.client()
+        keys = AccountKeys(AccountId("paper", "d0"))
+        _wait(lambda: c.exists(keys.instance("d0-a")) and
+              c.hget(keys.instance("d0-a"), "role") == "active", "active registration")
+
+        # Act
+        rc, report = doctor(redis_server.url, _manifest(tmp_path, "d0"))
+    finally:
+        proc.cleanup()
+
+    # Assert
+    assert rc == 0, report["findings"]
+    (inst,) = report["instances"]
+    assert inst["pid"] == proc.pid
+    assert set(inst["sources"]) == {"registry", "process", "lease"}
+
+
+def test_doctor_when_run_process_missing_from_registry_then_exit_1_unregistered_process(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: a real instance, paused until its heartbeat row expires from the registry
+    cfg = write_config(tmp_path / "d1.toml", redis_url=redis_server.url, account="d1")
+    proc = RunProc("d1-a", cfg, tmp_path).start()
+    try:
+        proc.wait_for("runtime.active", 60)
+        c = redis_server.client()
+        keys = AccountKeys(AccountId("paper", "d1"))
+        _wait(lambda: c.exists(keys.instance("d1-a")), "registration")
+        proc.send(signal.SIGSTOP)
+        _wait(lambda: not c.exists(keys.instance("d1-a")), "the heartbeat row to expire", 30)
+
+        # Act
+        rc, report = doctor(redis_server.url, _manifest(tmp_path, "d1"))
+    finally:
+        proc.cleanup()
+
+    # Assert
+    assert rc == 1
+    found = {f["code"]: f for f in report["findings"]}
+    assert f"pid {proc.pid}" in found["unregistered_process"]["message"]
+    assert f"kill {proc.pid}" in found["unregistered_process"]["action"]
+    (inst,) = report["instances"]
+    assert inst["sources"] == ["process"] and inst["pid"] == proc.pid
