@@ -102,3 +102,40 @@ def test_doctor_when_run_process_missing_from_registry_then_exit_1_unregistered_
     assert f"kill {proc.pid}" in found["unregistered_process"]["action"]
     (inst,) = report["instances"]
     assert inst["sources"] == ["process"] and inst["pid"] == proc.pid
+
+
+def test_doctor_when_two_run_processes_have_different_limits_then_exit_1_limits_mismatch(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: the same account twice on this host (the second deliberately --standby),
+    # started from configs whose daily loss limits differ
+    a_cfg = write_config(tmp_path / "a.toml", redis_url=redis_server.url, account="d2",
+                         daily_loss_limit="1000")
+    b_cfg = write_config(tmp_path / "b.toml", redis_url=redis_server.url, account="d2",
+                         daily_loss_limit="900")
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text('[[accounts]]\naccount = "paper:d2"\ninstances = 2\nmax_per_host = 2\n')
+    a = RunProc("d2-a", a_cfg, tmp_path).start()
+    b: RunProc | None = None
+    try:
+        a.wait_for("runtime.active", 60)
+        b = RunProc("d2-b", b_cfg, tmp_path, standby=True).start()
+        c = redis_server.client()
+        keys = AccountKeys(AccountId("paper", "d2"))
+        _wait(lambda: c.exists(keys.instance("d2-a")) and c.exists(keys.instance("d2-b")),
+              "both registrations")
+
+        # Act
+        rc, report = doctor(redis_server.url, manifest)
+    finally:
+        a.cleanup()
+        if b is not None:
+            b.cleanup()
+
+    # Assert
+    assert rc == 1
+    found = {f["code"]: f for f in report["findings"]}
+    msg = found["limits_mismatch"]["message"]
+    assert "d2-a@" in msg and "d2-b@" in msg
+    assert "deploy one config" in found["limits_mismatch"]["action"]
+    assert "duplicate_on_host" not in found  # the second copy carries --standby
