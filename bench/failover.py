@@ -98,8 +98,8 @@ async def run(*, quick: bool) -> list[Row]:
     handover_ms: list[float] = []
     term_ms: list[float] = []
     bad_exits: list[int] = []
-    async with workspace(NAME) as (tmp, instances):
-        with redis_server() as server:
+    with redis_server() as server:
+        async with workspace(NAME) as (tmp, instances):
             client = aioredis.Redis.from_url(server.url, decode_responses=True)
             await client.config_set("notify-keyspace-events", "Kg$x")
             watcher = await Watcher(server.url).start(keyspace_channel(keys.lease))

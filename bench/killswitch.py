@@ -68,8 +68,8 @@ async def run(*, quick: bool) -> list[Row]:
     reaction_ms: list[float] = []
     received_ms: list[float] = []
     canceled: list[int] = []
-    async with workspace(NAME) as (tmp, instances):
-        with redis_server() as server:
+    with redis_server() as server:
+        async with workspace(NAME) as (tmp, instances):
             client = aioredis.Redis.from_url(server.url, decode_responses=True)
             watcher = await Watcher(server.url).start(keys.control_channel)
             try:

@@ -72,8 +72,8 @@ async def run(*, quick: bool) -> list[Row]:
         return [not_measured(NAME, "RSS of an idle active instance", TARGET, why)]
     seconds = 3 if quick else 10
     acct = account("memory")
-    async with workspace(NAME) as (tmp, instances):
-        with redis_server() as server:
+    with redis_server() as server:
+        async with workspace(NAME) as (tmp, instances):
             cfg = write_run_config(tmp / "run.toml", redis_url=server.url, acct=acct, ttl=None)
             env = private_env(tmp)
             active = await Instance(cfg, "bench-mem", env, standby=False).start()
