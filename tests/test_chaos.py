@@ -9,8 +9,11 @@ every fault kind at least once) must finish with zero violations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
+import signal
 import time
 from dataclasses import replace
 from decimal import Decimal
@@ -823,14 +826,27 @@ def test_chaos_run_when_bounded_then_zero_violations(artifacts_dir: Path, tmp_pa
         "--seed", str(BOUNDED_SEED), "--instances", "3", "--report", str(report_path),
         "--workdir", str(tmp_path / "run"),
     ]  # fmt: skip
-    # Act
-    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=400)
+    # Act: its own process group, so every child goes down with it whatever happens
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the harness cleans up on SIGTERM
+            try:
+                proc.wait(timeout=30)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
     # Assert
-    assert report_path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report_path.exists(), out[-5000:]
     doc = json.loads(report_path.read_text())
     assert doc["violation_count"] == 0, report.render(doc)
     assert doc["problems"] == [], report.render(doc)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert proc.returncode == 0, out[-5000:]
     assert all(n >= 1 for n in doc["faults"].values()), doc["faults"]
     assert doc["instances"] == 3
     assert doc["orders"]["admitted"] > 20

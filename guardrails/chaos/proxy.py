@@ -93,11 +93,13 @@ class ChaosProxy:
             await self._server.wait_closed()
             self._server = None
         for conn in list(self._conns):
-            conn.close()
+            conn.close()  # every pipe sees its connection closed and returns
         tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # -- controls ---------------------------------------------------------------------
 
@@ -154,6 +156,10 @@ class ChaosProxy:
                 tg.create_task(self._pipe(client_r, up_w, conn, reply=False))
                 tg.create_task(self._pipe(up_r, client_w, conn, reply=True))
         except (OSError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            # A connection handler is a top-level task nobody awaits: end quietly (the
+            # server's done-callback would otherwise report the cancellation as an error).
             pass
         finally:
             conn.close()
