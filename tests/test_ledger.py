@@ -223,3 +223,37 @@ async def test_daily_loss_when_day_rolls_over_in_new_york_then_budget_resets_but
         bigger, intent_id="x4", token=TOKEN, holder_id=HOLDER)
     assert isinstance(d3, Admitted)
     assert await redis_client.hget(acct.day("2026-03-07"), "realized_pnl") == "-200000000"
+
+
+@pytest.mark.parametrize(
+    ("qty", "price"),
+    [("0.0003", "59999.99"), ("0.0417", "57000.01"), ("0.04", "60000"), ("0.0001", "57000.01")],
+)
+async def test_apply_fill_when_decimal_amounts_then_round_trip_exactly(
+    redis_client: aioredis.Redis, acct: AccountKeys, qty: str, price: str
+) -> None:
+    cfg = risk(max_order_notional="10000")
+    await redis_client.hset(acct.limits, "max_order_notional", "10000000000")
+    ledger = Ledger(redis_client, acct, cfg)
+    coid = await place(redis_client, acct, buy(qty, price), "rt")
+    rec = await ledger.order(coid)
+    assert rec is not None and (rec.qty, rec.price) == (Decimal(qty), Decimal(price))
+    await ledger.apply_fill(fill("rt", coid, Side.BUY, qty, price))
+    view = (await ledger.positions())[SYMBOL]
+    assert view.qty == Decimal(qty)
+    assert view.cost_basis == Decimal(qty) * Decimal(price)
+    assert view.avg_cost == Decimal(price)
+
+
+def test_sources_when_grepped_then_no_binary_float_in_money_paths() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "guardrails"
+    files = ["gate.py", "ledger.py", "limits.py", "reconcile.py", "tradingday.py",
+             "lua/gate_admit.lua", "lua/ledger_fill.lua", "lua/ledger_transition.lua",
+             "lua/ledger_rebuild.lua"]
+    for name in files:
+        text = (root / name).read_text()
+        for bad in ("float(", ": float", "-> float", "time.time()", "tostring(lots",
+                    "tostring(n)"):
+            assert bad not in text, f"{name} contains {bad!r}"

@@ -44,8 +44,8 @@ local PRICE_BAND, THROTTLED, POSITION_LIMIT, GROSS_EXPOSURE, DAILY_LOSS = 11, 12
 local BAD_STATE = 16
 
 local MAXI = 9007199254740992 -- 2^53: integers at or above it are not exact in a double
-local P10 = {[0] = 1}
-for i = 1, 22 do P10[i] = P10[i - 1] * 10 end
+local P10 = {[0] = 1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13,
+  1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22} -- exact powers of ten in a double
 
 local function fmt(n) return string.format('%d', n) end
 
@@ -379,8 +379,10 @@ local function main()
     'token', token, 'holder', holder, 'created_ms', fmt(now_ms), 'updated_ms', fmt(now_ms),
     'deadline_ms', fmt(deadline), 'nonce', nonce_s, 'day', day)
   redis.call('SADD', K_OPEN, coid)
-  redis.call('HINCRBY', K_RES, symbol .. ':' .. side_name, fmt(lots))
-  redis.call('HINCRBY', K_RES, symbol .. ':loss', fmt(this_loss))
+  -- one HSET of both totals (read above in this same atomic step) instead of two HINCRBYs
+  local side_f, loss_f = symbol .. ':' .. side_name, symbol .. ':loss'
+  redis.call('HSET', K_RES, side_f, fmt(resv(symbol, side_name) + lots),
+    loss_f, fmt(int_field(res[loss_f], 'reserved loss') + this_loss))
   redis.call('HSET', K_THROTTLE, 'tokens', fmt(tokens - 1000), 'ts_ms', fmt(now_ms))
   redis.call('HSET', K_INTENTS, intent_id, coid .. '|' .. token .. '|' .. fmt(deadline) .. '|' .. nonce_s)
   redis.pcall('HINCRBY', K_STATS, 'admitted', 1)
