@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from guardrails.gate import lua_source
-from guardrails.ledger import FillOutcome, Ledger, OrderRecord
+from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord
 from guardrails.model import OrderState
 from guardrails.venues.base import Venue, VenueError, VenueOrderState, VenueOrderStatus
 
@@ -76,8 +76,15 @@ async def reconcile_order(
         report.failures.append((coid, f"venue lookup failed: {e}"))
         return
     for fill in status.fills:
-        if await ledger.apply_fill(fill) is FillOutcome.APPLIED:
+        try:
+            outcome = await ledger.apply_fill(fill)
+        except LedgerError as e:
+            report.failures.append((coid, f"fill {fill.fill_id} not applied: {e}"))
+            return
+        if outcome is FillOutcome.APPLIED:
             report.fills_applied += 1
+        elif outcome in (FillOutcome.REFUSED, FillOutcome.UNKNOWN_ORDER):
+            report.failures.append((coid, f"fill {fill.fill_id} {outcome.value}"))
     after = await ledger.order(coid)
     if after is None:
         report.failures.append((coid, "order record vanished"))

@@ -128,3 +128,16 @@ async def test_sweep_when_open_index_disagrees_then_fix_rebuilds_index(
     await sweep(ledger, venue, fix=True)
     assert await redis_client.smembers(acct.open_orders) == {a}
     assert (await ledger.order(a)).state is OrderState.SUBMITTED  # type: ignore[union-attr]
+
+
+async def test_reconcile_when_venue_reports_unusable_fill_then_not_ok_and_order_kept(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, "0.0100", "bad")
+    venue = FakeVenue()
+    odd = Fill("odd", coid, SYMBOL, Side.BUY, Decimal("0.00015"), Decimal("60000"), ts_ms=1)
+    venue.status[coid] = status(coid, VenueOrderState.FILLED, odd)
+    report = await reconcile(ledger, venue, now_ms=0)
+    assert not report.ok and "not applied" in report.failures[0][1]
+    assert (await ledger.order(coid)).state is OrderState.PENDING_SUBMIT  # type: ignore[union-attr]
