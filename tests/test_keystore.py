@@ -1,9 +1,10 @@
 """Private keys: loaded from env or an encrypted keystore, and never disclosed.
 
 The disclosure test runs the EVM venue end to end with the key loaded from the
-environment, then searches every place a key could leak to: all log output (every
-logger at DEBUG, web3's included), reprs, exception texts and tracebacks, and every key
-name and value in Redis (SCAN + DUMP, plus each value read by type).
+environment (also through the gate, ledger and Context), then searches every place a
+key could leak to: all log output (every logger at DEBUG, web3's included), reprs,
+exception texts and tracebacks, the status document and table, and every key name and
+value in Redis (SCAN + DUMP, plus each value read by type).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import pickle
 import traceback
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,9 +21,15 @@ import pytest
 import redis.asyncio as aioredis
 from eth_account import Account
 
+from guardrails import limits
+from guardrails.config import parse_config
+from guardrails.context import Context, MarkBook
+from guardrails.gate import OrderGate
 from guardrails.keys import AccountId
 from guardrails.keystore import KeyLoadError, Signer, load_signer
-from guardrails.model import Side
+from guardrails.ledger import Ledger
+from guardrails.model import Intent, Side
+from guardrails.status import render_table, status_document
 from guardrails.venues.evm import EvmVenue
 from tests.evm_chain import (
     ETH,
@@ -35,6 +43,15 @@ from tests.evm_chain import (
 )
 
 __all__ = ["world"]  # the fixture, imported so pytest finds it here
+
+
+@dataclass
+class _Term:
+    token: int
+    holder_id: str
+
+    def valid(self) -> bool:
+        return True
 
 
 def _forms(key: bytes) -> list[bytes]:
@@ -126,6 +143,19 @@ async def test_private_key_when_venue_runs_then_absent_from_logs_reprs_errors_an
         results.append(await venue.cancel(o.client_order_id))
     results.append(await venue.fills_since(None))
     results.append(await venue.balances())
+    # ... and one order through the gate and ledger, so status has an account to show.
+    cfg = parse_config({"account": {"venue": "evm", "id": world.wallet.address},
+                        "risk": world.risk.model_dump(mode="json"),
+                        "venue": world.venue_cfg().model_dump(mode="json")})
+    assert await limits.check_or_init(redis_client, world.keys, world.risk, "A") is None
+    ledger = Ledger(redis_client, world.keys, world.risk)
+    await ledger.update_marks(await venue.marks(list(world.risk.instruments)))
+    ctx = Context("s", gate=OrderGate(redis_client, world.keys, world.risk), ledger=ledger,
+                  venue=venue, leadership=_Term(token, "A"), risk=world.risk,
+                  marks=MarkBook(), allocate_nonce=True)
+    results.append(await ctx.submit(Intent(TKN, Side.SELL, Decimal(1), Decimal(2),
+                                           intent_id="via-gate")))
+    doc = await status_document(redis_client, [world.account], config=cfg)
     wrong_chain = EvmVenue(world.venue_cfg(chain_id=1), world.account, None, redis=redis_client,
                            risk=world.risk, provider=ChainProvider(world.chain))
     other = AccountId("evm", Account.create().address)
@@ -144,7 +174,9 @@ async def test_private_key_when_venue_runs_then_absent_from_logs_reprs_errors_an
     # Assert: the key is nowhere.
     assert len(errors) == 3
     assert any(r.state.value == "filled" for r in results if hasattr(r, "state"))
-    texts = [caplog.text, repr(venue), str(venue), repr(results)]
+    assert doc["accounts"][0]["positions"]
+    texts = [caplog.text, repr(venue), str(venue), repr(results), json.dumps(doc),
+             render_table(doc)]
     texts += ["".join(traceback.format_exception(e)) for e in errors]
     for text in texts:
         assert not _leaks(text, key)

@@ -419,3 +419,9 @@ async def test_make_venue_when_evm_config_then_builds_evm_venue_with_key_from_en
     assert isinstance(venue, EvmVenue)
     assert venue.address == world.wallet.address
     assert repr(venue) == f"EvmVenue(account={world.account}, chain_id={world.chain.chain_id})"
+
+
+async def test_start_when_gas_limit_above_block_limit_then_refuses(world: World) -> None:
+    venue = world.venue(gas_limit=10**12)
+    with pytest.raises(VenueError, match="block gas limit"):
+        await venue.start()

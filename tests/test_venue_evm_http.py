@@ -55,6 +55,11 @@ class JsonRpcNode:
             result = hex(self.world.chain.chain_id)
         elif method == "eth_getTransactionCount":
             result = hex(tester.get_nonce(params[0]))
+        elif method == "eth_getBlockByNumber":
+            block = tester.get_block_by_number(params[0])
+            result = {"number": hex(block["number"]), "hash": block["hash"],
+                      "gasLimit": hex(block["gas_limit"]), "timestamp": hex(block["timestamp"]),
+                      "baseFeePerGas": hex(block["base_fee_per_gas"])}
         elif method == "eth_call":
             out = tester.call({"from": self.world.chain.funder, "to": params[0]["to"],
                                "data": params[0]["data"]})

@@ -241,6 +241,20 @@ class EvmVenue:
                 f"chain id mismatch: the node at {self._where()} is chain {chain_id}, "
                 f"the config says {self._cfg.chain_id}; refusing to sign for the wrong chain"
             )
+        try:
+            latest = await self._w3.eth.get_block("latest")
+        except Exception as e:
+            raise VenueError(f"cannot read the latest block: {type(e).__name__}") from None
+        if self._cfg.gas_limit > int(latest["gasLimit"]):
+            raise VenueError(
+                f"gas_limit {self._cfg.gas_limit} exceeds the chain's block gas limit "
+                f"{int(latest['gasLimit'])}: no transaction could be mined"
+            )
+        base_fee = int(latest.get("baseFeePerGas", 0))
+        if base_fee > self._cfg.max_fee_per_gas:
+            logs.event(log, "evm.fee_cap_below_base_fee", logging.WARNING,
+                       base_fee=base_fee, max_fee_per_gas=self._cfg.max_fee_per_gas,
+                       note="transactions wait until the base fee falls below the cap")
         missing = sorted(set(self._risk.instruments) - set(self._cfg.orders))
         if missing:
             raise VenueError(f"venue.orders has no transaction template for: {', '.join(missing)}")
