@@ -85,7 +85,8 @@ async def risk_snapshot(r: aioredis.Redis, keys: AccountKeys) -> dict[str, Any]:
         else:
             snap[name] = t
     snap["orders"] = sorted(await r.keys(keys.order("*").replace("{", "[{]")))
-    snap["journal"] = await r.xlen(keys.journal) if await r.exists(keys.journal) else 0
+    jt = await r.type(keys.journal)
+    snap["journal"] = await r.xlen(keys.journal) if jt == "stream" else jt
     return snap
 
 

@@ -354,3 +354,38 @@ async def test_script_when_raw_qty_malformed_then_bad_order_and_no_state_change(
                                         "buy", qty, "60000", 0, "2026-01-01"])
     assert raw[0] == 6, raw  # BAD_ORDER
     assert await risk_snapshot(redis_client, acct) == before
+
+
+async def _malformed_limit(r: aioredis.Redis, k: AccountKeys) -> None:
+    await r.hset(k.limits, "band_ppm", "a lot")
+
+
+async def _bogus_state(r: aioredis.Redis, k: AccountKeys) -> None:
+    await r.hset(k.state, "state", "PAUSED")
+
+
+async def _journal_wrong_type(r: aioredis.Redis, k: AccountKeys) -> None:
+    await r.set(k.journal, "oops")
+
+
+async def _lease_without_expiry(r: aioredis.Redis, k: AccountKeys) -> None:
+    await r.set(k.lease, f"{TOKEN}:{HOLDER}")
+
+
+async def _intents_wrong_type(r: aioredis.Redis, k: AccountKeys) -> None:
+    await r.rpush(k.intents, "x")
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [_malformed_limit, _bogus_state, _journal_wrong_type, _lease_without_expiry,
+     _intents_wrong_type],
+)
+async def test_admit_when_key_has_unexpected_shape_then_bad_state_and_nothing_written(
+    redis_client: aioredis.Redis, acct: AccountKeys, setup: Setup
+) -> None:
+    await setup(redis_client, acct)
+    before = await risk_snapshot(redis_client, acct)
+    d = await admit(gate(redis_client, acct), buy("0.01"), "shape")
+    assert isinstance(d, Denied) and d.reason is DenyReason.BAD_STATE, d
+    assert await risk_snapshot(redis_client, acct) == before

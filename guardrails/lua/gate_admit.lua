@@ -223,8 +223,12 @@ local function main()
   -- 5. order sanity
   if sane_code then return deny(sane_code, sane_detail) end
 
-  local max_notional, max_gross, loss_limit = int_field(lim[1]), int_field(lim[2]), int_field(lim[3])
-  local band_ppm, rate_milli, burst = int_field(lim[4]), int_field(lim[5]), int_field(lim[6])
+  local max_notional = int_field(lim[1], 'limits max_order_notional')
+  local max_gross = int_field(lim[2], 'limits max_gross_exposure')
+  local loss_limit = int_field(lim[3], 'limits daily_loss_limit')
+  local band_ppm = int_field(lim[4], 'limits band_ppm')
+  local rate_milli = int_field(lim[5], 'limits rate_milli')
+  local burst = int_field(lim[6], 'limits burst')
   local ok, notional = pcall(function() return mul(mul(lots, ticks), k) end)
   if not ok then return deny(BAD_ORDER, 'order value overflows the exact integer range') end
 
