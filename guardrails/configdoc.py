@@ -1,0 +1,95 @@
+"""The configuration reference (docs/config.md), generated from the pydantic models.
+
+The models are the single source of truth for every field, its type, default and
+one-line description; ``tests/test_docs.py`` fails when docs/config.md drifts from them.
+Regenerate with ``python -m guardrails.configdoc > docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from guardrails import config as c
+
+_SECTIONS: list[tuple[str, type[BaseModel], str]] = [
+    ("[account]", c.AccountConfig, "The account identity: every Redis key derives from it."),
+    ("[redis]", c.RedisConfig, "Where the shared state lives."),
+    ("[lease]", c.LeaseConfig, "Timing of the fenced lease. Rule: ttl > renew_deadline > renew_interval, and drift_margin < ttl - renew_deadline."),
+    ("[risk]", c.RiskConfig, "The account's one set of limits (stored in Redis; see `guardrails limits`)."),
+    ("[risk.instruments.SYMBOL]", c.InstrumentConfig, "One tradable symbol. tick x lot must be a whole number of money units (10^-quote_decimals)."),
+    ("[venue] kind = \"paper\"", c.PaperVenueConfig, "The paper venue: a simulated exchange whose state lives in Redis under venue:{name}:*."),
+    ("[venue] kind = \"http\"", c.HttpVenueConfig, "An HTTP order book taking EIP-712 signed orders (or the bundled simulator)."),
+    ("[venue] kind = \"evm\"", c.EvmVenueConfig, "An EVM wallet: orders become signed transactions."),
+    ("[venue.orders.SYMBOL]", c.EvmOrderTemplate, "The transaction an EVM order for SYMBOL becomes."),
+    ("[[strategies]]", c.StrategyConfig, "One strategy instance; all strategies of a config share the account's lease and risk."),
+    ("[runtime]", c.RuntimeConfig, "Per-process settings (not part of the account's limits)."),
+]
+
+def _type_name(info: FieldInfo) -> str:
+    meta = [type(m).__name__ for m in info.metadata]
+    ann: Any = info.annotation
+    if ann is int and any(m == "BeforeValidator" for m in meta):
+        return "duration"
+    if getattr(ann, "__name__", "") == "Decimal":
+        return "decimal"
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_plain(a) for a in typing.get_args(ann))
+    return _plain(ann)
+
+
+def _plain(ann: Any) -> str:
+    if ann is type(None):
+        return "none"
+    origin = typing.get_origin(ann)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(ann))
+    if origin is not None:
+        args = ", ".join(_plain(a) for a in typing.get_args(ann))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return str(getattr(ann, "__name__", ann))
+
+
+def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "**required**"
+    if info.default_factory is not None:
+        return "(empty)"
+    value = info.default
+    if value is None:
+        return "none"
+    return f"`{value}`"
+
+
+def render() -> str:
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the pydantic models in `guardrails/config.py` by",
+        "`python -m guardrails.configdoc`; `tests/test_docs.py` keeps it true.",
+        "",
+        "A config is one TOML file. Unknown fields are refused; amounts are exact decimals",
+        "(write them as strings, `\"0.01\"`; TOML floats are read as decimals, never as binary",
+        "floats); durations are strings with a unit: `\"250ms\"`, `\"3s\"`, `\"2m\"`, `\"1h\"`.",
+        "An error names the file, the field path and the reason, and the command exits 2.",
+        "",
+        "`--redis-url` and then `$GUARDRAILS_REDIS_URL` override `[redis] url`.",
+        "See `config/paper.toml` for a complete example.",
+        "",
+    ]
+    for title, model, blurb in _SECTIONS:
+        out += [f"## `{title}`", "", blurb, "", "| field | type | default | meaning |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            desc = (info.description or "").replace("|", "\\|")
+            out.append(f"| `{name}` | {_type_name(info)} | {_default(info)} | {desc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
