@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-WARMUP_S = 8.0
-"""No faults before this: let one instance take the lease and start trading."""
+WARMUP_S = 3.0
+"""No faults before this (the fault clock starts once the account trades)."""
 QUIET_S = 6.0
 """No fault starts in the last seconds of the window."""
 
@@ -57,7 +57,7 @@ REQUIRED_KINDS = (
 @dataclass(frozen=True, slots=True)
 class Fault:
     at_s: float
-    """Seconds after the run started."""
+    """Seconds on the fault clock, which starts once the account is trading."""
     kind: FaultKind
     target: str
     """``active``, ``instance:<i>``, ``redis``, ``venue`` or ``account``."""

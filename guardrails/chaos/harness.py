@@ -47,6 +47,7 @@ ACCOUNT_ID = "chaos"
 TTL_S = 3.0
 SETTLE_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 20.0
+BOOT_TIMEOUT_S = 90.0
 RECONCILE_WAIT_S = 5.0
 """After a takeover: time for the new active instance to reconcile and pump fills."""
 HTTP_KEY = "0x" + "4c" * 32
@@ -226,6 +227,8 @@ class Harness:
         self.keys = AccountKeys(checker_account())
         self.venue: VenueProcess | None = None
         self.t0 = 0.0
+        self.t_faults = 0.0
+        """Monotonic moment the fault clock starts: once the account is trading."""
         self.problems: list[str] = []
         self.rng = random.Random(opts.seed ^ 0x5EED)
 
@@ -322,6 +325,8 @@ class Harness:
                 await asyncio.sleep(0.5)  # instance 0 first: it becomes the first active
             self.say(f"started redis :{self.redis.port}, venue :{self.venue_port}, "
                      f"{len(self.instances)} instances")  # fmt: skip
+            run_facts["trading_after_s"] = await self.wait_trading(direct)
+            self.t_faults = time.monotonic()
             await self.run_schedule(schedule, direct)
             await self.sleep_until(self.opts.duration_s)
             settled = await self.settle(direct)
@@ -342,8 +347,26 @@ class Harness:
             await direct.aclose()
         return run_facts
 
+    def fault_clock(self) -> float:
+        return time.monotonic() - self.t_faults
+
+    async def wait_trading(self, direct: aioredis.Redis) -> float | None:
+        """Block until the gate admitted a few orders (an instance leads and trades), so
+        the first faults hit a trading account, not processes still importing."""
+        start = time.monotonic()
+        while time.monotonic() - start < BOOT_TIMEOUT_S:
+            n = await _admitted(direct, self.keys)
+            if n is not None and n >= 3:
+                took = round(time.monotonic() - start, 1)
+                self.say(f"trading after {took}s; fault clock starts")
+                return took
+            await asyncio.sleep(0.5)
+        self.problems.append(f"no admissions within {BOOT_TIMEOUT_S}s of starting the instances")
+        return None
+
     async def sleep_until(self, t: float) -> None:
-        delay = t - self.elapsed()
+        """Sleep until ``t`` seconds on the fault clock."""
+        delay = t - self.fault_clock()
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -356,7 +379,7 @@ class Harness:
             record: dict[str, Any] = {
                 "n": n,
                 "kind": fault.kind.value,
-                "at_s": round(self.elapsed(), 1),
+                "at_s": round(self.fault_clock(), 1),
             }
             try:
                 await self.apply(fault, direct, record)
