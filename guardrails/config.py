@@ -46,8 +46,23 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
 
 
+class Millis(int):
+    """An int that is already milliseconds: a default written with ``ms("3s")`` is not
+    re-read as seconds when pydantic validates it."""
+
+    def __str__(self) -> str:
+        return f"{int(self)}ms"
+
+
+def ms(text: str) -> int:
+    """A typed duration default: ``ms("500ms")``, ``ms("3s")``."""
+    return Millis(_parse_duration_ms(text))
+
+
 def _parse_duration_ms(value: object) -> int:
     """``"250ms"``, ``"3s"``, ``"1.5s"``, ``"2m"``, ``"1h"`` or a number of seconds -> ms."""
+    if isinstance(value, Millis):
+        return int(value)
     if isinstance(value, bool):
         raise ValueError("a duration, like '500ms' or '3s', not a boolean")
     if isinstance(value, int):
@@ -146,20 +161,20 @@ class RedisConfig(_Model):
     wait_replicas: int = Field(
         default=0, ge=0, description="Replicas that must acknowledge a new fencing token (WAIT)."
     )
-    wait_timeout: DurationMs = Field(default="100ms", description="How long to WAIT for replicas.")
+    wait_timeout: DurationMs = Field(default=ms("100ms"), description="How long to WAIT for replicas.")
     socket_timeout: DurationMs = Field(
-        default="1s", description="Per-command socket timeout; a slower reply is a failure."
+        default=ms("1s"), description="Per-command socket timeout; a slower reply is a failure."
     )
 
 
 class LeaseConfig(_Model):
-    ttl: DurationMs = Field(default="3s", description="Lease time-to-live in Redis.")
+    ttl: DurationMs = Field(default=ms("3s"), description="Lease time-to-live in Redis.")
     renew_deadline: DurationMs = Field(
-        default="2s", description="Self-fence if no renew succeeded within this long."
+        default=ms("2s"), description="Self-fence if no renew succeeded within this long."
     )
-    renew_interval: DurationMs = Field(default="500ms", description="How often the holder renews.")
+    renew_interval: DurationMs = Field(default=ms("500ms"), description="How often the holder renews.")
     drift_margin: DurationMs = Field(
-        default="50ms", description="Clock-drift allowance subtracted from the local deadline."
+        default=ms("50ms"), description="Clock-drift allowance subtracted from the local deadline."
     )
 
     @model_validator(mode="after")
@@ -245,7 +260,7 @@ class PaperVenueConfig(_Model):
     kind: Literal["paper"] = "paper"
     name: str = Field(default="paper", description="Exchange namespace in Redis (venue:{name}:…).")
     seed: int = Field(default=7, description="Seed of the deterministic random walk.")
-    step: DurationMs = Field(default="250ms", description="Time between price steps.")
+    step: DurationMs = Field(default=ms("250ms"), description="Time between price steps.")
     volatility: Amount = Field(
         default=Decimal("0.001"), description="Relative size of one random-walk step."
     )
@@ -265,7 +280,7 @@ class HttpVenueConfig(_Model):
         default="GUARDRAILS_KEYSTORE_PASSWORD", description="Env var with the keystore password."
     )
     chain_id: int = Field(default=1, ge=1, description="EIP-712 domain chain id.")
-    request_timeout: DurationMs = Field(default="2s", description="HTTP request timeout.")
+    request_timeout: DurationMs = Field(default=ms("2s"), description="HTTP request timeout.")
     simulator: PaperVenueConfig | None = Field(
         default=None, description="Market of the embedded simulator (url = 'embedded')."
     )
@@ -324,8 +339,8 @@ VenueConfig = Annotated[
 
 
 class RuntimeConfig(_Model):
-    heartbeat_interval: DurationMs = Field(default="1s", description="Registry heartbeat period.")
-    heartbeat_ttl: DurationMs = Field(default="5s", description="A silent instance expires after.")
+    heartbeat_interval: DurationMs = Field(default=ms("1s"), description="Registry heartbeat period.")
+    heartbeat_ttl: DurationMs = Field(default=ms("5s"), description="A silent instance expires after.")
     health_port: int | None = Field(
         default=None, ge=0, le=65535, description="Serve /health on 127.0.0.1:port (0 = any free)."
     )

@@ -19,14 +19,48 @@ from guardrails import config as c
 _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("[account]", c.AccountConfig, "The account identity: every Redis key derives from it."),
     ("[redis]", c.RedisConfig, "Where the shared state lives."),
-    ("[lease]", c.LeaseConfig, "Timing of the fenced lease. Rule: ttl > renew_deadline > renew_interval, and drift_margin < ttl - renew_deadline."),
-    ("[risk]", c.RiskConfig, "The account's one set of limits (stored in Redis; see `guardrails limits`)."),
-    ("[risk.instruments.SYMBOL]", c.InstrumentConfig, "One tradable symbol. tick x lot must be a whole number of money units (10^-quote_decimals)."),
-    ("[venue] kind = \"paper\"", c.PaperVenueConfig, "The paper venue: a simulated exchange whose state lives in Redis under venue:{name}:*."),
-    ("[venue] kind = \"http\"", c.HttpVenueConfig, "An HTTP order book taking EIP-712 signed orders (or the bundled simulator)."),
-    ("[venue] kind = \"evm\"", c.EvmVenueConfig, "An EVM wallet: orders become signed transactions."),
-    ("[venue.orders.SYMBOL]", c.EvmOrderTemplate, "The transaction an EVM order for SYMBOL becomes."),
-    ("[[strategies]]", c.StrategyConfig, "One strategy instance; all strategies of a config share the account's lease and risk."),
+    (
+        "[lease]",
+        c.LeaseConfig,
+        "Timing of the fenced lease. Rule: ttl > renew_deadline > renew_interval, "
+        "and drift_margin < ttl - renew_deadline.",
+    ),
+    (
+        "[risk]",
+        c.RiskConfig,
+        "The account's one set of limits (stored in Redis; see `guardrails limits`).",
+    ),
+    (
+        "[risk.instruments.SYMBOL]",
+        c.InstrumentConfig,
+        "One tradable symbol. tick x lot must be a whole number of money units "
+        "(10^-quote_decimals).",
+    ),
+    (
+        "[venue] kind = \"paper\"",
+        c.PaperVenueConfig,
+        "The paper venue: a simulated exchange whose state lives in Redis under venue:{name}:*.",
+    ),
+    (
+        "[venue] kind = \"http\"",
+        c.HttpVenueConfig,
+        "An HTTP order book taking EIP-712 signed orders (or the bundled simulator).",
+    ),
+    (
+        "[venue] kind = \"evm\"",
+        c.EvmVenueConfig,
+        "An EVM wallet: orders become signed transactions.",
+    ),
+    (
+        "[venue.orders.SYMBOL]",
+        c.EvmOrderTemplate,
+        "The transaction an EVM order for SYMBOL becomes.",
+    ),
+    (
+        "[[strategies]]",
+        c.StrategyConfig,
+        "One strategy instance; all strategies of a config share the account's lease and risk.",
+    ),
     ("[runtime]", c.RuntimeConfig, "Per-process settings (not part of the account's limits)."),
 ]
 
@@ -47,6 +81,9 @@ def _plain(ann: Any) -> str:
     if ann is type(None):
         return "none"
     origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        base = typing.get_args(ann)[0]
+        return "decimal" if getattr(base, "__name__", "") == "Decimal" else _plain(base)
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(ann))
     if origin is not None:
@@ -83,7 +120,8 @@ def render() -> str:
         "",
     ]
     for title, model, blurb in _SECTIONS:
-        out += [f"## `{title}`", "", blurb, "", "| field | type | default | meaning |", "|---|---|---|---|"]
+        out += [f"## `{title}`", "", blurb, ""]
+        out += ["| field | type | default | meaning |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():
             desc = (info.description or "").replace("|", "\\|")
             out.append(f"| `{name}` | {_type_name(info)} | {_default(info)} | {desc} |")
