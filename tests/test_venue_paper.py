@@ -92,11 +92,13 @@ class TestPaperConformance(VenueConformance):
         self, redis_client: aioredis.Redis, request: pytest.FixtureRequest
     ) -> AsyncIterator[VenueHarness]:
         # held-clock: only the tests move the market; live-clock: the wall clock does
-        # too (4 steps a second, at most 0.5 % each: a resting order 20 % away stays
-        # resting, and one step never undoes a 2 % cross).
+        # too, 4 steps a second of at most 0.1 % each: undoing a 2 % cross takes 20
+        # steps all one way, reaching a resting order 5 % away at least 50.
         over: dict[str, object] = {"step": request.param}
+        rest = Decimal("0.2")
         if request.param == "250ms":
-            over["volatility"] = "0.005"
+            over["volatility"] = "0.001"
+            rest = Decimal("0.05")
         cfg = venue_config(**over)
         venue = paper(redis_client, **over)
         await venue.start()
@@ -107,6 +109,7 @@ class TestPaperConformance(VenueConformance):
                 tick=Decimal("0.01"),
                 lot=Decimal("0.0001"),
                 cross=lambda order: cross_by_advancing(venue, order, cfg),
+                rest_distance=rest,
             )
         finally:
             await venue.close()

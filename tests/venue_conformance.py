@@ -66,6 +66,10 @@ class VenueHarness:
     """Key material the venue holds; must never appear in repr/str/exception text."""
     provoke_error: Callable[[], Awaitable[None]] | None = None
     """Make one venue call fail and raise its exception (for the secrets test)."""
+    rest_distance: Decimal = Decimal("0.2")
+    """How far from the mark (relative) a resting order is placed."""
+    cross_distance: Decimal = Decimal("0.02")
+    """How far through the mark (relative) a crossing order is placed."""
 
     @property
     def qty(self) -> Decimal:
@@ -90,18 +94,22 @@ class VenueHarness:
         return marks[self.symbol]
 
     async def resting_price(self, side: Side) -> Decimal:
-        """A price 20 % away from the mark on the passive side: it rests."""
+        """A price ``rest_distance`` away from the mark on the passive side: it rests."""
         m = await self.mark()
         if side is Side.BUY:
-            return (m * Decimal("0.8") / self.tick).to_integral_value(ROUND_DOWN) * self.tick
-        return (m * Decimal("1.2") / self.tick).to_integral_value(ROUND_UP) * self.tick
+            px = m * (1 - self.rest_distance)
+            return (px / self.tick).to_integral_value(ROUND_DOWN) * self.tick
+        px = m * (1 + self.rest_distance)
+        return (px / self.tick).to_integral_value(ROUND_UP) * self.tick
 
     async def crossing_price(self, side: Side) -> Decimal:
-        """A price 2 % through the mark: it fills on arrival."""
+        """A price ``cross_distance`` through the mark: it fills on arrival."""
         m = await self.mark()
         if side is Side.BUY:
-            return (m * Decimal("1.02") / self.tick).to_integral_value(ROUND_UP) * self.tick
-        return (m * Decimal("0.98") / self.tick).to_integral_value(ROUND_DOWN) * self.tick
+            px = m * (1 + self.cross_distance)
+            return (px / self.tick).to_integral_value(ROUND_UP) * self.tick
+        px = m * (1 - self.cross_distance)
+        return (px / self.tick).to_integral_value(ROUND_DOWN) * self.tick
 
 
 class VenueConformance:
