@@ -389,3 +389,15 @@ async def test_admit_when_key_has_unexpected_shape_then_bad_state_and_nothing_wr
     d = await admit(gate(redis_client, acct), buy("0.01"), "shape")
     assert isinstance(d, Denied) and d.reason is DenyReason.BAD_STATE, d
     assert await risk_snapshot(redis_client, acct) == before
+
+
+@pytest.mark.parametrize(
+    "name", ["gate_admit.lua", "ledger_fill.lua", "ledger_transition.lua", "ledger_rebuild.lua"]
+)
+def test_lua_when_read_then_header_names_keys_argv_and_return_shape(name: str) -> None:
+    src = lua_source(name)
+    header = src.split("\nlocal ", 1)[0]
+    assert header.startswith(f"-- {name.removesuffix('.lua')}:")
+    for word in ("KEYS[1]", "ARGV[1]", "Returns"):
+        assert word in header, (name, word)
+    assert "KEYS[1]" in src.split("\nlocal ", 1)[1].split("\n", 1)[0] or "= KEYS[1]" in src
