@@ -411,6 +411,10 @@ async def _first_set(events: Sequence[asyncio.Event], wait_s: float | None) -> b
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
+_LISTEN_SLICE_S = 1.0
+"""Longest single pub/sub read; bounds how long a stopping listener can take to end."""
+
+
 def _backoff(failures: int, cap: float) -> float:
     return float(min(cap, 0.1 * 2 ** max(0, failures - 1)))
 
@@ -598,18 +602,24 @@ class LeaderElector:
         """An Event set on every ``released <token>`` message (and on every
         (re)subscription, since a release may have been missed meanwhile)."""
         released = asyncio.Event()
-        task = asyncio.create_task(self._listen(released), name="lease-release-listener")
+        closing = asyncio.Event()
+        task = asyncio.create_task(self._listen(released, closing), name="lease-listener")
         try:
             yield released
         finally:
+            # The listener reads in bounded slices and checks ``closing`` after each, so
+            # it ends even if a cancellation is lost inside the Redis client's read.
+            closing.set()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait([task], timeout=3 * _LISTEN_SLICE_S)
+            if not done:
+                logs.event(self.log, "lease.listener_stuck", logging.WARNING,
+                           note="release listener did not stop in time")
 
-    async def _listen(self, released: asyncio.Event) -> None:
+    async def _listen(self, released: asyncio.Event, closing: asyncio.Event) -> None:
         channel = self.lease.keys.lease_channel
         failures = 0
-        while True:
+        while not closing.is_set():
             pubsub = self.lease.redis.pubsub()
             try:
                 await pubsub.subscribe(channel)
@@ -617,16 +627,21 @@ class LeaderElector:
                     logs.event(self.log, "lease.listener_recovered", attempts=failures)
                 failures = 0
                 released.set()
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
+                while not closing.is_set():
+                    # A read timeout, not a poll: it sends nothing to Redis.
+                    msg = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_LISTEN_SLICE_S
+                    )
                     if msg is not None and msg.get("type") == "message":
                         released.set()
             except Exception as e:  # a wake-up optimisation: never let it die silently
+                if closing.is_set():
+                    return
                 failures += 1
                 delay = _backoff(failures, self.fallback)
                 logs.event(self.log, "lease.listener_error", logging.WARNING,
                            error=_describe(e), retry_in_ms=int(delay * 1000))
-                await asyncio.sleep(delay)
+                await _first_set([closing], delay)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
