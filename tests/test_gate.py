@@ -401,3 +401,23 @@ def test_lua_when_read_then_header_names_keys_argv_and_return_shape(name: str) -
     for word in ("KEYS[1]", "ARGV[1]", "Returns"):
         assert word in header, (name, word)
     assert "KEYS[1]" in src.split("\nlocal ", 1)[1].split("\n", 1)[0] or "= KEYS[1]" in src
+
+
+async def test_admit_when_burst_spent_then_throttled_until_bucket_refills(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: 2 orders of burst, refilling 1 order per second (shared by every instance)
+    keys = account_keys("throttle")
+    cfg = risk(orders_per_second="1", burst=2)
+    await seed(redis_client, keys, cfg)
+    g1, g2 = OrderGate(redis_client, keys, cfg), OrderGate(redis_client, keys, cfg)
+    # Act
+    first = await admit(g1, buy("0.0010"), "t1")
+    second = await admit(g2, buy("0.0010"), "t2")
+    third = await admit(g1, buy("0.0010"), "t3")
+    await asyncio.sleep(2.5)  # 2.5 tokens refilled; margin of a whole second
+    fourth = await admit(g2, buy("0.0010"), "t4")
+    # Assert
+    assert isinstance(first, Admitted) and isinstance(second, Admitted)
+    assert isinstance(third, Denied) and third.reason is DenyReason.THROTTLED
+    assert isinstance(fourth, Admitted)
