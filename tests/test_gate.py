@@ -406,16 +406,16 @@ def test_lua_when_read_then_header_names_keys_argv_and_return_shape(name: str) -
 async def test_admit_when_burst_spent_then_throttled_until_bucket_refills(
     redis_client: aioredis.Redis,
 ) -> None:
-    # Arrange: 2 orders of burst, refilling 1 order per second (shared by every instance)
+    # Arrange: 2 orders of burst, refilling 1 order per 2 s (shared by every instance)
     keys = account_keys("throttle")
-    cfg = risk(orders_per_second="1", burst=2)
+    cfg = risk(orders_per_second="0.5", burst=2)
     await seed(redis_client, keys, cfg)
     g1, g2 = OrderGate(redis_client, keys, cfg), OrderGate(redis_client, keys, cfg)
     # Act
     first = await admit(g1, buy("0.0010"), "t1")
     second = await admit(g2, buy("0.0010"), "t2")
     third = await admit(g1, buy("0.0010"), "t3")
-    await asyncio.sleep(2.5)  # 2.5 tokens refilled; margin of a whole second
+    await asyncio.sleep(5.0)  # 2.5 tokens refilled since t2; t1..t3 took far less than 2 s
     fourth = await admit(g2, buy("0.0010"), "t4")
     # Assert
     assert isinstance(first, Admitted) and isinstance(second, Admitted)
