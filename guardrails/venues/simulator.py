@@ -504,16 +504,19 @@ class Simulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: a free port); returns the base URL."""
+        # Bind the socket ourselves so the chosen port is known without aiohttp internals.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
         runner = web.AppRunner(build_app(self.exchange, admin=self._admin), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        await web.SockSite(runner, sock).start()
         self._runner = runner
-        server = site._server
-        assert server is not None
-        sockets: list[socket.socket] = list(getattr(server, "sockets", []))
-        bound = sockets[0].getsockname()[1]
-        self.url = f"http://{host}:{bound}"
+        self.url = f"http://{host}:{sock.getsockname()[1]}"
         return self.url
 
     async def stop(self) -> None:
