@@ -526,3 +526,30 @@ async def redis_dump(r: Any) -> str:
         elif kind == "stream":
             parts.append(repr(await r.xrange(key)))
     return "\n".join(parts)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, {"status": "accepted", "venue_order_id": "so-1"}, Accepted("so-1")),
+        (422, {"status": "rejected", "reason": "expired"}, Rejected("expired")),
+        (401, {"status": "rejected", "reason": "bad_signature"}, Rejected("bad_signature")),
+        (429, {"status": "rejected", "reason": "throttled"}, Rejected("throttled")),
+        (500, {"status": "rejected", "reason": "oops"}, Unknown),
+        (503, None, Unknown),
+        (404, None, Unknown),  # e.g. a proxy's page: not the venue's verdict
+        (200, None, Unknown),
+        (200, {"status": "weird"}, Unknown),
+    ],
+)
+def test_classify_submit_when_answer_given_then_only_venue_verdicts_are_certain(
+    status: int, body: dict[str, Any] | None, expected: object
+) -> None:
+    from guardrails.venues.http import classify_submit
+
+    result = classify_submit(status, body)
+
+    if expected is Unknown:
+        assert isinstance(result, Unknown)
+    else:
+        assert result == expected

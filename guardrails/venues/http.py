@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from eth_account.signers.local import LocalAccount
@@ -243,7 +244,9 @@ class HttpVenue:
     ) -> VenueOrderStatus:
         address = self._require_signer().address
         try:
-            status, body = await self._request("GET", f"/v1/orders/{address}/{client_order_id}")
+            status, body = await self._request(
+                "GET", f"/v1/orders/{address}/{quote(client_order_id, safe='')}"
+            )
         except (TimeoutError, aiohttp.ClientError) as e:
             raise VenueError(f"http venue: lookup failed: {type(e).__name__}") from None
         if body is None:
