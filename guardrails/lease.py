@@ -63,10 +63,10 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -83,6 +83,8 @@ self-fence on its timer (a renew that Redis refuses still makes it step down).""
 STEPDOWN_DELAY_ENV = "GUARDRAILS_TEST_STEPDOWN_DELAY_MS"
 """Test-only: delay (ms) between Redis refusing a renew and stepping down, so a test can
 watch a stale holder's submissions being refused by Redis itself."""
+
+T = TypeVar("T")
 
 Clock = Callable[[], float]
 """A monotonic clock in seconds (``time.monotonic`` unless a test injects one)."""
@@ -449,6 +451,7 @@ class LeaderElector:
         self.fallback = max(cfg.renew_interval, fallback_ms or cfg.ttl) / 1000
         self.leadership: Leadership | None = None
         """The current leadership (None while standby)."""
+        self._orphans: set[asyncio.Task[Any]] = set()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -456,7 +459,7 @@ class LeaderElector:
         """Stand by, lead while holding the lease, step down on loss; return on ``stop``
         (after ``lead`` has returned and the lease is released) or when ``lead`` returns."""
         cfg, clock = self.lease.cfg, self.lease.clock
-        async with self._release_wakeups() as released:
+        async with self._release_wakeups() as released, self._reaping_orphans():
             while not stop.is_set():
                 # 1. Standby: wait without polling until the lease may be free, then acquire.
                 acquired = await self._acquire(released, stop)
@@ -470,8 +473,8 @@ class LeaderElector:
                     enforce=self.self_fence,
                 )
                 self.leadership = leadership
-                logs.event(self.log, "lease.acquired", token=acquired.token, ttl_ms=acquired.ttl_ms,
-                           holder=self.lease.holder_id)
+                logs.event(self.log, "lease.acquired", token=acquired.token,
+                           ttl_ms=acquired.ttl_ms, holder=self.lease.holder_id)
                 end: _End | None = None
                 try:
                     # 2. Lead inside a task group, next to the renew loop.
@@ -491,7 +494,44 @@ class LeaderElector:
                     await self._step_down(end)
                 if end is _End.LEAD_RETURNED:
                     return
-        # stop was set between leaderships
+            # stop was set between leaderships: nothing held
+
+    @contextlib.asynccontextmanager
+    async def _reaping_orphans(self) -> AsyncIterator[None]:
+        """On the way out, give Redis calls that ``_bounded`` gave up on a moment to end."""
+        try:
+            yield
+        finally:
+            if self._orphans:
+                await asyncio.wait(list(self._orphans), timeout=1.0)
+
+    async def _bounded(self, coro: Coroutine[Any, Any, T], limit_s: float) -> T:
+        """``await coro``, but give up after ``limit_s`` *whatever the Redis client does*.
+
+        Unlike ``asyncio.wait_for`` this never waits for the cancelled call to unwind, so a
+        cancellation swallowed inside the client cannot hold the self-fence back. A call
+        given up on is cancelled and reaped when ``run`` ends."""
+        task = asyncio.ensure_future(coro)
+        try:
+            done, _ = await asyncio.wait([task], timeout=limit_s)
+        except asyncio.CancelledError:
+            self._orphan(task)
+            raise
+        if task in done:
+            return task.result()
+        self._orphan(task)
+        raise TimeoutError(f"no answer from Redis within {limit_s * 1000:.0f}ms")
+
+    def _orphan(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        if not task.done():
+            self._orphans.add(task)
+            task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._orphans.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned call's error was already handled
 
     async def _acquire(self, released: asyncio.Event, stop: asyncio.Event) -> Acquired | None:
         """Try to acquire; while held, sleep until the seen lease expires, a release is
@@ -502,7 +542,7 @@ class LeaderElector:
         while not stop.is_set():
             released.clear()
             try:
-                outcome = await asyncio.wait_for(self.lease.try_acquire(), self.lease.cfg.ttl / 1e3)
+                outcome = await self._bounded(self.lease.try_acquire(), self.lease.cfg.ttl / 1e3)
             except _STANDBY_ERRORS as e:
                 failures += 1
                 delay = _backoff(failures, self.fallback)
@@ -551,7 +591,7 @@ class LeaderElector:
             sent_at = clock()
             budget = leadership.remaining_s() if self.self_fence else cfg.ttl / 1000
             try:
-                outcome = await asyncio.wait_for(self.lease.renew_outcome(), max(budget, 0.001))
+                outcome = await self._bounded(self.lease.renew_outcome(), max(budget, 0.001))
             except INFRA_ERRORS as e:
                 failures += 1
                 remaining = leadership.remaining_s()
@@ -585,7 +625,7 @@ class LeaderElector:
             return
         try:
             token = self.lease.token
-            released = await asyncio.wait_for(
+            released = await self._bounded(
                 self.lease.release(), self.lease.cfg.renew_interval / 1000
             )
         except INFRA_ERRORS as e:

@@ -547,6 +547,54 @@ async def test_elector_when_injected_clock_passes_deadline_then_self_fences(
     assert lead.lost_when_cancelled == [True]
 
 
+async def test_elector_when_self_fence_disabled_then_leads_past_deadline_until_redis_refuses(
+    redis_client: aioredis.Redis,
+    tasks: list[asyncio.Task[None]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Arrange: the test-only switches, and a clock far past any deadline.
+    caplog.set_level(logging.INFO, logger="test.lease")
+    monkeypatch.setenv("GUARDRAILS_TEST_DISABLE_SELF_FENCE", "1")
+    monkeypatch.setenv("GUARDRAILS_TEST_STEPDOWN_DELAY_MS", "2000")
+    clock = FakeClock()
+    lead = Recorder()
+    elector = LeaderElector(Lease(redis_client, KEYS, "a", cfg(), clock=clock), log=LOG)
+    tasks.append(asyncio.create_task(elector.run(lead, asyncio.Event())))
+    await wait_event(lead.started, 10, "lead to start")
+    leadership = lead.leaderships[0]
+    clock.now += 3600.0
+    await asyncio.sleep(1.0)
+    assert leadership.valid() and not lead.cancelled.is_set(), "no self-fence on the timer"
+
+    # Act: the lease is taken away in Redis (as after an expiry and a takeover).
+    await redis_client.set(KEYS.lease, "99:someone-else", px=60_000)
+    taken_at = time.monotonic()
+    await asyncio.sleep(1.0)  # the refusal is seen within one renew interval (0.5 s)...
+    valid_during_delay = leadership.valid()
+    await wait_event(lead.cancelled, 10, "step-down after the refusal")
+    stepped_down_after = lead.cancelled_at - taken_at  # type: ignore[operator]
+
+    # Assert: it stepped down, but only after the configured delay, without crashing.
+    assert valid_during_delay, "...and the step-down waits GUARDRAILS_TEST_STEPDOWN_DELAY_MS"
+    assert stepped_down_after >= 2.0
+    assert lead.lost_when_cancelled == [True]
+    assert any("reason=other_holder" in m for m in events(caplog, "lease.lost"))
+    assert await redis_client.get(KEYS.lease) == "99:someone-else", "never released by a loser"
+
+
+def test_leadership_when_asked_for_epoch_deadline_then_wall_clock_of_local_deadline() -> None:
+    clock = FakeClock()
+    leadership = Leadership(5, "a", clock=clock, deadline=clock.now + 1.5)
+
+    estimate = leadership.deadline_epoch_ms()
+
+    assert abs(estimate - (time.time() * 1000 + 1500)) < 1000
+    assert leadership.valid()
+    clock.now += 1.5
+    assert not leadership.valid()
+
+
 async def test_elector_when_redis_down_at_start_then_retries_and_acquires_when_back(
     tasks: list[asyncio.Task[None]],
     caplog: pytest.LogCaptureFixture,
