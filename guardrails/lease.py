@@ -298,6 +298,11 @@ class Lease:
             self._token = outcome.token
         return outcome
 
+    async def remaining_ms(self) -> int:
+        """The lease's remaining TTL in ms, whoever holds it (PTTL: -2 free, -1 no expiry).
+        One plain command: what an idle standby sends when a lease it saw should expire."""
+        return int(await self.redis.pttl(self.keys.lease))
+
     async def renew_outcome(self) -> RenewOutcome:
         """Reset the lease's TTL to ``ttl`` if it is still ours; say what happened."""
         token = self._token
@@ -535,39 +540,55 @@ class LeaderElector:
 
     async def _acquire(self, released: asyncio.Event, stop: asyncio.Event) -> Acquired | None:
         """Try to acquire; while held, sleep until the seen lease expires, a release is
-        published, or the slow fallback is due. None when ``stop`` is set."""
+        published, or the slow fallback is due. None when ``stop`` is set.
+
+        When the sleep ends at the seen expiry (nothing woke it), a plain ``PTTL`` comes
+        first: an idle standby next to a renewing holder costs one command per ttl, and
+        the acquire script runs only once the lease is gone (or a release woke us)."""
         clock = self.lease.clock
+        limit = self.lease.cfg.ttl / 1000
         failures = 0
-        seen: tuple[str, int] | None = None
+        held: Held | None = None
+        woken = True
         while not stop.is_set():
             released.clear()
             try:
-                outcome = await self._bounded(self.lease.try_acquire(), self.lease.cfg.ttl / 1e3)
+                if held is not None and not woken:
+                    sent_at = clock()
+                    ttl_ms = await self._bounded(self.lease.remaining_ms(), limit)
+                    if ttl_ms != -2:  # still held (renewed, or taken over): sleep again
+                        held = Held(held.holder, held.token, ttl_ms, sent_at)
+                        woken = await _first_set([stop, released], self._until_expiry(held))
+                        continue
+                outcome = await self._bounded(self.lease.try_acquire(), limit)
             except _STANDBY_ERRORS as e:
                 failures += 1
                 delay = _backoff(failures, self.fallback)
                 logs.event(self.log, "lease.redis_unavailable", logging.WARNING, phase="standby",
                            error=_describe(e), attempt=failures, retry_in_ms=int(delay * 1000))
                 await _first_set([stop], delay)
+                woken = True
                 continue
             if failures:
                 logs.event(self.log, "lease.redis_recovered", phase="standby", attempts=failures)
                 failures = 0
             if isinstance(outcome, Acquired):
                 return outcome
-            if seen != (outcome.holder, outcome.token):
-                seen = (outcome.holder, outcome.token)
+            if held is None or (held.holder, held.token) != (outcome.holder, outcome.token):
                 level = logging.WARNING if outcome.holder == self.lease.holder_id else logging.INFO
                 logs.event(self.log, "lease.standby", level, holder=outcome.holder,
                            token=outcome.token, ttl_ms=outcome.ttl_ms)
-            if outcome.ttl_ms >= 0:
-                # The lease cannot expire before sent_at + ttl: try again right then.
-                wait = outcome.sent_at + (outcome.ttl_ms + 1) / 1000 - clock()
-                wait = min(max(wait, 0.0), self.fallback)
-            else:
-                wait = self.fallback  # no expiry set on the lease: only a release frees it
-            await _first_set([stop, released], wait)
+            held = outcome
+            woken = await _first_set([stop, released], self._until_expiry(held))
         return None
+
+    def _until_expiry(self, held: Held) -> float:
+        """Seconds until the seen lease can have expired (it cannot before ``sent_at +
+        ttl``), capped by the slow fallback; the fallback alone if it has no expiry."""
+        if held.ttl_ms < 0:
+            return self.fallback
+        wait = held.sent_at + (held.ttl_ms + 1) / 1000 - self.lease.clock()
+        return min(max(wait, 0.0), self.fallback)
 
     async def _renew_until_end(
         self, leadership: Leadership, stop: asyncio.Event, lead_done: asyncio.Event

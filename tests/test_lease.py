@@ -466,6 +466,41 @@ async def test_elector_when_holder_crashes_then_standby_takes_over_at_expiry(
     assert lead.leaderships[0].token == 2
 
 
+async def test_elector_when_idle_standby_then_about_one_command_per_ttl(
+    redis_client: aioredis.Redis,
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    # Arrange: a lease kept alive by someone else (plain PEXPIREs, not counted below).
+    await redis_client.set(KEYS.lease, "1:holder", px=3000)
+    lead = Recorder()
+    elector = LeaderElector(Lease(redis_client, KEYS, "standby", cfg()), log=LOG)
+    tasks.append(asyncio.create_task(elector.run(lead, asyncio.Event())))
+
+    async def subscribed() -> bool:
+        return dict(await redis_client.pubsub_numsub(KEYS.lease_channel)).get(
+            KEYS.lease_channel, 0
+        ) == 1
+
+    await wait_for(subscribed, 10, "the standby to subscribe")
+    await asyncio.sleep(0.3)  # the attempt every (re)subscription triggers
+    await redis_client.config_resetstat()
+
+    # Act: 6 s of a healthy holder renewing every 500 ms.
+    for _ in range(12):
+        await redis_client.pexpire(KEYS.lease, 3000)
+        await asyncio.sleep(0.5)
+    stats = await redis_client.info("commandstats")
+
+    # Assert: the standby sent a plain PTTL about once per ttl, and no acquire script
+    # (at most one, should the post-subscribe attempt land after the reset).
+    def calls(name: str) -> int:
+        return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+    assert not lead.started.is_set()
+    assert 1 <= calls("pttl") <= 4, stats
+    assert calls("evalsha") + calls("eval") <= 1, stats
+
+
 async def test_elector_when_redis_paused_then_self_fences_before_ttl_and_recovers(
     redis_server: RedisServer,
     tasks: list[asyncio.Task[None]],
