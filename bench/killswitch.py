@@ -67,6 +67,8 @@ async def run(*, quick: bool) -> list[Row]:
     keys = AccountKeys(acct)
     reaction_ms: list[float] = []
     received_ms: list[float] = []
+    state_ms: list[float] = []
+    first_cancel_ms: list[float] = []
     canceled: list[int] = []
     with redis_server() as server:
         async with workspace(NAME) as (tmp, instances):
@@ -100,6 +102,11 @@ async def run(*, quick: bool) -> list[Row]:
                     )
                     assert line.logged_wall is not None
                     reaction_ms.append((line.logged_wall - pub.wall) * 1000)
+                    term = active.lines[start_line:active.lines.index(line)]
+                    for ev, into in (("kill.state", state_ms), ("order.canceled", first_cancel_ms)):
+                        first = next((x for x in term if x.event == ev), None)
+                        if first is not None and first.logged_wall is not None:
+                            into.append((first.logged_wall - pub.wall) * 1000)
                     received_ms.append((line.recv_wall - pub.wall) * 1000)
                     canceled.append(int(line.fields.get("canceled", "0")))
                     progress(NAME, f"trial {n + 1}/{trials}: {reaction_ms[-1]:.1f} ms, "
@@ -110,18 +117,36 @@ async def run(*, quick: bool) -> list[Row]:
             finally:
                 await watcher.close()
                 await client.aclose()
+    steps = []
+    for label, xs in (("latch read (kill.state)", state_ms),
+                      ("first cancel confirmed (order.canceled)", first_cancel_ms)):
+        if xs:
+            steps.append(f"{label} {fmt_pair(p50(xs), p99(xs))} (n={len(xs)})")
     return [
         Row(
             NAME,
-            "kill PUBLISH -> active reacted (kill.halted) p50 / p99",
+            "kill PUBLISH -> all open orders cancelled (kill.halted) p50 / p99",
             fmt_pair(p50(reaction_ms), p99(reaction_ms)),
             target=TARGET,
             status=verdict(p99(reaction_ms) <= 100),
             baseline=f"line read by bench: {fmt_pair(p50(received_ms), p99(received_ms))}",
             note=f"{trials} trials via the real `guardrails kill` CLI, {RESTING} resting orders "
             f"cancelled each time (canceled per trial: min {min(canceled)}, max {max(canceled)}); "
-            "reaction = latch read + each cancel confirmed by the venue and recorded",
+            "reaction = latch read + each cancel confirmed by the venue and recorded; "
+            "log timestamps are truncated to the ms. Earlier steps, p50 / p99: "
+            + ("; ".join(steps) or "none logged"),
             data={"reaction": summary_ms(reaction_ms), "line_received": summary_ms(received_ms),
+                  "latch_read": summary_ms(state_ms) if state_ms else None,
+                  "first_cancel": summary_ms(first_cancel_ms) if first_cancel_ms else None,
                   "canceled": canceled, "samples_ms": [round(x, 2) for x in reaction_ms]},
-        )
+        ),
+        Row(
+            NAME,
+            "kill PUBLISH -> latch read, entries stopped (kill.state) p50 / p99",
+            fmt_pair(p50(state_ms), p99(state_ms)) if state_ms else "not logged",
+            target="(info: first step of the above)",
+            status="INFO",
+            baseline="first cancel confirmed: " + (
+                fmt_pair(p50(first_cancel_ms), p99(first_cancel_ms)) if first_cancel_ms else "-"),
+        ),
     ]

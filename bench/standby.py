@@ -145,7 +145,7 @@ async def run(*, quick: bool) -> list[Row]:
         ),
         Row(
             NAME,
-            "idle standby: commands Redis executed for it/s (incl. inside scripts)",
+            "idle standby: cmds Redis executed for it/s (incl. in scripts)",
             f"{executed:.2f}/s (± {noise:.2f})",
             target=CMD_TARGET,
             status=verdict(executed <= 1.0),

@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
+import psutil
 import redis.asyncio as aioredis
 
 from bench import gatesetup
@@ -23,6 +24,22 @@ from bench.core import Row, not_measured, progress, redis_server, verdict
 NAME = "throughput"
 TARGET = "gate ≥ 0.75× PING rate"
 CONCURRENCY = 64
+
+
+async def _redis_cpu(client: aioredis.Redis) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _measured(client: aioredis.Redis, op: Callable[[int], Awaitable[object]], start: int,
+                    count: int) -> tuple[float, float, float]:
+    """ops/s, Redis server CPU % and this (client) process's CPU % over one round."""
+    me = psutil.Process()
+    r0, c0, t0 = await _redis_cpu(client), sum(me.cpu_times()[:2]), time.perf_counter()
+    rate = await _round(op, start, count)
+    wall = time.perf_counter() - t0
+    r1, c1 = await _redis_cpu(client), sum(me.cpu_times()[:2])
+    return rate, 100 * (r1 - r0) / wall, 100 * (c1 - c0) / wall
 
 
 async def _round(op: Callable[[int], Awaitable[object]], start: int, count: int) -> float:
@@ -65,11 +82,18 @@ async def run(*, quick: bool) -> list[Row]:
                 await _round(admit, 0, 500)
             ping_rates: list[float] = []
             gate_rates: list[float] = []
+            cpu: dict[str, list[tuple[float, float]]] = {"ping": [], "gate": []}
             next_intent = 500
             for r in range(rounds):
-                ping_rates.append(await _round(ping, 0, per_round))
+                rate, server_cpu, client_cpu = await _measured(client, ping, 0, per_round)
+                ping_rates.append(rate)
+                cpu["ping"].append((server_cpu, client_cpu))
                 if gate is not None:
-                    gate_rates.append(await _round(admit, next_intent, per_round))
+                    rate, server_cpu, client_cpu = await _measured(
+                        client, admit, next_intent, per_round
+                    )
+                    gate_rates.append(rate)
+                    cpu["gate"].append((server_cpu, client_cpu))
                     next_intent += per_round
                 progress(
                     NAME,
@@ -90,6 +114,14 @@ async def run(*, quick: bool) -> list[Row]:
         return [not_measured(NAME, figure, TARGET, why or "?")]
     gate_rate = statistics.median(gate_rates)
     ratio = gate_rate / ping_rate
+
+    def cpus(kind: str) -> tuple[float, float]:
+        return (statistics.median(x[0] for x in cpu[kind]),
+                statistics.median(x[1] for x in cpu[kind]))
+
+    (gs, gc), (ps, pc) = cpus("gate"), cpus("ping")
+    note += (f"; CPU (% of one core, median round): gate rounds redis-server {gs:.0f} %, "
+             f"client {gc:.0f} %; PING rounds redis-server {ps:.0f} %, client {pc:.0f} %")
     return [
         Row(
             NAME,
@@ -103,6 +135,8 @@ async def run(*, quick: bool) -> list[Row]:
                 "gate_rates": [round(x) for x in gate_rates],
                 "ping_rates": [round(x) for x in ping_rates],
                 "ratio": round(ratio, 3),
+                "cpu_pct_median": {"gate": {"redis": gs, "client": gc},
+                                   "ping": {"redis": ps, "client": pc}},
             },
         )
     ]
