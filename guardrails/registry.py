@@ -10,8 +10,9 @@ from the live set on its own; its ZSET row stays (pruned after a day) so ``docto
 ``keys.ACCOUNTS_INDEX`` so ``--all`` tools can find the account.
 
 One script (``lua/registry_heartbeat.lua``) writes the HASH, its expiry and the ZSET row
-in one step, stamped with Redis's clock (so rows from different hosts compare), at one
-command per heartbeat.
+in one step, stamped with Redis's clock (so rows from different hosts compare): one
+round trip per heartbeat (EVALSHA running TIME, HSET, PEXPIRE, ZADD; pruning of old
+rows only every ``PRUNE_EVERY`` beats).
 
 What the registry does NOT guarantee: it is a census, not an authority. A row says an
 instance was alive at ``last_seen_ms``; a missing row does not prove a process is gone
@@ -37,7 +38,10 @@ from guardrails.config import RuntimeConfig
 from guardrails.keys import ACCOUNTS_INDEX, AccountKeys
 
 KEEP_SILENT_ROWS_MS = 24 * 3600 * 1000
-"""ZSET rows of instances silent for longer than this are pruned on each heartbeat."""
+"""ZSET rows of instances silent for longer than this are pruned."""
+
+PRUNE_EVERY = 60
+"""Prune on the first heartbeat and every this many after (not on every beat)."""
 
 INT_FIELDS = ("pid", "started_at_ms", "last_seen_ms", "standby_flag")
 """Fields ``list_instances`` returns as ``int`` (``token`` too, when set)."""
@@ -110,6 +114,7 @@ class Registry:
         source = resources.files("guardrails").joinpath("lua/registry_heartbeat.lua").read_text()
         self._heartbeat = redis.register_script(source)
         self._indexed = False
+        self._beats = 0
 
     def _fields(self, role: str, token: int | None) -> list[str]:
         i = self.info
@@ -137,12 +142,13 @@ class Registry:
         args: list[str | int] = [
             self.info.id,
             self.cfg.heartbeat_ttl,
-            KEEP_SILENT_ROWS_MS,
+            KEEP_SILENT_ROWS_MS if self._beats % PRUNE_EVERY == 0 else 0,
             *self._fields(role.value, token),
         ]
         now_ms = await self._heartbeat(
             keys=[self.keys.instance(self.info.id), self.keys.instances], args=args
         )
+        self._beats += 1
         if not self._indexed:
             # ACCOUNTS_INDEX is outside the account's hash slot: a separate command.
             await self.redis.sadd(ACCOUNTS_INDEX, self.info.account)

@@ -101,3 +101,14 @@ def test_new_instance_id_when_called_twice_then_unique_and_without_whitespace() 
     a, b = new_instance_id("my host", 12), new_instance_id("my host", 12)
 
     assert a != b and a.startswith("my_host-12-") and not any(c.isspace() for c in a)
+
+
+async def test_heartbeat_when_first_then_rows_silent_for_a_day_pruned(
+    redis_client: aioredis.Redis,
+) -> None:
+    day_ago_ms = int(time.time() * 1000) - 25 * 3600 * 1000
+    await redis_client.zadd(KEYS.instances, {"ancient": day_ago_ms, "recent": day_ago_ms + 2 * 3600_000})
+
+    await Registry(redis_client, KEYS, info("i-1"), runtime_cfg()).heartbeat(Role.STANDBY, None)
+
+    assert await redis_client.zrange(KEYS.instances, 0, -1) == ["recent", "i-1"]
