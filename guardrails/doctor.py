@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from guardrails import redisconn
 from guardrails.config import (
@@ -440,7 +440,17 @@ async def _check_account(
                          "ttl_ms": int(pttl) if lease_val is not None else None, "fence": fence}
 
     # 3. The registry.
-    rows, gone = await _registry(redis, keys)
+    try:
+        rows, gone = await _registry(redis, keys)
+    except ResponseError:  # a heartbeat key of the wrong type: name each one
+        rows, gone = [], []
+        for member in await redis.zrange(keys.instances, 0, -1):
+            key = keys.instance(str(member))
+            kind = str(await redis.type(key))
+            if kind not in ("hash", "none"):
+                c.add("wrong_key_type", account, f"key {key} (instance) is a {kind} "
+                      "(expected hash)", "delete it; the instance re-registers on its next "
+                      "heartbeat")
     for mid, seen in gone:
         c.add("stale_registration", account,
               f"instance {mid} is in the registry index but its heartbeat expired "

@@ -207,3 +207,20 @@ def test_doctor_when_manifest_invalid_then_exit_2(
     assert rc == 2
     assert "accounts[0].account" in report["error"]
     assert "accounts[0].instances" in report["error"]
+
+
+def test_doctor_when_heartbeat_key_has_wrong_type_then_reports_it_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange
+    c = redis_server.client()
+    register(c, KEYS, "a1", host="host-a")
+    c.delete(KEYS.instance("a1"))
+    c.set(KEYS.instance("a1"), "garbage")
+
+    # Act
+    rc, report = doctor(redis_server.url, None)
+
+    # Assert
+    assert rc == 1
+    assert "instance:a1" in codes(report)["wrong_key_type"]["message"]
