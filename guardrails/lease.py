@@ -15,9 +15,13 @@ are the only writers of the lease:
   so standbys wake at once.
 
 ``LeaderElector`` runs the loop a process lives in: wait as standby → acquire → run the
-caller's ``lead`` next to the renew loop → on loss or stop, stop leading first, then (when
-stopping) release. The holder keeps a *local* deadline measured with a monotonic clock
-from *before* each acquire/renew request was sent: ``sent_at + renew_deadline -
+caller's ``lead`` next to the renew loop → on loss or stop, stop leading first, then
+release. A standby does not poll: it is woken by the release message, or at the moment
+the lease it saw can expire (it learned the remaining TTL; a plain ``PTTL`` then tells it
+whether the holder renewed), or by a slow fallback no more often than ``renew_interval``.
+
+The holder keeps a *local* deadline measured with a monotonic clock from *before* each
+acquire/renew request was sent: ``sent_at + renew_deadline -
 drift_margin``. When no renew succeeds by then it self-fences — ``Leadership.valid()``
 turns False at that instant (no wake-up needed), ``leadership.lost`` is set, ``lead`` is
 cancelled and awaited — and it goes back to standby. Losing the lease is a planned path,
@@ -628,11 +632,14 @@ class LeaderElector:
                     await _first_set([stop], self.stepdown_delay)  # test-only switch
                 leadership.lost.set()
                 return _End.REFUSED
+            answered_after = clock() - sent_at
             gap = sent_at - last_sent
             leadership._extend(sent_at + (cfg.renew_deadline - cfg.drift_margin) / 1000)
-            if failures or gap > 2 * interval:
+            if failures or gap > 2 * interval or answered_after > interval:
+                # renewed, but closer to the deadline than planned: worth a line
                 logs.event(self.log, "lease.renewed_late", logging.WARNING, token=leadership.token,
-                           gap_ms=int(gap * 1000), failed_renews=failures)
+                           gap_ms=int(gap * 1000), answered_after_ms=int(answered_after * 1000),
+                           failed_renews=failures)
             failures = 0
             last_sent = sent_at
             next_renew = sent_at + interval

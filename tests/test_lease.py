@@ -501,6 +501,36 @@ async def test_elector_when_idle_standby_then_about_one_command_per_ttl(
     assert calls("evalsha") + calls("eval") <= 1, stats
 
 
+async def test_elector_when_redis_paused_shorter_than_deadline_then_renewed_late_not_lost(
+    redis_server: RedisServer,
+    tasks: list[asyncio.Task[None]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="test.lease")
+    timing = cfg(ttl="10s", renew_deadline="8s", interval="500ms")
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    lead = Recorder()
+    try:
+        elector = LeaderElector(Lease(client, KEYS, "a", timing), log=LOG)
+        tasks.append(asyncio.create_task(elector.run(lead, asyncio.Event())))
+        await wait_event(lead.started, 10, "lead to start")
+
+        redis_server.pause()
+        try:
+            await asyncio.sleep(2.0)
+        finally:
+            redis_server.resume()
+        await asyncio.sleep(2.0)
+
+        assert not lead.cancelled.is_set() and lead.leaderships[0].valid()
+        assert events(caplog, "lease.renewed_late")
+        assert not events(caplog, "lease.lost")
+        assert await client.get(KEYS.lease) == "1:a"
+    finally:
+        await cancel_all(tasks)
+        await client.aclose()
+
+
 async def test_elector_when_redis_paused_then_self_fences_before_ttl_and_recovers(
     redis_server: RedisServer,
     tasks: list[asyncio.Task[None]],
