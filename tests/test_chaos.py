@@ -240,9 +240,7 @@ def _adm(seq: int, n: int, token: int, side: Side = Side.BUY, ts: int = 0) -> Ad
     )
 
 
-def _vorder(
-    seq: int, adm: Admission, outcome: str = "accepted", at: int | None = None
-) -> VenueOrder:
+def _vorder(seq: int, adm: Admission, outcome: str = "accepted", at: int | None = None) -> VenueOrder:
     return VenueOrder(
         seq=seq,
         coid=adm.coid,
@@ -741,9 +739,7 @@ async def test_real_records_when_terminal_order_rewritten_then_invariant_5(world
     k = world.keys
     d1 = client_order_id_for("i1")
     await world.r.hset(k.order(d1), "state", "SUBMITTED")
-    await world.r.xadd(
-        k.journal, {"ev": "transition", "coid": d1, "from": "FILLED", "to": "SUBMITTED"}
-    )
+    await world.r.xadd(k.journal, {"ev": "transition", "coid": d1, "from": "FILLED", "to": "SUBMITTED"})
     # Act
     found = world.check().violations
     # Assert
@@ -774,9 +770,7 @@ def test_checker_when_open_order_never_reached_venue_past_deadline_then_invarian
     orders["c4"] = LedgerOrder("c4", "UNKNOWN", BTC, Side.BUY, Decimal("0.01"), Decimal(0))
     reserved = dict(data.ledger.reserved)
     reserved[f"{BTC}:buy"] = Decimal("0.02")
-    data.ledger = replace(
-        data.ledger, orders=orders, open_orders=frozenset({"c3", "c4"}), reserved=reserved
-    )
+    data.ledger = replace(data.ledger, orders=orders, open_orders=frozenset({"c3", "c4"}), reserved=reserved)
     data.checked_at_ms = a4.deadline_ms + 60_000
     # Act
     found = checker.check(data).violations
@@ -795,9 +789,7 @@ def test_checker_when_open_order_can_still_arrive_then_not_stranded() -> None:
     orders["c4"] = LedgerOrder("c4", "UNKNOWN", BTC, Side.BUY, Decimal("0.01"), Decimal(0))
     reserved = dict(data.ledger.reserved)
     reserved[f"{BTC}:buy"] = Decimal("0.02")
-    data.ledger = replace(
-        data.ledger, orders=orders, open_orders=frozenset({"c3", "c4"}), reserved=reserved
-    )
+    data.ledger = replace(data.ledger, orders=orders, open_orders=frozenset({"c3", "c4"}), reserved=reserved)
     data.checked_at_ms = a4.deadline_ms - 1000
     # Act / Assert
     assert checker.check(data).violations == []
@@ -852,3 +844,14 @@ def test_chaos_run_when_bounded_then_zero_violations(artifacts_dir: Path, tmp_pa
     assert doc["orders"]["admitted"] > 20
     assert doc["orders"]["venue_fills"] > 0
     assert doc["run"]["settled"]["admitted_after"] >= 5
+
+
+def test_checker_when_journal_was_trimmed_then_fails_closed() -> None:
+    # Arrange: the stream's MAXLEN dropped entries the checker needed
+    data = _clean()
+    data.journal_entries = 10
+    data.journal_added = 12
+    # Act
+    found = checker.check(data).violations
+    # Assert
+    assert any(v.invariant == 1 and "trimmed" in v.detail for v in found)

@@ -27,18 +27,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m guardrails.chaos",
         description="Fault-injection run with an independent checker (docs/chaos.md).",
     )
-    p.add_argument("--duration", type=float, default=90.0, help="seconds of the fault window, counted from when the account trades (default 90)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=90.0,
+        help="seconds of the fault window, counted from when the account trades (default 90)",
+    )
     p.add_argument("--seed", type=int, default=None, help="fault schedule seed (default: random)")
     p.add_argument("--instances", type=int, default=3, help="guardrails run processes (>= 3)")
-    p.add_argument(
-        "--report", default="artifacts/chaos-report.json", help="where to save the JSON report"
-    )
-    p.add_argument(
-        "--workdir", default=None, help="keep logs, Redis data and the venue record here"
-    )
-    p.add_argument(
-        "--schedule-only", action="store_true", help="print the seed's schedule and exit"
-    )
+    p.add_argument("--report", default="artifacts/chaos-report.json", help="where to save the JSON report")
+    p.add_argument("--workdir", default=None, help="keep logs, Redis data and the venue record here")
+    p.add_argument("--schedule-only", action="store_true", help="print the seed's schedule and exit")
     return p.parse_args(argv)
 
 

@@ -188,6 +188,8 @@ class CheckInput:
     journal_entries: int = 0
     checked_at_ms: int | None = None
     """When the sources were read (Unix ms); enables the stranded-reservation check."""
+    journal_added: int | None = None
+    """Entries ever appended to the journal (Redis >= 7); more than were read = trimmed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +224,15 @@ class CheckResult:
 def check(data: CheckInput) -> CheckResult:
     """Run every check over ``data``; never raises for a finding, only for bad input."""
     violations: list[Violation] = []
+    if data.journal_added is not None and data.journal_added > data.journal_entries:
+        # Fail closed: with entries missing, no admission-based check can be trusted.
+        violations.append(
+            Violation(
+                1,
+                f"journal was trimmed ({data.journal_added} appended, {data.journal_entries} "
+                "left): the admission history cannot be checked",
+            )
+        )
     violations += check_fencing(data.admissions)
     violations += check_admitted_once(data.admissions, data.venue_orders, data.venue_fills)
     violations += check_limits(data.venue_fills, data.limits)
@@ -283,9 +294,7 @@ def check_admitted_once(
     by_coid: dict[str, Admission] = {}
     for a in sorted(admissions, key=lambda a: a.seq):
         if a.coid in by_coid:
-            out.append(
-                Violation(2, f"{a.coid} admitted twice (tokens {by_coid[a.coid].token}, {a.token})")
-            )
+            out.append(Violation(2, f"{a.coid} admitted twice (tokens {by_coid[a.coid].token}, {a.token})"))
             continue
         by_coid[a.coid] = a
     accepted: Counter[str] = Counter()
@@ -311,9 +320,7 @@ def check_admitted_once(
             if got != want
         ]
         if diffs:
-            out.append(
-                Violation(2, f"venue order {v.coid} differs from its admission: {'; '.join(diffs)}")
-            )
+            out.append(Violation(2, f"venue order {v.coid} differs from its admission: {'; '.join(diffs)}"))
         if v.outcome == "accepted":
             accepted[v.coid] += 1
     for coid, n in accepted.items():
@@ -332,11 +339,7 @@ def check_admitted_once(
         if adm is None:
             out.append(Violation(2, f"venue filled {coid}, which the gate never admitted"))
         elif qty > adm.qty:
-            out.append(
-                Violation(
-                    2, f"{coid} executed {qty} at the venue, more than its quantity {adm.qty}"
-                )
-            )
+            out.append(Violation(2, f"{coid} executed {qty} at the venue, more than its quantity {adm.qty}"))
     return out
 
 
@@ -376,9 +379,7 @@ def check_limits(fills: Iterable[VenueFill], limits: Limits) -> list[Violation]:
         day_pnl[day] += realized - f.fee
         cap = limits.max_position.get(f.symbol)
         if cap is None:
-            out.append(
-                Violation(3, f"venue filled {f.coid} in {f.symbol}, which has no configured limit")
-            )
+            out.append(Violation(3, f"venue filled {f.coid} in {f.symbol}, which has no configured limit"))
         elif abs(pos[f.symbol]) > cap and f.symbol not in reported_pos:
             reported_pos.add(f.symbol)
             out.append(
@@ -433,15 +434,9 @@ def check_ledger_matches_venue(
     missing = sorted(set(vfills) - set(ledger.fills))
     extra = sorted(set(ledger.fills) - set(vfills))
     if missing:
-        out.append(
-            Violation(
-                4, f"{len(missing)} venue fill(s) missing from the ledger, e.g. {missing[:3]}"
-            )
-        )
+        out.append(Violation(4, f"{len(missing)} venue fill(s) missing from the ledger, e.g. {missing[:3]}"))
     if extra:
-        out.append(
-            Violation(4, f"{len(extra)} ledger fill(s) the venue never made, e.g. {extra[:3]}")
-        )
+        out.append(Violation(4, f"{len(extra)} ledger fill(s) the venue never made, e.g. {extra[:3]}"))
     for fid in sorted(set(vfills) & set(ledger.fills)):
         if vfills[fid] != ledger.fills[fid]:
             out.append(
@@ -466,9 +461,7 @@ def check_ledger_matches_venue(
             if rec is None or rec.state in TERMINAL:
                 continue  # reported below
             if coid in ended:
-                out.append(
-                    Violation(4, f"{coid} is {rec.state} in the ledger but ended at the venue")
-                )
+                out.append(Violation(4, f"{coid} is {rec.state} in the ledger but ended at the venue"))
             elif coid not in seen and deadlines.get(coid, now_ms) < now_ms - STRANDED_GRACE_MS:
                 out.append(
                     Violation(
@@ -480,9 +473,7 @@ def check_ledger_matches_venue(
     for coid in sorted(accepted - ended):
         rec = ledger.orders.get(coid)
         if rec is not None and rec.state in TERMINAL:
-            out.append(
-                Violation(4, f"{coid} is {rec.state} in the ledger but still live at the venue")
-            )
+            out.append(Violation(4, f"{coid} is {rec.state} in the ledger but still live at the venue"))
     # Every reservation belongs to a live order, and every open-set member is live.
     live: dict[str, Decimal] = defaultdict(Decimal)
     for coid in sorted(ledger.open_orders):
@@ -519,17 +510,13 @@ def check_terminal(transitions: Iterable[Transition], ledger: LedgerView | None)
     final: dict[str, Transition] = {}
     for t in sorted(transitions, key=lambda t: t.seq):
         if t.from_state in TERMINAL and t.to_state != t.from_state:
-            out.append(
-                Violation(5, f"{t.coid} moved {t.from_state} -> {t.to_state} (journal seq {t.seq})")
-            )
+            out.append(Violation(5, f"{t.coid} moved {t.from_state} -> {t.to_state} (journal seq {t.seq})"))
             continue
         first = final.get(t.coid)
         if first is not None:
             if t.to_state != first.to_state or t.to_state not in TERMINAL:
                 out.append(
-                    Violation(
-                        5, f"{t.coid} moved {first.to_state} -> {t.to_state} (journal seq {t.seq})"
-                    )
+                    Violation(5, f"{t.coid} moved {first.to_state} -> {t.to_state} (journal seq {t.seq})")
                 )
             continue
         if t.to_state in TERMINAL:
@@ -568,8 +555,7 @@ def check_late_sends(
         filled[f.coid] += f.qty
         adm = by_coid.get(f.coid)
         if adm is not None and (
-            (adm.side is Side.BUY and f.price > adm.price)
-            or (adm.side is Side.SELL and f.price < adm.price)
+            (adm.side is Side.BUY and f.price > adm.price) or (adm.side is Side.SELL and f.price < adm.price)
         ):
             bad_price[f.coid] = f"filled at {f.price} beyond its limit {adm.price}"
     total = fenced = within = 0
@@ -711,9 +697,7 @@ def parse_venue_rows(
                 ends.append(VenueEnd(seq, str(row["coid"]), "filled", ts))
         elif kind == "cancel":
             if str(row.get("result", "")) == "canceled":
-                ends.append(
-                    VenueEnd(seq, str(row["coid"]), "canceled", int(row.get("arrival_ms") or 0))
-                )
+                ends.append(VenueEnd(seq, str(row["coid"]), "canceled", int(row.get("arrival_ms") or 0)))
         elif kind == "expire":
             ends.append(VenueEnd(seq, str(row["coid"]), "expired", int(row.get("ts_ms") or 0)))
         else:
@@ -797,9 +781,7 @@ def read_ledger(client: Any, keys: AccountKeys, units: dict[str, Units]) -> Ledg
         sym = h["symbol"]
         lot = units[sym].lot
         qty = Decimal(h["qty"]) if "qty" in h else lot * int(h["lots"])
-        filled = (
-            lot * int(h["filled_lots"]) if "filled_lots" in h else Decimal(h.get("filled", "0"))
-        )
+        filled = lot * int(h["filled_lots"]) if "filled_lots" in h else Decimal(h.get("filled", "0"))
         coid = h.get("coid") or name.rsplit("order:", 1)[1]
         orders[coid] = LedgerOrder(coid, h["state"], sym, Side(h["side"]), qty, filled)
     reserved: dict[str, Decimal] = {}
@@ -831,6 +813,11 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any) -> 
         if len(page) < 2000:
             break
     admissions, transitions, revocations = parse_journal(entries, units)
+    added: int | None = None
+    if entries:
+        info = client.xinfo_stream(keys.journal)
+        raw_added = info.get("entries-added")  # Redis >= 7.0 only
+        added = int(raw_added) if raw_added is not None else None
     orders, fills, ends, _ = parse_venue_rows(read_jsonl(record_path))
     stats = client.hgetall(keys.stats) or {}
     denied = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("denied:")}
@@ -851,5 +838,6 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any) -> 
         denied=denied,
         admitted_counter=int(stats["admitted"]) if "admitted" in stats else None,
         journal_entries=len(entries),
+        journal_added=added,
         checked_at_ms=checked_at_ms,
     )

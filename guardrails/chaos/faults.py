@@ -131,9 +131,7 @@ def schedule(seed: int, duration_s: float, instances: int, ttl_s: float) -> list
         hold = round(rng.uniform(lo, lo + (hi - lo) * 0.25), 1)
         if t + hold > end:
             break
-        faults.append(
-            Fault(round(t, 1), kind, _target(kind, rng, instances), hold, _params(kind, rng))
-        )
+        faults.append(Fault(round(t, 1), kind, _target(kind, rng, instances), hold, _params(kind, rng)))
         t += hold + rng.uniform(1.5, 3.0)
     # Then anything, with its full range of holds, until the window is full.
     while True:
@@ -142,9 +140,7 @@ def schedule(seed: int, duration_s: float, instances: int, ttl_s: float) -> list
         hold = round(rng.uniform(lo, hi), 1)
         if t + hold > end:
             break
-        faults.append(
-            Fault(round(t, 1), kind, _target(kind, rng, instances), hold, _params(kind, rng))
-        )
+        faults.append(Fault(round(t, 1), kind, _target(kind, rng, instances), hold, _params(kind, rng)))
         t += hold + rng.uniform(1.5, 4.0)
     return faults
 

@@ -7,10 +7,13 @@ Layout of one run (everything under one work directory, kept for inspection):
                         <-- proxy k <-- guardrails run --standby  (instance k)
     guardrails venue serve (HTTP exchange simulator, JSONL record)  <-- every instance
 
-Phases: start → warm up → faults (``faults.schedule``) → settle (undo everything,
-restart what is dead, wait for an active instance that reconciled and trades) →
-quiesce (kill switch HALTED: the active instance cancels what rests at the venue) →
-stop every process gracefully → run the independent checker → report.
+Phases: start → wait until the account trades (the fault clock starts) → faults
+(``faults.schedule``) → settle (undo everything, restart what is dead, wait until
+admissions resume: the active instance reconciled) → quiesce (kill switch HALTED: the
+active instance cancels what rests at the venue) → handover (SIGTERM the active: a
+standby must take over and reconcile) → stop the rest gracefully → run the independent
+checker → report. Anything that goes wrong outside the invariants (an instance that
+crashes, one that ignores SIGTERM, no recovery) is a run *problem*: it fails the run.
 
 The harness reads Redis only to *aim* faults (who holds the lease now) and to know
 when the system settled; the verdict comes from ``checker`` alone.
@@ -455,9 +458,7 @@ class Harness:
         else:  # pragma: no cover - every kind is handled above
             raise ValueError(f"unhandled fault {kind}")
 
-    async def hold_proxy(
-        self, proxy: ChaosProxy, kind: faults.FaultKind, fault: faults.Fault
-    ) -> None:
+    async def hold_proxy(self, proxy: ChaosProxy, kind: faults.FaultKind, fault: faults.Fault) -> None:
         if kind is faults.FaultKind.PARTITION:
             proxy.partition()
         elif kind is faults.FaultKind.BLACKHOLE:
@@ -526,9 +527,7 @@ class Harness:
 
     async def quiesce(self, direct: aioredis.Redis) -> None:
         """HALT the account: nothing new is admitted, the active instance cancels what rests."""
-        rc = await self.cli(
-            "kill", "--account", str(self.keys.account), "--reason", "chaos: end of run"
-        )
+        rc = await self.cli("kill", "--account", str(self.keys.account), "--reason", "chaos: end of run")
         if rc != 0:
             self.problems.append(f"final kill exited {rc}")
         start = time.monotonic()
@@ -591,9 +590,7 @@ class Harness:
             rc = await inst.wait(STOP_TIMEOUT_S)
             codes[inst.instance_id] = rc
             if rc is None:
-                self.problems.append(
-                    f"{inst.instance_id} did not stop within {STOP_TIMEOUT_S}s of SIGTERM"
-                )
+                self.problems.append(f"{inst.instance_id} did not stop within {STOP_TIMEOUT_S}s of SIGTERM")
             elif rc != 0:
                 self.problems.append(f"{inst.instance_id} exited {rc} on SIGTERM")
         return codes

@@ -43,8 +43,7 @@ def build(
         "orders": result.stats,
         "late_sends": result.late_sends,
         "violations": {
-            str(n): [v.to_json() for v in result.violations if v.invariant == n]
-            for n in sorted(INVARIANTS)
+            str(n): [v.to_json() for v in result.violations if v.invariant == n] for n in sorted(INVARIANTS)
         },
         "violation_count": len(result.violations),
         "problems": list(run.get("problems", [])),

@@ -72,15 +72,11 @@ class VenueProcess:
         if mode == "drop":
             body["drop_submit_responses"] = LOSE_ALL
         elif mode in ("error_applied", "error_not_applied"):
-            body.update(
-                fail_submits=LOSE_ALL, fail_status=503, fail_applies=mode == "error_applied"
-            )
+            body.update(fail_submits=LOSE_ALL, fail_status=503, fail_applies=mode == "error_applied")
         elif mode is not None:
             raise ValueError(f"unknown loss mode {mode!r}; one of {LOSS_MODES}")
         async with aiohttp.ClientSession() as s:
-            async with s.post(
-                self.url + FAULT_PATH, json=body, timeout=aiohttp.ClientTimeout(5)
-            ) as r:
+            async with s.post(self.url + FAULT_PATH, json=body, timeout=aiohttp.ClientTimeout(5)) as r:
                 if r.status >= 300:
                     raise RuntimeError(f"venue fault hook answered {r.status}: {await r.text()}")
 
