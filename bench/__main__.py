@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import signal
 import sys
 import time
 import traceback
@@ -74,12 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(names)}")
 
+    # SIGTERM behaves like Ctrl-C: tasks are cancelled, so every benchmark's `finally`
+    # stops its guardrails processes and its redis-server.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.time()
     rows: list[Row] = []
     for name in [n for n in names if n in chosen]:
         progress(name, "starting" + (" (quick)" if args.quick else ""))
         t0 = time.monotonic()
-        got = asyncio.run(_run_one(name, args.quick))
+        try:
+            got = asyncio.run(_run_one(name, args.quick))
+        except KeyboardInterrupt:
+            progress(name, "interrupted: its processes and redis-server were stopped; no results")
+            return 130
         progress(name, f"done in {time.monotonic() - t0:.1f}s")
         rows += got
 
