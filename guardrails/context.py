@@ -44,6 +44,20 @@ _INFRA_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError, Led
 """Failures to record a fact: logged, and left for reconciliation (never retried blindly)."""
 
 
+def checkpoint() -> None:
+    """Raise ``CancelledError`` if the current task has been asked to stop.
+
+    Why: on Python 3.11 ``asyncio.wait_for`` — which redis-py uses for its socket
+    timeout — swallows a cancellation that arrives just as the wrapped operation
+    completes. The request stays recorded in ``Task.cancelling()``, so every loop of
+    the runtime and every ``Context`` call checks it; otherwise a strategy could keep
+    trading after its term was cancelled, and the lease would never be released.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError("cancellation requested (re-raised at checkpoint)")
+
+
 @runtime_checkable
 class Strategy(Protocol):
     """A strategy: constructed with its config ``params``, then ``await run(ctx)``.
@@ -116,23 +130,33 @@ class Context:
 
     async def position(self, symbol: str) -> Decimal:
         """The account's combined signed position in ``symbol`` (0 if none)."""
+        checkpoint()
         view = (await self._ledger.positions()).get(symbol)
+        checkpoint()
         return view.qty if view is not None else Decimal(0)
 
     async def positions(self) -> dict[str, PositionView]:
         """The account's combined positions (qty, avg cost, PnL, mark) per symbol."""
-        return await self._ledger.positions()
+        checkpoint()
+        positions = await self._ledger.positions()
+        checkpoint()
+        return positions
 
     async def budget(self) -> BudgetView:
         """Today's loss budget of the account: realized, unrealized, reserved, limit."""
-        return await self._ledger.budget()
+        checkpoint()
+        budget = await self._ledger.budget()
+        checkpoint()
+        return budget
 
     async def mark(self, symbol: str) -> Decimal:
         """The latest mark price of ``symbol`` (raises ``KeyError`` if the venue has none)."""
+        checkpoint()
         cached = self._marks.get(symbol)
         if cached is not None:
             return cached
         fresh = await self._venue.marks([symbol])
+        checkpoint()
         self._marks.update(fresh)
         return fresh[symbol]
 
@@ -142,7 +166,9 @@ class Context:
 
     async def open_orders(self, symbol: str | None = None) -> list[OrderRecord]:
         """The account's non-terminal orders (all strategies), optionally one symbol's."""
+        checkpoint()
         records = await self._ledger.open_orders()
+        checkpoint()
         return [r for r in records if symbol is None or r.symbol == symbol]
 
     def sent_client_order_ids(self) -> list[str]:
@@ -150,6 +176,8 @@ class Context:
         return list(self._sent)
 
     async def sleep(self, seconds: float) -> None:
+        """Sleep; raises ``CancelledError`` at once if this strategy is being stopped."""
+        checkpoint()
         await asyncio.sleep(seconds)
 
     # -- acting -------------------------------------------------------------------
@@ -160,6 +188,7 @@ class Context:
         An ``Admitted`` with ``duplicate=True`` was decided before (same intent id):
         nothing new was reserved and nothing is sent again.
         """
+        checkpoint()
         intent_id = intent.resolved_intent_id(self.name)
         decision = await self._admit(intent, intent_id)
         if isinstance(decision, Denied):
@@ -178,6 +207,7 @@ class Context:
         )
         if not decision.duplicate:
             await self._send(intent, decision)
+        checkpoint()
         return decision
 
     async def _admit(self, intent: Intent, intent_id: str) -> Decision:
@@ -246,6 +276,7 @@ class Context:
 
     async def cancel(self, client_order_id: str) -> bool:
         """Ask the venue to cancel; True once the venue confirmed it is no longer live."""
+        checkpoint()
         if not self._leadership.valid():
             logs.event(self._rlog, "order.cancel_refused", strategy=self.name,
                        client_order_id=client_order_id, reason=DenyReason.NOT_ACTIVE.value)

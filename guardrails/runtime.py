@@ -1,0 +1,558 @@
+"""``guardrails run``: the configured strategies, run only while this instance holds the lease.
+
+Invariants upheld: *one writer per account* and *fail closed, and say why*. The
+process (1) validates the config and loads every strategy before touching anything,
+(2) takes the host-local guard (a second copy needs ``--standby``), (3) heartbeats
+into the instance registry, then (4) loops under the ``LeaderElector``: as standby it
+waits for the lease; on becoming active it first checks that the account's stored
+limits equal its own (a mismatch refuses to lead and names each difference), then
+reconciles every non-terminal order with the venue (until that succeeds nothing
+trades), and only then starts, in one task group, the fills/marks pump, the
+kill-switch listener, a periodic position report and every strategy, each with its
+own ``Context``. When the lease is lost or the process is told to stop, the task
+group is cancelled; the lease is released only after the strategies have stopped.
+
+Strategy failure policy: a strategy that raises is logged with its name and stops
+for the life of the process (no crash loop); the orders it sent in this term that
+are still open are cancelled (its exposure is not left unmanaged); the other
+strategies keep running, and the account's risk stays bounded by the gate.
+
+What this does NOT guarantee: that a paused process notices it lost the lease
+before it tries to trade — that is why every order is admitted inside Redis against
+the current token and a live lease; the local checks only make it fail sooner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from guardrails import localguard, logs, redisconn
+from guardrails.config import Config, EvmVenueConfig, load_config
+from guardrails.context import Context, MarkBook, cancel_order, checkpoint
+from guardrails.embedded import EmbeddedRedisError
+from guardrails.gate import OrderGate
+from guardrails.keys import AccountKeys
+from guardrails.lease import LeaderElector, Leadership, Lease
+from guardrails.ledger import FillOutcome, Ledger, LedgerError
+from guardrails.model import Fill, TradingState
+from guardrails.reconcile import reconcile
+from guardrails.registry import InstanceInfo, Registry, new_instance_id
+from guardrails.strategy_loader import LoadedStrategy, load_strategies
+from guardrails.venues.base import Venue, VenueError
+
+log = logging.getLogger("guardrails.runtime")
+
+_INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.RedisError,
+    OSError,
+    asyncio.TimeoutError,
+    VenueError,
+    LedgerError,
+)
+LIMITS_RECHECK_S = 5.0
+"""How often a standby whose limits differ from the account's checks again."""
+RECONCILE_RETRY_S = 2.0
+PUMP_INTERVAL_S = 0.25
+REPORT_INTERVAL_S = 5.0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Entry point of ``guardrails run``. 0 after a clean stop, 2 if it could not start."""
+    logs.setup()
+    cfg = load_config(args.config, args.redis_url)  # ConfigError -> exit 2 in cli.main
+    strategies = load_strategies(cfg, source=str(args.config))
+    return asyncio.run(_main(cfg, args, strategies))
+
+
+async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedStrategy]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
+
+    try:
+        url = await redisconn.resolve_url(cfg.redis.url)
+    except EmbeddedRedisError as e:
+        logs.event(log, "runtime.redis_unavailable", logging.ERROR, error=str(e))
+        print(f"guardrails run: {e}", file=sys.stderr)
+        return 1
+    target = redisconn.describe(url)
+    try:
+        guard = localguard.acquire(cfg.account_id, target, standby=args.standby,
+                                   lock_dir=cfg.runtime.lock_dir)
+    except localguard.AlreadyRunning as e:
+        print(
+            f"guardrails run: refused: {e}\n"
+            f"  another copy already runs account {cfg.account_id} against {target} on this "
+            "host; start this one with --standby to run it deliberately as a standby",
+            file=sys.stderr,
+        )
+        return 2
+    client = await redisconn.connect(cfg.redis.model_copy(update={"url": url}))
+    try:
+        runtime = Runtime(cfg, client, strategies, args=args, stop=stop, target=target)
+        await runtime.run()
+    finally:
+        await client.aclose()
+        if guard is not None:
+            guard.release()
+    return 0
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    logs.event(log, "runtime.signal", signal=sig.name, action="stopping")
+    stop.set()
+
+
+class Runtime:
+    """One ``guardrails run`` process: registry, election, and — while active — trading."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        redis: aioredis.Redis,
+        strategies: list[LoadedStrategy],
+        *,
+        args: argparse.Namespace,
+        stop: asyncio.Event,
+        target: str,
+    ) -> None:
+        from guardrails.venues import make_venue
+
+        self.cfg = cfg
+        self.redis = redis
+        self.keys = AccountKeys(cfg.account_id)
+        self.strategies = strategies
+        self.args = args
+        self.stop = stop
+        self.target = target
+        self.instance_id: str = args.instance_id or new_instance_id()
+        self.venue: Venue = make_venue(cfg, redis)
+        self.marks = MarkBook()
+        self.role = "standby"
+        self.token: int | None = None
+        self.deadline_epoch_ms: Callable[[], int] | None = None
+        self.crashed: set[str] = set()
+        self.health_url = ""
+        self._mismatch_logged: tuple[str, float] = ("", 0.0)
+
+    # -- the process ------------------------------------------------------------
+
+    async def run(self) -> None:
+        logs.event(
+            log, "runtime.started", instance=self.instance_id, account=self.cfg.account_id,
+            redis=self.target, standby_flag=int(bool(self.args.standby)), pid=os.getpid(),
+            strategies=",".join(s.name for s in self.strategies) or "-",
+            config_digest=self.cfg.digest(), limits_digest=self.cfg.risk.digest(),
+        )
+        await self.venue.start()
+        health_runner = await self._start_health()
+        dashboard = await self._start_dashboard()
+        registry = self._make_registry()
+        lease = Lease(self.redis, self.keys, self.instance_id, self.cfg.lease)
+        elector = LeaderElector(lease, log=logging.getLogger("guardrails.lease"))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                heartbeat = tg.create_task(self._heartbeat(registry))
+                await self._elect(elector)
+                self.role = "stopping"
+                heartbeat.cancel()
+        finally:
+            with contextlib.suppress(*_INFRA_ERRORS):
+                await registry.remove()
+            for closer in (dashboard, health_runner):
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        await closer()
+            with contextlib.suppress(Exception):
+                await self.venue.close()
+            logs.event(log, "runtime.stopped", instance=self.instance_id)
+
+    async def _elect(self, elector: LeaderElector) -> None:
+        """Stand by / lead until told to stop.
+
+        ``elector.run`` returns when ``stop`` is set (after releasing the lease) or when
+        ``_lead`` returns on its own — which it does only to refuse leadership because
+        this instance's limits differ from the account's. Then this instance waits as a
+        non-candidate, re-checking the limits, so it never holds the lease idle.
+        """
+        while not self.stop.is_set():
+            if not await self._limits_agree():
+                await _wait(self.stop, LIMITS_RECHECK_S)
+                continue
+            await elector.run(self._lead, self.stop)
+
+    async def _limits_agree(self) -> bool:
+        """True when the account's stored limits equal ours (stored first if none are).
+
+        A Redis failure is retried here (nothing can be admitted meanwhile anyway);
+        only a real difference returns False.
+        """
+        from guardrails.limits import check_or_init
+
+        failing = False
+        while True:
+            checkpoint()
+            try:
+                mismatch = await check_or_init(
+                    self.redis, self.keys, self.cfg.risk, self.instance_id
+                )
+                break
+            except _INFRA_ERRORS as e:
+                if not failing:
+                    logs.event(log, "runtime.redis_unavailable", logging.WARNING,
+                               during="limits check", error=f"{type(e).__name__}: {e}",
+                               note="nothing can be admitted; retrying")
+                failing = True
+                await _wait(self.stop, RECONCILE_RETRY_S)
+                if self.stop.is_set():
+                    return False
+        if failing:
+            logs.event(log, "redis.recovered", during="limits check")
+        if mismatch is None:
+            self._mismatch_logged = ("", 0.0)
+            return True
+        # Said once per distinct difference (and again every minute), not every recheck.
+        text, at = self._mismatch_logged
+        if str(mismatch) != text or time.monotonic() - at > 60:
+            self._mismatch_logged = (str(mismatch), time.monotonic())
+            logs.event(log, "limits.mismatch", logging.ERROR, instance=self.instance_id,
+                       differences=str(mismatch),
+                       action="refusing to become active: fix the config, or change the "
+                       "account's limits deliberately with `guardrails limits apply`")
+        return False
+
+    # -- one term of leadership ---------------------------------------------------
+
+    async def _lead(self, leadership: Leadership) -> None:
+        self.role, self.token = "active", int(leadership.token)
+        self.deadline_epoch_ms = leadership.deadline_epoch_ms
+        logs.event(log, "runtime.active", instance=self.instance_id, token=leadership.token)
+        try:
+            if not await self._limits_agree():
+                return  # refuse to lead: the elector releases the lease (see _elect)
+            await self._reconcile_until_ok()
+            await self._first_marks()
+            await self._cancel_if_halted("takeover")
+            checkpoint()  # a stop requested meanwhile must not start the strategies
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._pump())
+                tg.create_task(self._kill_listener())
+                tg.create_task(self._report())
+                for loaded in self.strategies:
+                    if loaded.name in self.crashed:
+                        continue
+                    tg.create_task(self._run_strategy(loaded, self._context(loaded, leadership)))
+        finally:
+            self.role, self.token, self.deadline_epoch_ms = "standby", None, None
+            logs.event(log, "runtime.standby", instance=self.instance_id,
+                       token=leadership.token,
+                       reason="stopping" if self.stop.is_set() else "term ended")
+
+    def _context(self, loaded: LoadedStrategy, leadership: Leadership) -> Context:
+        return Context(
+            loaded.name,
+            gate=OrderGate(self.redis, self.keys, self.cfg.risk),
+            ledger=Ledger(self.redis, self.keys, self.cfg.risk),
+            venue=self.venue,
+            leadership=leadership,
+            risk=self.cfg.risk,
+            marks=self.marks,
+            allocate_nonce=isinstance(self.cfg.venue, EvmVenueConfig),
+        )
+
+    def _ledger(self) -> Ledger:
+        return Ledger(self.redis, self.keys, self.cfg.risk)
+
+    async def _reconcile_until_ok(self) -> None:
+        """No strategy starts until every non-terminal order is settled with the venue.
+
+        A failed reconciliation (Redis or the venue unreachable, or the venue disagreeing
+        with the ledger) keeps the account fail-closed: it is logged with its reasons and
+        retried; the lease is kept meanwhile so no other instance trades unreconciled.
+        """
+        ledger = self._ledger()
+        attempt = 0
+        while True:
+            checkpoint()
+            attempt += 1
+            try:
+                report = await reconcile(ledger, self.venue, now_ms=int(time.time() * 1000))
+            except _INFRA_ERRORS as e:
+                logs.event(log, "reconcile.failed", logging.ERROR, token=self.token,
+                           attempt=attempt, error=f"{type(e).__name__}: {e}",
+                           action="fail closed: strategies not started; retrying")
+                await asyncio.sleep(RECONCILE_RETRY_S)
+                continue
+            if not report.ok:
+                why = "; ".join(f"{coid}: {reason}" for coid, reason in report.failures[:5])
+                logs.event(log, "reconcile.failed", logging.ERROR, token=self.token,
+                           attempt=attempt, summary=report.summary(), why=why,
+                           action="fail closed: strategies not started; retrying")
+                await asyncio.sleep(RECONCILE_RETRY_S)
+                continue
+            logs.event(log, "reconcile.done", token=self.token, checked=report.checked,
+                       fills_applied=report.fills_applied,
+                       transitions=len(report.transitions), held=len(report.held))
+            return
+
+    async def _first_marks(self) -> None:
+        """Marks in Redis before any strategy runs (the gate's price band needs one)."""
+        ledger = self._ledger()
+        symbols = sorted(self.cfg.risk.instruments)
+        while True:
+            checkpoint()
+            try:
+                marks = await self.venue.marks(symbols)
+                self.marks.update(marks)
+                await ledger.update_marks(marks)
+                return
+            except _INFRA_ERRORS as e:
+                logs.event(log, "marks.unavailable", logging.WARNING,
+                           error=f"{type(e).__name__}: {e}", action="strategies wait; retrying")
+                await asyncio.sleep(RECONCILE_RETRY_S)
+
+    async def _run_strategy(self, loaded: LoadedStrategy, ctx: Context) -> None:
+        logs.event(log, "strategy.started", strategy=loaded.name, token=self.token)
+        try:
+            await loaded.strategy.run(ctx)
+        except Exception as e:
+            self.crashed.add(loaded.name)
+            log.error("event=strategy.crashed strategy=%s error=%s", loaded.name,
+                      logs._fmt(f"{type(e).__name__}: {e}"), exc_info=True)
+            await self._cancel_sent(loaded.name, ctx)
+            return
+        logs.event(log, "strategy.finished", strategy=loaded.name)
+
+    async def _cancel_sent(self, name: str, ctx: Context) -> None:
+        sent = set(ctx.sent_client_order_ids())
+        try:
+            still_open = [o.client_order_id for o in await ctx.open_orders()
+                          if o.client_order_id in sent]
+        except _INFRA_ERRORS as e:
+            logs.event(log, "strategy.cleanup_failed", logging.WARNING, strategy=name,
+                       error=f"{type(e).__name__}: {e}")
+            return
+        for coid in still_open:
+            await ctx.cancel(coid)
+        logs.event(log, "strategy.stopped", strategy=name, canceled_open_orders=len(still_open))
+
+    # -- tasks of an active term -------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """Venue facts into the ledger: fills (applied once per fill id) and marks."""
+        ledger = self._ledger()
+        symbols = sorted(self.cfg.risk.instruments)
+        cursor: str | None = None
+        failing = False
+        while True:
+            checkpoint()
+            try:
+                batch = await self.venue.fills_since(cursor)
+                for fill in batch.fills:
+                    await self._apply_fill(ledger, fill)
+                cursor = batch.cursor
+                marks = await self.venue.marks(symbols)
+                self.marks.update(marks)
+                await ledger.update_marks(marks)
+                if failing:
+                    logs.event(log, "pump.recovered")
+                    failing = False
+            except _INFRA_ERRORS as e:
+                if not failing:
+                    logs.event(log, "pump.error", logging.WARNING,
+                               error=f"{type(e).__name__}: {e}", action="retrying")
+                failing = True
+            await asyncio.sleep(PUMP_INTERVAL_S)
+
+    async def _apply_fill(self, ledger: Ledger, fill: Fill) -> None:
+        """Apply one venue fill (once per fill id); a fill the ledger cannot take is
+        logged and skipped so it does not block the ones after it."""
+        try:
+            outcome = await ledger.apply_fill(fill)
+        except LedgerError as e:
+            logs.event(log, "fill.refused", logging.ERROR, fill_id=fill.fill_id,
+                       client_order_id=fill.client_order_id, error=str(e))
+            return
+        if outcome is FillOutcome.DUPLICATE:
+            return  # replayed from the venue's history: already applied
+        level = logging.INFO if outcome is FillOutcome.APPLIED else logging.WARNING
+        logs.event(log, "fill", level, client_order_id=fill.client_order_id,
+                   fill_id=fill.fill_id, symbol=fill.symbol, side=fill.side.value,
+                   qty=fill.qty, price=fill.price, outcome=outcome.value)
+
+    async def _kill_listener(self) -> None:
+        """React to the kill switch: on HALTED, cancel the account's open orders.
+
+        The gate refuses new orders by itself once the latch is set; this only takes
+        down what is already resting at the venue.
+        """
+        while True:
+            checkpoint()
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.control_channel)
+                await self._cancel_if_halted("subscribed")
+                while True:
+                    checkpoint()
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        await self._cancel_if_halted("control message")
+            except _INFRA_ERRORS as e:
+                logs.event(log, "kill.listener_error", logging.WARNING,
+                           error=f"{type(e).__name__}: {e}", action="resubscribing")
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _cancel_if_halted(self, why: str) -> None:
+        from guardrails.killswitch import KillSwitchError, read_latch
+
+        errors: tuple[type[BaseException], ...] = (KillSwitchError, *_INFRA_ERRORS)
+        try:
+            latch = await read_latch(self.redis, self.keys)
+        except errors as e:
+            logs.event(log, "kill.read_failed", logging.WARNING, error=str(e))
+            return
+        if why == "control message":
+            logs.event(log, "kill.state", state=latch.state.value, reason=latch.reason or None,
+                       by=latch.by or None)
+        if latch.state is not TradingState.HALTED:
+            return
+        ledger = self._ledger()
+        try:
+            open_orders = await ledger.open_orders()
+        except _INFRA_ERRORS as e:
+            logs.event(log, "kill.cancel_failed", logging.WARNING, error=str(e))
+            return
+        canceled = 0
+        for rec in open_orders:
+            if await cancel_order(ledger, self.venue, rec.client_order_id,
+                                  reason=f"kill switch: {latch.reason}", log=log):
+                canceled += 1
+        logs.event(log, "kill.halted", trigger=why, open_orders=len(open_orders),
+                   canceled=canceled, reason=latch.reason or None)
+
+    async def _report(self) -> None:
+        ledger = self._ledger()
+        while True:
+            checkpoint()
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            try:
+                positions = await ledger.positions()
+                budget = await ledger.budget()
+            except _INFRA_ERRORS as e:
+                logs.event(log, "positions.unavailable", logging.WARNING, error=str(e))
+                continue
+            held = ",".join(
+                f"{sym}:{p.qty}@{p.avg_cost}" for sym, p in sorted(positions.items()) if p.qty
+            )
+            logs.event(log, "positions", token=self.token, positions=held or "flat",
+                       budget_used=getattr(budget, "used", None),
+                       budget_limit=getattr(budget, "limit", None))
+
+    # -- registry, health, dashboard ---------------------------------------------------
+
+    def _make_registry(self) -> Registry:
+        info = InstanceInfo.for_this_process(
+            str(self.cfg.account_id),
+            config_digest=self.cfg.digest(),
+            limits_digest=self.cfg.risk.digest(),
+            standby_flag=bool(self.args.standby),
+            health_url=self.health_url,
+            instance_id=self.instance_id,
+        )
+        return Registry(self.redis, self.keys, info, self.cfg.runtime)
+
+    async def _heartbeat(self, registry: Registry) -> None:
+        failing = False
+        while True:
+            checkpoint()
+            try:
+                await registry.heartbeat(self.role, self.token)
+                if failing:
+                    logs.event(log, "redis.recovered", during="heartbeat")
+                failing = False
+            except _INFRA_ERRORS as e:
+                if not failing:
+                    logs.event(log, "runtime.redis_unavailable", logging.WARNING,
+                               during="heartbeat", error=f"{type(e).__name__}: {e}")
+                failing = True
+            await asyncio.sleep(self.cfg.runtime.heartbeat_interval / 1000)
+
+    def health_facts(self) -> dict[str, object]:
+        deadline = self.deadline_epoch_ms() if self.deadline_epoch_ms else None
+        return {
+            "instance_id": self.instance_id,
+            "account": str(self.cfg.account_id),
+            "role": self.role,
+            "token": self.token,
+            "lease_deadline_ms": deadline,
+            "config_digest": self.cfg.digest(),
+            "limits_digest": self.cfg.risk.digest(),
+            "strategies": [s.name for s in self.strategies],
+            "crashed_strategies": sorted(self.crashed),
+            "standby_flag": bool(self.args.standby),
+        }
+
+    async def _start_health(self) -> Callable[[], Awaitable[None]] | None:
+        port = self.args.health_port
+        if port is None:
+            port = self.cfg.runtime.health_port
+        if port is None:
+            return None
+        try:
+            from guardrails.health import start_health_server
+        except ImportError:
+            logs.event(log, "health.unavailable", logging.WARNING, reason="no guardrails.health")
+            return None
+        runner, url = await start_health_server(port, self.health_facts)
+        self.health_url = url
+        logs.event(log, "health.serving", url=url)
+        return runner.cleanup
+
+    async def _start_dashboard(self) -> Callable[[], Awaitable[None]] | None:
+        """``--dashboard``: serve OPS's dashboard (``guardrails.dashboard``) in this process.
+
+        Optional by design: if the module is missing or the port is taken (another copy
+        serves it already), this is logged and the instance runs on without it.
+        """
+        if not self.args.dashboard:
+            return None
+        try:
+            dashboard = importlib.import_module("guardrails.dashboard")
+        except ImportError as e:
+            logs.event(log, "dashboard.unavailable", logging.WARNING, reason=str(e))
+            return None
+        port = self.cfg.runtime.dashboard_port
+        try:
+            app = dashboard.create_app(self.redis, accounts=[self.cfg.account_id], config=self.cfg)
+            runner, url = await dashboard.serve(app, "127.0.0.1", port)
+        except OSError as e:
+            logs.event(log, "dashboard.unavailable", logging.WARNING, port=port,
+                       reason=f"{type(e).__name__}: {e}")
+            return None
+        logs.event(log, "dashboard.serving", url=url)
+        cleanup: Callable[[], Awaitable[None]] = runner.cleanup
+        return cleanup
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+

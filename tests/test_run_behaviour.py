@@ -1,0 +1,133 @@
+"""What an active `guardrails run` does besides holding the lease, shown with real processes:
+it reacts to the kill switch, contains a crashing strategy, and refuses to lead with
+limits that differ from the account's."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from guardrails.keys import AccountId, AccountKeys
+from tests.redis_harness import RedisServer
+from tests.run_harness import RunProc, run_cli, write_config
+from tests.test_run_processes import _record, _spawn
+
+pytestmark = pytest.mark.slow
+KEYS = AccountKeys(AccountId("paper", "t1"))
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[list[RunProc]]:
+    started: list[RunProc] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.cleanup()
+
+
+def test_run_when_kill_switch_halts_account_then_open_orders_canceled_and_new_ones_denied(
+    redis_server: RedisServer, tmp_path: Path, procs: list[RunProc]
+) -> None:
+    # Arrange: five resting orders, then a looper that keeps trying.
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url,
+                       looper={"count": 5, "offset": "-0.02", "interval": "50ms"},
+                       extra_strategies=textwrap.dedent("""
+                           [[strategies]]
+                           name = "late"
+                           module = "strategies.looper:Looper"
+                           params = { symbol = "BTC-USD", offset = "-0.02", interval = "300ms" }
+                       """))
+    a = _spawn(procs, "a", cfg, tmp_path)
+    a.wait_for("strategy.finished", where=lambda e: e["strategy"] == "looper")
+    client = redis_server.client()
+    assert client.scard(KEYS.open_orders) >= 5
+
+    # Act
+    killed = run_cli("kill", "--config", str(cfg), "--account", "paper:t1", "--reason", "drill")
+    halted = a.wait_for("kill.halted", where=lambda e: e["trigger"] == "control message")
+    after = time.time()
+    a.wait_for("order.denied", after=after, where=lambda e: e["reason"] == "halted")
+
+    # Assert: every order that was open is cancelled at the venue and in the ledger.
+    assert killed.returncode == 0, killed.stderr
+    assert int(halted["canceled"]) == int(halted["open_orders"]) >= 5
+    canceled_at_venue = {r["coid"] for r in _record(redis_server.url, "paper-t1")
+                         if r["type"] == "cancel" and r["result"] == "canceled"}
+    assert len(canceled_at_venue) >= 5
+    assert client.scard(KEYS.open_orders) == 0
+    assert [e for e in a.events("order.admitted") if e.ts > after] == []
+
+
+CRASHY = """
+from decimal import Decimal
+from guardrails.model import Intent, Side
+
+
+class Crashy:
+    async def run(self, ctx):
+        mark = await ctx.mark("BTC-USD")
+        price = (mark * Decimal("0.98")).quantize(Decimal("0.01"))
+        await ctx.submit(Intent("BTC-USD", Side.BUY, Decimal("0.001"), price, tag="crashy"))
+        raise RuntimeError("boom")
+"""
+
+
+def test_run_when_strategy_raises_then_logged_its_orders_canceled_and_others_keep_running(
+    redis_server: RedisServer, tmp_path: Path, procs: list[RunProc]
+) -> None:
+    (tmp_path / "crashy.py").write_text(CRASHY)
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url,
+                       looper={"interval": "200ms"},
+                       extra_strategies=textwrap.dedent(f"""
+                           [[strategies]]
+                           name = "crashy"
+                           module = "{tmp_path / 'crashy.py'}:Crashy"
+                       """))
+    a = _spawn(procs, "a", cfg, tmp_path)
+
+    crashed = a.wait_for("strategy.crashed")
+    stopped = a.wait_for("strategy.stopped", where=lambda e: e["strategy"] == "crashy")
+    a.wait_for("order.admitted", after=stopped.ts, where=lambda e: e["strategy"] == "looper")
+
+    assert crashed["strategy"] == "crashy"
+    assert "RuntimeError: boom" in crashed["error"]
+    assert stopped["canceled_open_orders"] == "1"
+    crashy_coids = {e["client_order_id"] for e in a.events("order.admitted", strategy="crashy")}
+    canceled = {r["coid"] for r in _record(redis_server.url, "paper-t1")
+                if r["type"] == "cancel" and r["result"] == "canceled"}
+    assert crashy_coids and crashy_coids <= canceled
+    assert a.running()
+
+
+def test_run_when_limits_differ_from_accounts_then_refuses_to_become_active(
+    redis_server: RedisServer, tmp_path: Path, procs: list[RunProc]
+) -> None:
+    good = write_config(tmp_path / "good.toml", redis_url=redis_server.url)
+    other = write_config(tmp_path / "other.toml", redis_url=redis_server.url,
+                         daily_loss_limit="999")
+    a = _spawn(procs, "a", good, tmp_path)
+    a.wait_for("lease.acquired")
+    b = _spawn(procs, "b", other, tmp_path, standby=True)
+
+    mismatch = b.wait_for("limits.mismatch")
+    a.send(signal.SIGKILL)
+    a.wait_exit()
+    time.sleep(3 * 1.5)
+
+    # Assert: B refused to become active although the lease was free...
+    assert "daily_loss_limit" in mismatch["differences"]
+    assert b.events("lease.acquired") == []
+    assert b.events("order.admitted") == []
+    assert b.running()
+
+    # ...until the operator changes the account's limits deliberately.
+    applied = run_cli("limits", "--config", str(other), "apply", "--yes")
+    assert applied.returncode == 0, applied.stderr
+    b.wait_for("lease.acquired", timeout=30)
+    b.wait_for("order.admitted", timeout=30)
