@@ -550,15 +550,18 @@ def test_venue_rows_when_parsed_then_outcomes_and_ends_classified(tmp_path: Path
         {"type": "fill", "fill_id": "f1", "coid": "c1", "symbol": BTC, "side": "buy",
          "qty": "0.01", "price": "59990.00", "ts_ms": "4"},
         {"type": "cancel", "coid": "c9", "result": "not_found", "arrival_ms": "10"},
+        {"type": "order", "coid": "", "arrival_ms": 11, "result": "rejected",
+         "reason": "bad_request: expected {order, signature}"},
     ]  # fmt: skip
     path = tmp_path / "record.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"type": "ord')
     # Act
-    orders, fills, ends, _ = checker.parse_venue_rows(checker.read_jsonl(path))
+    orders, fills, ends, other = checker.parse_venue_rows(checker.read_jsonl(path))
     # Assert
     assert [o.outcome for o in orders] == ["accepted", "expired", "duplicate"]
     assert [f.fill_id for f in fills] == ["f1"]
     assert {(e.coid, e.state) for e in ends} == {("c2", "expired"), ("c1", "filled")}
+    assert other == {"order_unparsed": 1}
 
 
 def test_checker_when_ledger_cancelled_an_order_the_venue_filled_then_invariant_4() -> None:

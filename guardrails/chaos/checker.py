@@ -188,6 +188,8 @@ class CheckInput:
     journal_entries: int = 0
     checked_at_ms: int | None = None
     """When the sources were read (Unix ms); enables the stranded-reservation check."""
+    venue_other: dict[str, int] = field(default_factory=dict)
+    """Venue record rows that are neither orders, fills nor cancels, by type."""
     journal_added: int | None = None
     """Entries ever appended to the journal (Redis >= 7); more than were read = trimmed."""
 
@@ -264,6 +266,7 @@ def check(data: CheckInput) -> CheckResult:
         "transitions": len(data.transitions),
         "journal_entries": data.journal_entries,
         "ledger_checked": data.ledger is not None,
+        "venue_other_rows": dict(data.venue_other),
     }
     return CheckResult(violations, stats, late)
 
@@ -650,7 +653,11 @@ def parse_venue_rows(
     other: Counter[str] = Counter()
     for seq, row in enumerate(rows):
         kind = str(row.get("type", ""))
-        if kind == "order":
+        if kind == "order" and "symbol" not in row:
+            # A request the venue could not even parse (no order fields): refused at the
+            # door, it created nothing. Counted, not checked.
+            other["order_unparsed"] += 1
+        elif kind == "order":
             result = str(row.get("result", ""))
             reason = str(row.get("reason", "") or "")
             if result == "rejected" and reason == "expired":
@@ -818,7 +825,7 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any) -> 
         info = client.xinfo_stream(keys.journal)
         raw_added = info.get("entries-added")  # Redis >= 7.0 only
         added = int(raw_added) if raw_added is not None else None
-    orders, fills, ends, _ = parse_venue_rows(read_jsonl(record_path))
+    orders, fills, ends, other = parse_venue_rows(read_jsonl(record_path))
     stats = client.hgetall(keys.stats) or {}
     denied = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("denied:")}
     limits = Limits(
@@ -839,5 +846,6 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any) -> 
         admitted_counter=int(stats["admitted"]) if "admitted" in stats else None,
         journal_entries=len(entries),
         journal_added=added,
+        venue_other=other,
         checked_at_ms=checked_at_ms,
     )
