@@ -33,6 +33,9 @@ class FaultKind(StrEnum):
     """Close the instance's Redis connections and refuse new ones, then heal."""
     BLACKHOLE = "blackhole"
     """Accept the instance's Redis traffic but never forward it (timeouts), then heal."""
+    REPLY_LOSS = "reply_loss"
+    """Redis executes what the instance sends, but the replies never arrive (the
+    connection drops after the write): an admission the instance cannot know about."""
     LATENCY = "latency"
     """Delay every byte between the instance and Redis by ``params.ms``."""
     REDIS_RESTART = "redis_restart"
@@ -84,6 +87,7 @@ def _hold_range(kind: FaultKind, ttl_s: float) -> tuple[float, float]:
         FaultKind.SIGSTOP: (ttl_s * 1.4, ttl_s * 2.5),
         FaultKind.PARTITION: (ttl_s * 1.2, ttl_s * 2.5),
         FaultKind.BLACKHOLE: (ttl_s * 1.2, ttl_s * 2.5),
+        FaultKind.REPLY_LOSS: (1.0, 3.0),
         FaultKind.LATENCY: (2.0, 5.0),
         FaultKind.REDIS_RESTART: (0.5, 3.0),
         FaultKind.KILL_SWITCH: (2.0, 5.0),

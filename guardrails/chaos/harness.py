@@ -414,7 +414,7 @@ class Harness:
     async def apply(self, fault: faults.Fault, direct: aioredis.Redis, rec: dict[str, Any]) -> None:
         kind = fault.kind
         K = faults.FaultKind
-        if kind in (K.SIGKILL, K.SIGSTOP, K.PARTITION, K.BLACKHOLE, K.LATENCY):
+        if kind in (K.SIGKILL, K.SIGSTOP, K.PARTITION, K.BLACKHOLE, K.REPLY_LOSS, K.LATENCY):
             inst = await self.resolve(fault.target, direct)
             rec["instance"] = inst.instance_id
             if kind is K.SIGKILL:
@@ -463,6 +463,8 @@ class Harness:
             proxy.partition()
         elif kind is faults.FaultKind.BLACKHOLE:
             proxy.blackhole()
+        elif kind is faults.FaultKind.REPLY_LOSS:
+            proxy.lose_replies()
         else:
             proxy.set_latency(float(fault.params.get("ms", 200)))
         try:
