@@ -553,3 +553,24 @@ def test_classify_submit_when_answer_given_then_only_venue_verdicts_are_certain(
         assert isinstance(result, Unknown)
     else:
         assert result == expected
+
+
+async def test_submit_when_cancel_arrived_first_then_rejected_recorded_and_never_fills(
+    env: Env,
+) -> None:
+    # Arrange: a paused instance's order arrives after the cancel of its id.
+    order = env.order(Side.BUY, await env.mark() + 100)
+    canceled = await env.venue.cancel(order.client_order_id)
+    # Act
+    result = await env.venue.submit(order)
+    status = await env.venue.lookup(order.client_order_id, deadline_ms=order.submit_deadline_ms)
+    # Assert
+    assert isinstance(canceled, Accepted), canceled
+    assert result == Rejected("canceled_before_arrival")
+    assert status.state is VenueOrderState.CANCELED and not status.fills
+    rows = [(r["type"], r["result"], r.get("reason", "")) for r in read_record(env.record)]
+    assert rows == [
+        ("cancel", "canceled", "canceled_before_arrival"),
+        ("order", "rejected", "canceled_before_arrival"),
+    ]
+    assert (await env.venue.fills_since(None)).fills == ()

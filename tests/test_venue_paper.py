@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -306,3 +307,70 @@ async def test_submit_when_redis_down_then_rejected_or_unknown_never_raises(
         assert "venue_unavailable" in result.reason
     finally:
         await client.aclose()
+
+
+async def test_submit_when_cancel_arrived_first_then_rejected_recorded_and_never_fills(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: the cancel of an id the exchange has not seen (the order was sent late by
+    # a paused instance, still inside its deadline) reaches the venue first.
+    venue = paper(redis_client)
+    mark = (await venue.marks([SYMBOL]))[SYMBOL]
+    late = Order("c-tomb", SYMBOL, Side.BUY, Decimal("0.0001"), mark + 100, 8, now_ms() + 60_000)
+    canceled = await venue.cancel(late.client_order_id)
+    canceled_again = await venue.cancel(late.client_order_id)
+    # Act
+    result = await venue.submit(late)
+    status = await venue.lookup(late.client_order_id)
+    record = await read_record(redis_client, "ptest")
+    # Assert: the cancel is a guarantee; the late order is refused and recorded.
+    assert canceled == Accepted("")
+    assert isinstance(canceled_again, Accepted)
+    assert result == Rejected("canceled_before_arrival")
+    assert status.state is VenueOrderState.CANCELED and not status.fills
+    assert status.detail == "canceled_before_arrival"
+    assert [(r["type"], r.get("result"), r.get("reason", "")) for r in record] == [
+        ("cancel", "canceled", "canceled_before_arrival"),
+        ("cancel", "final", ""),
+        ("order", "rejected", "canceled_before_arrival"),
+    ]
+    assert record[2]["token"] == "8"
+    assert (await venue.fills_since(None)).fills == ()
+    assert SYMBOL not in await venue.balances()
+
+
+async def test_cancel_order_when_order_not_arrived_then_reservation_released_and_late_order_refused(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: the real gate admits an order (its exposure reserved); its sender pauses
+    # before the order reaches the exchange.
+    from guardrails.context import cancel_order
+    from guardrails.gate import OrderGate
+    from guardrails.ledger import Ledger
+    from guardrails.model import Admitted, OrderState
+    from tests import gatekit
+
+    keys, cfg = gatekit.account_keys("tomb"), gatekit.risk()
+    await gatekit.seed(redis_client, keys, cfg)
+    venue = PaperVenue(redis_client, venue_config(), AccountId("paper", "tomb"), risk=cfg)
+    ledger = Ledger(redis_client, keys, cfg)
+    intent = gatekit.buy("0.001", "60000")
+    admitted = await OrderGate(redis_client, keys, cfg).admit(
+        intent, intent_id="i-tomb", token=gatekit.TOKEN, holder_id=gatekit.HOLDER
+    )
+    assert isinstance(admitted, Admitted)
+    assert (await ledger.budget()).reserved_worst_loss > 0
+    # Act: the cancel reaches the venue first; then the paused sender's order arrives.
+    confirmed = await cancel_order(ledger, venue, admitted.client_order_id, reason="test",
+                                   log=logging.getLogger("test"))
+    late = await venue.submit(Order(
+        admitted.client_order_id, intent.symbol, intent.side, intent.qty, intent.price,
+        admitted.token, admitted.submit_deadline_ms,
+    ))
+    # Assert: released only because the venue guarantees the order can never execute.
+    record = await ledger.order(admitted.client_order_id)
+    assert confirmed is True
+    assert record is not None and record.state is OrderState.CANCELED
+    assert (await ledger.budget()).reserved_worst_loss == 0
+    assert late == Rejected("canceled_before_arrival")
+    assert (await venue.fills_since(None)).fills == ()

@@ -20,9 +20,12 @@ material in ``VenueHarness.secrets``.
 What is checked (each a test below): a submit is accepted and its lookup says OPEN or
 FILLED; a re-sent client order id never makes a second order; an order past its
 deadline is rejected; a canceled order is CANCELED and can never fill afterwards, even
-when the market later crosses it; an unknown id is NOT_FOUND with ``can_still_arrive``
-following the deadline; ``fills_since`` cursors give every fill exactly once; marks are
-there for the configured symbols; and no secret appears in repr, str or exception text.
+when the market later crosses it; a cancel is never overtaken by its order (an order
+arriving after the cancel of its id is rejected, and a cancel of an unseen id is
+``Accepted`` only when the venue keeps a final CANCELED record of it); an unknown id is
+NOT_FOUND with ``can_still_arrive`` following the deadline; ``fills_since`` cursors give
+every fill exactly once; marks are there for the configured symbols; and no secret
+appears in repr, str or exception text.
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class VenueHarness:
     """How far from the mark (relative) a resting order is placed."""
     cross_distance: Decimal = Decimal("0.02")
     """How far through the mark (relative) a crossing order is placed."""
+    fences_unseen_cancel: bool = True
+    """The venue refuses an order whose cancel arrived first (a tombstone, a voided id).
+    A venue that cannot (False) must never answer such a cancel ``Accepted``: the ledger
+    then keeps the reservation until the order's deadline has passed."""
 
     @property
     def qty(self) -> Decimal:
@@ -221,10 +228,45 @@ class VenueConformance:
         assert live.state is VenueOrderState.NOT_FOUND and live.can_still_arrive
         assert dead.state is VenueOrderState.NOT_FOUND and not dead.can_still_arrive
 
-    async def test_cancel_when_id_unknown_then_not_accepted(self, harness: VenueHarness) -> None:
-        result = await harness.venue.cancel("c" + uuid.uuid4().hex)
+    async def test_cancel_when_id_unknown_then_accepted_only_with_a_final_record(
+        self, harness: VenueHarness
+    ) -> None:
+        # Arrange
+        coid = "c" + uuid.uuid4().hex
+        # Act
+        result = await harness.venue.cancel(coid)
+        status = await harness.venue.lookup(coid, deadline_ms=now_ms() + DEADLINE_MARGIN_MS)
+        # Assert: an Accepted cancel of an unseen id is a promise that it never executes,
+        # so the venue must hold a final record of it (a tombstone) — never NOT_FOUND.
+        if isinstance(result, Accepted):
+            assert harness.fences_unseen_cancel
+            assert status.state is VenueOrderState.CANCELED, status
+        if not harness.fences_unseen_cancel:
+            assert not isinstance(result, Accepted), result
 
-        assert not isinstance(result, Accepted), result
+    async def test_submit_when_canceled_before_arrival_then_rejected_and_never_fills(
+        self, harness: VenueHarness
+    ) -> None:
+        # Arrange: a crossing order (a second life would show at once as a fill), whose
+        # cancel reaches the venue first — a paused sender's late order.
+        order = harness.order(Side.BUY, await harness.crossing_price(Side.BUY))
+        before = await harness.venue.fills_since(None)
+        canceled = await harness.venue.cancel(order.client_order_id)
+        # Act
+        late = await harness.venue.submit(order)
+        again = await harness.venue.submit(order)
+        status = await harness.venue.lookup(order.client_order_id)
+        after = await harness.venue.fills_since(before.cursor)
+        # Assert
+        mine = [f for f in after.fills if f.client_order_id == order.client_order_id]
+        if not harness.fences_unseen_cancel:
+            assert not isinstance(canceled, Accepted), canceled
+            return
+        assert isinstance(late, Rejected), late
+        assert isinstance(again, Rejected), again
+        assert status.state in (VenueOrderState.CANCELED, VenueOrderState.REJECTED), status
+        assert status.filled_qty == 0 and not status.fills
+        assert mine == []
 
     async def test_fills_since_when_polled_with_cursor_then_each_fill_exactly_once(
         self, harness: VenueHarness

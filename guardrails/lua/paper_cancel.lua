@@ -1,4 +1,9 @@
--- paper_cancel: cancel a resting order of the paper exchange; a final order stays final.
+-- paper_cancel: cancel an order of the paper exchange; an id not seen yet is tombstoned.
+--
+-- A cancel can never be overtaken by its order: for a client order id the exchange has
+-- not seen, the cancel writes a tombstone record (state "canceled", reason
+-- "canceled_before_arrival") in the same atomic step, so an order with that id arriving
+-- later is refused by paper_submit.lua. A final order stays final.
 --
 -- KEYS[1] orders_key  HASH   "<account>|<coid>" -> JSON order record
 -- KEYS[2] open_key    SET    "<account>|<coid>" of resting orders
@@ -9,7 +14,8 @@
 -- Returns {code, state, venue_order_id}
 --   1 = canceled now (state "canceled"): it can never fill afterwards
 --   2 = already final: state is filled | canceled | rejected (nothing written but the record)
---   0 = no such order (state "", venue_order_id "")
+--   3 = not seen yet: tombstone written (state "canceled", venue_order_id ""): an order
+--       with this id arriving later is rejected, so it can never execute
 local orders_key = KEYS[1]
 local open_key = KEYS[2]
 local record_key = KEYS[3]
@@ -22,9 +28,17 @@ local field = account .. '|' .. coid
 
 local raw = redis.call('HGET', orders_key, field)
 if not raw then
+  local tomb = {
+    coid = coid, account = account, symbol = '', side = '', qty = '', qty_units = '0',
+    price = '', px_ticks = '0', k = '0', token = '', deadline_ms = '', arrival_ms = now_ms,
+    venue_order_id = '', state = 'canceled', reason = 'canceled_before_arrival',
+    fill_id = '', fill_price = '', fill_ts = '', tombstone = '1',
+  }
+  redis.call('HSET', orders_key, field, cjson.encode(tomb))
   redis.call('XADD', record_key, '*', 'type', 'cancel', 'coid', coid, 'account', account,
-    'arrival_ms', now_ms, 'result', 'not_found')
-  return {0, '', ''}
+    'arrival_ms', now_ms, 'result', 'canceled', 'state', 'canceled',
+    'reason', 'canceled_before_arrival')
+  return {3, 'canceled', ''}
 end
 local rec = cjson.decode(raw)
 if rec.state ~= 'open' then

@@ -21,7 +21,8 @@
 --   1 = accepted now; state "open" (resting) or "filled" (crossed on arrival, filled at the mark)
 --   2 = duplicate client order id: nothing new; the ORIGINAL outcome (state/reason/venue_order_id)
 --   3 = rejected now (reason: expired | overflow | no_mark | <invalid>); recorded, so a re-send
---       of the same id returns this same rejection as a duplicate
+--       of the same id returns this same rejection as a duplicate; or the id was canceled
+--       before it arrived (reason canceled_before_arrival: paper_cancel.lua's tombstone)
 local clock_key = KEYS[1]
 local orders_key = KEYS[2]
 local open_key = KEYS[3]
@@ -53,10 +54,18 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local field = account .. '|' .. coid
 
--- 1. dedupe: a re-send returns the original outcome, never a second order.
+-- 1. dedupe: a re-send returns the original outcome, never a second order; an id whose
+--    cancel arrived first (a tombstone) is refused, so the cancel is never overtaken.
 local existing = redis.call('HGET', orders_key, field)
 if existing then
   local rec = cjson.decode(existing)
+  if rec.tombstone == '1' then
+    redis.call('XADD', record_key, '*', 'type', 'order', 'coid', coid, 'account', account,
+      'symbol', symbol, 'side', side, 'qty', qty, 'price', price, 'token', token,
+      'deadline_ms', ARGV[11], 'arrival_ms', fmt(now_ms), 'result', 'rejected',
+      'reason', 'canceled_before_arrival', 'venue_order_id', '')
+    return {3, '', 'canceled', 'canceled_before_arrival'}
+  end
   redis.call('XADD', record_key, '*', 'type', 'order', 'coid', coid, 'account', account,
     'symbol', symbol, 'side', side, 'qty', qty, 'price', price, 'token', token,
     'deadline_ms', ARGV[11], 'arrival_ms', fmt(now_ms), 'result', 'duplicate',

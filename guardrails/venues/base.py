@@ -97,8 +97,10 @@ class Venue(Protocol):
         venue supports one. Never raises for an order outcome: returns a result."""
 
     async def cancel(self, client_order_id: str) -> SubmitResult:
-        """Request cancellation. ``Accepted`` means the venue confirmed the cancel (or
-        the order was already final); ``Unknown`` means it may still be live."""
+        """Request cancellation. ``Accepted`` means the order can never execute: the
+        venue confirmed the cancel, the order was already final, or — for an id it has
+        not seen — it recorded a tombstone so a later arrival is refused (a cancel is
+        never overtaken by its order); ``Unknown`` means it may still be live."""
 
     async def lookup(
         self, client_order_id: str, *, deadline_ms: int | None = None

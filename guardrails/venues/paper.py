@@ -19,7 +19,12 @@ Every state change is one atomic Lua script (``lua/paper_*.lua``):
   step is newer than the stored one, so instances racing to drive the clock produce one
   price path. The step index comes from Redis server time: step ``n`` starts at
   ``origin_ms + n * step``. Any call on the venue first advances the clock.
-* **cancel** cancels a resting order; a final order stays final.
+* **cancel** cancels a resting order; a final order stays final. A cancel of a client
+  order id the exchange has not seen writes a *tombstone* (state ``canceled``, reason
+  ``canceled_before_arrival``) in the same step, and answers ``Accepted``: the order,
+  should it still arrive (sent late by a paused instance before its deadline), is
+  rejected. A cancel is never overtaken by its order, so the ledger may release the
+  reservation once the cancel is confirmed.
 
 Every order received (accepted, rejected with its reason, or a duplicate), every cancel
 and every fill is appended to the stream ``keys.PaperVenueKeys.record`` with its token
@@ -109,8 +114,9 @@ def cancel_outcome(code: int, state: str, venue_order_id: str, coid: str) -> Sub
     """Map ``paper_cancel.lua``'s reply to a result (the one place its codes are read)."""
     if code in (1, 2):
         return Accepted(venue_order_id)
-    if code == 0:
-        return Rejected(f"not_found: no order {coid}")
+    if code == 3:
+        # Never seen: the tombstone guarantees a later arrival of ``coid`` is refused.
+        return Accepted(venue_order_id)
     raise VenueError(f"paper_cancel returned unknown code {code!r}")
 
 
@@ -161,10 +167,12 @@ async def read_record(
     ``id``. Field sets by ``type`` (documented in docs/venues.md):
 
     * ``order``: coid, account, symbol, side, qty, price, token, deadline_ms, arrival_ms,
-      result (accepted | rejected | duplicate), reason, venue_order_id
+      result (accepted | rejected | duplicate), reason (``canceled_before_arrival`` for an
+      order whose cancel came first), venue_order_id
     * ``fill``: fill_id, coid, account, symbol, side, qty, price, ts_ms, venue_order_id,
       liquidity (taker | maker)
-    * ``cancel``: coid, account, arrival_ms, result (canceled | final | not_found), state
+    * ``cancel``: coid, account, arrival_ms, result (canceled | final), state, and
+      ``reason=canceled_before_arrival`` when the id was not seen yet (a tombstone)
     * ``error``: coid, account, reason, ts_ms
     """
     rows = await redis.xrange(PaperVenueKeys(venue_name).record, min=start, max="+", count=count)

@@ -80,6 +80,10 @@ DEFAULT_MARKET = PaperVenueConfig.model_validate(
 )
 
 
+CANCELED_BEFORE_ARRIVAL = "canceled_before_arrival"
+"""Reason of an order refused because its cancel arrived first (a tombstone)."""
+
+
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -148,6 +152,8 @@ class SimExchange:
         self._step = 0
         self._marks = {s: market.start_ticks(market_cfg, i) for s, i in self._instruments.items()}
         self._orders: dict[tuple[str, str], SimOrder] = {}
+        self._tombstones: dict[tuple[str, str], int] = {}
+        """Client order ids canceled before they arrived (arrival ms of the cancel)."""
         self._open: dict[tuple[str, str], SimOrder] = {}
         self._fills: list[tuple[int, str, Fill]] = []
         self._seq = 0
@@ -260,6 +266,12 @@ class SimExchange:
         if signer != claimed:
             return self._reject(order, claimed, now, "bad_signature", 401, stored=False)
         key = (claimed, order.client_order_id)
+        if key in self._tombstones:
+            # Its cancel came first: the order is refused, so a cancel is never overtaken.
+            self._write(self._order_entry(order, claimed, now, "rejected", CANCELED_BEFORE_ARRIVAL,
+                                          ""))
+            return 422, {"status": "rejected", "reason": CANCELED_BEFORE_ARRIVAL,
+                         "client_order_id": order.client_order_id}
         original = self._orders.get(key)
         if original is not None:
             self._write(self._order_entry(order, claimed, now, "duplicate", original.state,
@@ -338,8 +350,14 @@ class SimExchange:
         entry: dict[str, Any] = {"type": "cancel", "coid": coid, "account": claimed,
                                  "arrival_ms": now}
         if so is None:
-            self._write({**entry, "result": "not_found"})
-            return 404, {"status": "not_found", "client_order_id": coid}
+            if (claimed, coid) in self._tombstones:
+                self._write({**entry, "result": "final", "state": "canceled"})
+                return 200, {"status": "final", **self._tombstone_status(claimed, coid)}
+            # Not seen yet: a tombstone, so the order is refused if it still arrives.
+            self._tombstones[(claimed, coid)] = now
+            self._write({**entry, "result": "canceled", "state": "canceled",
+                         "reason": CANCELED_BEFORE_ARRIVAL})
+            return 200, {"status": "canceled", **self._tombstone_status(claimed, coid)}
         if so.state != "open":
             self._write({**entry, "result": "final", "state": so.state})
             return 200, {"status": "final", **so.status()}
@@ -349,9 +367,18 @@ class SimExchange:
         self._write({**entry, "result": "canceled", "state": "canceled"})
         return 200, {"status": "canceled", **so.status()}
 
+    def _tombstone_status(self, account: str, coid: str) -> dict[str, Any]:
+        return {
+            "client_order_id": coid, "venue_order_id": "", "account": account,
+            "arrival_ms": self._tombstones[(account, coid)], "state": "canceled",
+            "reason": CANCELED_BEFORE_ARRIVAL, "filled_qty": "0", "fills": [],
+        }
+
     def lookup(self, account: str, coid: str) -> tuple[int, dict[str, Any]]:
         self.advance()
         so = self._orders.get((account.lower(), coid))
+        if so is None and (account.lower(), coid) in self._tombstones:
+            return 200, self._tombstone_status(account.lower(), coid)
         if so is None:
             return 404, {"state": "not_found", "client_order_id": coid, "now_ms": self.now_ms()}
         return 200, so.status()
