@@ -858,3 +858,33 @@ def test_checker_when_journal_was_trimmed_then_fails_closed() -> None:
     found = checker.check(data).violations
     # Assert
     assert any(v.invariant == 1 and "trimmed" in v.detail for v in found)
+
+
+def test_checker_when_late_send_fills_after_ledger_released_it_then_invariant_6() -> None:
+    # Arrange: token 1's order arrives after token 2 took over; the new holder had
+    # already EXPIRED it (reservation released), yet the venue accepted and filled it
+    a1 = _adm(0, 1, 1, Side.BUY, ts=0)
+    a2 = _adm(1, 2, 2, Side.SELL, ts=1000)
+    ledger = LedgerView(
+        positions={BTC: Decimal(0)},
+        fills={},
+        orders={
+            "c1": LedgerOrder("c1", "EXPIRED", BTC, Side.BUY, Decimal("0.01"), Decimal(0)),
+            "c2": LedgerOrder("c2", "SUBMITTED", BTC, Side.SELL, Decimal("0.01"), Decimal(0)),
+        },
+        open_orders=frozenset({"c2"}),
+        reserved={f"{BTC}:sell": Decimal("0.01")},
+    )
+    data = CheckInput(
+        admissions=[a1, a2],
+        transitions=[],
+        venue_orders=[_vorder(0, a2), _vorder(1, a1, at=a2.ts_ms + 100)],
+        venue_fills=[_vfill(2, a1)],
+        limits=LIMITS,
+        ledger=ledger,
+    )
+    # Act
+    result = checker.check(data)
+    # Assert
+    assert any(v.invariant == 6 and "after the ledger made it EXPIRED" in v.detail for v in result.violations)
+    assert result.late_sends["escaped"] == 1

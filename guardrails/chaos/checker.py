@@ -249,7 +249,7 @@ def check(data: CheckInput) -> CheckResult:
         )
     violations += check_terminal(data.transitions, data.ledger)
     late, late_violations = check_late_sends(
-        data.admissions, data.venue_orders, data.venue_fills, data.revocations
+        data.admissions, data.venue_orders, data.venue_fills, data.revocations, data.ledger
     )
     violations += late_violations
     outcomes = Counter(v.outcome for v in data.venue_orders)
@@ -542,8 +542,13 @@ def check_late_sends(
     venue_orders: Iterable[VenueOrder],
     fills: Iterable[VenueFill],
     revocations: Iterable[Revocation],
+    ledger: LedgerView | None = None,
 ) -> tuple[dict[str, Any], list[Violation]]:
-    """6. Orders that reached the venue after their sender lost the lease: fenced or bounded."""
+    """6. Orders that reached the venue after their sender lost the lease: fenced or bounded.
+
+    "Within its reservation": filled no more than its quantity, no worse than its limit,
+    and — when the ledger is known — not filled after the ledger released it (an order
+    the ledger cancelled or expired no longer holds a reservation)."""
     adms = sorted(admissions, key=lambda a: a.seq)
     by_coid = {a.coid: a for a in reversed(adms)}  # first admission wins
     # First moment a token above N was used to admit: from then on, N had lost the lease.
@@ -561,6 +566,12 @@ def check_late_sends(
             (adm.side is Side.BUY and f.price > adm.price) or (adm.side is Side.SELL and f.price < adm.price)
         ):
             bad_price[f.coid] = f"filled at {f.price} beyond its limit {adm.price}"
+    released: dict[str, str] = {}
+    if ledger is not None:
+        for coid in filled:
+            rec = ledger.orders.get(coid)
+            if rec is not None and rec.state in TERMINAL - {"FILLED"}:
+                released[coid] = f"filled at the venue after the ledger made it {rec.state}"
     total = fenced = within = 0
     out: list[Violation] = []
     examples: list[dict[str, Any]] = []
@@ -580,12 +591,18 @@ def check_late_sends(
         if v.outcome in ("expired", "rejected"):
             fenced += 1
             how = "venue_fenced"
-        elif v.outcome == "duplicate" or (filled[v.coid] <= adm.qty and v.coid not in bad_price):
+        elif v.outcome == "duplicate" or (
+            filled[v.coid] <= adm.qty and v.coid not in bad_price and v.coid not in released
+        ):
             within += 1
             how = "within_reservation"
         else:
             how = "escaped"
-            extra = bad_price.get(v.coid, f"filled {filled[v.coid]} > reserved {adm.qty}")
+            extra = (
+                bad_price.get(v.coid)
+                or released.get(v.coid)
+                or (f"filled {filled[v.coid]} > reserved {adm.qty}")
+            )
             out.append(
                 Violation(
                     6,
