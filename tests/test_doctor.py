@@ -224,3 +224,31 @@ def test_doctor_when_heartbeat_key_has_wrong_type_then_reports_it_instead_of_fai
     # Assert
     assert rc == 1
     assert "instance:a1" in codes(report)["wrong_key_type"]["message"]
+
+
+def test_manifest_when_example_loaded_then_valid() -> None:
+    # Act
+    from guardrails.doctor import load_manifest
+
+    manifest = load_manifest(ROOT / "config" / "manifest.toml")
+
+    # Assert
+    (entry,) = manifest.accounts
+    assert (entry.account, entry.instances, entry.max_per_host) == ("paper:demo", 2, 1)
+    assert manifest.stale_after_ms == 10_000
+
+
+def test_is_guardrails_run_when_command_lines_vary_then_only_run_matches() -> None:
+    # Arrange
+    from guardrails.doctor import is_guardrails_run, same_target
+
+    # Act / Assert
+    assert is_guardrails_run(["/usr/bin/python3", "-m", "guardrails", "run", "--config", "x"])
+    assert is_guardrails_run(["/opt/gr/.venv/bin/guardrails", "run"])
+    assert is_guardrails_run(["/opt/gr/.venv/bin/python", "/opt/gr/.venv/bin/guardrails", "run"])
+    assert not is_guardrails_run(["/usr/bin/python3", "-m", "guardrails", "doctor"])
+    assert not is_guardrails_run(["vim", "guardrails/run.py"])
+    assert not is_guardrails_run(["python", "-c", "pass", "guardrails", "run"])
+    assert same_target("redis://localhost:7000", "redis://127.0.0.1:7000/0")
+    assert not same_target("redis://127.0.0.1:7000/0", "redis://127.0.0.1:7001/0")
+    assert not same_target(None, "redis://127.0.0.1:7000/0")
