@@ -8,7 +8,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ from guardrails.lease import (
 from guardrails.registry import InstanceInfo, Registry
 from tests.conftest import ROOT, subprocess_env
 from tests.lease_contender import KEYS as CONTENDED
-from tests.redis_harness import RedisServer
+from tests.redis_harness import RedisServer, free_port
 
 KEYS = AccountKeys(AccountId("paper", "lease-test"))
 LOG = logging.getLogger("test.lease")
@@ -298,6 +298,47 @@ async def test_acquire_when_replicas_required_but_absent_then_fails_closed_and_r
     assert (info.value.token, info.value.acked, info.value.required) == (1, 0, 1)
     assert not await redis_client.exists(KEYS.lease), "an unacknowledged token is never used"
     assert lease.token is None
+
+
+@pytest.fixture
+def replica_port(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
+    """A real redis-server replicating ``redis_server``; yields its port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_server.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path),
+         "--replicaof", "127.0.0.1", str(redis_server.port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+async def test_acquire_when_replica_acknowledges_then_token_is_on_the_replica(
+    redis_server: RedisServer, replica_port: int
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    replica_client = aioredis.Redis(port=replica_port, decode_responses=True)
+    try:
+        async def online() -> bool:
+            info = await client.info("replication")
+            return "online" in str(info.get("slave0", ""))
+
+        await wait_for(online, 20, "the replica to sync")
+        lease = Lease(client, KEYS, "a", cfg(), wait_replicas=1, wait_timeout_ms=5000)
+
+        outcome = await lease.try_acquire()
+
+        # Acknowledged (WAIT on the script's own connection): the replica has the token.
+        assert isinstance(outcome, Acquired) and outcome.token == 1
+        assert await replica_client.get(KEYS.fence) == "1"
+        assert await replica_client.get(KEYS.lease) == "1:a"
+    finally:
+        await replica_client.aclose()
+        await client.aclose()
 
 
 # -- the elector ----------------------------------------------------------------------
@@ -568,6 +609,37 @@ async def test_elector_when_redis_paused_then_self_fences_before_ttl_and_recover
         lead.started.clear()
         await wait_event(lead.started, 20, "re-acquire after resume")
         assert lead.leaderships[-1].token > first.token
+    finally:
+        await cancel_all(tasks)
+        await client.aclose()
+
+
+async def test_elector_when_redis_killed_mid_lead_then_lost_and_reacquired_with_larger_token(
+    redis_server_aof: RedisServer,
+    tasks: list[asyncio.Task[None]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="test.lease")
+    client = aioredis.Redis.from_url(
+        redis_server_aof.url, decode_responses=True, socket_timeout=1, socket_connect_timeout=1
+    )
+    lead = Recorder()
+    try:
+        elector = LeaderElector(Lease(client, KEYS, "a", cfg()), log=LOG)
+        tasks.append(asyncio.create_task(elector.run(lead, asyncio.Event())))
+        await wait_event(lead.started, 10, "lead to start")
+
+        redis_server_aof.kill()
+        await wait_event(lead.cancelled, 10, "self-fence while Redis is down")
+        lost_first = lead.lost_when_cancelled[0]
+        lead.started.clear()
+        redis_server_aof.start()  # same port and data directory: the fence survives
+        await wait_event(lead.started, 20, "re-acquire once Redis is back")
+
+        assert lost_first
+        assert lead.leaderships[-1].token > lead.leaderships[0].token
+        assert events(caplog, "lease.renew_failed")
+        assert any("reason=renew_deadline" in m for m in events(caplog, "lease.lost"))
     finally:
         await cancel_all(tasks)
         await client.aclose()
