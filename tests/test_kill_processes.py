@@ -79,6 +79,7 @@ def test_kill_when_run_loops_then_no_admission_after_kill_and_open_orders_cancel
         # Act: kill from a separate process while the loop runs
         done = run_cli("kill", "--account", "paper:k1", "--reason", "process test",
                        "--redis-url", redis_server.url)
+        returned_ms = int(time.time() * 1000)  # same host clock as the Redis server's TIME
         halted = proc.wait_for("kill.halted", 30, where=lambda e: e.get("trigger") ==
                                "control message")
         _wait(lambda: int(c.hget(keys.stats, "denied:halted") or 0) >= 5,
@@ -96,6 +97,7 @@ def test_kill_when_run_loops_then_no_admission_after_kill_and_open_orders_cancel
     admits = [(i, f) for i, f in journal if f.get("ev") == "admit"]
     assert len(kills) == 1
     assert admits and max(i for i, _ in admits) < kills[0]
+    assert max(i for i, _ in admits)[0] <= returned_ms  # admission times vs completion
     admitted = {f["coid"] for _, f in admits}
     # The venue received only orders the gate admitted, all of them before the kill
     orders = [r for r in _venue_orders(redis_server.url, venue, "k1")
