@@ -318,8 +318,11 @@ async def cancel_order(
                    client_order_id=client_order_id, error=f"{type(e).__name__}: {e}",
                    note="left for reconciliation")
         return True
-    logs.event(log, "order.canceled", client_order_id=client_order_id,
-               venue_state=status.state.value, reason=reason)
+    if status.state in (VenueOrderState.CANCELED, VenueOrderState.EXPIRED):
+        logs.event(log, "order.canceled", client_order_id=client_order_id, reason=reason)
+    else:  # the order was already final (e.g. filled) when the cancel arrived
+        logs.event(log, "order.cancel_too_late", client_order_id=client_order_id,
+                   venue_state=status.state.value)
     return True
 
 

@@ -131,3 +131,49 @@ def test_run_when_limits_differ_from_accounts_then_refuses_to_become_active(
     assert applied.returncode == 0, applied.stderr
     b.wait_for("lease.acquired", timeout=30)
     b.wait_for("order.admitted", timeout=30)
+
+
+def test_run_when_example_config_then_story_of_lease_reconcile_orders_and_clean_stop(
+    redis_server: RedisServer, tmp_path: Path, procs: list[RunProc]
+) -> None:
+    # The `make run` config (config/paper.toml), pointed at a throwaway Redis.
+    example = Path(__file__).resolve().parent.parent / "config" / "paper.toml"
+    demo = RunProc("demo", example, tmp_path, extra_args=["--redis-url", redis_server.url])
+    procs.append(demo)
+    demo.start()
+
+    acquired = demo.wait_for("lease.acquired")
+    demo.wait_for("reconcile.done")
+    started = {demo.wait_for("strategy.started", where=lambda e, n=n: e["strategy"] == n)["strategy"]
+               for n in ("meanrev-btc", "quoter-eth")}
+    demo.wait_for("order.admitted", where=lambda e: e["strategy"] == "quoter-eth")
+    demo.wait_for("positions", timeout=30)
+    demo.send(signal.SIGINT)
+
+    assert demo.wait_exit() == 0
+    assert started == {"meanrev-btc", "quoter-eth"}
+    assert demo.wait_for("lease.released").int("token") == acquired.int("token")
+    assert demo.events("strategy.crashed") == []
+
+
+def test_run_when_mean_reversion_sees_deviation_then_it_trades_through_the_gate(
+    redis_server: RedisServer, tmp_path: Path, procs: list[RunProc]
+) -> None:
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url,
+                       extra_strategies=textwrap.dedent("""
+                           [[strategies]]
+                           name = "mr"
+                           module = "strategies.mean_reversion:MeanReversion"
+                           params.symbol = "BTC-USD"
+                           params.window = 3
+                           params.threshold = "0.0001"
+                           params.size = "0.001"
+                           params.interval = "300ms"
+                       """))
+    a = _spawn(procs, "a", cfg, tmp_path)
+
+    signal_event = a.wait_for("strategy.signal", timeout=60)
+    admitted = a.wait_for("order.admitted", timeout=30, where=lambda e: e["strategy"] == "mr")
+
+    assert admitted["side"] == signal_event["side"]
+    assert a.events("strategy.crashed") == []
