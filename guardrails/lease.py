@@ -648,20 +648,26 @@ class LeaderElector:
         """After lead has returned: release the lease unless Redis already refused it.
 
         On a self-fence the lease may still be ours in Redis; releasing it (compare-and-
-        delete, bounded in time) lets a standby in before the TTL runs out."""
+        delete, bounded in time) lets a standby in before the TTL runs out. If it is no
+        longer ours, Redis leaves it alone and we say so."""
         if end is _End.REFUSED:
             return
+        token = self.lease.token
+        reason = end.value if end else "aborted"
         try:
-            token = self.lease.token
-            released = await self._bounded(
-                self.lease.release(), self.lease.cfg.renew_interval / 1000
+            outcome = await self._bounded(
+                self.lease.release_outcome(), self.lease.cfg.renew_interval / 1000
             )
         except INFRA_ERRORS as e:
-            logs.event(self.log, "lease.release_failed", logging.WARNING, token=self.lease.token,
-                       error=_describe(e), note="the lease expires on its own within ttl")
+            logs.event(self.log, "lease.release_failed", logging.WARNING, token=token,
+                       reason=reason, error=_describe(e),
+                       note="the lease expires on its own within ttl")
             return
-        logs.event(self.log, "lease.released", token=token, reason=end.value if end else "aborted",
-                   deleted=released)
+        if outcome is ReleaseOutcome.RELEASED:
+            logs.event(self.log, "lease.released", token=token, reason=reason)
+        else:
+            logs.event(self.log, "lease.not_released", token=token, reason=reason,
+                       found=outcome.value)
 
     # -- pub/sub wake-ups ---------------------------------------------------------------
 

@@ -656,7 +656,9 @@ class FakeClock:
 async def test_elector_when_injected_clock_passes_deadline_then_self_fences(
     redis_client: aioredis.Redis,
     tasks: list[asyncio.Task[None]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="test.lease")
     clock = FakeClock()
     timing = cfg(ttl="60s", renew_deadline="30s", interval="200ms", drift="1s")
     lead = Recorder()
@@ -683,6 +685,11 @@ async def test_elector_when_injected_clock_passes_deadline_then_self_fences(
     await wait_event(lead.cancelled, 10, "self-fence on the injected deadline")
 
     assert lead.lost_when_cancelled == [True]
+    # Redis still had the lease as ours: it is released so others need not wait a ttl.
+    async def released() -> bool:
+        return any("reason=deadline" in m for m in events(caplog, "lease.released"))
+
+    await wait_for(released, 10, "the self-fenced lease to be released")
 
 
 async def test_elector_when_self_fence_disabled_then_leads_past_deadline_until_redis_refuses(
