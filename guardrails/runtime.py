@@ -46,8 +46,8 @@ from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
 from guardrails.lease import LeaderElector, Leadership, Lease
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
-from guardrails.model import Fill, TradingState
-from guardrails.reconcile import reconcile
+from guardrails.model import Fill, OrderState, TradingState
+from guardrails.reconcile import ReconcileReport, reconcile, reconcile_order
 from guardrails.registry import InstanceInfo, Registry, new_instance_id
 from guardrails.strategy_loader import LoadedStrategy, load_strategies
 from guardrails.venues.base import Venue, VenueError
@@ -66,6 +66,10 @@ LIMITS_RECHECK_S = 5.0
 RECONCILE_RETRY_S = 2.0
 PUMP_INTERVAL_S = 0.25
 REPORT_INTERVAL_S = 5.0
+SETTLE_INTERVAL_S = 5.0
+"""How often an active instance looks up its in-doubt orders at the venue."""
+HALT_RECHECK_S = 1.0
+"""After a HALTED sweep, sweep again once this much later (catches in-flight sends)."""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -251,6 +255,7 @@ class Runtime:
                 tg.create_task(self._pump())
                 tg.create_task(self._kill_listener())
                 tg.create_task(self._report())
+                tg.create_task(self._settle_in_doubt())
                 for loaded in self.strategies:
                     if loaded.name in self.crashed:
                         continue
@@ -377,6 +382,36 @@ class Runtime:
                 failing = True
             await asyncio.sleep(PUMP_INTERVAL_S)
 
+    async def _settle_in_doubt(self) -> None:
+        """While active, resolve orders whose outcome is in doubt, without waiting for
+        the next takeover: UNKNOWN ones (an ambiguous submit) and PENDING_SUBMIT ones whose
+        permit deadline has passed (they were admitted but may never have been sent).
+        Each is looked up at the venue by client order id — never re-sent."""
+        ledger = self._ledger()
+        while True:
+            checkpoint()
+            await asyncio.sleep(SETTLE_INTERVAL_S)
+            now_ms = int(time.time() * 1000)
+            try:
+                doubtful = [
+                    o for o in await ledger.open_orders()
+                    if o.state is OrderState.UNKNOWN
+                    or (o.state is OrderState.PENDING_SUBMIT and o.deadline_ms < now_ms - 1000)
+                ]
+                if not doubtful:
+                    continue
+                report = ReconcileReport()
+                for order in doubtful:
+                    await reconcile_order(ledger, self.venue, order, report)
+            except _INFRA_ERRORS as e:
+                logs.event(log, "reconcile.in_doubt_failed", logging.WARNING,
+                           error=f"{type(e).__name__}: {e}", action="retrying")
+                continue
+            logs.event(log, "reconcile.in_doubt", checked=report.checked,
+                       fills_applied=report.fills_applied,
+                       transitions=len(report.transitions), held=len(report.held),
+                       failures=len(report.failures))
+
     async def _apply_fill(self, ledger: Ledger, fill: Fill) -> None:
         """Apply one venue fill (once per fill id); a fill the ledger cannot take is
         logged and skipped so it does not block the ones after it."""
@@ -404,12 +439,20 @@ class Runtime:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.keys.control_channel)
-                await self._cancel_if_halted("subscribed")
+                recheck_at = None
+                if await self._cancel_if_halted("subscribed"):
+                    recheck_at = time.monotonic() + HALT_RECHECK_S
                 while True:
                     checkpoint()
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if msg is not None:
-                        await self._cancel_if_halted("control message")
+                        if await self._cancel_if_halted("control message"):
+                            recheck_at = time.monotonic() + HALT_RECHECK_S
+                    elif recheck_at is not None and time.monotonic() >= recheck_at:
+                        # An order admitted just before the latch may reach the venue
+                        # just after the first sweep: sweep once more.
+                        recheck_at = None
+                        await self._cancel_if_halted("recheck")
             except _INFRA_ERRORS as e:
                 logs.event(log, "kill.listener_error", logging.WARNING,
                            error=f"{type(e).__name__}: {e}", action="resubscribing")
@@ -418,7 +461,13 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def _cancel_if_halted(self, why: str) -> None:
+    async def _cancel_if_halted(self, why: str) -> bool:
+        """If the latch says HALTED, cancel every open order of the account; True then.
+
+        Logs ``kill.halted`` (trigger, open orders, cancels confirmed) after every cancel
+        has been confirmed by the venue and recorded; a recheck with nothing left open
+        stays quiet.
+        """
         from guardrails.killswitch import KillSwitchError, read_latch
 
         errors: tuple[type[BaseException], ...] = (KillSwitchError, *_INFRA_ERRORS)
@@ -426,18 +475,20 @@ class Runtime:
             latch = await read_latch(self.redis, self.keys)
         except errors as e:
             logs.event(log, "kill.read_failed", logging.WARNING, error=str(e))
-            return
+            return False
         if why == "control message":
             logs.event(log, "kill.state", state=latch.state.value, reason=latch.reason or None,
                        by=latch.by or None)
         if latch.state is not TradingState.HALTED:
-            return
+            return False
         ledger = self._ledger()
         try:
             open_orders = await ledger.open_orders()
         except _INFRA_ERRORS as e:
             logs.event(log, "kill.cancel_failed", logging.WARNING, error=str(e))
-            return
+            return True
+        if why == "recheck" and not open_orders:
+            return True
         canceled = 0
         for rec in open_orders:
             if await cancel_order(ledger, self.venue, rec.client_order_id,
@@ -445,6 +496,7 @@ class Runtime:
                 canceled += 1
         logs.event(log, "kill.halted", trigger=why, open_orders=len(open_orders),
                    canceled=canceled, reason=latch.reason or None)
+        return True
 
     async def _report(self) -> None:
         ledger = self._ledger()
@@ -481,8 +533,9 @@ class Runtime:
         failing = False
         while True:
             checkpoint()
+            role = "stopping" if self.stop.is_set() else self.role
             try:
-                await registry.heartbeat(self.role, self.token)
+                await registry.heartbeat(role, self.token)
                 if failing:
                     logs.event(log, "redis.recovered", during="heartbeat")
                 failing = False
@@ -491,7 +544,11 @@ class Runtime:
                     logs.event(log, "runtime.redis_unavailable", logging.WARNING,
                                during="heartbeat", error=f"{type(e).__name__}: {e}")
                 failing = True
-            await asyncio.sleep(self.cfg.runtime.heartbeat_interval / 1000)
+            interval = self.cfg.runtime.heartbeat_interval / 1000
+            if self.stop.is_set():
+                await asyncio.sleep(interval)
+            else:
+                await _wait(self.stop, interval)  # say "stopping" as soon as we are
 
     def health_facts(self) -> dict[str, object]:
         deadline = self.deadline_epoch_ms() if self.deadline_epoch_ms else None

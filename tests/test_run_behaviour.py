@@ -8,6 +8,7 @@ import signal
 import textwrap
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,94 @@ def test_run_when_mean_reversion_sees_deviation_then_it_trades_through_the_gate(
 
     assert admitted["side"] == signal_event["side"]
     assert a.events("strategy.crashed") == []
+
+
+def test_run_when_active_has_order_in_doubt_then_it_is_looked_up_and_settled_without_resend(
+    redis_server: RedisServer, tmp_path: Path, procs: list[RunProc]
+) -> None:
+    # Arrange: an active instance; then one of "its" submits loses the venue's answer
+    # (injected here with the holder's own token, as if its ack had been dropped).
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from guardrails.config import load_config
+    from guardrails.context import Context, MarkBook
+    from guardrails.gate import OrderGate
+    from guardrails.ledger import Ledger
+    from guardrails.model import Admitted, Intent, Order, OrderState, Side
+    from guardrails.venues.base import SubmitResult, Unknown
+    from guardrails.venues.paper import PaperVenue
+
+    cfg_path = write_config(tmp_path / "c.toml", redis_url=redis_server.url,
+                            looper={"count": 1})
+    a = _spawn(procs, "a", cfg_path, tmp_path)
+    token = a.wait_for("lease.acquired").int("token")
+    a.wait_for("strategy.finished")
+    cfg = load_config(cfg_path)
+
+    class LostAck(PaperVenue):
+        async def submit(self, order: Order) -> SubmitResult:
+            await super().submit(order)
+            return Unknown("ack lost (injected)")
+
+    class Holder:
+        def __init__(self) -> None:
+            self.token, self.holder_id = token, "a"
+
+        def valid(self) -> bool:
+            return True
+
+    async def lose_an_ack() -> str:
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            venue = LostAck(client, cfg.venue, cfg.account_id, risk=cfg.risk)  # type: ignore[arg-type]
+            ctx = Context("doubt", gate=OrderGate(client, KEYS, cfg.risk),
+                          ledger=Ledger(client, KEYS, cfg.risk), venue=venue,
+                          leadership=Holder(), risk=cfg.risk, marks=MarkBook())
+            mark = await ctx.mark("BTC-USD")
+            decision = await ctx.submit(
+                Intent("BTC-USD", Side.BUY, Decimal("0.001"), (mark * Decimal("0.98")).quantize(
+                    Decimal("0.01")), intent_id="doubt-1"))
+            assert isinstance(decision, Admitted)
+            record = await ctx._ledger.order(decision.client_order_id)
+            assert record is not None and record.state is OrderState.UNKNOWN
+            return decision.client_order_id
+        finally:
+            await client.aclose()
+
+    coid = asyncio.run(lose_an_ack())
+
+    # Act: the active instance's in-doubt loop looks it up at the venue.
+    settled = a.wait_for("reconcile.in_doubt", timeout=30)
+
+    # Assert: settled from the venue's record (it is resting there), sent exactly once.
+    assert settled["transitions"] == "1"
+    state = redis_server.client().hget(KEYS.order(coid), "state")
+    assert state == "SUBMITTED"
+    sends = [r for r in _record(redis_server.url, "paper-t1")
+             if r["type"] == "order" and r["coid"] == coid]
+    assert len(sends) == 1
+
+
+def test_run_when_health_port_given_then_health_endpoint_and_registry_show_role_and_token(
+    redis_server: RedisServer, tmp_path: Path, procs: list[RunProc]
+) -> None:
+    import json
+    import urllib.request
+
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url)
+    a = _spawn(procs, "a", cfg, tmp_path, extra_args=["--health-port", "0"])
+    url = a.wait_for("health.serving")["url"]
+    token = a.wait_for("lease.acquired").int("token")
+    a.wait_for("order.admitted")
+    time.sleep(1.5)  # at least one heartbeat as active
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        facts = json.loads(resp.read())
+    beat = redis_server.client().hgetall(KEYS.instance("a"))
+
+    assert facts["role"] == "active" and facts["token"] == token
+    assert facts["pid"] == a.pid
+    assert beat["role"] == "active" and beat["token"] == str(token)
+    assert beat["health_url"] == url
