@@ -816,7 +816,8 @@ def test_leaderships_when_four_processes_contend_then_no_two_overlap_by_token_or
     # Redis ran it): that process then waits for its own orphaned lease to expire.
     skipped = sorted(set(range(1, fence + 1)) - set(tokens))
     assert set(tokens) <= set(range(1, fence + 1))
-    assert len(skipped) <= 2, f"tokens never led: {skipped}; stderr: {errors}"
+    timed_out = sum(e.count("event=lease.redis_unavailable") for e in errors)
+    assert len(skipped) <= timed_out, f"tokens never led: {skipped}; stderr: {errors}"
     assert len({r[3] for r in rows}) >= 2, "leadership moved between processes"
     # (r[4] == 0 marks a lead that ended by self-fencing: legitimate under CPU starvation,
     # and its interval must still not overlap the next holder's.)
