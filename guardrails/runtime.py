@@ -248,6 +248,8 @@ class Runtime:
             if not await self._limits_agree():
                 return  # refuse to lead: the elector releases the lease (see _elect)
             await self._reconcile_until_ok()
+            if not await self._venue_takeover(leadership):
+                return  # fenced out meanwhile: end the term (the elector steps down)
             await self._first_marks()
             await self._cancel_if_halted("takeover")
             checkpoint()  # a stop requested meanwhile must not start the strategies
@@ -312,6 +314,28 @@ class Runtime:
                        fills_applied=report.fills_applied,
                        transitions=len(report.transitions), held=len(report.held))
             return
+
+    async def _venue_takeover(self, leadership: Leadership) -> bool:
+        """Venues with a takeover step (the EVM venue's fenced ``sync_nonce``) run it
+        before any strategy. Retried while the venue cannot be asked; False when the
+        venue's fence says this term is over."""
+        sync = getattr(self.venue, "sync_nonce", None)
+        if sync is None:
+            return True
+        while True:
+            checkpoint()
+            try:
+                await sync(leadership.token, leadership.holder_id)
+                return True
+            except _INFRA_ERRORS as e:
+                logs.event(log, "venue.takeover_failed", logging.WARNING,
+                           error=f"{type(e).__name__}: {e}",
+                           action="fail closed: strategies wait; retrying")
+                await asyncio.sleep(RECONCILE_RETRY_S)
+            except Exception as e:  # the venue's fence refused this token (NotHolder)
+                logs.event(log, "venue.takeover_refused", logging.ERROR, token=leadership.token,
+                           error=f"{type(e).__name__}: {e}", action="stepping down")
+                return False
 
     async def _first_marks(self) -> None:
         """Marks in Redis before any strategy runs (the gate's price band needs one)."""
