@@ -117,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--record", default=None, help="append-only JSONL record of orders and fills")
     vp.add_argument("--seed", type=int, default=None)
     vp.add_argument("--admin", action="store_true", help="enable /admin/* test fault hooks")
-    p.set_defaults(func=_lazy("guardrails.venues.simulator:cmd_serve"))
+    vp.add_argument("--daemon-dir", default=None, help=argparse.SUPPRESS)  # url = "embedded"
+    vp = vsub.add_parser("status", help="is the per-user simulator daemon (url = 'embedded') running")
+    vp.add_argument("--json", action="store_true")
+    vsub.add_parser("stop", help="stop the per-user simulator daemon (its record is kept)")
+    p.set_defaults(func=_lazy("guardrails.venues.simdaemon:cmd_venue"))
 
     p = sub.add_parser("redis", help="manage the embedded Redis")
     rsub = p.add_subparsers(dest="redis_command", required=True, metavar="ACTION")

@@ -15,6 +15,7 @@ the key name the *source* (the env var or file), never its value.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -166,6 +167,20 @@ class Signer:
     def ephemeral(cls) -> Signer:
         """A fresh throwaway key (the embedded demo exchange only; never for real funds)."""
         return cls(Account.create())
+
+    @classmethod
+    def demo(cls, account: str) -> Signer:
+        """The well-known demo key of ``account`` at the embedded simulator: derived from
+        the account id, so every instance of the account (active and standbys) signs as
+        the SAME exchange account. Anyone can derive it: never for real funds."""
+        seed = f"guardrails demo key|{account}".encode()
+        for n in range(1000):
+            digest = hashlib.sha256(seed + n.to_bytes(2, "big")).digest()
+            try:
+                return cls(Account.from_key(digest))
+            except (ValueError, KeyError):
+                continue  # not a valid secp256k1 scalar (vanishingly rare): next one
+        raise SigningKeyError("could not derive a demo key")
 
     @property
     def address(self) -> str:

@@ -16,12 +16,20 @@ ARTIFACTS = ROOT / "artifacts"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep every test away from the user's real embedded Redis, lock dir and env."""
+def _isolated_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Keep every test away from the user's real embedded Redis, lock dir and env; stop
+    the simulator daemon a test's `url = "embedded"` venue started in its state dir."""
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("GUARDRAILS_STATE_DIR", str(state))
     monkeypatch.setenv("GUARDRAILS_LOCK_DIR", str(state / "locks"))
     monkeypatch.delenv("GUARDRAILS_REDIS_URL", raising=False)
+    yield
+    if (state / "simulator").exists():
+        from guardrails.venues import simdaemon
+
+        simdaemon.stop(root=state / "simulator")
 
 
 @pytest.fixture

@@ -365,7 +365,7 @@ async def test_keystore_when_password_right_then_signer_is_the_key(
     assert signer.address == address_of(key)
 
 
-async def test_make_venue_when_http_embedded_then_serves_simulator_in_process(
+async def test_make_venue_when_http_embedded_then_reaches_the_per_user_simulator_daemon(
     monkeypatch: pytest.MonkeyPatch, redis_client: Any,
 ) -> None:
     # Arrange
@@ -428,24 +428,34 @@ async def test_venue_serve_when_run_as_command_then_round_trip_and_jsonl_record(
     assert key.removeprefix("0x") not in logs
 
 
-async def test_start_when_embedded_and_no_key_configured_then_throwaway_key_signs(
+async def test_start_when_embedded_and_no_key_configured_then_accounts_demo_key_signs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Arrange: two instances of one account (active and standby), no key configured.
     monkeypatch.delenv(KEY_ENV, raising=False)
     cfg = venue_cfg("embedded", simulator=MARKET.model_dump(mode="json"))
     venue = HttpVenue(cfg, AccountId("http", "demo"), risk=DEFAULT_RISK)
+    standby = HttpVenue(cfg, AccountId("http", "demo"), risk=DEFAULT_RISK)
+    other = HttpVenue(cfg, AccountId("http", "other"), risk=DEFAULT_RISK)
     await venue.start()
+    await standby.start()
+    await other.start()
     try:
         mark = (await venue.marks([SYMBOL]))[SYMBOL]
-        order = Order("c-ephemeral", SYMBOL, Side.BUY, Decimal("0.001"), mark + 1, 1,
+        order = Order("c-demo", SYMBOL, Side.BUY, Decimal("0.001"), mark + 1, 1,
                       now_ms() + 60_000)
-
+        # Act
         result = await venue.submit(order)
-
+        seen_by_standby = await standby.lookup("c-demo")
+        # Assert: one exchange account per guardrails account, the same in every instance.
         assert isinstance(result, Accepted)
         assert venue.address.startswith("0x") and len(venue.address) == 42
+        assert standby.address == venue.address != other.address
+        assert standby.url == venue.url
+        assert seen_by_standby.state is VenueOrderState.FILLED
     finally:
-        await venue.close()
+        for v in (venue, standby, other):
+            await v.close()
 
 
 async def test_start_when_remote_url_and_no_key_then_refused_naming_the_env_var(

@@ -19,13 +19,17 @@ ids are deduplicated per account. The signing key comes from ``HttpVenueConfig.k
 or an encrypted keystore (``eip712.load_signer``) and appears in no log line, repr or
 exception text.
 
-With ``url = "embedded"`` the adapter starts the exchange simulator inside this process
-(for a single-process demo; a real deployment points at a shared venue), signing with a
-throwaway key when no key is configured.
+With ``url = "embedded"`` the adapter reaches the per-user exchange simulator daemon
+(``simdaemon``: started on first use, shared by every instance of the user on the host,
+its state replayed from its record after a restart), so ``make run`` and a standby in
+another terminal trade against one exchange; with no key configured it signs with the
+account's well-known demo key (``eip712.Signer.demo``). ``close`` leaves the daemon
+running (``guardrails venue stop`` stops it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -116,7 +120,6 @@ class HttpVenue:
         self._signer = eip712.Signer(signer) if isinstance(signer, LocalAccount) else signer
         self._risk = risk
         self._session: aiohttp.ClientSession | None = None
-        self._embedded: Any = None
         self._base = venue_cfg.url.rstrip("/")
 
     def __repr__(self) -> str:
@@ -143,10 +146,11 @@ class HttpVenue:
             return
         if self._signer is None and self._base == EMBEDDED and not self._cfg.keystore \
                 and not os.environ.get(self._cfg.key_env):
-            # The in-process demo exchange holds no real funds: with no key configured,
-            # sign with a throwaway key rather than asking the demo user for one.
-            self._signer = eip712.Signer.ephemeral()
-            logs.event(log, "venue.http.ephemeral_key", address=self._signer.address,
+            # The embedded demo exchange holds no real funds: with no key configured, sign
+            # with the account's well-known demo key (the same in every instance of the
+            # account, so a standby that takes over is the same exchange account).
+            self._signer = eip712.Signer.demo(str(self._account_id))
+            logs.event(log, "venue.http.demo_key", address=self._signer.address,
                        reason=f"url=embedded and ${self._cfg.key_env} unset")
         if self._signer is None:
             try:
@@ -168,23 +172,23 @@ class HttpVenue:
         logs.event(log, "venue.http.started", url=self._base, account=self._signer.address)
 
     async def _start_embedded(self) -> None:
-        from guardrails.venues import simulator
+        """Reach the per-user simulator daemon, starting it if needed (``simdaemon``)."""
+        from guardrails.venues import simdaemon, simulator
 
-        market_cfg = self._cfg.simulator or simulator.DEFAULT_MARKET
-        risk = self._risk or simulator.DEFAULT_RISK
-        sim = simulator.Simulator(
-            simulator.SimExchange(market_cfg, risk, chain_id=self._cfg.chain_id)
+        spec = simdaemon.MarketSpec(
+            self._cfg.simulator or simulator.DEFAULT_MARKET,
+            self._risk or simulator.DEFAULT_RISK,
+            self._cfg.chain_id,
         )
-        self._base = await sim.start()
-        self._embedded = sim
+        try:
+            self._base = await asyncio.to_thread(simdaemon.ensure_running, spec)
+        except simdaemon.SimDaemonError as e:
+            raise VenueError(f"http venue: {e}") from None
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._embedded is not None:
-            await self._embedded.stop()
-            self._embedded = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:

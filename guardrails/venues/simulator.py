@@ -17,14 +17,17 @@ the demo exercises the production code path. As an exchange it:
 * appends every order received (accepted, rejected with its reason, duplicate), cancel
   and fill to a JSONL record file, one JSON object per line (docs/venues.md).
 
-State lives in the process's memory: a restarted simulator starts an empty book (its
-record file keeps growing). Test fault hooks (``/admin/*``) exist only with
+State lives in the process's memory. Served plainly (``--record``), a restarted
+simulator starts an empty book (its record file keeps growing). Served as the per-user
+daemon (``simdaemon``: ``url = "embedded"``), the record *is* its state: replayed at
+start, fsynced before each answer. Test fault hooks (``/admin/*``) exist only with
 ``admin=True`` (``--admin``): drop the response of the next submits after applying them,
 answer them with a 5xx after applying (or not), and set a mark.
 
 HTTP API (JSON): ``POST /v1/orders`` {order, signature}; ``POST /v1/cancel`` {cancel,
 signature}; ``GET /v1/orders/{account}/{coid}``; ``GET /v1/fills/{account}?after=N``;
-``GET /v1/marks?symbols=A,B``; ``GET /v1/balances/{account}``; ``GET /v1/time``.
+``GET /v1/marks?symbols=A,B``; ``GET /v1/balances/{account}``; ``GET /v1/time``;
+``GET /v1/info`` (pid, market digest, counts).
 """
 
 from __future__ import annotations
@@ -78,6 +81,14 @@ DEFAULT_RISK = RiskConfig.model_validate(
 DEFAULT_MARKET = PaperVenueConfig.model_validate(
     {"name": "sim", "start_prices": {"BTC-USD": "60000.00", "ETH-USD": "3000.00"}}
 )
+
+
+CHECKPOINT_MS = 2_000
+"""With ``resume``: how often (at most) the marks are written to the record."""
+
+
+class SimStateError(RuntimeError):
+    """The simulator's record cannot be replayed (another market's, or corrupt)."""
 
 
 CANCELED_BEFORE_ARRIVAL = "canceled_before_arrival"
@@ -143,8 +154,15 @@ class SimExchange:
         chain_id: int = 1,
         record_path: Path | None = None,
         clock_ms: Callable[[], int] = _wall_ms,
+        resume: bool = False,
+        market_digest: str = "",
     ) -> None:
+        """``resume=True`` (the per-user daemon) makes the record the exchange's state: it
+        is replayed at start (orders, tombstones, fills, balances, marks), each line is
+        fsynced before the request is answered, and a ``genesis`` line binds the record
+        to ``market_digest`` (a record of another market is refused, ``SimStateError``)."""
         self.chain_id = chain_id
+        self.market_digest = market_digest
         self._cfg = market_cfg
         self._instruments = market.instruments_for(market_cfg, risk)
         self._clock_ms = clock_ms
@@ -160,14 +178,145 @@ class SimExchange:
         self._balances: dict[tuple[str, str], int] = {}
         self._record_seq = 0
         self._record: IO[str] | None = None
+        self._durable = resume
+        self._checkpoint_ms = 0
+        self.replayed = 0
+        if resume:
+            if record_path is None:
+                raise ValueError("resume needs a record_path")
+            self._resume(record_path, market_digest)
         if record_path is not None:
             record_path.parent.mkdir(parents=True, exist_ok=True)
             self._record = record_path.open("a", encoding="utf-8")
+        if resume and self._record_seq == 0:
+            self._write({"type": "genesis", "market_digest": market_digest,
+                         "origin_ms": self._origin_ms, "chain_id": chain_id})
 
     def close(self) -> None:
         if self._record is not None:
+            if self._durable:
+                self._write_checkpoint()
             self._record.close()
             self._record = None
+
+    # -- the record as the exchange's state (resume) ------------------------------------
+
+    def _resume(self, path: Path, market_digest: str) -> None:
+        """Rebuild the exchange from its record. A torn last line (killed mid-write) is cut
+        off the file so that the next line starts clean; any other bad line is refused."""
+        if not path.exists():
+            return
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        good_len = 0
+        rows: list[dict[str, Any]] = []
+        for n, line in enumerate(lines):
+            if not line.strip():
+                good_len += len(line) + (1 if n < len(lines) - 1 else 0)
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if n == len(lines) - 1:
+                    break  # torn tail: never completed, never answered
+                raise SimStateError(f"{path}: line {n + 1} is not JSON") from None
+            if not isinstance(row, dict):
+                raise SimStateError(f"{path}: line {n + 1} is not a JSON object")
+            rows.append(row)
+            good_len += len(line) + 1
+        if good_len < len(raw):
+            with path.open("r+b") as f:
+                f.truncate(good_len)
+        if rows and rows[0].get("type") != "genesis":
+            raise SimStateError(f"{path}: not a simulator daemon record (no genesis line)")
+        for row in rows:
+            self._replay(row, market_digest, path)
+        self.replayed = len(rows)
+        # The market stood still while the exchange was down: marks resume where the last
+        # checkpoint left them, at the current step (no orders fill for the downtime).
+        self._step = max(self._step, (self.now_ms() - self._origin_ms) // self._cfg.step)
+
+    def _replay(self, row: Mapping[str, Any], market_digest: str, path: Path) -> None:
+        kind = row.get("type")
+        self._record_seq = max(self._record_seq, int(row.get("seq", 0)))
+        if kind == "genesis":
+            if row.get("market_digest") != market_digest:
+                raise SimStateError(
+                    f"{path} is the record of another market (digest "
+                    f"{row.get('market_digest')}, wanted {market_digest}); move it away to "
+                    "start a fresh exchange"
+                )
+            self._origin_ms = int(row["origin_ms"])
+        elif kind == "clock":
+            self._step = int(row["step"])
+            for sym, ticks in dict(row["marks"]).items():
+                if sym in self._marks:
+                    self._marks[sym] = int(ticks)
+        elif kind == "order" and row.get("venue_order_id"):
+            self._replay_order(row)
+        elif kind == "fill":
+            self._replay_fill(row)
+        elif kind == "cancel" and row.get("result") == "canceled":
+            key = (str(row["account"]), str(row["coid"]))
+            so = self._orders.get(key)
+            if so is None:
+                self._tombstones[key] = int(row["arrival_ms"])
+            else:
+                so.state, so.reason = "canceled", "canceled"
+                self._open.pop(key, None)
+
+    def _bump_seq(self, ident: str) -> None:
+        _, _, n = ident.rpartition("-")
+        if n.isdigit():
+            self._seq = max(self._seq, int(n))
+
+    def _replay_order(self, row: Mapping[str, Any]) -> None:
+        result = row.get("result")
+        if result not in ("accepted", "rejected"):
+            return  # a duplicate changed nothing
+        account, venue_order_id = str(row["account"]), str(row["venue_order_id"])
+        order = Order(
+            client_order_id=str(row["coid"]), symbol=str(row["symbol"]),
+            side=Side(str(row["side"])), qty=Decimal(str(row["qty"])),
+            price=Decimal(str(row["price"])), token=int(row["token"]),
+            submit_deadline_ms=int(row["deadline_ms"]),
+        )
+        self._bump_seq(venue_order_id)
+        key = (account, order.client_order_id)
+        if result == "rejected":
+            self._orders[key] = SimOrder(account, order, 0, 0, int(row["arrival_ms"]),
+                                         venue_order_id, "rejected", str(row.get("reason", "")))
+            return
+        inst = self._instruments[order.symbol]
+        lots, ticks = inst.lots(order.qty), inst.ticks(order.price)
+        if lots is None or ticks is None:
+            raise SimStateError(f"record: accepted order {order.client_order_id} is off lot/tick")
+        so = SimOrder(account, order, lots, ticks, int(row["arrival_ms"]), venue_order_id)
+        self._orders[key] = so
+        self._open[key] = so
+
+    def _replay_fill(self, row: Mapping[str, Any]) -> None:
+        account = str(row["account"])
+        key = (account, str(row["coid"]))
+        so = self._orders.get(key)
+        if so is None:
+            raise SimStateError(f"record: fill {row.get('fill_id')} of an unknown order {key}")
+        fill = Fill(
+            fill_id=str(row["fill_id"]), client_order_id=str(row["coid"]),
+            symbol=str(row["symbol"]), side=Side(str(row["side"])),
+            qty=Decimal(str(row["qty"])), price=Decimal(str(row["price"])),
+            ts_ms=int(row["ts_ms"]),
+        )
+        self._bump_seq(fill.fill_id)
+        inst = self._instruments[fill.symbol]
+        ticks = inst.ticks(fill.price)
+        if ticks is None:
+            raise SimStateError(f"record: fill {fill.fill_id} price is off tick")
+        self._book_fill(so, fill, ticks)
+
+    def _write_checkpoint(self) -> None:
+        self._checkpoint_ms = self.now_ms()
+        self._write({"type": "clock", "step": self._step, "marks": dict(self._marks)})
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -182,6 +331,9 @@ class SimExchange:
             line = {"seq": self._record_seq, **entry}
             self._record.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._record.flush()
+            if self._durable:
+                # The record is the exchange's state: on disk before anyone is answered.
+                os.fsync(self._record.fileno())
 
     # -- clock and matching -------------------------------------------------------------
 
@@ -197,6 +349,8 @@ class SimExchange:
             )
         self._step = step
         self._match()
+        if self._durable and self.now_ms() - self._checkpoint_ms >= CHECKPOINT_MS:
+            self._write_checkpoint()
 
     def set_mark(self, symbol: str, price: Decimal) -> None:
         """Test hook: put the mark of ``symbol`` at ``price`` now, and match."""
@@ -211,11 +365,10 @@ class SimExchange:
         return mark_ticks <= limit_ticks if side is Side.BUY else mark_ticks >= limit_ticks
 
     def _match(self) -> None:
-        for key, so in list(self._open.items()):
+        for so in list(self._open.values()):
             o = so.order
             if self._crossed(o.side, so.ticks, self._marks[o.symbol]):
                 self._fill(so, so.ticks, "maker")
-                del self._open[key]
 
     def _fill(self, so: SimOrder, ticks: int, liquidity: str) -> None:
         o = so.order
@@ -230,13 +383,7 @@ class SimExchange:
             price=inst.price(ticks),
             ts_ms=now,
         )
-        pos = (so.account, o.symbol)
-        cash = (so.account, "cash")
-        self._balances[pos] = self._balances.get(pos, 0) + o.side.sign * so.lots
-        self._balances[cash] = self._balances.get(cash, 0) - o.side.sign * so.lots * ticks * inst.k
-        so.fills.append(fill)
-        so.state = "filled"
-        self._fills.append((len(self._fills) + 1, so.account, fill))
+        self._book_fill(so, fill, ticks)
         self._write(
             {
                 "type": "fill", **fill_json(fill), "coid": o.client_order_id,
@@ -244,6 +391,18 @@ class SimExchange:
                 "liquidity": liquidity,
             }
         )
+
+    def _book_fill(self, so: SimOrder, fill: Fill, ticks: int) -> None:
+        o = so.order
+        inst = self._instruments[o.symbol]
+        pos = (so.account, o.symbol)
+        cash = (so.account, "cash")
+        self._balances[pos] = self._balances.get(pos, 0) + o.side.sign * so.lots
+        self._balances[cash] = self._balances.get(cash, 0) - o.side.sign * so.lots * ticks * inst.k
+        so.fills.append(fill)
+        so.state = "filled"
+        self._open.pop((so.account, o.client_order_id), None)
+        self._fills.append((len(self._fills) + 1, so.account, fill))
 
     # -- requests -----------------------------------------------------------------------
 
@@ -399,6 +558,15 @@ class SimExchange:
             "step": self._step,
         }
 
+    def info(self) -> dict[str, Any]:
+        """Who is serving, and how much state it holds (health checks, ``venue status``)."""
+        return {
+            "pid": os.getpid(), "chain_id": self.chain_id, "market_digest": self.market_digest,
+            "now_ms": self.now_ms(), "step": self._step, "orders": len(self._orders),
+            "open_orders": len(self._open), "tombstones": len(self._tombstones),
+            "fills": len(self._fills), "replayed": self.replayed,
+        }
+
     def balances(self, account: str) -> dict[str, Any]:
         self.advance()
         account = account.lower()
@@ -479,6 +647,9 @@ def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
     async def now(request: web.Request) -> web.StreamResponse:
         return web.json_response({"now_ms": exchange.now_ms(), "chain_id": exchange.chain_id})
 
+    async def info(request: web.Request) -> web.StreamResponse:
+        return web.json_response(exchange.info())
+
     async def set_faults(request: web.Request) -> web.StreamResponse:
         body = await _body(request)
         for name in ("drop_submit_responses", "fail_submits", "fail_status",
@@ -506,6 +677,7 @@ def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
     app.router.add_get("/v1/marks", marks)
     app.router.add_get("/v1/balances/{account}", balances)
     app.router.add_get("/v1/time", now)
+    app.router.add_get("/v1/info", info)
     if admin:
         app.router.add_post("/admin/faults", set_faults)
         app.router.add_post("/admin/mark", set_mark)

@@ -1,0 +1,228 @@
+"""The per-user simulator daemon (``url = "embedded"``): one exchange for every instance
+of the user on the host, started once, reused, its state replayed after a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from guardrails import eip712
+from guardrails.config import HttpVenueConfig, PaperVenueConfig
+from guardrails.keys import AccountId
+from guardrails.model import Order, Side
+from guardrails.venues import simdaemon
+from guardrails.venues.base import Accepted, Rejected, VenueError, VenueOrderState
+from guardrails.venues.http import HttpVenue
+from guardrails.venues.simulator import DEFAULT_RISK, SimExchange, SimStateError, read_record
+from tests.conftest import subprocess_env
+from tests.venue_conformance import now_ms
+
+SYMBOL = "BTC-USD"
+MARKET = {
+    "name": "sim", "seed": 5, "step": "1h",  # the wall clock never moves the market here
+    "start_prices": {SYMBOL: "60000.00", "ETH-USD": "3000.00"},
+}
+
+
+def venue_cfg(**market_over: object) -> HttpVenueConfig:
+    return HttpVenueConfig.model_validate({
+        "url": "embedded", "key_env": "GUARDRAILS_TEST_UNSET_KEY", "request_timeout": "5s",
+        "simulator": {**MARKET, **market_over},
+    })
+
+
+def state_root() -> Path:
+    return Path(os.environ["GUARDRAILS_STATE_DIR"]) / "simulator"
+
+
+@pytest.fixture
+async def daemon_cleanup() -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        simdaemon.stop()
+
+
+async def started(cfg: HttpVenueConfig | None = None, account: str = "demo") -> HttpVenue:
+    venue = HttpVenue(cfg or venue_cfg(), AccountId("paper", account), risk=DEFAULT_RISK)
+    await venue.start()
+    return venue
+
+
+def order(coid: str, side: Side, price: Decimal) -> Order:
+    return Order(coid, SYMBOL, side, Decimal("0.001"), price, 3, now_ms() + 60_000)
+
+
+_STARTER = """
+import json, sys
+from guardrails.venues import simdaemon, simulator
+from guardrails import eip712
+from guardrails.config import PaperVenueConfig
+spec = simdaemon.MarketSpec(PaperVenueConfig.model_validate(json.loads(sys.argv[1])),
+                            simulator.DEFAULT_RISK, 1)
+url = simdaemon.ensure_running(spec)
+print(json.dumps({"url": url, "pid": simdaemon.status()["pid"]}))
+"""
+
+
+def test_ensure_running_when_two_processes_start_at_once_then_one_daemon_both_reach(
+    daemon_cleanup: None,
+) -> None:
+    # Arrange: two processes, as `make run` and a `--standby` in another terminal.
+    env = subprocess_env()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _STARTER, json.dumps(MARKET)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    try:
+        # Act
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # Assert: both got the same daemon; exactly one was ever started.
+    assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
+    answers = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert answers[0] == answers[1]
+    log = (state_root() / "sim.log").read_text()
+    assert log.count("event=simulator.listening") == 1
+    assert simdaemon.status()["pid"] == answers[0]["pid"]
+
+
+async def test_restart_when_daemon_stopped_then_orders_fills_balances_and_tombstones_replayed(
+    daemon_cleanup: None,
+) -> None:
+    # Arrange: a fill, a resting order and a tombstone at the daemon.
+    venue = await started()
+    try:
+        mark = (await venue.marks([SYMBOL]))[SYMBOL]
+        taker, rest = order("c-taker", Side.BUY, mark + 10), order("c-rest", Side.BUY, mark - 500)
+        late = order("c-late", Side.SELL, mark - 10)
+        assert isinstance(await venue.submit(taker), Accepted)
+        assert isinstance(await venue.submit(rest), Accepted)
+        assert isinstance(await venue.cancel(late.client_order_id), Accepted)
+        before_fills = await venue.fills_since(None)
+        before_balances = await venue.balances()
+        first_pid = simdaemon.status()["pid"]
+    finally:
+        await venue.close()
+    # Act: the daemon stops; the next instance starts it again (a new process).
+    assert simdaemon.stop() is True
+    assert simdaemon.status()["running"] is False
+    venue = await started()
+    try:
+        info = simdaemon.status()
+        taker_now = await venue.lookup("c-taker")
+        rest_now = await venue.lookup("c-rest")
+        resent = await venue.submit(taker)
+        late_result = await venue.submit(late)
+        fills_now = await venue.fills_since(None)
+        after_cursor = await venue.fills_since(before_fills.cursor)
+        balances_now = await venue.balances()
+        canceled = await venue.cancel("c-rest")
+    finally:
+        await venue.close()
+    # Assert
+    assert info["running"] and info["pid"] != first_pid and info["replayed"] >= 5
+    assert taker_now.state is VenueOrderState.FILLED
+    assert [f.fill_id for f in taker_now.fills] == [f.fill_id for f in before_fills.fills]
+    assert rest_now.state is VenueOrderState.OPEN
+    assert isinstance(resent, Accepted)  # a duplicate: the original acknowledgement
+    assert late_result == Rejected("canceled_before_arrival")
+    assert list(fills_now.fills) == list(before_fills.fills)
+    assert fills_now.cursor == before_fills.cursor and list(after_cursor.fills) == []
+    assert balances_now == before_balances
+    assert isinstance(canceled, Accepted)
+    results = [(r["type"], r.get("coid"), r.get("result")) for r in read_record(state_root()
+                                                                              / "record.jsonl")]
+    assert ("order", "c-taker", "duplicate") in results
+    assert results.count(("fill", "c-taker", None)) == 1
+
+
+def test_venue_status_and_stop_when_run_as_commands_then_report_and_stop(
+    daemon_cleanup: None,
+) -> None:
+    # Arrange: a process starts the daemon and exits (the daemon is shared: it stays).
+    env = subprocess_env()
+    starter = subprocess.run([sys.executable, "-c", _STARTER, json.dumps(MARKET)],
+                             capture_output=True, text=True, env=env, timeout=90)
+    assert starter.returncode == 0, starter.stderr
+    cmd = [sys.executable, "-m", "guardrails", "venue"]
+    # Act
+    running = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True,
+                             env=env, timeout=60)
+    stopped = subprocess.run([*cmd, "stop"], capture_output=True, text=True, env=env, timeout=60)
+    after = subprocess.run([*cmd, "status", "--json"], capture_output=True, text=True, env=env,
+                           timeout=60)
+    # Assert
+    info = json.loads(running.stdout)
+    assert running.returncode == 0 and info["running"] is True
+    assert info["state_dir"] == str(state_root()) and info["url"].startswith("http://127.0.0.1:")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert after.returncode == 3 and json.loads(after.stdout)["running"] is False
+    assert not (state_root() / "sim.json").exists()
+
+
+async def test_start_when_running_daemon_simulates_another_market_then_refused(
+    daemon_cleanup: None,
+) -> None:
+    venue = await started()
+    await venue.close()
+
+    with pytest.raises(VenueError, match="another market"):
+        await started(venue_cfg(seed=6))
+
+
+def test_resume_when_record_has_torn_tail_then_cut_and_state_kept(tmp_path: Path) -> None:
+    # Arrange: an exchange with one fill, killed while writing its next line.
+    market = PaperVenueConfig.model_validate(MARKET)
+    record = tmp_path / "record.jsonl"
+    first = SimExchange(market, DEFAULT_RISK, record_path=record, resume=True, market_digest="d1")
+    signer = eip712.Signer.demo("paper:torn")
+    signed = signer.sign_order(order("c-1", Side.BUY, Decimal("60010.00")), first.chain_id)
+    status, _ = first.submit({"order": signed.message, "signature": signed.signature})
+    assert status == 200
+    first.close()
+    good = record.read_bytes()
+    with record.open("ab") as f:
+        f.write(b'{"seq": 99, "type": "ord')
+    # Act
+    again = SimExchange(market, DEFAULT_RISK, record_path=record, resume=True, market_digest="d1")
+    again.close()
+    lookup = again.lookup(signer.address, "c-1")
+    balances = again.balances(signer.address)
+    # Assert: the torn line is gone, the next line starts clean, all lines parse.
+    text = record.read_bytes()
+    assert lookup[1]["state"] == "filled" and len(lookup[1]["fills"]) == 1
+    assert balances == {"balances": {SYMBOL: "0.0010", "cash": "-60.000000"}}
+    assert text.startswith(good) and b'"type": "ord' not in text
+    assert all(json.loads(line) for line in text.splitlines())
+    with pytest.raises(SimStateError, match="another market"):
+        SimExchange(market, DEFAULT_RISK, record_path=record, resume=True, market_digest="d2")
+
+
+def test_daemon_when_started_then_not_under_home_and_outlives_its_starter(
+    daemon_cleanup: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # Arrange: a HOME that must not matter.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    env = subprocess_env()
+    # Act: a process starts the daemon and exits.
+    out = subprocess.run([sys.executable, "-c", _STARTER, json.dumps(MARKET)],
+                         capture_output=True, text=True, env=env, timeout=90)
+    info = simdaemon.status()
+    # Assert
+    assert out.returncode == 0, out.stderr
+    assert info["running"] is True and info["pid"] == json.loads(out.stdout)["pid"]
+    assert Path(info["state_dir"]).is_relative_to(Path(os.environ["GUARDRAILS_STATE_DIR"]))
+    assert not (tmp_path / "home").exists()
