@@ -134,7 +134,14 @@ class Finding:
     account: str | None
     message: str
     action: str
-    severity: str = "error"  # error | warning
+    severity: str = "error"
+    """``error`` / ``warning``: drift in this deployment (exit 1). ``info``: seen, but not
+    attributable to the checked Redis (e.g. a process whose config cannot be read) —
+    listed for the operator, does not change the exit code."""
+
+    @property
+    def problem(self) -> bool:
+        return self.severity != "info"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -381,7 +388,7 @@ async def census(
                   f"pid {p.pid} on {host} runs `guardrails run` but its config is unreadable: "
                   f"{p.error}",
                   f"inspect it (`ps -o args= -p {p.pid}`); stop it if it should not run",
-                  "warning")
+                  "info")
 
     accounts: set[str] = {str(a) for a in await known_accounts(redis)}
     accounts |= {p.account for p in ours if p.account}
@@ -584,11 +591,15 @@ async def _check_account(
 # -- CLI ------------------------------------------------------------------------------
 
 
+def exit_code(c: Census) -> int:
+    return EXIT_PROBLEMS if any(f.problem for f in c.findings) else EXIT_HEALTHY
+
+
 def report_json(c: Census, redis_target: str, manifest_path: str | None) -> dict[str, Any]:
     return {
         "schema_version": DOCTOR_SCHEMA_VERSION,
-        "healthy": not c.findings,
-        "exit_code": EXIT_PROBLEMS if c.findings else EXIT_HEALTHY,
+        "healthy": exit_code(c) == EXIT_HEALTHY,
+        "exit_code": exit_code(c),
         "host": socket.gethostname(),
         "redis": redisconn.describe(redis_target),
         "manifest": manifest_path,
@@ -637,8 +648,9 @@ async def _doctor(args: argparse.Namespace) -> int:
         for f in result.findings:
             print(f"{f.severity.upper()} [{f.code}] {f.account or ''}: {f.message}\n"
                   f"    what to do: {f.action}")
-        print("healthy" if not result.findings else f"{len(result.findings)} problem(s)")
-    return EXIT_PROBLEMS if result.findings else EXIT_HEALTHY
+        problems = sum(f.problem for f in result.findings)
+        print(f"{problems} problem(s)" if problems else "healthy")
+    return exit_code(result)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -139,3 +139,30 @@ def test_doctor_when_two_run_processes_have_different_limits_then_exit_1_limits_
     assert "d2-a@" in msg and "d2-b@" in msg
     assert "deploy one config" in found["limits_mismatch"]["action"]
     assert "duplicate_on_host" not in found  # the second copy carries --standby
+
+
+def test_doctor_when_run_process_config_unreadable_then_listed_as_info_and_exit_0(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: a `guardrails run` whose config is gone, frozen before it can exit
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guardrails", "run", "--config", str(tmp_path / "gone.toml")],
+        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        manifest = tmp_path / "manifest.toml"
+        manifest.write_text("")
+
+        # Act
+        rc, report = doctor(redis_server.url, manifest)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(timeout=10)
+
+    # Assert: it cannot be tied to this Redis, so it is shown but is not drift here
+    mine = [f for f in report["findings"] if f"pid {proc.pid} " in f["message"]]
+    assert [(f["code"], f["severity"]) for f in mine] == [("unidentified_process", "info")]
+    assert "config file not found" in mine[0]["message"]
+    assert rc == 0 and report["healthy"] is True
