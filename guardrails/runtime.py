@@ -107,15 +107,21 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
     client = await redisconn.connect(cfg.redis.model_copy(update={"url": url}))
     try:
         runtime = Runtime(cfg, client, strategies, args=args, stop=stop, target=target)
-        await runtime.run()
+        return await runtime.run()
     finally:
         await client.aclose()
         if guard is not None:
             guard.release()
-    return 0
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        # A second Ctrl-C while stopping: leave now. The lease is not released; it
+        # expires within its TTL (nothing more is admitted under it meanwhile: the
+        # process is gone).
+        logs.event(log, "runtime.forced_exit", logging.WARNING, signal=sig.name)
+        logging.shutdown()
+        os._exit(130)
     logs.event(log, "runtime.signal", signal=sig.name, action="stopping")
     stop.set()
 
@@ -154,18 +160,29 @@ class Runtime:
 
     # -- the process ------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Until stopped: 0 after a clean stop, 2 if the venue could not be started."""
         logs.event(
             log, "runtime.started", instance=self.instance_id, account=self.cfg.account_id,
             redis=self.target, standby_flag=int(bool(self.args.standby)), pid=os.getpid(),
             strategies=",".join(s.name for s in self.strategies) or "-",
             config_digest=self.cfg.digest(), limits_digest=self.cfg.risk.digest(),
         )
-        await self.venue.start()
+        try:
+            await self.venue.start()
+        except Exception as e:  # e.g. an EVM chain id mismatch, an unreachable venue
+            logs.event(log, "venue.unavailable", logging.ERROR, venue=self.venue.name,
+                       error=f"{type(e).__name__}: {e}", action="not starting")
+            print(f"guardrails run: venue {self.venue.name}: {e}", file=sys.stderr)
+            return 2
         health_runner = await self._start_health()
         dashboard = await self._start_dashboard()
         registry = self._make_registry()
-        lease = Lease(self.redis, self.keys, self.instance_id, self.cfg.lease)
+        lease = Lease(
+            self.redis, self.keys, self.instance_id, self.cfg.lease,
+            wait_replicas=self.cfg.redis.wait_replicas,
+            wait_timeout_ms=self.cfg.redis.wait_timeout,
+        )
         elector = LeaderElector(lease, log=logging.getLogger("guardrails.lease"))
         try:
             async with asyncio.TaskGroup() as tg:
@@ -183,6 +200,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await self.venue.close()
             logs.event(log, "runtime.stopped", instance=self.instance_id)
+        return 0
 
     async def _elect(self, elector: LeaderElector) -> None:
         """Stand by / lead until told to stop.
