@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 _INFRA_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError, LedgerError)
 """Failures to record a fact: logged, and left for reconciliation (never retried blindly)."""
+SENT_MEMORY = 10_000
+"""How many sent client order ids a context remembers (to cancel them if its strategy crashes)."""
 
 
 def checkpoint() -> None:
@@ -123,7 +126,7 @@ class Context:
         self._marks = marks
         self._allocate_nonce = allocate_nonce
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
-        self._sent: list[str] = []
+        self._sent: deque[str] = deque(maxlen=SENT_MEMORY)
         self._rlog = logging.getLogger("guardrails.orders")
 
     # -- reading the account's combined state ------------------------------------
@@ -172,7 +175,8 @@ class Context:
         return [r for r in records if symbol is None or r.symbol == symbol]
 
     def sent_client_order_ids(self) -> list[str]:
-        """Client order ids this context sent to the venue in this term, oldest first."""
+        """Client order ids this context sent to the venue in this term (the latest
+        ``SENT_MEMORY``), oldest first."""
         return list(self._sent)
 
     async def sleep(self, seconds: float) -> None:
