@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from guardrails.config import PaperVenueConfig, RiskConfig, load_config
+from guardrails.config import HttpVenueConfig, PaperVenueConfig, RiskConfig, load_config
 from guardrails.keys import AccountId, PaperVenueKeys
 from guardrails.model import Order, Side
 from guardrails.venues import make_venue, market
@@ -276,7 +276,10 @@ async def test_keys_when_venue_used_then_only_venue_namespace_written(
 async def test_make_venue_when_paper_config_then_paper_venue_on_its_instruments(
     redis_client: aioredis.Redis,
 ) -> None:
-    cfg = load_config(ROOT / "config" / "paper.toml")
+    # The demo config's market, as a paper venue (the demo itself runs it over HTTP).
+    demo = load_config(ROOT / "config" / "paper.toml")
+    assert isinstance(demo.venue, HttpVenueConfig) and demo.venue.simulator is not None
+    cfg = demo.model_copy(update={"venue": demo.venue.simulator})
 
     venue = make_venue(cfg, redis_client)
     marks = await venue.marks(list(cfg.risk.instruments))
