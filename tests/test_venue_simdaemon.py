@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from guardrails.venues.base import Accepted, Rejected, VenueError, VenueOrderSta
 from guardrails.venues.http import HttpVenue
 from guardrails.venues.simulator import DEFAULT_RISK, SimExchange, SimStateError, read_record
 from tests.conftest import subprocess_env
+from tests.redis_harness import RedisServer
+from tests.run_harness import RunProc
 from tests.venue_conformance import now_ms
 
 SYMBOL = "BTC-USD"
@@ -226,3 +229,50 @@ def test_daemon_when_started_then_not_under_home_and_outlives_its_starter(
     assert info["running"] is True and info["pid"] == json.loads(out.stdout)["pid"]
     assert Path(info["state_dir"]).is_relative_to(Path(os.environ["GUARDRAILS_STATE_DIR"]))
     assert not (tmp_path / "home").exists()
+
+
+@pytest.fixture
+def runs() -> Iterator[list[RunProc]]:
+    started: list[RunProc] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.cleanup()
+
+
+def test_run_when_demo_config_fails_over_then_standby_trades_on_the_same_exchange(
+    redis_server: RedisServer, tmp_path: Path, runs: list[RunProc], daemon_cleanup: None,
+) -> None:
+    # Arrange: `make run`'s config in one "terminal", a --standby in another.
+    example = Path(__file__).resolve().parent.parent / "config" / "paper.toml"
+    extra = ["--redis-url", redis_server.url]
+    a = RunProc("a", example, tmp_path, extra_args=extra)
+    runs.append(a)
+    a.start()
+    a_lease = a.wait_for("lease.acquired", timeout=60)
+    a.wait_for("order.submitted", timeout=60)
+    b = RunProc("b", example, tmp_path, standby=True, extra_args=extra)
+    runs.append(b)
+    b.start()
+    b.wait_for("venue.http.started", timeout=60)
+    # Act: the active one is stopped; the standby takes over.
+    a.send(signal.SIGTERM)
+    assert a.wait_exit(timeout=60) == 0
+    b_lease = b.wait_for("lease.acquired", timeout=60)
+    b.wait_for("order.submitted", timeout=60, after=b_lease.ts)
+    b.send(signal.SIGTERM)
+    assert b.wait_exit(timeout=60) == 0
+    # Assert: one exchange, one exchange account, both terms' orders in its record.
+    a_venue, b_venue = a.wait_for("venue.http.started"), b.wait_for("venue.http.started")
+    assert (a_venue["url"], a_venue["account"]) == (b_venue["url"], b_venue["account"])
+    assert b_lease.int("token") > a_lease.int("token")
+    record = read_record(state_root() / "record.jsonl")
+    accepted = {r["coid"]: r for r in record if r["type"] == "order" and r["result"] == "accepted"}
+    for proc in (a, b):
+        sent = [e["client_order_id"] for e in proc.events("order.submitted")]
+        assert sent and all(c in accepted for c in sent), proc.name
+        assert {accepted[c]["account"] for c in sent} == {a_venue["account"]}
+    tokens = {int(r["token"]) for r in accepted.values()}
+    assert {a_lease.int("token"), b_lease.int("token")} <= tokens
+    assert (state_root() / "sim.log").read_text().count("event=simulator.listening") == 1
