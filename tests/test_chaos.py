@@ -846,7 +846,7 @@ def test_chaos_run_when_bounded_then_zero_violations(artifacts_dir: Path, tmp_pa
     assert doc["instances"] == 3
     assert doc["orders"]["admitted"] > 20
     assert doc["orders"]["venue_fills"] > 0
-    assert doc["run"]["settled"]["admitted_after"] >= 5
+    assert doc["run"]["settled"]["decisions_after"] >= 5
 
 
 def test_checker_when_journal_was_trimmed_then_fails_closed() -> None:

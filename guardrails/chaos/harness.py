@@ -496,7 +496,13 @@ class Harness:
     # -- settle, quiesce, stop ---------------------------------------------------------
 
     async def settle(self, direct: aioredis.Redis) -> dict[str, Any]:
-        """Undo every fault, then wait for an active instance that reconciled and trades."""
+        """Undo every fault, then wait until a live leader decides orders again.
+
+        "Decides" = the gate admits, or denies for a reason it checks only *after* the
+        fence (a limit, the budget...): either proves an instance holds a live lease and
+        its strategies run, which they do only after reconciliation. (Admissions alone
+        would not do: a long run can spend its daily loss budget, and then every order
+        is rightly denied.)"""
         for inst in self.instances:
             inst.proxy.heal()
             inst.signal(signal.SIGCONT)
@@ -506,25 +512,24 @@ class Harness:
         await self.resume()
         self.say("faults over; settling")
         start = time.monotonic()
-        base = await _admitted(direct, self.keys)
-        facts: dict[str, Any] = {"admitted_before": base}
+        base = await _decisions(direct, self.keys)
+        facts: dict[str, Any] = {"decisions_before": base}
         while time.monotonic() - start < SETTLE_TIMEOUT_S:
             await asyncio.sleep(1.0)
             await self.keep_alive()
-            now = await _admitted(direct, self.keys)
+            now = await _decisions(direct, self.keys)
             if base is None:
                 base = now
                 continue
-            # Trading resumed: the active instance reconciled (strategies start only after).
             if now is not None and now >= base + 5:
-                facts["admitted_after"] = now - base
+                facts["decisions_after"] = now - base
                 facts["settle_s"] = round(time.monotonic() - start, 1)
-                self.say(f"settled: {now - base} admissions after the faults")
+                self.say(f"settled: {now - base} gate decisions after the faults")
                 return facts
-        facts["admitted_after"] = 0
+        facts["decisions_after"] = 0
         facts["settle_s"] = None
-        self.problems.append(f"no new admissions within {SETTLE_TIMEOUT_S}s after the faults")
-        self.say("did not settle: no new admissions")
+        self.problems.append(f"no leader deciding orders within {SETTLE_TIMEOUT_S}s after the faults")
+        self.say("did not settle")
         return facts
 
     async def quiesce(self, direct: aioredis.Redis) -> None:
@@ -605,6 +610,30 @@ async def _admitted(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
         with contextlib.suppress(Exception):
             v = await direct.hget(keys.stats, "admitted")
             return int(v or 0)
+        await asyncio.sleep(0.2)
+    return None
+
+
+POST_FENCE_REASONS = frozenset(
+    {
+        "bad_order", "unknown_symbol", "off_tick", "off_lot", "max_notional", "price_band",
+        "throttled", "position_limit", "gross_exposure", "daily_loss",
+    }
+)  # fmt: skip
+"""Denials the gate decides only after the fence check passed (docs/gate.md order)."""
+
+
+async def _decisions(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
+    """Admissions plus post-fence denials so far: decisions only a live leader gets."""
+    for _ in range(3):
+        with contextlib.suppress(Exception):
+            stats = await direct.hgetall(keys.stats)
+            total = int(stats.get("admitted", 0))
+            for field_name, value in stats.items():
+                reason = str(field_name).removeprefix("denied:")
+                if reason in POST_FENCE_REASONS and str(field_name).startswith("denied:"):
+                    total += int(value)
+            return total
         await asyncio.sleep(0.2)
     return None
 
