@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -276,3 +277,25 @@ def test_run_when_demo_config_fails_over_then_standby_trades_on_the_same_exchang
     tokens = {int(r["token"]) for r in accepted.values()}
     assert {a_lease.int("token"), b_lease.int("token")} <= tokens
     assert (state_root() / "sim.log").read_text().count("event=simulator.listening") == 1
+
+
+def test_serve_daemon_when_another_daemon_owns_the_record_then_second_refuses(
+    daemon_cleanup: None,
+) -> None:
+    # Arrange: a running daemon (as if it hung, a second start is attempted by hand).
+    env = subprocess_env()
+    starter = subprocess.run([sys.executable, "-c", _STARTER, json.dumps(MARKET)],
+                             capture_output=True, text=True, env=env, timeout=90)
+    assert starter.returncode == 0, starter.stderr
+    first = json.loads(starter.stdout)
+    # Act
+    subprocess.run([sys.executable, "-m", "guardrails", "venue", "serve", "--daemon-dir",
+                    str(state_root())], env=env, timeout=60, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    error = state_root() / "sim.error"
+    deadline = time.monotonic() + 60
+    while not error.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Assert: one writer of the record; the first daemon serves on.
+    assert "another simulator daemon" in error.read_text()
+    assert simdaemon.status()["pid"] == first["pid"]

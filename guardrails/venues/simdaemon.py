@@ -15,7 +15,8 @@ directory (``embedded.state_dir()/simulator``, never under ``$HOME``):
 * ``record.jsonl`` — its append-only record, which *is* its state: replayed at start
   (orders, tombstones, fills, balances, last marks) and fsynced before every answer,
   so a restarted daemon agrees with the ledger in the persistent embedded Redis;
-* ``sim.log`` — its log.
+* ``sim.log`` — its log;
+* ``daemon.lock`` — ``flock``-ed by the daemon for its life: the record's only writer.
 
 Health check: ``GET /v1/info`` must answer with the pid of ``sim.json``. A second
 client whose market differs from the running daemon's is refused (``SimDaemonError``)
@@ -128,6 +129,10 @@ class DaemonPaths:
     @property
     def errorfile(self) -> Path:
         return self.root / "sim.error"
+
+    @property
+    def ownerlock(self) -> Path:
+        return self.root / "daemon.lock"
 
 
 def paths(root: Path | None = None) -> DaemonPaths:
@@ -286,6 +291,16 @@ def serve_daemon(root: Path) -> int:
     if os.fork() != 0:
         os._exit(0)  # the first child returns at once; the grandchild is the daemon
     os.setsid()
+    # One writer per record: held for the daemon's life, so a second daemon (say, started
+    # while this one hung and failed its health check) refuses instead of appending too.
+    owner = p.ownerlock.open("a")
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        msg = f"another simulator daemon holds {p.ownerlock} (its record's only writer)"
+        logs.event(log, "simulator.refused", logging.ERROR, error=msg)
+        _write_atomic(p.errorfile, msg + "\n")
+        return 1
 
     async def run() -> int:
         try:
@@ -316,7 +331,10 @@ def serve_daemon(root: Path) -> int:
             logs.event(log, "simulator.stopped", url=url)
         return 0
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    finally:
+        owner.close()
 
 
 # -- CLI -----------------------------------------------------------------------------------
