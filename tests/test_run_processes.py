@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from guardrails.keys import AccountId, AccountKeys
 from guardrails.venues.paper import read_record
 from tests.redis_harness import RedisServer
 from tests.run_harness import Event, RunProc, run_cli, write_config
 
 pytestmark = pytest.mark.slow
+KEYS = AccountKeys(AccountId("paper", "t1"))
 
 TTL_S = 1.5
 RENEW_INTERVAL_S = 0.25
@@ -97,7 +99,11 @@ def test_run_when_second_copy_is_standby_and_active_killed_then_one_active_and_t
     assert seen["holder"] == "a"
     assert b.events("lease.acquired") == []
     assert b.events("order.admitted") == []
-    assert redis_server.client().get("gr:{paper:t1}:lease") == f"{acquired_a['token']}:a"
+    client = redis_server.client()
+    assert client.get(KEYS.lease) == f"{acquired_a['token']}:a"
+    assert client.hget(KEYS.instance("a"), "role") == "active"
+    assert client.hget(KEYS.instance("b"), "role") == "standby"
+    assert client.hget(KEYS.instance("b"), "standby_flag") == "1"
 
     # Act: SIGKILL the active.
     killed_at = time.time()
