@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import signal
 import time
 
@@ -43,7 +44,7 @@ from bench.core import (
     summary_ms,
     verdict,
 )
-from bench.procs import Instance, private_env, workspace
+from bench.procs import Instance, LogLine, private_env, workspace
 from bench.watch import Watcher, keyspace_channel
 from guardrails.keys import AccountKeys
 
@@ -60,12 +61,16 @@ def _token(value: str | None) -> int:
     return int(value.split(":", 1)[0])
 
 
-async def _await_acquired(inst: Instance, token: int, within: float = 15.0) -> None:
-    line = await inst.wait_line(
+async def _await_acquired(inst: Instance, token: int, within: float = 15.0) -> LogLine:
+    return await inst.wait_line(
         lambda ln: ln.event == "lease.acquired" and ln.fields.get("token") == str(token),
         within=within,
     )
-    assert line is not None
+
+
+def _lines_between(inst: Instance, start_wall: float, end_wall: float) -> list[str]:
+    return [ln.text for ln in inst.lines
+            if ln.logged_wall is not None and start_wall - 0.05 <= ln.logged_wall <= end_wall + 0.05]
 
 
 async def _ready_standby(client: aioredis.Redis, keys: AccountKeys, inst: Instance,
@@ -98,6 +103,10 @@ async def run(*, quick: bool) -> list[Row]:
     handover_ms: list[float] = []
     term_ms: list[float] = []
     bad_exits: list[int] = []
+    slow: list[dict[str, object]] = []
+    """Graceful trials slower than the p50 target: both processes' log lines in between."""
+    log_gap_ms: list[float] = []
+    """Graceful: standby's lease.acquired minus releaser's lease.released (their own logs)."""
     with redis_server() as server:
         async with workspace(NAME) as (tmp, instances):
             client = aioredis.Redis.from_url(server.url, decode_responses=True)
@@ -144,8 +153,22 @@ async def run(*, quick: bool) -> list[Row]:
                     new_token = _token(await client.get(keys.lease))
                     if new_token <= old_token:
                         raise RuntimeError(f"token did not grow: {old_token} -> {new_token}")
-                    await _await_acquired(standby, new_token)
+                    acquired = await _await_acquired(standby, new_token)
                     rc = await active.wait_exit(15)
+                    if kind == "graceful":
+                        rel = next((ln for ln in reversed(active.lines)
+                                    if ln.event == "lease.released"), None)
+                        if rel and rel.logged_wall and acquired.logged_wall:
+                            log_gap_ms.append((acquired.logged_wall - rel.logged_wall) * 1000)
+                        if handover_ms[-1] > 20 and acquired.logged_wall:
+                            t_end = acquired.logged_wall
+                            t_start = t_end - handover_ms[-1] / 1000
+                            slow.append({
+                                "trial": n + 1, "handover_ms": round(handover_ms[-1], 2),
+                                "loadavg_1m": os.getloadavg()[0],
+                                "releaser": _lines_between(active, t_start, t_end),
+                                "standby": _lines_between(standby, t_start, t_end),
+                            })
                     if kind == "graceful" and rc != 0:
                         bad_exits.append(rc)
                     progress(NAME, f"trial {n + 1}/{len(kinds)} {kind}: {figure}")
@@ -181,8 +204,13 @@ async def run(*, quick: bool) -> list[Row]:
             status=verdict(p50(handover_ms) <= 20 and p99(handover_ms) <= 100),
             baseline=f"SIGTERM -> SET: {fmt_pair(p50(term_ms), p99(term_ms))}",
             note=note_common + "; both events seen by one keyspace-notification subscriber"
+            + (f"; cross-check from the processes' own logs (lease.released -> lease.acquired, "
+               f"ms resolution): {fmt_pair(p50(log_gap_ms), p99(log_gap_ms))}" if log_gap_ms else "")
+            + (f"; {len(slow)} trial(s) over 20 ms, their log lines are in the JSON" if slow else "")
             + (f"; NONZERO EXITS after SIGTERM: {bad_exits}" if bad_exits else ""),
             data={"handover": summary_ms(handover_ms), "sigterm_to_set": summary_ms(term_ms),
-                  "samples_ms": [round(x, 2) for x in handover_ms], "bad_exits": bad_exits},
+                  "samples_ms": [round(x, 2) for x in handover_ms], "bad_exits": bad_exits,
+                  "log_gap": summary_ms(log_gap_ms) if log_gap_ms else None,
+                  "slow_trials": slow},
         ),
     ]
