@@ -10,6 +10,8 @@ because this box is shared.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import signal
 import time
@@ -285,6 +287,28 @@ def test_run_when_embedded_redis_restarted_then_tokens_only_grow(
         token_2 = second.wait_for("lease.acquired").int("token")
 
         assert token_2 > token_1
+    finally:
+        for p in procs:
+            p.cleanup()
+        run_cli("redis", "stop")
+
+
+def test_run_when_embedded_redis_crashes_and_is_started_again_then_token_grows(
+    tmp_path: Path, procs: list[RunProc]
+) -> None:
+    cfg = write_config(tmp_path / "c.toml", redis_url="embedded")
+    try:
+        a = _spawn(procs, "a", cfg, tmp_path)
+        token_1 = a.wait_for("lease.acquired").int("token")
+        status = json.loads(run_cli("redis", "status", "--json").stdout)
+
+        os.kill(int(status["pid"]), signal.SIGKILL)  # a crash: no graceful AOF rewrite
+        a.wait_for("lease.lost", timeout=30)
+        assert run_cli("redis", "start").returncode == 0
+
+        acquired = a.wait_for("lease.acquired", timeout=30, where=lambda e: e["token"] != str(token_1))
+        assert acquired.int("token") > token_1
+        a.wait_for("order.admitted", after=acquired.ts)
     finally:
         for p in procs:
             p.cleanup()
