@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -86,7 +86,7 @@ def load_strategy(
         raise fail(f"params {sorted(spec.params)} refused by {class_name}(): {e}") from None
     except (ValueError, ArithmeticError) as e:
         raise fail(f"bad params for {class_name}: {e}") from None
-    return LoadedStrategy(name=spec.name, strategy=instance, spec=spec)
+    return LoadedStrategy(name=spec.name, strategy=cast("Strategy", instance), spec=spec)
 
 
 def _import_module(name: str, fail: _Fail) -> object:
