@@ -55,9 +55,9 @@ GRACEFUL_TARGET = "p50 ≤ 20 ms, p99 ≤ 100 ms"
 START_TIMEOUT = 60.0
 
 
-def _token(value: str | None) -> int:
-    if not value:
-        raise RuntimeError("lease is empty right after an acquisition")
+def _token(value: object) -> int:
+    if not isinstance(value, str) or not value:
+        raise RuntimeError(f"lease is {value!r} right after an acquisition")
     return int(value.split(":", 1)[0])
 
 

@@ -202,6 +202,7 @@ async def decide(client: aioredis.Redis, gate: Any, it: Intent, *, pipelined: bo
                 await pipe.watch(*_watched(keys, coid, day))
                 if pipelined:
                     conn = pipe.connection
+                    assert conn is not None  # pinned by WATCH
                     await conn.send_packed_command(conn.pack_commands(reads))
                     replies = [await conn.read_response() for _ in reads]
                 else:

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
 from bench import gatesetup
-from bench.account import account, intent
+from bench.account import HOLDER, account, intent
 from bench.core import redis_server
 from guardrails.gate import decimal_arg, lua_source
 from guardrails.model import client_order_id_for
@@ -90,7 +90,7 @@ async def inside_redis(n: int) -> None:
                 coid = client_order_id_for(iid)
                 day = gate._day.today()
                 keys = [*gate._head, gate._keys.day(day), gate._keys.order(coid), *gate._tail]
-                args = [1, gatesetup.TOKEN, gatesetup.HOLDER, iid, coid, it.symbol, it.side.value,
+                args = [1, gatesetup.TOKEN, HOLDER, iid, coid, it.symbol, it.side.value,
                         decimal_arg(it.qty, "qty"), decimal_arg(it.price, "price"), 0, day]
                 ticks = await script(keys=keys, args=args)
                 for j in range(0, len(ticks) - 2, 2):
@@ -112,8 +112,8 @@ def in_client() -> None:
     conn = Connection()
     it = intent(1)
     keys = [f"gr:{{paper:bench}}:key{i}" for i in range(16)]
-    args = [1, 1, "bench-holder", "bench-1", "c" * 32, "BTC-USD", "buy", "0.0100", "60000.00", 0,
-            "2026-11-22"]
+    args: list[str | int] = [1, 1, "bench-holder", "bench-1", "c" * 32, "BTC-USD", "buy",
+                             "0.0100", "60000.00", 0, "2026-11-22"]
     from guardrails.tradingday import TradingDay
 
     day = TradingDay("UTC", None)
