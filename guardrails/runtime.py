@@ -8,9 +8,10 @@ waits for the lease; on becoming active it first checks that the account's store
 limits equal its own (a mismatch refuses to lead and names each difference), then
 reconciles every non-terminal order with the venue (until that succeeds nothing
 trades), and only then starts, in one task group, the fills/marks pump, the
-kill-switch listener, a periodic position report and every strategy, each with its
-own ``Context``. When the lease is lost or the process is told to stop, the task
-group is cancelled; the lease is released only after the strategies have stopped.
+kill-switch listener, a settler of in-doubt orders, a periodic position report and
+every strategy, each with its own ``Context``. When the lease is lost or the process
+is told to stop, the task group is cancelled; the lease is released only after the
+strategies have stopped.
 
 Strategy failure policy: a strategy that raises is logged with its name and stops
 for the life of the process (no crash loop); the orders it sent in this term that
@@ -50,6 +51,7 @@ from guardrails.model import Fill, OrderState, TradingState
 from guardrails.reconcile import ReconcileReport, reconcile, reconcile_order
 from guardrails.registry import InstanceInfo, Registry, new_instance_id
 from guardrails.strategy_loader import LoadedStrategy, load_strategies
+from guardrails.venues import make_venue
 from guardrails.venues.base import Venue, VenueError
 
 log = logging.getLogger("guardrails.runtime")
@@ -139,8 +141,6 @@ class Runtime:
         stop: asyncio.Event,
         target: str,
     ) -> None:
-        from guardrails.venues import make_venue
-
         self.cfg = cfg
         self.redis = redis
         self.keys = AccountKeys(cfg.account_id)
@@ -149,7 +149,7 @@ class Runtime:
         self.stop = stop
         self.target = target
         self.instance_id: str = args.instance_id or new_instance_id()
-        self.venue: Venue = make_venue(cfg, redis)
+        self._venue: Venue | None = None
         self.marks = MarkBook()
         self.role = "standby"
         self.token: int | None = None
@@ -157,6 +157,12 @@ class Runtime:
         self.crashed: set[str] = set()
         self.health_url = ""
         self._mismatch_logged: tuple[str, float] = ("", 0.0)
+
+    @property
+    def venue(self) -> Venue:
+        """The account's venue (built and started at the top of ``run``)."""
+        assert self._venue is not None, "venue used before Runtime.run started it"
+        return self._venue
 
     # -- the process ------------------------------------------------------------
 
@@ -168,12 +174,14 @@ class Runtime:
             strategies=",".join(s.name for s in self.strategies) or "-",
             config_digest=self.cfg.digest(), limits_digest=self.cfg.risk.digest(),
         )
+        kind = self.cfg.venue.kind
         try:
-            await self.venue.start()
-        except Exception as e:  # e.g. an EVM chain id mismatch, an unreachable venue
-            logs.event(log, "venue.unavailable", logging.ERROR, venue=self.venue.name,
+            self._venue = make_venue(self.cfg, self.redis)
+            await self._venue.start()
+        except Exception as e:  # a missing key, an EVM chain id mismatch, an unreachable venue
+            logs.event(log, "venue.unavailable", logging.ERROR, venue=kind,
                        error=f"{type(e).__name__}: {e}", action="not starting")
-            print(f"guardrails run: venue {self.venue.name}: {e}", file=sys.stderr)
+            print(f"guardrails run: venue ({kind}): {type(e).__name__}: {e}", file=sys.stderr)
             return 2
         health_runner = await self._start_health()
         dashboard = await self._start_dashboard()

@@ -62,3 +62,15 @@ def test_run_when_strategy_cannot_load_then_exit_2_naming_entry(
     result = run_cli("run", "--config", str(path))
     assert result.returncode == 2
     assert f"{path}: strategies[0] (name='looper'): {expected}" in result.stderr
+
+
+def test_run_when_venue_cannot_start_then_exit_2_naming_venue_and_reason(tmp_path: Path) -> None:
+    path = _config(tmp_path)
+    text = path.read_text()
+    start, end = text.index("[venue]"), text.index("[[strategies]]")
+    path.write_text(text[:start] + '[venue]\nkind = "http"\nurl = "http://127.0.0.1:1"\n\n'
+                    + text[end:])
+    result = run_cli("run", "--config", str(path), env={"GUARDRAILS_HTTP_KEY": ""})
+    assert result.returncode == 2
+    assert "guardrails run: venue (http):" in result.stderr
+    assert "GUARDRAILS_HTTP_KEY" in result.stderr
