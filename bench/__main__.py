@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import signal
 import sys
 import time
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     # stops its guardrails processes and its redis-server.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.time()
+    machine_info = machine()
     rows: list[Row] = []
     for name in [n for n in names if n in chosen]:
         progress(name, "starting" + (" (quick)" if args.quick else ""))
@@ -91,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         progress(name, f"done in {time.monotonic() - t0:.1f}s")
         rows += got
 
-    table = _table(rows)
+    machine_info["loadavg_1m_end"] = os.getloadavg()[0]
+    table = _table(rows) + (
+        f"\n\nmachine: {machine_info['cpus']} CPUs, load average "
+        f"{machine_info['loadavg_1m_start']:.1f} -> {machine_info['loadavg_1m_end']:.1f} during the "
+        f"run, redis-py {machine_info['redis_py']} ({machine_info['parser']} parser); absolute "
+        "times move with the load, the ratios are measured in the same run"
+    )
     print()
     print(table)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.time() - started, 1),
         "quick": args.quick,
         "only": chosen if args.only else None,
-        "machine": machine(),
+        "machine": machine_info,
         "rows": [r.as_json() for r in rows],
         "table": table,
     }

@@ -129,7 +129,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "redis_py": redis.__version__,
         "cpus": os.cpu_count(),
-        "loadavg_1m": os.getloadavg()[0],
+        "loadavg_1m_start": os.getloadavg()[0],
         "platform": platform.platform(),
         "mem_total_mb": psutil.virtual_memory().total // 2**20,
     }
