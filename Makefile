@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## make run — the example strategies on the paper venue with an embedded Redis, until Ctrl-C.
+## make run — the example strategies on the exchange simulator over HTTP (one per-user daemon,
+## shared with a `guardrails run --standby` in another terminal) with an embedded Redis, until Ctrl-C.
 run: $(STAMP)
 	$(BIN)/guardrails run --config $(CONFIG) --dashboard
 
