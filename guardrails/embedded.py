@@ -96,7 +96,7 @@ def _ping(p: EmbeddedPaths) -> bool:
     if not p.socket.exists():
         return False
     try:
-        client = redis.Redis(unix_socket_path=str(p.socket), socket_timeout=0.5)
+        client = redis.Redis(unix_socket_path=str(p.socket), socket_timeout=2)
         try:
             return bool(client.ping())
         finally:
@@ -105,11 +105,32 @@ def _ping(p: EmbeddedPaths) -> bool:
         return False
 
 
+def _server_pid(p: EmbeddedPaths) -> int | None:
+    """The pid in the pidfile if that process is alive and is a redis-server, else None."""
+    try:
+        pid = int(p.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, owned by someone else: certainly not ours to replace
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # no /proc (macOS): trust the live pid
+    return pid if b"redis-server" in cmdline else None
+
+
 def ensure_running(timeout: float = 10.0) -> str:
     """Start the embedded server unless it already runs; return its URL.
 
     Safe to call from several processes at once: a file lock serialises the check and
-    the start, so exactly one server is started.
+    the start, so exactly one server is started. A server that is alive but slow to
+    answer (paused, swapping, fsyncing) is waited for, never replaced: two servers on
+    one socket and one AOF directory would be two lease domains.
     """
     p = paths()
     p.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -117,6 +138,18 @@ def ensure_running(timeout: float = 10.0) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _ping(p):
             return p.url
+        pid = _server_pid(p)
+        if pid is not None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _server_pid(p) == pid:
+                if _ping(p):
+                    return p.url
+                time.sleep(0.1)
+            if _server_pid(p) == pid:
+                raise EmbeddedRedisError(
+                    f"embedded redis (pid {pid}) is running but did not answer on {p.socket} "
+                    f"within {timeout:.0f}s; not starting a second server (log: {p.logfile})"
+                )
         binary = find_redis_server()
         p.socket.unlink(missing_ok=True)
         cmd = [
