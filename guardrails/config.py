@@ -26,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -358,6 +359,12 @@ class Config(_Model):
     venue: VenueConfig = Field(default_factory=PaperVenueConfig)
     strategies: list[StrategyConfig] = Field(default_factory=list)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    _source: str = PrivateAttr(default="<config>")
+
+    @property
+    def source(self) -> str:
+        """The file this config was loaded from (for messages), or ``<config>``."""
+        return self._source
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
@@ -369,6 +376,21 @@ class Config(_Model):
             missing = sorted(set(self.risk.instruments) - set(self.venue.start_prices))
             if missing:
                 raise ValueError(f"venue.start_prices lacks a price for: {', '.join(missing)}")
+        if isinstance(self.venue, EvmVenueConfig):
+            # One wallet on one chain is one account: its label is fixed by the chain, so
+            # the same wallet cannot be two leases under two labels (guardrails.identity).
+            label = f"evm-{self.venue.chain_id}"
+            if self.account.venue != label:
+                raise ValueError(
+                    f"account.venue must be {label!r} for an EVM wallet on chain "
+                    f"{self.venue.chain_id} (got {self.account.venue!r}): the account is the "
+                    "wallet on its chain, so its label is derived from venue.chain_id"
+                )
+            if not re.fullmatch(r"0x[0-9a-fA-F]{40}", self.account.id):
+                raise ValueError(
+                    f"account.id must be the wallet's 0x address for an EVM venue "
+                    f"(got {self.account.id!r})"
+                )
         return self
 
     @property
@@ -409,9 +431,11 @@ def format_validation_error(source: str, err: ValidationError) -> str:
 
 def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(source, e)) from None
+    cfg._source = source
+    return cfg
 
 
 def load_config(path: str | os.PathLike[str], redis_url: str | None = None) -> Config:

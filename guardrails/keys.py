@@ -28,6 +28,20 @@ VENUE_PREFIX = "venue"
 ACCOUNTS_INDEX = f"{PREFIX}:accounts"
 """SET of every account id string (``venue:account``) that ever ran; for ``--all``."""
 
+
+
+def signer_claim(chain_id: int, address: str) -> str:
+    """STRING, no expiry: the account id (``venue:account``) that owns signer ``address``
+    on chain / EIP-712 domain ``chain_id`` in this Redis (``gr:signer:<chain_id>:<0x…>``).
+
+    Deliberately outside every account's hash tag: it is the one key two account labels
+    sharing a signing key both reach. Set with ``SET NX`` by ``identity.claim_signer``;
+    an instance of another account finding it refuses to run. Never expires; an operator
+    moves a key to another account by deleting it (docs/keys.md).
+    """
+    return f"{PREFIX}:signer:{int(chain_id)}:{address.lower()}"
+
+
 _VENUE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 

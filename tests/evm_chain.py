@@ -276,7 +276,7 @@ async def world(redis_client: aioredis.Redis) -> AsyncIterator[World]:
     wallet = Account.create()
     chain.fund(wallet.address, 10 * 10**18)
     token = chain.deploy_token(wallet.address, START_TKN, DECIMALS)
-    account = AccountId("evm", wallet.address)
+    account = AccountId(f"evm-{chain.chain_id}", wallet.address)  # the label config requires
     yield World(chain, wallet, token, chain.tester.get_accounts()[1], redis_client, account,
                 AccountKeys(account), risk_cfg())
 

@@ -144,7 +144,7 @@ async def test_private_key_when_venue_runs_then_absent_from_logs_reprs_errors_an
     results.append(await venue.fills_since(None))
     results.append(await venue.balances())
     # ... and one order through the gate and ledger, so status has an account to show.
-    cfg = parse_config({"account": {"venue": "evm", "id": world.wallet.address},
+    cfg = parse_config({"account": {"venue": world.account.venue, "id": world.wallet.address},
                         "risk": world.risk.model_dump(mode="json"),
                         "venue": world.venue_cfg().model_dump(mode="json")})
     assert await limits.check_or_init(redis_client, world.keys, world.risk, "A") is None
@@ -158,7 +158,7 @@ async def test_private_key_when_venue_runs_then_absent_from_logs_reprs_errors_an
     doc = await status_document(redis_client, [world.account], config=cfg)
     wrong_chain = EvmVenue(world.venue_cfg(chain_id=1), world.account, None, redis=redis_client,
                            risk=world.risk, provider=ChainProvider(world.chain))
-    other = AccountId("evm", Account.create().address)
+    other = AccountId(world.account.venue, Account.create().address)
     wrong_wallet = EvmVenue(world.venue_cfg(), other, None, redis=redis_client,
                             risk=world.risk, provider=ChainProvider(world.chain))
     for bad in (wrong_chain.start(), wrong_wallet.start()):

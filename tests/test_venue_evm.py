@@ -409,7 +409,7 @@ async def test_make_venue_when_evm_config_then_builds_evm_venue_with_key_from_en
 
     monkeypatch.setenv("GUARDRAILS_EVM_KEY", "0x" + bytes(world.wallet.key).hex())
     cfg = parse_config({
-        "account": {"venue": "evm", "id": world.wallet.address},
+        "account": {"venue": world.account.venue, "id": world.wallet.address},
         "risk": world.risk.model_dump(mode="json"),
         "venue": world.venue_cfg().model_dump(mode="json"),
     })

@@ -31,7 +31,7 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
     if isinstance(venue_cfg, HttpVenueConfig):
         from guardrails.venues.http import HttpVenue
 
-        return HttpVenue(venue_cfg, cfg.account_id, signer, risk=cfg.risk)
+        return HttpVenue(venue_cfg, cfg.account_id, signer, risk=cfg.risk, source=cfg.source)
     if isinstance(venue_cfg, EvmVenueConfig):
         # Imported by name so this package imports (and type-checks) without the EVM
         # adapter. Constructor contract: EvmVenue(venue_cfg, account, signer, *, redis, risk).
@@ -40,7 +40,7 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
         except ImportError as e:
             raise NotImplementedError(f"the EVM venue is not available: {e}") from e
         evm_venue: Venue = evm.EvmVenue(
-            venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk
+            venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk, source=cfg.source
         )
         return evm_venue
     raise TypeError(f"unsupported venue config {type(venue_cfg).__name__}")

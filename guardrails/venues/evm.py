@@ -77,7 +77,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.providers.async_base import AsyncBaseProvider
 
-from guardrails import logs
+from guardrails import identity, logs
 from guardrails.config import EvmOrderTemplate, EvmVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys, venue_key
 from guardrails.keystore import KeyLoadError, Signer, load_signer
@@ -163,8 +163,10 @@ class EvmVenue:
         provider: AsyncBaseProvider | None = None,
         rpc_timeout_s: float = 10.0,
         clock_ms: Any = None,
+        source: str = "",
     ) -> None:
         self.name = "evm"
+        self._source = source  # the config file, named when the key is not the wallet's
         self._cfg = venue_cfg
         self._account = account
         self._keys = AccountKeys(account)
@@ -225,11 +227,9 @@ class EvmVenue:
         """Check the chain and the templates; refuse (``VenueError``) on any mismatch."""
         if self._started:
             return
-        if self._signer.address.lower() != self._account.account.lower():
-            raise VenueError(
-                f"the signing key's address {self._signer.address} is not the account's "
-                f"wallet {self._account.account}"
-            )
+        identity.check_signer_is_account(
+            self._account, self._signer.address, source=self._source, venue="evm"
+        )
         try:
             chain_id = await self._w3.eth.chain_id
         except Exception as e:

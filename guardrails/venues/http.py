@@ -41,7 +41,7 @@ from urllib.parse import quote
 import aiohttp
 from eth_account.signers.local import LocalAccount
 
-from guardrails import eip712, logs
+from guardrails import eip712, identity, logs
 from guardrails.config import HttpVenueConfig, RiskConfig
 from guardrails.keys import AccountId
 from guardrails.model import Fill, Order, Side
@@ -113,8 +113,11 @@ class HttpVenue:
         signer: eip712.Signer | LocalAccount | None = None,
         *,
         risk: RiskConfig | None = None,
+        source: str = "",
     ) -> None:
         self.name = "http"
+        self._source = source  # the config file, named when the key is not the account's
+        self._demo = False
         self._cfg = venue_cfg
         self._account_id = account
         self._signer = eip712.Signer(signer) if isinstance(signer, LocalAccount) else signer
@@ -150,6 +153,7 @@ class HttpVenue:
             # with the account's well-known demo key (the same in every instance of the
             # account, so a standby that takes over is the same exchange account).
             self._signer = eip712.Signer.demo(str(self._account_id))
+            self._demo = True
             logs.event(log, "venue.http.demo_key", address=self._signer.address,
                        reason=f"url=embedded and ${self._cfg.key_env} unset")
         if self._signer is None:
@@ -159,11 +163,11 @@ class HttpVenue:
                 )
             except eip712.SigningKeyError as e:
                 raise VenueError(f"http venue: {e}") from None
-        venue_account = self._account_id.account
-        if venue_account.startswith("0x") and venue_account.lower() != self._signer.address:
-            raise VenueError(
-                f"http venue: account {venue_account} is not the signing key's address "
-                f"{self._signer.address}"
+        if not self._demo:
+            # The account is the signer's address (guardrails.identity); the demo key is
+            # derived from the account id, so it is one address per account already.
+            identity.check_signer_is_account(
+                self._account_id, self._signer.address, source=self._source, venue="http"
             )
         if self._base == EMBEDDED:
             await self._start_embedded()
