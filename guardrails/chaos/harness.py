@@ -41,12 +41,11 @@ from guardrails.chaos.proxy import ChaosProxy
 from guardrails.chaos.redisproc import RedisProcess, free_port
 from guardrails.chaos.venue import VenueProcess
 from guardrails.config import Config, load_config
-from guardrails.keys import AccountKeys
+from guardrails.keys import AccountId, AccountKeys
 
 log = logging.getLogger("guardrails.chaos")
 
 ACCOUNT_VENUE = "sim"
-ACCOUNT_ID = "chaos"
 TTL_S = 3.0
 SETTLE_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 20.0
@@ -54,7 +53,8 @@ BOOT_TIMEOUT_S = 90.0
 RECONCILE_WAIT_S = 5.0
 """After a takeover: time for the new active instance to reconcile and pump fills."""
 HTTP_KEY = "0x" + "4c" * 32
-"""A throwaway signing key for the simulator's account (test-only, not a secret)."""
+"""A throwaway signing key for the simulator's account (test-only, not a secret). A
+signing venue's account is its signer's address, so the account id derives from it."""
 
 CONFIG_TEMPLATE = """\
 # Written by the chaos harness (guardrails/chaos/harness.py) for one run.
@@ -227,7 +227,7 @@ class Harness:
         self.instances: list[Instance] = []
         self.injected: list[dict[str, Any]] = []
         self.cfg: Config | None = None
-        self.keys = AccountKeys(checker_account())
+        self.keys = AccountKeys(chaos_account())
         self.venue: VenueProcess | None = None
         self.t0 = 0.0
         self.t_faults = 0.0
@@ -253,7 +253,7 @@ class Harness:
     def write_config(self) -> Config:
         text = CONFIG_TEMPLATE.format(
             account_venue=ACCOUNT_VENUE,
-            account_id=ACCOUNT_ID,
+            account_id=chaos_account().account,
             redis_url=self.redis.url,
             venue_url=f"http://127.0.0.1:{self.venue_port}",
             seed=self.opts.seed % 1_000_000,
@@ -638,7 +638,8 @@ async def _decisions(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
     return None
 
 
-def checker_account() -> Any:
-    from guardrails.keys import AccountId
+def chaos_account() -> AccountId:
+    """The run's account: the simulator venue and the signing key's wallet address."""
+    from eth_account import Account
 
-    return AccountId(ACCOUNT_VENUE, ACCOUNT_ID)
+    return AccountId(ACCOUNT_VENUE, Account.from_key(HTTP_KEY).address)
