@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from guardrails import localguard, logs, redisconn
+from guardrails import identity, localguard, logs, redisconn
 from guardrails.config import Config, EvmVenueConfig, load_config
 from guardrails.context import Context, MarkBook, cancel_order, checkpoint
 from guardrails.embedded import EmbeddedRedisError
@@ -178,10 +178,16 @@ class Runtime:
         try:
             self._venue = make_venue(self.cfg, self.redis)
             await self._venue.start()
+            # One signer, one account: a key already claimed by another account id (a
+            # second label for the same wallet) is refused before it can lead.
+            await identity.claim_signer(self.redis, self.cfg, self._venue, stop=self.stop)
         except Exception as e:  # a missing key, an EVM chain id mismatch, an unreachable venue
             logs.event(log, "venue.unavailable", logging.ERROR, venue=kind,
                        error=f"{type(e).__name__}: {e}", action="not starting")
             print(f"guardrails run: venue ({kind}): {type(e).__name__}: {e}", file=sys.stderr)
+            if self._venue is not None:
+                with contextlib.suppress(Exception):
+                    await self._venue.close()
             return 2
         health_runner = await self._start_health()
         dashboard = await self._start_dashboard()
