@@ -290,6 +290,76 @@ def _fmt(v: object) -> str:
     return "-" if v is None or v == "" else str(v)
 
 
+def _stored_limits_config(limits: Json | None) -> Json:
+    """The human-unit limits (the ``config`` JSON field the limits hash stores)."""
+    if not limits or not limits.get("config"):
+        return {}
+    try:
+        cfg = json.loads(limits["config"])
+    except (TypeError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _reserved_text(res: Json, cfg: Json) -> str:
+    """Open reservations in instrument units: ``ETH-USD buy 0.1 sell 0.1 worst-loss 14.91``."""
+    instruments = cfg.get("instruments") or {}
+    scale = Decimal(1).scaleb(-int(cfg.get("quote_decimals", 0))) if cfg else None
+    per_symbol: dict[str, dict[str, str]] = {}
+    for field, raw in res.items():
+        symbol, _, kind = str(field).rpartition(":")
+        try:
+            n = Decimal(str(raw))
+        except ArithmeticError:
+            per_symbol.setdefault(symbol, {})[kind] = f"{raw}?"
+            continue
+        if n == 0:
+            continue
+        lot = (instruments.get(symbol) or {}).get("lot")
+        if kind in ("buy", "sell") and lot:
+            text = format(n * Decimal(lot), "f")
+        elif kind == "loss" and scale is not None:
+            text = format(n * scale, "f")
+        else:
+            text = f"{raw} (raw units)"
+        per_symbol.setdefault(symbol, {})[kind] = text
+    parts = []
+    for symbol, kinds in sorted(per_symbol.items()):
+        inner = " ".join(
+            f"{'worst-loss' if k == 'loss' else k} {v}" for k, v in sorted(kinds.items())
+        )
+        parts.append(f"{symbol} {inner}")
+    return "; ".join(parts) or "none"
+
+
+def _throttle_text(th: Json, cfg: Json) -> str:
+    try:
+        tokens = Decimal(str(th.get("tokens"))) / 1000
+    except ArithmeticError:
+        return str(th)
+    burst = cfg.get("burst", "?")
+    rate = cfg.get("orders_per_second", "?")
+    return f"{tokens:.1f} of {burst} orders available (refill {rate}/s; as of last admission)"
+
+
+def _limits_text(limits: Json, cfg: Json) -> str:
+    if not cfg:
+        return " ".join(f"{k}={v}" for k, v in sorted(limits.items()))
+    head = [
+        f"max_order_notional={cfg.get('max_order_notional')}",
+        f"max_gross_exposure={cfg.get('max_gross_exposure')}",
+        f"daily_loss_limit={cfg.get('daily_loss_limit')}",
+        f"price_band={cfg.get('price_band')}",
+        f"tz={cfg.get('timezone')}",
+    ]
+    inst = " ".join(
+        f"{sym}(max={i.get('max_position')} tick={i.get('tick')} lot={i.get('lot')})"
+        for sym, i in sorted((cfg.get("instruments") or {}).items())
+    )
+    who = f"set_by={limits.get('set_by', '-')} digest={limits.get('digest', '-')}"
+    return " ".join(head) + "\n          " + inst + "\n          " + who
+
+
 def render_table(doc: Json) -> str:
     """The human-readable form of a status document."""
     lines: list[str] = []
@@ -319,15 +389,22 @@ def render_table(doc: Json) -> str:
                     f"{p['symbol']:<12}{_fmt(p['qty']):>14}{_fmt(p['avg_cost']):>14}"
                     f"{_fmt(p['mark']):>14}{_fmt(p['unrealized']):>14}"
                 )
+        limits_cfg = _stored_limits_config(a["limits"])
         if a["open_orders"] is not None:
-            lines.append(
-                f"open      {len(a['open_orders'])} order(s); reservations={a['reservations']}"
-            )
+            lines.append(f"open      {len(a['open_orders'])} order(s)")
+            for o in a["open_orders"]:
+                lines.append(
+                    f"  order   {_fmt(o.get('client_order_id'))[:16]} {_fmt(o.get('side')):<4} "
+                    f"{_fmt(o.get('qty'))} {_fmt(o.get('symbol'))} @ {_fmt(o.get('price'))} "
+                    f"filled={_fmt(o.get('filled_qty'))} {_fmt(o.get('state'))} "
+                    f"token={_fmt(o.get('token'))}"
+                )
+        if a["reservations"]:
+            lines.append("reserved  " + _reserved_text(a["reservations"], limits_cfg))
         if a["throttle"]:
-            lines.append(f"throttle  {a['throttle']}")
+            lines.append("throttle  " + _throttle_text(a["throttle"], limits_cfg))
         if a["limits"]:
-            pairs = sorted(a["limits"].items())
-            lines.append("limits    " + " ".join(f"{k}={v}" for k, v in pairs))
+            lines.append("limits    " + _limits_text(a["limits"], limits_cfg))
         c = a["counts"]
         if c:
             denied = " ".join(f"{k}={v}" for k, v in c["denied"].items()) or "none"
