@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 
@@ -27,11 +28,14 @@ from guardrails.gate import lua_source
 from guardrails.keys import AccountKeys
 from guardrails.limits import per_lot_tick
 from guardrails.model import Fill, OrderState, Side
-from guardrails.tradingday import ClockMs, TradingDay
+from guardrails.tradingday import ClockMs, TradingDay, trading_day_of
 
 
 class LedgerError(Exception):
-    """The ledger could not apply a fact: a key has the wrong shape, or an overflow."""
+    """The ledger could not apply a fact: a key has the wrong shape, a stored field is
+    malformed, a release would drive a reservation below zero, or an overflow. The
+    script checked before its first write, so nothing was written (but a journal entry
+    ``ev=bad_state`` / ``fill_bad_state``); a retry after the repair applies it once."""
 
 
 class Transition(StrEnum):
@@ -47,7 +51,9 @@ class FillOutcome(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     REFUSED = "refused"
-    """The fill's symbol/side differ from the order's, or its numbers are malformed."""
+    """Nothing changed (journaled ``ev=fill_refused``): the fill's symbol/side differ from
+    the order's, its numbers are malformed, the order is terminal, or the fill is larger
+    than the order's open quantity (an over-fill)."""
     UNKNOWN_ORDER = "unknown_order"
 
 
@@ -142,6 +148,7 @@ class Ledger:
         self.keys = keys
         self.risk = risk
         self._day = TradingDay(risk.timezone, clock_ms)
+        self._tz = ZoneInfo(risk.timezone)
         self._transition = redis.register_script(lua_source("ledger_transition.lua"))
         self._fill = redis.register_script(lua_source("ledger_fill.lua"))
 
@@ -207,14 +214,29 @@ class Ledger:
         ticks = int((fill.price / inst.tick).to_integral_value(rounding=ROUND_HALF_EVEN))
         return int(lots_d), value, fee, ticks
 
+    def fill_day(self, fill: Fill) -> str:
+        """The trading day a fill's realized PnL and fees count toward: the day it
+        *executed* (``fill.ts_ms``, the venue's time) in the account's timezone — not the
+        day it is applied, which may be after midnight for a fill made before it.
+
+        Raises ``ValueError`` for a fill without a positive execution time."""
+        ts = fill.ts_ms
+        if not isinstance(ts, int) or isinstance(ts, bool) or ts <= 0:
+            raise ValueError(f"fill {fill.fill_id}: execution time ts_ms {ts!r} is not a "
+                             "positive Unix ms (cannot tell its trading day)")
+        return trading_day_of(ts, self._tz)
+
     async def apply_fill(self, fill: Fill) -> FillOutcome:
-        """Apply ``fill`` once per fill id (a second application is ``DUPLICATE``)."""
+        """Apply ``fill`` once per fill id (a second application is ``DUPLICATE``), to
+        the trading day it executed. A fill on a terminal order or larger than the
+        order's open quantity is ``REFUSED`` and changes nothing. Raises
+        ``LedgerError`` when a key has an unexpected shape (nothing is written)."""
         try:
             lots, value, fee, ticks = self.fill_amounts(fill)
+            day = self.fill_day(fill)
         except ValueError as e:
             raise LedgerError(str(e)) from None
         k = self.keys
-        day = self._day.today()
         raw = await self._fill(
             keys=[
                 k.order(fill.client_order_id), k.open_orders, k.fills, k.positions,

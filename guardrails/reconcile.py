@@ -220,8 +220,13 @@ async def _rebuild(ledger: Ledger) -> None:
             keys=[k.open_orders, k.reservations, k.journal, *[k.order(c) for c in coids]],
             args=[len(index), *coids],
         )
-        if int(raw[0]) == 0:
+        code = int(raw[0])
+        if code == 0:
             return
+        if code == 4:
+            raise LedgerError(f"rebuild refused, nothing written: {_s(raw[1])}")
+        if code != 1:
+            raise LedgerError(f"ledger_rebuild returned unknown code {code}")
     raise RuntimeError("open orders kept changing; could not rebuild reservations")
 
 

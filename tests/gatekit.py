@@ -90,6 +90,23 @@ async def risk_snapshot(r: aioredis.Redis, keys: AccountKeys) -> dict[str, Any]:
     return snap
 
 
+async def ledger_state(r: aioredis.Redis, keys: AccountKeys, *coids: str) -> dict[str, Any]:
+    """Everything a ledger script may change except the journal, plus the order records
+    and every trading day's hash."""
+    snap = await risk_snapshot(r, keys)
+    snap.pop("journal")
+    for c in coids:
+        t = await r.type(keys.order(c))
+        snap[f"order:{c}"] = await r.hgetall(keys.order(c)) if t == "hash" else t
+    days = sorted(await r.keys(keys.day("*").replace("{", "[{]")))
+    for d in days:
+        t = await r.type(d)
+        snap[d] = await r.hgetall(d) if t == "hash" else t
+    t = await r.type(keys.marks)
+    snap["marks"] = await r.hgetall(keys.marks) if t == "hash" else t
+    return snap
+
+
 def risk_for_load() -> RiskConfig:
     """Limits where only the position limit binds: 0.1 BTC = 100 orders of 0.001."""
     return risk(

@@ -376,10 +376,25 @@ async def _intents_wrong_type(r: aioredis.Redis, k: AccountKeys) -> None:
     await r.rpush(k.intents, "x")
 
 
+async def _negative_reservation(r: aioredis.Redis, k: AccountKeys) -> None:
+    # a release applied twice left the total below zero: admitting against it would
+    # let the account exceed max_position
+    await r.hset(k.reservations, f"{SYMBOL}:buy", "-500")
+
+
+async def _negative_reserved_loss(r: aioredis.Redis, k: AccountKeys) -> None:
+    await r.hset(k.reservations, f"{ETH}:loss", "-1")
+
+
+async def _malformed_reservation(r: aioredis.Redis, k: AccountKeys) -> None:
+    await r.hset(k.reservations, f"{SYMBOL}:loss", "garbage")
+
+
 @pytest.mark.parametrize(
     "setup",
     [_malformed_limit, _bogus_state, _journal_wrong_type, _lease_without_expiry,
-     _intents_wrong_type],
+     _intents_wrong_type, _negative_reservation, _negative_reserved_loss,
+     _malformed_reservation],
 )
 async def test_admit_when_key_has_unexpected_shape_then_bad_state_and_nothing_written(
     redis_client: aioredis.Redis, acct: AccountKeys, setup: Setup

@@ -1,7 +1,9 @@
 """Property tests (hypothesis) of the gate + ledger scripts against a real redis-server.
 
-Random sequences of intents, fills (and re-sent fills), cancels, rejects, expiries,
-unknown outcomes, attempts to move terminal orders and mark moves. After every step:
+Random sequences of intents, fills (and re-sent fills), over-fills (more than the
+order's open quantity) and fills on terminal orders (both refused, changing nothing),
+cancels, rejects, expiries, unknown outcomes, attempts to move terminal orders and mark
+moves. After every step:
 reservations are never negative and equal the open orders' remaining quantity; no fill
 is applied twice; positions equal the sum of applied fills; terminal orders never
 change; a denial changes nothing; and every admission leaves the account within its
@@ -26,7 +28,18 @@ from guardrails.keys import AccountKeys
 from guardrails.ledger import FillOutcome, Ledger, Transition
 from guardrails.limits import per_lot_tick
 from guardrails.model import Admitted, Fill, Intent, OrderState, Side
-from tests.gatekit import ETH, HOLDER, SYMBOL, TOKEN, account_keys, risk, risk_snapshot, seed
+from guardrails.tradingday import wall_clock_ms
+from tests.gatekit import (
+    ETH,
+    HOLDER,
+    SYMBOL,
+    TOKEN,
+    account_keys,
+    ledger_state,
+    risk,
+    risk_snapshot,
+    seed,
+)
 from tests.redis_harness import RedisServer
 
 CFG = risk(orders_per_second="1000000", burst=1_000_000, daily_loss_limit="150",
@@ -52,6 +65,7 @@ fill_op = st.tuples(
     st.just("fill"), st.integers(0, 50), st.integers(20, 100), st.integers(-300, 300),
 )
 refill_op = st.tuples(st.just("refill"), st.integers(0, 50))
+overfill_op = st.tuples(st.just("overfill"), st.integers(0, 50), st.integers(1, 300))
 end_op = st.tuples(
     st.just("end"), st.integers(0, 50),
     st.sampled_from([OrderState.CANCELED, OrderState.REJECTED, OrderState.EXPIRED,
@@ -59,7 +73,8 @@ end_op = st.tuples(
 )
 mark_op = st.tuples(st.just("mark"), st.sampled_from(SYMS), st.integers(-800, 800))
 OPS = st.lists(
-    st.one_of(admit_op, admit_op, fill_op, fill_op, fill_op, refill_op, end_op, mark_op),
+    st.one_of(admit_op, admit_op, fill_op, fill_op, fill_op, refill_op, overfill_op, end_op,
+              mark_op),
     min_size=5, max_size=50,
 )
 
@@ -165,16 +180,25 @@ async def step(r: aioredis.Redis, k: AccountKeys, gate: OrderGate, ledger: Ledge
         coid, sym, side = m.orders[idx % len(m.orders)]
         o = await r.hgetall(k.order(coid))
         open_lots = int(o["open_lots"])
-        if open_lots == 0:
-            return
         lots = max(1, open_lots * pct // 100)
         ticks = max(1, int(o["ticks"]) + off)
         f = Fill(f"f{len(m.fills)}-{coid}", coid, sym, side, lots * lot(sym), ticks * tick(sym),
-                 ts_ms=1)
+                 ts_ms=wall_clock_ms())
+        if coid in m.terminal:  # a fill on a terminal order: refused, nothing changes
+            await assert_refused(r, k, ledger, f)
+            return
         assert await ledger.apply_fill(f) is FillOutcome.APPLIED
         m.fills.append(f)
         m.fill_lots[sym] = m.fill_lots.get(sym, 0) + side.sign * lots
         await remember_terminal(r, k, m, coid)
+    elif kind == "overfill" and m.orders:
+        _, idx, extra = op
+        coid, sym, side = m.orders[idx % len(m.orders)]
+        o = await r.hgetall(k.order(coid))
+        lots = int(o["open_lots"]) + extra
+        f = Fill(f"over{m.n}-{extra}-{coid}", coid, sym, side, lots * lot(sym),
+                 int(o["ticks"]) * tick(sym), ts_ms=wall_clock_ms())
+        await assert_refused(r, k, ledger, f)
     elif kind == "refill" and m.fills:
         f = m.fills[op[1] % len(m.fills)]
         assert await ledger.apply_fill(f) is FillOutcome.DUPLICATE
@@ -193,6 +217,13 @@ async def step(r: aioredis.Redis, k: AccountKeys, gate: OrderGate, ledger: Ledge
         _, sym, bp = op
         mark = START[sym] * (10_000 + bp) / 10_000
         await ledger.update_marks({sym: mark})
+
+
+async def assert_refused(r: aioredis.Redis, k: AccountKeys, ledger: Ledger, f: Fill) -> None:
+    before = await ledger_state(r, k, f.client_order_id)
+    assert await ledger.apply_fill(f) is FillOutcome.REFUSED, f
+    assert await ledger_state(r, k, f.client_order_id) == before
+    assert (await r.xrevrange(k.journal, count=1))[0][1]["ev"] == "fill_refused"
 
 
 async def remember_terminal(r: aioredis.Redis, k: AccountKeys, m: Model, coid: str) -> None:

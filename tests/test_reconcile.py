@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
-from guardrails.ledger import Ledger
+from guardrails.ledger import Ledger, LedgerError
 from guardrails.model import Admitted, Fill, OrderState, Side
 from guardrails.reconcile import reconcile, sweep
 from guardrails.venues.base import VenueOrderState, VenueOrderStatus
@@ -141,3 +141,24 @@ async def test_reconcile_when_venue_reports_unusable_fill_then_not_ok_and_order_
     report = await reconcile(ledger, venue, now_ms=0)
     assert not report.ok and "not applied" in report.failures[0][1]
     assert (await ledger.order(coid)).state is OrderState.PENDING_SUBMIT  # type: ignore[union-attr]
+
+
+async def test_rebuild_when_order_record_malformed_then_ledger_error_and_nothing_written(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    # Arrange: a reservation total to repair, but one order record has a malformed field
+    from guardrails.reconcile import _rebuild
+
+    ledger = Ledger(redis_client, acct, risk())
+    await place(redis_client, acct, "0.0100", "r1")
+    b = await place(redis_client, acct, "0.0100", "r2")
+    await redis_client.hincrby(acct.reservations, f"{SYMBOL}:buy", 7)
+    await redis_client.hset(acct.order(b), "wl", "1.5")
+    before = (await redis_client.hgetall(acct.reservations),
+              await redis_client.smembers(acct.open_orders), await redis_client.xlen(acct.journal))
+    # Act + Assert: the rebuild script refuses before its first write
+    with pytest.raises(LedgerError, match="wl"):
+        await _rebuild(ledger)
+    after = (await redis_client.hgetall(acct.reservations),
+             await redis_client.smembers(acct.open_orders), await redis_client.xlen(acct.journal))
+    assert after == before

@@ -182,8 +182,12 @@ local function main()
   sane_code, sane_detail = sanity()
 
   local function qty(sym) return int_field(pos[sym .. ':qty'], 'position ' .. sym) end
+  -- a reservation below zero means the totals are already wrong (a release applied
+  -- twice?): admitting against it would exceed the limits, so fail closed
   local function resv(sym, s)
-    return int_field(res[sym .. ':' .. s], 'reservation ' .. sym .. ':' .. s)
+    local v = int_field(res[sym .. ':' .. s], 'reservation ' .. sym .. ':' .. s)
+    if v < 0 then error({bad = 'reservation ' .. sym .. ':' .. s .. ' is negative: ' .. fmt(v)}) end
+    return v
   end
 
   -- 2. trading state
@@ -285,7 +289,10 @@ local function main()
     -- 10. gross exposure: sum of worst-case |position| x mark over symbols
     local syms = {}
     for f, _ in pairs(pos) do local s = string.match(f, '^(.*):qty$'); if s then syms[s] = true end end
-    for f, _ in pairs(res) do local s = string.match(f, '^(.*):buy$') or string.match(f, '^(.*):sell$'); if s then syms[s] = true end end
+    for f, _ in pairs(res) do
+      local s = string.match(f, '^(.*):buy$') or string.match(f, '^(.*):sell$') or string.match(f, '^(.*):loss$')
+      if s then syms[s] = true end
+    end
     syms[symbol] = true
     local gross_before, gross_after = 0, 0
     for s, _ in pairs(syms) do
@@ -331,7 +338,7 @@ local function main()
         local unreal = add(mul(mul(sp, m), sk), -c)
         if unreal < 0 then used = add(used, -unreal) end
       end
-      used = add(used, int_field(res[s .. ':loss'], 'reserved loss ' .. s))
+      used = add(used, resv(s, 'loss'))
     end
     -- worst case of this order: it fills at its limit price (adverse distance from the
     -- mark) and, for the lots that add exposure, the mark then moves one band against
@@ -368,6 +375,12 @@ local function main()
   end
   rd('SISMEMBER', K_OPEN, coid)
 
+  -- the new totals, computed (and checked) before the first write: Redis does not roll
+  -- a script back, so nothing below may fail after a write
+  local side_f, loss_f = symbol .. ':' .. side_name, symbol .. ':loss'
+  local new_side = add(resv(symbol, side_name), lots)
+  local new_loss = add(resv(symbol, 'loss'), this_loss)
+
   -- 12. reserve, record PENDING_SUBMIT, journal (the journal first: it is the only
   -- write whose key shape was not read above, so a failure there writes nothing)
   local deadline = now_ms + pttl
@@ -384,9 +397,7 @@ local function main()
     'deadline_ms', fmt(deadline), 'nonce', nonce_s, 'day', day)
   redis.call('SADD', K_OPEN, coid)
   -- one HSET of both totals (read above in this same atomic step) instead of two HINCRBYs
-  local side_f, loss_f = symbol .. ':' .. side_name, symbol .. ':loss'
-  redis.call('HSET', K_RES, side_f, fmt(resv(symbol, side_name) + lots),
-    loss_f, fmt(int_field(res[loss_f], 'reserved loss') + this_loss))
+  redis.call('HSET', K_RES, side_f, fmt(new_side), loss_f, fmt(new_loss))
   redis.call('HSET', K_THROTTLE, 'tokens', fmt(tokens - 1000), 'ts_ms', fmt(now_ms))
   redis.call('HSET', K_INTENTS, intent_id, coid .. '|' .. token .. '|' .. fmt(deadline) .. '|' .. nonce_s)
   redis.pcall('HINCRBY', K_STATS, 'admitted', 1)
@@ -397,4 +408,7 @@ local ok, result = pcall(main)
 if ok then return result end
 if type(result) == 'table' and result.bad then return deny(BAD_STATE, result.bad) end
 if type(result) == 'table' and result.err then return deny(BAD_STATE, result.err) end
+if type(result) == 'table' and result.overflow then
+  return deny(BAD_STATE, 'stored totals overflow the exact integer range')
+end
 error(result)

@@ -5,16 +5,24 @@
 -- KEYS[3] fills         HASH    fill id -> client order id (applied fills)
 -- KEYS[4] positions     HASH    <sym>:qty lots, <sym>:cost money, <sym>:rpnl money
 -- KEYS[5] reservations  HASH    <sym>:buy / <sym>:sell lots, <sym>:loss money
--- KEYS[6] day           HASH    the trading day: realized_pnl, fees, fills
+-- KEYS[6] day           HASH    the fill's trading day: realized_pnl, fees, fills
 -- KEYS[7] journal       STREAM  append-only journal
 -- KEYS[8] marks         HASH    <sym> mark in ticks (set from the fill when missing)
 -- ARGV[1] fill id  ARGV[2] client order id  ARGV[3] symbol  ARGV[4] side (buy|sell)
 -- ARGV[5] lots (integer > 0)  ARGV[6] fill value in money units (integer >= 0, rounded
 -- against the account by the caller)  ARGV[7] fee in money units (integer >= 0)
--- ARGV[8] fill price in ticks (integer, for a missing mark)  ARGV[9] fill ts_ms  ARGV[10] day
+-- ARGV[8] fill price in ticks (integer, for a missing mark)  ARGV[9] fill ts_ms
+-- ARGV[10] the trading day of ts_ms (the day KEYS[6] belongs to)
 -- Returns {code, detail}: 0 applied, 1 duplicate fill id, 2 unknown order,
---         3 refused (symbol/side differ from the order, or a malformed number),
---         4 bad state (wrong key type or overflow: nothing written)
+--         3 refused: symbol/side differ from the order, a malformed number, a fill on
+--           a terminal order, or more lots than the order has open (journaled
+--           ev=fill_refused; nothing else written),
+--         4 bad state (a key of the wrong type, a malformed stored field, an overflow
+--           or a reservation that would go below zero): nothing written but a journal entry
+--
+-- Every field the script changes is read and integer-checked first and the new totals
+-- computed; the writes come last, as totals (Redis does not roll a script back when a
+-- command in it fails, so a check after the first write would leave half a fill).
 local K_ORDER, K_OPEN, K_FILLS, K_POS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_RES, K_DAY, K_JOURNAL, K_MARKS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local fill_id, coid, symbol, side_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -22,26 +30,49 @@ local lots_s, value_s, fee_s, px_s, ts_s, day = ARGV[5], ARGV[6], ARGV[7], ARGV[
 
 if redis.replicate_commands then redis.replicate_commands() end
 
-local MAXI = 9007199254740992
+local MAXI = 9007199254740992 -- 2^53
 local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
+local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
 local function fmt(n) return string.format('%d', n) end
+
+-- Only when the journal is a stream (or absent): a journal entry never aborts the script.
+local function journal(ev, detail)
+  redis.pcall('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', ev, 'fill_id', fill_id,
+    'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', lots_s, 'value', value_s,
+    'fee', fee_s, 'ts_ms', ts_s, 'day', day, 'detail', detail)
+end
+
+local function bad(detail) error({bad = detail}) end
 
 local function rd(...)
   local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then error({bad = r.err}) end
+  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
   return r
 end
+-- a stored integer field (absent = 0), exactly as HINCRBY would accept it, below 2^53
 local function int(v, what)
   if not v then return 0 end
   local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI then
-    error({bad = what .. ' is not an integer: ' .. tostring(v)})
+  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI or not string.match(v, '^-?%d+$') then
+    bad(what .. ' is not an integer: ' .. tostring(v))
   end
   return n
 end
-local function chk(n)
-  if n >= MAXI or n <= -MAXI then error({bad = 'overflow'}) end
+-- an argument: a non-negative integer below 2^53, or nil
+local function arg_int(v)
+  if not string.match(v, '^%d+$') then return nil end
+  local n = tonumber(v)
+  if not n or n >= MAXI then return nil end
   return n
+end
+local function chk(n)
+  if n >= MAXI or n <= -MAXI then bad('overflow') end
+  return n
+end
+local function type_is(key, want)
+  local t = redis.call('TYPE', key)
+  t = t.ok or t
+  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
 end
 -- exact floor / ceil of a / b for integers (b > 0), safe against double rounding
 local function ifloor(a, b)
@@ -52,30 +83,49 @@ local function ifloor(a, b)
 end
 local function iceil(a, b) return -ifloor(-a, b) end
 
+local function refuse(detail)
+  journal('fill_refused', detail)
+  return {3, detail}
+end
+
 local function main()
+  -- 1. read and check everything this fill may change
   local rec = rd('HMGET', K_ORDER, 'state', 'symbol', 'side', 'open_lots', 'wl', 'filled_lots')
   if not rec[1] then return {2, 'no order ' .. coid} end
   if rd('HGET', K_FILLS, fill_id) then return {1, 'fill ' .. fill_id .. ' already applied'} end
+  local state = rec[1]
+  if not TERMINAL[state] and not LIVE[state] then bad('order state is ' .. tostring(state)) end
   if rec[2] ~= symbol or rec[3] ~= side_s then
-    return {3, 'fill is ' .. symbol .. ' ' .. side_s .. ', order is ' .. rec[2] .. ' ' .. rec[3]}
+    return refuse('fill is ' .. symbol .. ' ' .. side_s .. ', order is ' ..
+      tostring(rec[2]) .. ' ' .. tostring(rec[3]))
   end
-  local lots, n, fee = tonumber(lots_s), tonumber(value_s), tonumber(fee_s)
-  if not lots or lots <= 0 or lots ~= math.floor(lots) or lots >= MAXI
-     or not n or n < 0 or n ~= math.floor(n) or n >= MAXI
-     or not fee or fee < 0 or fee ~= math.floor(fee) or fee >= MAXI then
-    return {3, 'malformed fill numbers'}
+  local lots, n, fee, ticks = arg_int(lots_s), arg_int(value_s), arg_int(fee_s), arg_int(px_s)
+  if not lots or lots <= 0 or not n or not fee or not ticks or ticks <= 0 then
+    return refuse('malformed fill numbers')
   end
-  local side = side_s == 'buy' and 1 or -1
-  local state, open_lots, wl = rec[1], int(rec[4], 'open_lots'), int(rec[5], 'wl')
-  local filled = int(rec[6], 'filled_lots')
-  local q = int(rd('HGET', K_POS, symbol .. ':qty'), 'position')
-  local c = int(rd('HGET', K_POS, symbol .. ':cost'), 'cost')
-  rd('HGET', K_RES, symbol .. ':buy')
-  rd('HGET', K_DAY, 'realized_pnl')
+  -- terminal is terminal: the venue said this order can no longer execute (or it is
+  -- fully filled), so a new fill contradicts it; it is refused, not booked
+  if TERMINAL[state] then return refuse('order is ' .. state) end
+  local open_lots, wl = int(rec[4], 'order open_lots'), int(rec[5], 'order wl')
+  local filled = int(rec[6], 'order filled_lots')
+  if open_lots < 0 or wl < 0 or filled < 0 then bad('order open_lots/wl/filled_lots is negative') end
+  if lots > open_lots then
+    return refuse('over-fill: ' .. fmt(lots) .. ' lots, order has ' .. fmt(open_lots) .. ' open')
+  end
+  type_is(K_OPEN, 'set')
+  type_is(K_JOURNAL, 'stream')
   rd('HGET', K_MARKS, symbol)
-  rd('SISMEMBER', K_OPEN, coid)
+  local qf, cf, rf = symbol .. ':qty', symbol .. ':cost', symbol .. ':rpnl'
+  local p = rd('HMGET', K_POS, qf, cf, rf)
+  local q, c, rp = int(p[1], 'position ' .. qf), int(p[2], 'position ' .. cf), int(p[3], 'position ' .. rf)
+  local side_f, loss_f = symbol .. ':' .. side_s, symbol .. ':loss'
+  local rs = rd('HMGET', K_RES, side_f, loss_f)
+  local res_side, res_loss = int(rs[1], 'reservation ' .. side_f), int(rs[2], 'reservation ' .. loss_f)
+  local d = rd('HMGET', K_DAY, 'realized_pnl', 'fees', 'fills')
+  local d_rp, d_fees, d_fills = int(d[1], 'day realized_pnl'), int(d[2], 'day fees'), int(d[3], 'day fills')
 
-  -- position, cost basis and realized PnL (docs/gate.md, "Fills")
+  -- 2. position, cost basis and realized PnL (docs/gate.md, "Fills")
+  local side = side_s == 'buy' and 1 or -1
   local f = side * lots
   local realized = 0
   local q2, c2
@@ -105,39 +155,43 @@ local function main()
     end
   end
   realized = chk(realized - fee)
+  local rp2, d_rp2 = chk(rp + realized), chk(d_rp + realized)
+  local d_fees2 = chk(d_fees + fee)
 
-  -- reservation: the filled part of the open quantity moves to the position
-  local x = math.min(lots, open_lots)
-  local new_state = state
-  if not TERMINAL[state] then
-    new_state = (open_lots - x == 0) and 'FILLED' or 'PARTIALLY_FILLED'
+  -- 3. the filled lots move from the order's reservation to the position
+  local rel_loss = chk(lots * wl)
+  local res_side2, res_loss2 = res_side - lots, res_loss - rel_loss
+  if res_side2 < 0 or res_loss2 < 0 then
+    -- the totals are already wrong: refuse (never clamp); the sweep rebuilds them
+    bad('filling ' .. fmt(lots) .. ' lots would leave reservations ' .. side_f .. '=' ..
+      fmt(res_side2) .. ' ' .. loss_f .. '=' .. fmt(res_loss2))
   end
+  local open2 = open_lots - lots
+  local new_state = (open2 == 0) and 'FILLED' or 'PARTIALLY_FILLED'
 
-  rd('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'fill', 'fill_id', fill_id,
-    'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', fmt(lots), 'value', fmt(n),
-    'fee', fmt(fee), 'realized', fmt(realized), 'from', state, 'to', new_state,
-    'ts_ms', ts_s, 'day', day, 'late', TERMINAL[state] and '1' or '0')
-  redis.call('HSET', K_FILLS, fill_id, coid)
-  redis.call('HSET', K_POS, symbol .. ':qty', fmt(q2), symbol .. ':cost', fmt(c2))
-  redis.call('HINCRBY', K_POS, symbol .. ':rpnl', fmt(realized))
-  redis.call('HINCRBY', K_DAY, 'realized_pnl', fmt(realized))
-  redis.call('HINCRBY', K_DAY, 'fees', fmt(fee))
-  redis.call('HINCRBY', K_DAY, 'fills', 1)
-  if x > 0 then
-    redis.call('HINCRBY', K_RES, symbol .. ':' .. side_s, fmt(-x))
-    redis.call('HINCRBY', K_RES, symbol .. ':loss', fmt(-(x * wl)))
-  end
+  -- 4. write (every key's shape and every value was checked above)
   local t = redis.call('TIME')
   local now_ms = fmt(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-  redis.call('HSET', K_ORDER, 'filled_lots', fmt(filled + lots), 'open_lots', fmt(open_lots - x),
+  redis.call('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'fill', 'fill_id', fill_id,
+    'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', fmt(lots), 'value', fmt(n),
+    'fee', fmt(fee), 'realized', fmt(realized), 'from', state, 'to', new_state,
+    'ts_ms', ts_s, 'day', day, 'late', '0')
+  redis.call('HSET', K_FILLS, fill_id, coid)
+  redis.call('HSET', K_POS, qf, fmt(q2), cf, fmt(c2), rf, fmt(rp2))
+  redis.call('HSET', K_DAY, 'realized_pnl', fmt(d_rp2), 'fees', fmt(d_fees2), 'fills', fmt(d_fills + 1))
+  redis.call('HSET', K_RES, side_f, fmt(res_side2), loss_f, fmt(res_loss2))
+  redis.call('HSET', K_ORDER, 'filled_lots', fmt(filled + lots), 'open_lots', fmt(open2),
     'state', new_state, 'updated_ms', now_ms)
   if new_state == 'FILLED' then redis.call('SREM', K_OPEN, coid) end
   redis.call('HSETNX', K_MARKS, symbol, px_s)
-  if TERMINAL[state] then return {0, 'late fill on a ' .. state .. ' order'} end
   return {0, new_state}
 end
 
 local ok, res = pcall(main)
 if ok then return res end
-if type(res) == 'table' and (res.bad or res.err) then return {4, res.bad or res.err} end
+if type(res) == 'table' and (res.bad or res.err) then
+  local detail = res.bad or res.err
+  journal('fill_bad_state', detail)
+  return {4, detail}
+end
 error(res)

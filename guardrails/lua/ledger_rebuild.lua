@@ -10,45 +10,90 @@
 -- ARGV[2..] client order ids, in the order of KEYS[4..]
 -- Returns {0, open_count, changed_fields}  rebuilt
 --         {1, 'changed'}                   the open set changed meanwhile: list again
+--         {4, detail}                      a key of the wrong type or a malformed order
+--                                          record: nothing written
+--
+-- Every record is read and checked before the first write (Redis does not roll a
+-- script back when a command in it fails).
 local K_OPEN, K_RES, K_JOURNAL = KEYS[1], KEYS[2], KEYS[3]
 local seen_open = tonumber(ARGV[1])
 
 if redis.replicate_commands then redis.replicate_commands() end
 
+local MAXI = 9007199254740992 -- 2^53
 local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
+local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
 local function fmt(n) return string.format('%d', n) end
 
-if redis.call('SCARD', K_OPEN) ~= seen_open then return {1, 'changed'} end
-local listed = {}
-for i = 2, #ARGV do listed[ARGV[i]] = true end
-for _, m in ipairs(redis.call('SMEMBERS', K_OPEN)) do
-  if not listed[m] then return {1, 'changed'} end
+local function bad(detail) error({bad = detail}) end
+local function rd(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
+  return r
 end
-
-local totals, members = {}, {}
-for i = 4, #KEYS do
-  local coid = ARGV[i - 2]
-  local r = redis.call('HMGET', KEYS[i], 'state', 'symbol', 'side', 'open_lots', 'wl')
-  if r[1] and not TERMINAL[r[1]] then
-    members[#members + 1] = coid
-    local lots, wl = tonumber(r[4]) or 0, tonumber(r[5]) or 0
-    local sk, lk = r[2] .. ':' .. r[3], r[2] .. ':loss'
-    totals[sk] = (totals[sk] or 0) + lots
-    totals[lk] = (totals[lk] or 0) + lots * wl
+local function int(v, what)
+  if not v then return 0 end
+  local n = tonumber(v)
+  if not n or n ~= math.floor(n) or n < 0 or n >= MAXI or not string.match(v, '^%d+$') then
+    bad(what .. ' is not a non-negative integer: ' .. tostring(v))
   end
+  return n
+end
+local function type_is(key, want)
+  local t = redis.call('TYPE', key)
+  t = t.ok or t
+  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
 end
 
-local old = redis.call('HGETALL', K_RES)
-local changed = 0
-local oldh = {}
-for i = 1, #old, 2 do oldh[old[i]] = tonumber(old[i + 1]) end
-for f, v in pairs(oldh) do if (totals[f] or 0) ~= v then changed = changed + 1 end end
-for f, v in pairs(totals) do if oldh[f] == nil and v ~= 0 then changed = changed + 1 end end
+local function main()
+  -- 1. read and check
+  type_is(K_OPEN, 'set')
+  type_is(K_RES, 'hash')
+  type_is(K_JOURNAL, 'stream')
+  if redis.call('SCARD', K_OPEN) ~= seen_open then return {1, 'changed'} end
+  local listed = {}
+  for i = 2, #ARGV do listed[ARGV[i]] = true end
+  for _, m in ipairs(redis.call('SMEMBERS', K_OPEN)) do
+    if not listed[m] then return {1, 'changed'} end
+  end
 
-redis.call('DEL', K_RES)
-for f, v in pairs(totals) do redis.call('HSET', K_RES, f, fmt(v)) end
-redis.call('DEL', K_OPEN)
-for _, m in ipairs(members) do redis.call('SADD', K_OPEN, m) end
-redis.call('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'rebuild',
-  'open', fmt(#members), 'changed_fields', fmt(changed))
-return {0, #members, changed}
+  local totals, members = {}, {}
+  for i = 4, #KEYS do
+    local coid = ARGV[i - 2]
+    local r = rd('HMGET', KEYS[i], 'state', 'symbol', 'side', 'open_lots', 'wl')
+    if r[1] and not TERMINAL[r[1]] then
+      if not LIVE[r[1]] then bad('order ' .. coid .. ' state is ' .. tostring(r[1])) end
+      if not r[2] or (r[3] ~= 'buy' and r[3] ~= 'sell') then
+        bad('order ' .. coid .. ' has no symbol/side')
+      end
+      members[#members + 1] = coid
+      local lots = int(r[4], 'order ' .. coid .. ' open_lots')
+      local wl = int(r[5], 'order ' .. coid .. ' wl')
+      local sk, lk = r[2] .. ':' .. r[3], r[2] .. ':loss'
+      totals[sk] = (totals[sk] or 0) + lots
+      totals[lk] = (totals[lk] or 0) + lots * wl
+      if totals[sk] >= MAXI or totals[lk] >= MAXI then bad('reservation totals overflow') end
+    end
+  end
+
+  local old = redis.call('HGETALL', K_RES)
+  local changed = 0
+  local oldh = {}
+  for i = 1, #old, 2 do oldh[old[i]] = old[i + 1] end
+  for f, v in pairs(oldh) do if fmt(totals[f] or 0) ~= v then changed = changed + 1 end end
+  for f, v in pairs(totals) do if oldh[f] == nil and v ~= 0 then changed = changed + 1 end end
+
+  -- 2. write (every key's shape and every value was checked above)
+  redis.call('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'rebuild',
+    'open', fmt(#members), 'changed_fields', fmt(changed))
+  redis.call('DEL', K_RES)
+  for f, v in pairs(totals) do redis.call('HSET', K_RES, f, fmt(v)) end
+  redis.call('DEL', K_OPEN)
+  for _, m in ipairs(members) do redis.call('SADD', K_OPEN, m) end
+  return {0, #members, changed}
+end
+
+local ok, res = pcall(main)
+if ok then return res end
+if type(res) == 'table' and (res.bad or res.err) then return {4, res.bad or res.err} end
+error(res)

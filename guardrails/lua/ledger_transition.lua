@@ -6,63 +6,124 @@
 -- KEYS[4] journal       STREAM  append-only journal
 -- ARGV[1] client order id   ARGV[2] target state (SUBMITTED|UNKNOWN|CANCELED|REJECTED|EXPIRED)
 -- ARGV[3] reason            ARGV[4] venue order id ('' = none)
--- Returns {code, from_state}: 0 applied, 1 refused (order is terminal), 2 unknown order,
---         3 refused (target not reachable this way: PENDING_SUBMIT, FILLED and
---         PARTIALLY_FILLED are set only by the gate and by fills), 4 bad state (wrong key type)
+-- Returns {code, from_state or detail}: 0 applied, 1 refused (order is terminal),
+--         2 unknown order, 3 refused (target not reachable this way: PENDING_SUBMIT,
+--         FILLED and PARTIALLY_FILLED are set only by the gate and by fills),
+--         4 bad state (a key of the wrong type, a malformed field, or a release that
+--         would drive a reservation below zero): NOTHING written but a journal entry
+--
+-- Every field the script changes is read and checked first; the writes come last, as
+-- computed totals (Redis does not roll a script back when a command in it fails).
 local K_ORDER, K_OPEN, K_RES, K_JOURNAL = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local coid, target, reason, venue_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 if redis.replicate_commands then redis.replicate_commands() end
 
+local MAXI = 9007199254740992 -- 2^53
 local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
+local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
 local RELEASING = {CANCELED = true, REJECTED = true, EXPIRED = true}
+local function fmt(n) return string.format('%d', n) end
 
-local rec = redis.pcall('HMGET', K_ORDER, 'state', 'symbol', 'side', 'open_lots', 'wl')
-if type(rec) == 'table' and rec.err then return {4, rec.err} end
-local from = rec[1]
-if not from then return {2, ''} end
-local t = redis.call('TIME')
-local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local from = '-'
 
-local function journal(ev)
+-- Only when the journal is a stream (or absent): a journal entry never aborts the script.
+local function journal(ev, detail)
   redis.pcall('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', ev, 'coid', coid,
-    'from', from, 'to', target, 'reason', reason)
+    'from', from, 'to', target, 'reason', reason, 'detail', detail or '')
 end
 
-if TERMINAL[from] then
-  journal('refused_terminal')
-  return {1, from}
-end
-local to = nil
-if target == 'SUBMITTED' then
-  if from == 'PARTIALLY_FILLED' then to = from else to = 'SUBMITTED' end
-elseif target == 'UNKNOWN' then
-  if from == 'PARTIALLY_FILLED' then to = from else to = 'UNKNOWN' end
-elseif RELEASING[target] then
-  to = target
-end
-if not to then
-  journal('refused_invalid')
-  return {3, from}
-end
-local typ = redis.call('TYPE', K_OPEN)
-local rt = redis.call('TYPE', K_RES)
-typ, rt = typ.ok or typ, rt.ok or rt
-if (typ ~= 'set' and typ ~= 'none') or (rt ~= 'hash' and rt ~= 'none') then
-  return {4, 'open is ' .. typ .. ', reservations is ' .. rt}
+local function bad(detail) error({bad = detail}) end
+
+local function rd(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
+  return r
 end
 
-if RELEASING[to] then
-  local open_lots = tonumber(rec[4]) or 0
-  local wl = tonumber(rec[5]) or 0
-  if open_lots > 0 then
-    redis.call('HINCRBY', K_RES, rec[2] .. ':' .. rec[3], string.format('%d', -open_lots))
-    redis.call('HINCRBY', K_RES, rec[2] .. ':loss', string.format('%d', -(open_lots * wl)))
+local function int(v, what)
+  if not v then return 0 end
+  local n = tonumber(v)
+  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI or not string.match(v, '^-?%d+$') then
+    bad(what .. ' is not an integer: ' .. tostring(v))
   end
-  redis.call('HSET', K_ORDER, 'open_lots', '0')
-  redis.call('SREM', K_OPEN, coid)
+  return n
 end
-redis.call('HSET', K_ORDER, 'state', to, 'updated_ms', now_ms, 'reason', reason)
-if venue_id ~= '' then redis.call('HSET', K_ORDER, 'venue_order_id', venue_id) end
-journal('transition')
-return {0, from}
+
+local function type_is(key, want)
+  local t = redis.call('TYPE', key)
+  t = t.ok or t
+  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
+end
+
+local function main()
+  -- 1. read and check everything this transition may change
+  local rec = rd('HMGET', K_ORDER, 'state', 'symbol', 'side', 'open_lots', 'wl')
+  if not rec[1] then return {2, ''} end
+  from = rec[1]
+  if TERMINAL[from] then
+    journal('refused_terminal')
+    return {1, from}
+  end
+  if not LIVE[from] then bad('order state is ' .. tostring(from)) end
+  local to = nil
+  if target == 'SUBMITTED' or target == 'UNKNOWN' then
+    -- a partially filled order stays PARTIALLY_FILLED (it is certainly at the venue)
+    if from == 'PARTIALLY_FILLED' then to = from else to = target end
+  elseif RELEASING[target] then
+    to = target
+  end
+  if not to then
+    journal('refused_invalid')
+    return {3, from}
+  end
+  type_is(K_OPEN, 'set')
+  type_is(K_RES, 'hash')
+  type_is(K_JOURNAL, 'stream')
+
+  local sym, side = rec[2], rec[3]
+  local release = RELEASING[to]
+  local side_f, loss_f, new_side, new_loss
+  if release then
+    if not sym or (side ~= 'buy' and side ~= 'sell') then
+      bad('order has no symbol/side (' .. tostring(sym) .. ' ' .. tostring(side) .. ')')
+    end
+    local open_lots, wl = int(rec[4], 'order open_lots'), int(rec[5], 'order wl')
+    if open_lots < 0 or wl < 0 then bad('order open_lots/wl is negative') end
+    local rel_loss = open_lots * wl
+    if rel_loss >= MAXI then bad('released loss overflows') end
+    side_f, loss_f = sym .. ':' .. side, sym .. ':loss'
+    local cur = rd('HMGET', K_RES, side_f, loss_f)
+    new_side = int(cur[1], 'reservation ' .. side_f) - open_lots
+    new_loss = int(cur[2], 'reservation ' .. loss_f) - rel_loss
+    -- a release larger than what is reserved means the totals are already wrong:
+    -- refuse (never clamp) so the sweep can rebuild them from the order records
+    if new_side < 0 or new_loss < 0 then
+      bad('releasing ' .. fmt(open_lots) .. ' lots / ' .. fmt(rel_loss) ..
+        ' would leave reservations ' .. side_f .. '=' .. fmt(new_side) .. ' ' ..
+        loss_f .. '=' .. fmt(new_loss))
+    end
+  end
+
+  -- 2. write (every key's shape and every value was checked above)
+  local t = redis.call('TIME')
+  local now_ms = fmt(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  journal('transition')
+  if release then
+    redis.call('HSET', K_RES, side_f, fmt(new_side), loss_f, fmt(new_loss))
+    redis.call('HSET', K_ORDER, 'open_lots', '0')
+    redis.call('SREM', K_OPEN, coid)
+  end
+  redis.call('HSET', K_ORDER, 'state', to, 'updated_ms', now_ms, 'reason', reason)
+  if venue_id ~= '' then redis.call('HSET', K_ORDER, 'venue_order_id', venue_id) end
+  return {0, from}
+end
+
+local ok, res = pcall(main)
+if ok then return res end
+if type(res) == 'table' and (res.bad or res.err) then
+  local detail = res.bad or res.err
+  journal('bad_state', detail)
+  return {4, detail}
+end
+error(res)
