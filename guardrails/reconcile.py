@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from guardrails.gate import lua_source
-from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord
+from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord, Transition
 from guardrails.model import OrderState
 from guardrails.venues.base import Venue, VenueError, VenueOrderState, VenueOrderStatus
 
@@ -75,6 +75,10 @@ async def reconcile_order(
     except VenueError as e:
         report.failures.append((coid, f"venue lookup failed: {e}"))
         return
+    # Every fill first. A fill the ledger did not take (refused, unknown order, bad
+    # state) stops here: finalising the order now would release its reservation and
+    # the fill would be lost. The failure keeps the account fail-closed; the next pass
+    # retries (fills apply once per fill id, so retrying is safe).
     for fill in status.fills:
         try:
             outcome = await ledger.apply_fill(fill)
@@ -83,8 +87,11 @@ async def reconcile_order(
             return
         if outcome is FillOutcome.APPLIED:
             report.fills_applied += 1
-        elif outcome in (FillOutcome.REFUSED, FillOutcome.UNKNOWN_ORDER):
-            report.failures.append((coid, f"fill {fill.fill_id} {outcome.value}"))
+        elif outcome is not FillOutcome.DUPLICATE:
+            report.failures.append(
+                (coid, f"fill {fill.fill_id} {outcome.value}: order left as it is")
+            )
+            return
     after = await ledger.order(coid)
     if after is None:
         report.failures.append((coid, "order record vanished"))
@@ -109,8 +116,12 @@ async def reconcile_order(
         reason = f"reconcile: venue says {status.state.value}"
         if status.detail:
             reason += f" ({status.detail})"
-        result = await ledger.transition(coid, target, reason)
-        if result.value == "applied":
+        try:
+            result = await ledger.transition(coid, target, reason)
+        except LedgerError as e:
+            report.failures.append((coid, f"transition to {target.value} not applied: {e}"))
+            return
+        if result is Transition.APPLIED:
             report.transitions.append((coid, after.state.value, target.value))
 
 

@@ -162,3 +162,48 @@ async def test_rebuild_when_order_record_malformed_then_ledger_error_and_nothing
     after = (await redis_client.hgetall(acct.reservations),
              await redis_client.smembers(acct.open_orders), await redis_client.xlen(acct.journal))
     assert after == before
+
+
+@pytest.mark.parametrize("venue_state", [VenueOrderState.CANCELED, VenueOrderState.EXPIRED,
+                                         VenueOrderState.OPEN])
+@pytest.mark.parametrize("bad", ["over-fill", "wrong side", "other order"])
+async def test_reconcile_when_fill_not_applied_then_order_not_finalised_and_reported(
+    redis_client: aioredis.Redis, acct: AccountKeys, venue_state: VenueOrderState, bad: str
+) -> None:
+    # Arrange: the venue ended the order and reports a fill the ledger will not take
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, "0.0100", "nf")
+    await ledger.mark_unknown(coid, "submit timed out")
+    qty, side, target = Decimal("0.0100"), Side.BUY, coid
+    if bad == "over-fill":
+        qty = Decimal("0.0200")
+    elif bad == "wrong side":
+        side = Side.SELL
+    else:
+        target = "c-not-in-the-ledger"
+    f = Fill("nf1", target, SYMBOL, side, qty, Decimal("60000"), ts_ms=1_780_000_000_000)
+    venue = FakeVenue()
+    venue.status[coid] = status(coid, venue_state, f)
+    reserved = await redis_client.hgetall(acct.reservations)
+    # Act
+    report = await reconcile(ledger, venue, now_ms=0)
+    # Assert: reported (fail closed), the order and its reservation untouched
+    assert not report.ok and report.failures[0][0] == coid and "nf1" in report.failures[0][1]
+    assert report.transitions == []
+    rec = await ledger.order(coid)
+    assert rec is not None and rec.state is OrderState.UNKNOWN
+    assert await redis_client.hgetall(acct.reservations) == reserved
+    assert await redis_client.sismember(acct.open_orders, coid)
+
+
+async def test_reconcile_when_transition_hits_bad_state_then_reported_not_raised(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    ledger = Ledger(redis_client, acct, risk())
+    coid = await place(redis_client, acct, "0.0100", "bs")
+    await redis_client.hset(acct.reservations, f"{SYMBOL}:loss", "garbage")
+    venue = FakeVenue()
+    venue.status[coid] = status(coid, VenueOrderState.CANCELED)
+    report = await reconcile(ledger, venue, now_ms=0)
+    assert not report.ok and "not an integer" in report.failures[0][1]
+    assert (await ledger.order(coid)).state is OrderState.PENDING_SUBMIT  # type: ignore[union-attr]
