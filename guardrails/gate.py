@@ -13,6 +13,13 @@ Each ``admit`` is ONE ``EVALSHA`` of ``lua/gate_admit.lua``; Python only formats
 arguments and maps the reply. The check order and every ``DenyReason`` are documented
 in ``docs/gate.md``; the key layout in ``docs/keys.md``.
 
+A lost reply is not a denial: when the EVALSHA may have reached Redis but its reply
+was lost (a read timeout, a connection dropped after sending), ``admit`` re-asks Redis
+for the intent's decision (``HGET intents``, bounded by ``recover_s``) and returns the
+original ``Admitted`` (``duplicate=True``) if there is one. ``GateUnavailable`` means
+nothing was admitted as far as Redis could say; its subclass ``GateOutcomeUnknown``
+means Redis could not be asked again in time, so the intent *may* be admitted.
+
 What it does not guarantee: that the order reaches the venue before
 ``Admitted.submit_deadline_ms`` — the caller must not send it after that instant, and
 venues that support an expiry carry the deadline so a late order dies there.
@@ -20,6 +27,8 @@ venues that support an expiry carry the deadline so a late order dies there.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from importlib import resources
@@ -37,7 +46,19 @@ from guardrails.tradingday import ClockMs, TradingDay
 
 
 class GateUnavailable(Exception):
-    """Redis could not be asked (connection, timeout, script failure): nothing was admitted."""
+    """Redis could not be asked, or answered with an error: nothing was admitted (as far
+    as Redis could tell; see ``GateOutcomeUnknown``)."""
+
+
+class GateOutcomeUnknown(GateUnavailable):
+    """The request may have reached Redis (its reply was lost) and Redis could not be
+    asked again within ``recover_s``: the intent MAY be admitted and reserved. Asking
+    again with the same intent id returns the original decision; an admitted order
+    that is never sent is expired by reconciliation after its submit deadline."""
+
+
+RECOVER_S = 5.0
+"""Default bound on re-asking Redis for an intent's decision after a lost reply."""
 
 
 @cache
@@ -138,7 +159,7 @@ class OrderGate:
     the throttle and the permit deadline use Redis server time.
     """
 
-    __slots__ = ("_day", "_head", "_keys", "_risk", "_script", "_tail")
+    __slots__ = ("_day", "_head", "_keys", "_recover_s", "_redis", "_risk", "_script", "_tail")
 
     def __init__(
         self,
@@ -147,7 +168,10 @@ class OrderGate:
         risk: RiskConfig,
         *,
         clock_ms: ClockMs | None = None,
+        recover_s: float = RECOVER_S,
     ) -> None:
+        self._redis = redis
+        self._recover_s = recover_s
         self._keys = keys
         self._risk = risk
         self._day = TradingDay(risk.timezone, clock_ms)
@@ -169,7 +193,9 @@ class OrderGate:
     ) -> Decision:
         """Decide ``intent`` in one EVALSHA: ``Admitted`` (exposure reserved, order
         recorded PENDING_SUBMIT) or ``Denied(reason, detail)``. Raises
-        ``GateUnavailable`` when Redis cannot be asked: treat it as nothing admitted."""
+        ``GateUnavailable`` when nothing was admitted because Redis could not be asked
+        (or answered with an error), and ``GateOutcomeUnknown`` when the request may
+        have run but Redis could not be asked again within ``recover_s``."""
         coid = client_order_id_for(intent_id)
         day = self._day.today()
         keys = [*self._head, self._keys.day(day), self._keys.order(coid), *self._tail]
@@ -185,7 +211,60 @@ class OrderGate:
                 return Denied(intent_id, DenyReason.BAD_STATE, str(e))
             raise GateUnavailable(f"gate script failed: {e}") from e
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise GateUnavailable(f"redis unavailable: {type(e).__name__}: {e}") from e
+            if _before_sending(e):
+                raise GateUnavailable(f"redis unavailable: {type(e).__name__}: {e}") from e
+            return await self._recover(intent_id, e)
         except RedisError as e:
             raise GateUnavailable(f"redis error: {type(e).__name__}: {e}") from e
         return decode_reply(intent_id, coid, raw)
+
+    async def _recover(self, intent_id: str, cause: BaseException) -> Admitted:
+        """The EVALSHA may have run and only its reply been lost: ask Redis for the
+        intent's decision (a read, so asking is idempotent) until it answers or
+        ``recover_s`` passes. Returns the original admission or raises."""
+        why = f"{type(cause).__name__}: {cause}"
+        give_up = time.monotonic() + self._recover_s
+        pause = 0.05
+        while True:
+            try:
+                stored = await self._redis.hget(self._keys.intents, intent_id)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                if time.monotonic() + pause > give_up:
+                    raise GateOutcomeUnknown(
+                        f"reply lost ({why}) and Redis not reachable again within "
+                        f"{self._recover_s:g} s ({type(e).__name__}): intent {intent_id} may "
+                        "be admitted; submit the same intent id again to learn its decision"
+                    ) from cause
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
+            except RedisError as e:
+                raise GateOutcomeUnknown(
+                    f"reply lost ({why}); re-asking failed: {type(e).__name__}: {e}"
+                ) from cause
+            if stored is None:
+                raise GateUnavailable(
+                    f"reply lost ({why}); Redis says intent {intent_id} was not admitted"
+                ) from cause
+            return decode_intent_record(intent_id, _text(stored))
+
+
+def _before_sending(e: BaseException) -> bool:
+    """True when the error came from opening the connection: the request was not sent."""
+    return "connecting to" in str(e).lower()
+
+
+def decode_intent_record(intent_id: str, record: str) -> Admitted:
+    """The admission stored at ``intents[intent_id]``: ``coid|token|deadline_ms|nonce``."""
+    parts = record.split("|")
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise GateUnavailable(f"intents {intent_id} is malformed: {record!r}")
+    coid, token, deadline, nonce = parts
+    return Admitted(
+        intent_id=intent_id,
+        client_order_id=coid,
+        token=int(token),
+        submit_deadline_ms=int(deadline),
+        duplicate=True,
+        nonce=int(nonce) if nonce.isdigit() else None,
+    )

@@ -436,3 +436,82 @@ async def test_admit_when_burst_spent_then_throttled_until_bucket_refills(
     assert isinstance(first, Admitted) and isinstance(second, Admitted)
     assert isinstance(third, Denied) and third.reason is DenyReason.THROTTLED
     assert isinstance(fourth, Admitted)
+
+
+# -- a lost reply is not a denial ---------------------------------------------------------
+
+
+async def _through_proxy(
+    redis_server_port: int,
+) -> tuple[Any, aioredis.Redis]:
+    from guardrails.chaos.proxy import ChaosProxy
+
+    proxy = ChaosProxy("gate", "127.0.0.1", redis_server_port)
+    await proxy.start()
+    client = aioredis.Redis.from_url(proxy.url, decode_responses=True, socket_timeout=2,
+                                     socket_connect_timeout=2)
+    return proxy, client
+
+
+async def test_admit_when_reply_lost_after_script_ran_then_original_admission_returned(
+    redis_server: Any, redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    # Arrange: the gate talks to Redis through a proxy that will lose the replies
+    proxy, via = await _through_proxy(redis_server.port)
+    try:
+        g = OrderGate(via, acct, risk(), recover_s=15)
+        assert isinstance(await admit(g, buy("0.0010"), "warm-up"), Admitted)  # script loaded
+        proxy.lose_replies()
+        asyncio.get_running_loop().call_later(2.0, proxy.heal)  # the link comes back
+        # Act
+        d = await admit(g, buy("0.0100"), "lost")
+    finally:
+        await via.aclose()
+        await proxy.close()
+    # Assert: Redis admitted it once; the caller is told so, not "redis_unavailable"
+    stored = await redis_client.hget(acct.intents, "lost")
+    assert stored is not None and stored.startswith(client_order_id_for("lost") + "|")
+    assert isinstance(d, Admitted), d
+    assert d.duplicate and d.client_order_id == client_order_id_for("lost")
+    assert d.token == TOKEN and str(d.submit_deadline_ms) == stored.split("|")[2]
+    order = await redis_client.hgetall(acct.order(d.client_order_id))
+    assert order["state"] == "PENDING_SUBMIT"
+    assert (await redis_client.hgetall(acct.stats))["admitted"] == "2"
+    res = await redis_client.hgetall(acct.reservations)
+    assert res[f"{SYMBOL}:buy"] == "110"  # warm-up 10 + lost 100 lots, reserved once
+
+
+async def test_admit_when_reply_lost_and_redis_stays_unreachable_then_outcome_unknown(
+    redis_server: Any, redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    from guardrails.gate import GateOutcomeUnknown
+
+    proxy, via = await _through_proxy(redis_server.port)
+    try:
+        g = OrderGate(via, acct, risk(), recover_s=1)
+        assert isinstance(await admit(g, buy("0.0010"), "warm-up"), Admitted)
+        proxy.lose_replies()
+        with pytest.raises(GateOutcomeUnknown):
+            await admit(g, buy("0.0100"), "unsure")
+    finally:
+        await via.aclose()
+        await proxy.close()
+    # the outcome really was unknown to the caller: Redis did admit it, and asking
+    # again with the same intent id returns that original decision
+    again = await admit(gate(redis_client, acct), buy("0.0100"), "unsure")
+    assert isinstance(again, Admitted) and again.duplicate
+
+
+async def test_admit_when_connection_refused_then_gate_unavailable_not_unknown(
+    acct: AccountKeys,
+) -> None:
+    from guardrails.gate import GateOutcomeUnknown
+    from tests.redis_harness import free_port
+
+    r = aioredis.Redis(port=free_port(), socket_connect_timeout=1, socket_timeout=1)
+    try:
+        with pytest.raises(GateUnavailable) as err:
+            await admit(gate(r, acct), buy("0.01"), "x")
+        assert not isinstance(err.value, GateOutcomeUnknown)
+    finally:
+        await r.aclose()
