@@ -70,6 +70,9 @@ async def run(*, quick: bool) -> list[Row]:
     state_ms: list[float] = []
     first_cancel_ms: list[float] = []
     canceled: list[int] = []
+    attempted: list[int] = []
+    short: list[dict[str, object]] = []
+    """Trials where fewer orders were confirmed cancelled than were open: their log lines."""
     with redis_server() as server:
         async with workspace(NAME) as (tmp, instances):
             client = aioredis.Redis.from_url(server.url, decode_responses=True)
@@ -109,6 +112,9 @@ async def run(*, quick: bool) -> list[Row]:
                             into.append((first.logged_wall - pub.wall) * 1000)
                     received_ms.append((line.recv_wall - pub.wall) * 1000)
                     canceled.append(int(line.fields.get("canceled", "0")))
+                    attempted.append(int(line.fields.get("open_orders", "0")))
+                    if canceled[-1] < attempted[-1]:
+                        short.append({"trial": n + 1, "lines": [x.text for x in term] + [line.text]})
                     progress(NAME, f"trial {n + 1}/{trials}: {reaction_ms[-1]:.1f} ms, "
                              f"canceled {canceled[-1]} resting orders")
                     await _cli(env, cfg, server.url, "resume", "--account", acct_arg,
@@ -130,15 +136,19 @@ async def run(*, quick: bool) -> list[Row]:
             target=TARGET,
             status=verdict(p99(reaction_ms) <= 100),
             baseline=f"line read by bench: {fmt_pair(p50(received_ms), p99(received_ms))}",
-            note=f"{trials} trials via the real `guardrails kill` CLI, {RESTING} resting orders "
-            f"cancelled each time (canceled per trial: min {min(canceled)}, max {max(canceled)}); "
+            note=f"{trials} trials via the real `guardrails kill` CLI with {RESTING} bids kept "
+            f"resting; open orders at the kill per trial {min(attempted)}-{max(attempted)}, "
+            f"confirmed cancelled {min(canceled)}-{max(canceled)}"
+            + (f" ({len(short)} trial(s) with fewer confirmed than open: their log lines are in "
+               "the JSON)" if short else "") + "; "
             "reaction = latch read + each cancel confirmed by the venue and recorded; "
             "log timestamps are truncated to the ms. Earlier steps, p50 / p99: "
             + ("; ".join(steps) or "none logged"),
             data={"reaction": summary_ms(reaction_ms), "line_received": summary_ms(received_ms),
                   "latch_read": summary_ms(state_ms) if state_ms else None,
                   "first_cancel": summary_ms(first_cancel_ms) if first_cancel_ms else None,
-                  "canceled": canceled, "samples_ms": [round(x, 2) for x in reaction_ms]},
+                  "canceled": canceled, "open_orders": attempted,
+                  "samples_ms": [round(x, 2) for x in reaction_ms], "short_trials": short},
         ),
         Row(
             NAME,
