@@ -15,7 +15,7 @@ in ``docs/gate.md``; the key layout in ``docs/keys.md``.
 
 A lost reply is not a denial: when the EVALSHA may have reached Redis but its reply
 was lost (a read timeout, a connection dropped after sending), ``admit`` re-asks Redis
-for the intent's decision (``HGET intents``, bounded by ``recover_s``) and returns the
+for the intent's decision (``HGET intents``, bounded by ``recover_ms``) and returns the
 original ``Admitted`` (``duplicate=True``) if there is one. ``GateUnavailable`` means
 nothing was admitted as far as Redis could say; its subclass ``GateOutcomeUnknown``
 means Redis could not be asked again in time, so the intent *may* be admitted.
@@ -52,13 +52,13 @@ class GateUnavailable(Exception):
 
 class GateOutcomeUnknown(GateUnavailable):
     """The request may have reached Redis (its reply was lost) and Redis could not be
-    asked again within ``recover_s``: the intent MAY be admitted and reserved. Asking
+    asked again within ``recover_ms``: the intent MAY be admitted and reserved. Asking
     again with the same intent id returns the original decision; an admitted order
     that is never sent is expired by reconciliation after its submit deadline."""
 
 
-RECOVER_S = 5.0
-"""Default bound on re-asking Redis for an intent's decision after a lost reply."""
+RECOVER_MS = 5_000
+"""Default bound (ms) on re-asking Redis for an intent's decision after a lost reply."""
 
 
 @cache
@@ -159,7 +159,7 @@ class OrderGate:
     the throttle and the permit deadline use Redis server time.
     """
 
-    __slots__ = ("_day", "_head", "_keys", "_recover_s", "_redis", "_risk", "_script", "_tail")
+    __slots__ = ("_day", "_head", "_keys", "_recover_ms", "_redis", "_risk", "_script", "_tail")
 
     def __init__(
         self,
@@ -168,10 +168,10 @@ class OrderGate:
         risk: RiskConfig,
         *,
         clock_ms: ClockMs | None = None,
-        recover_s: float = RECOVER_S,
+        recover_ms: int = RECOVER_MS,
     ) -> None:
         self._redis = redis
-        self._recover_s = recover_s
+        self._recover_ms = recover_ms
         self._keys = keys
         self._risk = risk
         self._day = TradingDay(risk.timezone, clock_ms)
@@ -195,7 +195,7 @@ class OrderGate:
         recorded PENDING_SUBMIT) or ``Denied(reason, detail)``. Raises
         ``GateUnavailable`` when nothing was admitted because Redis could not be asked
         (or answered with an error), and ``GateOutcomeUnknown`` when the request may
-        have run but Redis could not be asked again within ``recover_s``."""
+        have run but Redis could not be asked again within ``recover_ms``."""
         coid = client_order_id_for(intent_id)
         day = self._day.today()
         keys = [*self._head, self._keys.day(day), self._keys.order(coid), *self._tail]
@@ -221,9 +221,9 @@ class OrderGate:
     async def _recover(self, intent_id: str, cause: BaseException) -> Admitted:
         """The EVALSHA may have run and only its reply been lost: ask Redis for the
         intent's decision (a read, so asking is idempotent) until it answers or
-        ``recover_s`` passes. Returns the original admission or raises."""
+        ``recover_ms`` passes. Returns the original admission or raises."""
         why = f"{type(cause).__name__}: {cause}"
-        give_up = time.monotonic() + self._recover_s
+        give_up = time.monotonic() + self._recover_ms / 1000
         pause = 0.05
         while True:
             try:
@@ -232,7 +232,7 @@ class OrderGate:
                 if time.monotonic() + pause > give_up:
                     raise GateOutcomeUnknown(
                         f"reply lost ({why}) and Redis not reachable again within "
-                        f"{self._recover_s:g} s ({type(e).__name__}): intent {intent_id} may "
+                        f"{self._recover_ms} ms ({type(e).__name__}): intent {intent_id} may "
                         "be admitted; submit the same intent id again to learn its decision"
                     ) from cause
                 await asyncio.sleep(pause)

@@ -459,7 +459,7 @@ async def test_admit_when_reply_lost_after_script_ran_then_original_admission_re
     # Arrange: the gate talks to Redis through a proxy that will lose the replies
     proxy, via = await _through_proxy(redis_server.port)
     try:
-        g = OrderGate(via, acct, risk(), recover_s=15)
+        g = OrderGate(via, acct, risk(), recover_ms=15_000)
         assert isinstance(await admit(g, buy("0.0010"), "warm-up"), Admitted)  # script loaded
         proxy.lose_replies()
         asyncio.get_running_loop().call_later(2.0, proxy.heal)  # the link comes back
@@ -488,7 +488,7 @@ async def test_admit_when_reply_lost_and_redis_stays_unreachable_then_outcome_un
 
     proxy, via = await _through_proxy(redis_server.port)
     try:
-        g = OrderGate(via, acct, risk(), recover_s=1)
+        g = OrderGate(via, acct, risk(), recover_ms=1_000)
         assert isinstance(await admit(g, buy("0.0010"), "warm-up"), Admitted)
         proxy.lose_replies()
         with pytest.raises(GateOutcomeUnknown):
