@@ -32,9 +32,9 @@ import redis.exceptions
 
 from guardrails import logs
 from guardrails.config import InstrumentConfig, RiskConfig
-from guardrails.gate import GateUnavailable
+from guardrails.gate import GateOutcomeUnknown, GateUnavailable
 from guardrails.ledger import LedgerError
-from guardrails.model import Admitted, Decision, Denied, DenyReason, Fill, Intent, Order
+from guardrails.model import Admitted, Decision, Denied, DenyReason, Fill, Intent, Order, OrderState
 from guardrails.venues.base import Accepted, Rejected, Venue, VenueError, VenueOrderState
 
 if TYPE_CHECKING:
@@ -190,7 +190,10 @@ class Context:
         """Gate, then venue. Returns the gate's decision (a value, never an exception).
 
         An ``Admitted`` with ``duplicate=True`` was decided before (same intent id):
-        nothing new was reserved and nothing is sent again.
+        nothing new was reserved. It is sent only if this term admitted it and it never
+        left the process (still PENDING_SUBMIT before its deadline — e.g. the gate's reply
+        was lost); the venue dedupes the client order id, so that send is never a second
+        order.
         """
         checkpoint()
         intent_id = intent.resolved_intent_id(self.name)
@@ -209,7 +212,7 @@ class Context:
             side=intent.side.value, qty=intent.qty, price=intent.price, token=decision.token,
             duplicate=decision.duplicate or None,
         )
-        if not decision.duplicate:
+        if not decision.duplicate or await self._unsent(decision):
             await self._send(intent, decision)
         checkpoint()
         return decision
@@ -225,8 +228,26 @@ class Context:
                 holder_id=self._leadership.holder_id,
                 allocate_nonce=self._allocate_nonce,
             )
+        except GateOutcomeUnknown as e:
+            # The reply was lost and Redis could not be asked again: the intent MAY be
+            # admitted. Nothing is sent; re-submitting the same intent returns the truth.
+            logs.event(self._rlog, "order.admission_unknown", logging.WARNING,
+                       strategy=self.name, intent_id=intent_id, error=str(e))
+            return Denied(intent_id, DenyReason.REDIS_UNAVAILABLE, f"outcome unknown: {e}")
         except GateUnavailable as e:
             return Denied(intent_id, DenyReason.REDIS_UNAVAILABLE, str(e))
+
+    async def _unsent(self, admitted: Admitted) -> bool:
+        """True when a duplicate admission of this term never left the process."""
+        if admitted.token != self._leadership.token:
+            return False
+        if self._clock_ms() >= admitted.submit_deadline_ms:
+            return False
+        try:
+            record = await self._ledger.order(admitted.client_order_id)
+        except _INFRA_ERRORS:
+            return False
+        return record is not None and record.state is OrderState.PENDING_SUBMIT
 
     async def _send(self, intent: Intent, admitted: Admitted) -> None:
         coid = admitted.client_order_id

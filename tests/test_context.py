@@ -225,3 +225,56 @@ async def test_read_when_filled_then_position_is_accounts_combined_position(
     assert await ctx.position("BTC-USD") == Decimal("0.001")
     assert (await ctx.positions())["BTC-USD"].qty == Decimal("0.001")
     assert (await ctx.budget()).limit == Decimal("10000")
+
+
+async def test_submit_when_admission_reply_was_lost_then_retry_sends_it_once(
+    world: World,
+) -> None:
+    # Arrange: the gate admitted the intent but its reply never reached the context
+    # (simulated by admitting directly), so the order is PENDING_SUBMIT and unsent.
+    ctx = world.context()
+    intent = await world.intent(tag="lost-reply")
+    intent_id = intent.resolved_intent_id("s1")
+    gate = OrderGate(world.redis, world.keys, world.cfg.risk)
+    first = await gate.admit(
+        intent, intent_id=intent_id, token=world.term.token, holder_id=world.term.holder_id
+    )
+    assert isinstance(first, Admitted)
+    assert await world.orders_at_venue() == []
+
+    # Act: the strategy retries the same intent, twice.
+    retry = await ctx.submit(intent)
+    again = await ctx.submit(intent)
+
+    # Assert: admitted once (nothing new reserved), sent exactly once, then not again.
+    assert isinstance(retry, Admitted) and retry.duplicate
+    assert isinstance(again, Admitted) and again.duplicate
+    orders = await world.orders_at_venue()
+    assert [o["coid"] for o in orders] == [first.client_order_id]
+    record = await world.ledger.order(first.client_order_id)
+    assert record is not None and record.state is OrderState.SUBMITTED
+    reserved = await world.redis.hget(world.keys.reservations, "BTC-USD:buy")
+    assert reserved == "10"  # 0.001 BTC in 0.0001 lots, reserved once
+
+
+async def test_submit_when_duplicate_was_admitted_by_an_older_term_then_not_sent(
+    world: World,
+) -> None:
+    ctx = world.context()
+    intent = await world.intent(tag="old-term")
+    intent_id = intent.resolved_intent_id("s1")
+    gate = OrderGate(world.redis, world.keys, world.cfg.risk)
+    first = await gate.admit(
+        intent, intent_id=intent_id, token=world.term.token, holder_id=world.term.holder_id
+    )
+    assert isinstance(first, Admitted)
+    # The next term (same holder for the test, new token) retries it: the older term's
+    # send may still be in flight, so only reconciliation may decide its fate.
+    await world.redis.set(world.keys.lease, f"{world.term.token + 1}:{world.term.holder_id}", px=10_000)
+    await world.redis.set(world.keys.fence, world.term.token + 1)
+    world.term.token += 1
+
+    retry = await ctx.submit(intent)
+
+    assert isinstance(retry, Admitted) and retry.duplicate
+    assert await world.orders_at_venue() == []
