@@ -723,12 +723,12 @@ async def test_real_records_when_fence_check_skipped_then_invariant_1(world: _Wo
 
 
 async def test_real_records_when_fill_applied_twice_then_invariant_4(world: _World) -> None:
-    # Arrange: a broken build that applies one venue fill twice (under a second id)
-    from guardrails.model import Fill
-
-    f1 = world.fills["f1"]
-    assert isinstance(f1, Fill)
-    await world.ledger.apply_fill(replace(f1, fill_id="f1-again"))
+    # Arrange: a broken build that applies one venue fill twice under a second id (the
+    # real ledger script refuses an over-fill, so the broken write is made by hand,
+    # exactly as a script without that guard would make it)
+    k = world.keys
+    await world.r.hset(k.fills, "f1-again", client_order_id_for("i1"))
+    await world.r.hincrby(k.positions, f"{BTC}:qty", 100)  # 0.01 BTC in 0.0001 lots
     # Act
     found = world.check().violations
     # Assert
