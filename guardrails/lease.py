@@ -80,6 +80,8 @@ from guardrails import logs
 from guardrails.config import LeaseConfig
 from guardrails.keys import AccountKeys
 
+STEPDOWN_RECANCEL_S = 0.2
+"""How often stepping down checks for (and repeats) a cancellation the lead swallowed."""
 DISABLE_SELF_FENCE_ENV = "GUARDRAILS_TEST_DISABLE_SELF_FENCE"
 """Test-only: ``1`` makes ``valid()`` ignore the local deadline and the elector not
 self-fence on its timer (a renew that Redis refuses still makes it step down)."""
@@ -493,9 +495,20 @@ class LeaderElector:
                         lead_task.add_done_callback(functools.partial(_set_event, lead_done))
                         # 3. Renew until the renew deadline passes, Redis refuses, or stop.
                         end = await self._renew_until_end(leadership, stop, lead_done)
-                        # 4. Stop leading: lost is already set on a loss; cancel lead and
-                        #    let the task group await it.
-                        lead_task.cancel()
+                        # 4. Stop leading: lost is already set on a loss; cancel lead until
+                        #    it has ended. One cancel() is not enough: a client library's
+                        #    request timeout firing at the same moment can swallow it (the
+                        #    cancellation surfaces as a TimeoutError the lead code handles),
+                        #    and the task group would then wait on a lead that never ends.
+                        #    A lead still unwinding its cancellation (cancelling() > 0)
+                        #    is left to finish its cleanup; only a swallowed one is repeated.
+                        if not lead_task.done():
+                            leadership.lost.set()
+                            lead_task.cancel()
+                        while not lead_task.done():
+                            await asyncio.wait({lead_task}, timeout=STEPDOWN_RECANCEL_S)
+                            if not lead_task.done() and lead_task.cancelling() == 0:
+                                lead_task.cancel()
                 finally:
                     # 5. Only now that lead has returned: release (unless Redis refused us).
                     leadership.lost.set()

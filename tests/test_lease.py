@@ -874,3 +874,39 @@ async def test_scripts_when_run_on_redis_62_then_same_codes(tmp_path: Path) -> N
     assert isinstance(third, Acquired) and third.token == 3
     assert missing is RenewOutcome.MISSING
     assert registry_ok > 0
+
+
+async def test_elector_when_lead_swallows_a_cancellation_then_still_steps_down_and_releases(
+    redis_client: aioredis.Redis,
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    # A lead whose first cancellation is swallowed, as a client library's request
+    # timeout firing at the same moment does (it surfaces as a handled TimeoutError).
+    swallowed = 0
+    started = asyncio.Event()
+
+    async def lead(leadership: Leadership) -> None:
+        nonlocal swallowed
+        started.set()
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed == 0:
+                    swallowed += 1
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    continue  # "a timeout": keep looping, like a pump catching VenueError
+                raise
+
+    stop = asyncio.Event()
+    run = asyncio.create_task(
+        LeaderElector(Lease(redis_client, KEYS, "a", cfg()), log=LOG).run(lead, stop)
+    )
+    tasks.append(run)
+    await wait_event(started, 10, "lead to start")
+
+    stop.set()
+    await asyncio.wait_for(run, 10)
+
+    assert swallowed == 1
+    assert not await redis_client.exists(KEYS.lease), "released once lead finally ended"
