@@ -368,8 +368,11 @@ def test_run_when_redis_paused_mid_run_then_nothing_admitted_and_recovers_with_n
     # the pause may be logged a moment after it).
     during = [e for e in a.events("order.admitted") if paused_at + 0.5 < e.ts < resumed_at]
     assert during == []
+    # Any intent tried meanwhile was denied for that reason. (There may be none: a submit
+    # in flight when Redis stopped answering re-asks Redis for its outcome until the
+    # self-fence cancels the strategy — the lease.lost line above is the clear log line.)
     reasons = {e["reason"] for e in a.events("order.denied") if paused_at <= e.ts < resumed_at}
-    assert reasons and reasons <= {"redis_unavailable", "not_active"}
+    assert reasons <= {"redis_unavailable", "not_active"}
     assert a.running()
 
 
