@@ -1,7 +1,8 @@
 """Idle standby cost: Redis commands per second and CPU % of one waiting standby.
 
 A benchmark-owned redis-server serves one account with the project's DEFAULT timings
-(ttl 3 s, renew_deadline 2 s, renew_interval 500 ms, registry heartbeat 1 s). Two
+(ttl 3 s, renew_deadline 2 s, renew_interval 500 ms, registry heartbeat 1 s, 15 s
+while standby). Two
 windows of equal length: (A) the active instance alone, (B) the active plus one idle
 ``--standby`` copy (started, subscribed and settled before B opens). Two figures:
 
@@ -128,7 +129,8 @@ async def run(*, quick: bool) -> list[Row]:
     executed_by = ", ".join(
         f"{c} {v:.2f}/s" for c, v in sorted(diff.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.05
     )
-    timings = "default timings (ttl 3s, renew_interval 500ms, registry heartbeat 1s)"
+    timings = ("default timings (ttl 3s, renew_interval 500ms, registry heartbeat 1s active / "
+               "15s standby)")
     return [
         Row(
             NAME,

@@ -342,6 +342,11 @@ VenueConfig = Annotated[
 class RuntimeConfig(_Model):
     heartbeat_interval: DurationMs = Field(default=ms("1s"), description="Registry heartbeat period.")
     heartbeat_ttl: DurationMs = Field(default=ms("5s"), description="A silent instance expires after.")
+    standby_heartbeat_interval: DurationMs = Field(
+        default=ms("15s"),
+        description="Registry heartbeat period while standby (an idle standby's Redis cost; "
+        "its record lives 3 periods).",
+    )
     health_port: int | None = Field(
         default=None, ge=0, le=65535, description="Serve /health on 127.0.0.1:port (0 = any free)."
     )

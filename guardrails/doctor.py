@@ -464,8 +464,15 @@ async def _check_account(
               f"(last seen {(now_ms - seen) // 1000}s ago)",
               "if it crashed, nothing to do for trading; remove the row with "
               f"`redis-cli ZREM {keys.instances} {mid}`", "warning")
+    # A row is stale once it has been silent for half the TTL its instance gave it (a
+    # standby beats slowly and gives its record a longer TTL), and never before
+    # stale_after. A failed TTL read leaves stale_after alone.
+    async with redis.pipeline(transaction=False) as pipe:
+        for r in rows:
+            pipe.pttl(keys.instance(r.get("id", "")))
+        ttls = await pipe.execute(raise_on_error=False) if rows else []
     instances: list[Instance] = []
-    for r in rows:
+    for r, ttl in zip(rows, ttls, strict=True):
         inst = Instance(
             account=account, host=r.get("host", "?"), pid=_int(r.get("pid")), id=r.get("id"),
             role=r.get("role"), token=_int(r.get("token")),
@@ -474,7 +481,12 @@ async def _check_account(
             limits_digest=r.get("limits_digest") or None,
             last_seen_ms=_int(r.get("last_seen_ms")), sources=["registry"],
         )
-        if inst.last_seen_ms is not None and now_ms - inst.last_seen_ms > stale_after:
+        stale = False
+        if inst.last_seen_ms is not None:
+            silent_ms = now_ms - inst.last_seen_ms
+            row_ttl = silent_ms + ttl if isinstance(ttl, int) and ttl > 0 else 0
+            stale = silent_ms > max(stale_after, row_ttl // 2)
+        if stale and inst.last_seen_ms is not None:
             c.add("stale_registration", account,
                   f"instance {inst.id} on {inst.host} last heartbeat "
                   f"{(now_ms - inst.last_seen_ms) // 1000}s ago",

@@ -17,6 +17,12 @@ rows only every ``PRUNE_EVERY`` beats).
 What the registry does NOT guarantee: it is a census, not an authority. A row says an
 instance was alive at ``last_seen_ms``; a missing row does not prove a process is gone
 (Redis may have been unreachable from it). Who may trade is decided by the lease alone.
+
+The runtime beats a standby every ``standby_heartbeat_interval`` (default 15 s) instead of
+every ``heartbeat_interval``: five commands per beat inside Redis were most of what an
+idle standby cost. Its record then lives ``3 x`` that period (``ttl_ms``), so two lost
+beats in a row do not make it vanish; ``doctor`` reads each record's TTL and judges a
+row's silence against it (stale after half its TTL, and never before ``stale_after``).
 """
 
 from __future__ import annotations
@@ -116,6 +122,17 @@ class Registry:
         self._indexed = False
         self._beats = 0
 
+    def interval_ms(self, role: Role | str) -> int:
+        """How often the runtime heartbeats in ``role``: a standby, slowly."""
+        if Role(role) is Role.STANDBY:
+            return max(self.cfg.heartbeat_interval, self.cfg.standby_heartbeat_interval)
+        return self.cfg.heartbeat_interval
+
+    def ttl_ms(self, role: Role | str) -> int:
+        """The record's PX when beating every ``interval_ms(role)``: ``heartbeat_ttl``, or
+        three beat periods if that is longer (a slow standby beat)."""
+        return max(self.cfg.heartbeat_ttl, 3 * self.interval_ms(role))
+
     def _fields(self, role: str, token: int | None) -> list[str]:
         i = self.info
         record = {
@@ -135,13 +152,15 @@ class Registry:
         }
         return [x for kv in record.items() for x in kv]
 
-    async def heartbeat(self, role: Role | str, token: int | None) -> int:
-        """Write this instance's record (expiring after ``heartbeat_ttl``); returns the
-        Redis server time (ms) written as ``last_seen_ms``. Raises on Redis errors."""
+    async def heartbeat(self, role: Role | str, token: int | None, *,
+                        ttl_ms: int | None = None) -> int:
+        """Write this instance's record (expiring after ``ttl_ms``, default
+        ``heartbeat_ttl``); returns the Redis server time (ms) written as
+        ``last_seen_ms``. Raises on Redis errors."""
         role = Role(role)
         args: list[str | int] = [
             self.info.id,
-            self.cfg.heartbeat_ttl,
+            self.cfg.heartbeat_ttl if ttl_ms is None else ttl_ms,
             KEEP_SILENT_ROWS_MS if self._beats % PRUNE_EVERY == 0 else 0,
             *self._fields(role.value, token),
         ]

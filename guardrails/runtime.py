@@ -152,6 +152,8 @@ class Runtime:
         self._venue: Venue | None = None
         self.marks = MarkBook()
         self.role = "standby"
+        self._role_changed = asyncio.Event()
+        """Set when ``role`` changes: the heartbeat says so at once, not a slow beat later."""
         self.token: int | None = None
         self.deadline_epoch_ms: Callable[[], int] | None = None
         self.crashed: set[str] = set()
@@ -274,6 +276,7 @@ class Runtime:
 
     async def _lead(self, leadership: Leadership) -> None:
         self.role, self.token = "active", int(leadership.token)
+        self._role_changed.set()
         self.deadline_epoch_ms = leadership.deadline_epoch_ms
         logs.event(log, "runtime.active", instance=self.instance_id, token=leadership.token)
         try:
@@ -296,6 +299,7 @@ class Runtime:
                     tg.create_task(self._run_strategy(loaded, self._context(loaded, leadership)))
         finally:
             self.role, self.token, self.deadline_epoch_ms = "standby", None, None
+            self._role_changed.set()
             logs.event(log, "runtime.standby", instance=self.instance_id,
                        token=leadership.token,
                        reason="stopping" if self.stop.is_set() else "term ended")
@@ -591,7 +595,7 @@ class Runtime:
             checkpoint()
             role = "stopping" if self.stop.is_set() else self.role
             try:
-                await registry.heartbeat(role, self.token)
+                await registry.heartbeat(role, self.token, ttl_ms=registry.ttl_ms(role))
                 if failing:
                     logs.event(log, "redis.recovered", during="heartbeat")
                 failing = False
@@ -600,11 +604,14 @@ class Runtime:
                     logs.event(log, "runtime.redis_unavailable", logging.WARNING,
                                during="heartbeat", error=f"{type(e).__name__}: {e}")
                 failing = True
-            interval = self.cfg.runtime.heartbeat_interval / 1000
+            interval = registry.interval_ms(role) / 1000  # a standby beats slowly
             if self.stop.is_set():
                 await asyncio.sleep(interval)
             else:
-                await _wait(self.stop, interval)  # say "stopping" as soon as we are
+                # say "stopping" or a new role as soon as it changes
+                self._role_changed.clear()
+                if self.role == role:
+                    await _wait_any((self.stop, self._role_changed), interval)
 
     def health_facts(self) -> dict[str, object]:
         deadline = self.deadline_epoch_ms() if self.deadline_epoch_ms else None
@@ -661,6 +668,16 @@ class Runtime:
         logs.event(log, "dashboard.serving", url=url)
         cleanup: Callable[[], Awaitable[None]] = runner.cleanup
         return cleanup
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
+    """Wait until one of ``events`` is set or ``seconds`` pass."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
