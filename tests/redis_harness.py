@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,18 +16,10 @@ from pathlib import Path
 
 import redis
 
+from guardrails.chaos.redisproc import FORBIDDEN_PORT, free_port
 from guardrails.embedded import find_redis_server
 
-FORBIDDEN_PORT = 6379
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port != FORBIDDEN_PORT:
-            return port
+__all__ = ["FORBIDDEN_PORT", "RedisServer", "free_port"]
 
 
 class RedisServer:
