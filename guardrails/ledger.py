@@ -101,6 +101,8 @@ class PositionView:
     cost_basis: Decimal
     """Signed money paid for the open position (negative for a short: money received)."""
     avg_cost: Decimal | None
+    """cost_basis / qty, rounded half-even to four decimals finer than the tick (a
+    derived figure for people; ``cost_basis`` is the exact one)."""
     realized_pnl: Decimal
     """Cumulative realized PnL in this symbol, fees included (all days)."""
     mark: Decimal | None
@@ -353,7 +355,7 @@ class Ledger:
                 symbol=sym,
                 qty=qty,
                 cost_basis=cost_d,
-                avg_cost=(cost_d / qty) if lots else None,
+                avg_cost=(cost_d / qty).quantize(inst.tick.scaleb(-4)) if lots else None,
                 realized_pnl=Decimal(pos.get(f"{sym}:rpnl", 0)).scaleb(-qd),
                 mark=mark,
                 unrealized=unreal,
