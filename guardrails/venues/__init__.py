@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from guardrails.config import Config, EvmVenueConfig, HttpVenueConfig, PaperVenueConfig
-from guardrails.venues.base import Venue
+from guardrails.venues.base import Venue, VenueError
 
 
 def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Venue:
@@ -38,7 +38,9 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
         try:
             evm = importlib.import_module("guardrails.venues.evm")
         except ImportError as e:
-            raise NotImplementedError(f"the EVM venue is not available: {e}") from e
+            raise VenueError(
+                f"the EVM venue cannot be loaded ({e}); reinstall with `make setup`"
+            ) from e
         evm_venue: Venue = evm.EvmVenue(
             venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk, source=cfg.source
         )
