@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -813,11 +814,21 @@ def test_leaderships_when_four_processes_contend_then_no_two_overlap_by_token_or
     print(f"{len(rows)} leaderships over {len({r[3] for r in rows})} processes")
     assert len(tokens) == len(set(tokens)), f"a token led twice: {tokens}"
     # A token is only ever skipped when an acquire's reply was lost (client timeout after
-    # Redis ran it): that process then waits for its own orphaned lease to expire.
+    # Redis ran it: that process then waits for its own orphaned lease to expire), or when
+    # it was a process's last acquisition, made just as its run was told to stop (the
+    # lease is then released without leading).
     skipped = sorted(set(range(1, fence + 1)) - set(tokens))
     assert set(tokens) <= set(range(1, fence + 1))
     timed_out = sum(e.count("event=lease.redis_unavailable") for e in errors)
-    assert len(skipped) <= timed_out, f"tokens never led: {skipped}; stderr: {errors}"
+    last_acquired = set()
+    for e in errors:
+        acquired = [int(t) for t in re.findall(r"event=lease\.acquired token=(\d+)", e)]
+        if acquired:
+            last_acquired.add(acquired[-1])
+    unexplained = [t for t in skipped if t not in last_acquired]
+    assert len(unexplained) <= timed_out, (
+        f"tokens never led: {unexplained}; stderr: {[e[-2000:] for e in errors]}"
+    )
     assert len({r[3] for r in rows}) >= 2, "leadership moved between processes"
     # (r[4] == 0 marks a lead that ended by self-fencing: legitimate under CPU starvation,
     # and its interval must still not overlap the next holder's.)
