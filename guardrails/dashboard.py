@@ -174,8 +174,10 @@ async def _api_events(request: web.Request) -> web.StreamResponse:
                 err = json.dumps({"error": f"redis: {e}"})
                 await resp.write(f"event: failure\ndata: {err}\n\n".encode())
             await asyncio.sleep(s.interval_s)
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the browser went away or the server is stopping
+    except ConnectionResetError:
+        return resp  # the browser went away
+    # A cancellation (the server stopping) propagates: swallowing it is how a task
+    # outlives its cancel (the step-down bug the chaos run found in the runtime).
     return resp
 
 

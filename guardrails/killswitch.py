@@ -245,8 +245,11 @@ async def _apply(
             print(describe(change))
             try:
                 await redis.sadd(ACCOUNTS_INDEX, str(account))
-            except RedisError:
-                pass  # the index only serves --all and dashboards; the latch is set
+            except RedisError as e:
+                # The latch is set and verified; only the index (for --all and
+                # dashboards) is missing this account, so say so rather than fail.
+                print(f"warning: {account} not added to {ACCOUNTS_INDEX} ({e}); "
+                      "`kill --all` and dashboards may not list it", file=sys.stderr)
         return 1 if failed else 0
     finally:
         await redis.aclose()
