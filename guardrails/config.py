@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -356,6 +356,48 @@ class RuntimeConfig(_Model):
     )
 
 
+NotifyEvent = Literal[
+    "kill", "resume", "lease_lost", "self_fence", "takeover", "budget_80", "budget_100",
+    "foreign_activity", "strategy_crashed", "redis_unreachable", "doctor",
+]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
+
+
+def _http_url(v: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", v):
+        raise ValueError(f"{v!r} is not an http(s) URL")
+    return v
+
+
+class _NotifyBase(_Model):
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS),
+        description="Which events to send (default: all of them; docs/operations.md, Alerts).",
+    )
+    timeout: DurationMs = Field(default=ms("5s"), description="Timeout of one delivery attempt.")
+
+
+class WebhookNotifyConfig(_NotifyBase):
+    kind: Literal["webhook"] = Field(description="A JSON POST of each alert to `url`.")
+    url: Annotated[str, AfterValidator(_http_url)] = Field(description="Where to POST.")
+
+
+class TelegramNotifyConfig(_NotifyBase):
+    kind: Literal["telegram"] = Field(description="Telegram Bot API sendMessage.")
+    chat_id: str = Field(min_length=1, description="The chat to message.")
+    token_env: str = Field(
+        default="GUARDRAILS_TELEGRAM_TOKEN",
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the bot token (never the config file).",
+    )
+    api_url: Annotated[str, AfterValidator(_http_url)] = Field(
+        default="https://api.telegram.org", description="Bot API base URL (tests point it at a local server)."
+    )
+
+
+NotifyConfig = Annotated[WebhookNotifyConfig | TelegramNotifyConfig, Field(discriminator="kind")]
+
+
 class Config(_Model):
     account: AccountConfig
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -364,6 +406,7 @@ class Config(_Model):
     venue: VenueConfig = Field(default_factory=PaperVenueConfig)
     strategies: list[StrategyConfig] = Field(default_factory=list)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    notify: list[NotifyConfig] = Field(default_factory=list)
     _source: str = PrivateAttr(default="<config>")
 
     @property

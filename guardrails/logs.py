@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:/@+-")
@@ -28,10 +29,26 @@ def _fmt(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+Listener = Callable[[str, Mapping[str, object]], None]
+_listeners: list[Listener] = []
+
+
+def add_listener(listener: Listener) -> Callable[[], None]:
+    """Call ``listener(name, fields)`` for every event; returns the function that removes it.
+
+    Listeners run inline in the caller of ``event`` (the order path, the lease loop), so they
+    must be O(1) and never block: the alert router only appends to a bounded queue.
+    """
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener) if listener in _listeners else None
+
+
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: object) -> None:
-    """Log ``event=name k=v ...`` as one line."""
+    """Log ``event=name k=v ...`` as one line, and hand it to the listeners."""
     parts = [f"event={name}"] + [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
     logger.log(level, " ".join(parts))
+    for listener in tuple(_listeners):
+        listener(name, fields)
 
 
 class _Formatter(logging.Formatter):

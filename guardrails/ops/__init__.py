@@ -1,0 +1,1 @@
+"""What operators run: status, doctor, dashboard, alerts, and their shared plumbing."""
