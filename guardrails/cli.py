@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from guardrails import logs
 from guardrails.config import ConfigError
 
 DEFAULT_CONFIG = "config/paper.toml"
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard", action="store_true", help="also serve the web dashboard")
     p.add_argument("--health-port", type=int, default=None, help="serve /health on this port")
     p.add_argument("--instance-id", default=None, help="override the generated instance id")
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="auto",
+        help="auto (console on a terminal, else kv), kv (key=value lines), json (JSON lines), console",
+    )
     p.set_defaults(func=_lazy("guardrails.runtime:cmd_run"))
 
     p = sub.add_parser("kill", help="halt an account (or make it reduce-only) from anywhere")

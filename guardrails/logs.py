@@ -8,6 +8,7 @@ here: callers pass ids and amounts, never keys.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -46,9 +47,24 @@ def add_listener(listener: Listener) -> Callable[[], None]:
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: object) -> None:
     """Log ``event=name k=v ...`` as one line, and hand it to the listeners."""
     parts = [f"event={name}"] + [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
-    logger.log(level, " ".join(parts))
+    # The structured form rides along on the record for the JSON and console formats.
+    logger.log(level, " ".join(parts), extra={"gr_event": name, "gr_fields": fields})
     for listener in tuple(_listeners):
         listener(name, fields)
+
+
+FORMATS = ("auto", "kv", "json", "console")
+"""``auto``: the console for people when stderr is a terminal, else ``kv`` (key=value lines)."""
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f")  # exact: never a JSON float
+    if isinstance(value, float):
+        return value
+    return str(value)
 
 
 class _Formatter(logging.Formatter):
@@ -61,10 +77,43 @@ class _Formatter(logging.Formatter):
         return line
 
 
-def setup(level: int = logging.INFO) -> None:
-    """Line-per-event logs to stderr (what `guardrails run` prints)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (Loki, ELK): ``ts``, ``level``, ``logger``, ``event`` and the
+    event's fields; a plain log line has ``message`` instead. Decimals are strings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out: dict[str, object] = {
+            "ts": f"{ts}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        name = getattr(record, "gr_event", None)
+        fields = getattr(record, "gr_fields", None)
+        if isinstance(name, str) and isinstance(fields, Mapping):
+            out["event"] = name
+            for k, v in fields.items():
+                if v is not None and k not in out:
+                    out[k] = _json_value(v)
+        else:
+            out["message"] = record.getMessage()
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"))
+
+
+def setup(level: int = logging.INFO, fmt: str = "kv") -> None:
+    """Logs to stderr in ``fmt`` (``FORMATS``): what `guardrails run` prints."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "kv"
+    handler: logging.Handler
+    if fmt == "console":
+        from guardrails.console import ConsoleHandler  # rich is only imported for people
+
+        handler = ConsoleHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if fmt == "json" else _Formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -76,7 +76,7 @@ HALT_RECHECK_S = 1.0
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Entry point of ``guardrails run``. 0 after a clean stop, 2 if it could not start."""
-    logs.setup()
+    logs.setup(fmt=getattr(args, "log_format", "kv"))
     cfg = load_config(args.config, args.redis_url)  # ConfigError -> exit 2 in cli.main
     strategies = load_strategies(cfg, source=str(args.config))
     return asyncio.run(_main(cfg, args, strategies))
