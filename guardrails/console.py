@@ -103,7 +103,8 @@ class ConsoleHandler(logging.Handler):
     def _plain(self, record: logging.LogRecord) -> None:
         if record.levelno < logging.INFO:
             return
-        style = "red" if record.levelno >= logging.ERROR else "yellow" if record.levelno >= logging.WARNING else ""
+        style = ("red" if record.levelno >= logging.ERROR
+                 else "yellow" if record.levelno >= logging.WARNING else "")
         self._print(record, Text(record.getMessage(), style=style))
 
     def _kv(self, fields: Mapping[str, object], skip: tuple[str, ...] = ()) -> str:
@@ -209,4 +210,5 @@ class ConsoleHandler(logging.Handler):
             if not o.shown_resting and now - o.started >= self.resting_after_s:
                 o.shown_resting = True
                 o.steps.append("resting")
-                self.console.print(Text(time.strftime("%H:%M:%S") + " ", style="dim") + self._order_text(o, coid))
+                stamp = Text(time.strftime("%H:%M:%S") + " ", style="dim")
+                self.console.print(stamp + self._order_text(o, coid))

@@ -59,8 +59,8 @@ class Receiver:
         await self.runner.cleanup()
 
 
-async def _until(pred: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(pred: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while not pred():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
