@@ -3,16 +3,23 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+RUNSTAMP := $(VENV)/.installed-run-stamp
 CONFIG ?= config/paper.toml
 DURATION ?= 600
 SEED ?=
 
 .PHONY: setup run test bench lint chaos clean browser
 
-$(STAMP): pyproject.toml
+# Two stamps: `make run` installs the runtime dependencies only; `make test`, `lint`, `bench`
+# and `chaos` add the dev tools (.[dev]). Either is redone when pyproject.toml changes.
+$(RUNSTAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "guardrails needs Python 3.11+, found " + sys.version.split()[0]'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(RUNSTAMP)
+
+$(STAMP): $(RUNSTAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
@@ -20,7 +27,7 @@ setup: $(STAMP)
 
 ## make run — the example strategies on the exchange simulator over HTTP (one per-user daemon,
 ## shared with a `guardrails run --standby` in another terminal) with an embedded Redis, until Ctrl-C.
-run: $(STAMP)
+run: $(RUNSTAMP)
 	$(BIN)/guardrails run --config $(CONFIG) --dashboard
 
 ## make test — the whole suite, against redis-server processes the tests start themselves.

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from importlib import metadata
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,6 +19,7 @@ from guardrails import logs
 from guardrails.config import ConfigError
 
 DEFAULT_CONFIG = "config/paper.toml"
+_INIT_VENUES = ("paper", "http")  # guardrails.ops.init.VENUES, without importing it for --help
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -130,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     vsub.add_parser("stop", help="stop the per-user simulator daemon (its record is kept)")
     p.set_defaults(func=_lazy("guardrails.venues.simdaemon:cmd_venue"))
 
+    p = sub.add_parser("init", help="write a commented starter config for a venue")
+    p.add_argument("--venue", choices=_INIT_VENUES, default="paper", help="which venue (default paper)")
+    p.add_argument("--output", "-o", default="guardrails.toml", help="file to write (default guardrails.toml)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_lazy("guardrails.ops.init:cmd_init"))
+
     p = sub.add_parser("redis", help="manage the embedded Redis")
     rsub = p.add_subparsers(dest="redis_command", required=True, metavar="ACTION")
     rp = rsub.add_parser("status", help="is the embedded Redis running, where")
@@ -138,7 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     rsub.add_parser("stop", help="stop it gracefully (AOF flushed)")
     p.set_defaults(func=cmd_redis)
 
+    _add_version(parser)
     return parser
+
+
+def _version() -> str:
+    try:
+        return f"guardrails {metadata.version('guardrails')}"
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "guardrails (not installed)"
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version`` on the top level and on every command and sub-command."""
+    parser.add_argument("--version", action="version", version=_version())
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_version(child)
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
@@ -173,6 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `guardrails status | head`: the reader left. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again, and exit quietly (Python docs,
+        # "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     return rc
 
 
