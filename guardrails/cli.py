@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from importlib import metadata
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
 from guardrails import logs
 from guardrails.config import ConfigError
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a commented starter config for a venue")
     p.add_argument("--venue", choices=_INIT_VENUES, default="paper", help="which venue (default paper)")
-    p.add_argument("--output", "-o", default="guardrails.toml", help="file to write (default guardrails.toml)")
+    p.add_argument("--output", "-o", default="guardrails.toml", help="file to write")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=_lazy("guardrails.ops.init:cmd_init"))
 
