@@ -354,6 +354,10 @@ class RuntimeConfig(_Model):
     lock_dir: str | None = Field(
         default=None, description="Directory of the local single-instance lock (default: /run/…)."
     )
+    alert_redis_after: DurationMs = Field(
+        default=ms("30s"),
+        description="Alert `redis_unreachable` once Redis has been unreachable this long.",
+    )
 
 
 NotifyEvent = Literal[

@@ -62,6 +62,16 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
         "One strategy instance; all strategies of a config share the account's lease and risk.",
     ),
     ("[runtime]", c.RuntimeConfig, "Per-process settings (not part of the account's limits)."),
+    (
+        "[[notify]] kind = \"webhook\"",
+        c.WebhookNotifyConfig,
+        "Alerts as a JSON POST (docs/operations.md, \"Alerts\"). Delivery never blocks trading.",
+    ),
+    (
+        "[[notify]] kind = \"telegram\"",
+        c.TelegramNotifyConfig,
+        "Alerts to a Telegram chat via the Bot API; the token comes from the environment.",
+    ),
 ]
 
 def _type_name(info: FieldInfo) -> str:
@@ -96,6 +106,9 @@ def _default(info: FieldInfo) -> str:
     if info.is_required():
         return "**required**"
     if info.default_factory is not None:
+        made = info.default_factory()  # type: ignore[call-arg]
+        if isinstance(made, list) and made and all(isinstance(x, str) for x in made):
+            return "all of them"
         return "(empty)"
     value = info.default
     if value is None:

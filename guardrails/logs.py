@@ -44,11 +44,14 @@ def add_listener(listener: Listener) -> Callable[[], None]:
     return lambda: _listeners.remove(listener) if listener in _listeners else None
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: object) -> None:
-    """Log ``event=name k=v ...`` as one line, and hand it to the listeners."""
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, *, exc_info: bool = False,
+          **fields: object) -> None:
+    """Log ``event=name k=v ...`` as one line (``exc_info``: the current exception's
+    traceback follows it), and hand it to the listeners."""
     parts = [f"event={name}"] + [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
     # The structured form rides along on the record for the JSON and console formats.
-    logger.log(level, " ".join(parts), extra={"gr_event": name, "gr_fields": fields})
+    logger.log(level, " ".join(parts), exc_info=exc_info,
+               extra={"gr_event": name, "gr_fields": fields})
     for listener in tuple(_listeners):
         listener(name, fields)
 

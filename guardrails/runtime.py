@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from guardrails import identity, localguard, logs, redisconn
-from guardrails.config import Config, EvmVenueConfig, load_config
+from guardrails.config import Config, ConfigError, EvmVenueConfig, load_config
 from guardrails.context import Context, MarkBook, cancel_order, checkpoint
 from guardrails.embedded import EmbeddedRedisError
 from guardrails.gate import OrderGate
@@ -48,6 +48,7 @@ from guardrails.keys import AccountKeys
 from guardrails.lease import LeaderElector, Leadership, Lease
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
 from guardrails.model import Fill, OrderState, TradingState
+from guardrails.ops import notify
 from guardrails.reconcile import ReconcileReport, reconcile, reconcile_order
 from guardrails.registry import InstanceInfo, Registry, new_instance_id
 from guardrails.strategy_loader import LoadedStrategy, load_strategies
@@ -70,6 +71,8 @@ PUMP_INTERVAL_S = 0.25
 REPORT_INTERVAL_S = 5.0
 SETTLE_INTERVAL_S = 5.0
 """How often an active instance looks up its in-doubt orders at the venue."""
+ALERT_DRAIN_S = 3.0
+"""On the way down, how long queued alerts may take to leave before the process exits."""
 HALT_RECHECK_S = 1.0
 """After a HALTED sweep, sweep again once this much later (catches in-flight sends)."""
 
@@ -78,11 +81,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Entry point of ``guardrails run``. 0 after a clean stop, 2 if it could not start."""
     logs.setup(fmt=getattr(args, "log_format", "kv"))
     cfg = load_config(args.config, args.redis_url)  # ConfigError -> exit 2 in cli.main
+    try:
+        channels = notify.channels_from_config(cfg.notify)
+    except ValueError as e:  # a [[notify]] entry that could never deliver: refuse at start
+        raise ConfigError(f"{cfg.source}: {e}") from None
     strategies = load_strategies(cfg, source=str(args.config))
-    return asyncio.run(_main(cfg, args, strategies))
+    return asyncio.run(_main(cfg, args, strategies, channels))
 
 
-async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedStrategy]) -> int:
+async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedStrategy],
+                channels: list[notify.Channel]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,7 +116,8 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
         return 2
     client = await redisconn.connect(cfg.redis.model_copy(update={"url": url}))
     try:
-        runtime = Runtime(cfg, client, strategies, args=args, stop=stop, target=target)
+        runtime = Runtime(cfg, client, strategies, args=args, stop=stop, target=target,
+                          channels=channels)
         return await runtime.run()
     finally:
         await client.aclose()
@@ -140,8 +149,10 @@ class Runtime:
         args: argparse.Namespace,
         stop: asyncio.Event,
         target: str,
+        channels: list[notify.Channel] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.channels = channels or []
         self.redis = redis
         self.keys = AccountKeys(cfg.account_id)
         self.strategies = strategies
@@ -200,13 +211,22 @@ class Runtime:
             wait_timeout_ms=self.cfg.redis.wait_timeout,
         )
         elector = LeaderElector(lease, log=logging.getLogger("guardrails.lease"))
+        notifier = notify.Notifier(self.channels)
+        router = notify.AlertRouter(str(self.cfg.account_id), notifier.publish,
+                                    redis_threshold_s=self.cfg.runtime.alert_redis_after / 1000)
+        unlisten = logs.add_listener(router.on_event)
         try:
             async with asyncio.TaskGroup() as tg:
                 heartbeat = tg.create_task(self._heartbeat(registry))
+                alerts = tg.create_task(self._alerts(notifier, router))
                 await self._elect(elector)
                 self.role = "stopping"
                 heartbeat.cancel()
+                # The last alerts (a lease lost on the way down) get a bounded moment to leave.
+                await notifier.drain(ALERT_DRAIN_S)
+                alerts.cancel()
         finally:
+            unlisten()
             with contextlib.suppress(*_INFRA_ERRORS):
                 await registry.remove()
             for closer in (dashboard, health_runner):
@@ -217,6 +237,15 @@ class Runtime:
                 await self.venue.close()
             logs.event(log, "runtime.stopped", instance=self.instance_id)
         return 0
+
+    async def _alerts(self, notifier: notify.Notifier, router: notify.AlertRouter) -> None:
+        """Deliver alerts in the background (never on the order path), and let the router
+        notice a Redis outage that has lasted past its threshold."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(notifier.run())
+            while True:
+                await asyncio.sleep(1.0)
+                router.tick()
 
     async def _elect(self, elector: LeaderElector) -> None:
         """Stand by / lead until told to stop.
@@ -395,8 +424,8 @@ class Runtime:
             await loaded.strategy.run(ctx)
         except Exception as e:
             self.crashed.add(loaded.name)
-            log.error("event=strategy.crashed strategy=%s error=%s", loaded.name,
-                      logs._fmt(f"{type(e).__name__}: {e}"), exc_info=True)
+            logs.event(log, "strategy.crashed", logging.ERROR, exc_info=True, strategy=loaded.name,
+                       error=f"{type(e).__name__}: {e}")
             await self._cancel_sent(loaded.name, ctx)
             return
         logs.event(log, "strategy.finished", strategy=loaded.name)
