@@ -14,11 +14,10 @@ import aiohttp
 import pytest
 from eth_account import Account
 
-from guardrails import eip712
 from guardrails.config import HttpVenueConfig, PaperVenueConfig, parse_config
 from guardrails.keys import AccountId
 from guardrails.model import Order, Side
-from guardrails.venues import make_venue
+from guardrails.venues import eip712, make_venue, signing
 from guardrails.venues.base import (
     Accepted,
     Rejected,
@@ -161,9 +160,9 @@ async def test_submit_when_signed_order_sent_then_round_trips_with_its_fields(en
 
 async def test_submit_when_signature_tampered_then_rejected_bad_signature(env: Env) -> None:
     # Arrange: sign an order, then change its price in flight.
-    signer = eip712.Signer.from_key(env.key)
+    signer = signing.Signer.from_key(env.key)
     order = env.order(Side.BUY, await env.mark() + Decimal("100.00"))
-    signed = signer.sign_order(order, CHAIN_ID)
+    signed = eip712.sign_order(signer, order, CHAIN_ID)
     tampered = dict(signed.message, price=str(order.price - 1))
     # Act
     status, body = await env.post("/v1/orders", {"order": tampered, "signature": signed.signature})
@@ -174,9 +173,9 @@ async def test_submit_when_signature_tampered_then_rejected_bad_signature(env: E
 
 
 async def test_submit_when_signed_by_another_key_then_rejected_bad_signature(env: Env) -> None:
-    intruder = eip712.Signer.from_key(new_key())
+    intruder = signing.Signer.from_key(new_key())
     order = env.order(Side.BUY, await env.mark() + Decimal("100.00"))
-    signed = intruder.sign_order(order, CHAIN_ID)
+    signed = eip712.sign_order(intruder, order, CHAIN_ID)
     claims_victim = dict(signed.message, account=address_of(env.key))
 
     status, body = await env.post(
@@ -189,7 +188,7 @@ async def test_submit_when_signed_by_another_key_then_rejected_bad_signature(env
 
 async def test_submit_when_signed_for_another_chain_then_rejected(env: Env) -> None:
     order = env.order(Side.BUY, await env.mark() + Decimal("100.00"))
-    signed = eip712.Signer.from_key(env.key).sign_order(order, CHAIN_ID + 1)
+    signed = eip712.sign_order(signing.Signer.from_key(env.key), order, CHAIN_ID + 1)
 
     status, body = await env.post("/v1/orders", {"order": signed.message,
                                                  "signature": signed.signature})
@@ -329,20 +328,20 @@ async def test_key_when_used_everywhere_then_absent_from_logs_reprs_and_errors(
     await env.venue.submit(order)
     await env.venue.cancel(order.client_order_id)
     await env.venue.lookup(order.client_order_id)
-    texts += [repr(env.venue), str(env.venue), repr(eip712.Signer.from_key(env.key))]
+    texts += [repr(env.venue), str(env.venue), repr(signing.Signer.from_key(env.key))]
     monkeypatch.setenv(KEY_ENV, env.key[:-2])  # a malformed key: the error must not quote it
-    with pytest.raises(eip712.SigningKeyError) as bad_key:
-        eip712.load_signer(KEY_ENV)
+    with pytest.raises(signing.SigningKeyError) as bad_key:
+        signing.load_signer(key_env=KEY_ENV)
     texts += [str(bad_key.value), repr(bad_key.value), repr(bad_key.value.__context__)]
     keystore = tmp_path / "key.json"
     keystore.write_text(__import__("json").dumps(
         Account.encrypt(env.key, "right", kdf="pbkdf2", iterations=2)))
     monkeypatch.setenv("GR_TEST_PW", "wrong")
-    with pytest.raises(eip712.SigningKeyError) as bad_pw:
-        eip712.load_signer(KEY_ENV, str(keystore), "GR_TEST_PW")
+    with pytest.raises(signing.SigningKeyError) as bad_pw:
+        signing.load_signer(key_env=KEY_ENV, keystore=str(keystore), keystore_password_env="GR_TEST_PW")
     texts += [str(bad_pw.value), repr(bad_pw.value)]
     with pytest.raises(TypeError):
-        __import__("pickle").dumps(eip712.Signer.from_key(env.key))
+        __import__("pickle").dumps(signing.Signer.from_key(env.key))
     texts.append(caplog.text)
     # Assert
     assert "venue.http.submit" in caplog.text  # the logs did run
@@ -360,7 +359,8 @@ async def test_keystore_when_password_right_then_signer_is_the_key(
         Account.encrypt(key, "pw", kdf="pbkdf2", iterations=2)))
     monkeypatch.setenv("GR_TEST_PW", "pw")
 
-    signer = eip712.load_signer("UNSET_ENV_FOR_TEST", str(keystore), "GR_TEST_PW")
+    signer = signing.load_signer(key_env="UNSET_ENV_FOR_TEST", keystore=str(keystore),
+                                 keystore_password_env="GR_TEST_PW")
 
     assert signer.address == address_of(key)
 
@@ -406,7 +406,7 @@ async def test_venue_serve_when_run_as_command_then_round_trip_and_jsonl_record(
     try:
         url = proc.start()
         venue = HttpVenue(venue_cfg(url, chain_id=1), AccountId("http", address_of(key)),
-                          eip712.Signer.from_key(key))
+                          signing.Signer.from_key(key))
         await venue.start()
         try:
             mark = (await venue.marks([SYMBOL]))[SYMBOL]

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from guardrails import eip712
 from guardrails.config import HttpVenueConfig, PaperVenueConfig
 from guardrails.keys import AccountId
 from guardrails.model import Order, Side
-from guardrails.venues import simdaemon
+from guardrails.venues import eip712, signing, simdaemon
 from guardrails.venues.base import Accepted, Rejected, VenueError, VenueOrderState
 from guardrails.venues.http import HttpVenue
 from guardrails.venues.simulator import DEFAULT_RISK, SimExchange, SimStateError, read_record
@@ -67,7 +66,7 @@ def order(coid: str, side: Side, price: Decimal) -> Order:
 _STARTER = """
 import json, sys
 from guardrails.venues import simdaemon, simulator
-from guardrails import eip712
+from guardrails.venues import eip712, signing
 from guardrails.config import PaperVenueConfig
 spec = simdaemon.MarketSpec(PaperVenueConfig.model_validate(json.loads(sys.argv[1])),
                             simulator.DEFAULT_RISK, 1)
@@ -192,8 +191,8 @@ def test_resume_when_record_has_torn_tail_then_cut_and_state_kept(tmp_path: Path
     market = PaperVenueConfig.model_validate(MARKET)
     record = tmp_path / "record.jsonl"
     first = SimExchange(market, DEFAULT_RISK, record_path=record, resume=True, market_digest="d1")
-    signer = eip712.Signer.demo("paper:torn")
-    signed = signer.sign_order(order("c-1", Side.BUY, Decimal("60010.00")), first.chain_id)
+    signer = signing.Signer.demo("paper:torn")
+    signed = eip712.sign_order(signer, order("c-1", Side.BUY, Decimal("60010.00")), first.chain_id)
     status, _ = first.submit({"order": signed.message, "signature": signed.signature})
     assert status == 200
     first.close()

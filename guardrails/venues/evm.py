@@ -80,7 +80,6 @@ from web3.providers.async_base import AsyncBaseProvider
 from guardrails import identity, logs
 from guardrails.config import EvmOrderTemplate, EvmVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys, venue_key
-from guardrails.keystore import KeyLoadError, Signer, load_signer
 from guardrails.model import Fill, Order, Side
 from guardrails.venues.base import (
     Accepted,
@@ -92,6 +91,7 @@ from guardrails.venues.base import (
     VenueOrderState,
     VenueOrderStatus,
 )
+from guardrails.venues.signing import Signer, SigningKeyError, load_signer
 
 log = logging.getLogger("guardrails.venues.evm")
 
@@ -147,7 +147,7 @@ def _s(v: Any) -> str:
 class EvmVenue:
     """One wallet on one EVM chain (see the module docstring for the contract).
 
-    ``signer``: a ``keystore.Signer`` (or an eth-account ``LocalAccount``, wrapped); when
+    ``signer``: a ``signing.Signer`` (or an eth-account ``LocalAccount``, wrapped); when
     None the key is loaded from the config's ``key_env`` / ``keystore``. ``provider``
     replaces the HTTP provider of ``rpc_url`` (tests pass an in-process chain).
     """
@@ -212,7 +212,7 @@ class EvmVenue:
 
     @property
     def address(self) -> str:
-        return self._signer.address
+        return self._signer.checksum_address
 
     def _script(self, which: int) -> Any:
         if self._scripts is None:
@@ -699,4 +699,4 @@ def fill_block(receipt: Any) -> int:
     return int(receipt["blockNumber"])
 
 
-__all__ = ["NATIVE_BALANCE", "EvmVenue", "KeyLoadError", "NotHolder", "OrderMappingError"]
+__all__ = ["NATIVE_BALANCE", "EvmVenue", "NotHolder", "OrderMappingError", "SigningKeyError"]

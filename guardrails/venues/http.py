@@ -16,14 +16,14 @@ blindly*. Each call is sent once. Its result is
 Venue-side fences: the order's signed ``expiration`` is its ``submit_deadline_ms`` (no
 later than the lease deadline), so the venue refuses it if it arrives late; client order
 ids are deduplicated per account. The signing key comes from ``HttpVenueConfig.key_env``
-or an encrypted keystore (``eip712.load_signer``) and appears in no log line, repr or
+or an encrypted keystore (``signing.load_signer``) and appears in no log line, repr or
 exception text.
 
 With ``url = "embedded"`` the adapter reaches the per-user exchange simulator daemon
 (``simdaemon``: started on first use, shared by every instance of the user on the host,
 its state replayed from its record after a restart), so ``make run`` and a standby in
 another terminal trade against one exchange; with no key configured it signs with the
-account's well-known demo key (``eip712.Signer.demo``). ``close`` leaves the daemon
+account's well-known demo key (``signing.Signer.demo``). ``close`` leaves the daemon
 running (``guardrails venue stop`` stops it).
 """
 
@@ -41,10 +41,11 @@ from urllib.parse import quote
 import aiohttp
 from eth_account.signers.local import LocalAccount
 
-from guardrails import eip712, identity, logs
+from guardrails import identity, logs
 from guardrails.config import HttpVenueConfig, RiskConfig
 from guardrails.keys import AccountId
 from guardrails.model import Fill, Order, Side
+from guardrails.venues import eip712, signing
 from guardrails.venues.base import (
     Accepted,
     FillBatch,
@@ -110,7 +111,7 @@ class HttpVenue:
         self,
         venue_cfg: HttpVenueConfig,
         account: AccountId,
-        signer: eip712.Signer | LocalAccount | None = None,
+        signer: signing.Signer | LocalAccount | None = None,
         *,
         risk: RiskConfig | None = None,
         source: str = "",
@@ -120,7 +121,7 @@ class HttpVenue:
         self._demo = False
         self._cfg = venue_cfg
         self._account_id = account
-        self._signer = eip712.Signer(signer) if isinstance(signer, LocalAccount) else signer
+        self._signer = signing.Signer(signer) if isinstance(signer, LocalAccount) else signer
         self._risk = risk
         self._session: aiohttp.ClientSession | None = None
         self._base = venue_cfg.url.rstrip("/")
@@ -139,7 +140,7 @@ class HttpVenue:
     def address(self) -> str:
         return self._require_signer().address
 
-    def _require_signer(self) -> eip712.Signer:
+    def _require_signer(self) -> signing.Signer:
         if self._signer is None:
             raise VenueError("http venue: not started (no signing key loaded)")
         return self._signer
@@ -152,16 +153,17 @@ class HttpVenue:
             # The embedded demo exchange holds no real funds: with no key configured, sign
             # with the account's well-known demo key (the same in every instance of the
             # account, so a standby that takes over is the same exchange account).
-            self._signer = eip712.Signer.demo(str(self._account_id))
+            self._signer = signing.Signer.demo(str(self._account_id))
             self._demo = True
             logs.event(log, "venue.http.demo_key", address=self._signer.address,
                        reason=f"url=embedded and ${self._cfg.key_env} unset")
         if self._signer is None:
             try:
-                self._signer = eip712.load_signer(
-                    self._cfg.key_env, self._cfg.keystore, self._cfg.keystore_password_env
+                self._signer = signing.load_signer(
+                    key_env=self._cfg.key_env, keystore=self._cfg.keystore,
+                    keystore_password_env=self._cfg.keystore_password_env,
                 )
-            except eip712.SigningKeyError as e:
+            except signing.SigningKeyError as e:
                 raise VenueError(f"http venue: {e}") from None
         if not self._demo:
             # The account is the signer's address (guardrails.identity); the demo key is
@@ -216,7 +218,7 @@ class HttpVenue:
     # -- the Venue protocol -------------------------------------------------------------
 
     async def submit(self, order: Order) -> SubmitResult:
-        signed = self._require_signer().sign_order(order, self._cfg.chain_id)
+        signed = eip712.sign_order(self._require_signer(), order, self._cfg.chain_id)
         try:
             status, body = await self._request(
                 "POST", "/v1/orders", json={"order": signed.message, "signature": signed.signature}
@@ -236,7 +238,7 @@ class HttpVenue:
 
     async def cancel(self, client_order_id: str) -> SubmitResult:
         now = time.time_ns() // 1_000_000
-        signed = self._require_signer().sign_cancel(client_order_id, now, self._cfg.chain_id)
+        signed = eip712.sign_cancel(self._require_signer(), client_order_id, now, self._cfg.chain_id)
         try:
             status, body = await self._request(
                 "POST", "/v1/cancel", json={"cancel": signed.message, "signature": signed.signature}

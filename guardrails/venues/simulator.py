@@ -52,7 +52,7 @@ from typing import IO, Any
 
 from aiohttp import web
 
-from guardrails import eip712, logs
+from guardrails import logs
 from guardrails.config import (
     ConfigError,
     HttpVenueConfig,
@@ -61,7 +61,7 @@ from guardrails.config import (
     load_config,
 )
 from guardrails.model import Fill, Order, Side
-from guardrails.venues import market
+from guardrails.venues import eip712, market
 
 log = logging.getLogger("guardrails.simulator")
 

@@ -1,4 +1,4 @@
-"""EIP-712 signed orders and cancels for the HTTP order-book venue, and the signing key.
+"""EIP-712 signed orders and cancels for the HTTP order-book venue.
 
 An order is a typed-data message (``Order``) carrying the account (the signer's address),
 the client order id, the instrument, side, size and price as exact decimal strings, the
@@ -7,27 +7,21 @@ than the lease deadline the gate issued. The venue recovers the signer from the
 signature and refuses the order if it is not the account, or if it arrives after
 ``expiration``: a paused instance's late order dies at the venue.
 
-The signing key is read once, from an environment variable or an encrypted keystore
-file, and held inside ``Signer``, whose ``repr``/``str`` show only the address. No
-function here puts key material into an exception message or a log line; errors about
-the key name the *source* (the env var or file), never its value.
+The key itself lives in the one ``guardrails.venues.signing.Signer``; this module only
+builds, signs (through it) and verifies the messages.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from eth_account import Account
 from eth_account.messages import SignableMessage, encode_typed_data
-from eth_account.signers.local import LocalAccount
 
 from guardrails.model import Order, Side
+from guardrails.venues.signing import Signer
 
 DOMAIN_NAME = "guardrails-orderbook"
 DOMAIN_VERSION = "1"
@@ -55,10 +49,6 @@ CANCEL_TYPES: dict[str, list[dict[str, str]]] = {
     ]
 }
 """A signed cancel: only the account's key can cancel its orders."""
-
-
-class SigningKeyError(Exception):
-    """The signing key could not be loaded. The message names the source, never the key."""
 
 
 class SignatureInvalid(Exception):
@@ -147,88 +137,15 @@ class SignedMessage:
     signature: str
 
 
-class Signer:
-    """Holds one signing key; shows only its address. Never pickled, never logged."""
-
-    __slots__ = ("_account",)
-
-    def __init__(self, account: LocalAccount) -> None:
-        self._account = account
-
-    @classmethod
-    def from_key(cls, key: str, *, source: str = "key") -> Signer:
-        try:
-            return cls(Account.from_key(key.strip()))
-        except Exception:
-            # Never chain the original: its message may quote the malformed key.
-            raise SigningKeyError(f"{source}: not a valid secp256k1 private key") from None
-
-    @classmethod
-    def ephemeral(cls) -> Signer:
-        """A fresh throwaway key (the embedded demo exchange only; never for real funds)."""
-        return cls(Account.create())
-
-    @classmethod
-    def demo(cls, account: str) -> Signer:
-        """The well-known demo key of ``account`` at the embedded simulator: derived from
-        the account id, so every instance of the account (active and standbys) signs as
-        the SAME exchange account. Anyone can derive it: never for real funds."""
-        seed = f"guardrails demo key|{account}".encode()
-        for n in range(1000):
-            digest = hashlib.sha256(seed + n.to_bytes(2, "big")).digest()
-            try:
-                return cls(Account.from_key(digest))
-            except (ValueError, KeyError):
-                continue  # not a valid secp256k1 scalar (vanishingly rare): next one
-        raise SigningKeyError("could not derive a demo key")
-
-    @property
-    def address(self) -> str:
-        """The lower-cased 0x address."""
-        return str(self._account.address).lower()
-
-    def sign_order(self, order: Order, chain_id: int) -> SignedMessage:
-        msg = order_message(order, self.address)
-        signed = self._account.sign_message(signable_order(msg, chain_id))
-        return SignedMessage(msg, "0x" + bytes(signed.signature).hex())
-
-    def sign_cancel(self, client_order_id: str, issued_at_ms: int, chain_id: int) -> SignedMessage:
-        msg = {"account": self.address, "clientOrderId": client_order_id, "issuedAt": issued_at_ms}
-        signed = self._account.sign_message(signable_cancel(msg, chain_id))
-        return SignedMessage(msg, "0x" + bytes(signed.signature).hex())
-
-    def __repr__(self) -> str:
-        return f"Signer(address={self.address})"
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a Signer holds a private key and is never pickled")
+def sign_order(signer: Signer, order: Order, chain_id: int) -> SignedMessage:
+    """``order`` as an ``Order`` message of ``signer``'s account, signed."""
+    msg = order_message(order, signer.address)
+    signed = signer.sign_message(signable_order(msg, chain_id))
+    return SignedMessage(msg, "0x" + bytes(signed.signature).hex())
 
 
-def load_signer(
-    key_env: str, keystore: str | None = None, password_env: str = "GUARDRAILS_KEYSTORE_PASSWORD"
-) -> Signer:
-    """The key from ``keystore`` (an encrypted Ethereum keystore JSON file, password in
-    ``$password_env``) when given, else from ``$key_env``. Errors name the source only."""
-    if keystore:
-        password = os.environ.get(password_env)
-        if password is None:
-            raise SigningKeyError(
-                f"keystore {keystore}: password env var ${password_env} is not set"
-            )
-        try:
-            blob = json.loads(Path(keystore).read_text())
-        except (OSError, ValueError) as e:
-            raise SigningKeyError(f"keystore {keystore}: cannot read: {type(e).__name__}") from None
-        try:
-            key = Account.decrypt(blob, password)
-        except Exception:
-            raise SigningKeyError(
-                f"keystore {keystore}: cannot decrypt (wrong password in ${password_env}?)"
-            ) from None
-        return Signer(Account.from_key(key))
-    raw = os.environ.get(key_env)
-    if not raw:
-        raise SigningKeyError(f"signing key: env var ${key_env} is not set")
-    return Signer.from_key(raw, source=f"env var ${key_env}")
+def sign_cancel(signer: Signer, client_order_id: str, issued_at_ms: int, chain_id: int) -> SignedMessage:
+    """A ``Cancel`` of ``client_order_id`` by ``signer``'s account, signed."""
+    msg = {"account": signer.address, "clientOrderId": client_order_id, "issuedAt": issued_at_ms}
+    signed = signer.sign_message(signable_cancel(msg, chain_id))
+    return SignedMessage(msg, "0x" + bytes(signed.signature).hex())

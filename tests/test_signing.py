@@ -26,11 +26,11 @@ from guardrails.config import parse_config
 from guardrails.context import Context, MarkBook
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountId
-from guardrails.keystore import KeyLoadError, Signer, load_signer
 from guardrails.ledger import Ledger
 from guardrails.model import Intent, Side
 from guardrails.status import render_table, status_document
 from guardrails.venues.evm import EvmVenue
+from guardrails.venues.signing import Signer, SigningKeyError, load_signer
 from tests.evm_chain import (
     ETH,
     TKN,
@@ -67,8 +67,8 @@ def _leaks(blob: bytes | str, key: bytes) -> bool:
 def test_load_signer_when_env_holds_key_then_address_matches_and_repr_hides_key() -> None:
     acct = Account.create()
     signer = load_signer(key_env="K", environ={"K": "0x" + acct.key.hex()})
-    assert signer.address == acct.address
-    assert repr(signer) == f"Signer(address={acct.address})" == str(signer)
+    assert signer.address == acct.address.lower() and signer.checksum_address == acct.address
+    assert repr(signer) == f"Signer(address={acct.address.lower()})" == str(signer)
     assert not _leaks(repr(signer), acct.key)
     with pytest.raises(TypeError):
         pickle.dumps(signer)
@@ -81,7 +81,7 @@ def test_load_signer_when_keystore_file_then_decrypted_with_password_env(tmp_pat
     path.write_text(json.dumps(Account.encrypt(acct.key, "s3cret", kdf="pbkdf2", iterations=1000)))
     signer = load_signer(key_env="UNUSED", keystore=path, keystore_password_env="PW",
                          environ={"PW": "s3cret"})
-    assert signer.address == acct.address
+    assert signer.checksum_address == acct.address
 
 
 @pytest.mark.parametrize("case", ["bad_password", "no_password", "garbled_env", "unset_env"])
@@ -100,7 +100,7 @@ def test_load_signer_when_source_is_bad_then_error_names_source_not_key(
         "unset_env": {"environ": {}},
     }[case]
     # Act
-    with pytest.raises(KeyLoadError) as info:
+    with pytest.raises(SigningKeyError) as info:
         load_signer(key_env="K", **kwargs)  # type: ignore[arg-type]
     # Assert
     text = "".join(traceback.format_exception(info.value)) + repr(info.value)
@@ -110,7 +110,7 @@ def test_load_signer_when_source_is_bad_then_error_names_source_not_key(
 
 
 def test_signer_from_key_when_invalid_then_error_hides_value() -> None:
-    with pytest.raises(KeyLoadError) as info:
+    with pytest.raises(SigningKeyError) as info:
         Signer.from_key("0x" + "ab" * 31, source="test")
     assert "ab" * 31 not in "".join(traceback.format_exception(info.value))
 
