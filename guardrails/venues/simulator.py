@@ -156,6 +156,7 @@ class SimExchange:
         clock_ms: Callable[[], int] = _wall_ms,
         resume: bool = False,
         market_digest: str = "",
+        fill_prefix: Callable[[str], str] | None = None,
     ) -> None:
         """``resume=True`` (the per-user daemon) makes the record the exchange's state: it
         is replayed at start (orders, tombstones, fills, balances, marks), each line is
@@ -163,6 +164,8 @@ class SimExchange:
         to ``market_digest`` (a record of another market is refused, ``SimStateError``)."""
         self.chain_id = chain_id
         self.market_digest = market_digest
+        self._fill_prefix = fill_prefix or (lambda _symbol: "sf")
+        """Fill ids are ``<prefix(symbol)>-<seq>`` (a protocol may name them per symbol)."""
         self._cfg = market_cfg
         self._instruments = market.instruments_for(market_cfg, risk)
         self._clock_ms = clock_ms
@@ -375,7 +378,7 @@ class SimExchange:
         inst = self._instruments[o.symbol]
         now = self.now_ms()
         fill = Fill(
-            fill_id=self._next_id("sf"),
+            fill_id=self._next_id(self._fill_prefix(o.symbol)),
             client_order_id=o.client_order_id,
             symbol=o.symbol,
             side=o.side,
@@ -424,6 +427,13 @@ class SimExchange:
             return self._reject_unparsed(now, f"bad_request: {type(e).__name__}", 400, msg)
         if signer != claimed:
             return self._reject(order, claimed, now, "bad_signature", 401, stored=False)
+        return self.place(order, claimed, now)
+
+    def place(self, order: Order, claimed: str, now: int) -> tuple[int, dict[str, Any]]:
+        """The matching engine's half of a submit, whatever protocol carried it: the order
+        of ``claimed`` (an authenticated account) arrives at ``now``. Dedupes the client
+        order id, refuses a tombstoned id, an order past its ``submit_deadline_ms`` or a
+        malformed one, else books it and fills it at once if it crosses the mark."""
         key = (claimed, order.client_order_id)
         if key in self._tombstones:
             # Its cancel came first: the order is refused, so a cancel is never overtaken.
@@ -470,6 +480,13 @@ class SimExchange:
             "reason": reason, "venue_order_id": venue_order_id,
         }
 
+    def refuse(self, order: Order, account: str, reason: str, **extra: Any) -> None:
+        """Record an order refused at the door (nothing stored: a later send of the same id
+        is decided afresh), with protocol-specific ``extra`` fields in its record row."""
+        self.advance()
+        entry = self._order_entry(order, account, self.now_ms(), "rejected", reason, "")
+        self._write({**entry, **extra})
+
     def _reject(self, order: Order, account: str, now: int, reason: str, status: int, *,
                 stored: bool = True) -> tuple[int, dict[str, Any]]:
         venue_order_id = ""
@@ -505,6 +522,11 @@ class SimExchange:
             return 400, {"status": "rejected", "reason": f"bad_request: {type(e).__name__}"}
         if signer != claimed:
             return 401, {"status": "rejected", "reason": "bad_signature"}
+        return self.cancel_order(claimed, coid, now)
+
+    def cancel_order(self, claimed: str, coid: str, now: int) -> tuple[int, dict[str, Any]]:
+        """The engine's half of a cancel by an authenticated account: cancel a resting
+        order, answer ``final`` for a decided one, tombstone an id not seen yet."""
         so = self._orders.get((claimed, coid))
         entry: dict[str, Any] = {"type": "cancel", "coid": coid, "account": claimed,
                                  "arrival_ms": now}
@@ -532,6 +554,31 @@ class SimExchange:
             "arrival_ms": self._tombstones[(account, coid)], "state": "canceled",
             "reason": CANCELED_BEFORE_ARRIVAL, "filled_qty": "0", "fills": [],
         }
+
+    # -- read access for protocol front ends (guardrails.sim) ---------------------------
+
+    @property
+    def instruments(self) -> Mapping[str, market.Instrument]:
+        return self._instruments
+
+    def order(self, account: str, coid: str) -> SimOrder | None:
+        self.advance()
+        return self._orders.get((account, coid))
+
+    def orders_of(self, account: str) -> list[SimOrder]:
+        """Every order of ``account`` the engine holds, oldest first."""
+        self.advance()
+        return [so for (acct, _), so in self._orders.items() if acct == account]
+
+    def fills_of(self, account: str) -> list[tuple[SimOrder, Fill]]:
+        """Every fill of ``account`` with its order, oldest first."""
+        self.advance()
+        return [(self._orders[(acct, f.client_order_id)], f)
+                for _, acct, f in self._fills if acct == account]
+
+    def mark(self, symbol: str) -> Decimal:
+        self.advance()
+        return self._instruments[symbol].price(self._marks[symbol])
 
     def lookup(self, account: str, coid: str) -> tuple[int, dict[str, Any]]:
         self.advance()
