@@ -487,6 +487,12 @@ class SimExchange:
         entry = self._order_entry(order, account, self.now_ms(), "rejected", reason, "")
         self._write({**entry, **extra})
 
+    def refuse_request(self, coid: str, account: str, reason: str) -> None:
+        """Record an order request refused before it could even be read as an order."""
+        self.advance()
+        self._reject_unparsed(self.now_ms(), reason, 400,
+                              {"clientOrderId": coid, "account": account})
+
     def _reject(self, order: Order, account: str, now: int, reason: str, status: int, *,
                 stored: bool = True) -> tuple[int, dict[str, Any]]:
         venue_order_id = ""
@@ -742,9 +748,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
 class Simulator:
     """The simulator served in this process (tests; ``url = "embedded"``)."""
 
-    def __init__(self, exchange: SimExchange, *, admin: bool = False) -> None:
+    def __init__(self, exchange: SimExchange, *, admin: bool = False,
+                 app: Callable[[], web.Application] | None = None) -> None:
+        """``app`` serves another protocol over ``exchange`` (``guardrails.sim.binance``);
+        by default the EIP-712 HTTP API (``build_app``)."""
         self.exchange = exchange
         self._admin = admin
+        self._app = app
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -758,7 +768,8 @@ class Simulator:
         except OSError:
             sock.close()
             raise
-        runner = web.AppRunner(build_app(self.exchange, admin=self._admin), access_log=None)
+        app = self._app() if self._app is not None else build_app(self.exchange, admin=self._admin)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock).start()
         self._runner = runner
