@@ -46,22 +46,26 @@ record names an account by a digest of its API key (``account_label``), never th
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import secrets
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from guardrails import logs
 from guardrails.model import Fill, Order, Side
-from guardrails.venues.simulator import Faults, SimExchange, SimOrder
+from guardrails.venues.simulator import Faults, SimExchange, SimOrder, Simulator
 
 log = logging.getLogger("guardrails.simulator.binance")
 
@@ -632,3 +636,35 @@ def load_keys(path: str) -> dict[str, str]:
         raise ValueError(f"{path}: expected a JSON object of api key -> secret strings")
     return data
 
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``guardrails venue serve --protocol binance``: serve until SIGTERM/SIGINT."""
+    from guardrails.venues.simulator import market_from_config
+
+    logs.setup()
+    market_cfg, risk, _ = market_from_config(args.config, args.seed)
+    keys = load_keys(args.keys_file) if getattr(args, "keys_file", None) else {}
+    record = Path(args.record) if args.record else None
+    admin = bool(getattr(args, "admin", False))
+
+    async def serve() -> None:
+        exchange = make_exchange(market_cfg, risk, record_path=record)
+        front = BinanceSim(exchange, keys, accept_demo_keys=not keys)
+        sim = Simulator(exchange, app=lambda: build_binance_app(front, admin=admin))
+        url = await sim.start(args.host, args.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"listening {url}", flush=True)  # the contract with SimulatorProcess
+        logs.event(log, "simulator.listening", url=url, record=record, admin=admin,
+                   protocol="binance", keys=len(keys), demo_keys=int(not keys))
+        try:
+            await stop.wait()
+        finally:
+            await sim.stop()
+            logs.event(log, "simulator.stopped", url=url)
+
+    asyncio.run(serve())
+    return 0

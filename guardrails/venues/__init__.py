@@ -2,7 +2,7 @@
 
 Every adapter implements ``base.Venue`` and passes the shared conformance suite
 (``tests/venue_conformance.py``); docs/venues.md says which fences each venue offers.
-Adapters are imported lazily, so importing this package never needs aiohttp or web3.
+Adapters are imported lazily, so importing this package never needs aiohttp, web3 or ccxt.
 """
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from guardrails.config import Config, EvmVenueConfig, HttpVenueConfig, PaperVenueConfig
+from guardrails.config import (
+    CcxtVenueConfig,
+    Config,
+    EvmVenueConfig,
+    HttpVenueConfig,
+    PaperVenueConfig,
+)
 from guardrails.venues.base import Venue, VenueError
 
 
@@ -45,4 +51,8 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
             venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk, source=cfg.source
         )
         return evm_venue
+    if isinstance(venue_cfg, CcxtVenueConfig):
+        from guardrails.venues.ccxt import CcxtVenue
+
+        return CcxtVenue(venue_cfg, cfg.account_id, risk=cfg.risk, source=cfg.source)
     raise TypeError(f"unsupported venue config {type(venue_cfg).__name__}")

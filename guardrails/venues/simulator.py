@@ -54,6 +54,7 @@ from aiohttp import web
 
 from guardrails import eip712, logs
 from guardrails.config import (
+    CcxtVenueConfig,
     ConfigError,
     HttpVenueConfig,
     PaperVenueConfig,
@@ -797,6 +798,8 @@ def market_from_config(
             chain_id = cfg.venue.chain_id
             if cfg.venue.simulator is not None:
                 market_cfg = cfg.venue.simulator
+        elif isinstance(cfg.venue, CcxtVenueConfig) and cfg.venue.simulator is not None:
+            market_cfg = cfg.venue.simulator
     missing = sorted(set(risk.instruments) - set(market_cfg.start_prices))
     if missing:
         raise ConfigError(
@@ -845,8 +848,12 @@ class SimulatorProcess:
 
     def __init__(self, *, config: str | None = None, record: Path | None = None,
                  admin: bool = False, seed: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
-        self._args = [sys.executable, "-m", "guardrails", "venue", "serve", "--port", "0"]
+                 env: Mapping[str, str] | None = None, protocol: str = "eip712",
+                 keys_file: Path | None = None) -> None:
+        self._args = [sys.executable, "-m", "guardrails", "venue", "serve", "--port", "0",
+                      "--protocol", protocol]
+        if keys_file:
+            self._args += ["--keys-file", str(keys_file)]
         if config:
             self._args += ["--config", config]
         if record:
