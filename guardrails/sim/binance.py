@@ -558,6 +558,9 @@ def build_binance_app(sim: BinanceSim, *, admin: bool = False) -> web.Applicatio
     async def info(request: web.Request) -> web.StreamResponse:
         return web.json_response({**ex.info(), "protocol": "binance"})
 
+    async def now(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"now_ms": ex.now_ms()})
+
     async def set_faults(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         for name in ("drop_submit_responses", "fail_submits", "fail_status",
@@ -593,15 +596,11 @@ def build_binance_app(sim: BinanceSim, *, admin: bool = False) -> web.Applicatio
     r.add_get(API + "/myTrades", signed(sim.my_trades))
     r.add_get(API + "/account", signed(lambda account, p: sim.account(account)))
     r.add_get("/v1/info", info)
-    r.add_get("/v1/time", lambda request: _now(ex))
+    r.add_get("/v1/time", now)
     if admin:
         r.add_post("/admin/faults", set_faults)
         r.add_post("/admin/mark", set_mark)
     return app
-
-
-async def _now(ex: SimExchange) -> web.StreamResponse:
-    return web.json_response({"now_ms": ex.now_ms()})
 
 
 def _label_of(request: web.Request) -> str:

@@ -98,10 +98,12 @@ _STATES = {
 def classify_submit_error(e: BaseException) -> SubmitResult:
     """A ccxt exception from ``create_order`` as a result: the one place they are read.
     ``Unknown`` unless the exception certainly means "not accepted"."""
-    if isinstance(e, cx.NetworkError):  # before InvalidOrder: RequestTimeout is not a "no"
-        return Unknown(f"no answer: {type(e).__name__}")
     if isinstance(e, cx.InvalidNonce):
+        # ccxt files it under NetworkError, but it is the exchange's own answer: Binance
+        # -1021, the request arrived outside its recvWindow and was not processed.
         return Rejected(f"expired: {_brief(e)}")
+    if isinstance(e, cx.NetworkError):  # RequestTimeout, ExchangeNotAvailable...: no verdict
+        return Unknown(f"no answer: {type(e).__name__}")
     if isinstance(e, _REJECTING):
         return Rejected(f"{type(e).__name__}: {_brief(e)}")
     return Unknown(f"{type(e).__name__}: {_brief(e)}")
@@ -197,6 +199,9 @@ class CcxtVenue:
         """Client order id -> symbol of the orders this process sent."""
         self._coid_of: dict[tuple[str, str], str] = {}
         """(symbol, exchange order id) -> client order id, learned from answers."""
+        self._deadline_of: dict[str, int] = {}
+        """Client order id -> submit deadline of the orders handed to ``submit`` here
+        (a lookup without ``deadline_ms`` uses it)."""
         self._fenced = venue_cfg.exchange in RECV_WINDOW_EXCHANGES
         self._lock = asyncio.Lock()
 
@@ -364,6 +369,7 @@ class CcxtVenue:
             return formatted
         amount, price = formatted
         coid = order.client_order_id
+        self._deadline_of[coid] = order.submit_deadline_ms
         if coid in self._symbol_of:
             # A re-send by this process: Binance only refuses ids of *open* orders, so a
             # finished one would trade again. Ask first; send only if it never arrived.
@@ -459,6 +465,8 @@ class CcxtVenue:
         self, client_order_id: str, *, deadline_ms: int | None = None
     ) -> VenueOrderStatus:
         ex = self._exchange()
+        if deadline_ms is None:
+            deadline_ms = self._deadline_of.get(client_order_id)
         try:
             found = await self._find(client_order_id)
             if found is None:
