@@ -418,3 +418,26 @@ def test_classify_submit_error_when_ccxt_raises_then_only_certain_refusals_are_r
     error: BaseException, expected: type
 ) -> None:
     assert isinstance(classify_submit_error(error), expected)
+
+
+async def test_fills_since_when_another_instance_sent_the_orders_then_fills_carry_their_ids(
+    env: Env,
+) -> None:
+    # Arrange: orders sent by this venue; a fresh one (a standby taking over) reads fills.
+    orders = [env.order(Side.BUY, await env.mark() + 100) for _ in range(3)]
+    for o in orders:
+        assert isinstance(await env.venue.submit(o), Accepted)
+    fresh = CcxtVenue(venue_cfg(env.sim.url), ACCOUNT, risk=RISK)
+    await fresh.start()
+    try:
+        # Act
+        batch = await fresh.fills_since(None)
+        later = await fresh.fills_since(batch.cursor)
+    finally:
+        await fresh.close()
+    # Assert: Binance trades name only the order id; the venue maps each to its client
+    # order id, and its fill id is the exchange's record of the fill.
+    assert [f.client_order_id for f in batch.fills] == [o.client_order_id for o in orders]
+    recorded = {r["fill_id"] for r in read_record(env.record) if r["type"] == "fill"}
+    assert {f.fill_id for f in batch.fills} == recorded
+    assert list(later.fills) == []

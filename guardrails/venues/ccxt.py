@@ -511,8 +511,14 @@ class CcxtVenue:
         )
 
     async def _coid(self, symbol: str, order_id: str) -> str:
-        """The client order id of an exchange order id (trades name only the order id)."""
+        """The client order id of an exchange order id (trades name only the order id):
+        learned from this process's answers, else from the symbol's recent orders in one
+        request (a takeover meets many at once), else from the order itself."""
         key = (symbol, order_id)
+        if key not in self._coid_of and self._exchange().has.get("fetchOrders"):
+            for raw in await self._exchange().fetch_orders(symbol, None, TRADES_PAGE):
+                if raw.get("clientOrderId"):
+                    self._coid_of[(symbol, str(raw["id"]))] = str(raw["clientOrderId"])
         if key not in self._coid_of:
             raw = await self._exchange().fetch_order(order_id, symbol)
             self._coid_of[key] = str(raw.get("clientOrderId") or "")
