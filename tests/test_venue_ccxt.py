@@ -441,3 +441,16 @@ async def test_fills_since_when_another_instance_sent_the_orders_then_fills_carr
     recorded = {r["fill_id"] for r in read_record(env.record) if r["type"] == "fill"}
     assert {f.fill_id for f in batch.fills} == recorded
     assert list(later.fills) == []
+
+
+async def test_lookup_when_account_has_many_fills_then_only_the_orders_own_fills(env: Env) -> None:
+    # Arrange: three crossing orders, each filled once.
+    orders = [env.order(Side.BUY, await env.mark() + 100) for _ in range(3)]
+    for o in orders:
+        assert isinstance(await env.venue.submit(o), Accepted)
+    # Act
+    statuses = [await env.venue.lookup(o.client_order_id) for o in orders]
+    # Assert: each lookup carries exactly its own order's fill.
+    for o, st in zip(orders, statuses, strict=True):
+        assert [f.client_order_id for f in st.fills] == [o.client_order_id]
+    assert len({st.fills[0].fill_id for st in statuses}) == 3

@@ -14,7 +14,7 @@ The subset served (everything the ccxt venue calls; paths under ``/api/v3``):
 * signed (``X-MBX-APIKEY`` + HMAC-SHA256 ``signature`` over the query string and form
   body): ``POST order`` (``LIMIT`` only), ``GET order`` and ``DELETE order`` (by
   ``origClientOrderId`` or ``orderId``), ``GET openOrders``, ``GET allOrders``,
-  ``GET myTrades`` (``fromId``, ``limit``), ``GET account``.
+  ``GET myTrades`` (``orderId``, ``fromId``, ``limit``), ``GET account``.
 
 Binance's own rules, with its error codes and messages (HTTP 400 unless noted):
 
@@ -421,8 +421,9 @@ class BinanceSim:
         symbol = self._symbol(params)
         limit = min(max(_int(params, "limit", 500), 1), 1000)
         from_id = _int(params, "fromId", -1)
+        order_id = _int(params, "orderId", -1)
         rows = [self._trade_json(so, f) for so, f in self.exchange.fills_of(account)
-                if f.symbol == symbol]
+                if f.symbol == symbol and order_id in (-1, _order_number(so))]
         if from_id >= 0:
             return [r for r in rows if r["id"] >= from_id][:limit]
         return rows[-limit:]

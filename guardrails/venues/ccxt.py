@@ -490,7 +490,10 @@ class CcxtVenue:
             fills: tuple[Fill, ...] = ()
             if filled > 0:
                 trades = await ex.fetch_my_trades(symbol, None, None, {"orderId": raw["id"]})
-                fills = tuple(self._fill(t, client_order_id) for t in trades)
+                # Only this order's trades, whatever the exchange sent: a fill attributed
+                # to the wrong order would move the wrong reservation.
+                fills = tuple(self._fill(t, client_order_id) for t in trades
+                              if str(t.get("order")) == str(raw["id"]))
         except cx.BaseError as e:
             raise VenueError(f"ccxt venue: lookup failed: {type(e).__name__}") from None
         return VenueOrderStatus(client_order_id, state, filled_qty=filled, fills=fills,
