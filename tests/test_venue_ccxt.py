@@ -454,3 +454,18 @@ async def test_lookup_when_account_has_many_fills_then_only_the_orders_own_fills
     for o, st in zip(orders, statuses, strict=True):
         assert [f.client_order_id for f in st.fills] == [o.client_order_id]
     assert len({st.fills[0].fill_id for st in statuses}) == 3
+
+
+async def test_submit_when_amount_written_with_exponent_then_sent_as_plain_decimal(
+    env: Env,
+) -> None:
+    # Decimal("1E+1") is 10 (a multiple of the lot); written "1E+1" Binance refuses it
+    # (-1100, as the simulator does): what reaches the exchange is the plain decimal.
+    order = Order("c" + uuid.uuid4().hex[:31], "ETH/USDT", Side.BUY, Decimal("1E+1"),
+                  Decimal("2000.00"), 9, now_ms() + 30_000)
+
+    result = await env.venue.submit(order)
+
+    assert isinstance(result, Accepted), result
+    [row] = env.rows(order.client_order_id)
+    assert row["qty"] == "10.00000000" or Decimal(row["qty"]) == 10

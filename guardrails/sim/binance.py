@@ -12,7 +12,8 @@ The subset served (everything the ccxt venue calls; paths under ``/api/v3``):
   ``LOT_SIZE`` = its lot), ``GET ticker/bookTicker`` (bid = mark - tick, ask = mark + tick),
   ``GET ticker/24hr``, ``GET ping``;
 * signed (``X-MBX-APIKEY`` + HMAC-SHA256 ``signature`` over the query string and form
-  body): ``POST order`` (``LIMIT`` only), ``GET order`` and ``DELETE order`` (by
+  body): ``POST order`` (``LIMIT`` only; ``newOrderRespType`` ``ACK``/``RESULT``/``FULL``),
+  ``GET order`` and ``DELETE order`` (by
   ``origClientOrderId`` or ``orderId``), ``GET openOrders``, ``GET allOrders``,
   ``GET myTrades`` (``orderId``, ``fromId``, ``limit``), ``GET account``.
 
@@ -52,6 +53,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import signal
 from collections.abc import Mapping
@@ -375,8 +377,15 @@ class BinanceSim:
         so = self.exchange.order(account, order.client_order_id)
         if status != 200 or so is None:
             raise BinanceError(-2010, f"Order rejected: {out.get('reason', 'rejected')}")
+        kind = params.get("newOrderRespType", "FULL").upper()
+        if kind == "ACK":
+            return {"symbol": symbol_id(so.order.symbol), "orderId": _order_number(so),
+                    "orderListId": -1, "clientOrderId": so.order.client_order_id,
+                    "transactTime": so.arrival_ms}
         body = self._order_json(so)
         body["transactTime"] = so.arrival_ms
+        if kind == "RESULT":
+            return body
         body["fills"] = [
             {"price": fmt8(f.price), "qty": fmt8(f.qty), "commission": "0.00000000",
              "commissionAsset": self._quote, "tradeId": trade_number(f.fill_id)}
@@ -471,10 +480,16 @@ def _int(params: Mapping[str, str], name: str, default: int | None = None) -> in
                                   "range is '^[0-9]{1,20}$'.") from None
 
 
+_PLAIN_DECIMAL = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,20})?$")
+
+
 def _decimal(params: Mapping[str, str], name: str) -> Decimal:
     raw = params.get(name)
     if not raw:
         raise _missing(name)
+    if not _PLAIN_DECIMAL.match(raw):
+        raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal "
+                                  "range is '^([0-9]{1,20})(\\.[0-9]{1,20})?$'.")
     try:
         d = Decimal(raw)
     except InvalidOperation:
