@@ -469,3 +469,36 @@ async def test_submit_when_amount_written_with_exponent_then_sent_as_plain_decim
     assert isinstance(result, Accepted), result
     [row] = env.rows(order.client_order_id)
     assert row["qty"] == "10.00000000" or Decimal(row["qty"]) == 10
+
+
+async def test_fills_since_when_new_term_starts_then_resumes_at_the_acknowledged_cursor(
+    env: Env, redis_client: Any,
+) -> None:
+    """A pump passes a cursor back after applying the batch before it: that cursor is
+    kept in Redis, and the next term's first ``fills_since(None)`` starts there."""
+    from guardrails.keys import AccountKeys
+
+    # Arrange: a term's pump reads two fills and acknowledges them.
+    first = CcxtVenue(venue_cfg(env.sim.url), ACCOUNT, risk=RISK, redis=redis_client)
+    await first.start()
+    old = [env.order(Side.BUY, await env.mark() + 100) for _ in range(2)]
+    try:
+        for o in old:
+            assert isinstance(await first.submit(o), Accepted)
+        batch = await first.fills_since(None)
+        await first.fills_since(batch.cursor)  # acknowledges the two
+    finally:
+        await first.close()
+    new = env.order(Side.BUY, await env.mark() + 100)
+    assert isinstance(await env.venue.submit(new), Accepted)
+    # Act: the next term (a fresh venue, as after a takeover)
+    second = CcxtVenue(venue_cfg(env.sim.url), ACCOUNT, risk=RISK, redis=redis_client)
+    await second.start()
+    try:
+        resumed = await second.fills_since(None)
+    finally:
+        await second.close()
+    # Assert
+    assert [f.client_order_id for f in batch.fills] == [o.client_order_id for o in old]
+    assert [f.client_order_id for f in resumed.fills] == [new.client_order_id]
+    assert await redis_client.get(AccountKeys(ACCOUNT).venue_cursor) == batch.cursor

@@ -25,7 +25,8 @@ from guardrails.venues.base import Venue, VenueError
 def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Venue:
     """The venue of ``cfg``'s account.
 
-    ``redis`` is used by the paper venue (its exchange lives in Redis). ``signer`` (an
+    ``redis`` is used by the paper venue (its exchange lives in Redis) and the ccxt
+    venue (its durable fills cursor). ``signer`` (an
     eth-account ``LocalAccount``) overrides the key the HTTP/EVM venues would otherwise
     read from their configured env var or keystore; it is never logged.
     """
@@ -54,5 +55,6 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
     if isinstance(venue_cfg, CcxtVenueConfig):
         from guardrails.venues.ccxt import CcxtVenue
 
-        return CcxtVenue(venue_cfg, cfg.account_id, risk=cfg.risk, source=cfg.source)
+        return CcxtVenue(venue_cfg, cfg.account_id, risk=cfg.risk, source=cfg.source,
+                         redis=redis)
     raise TypeError(f"unsupported venue config {type(venue_cfg).__name__}")

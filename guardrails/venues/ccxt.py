@@ -34,7 +34,8 @@ Venue-side fences (per exchange; docs/venues.md has the table):
 Lookups are by client order id (Binance ``origClientOrderId``) in each configured
 symbol (the order's symbol first when this process sent it); fills come from
 ``fetch_my_trades`` with ``fromId`` per symbol, the cursor being ``SYMBOLID:next_id``
-pairs; a fill's id is ``<SYMBOLID>-<trade id>``. Credentials come from the environment
+pairs, kept in Redis (``AccountKeys.venue_cursor``) once the runtime passes it back, so a
+new term resumes there; a fill's id is ``<SYMBOLID>-<trade id>``. Credentials come from the environment
 or a 0600 JSON file and appear in no log line, repr, exception text or Redis key; with
 ``url = "embedded"`` and none configured, the account's well-known demo credentials of
 the bundled simulator are used.
@@ -54,12 +55,14 @@ from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt_async
+import redis.asyncio as aioredis
 from ccxt.base import errors as cx
 from ccxt.base.decimal_to_precision import TICK_SIZE
+from redis.exceptions import RedisError
 
 from guardrails import logs
 from guardrails.config import CcxtVenueConfig, RiskConfig
-from guardrails.keys import AccountId
+from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Fill, Order, Side
 from guardrails.venues.base import (
     Accepted,
@@ -187,8 +190,15 @@ class CcxtVenue:
         risk: RiskConfig,
         source: str = "",
         credentials: Credentials | None = None,
+        redis: aioredis.Redis | None = None,
     ) -> None:
+        """``redis`` (the account's Redis) keeps the fills cursor durable
+        (``AccountKeys.venue_cursor``); without it ``fills_since(None)`` reads from the
+        account's first trade."""
         self.name = "ccxt"
+        self._redis = redis
+        self._cursor_key = AccountKeys(account).venue_cursor
+        self._cursor_failing = False
         self._cfg = venue_cfg
         self._account_id = account
         self._risk = risk
@@ -549,9 +559,31 @@ class CcxtVenue:
             self._coid_of[key] = str(raw.get("clientOrderId") or "")
         return self._coid_of[key]
 
+    async def _durable_cursor(self, cursor: str | None) -> str | None:
+        """A cursor passed back is acknowledged (the caller applied every fill before it):
+        store it. ``None`` (a new term's pump) resumes from the stored one. Redis failures
+        cost only re-reading fills (each applies once), so they are logged, not raised."""
+        if self._redis is None:
+            return cursor
+        try:
+            if cursor is not None:
+                await self._redis.set(self._cursor_key, cursor)
+                stored = cursor
+            else:
+                raw = await self._redis.get(self._cursor_key)
+                stored = raw.decode() if isinstance(raw, bytes) else raw
+        except (RedisError, OSError) as e:
+            if not self._cursor_failing:
+                logs.event(log, "venue.ccxt.cursor_unavailable", logging.WARNING,
+                           error=f"{type(e).__name__}: {e}", action="reading from the cursor given")
+            self._cursor_failing = True
+            return cursor
+        self._cursor_failing = False
+        return stored
+
     async def fills_since(self, cursor: str | None) -> FillBatch:
         ex = self._exchange()
-        positions = _parse_cursor(cursor)
+        positions = _parse_cursor(await self._durable_cursor(cursor))
         out: list[Fill] = []
         try:
             for symbol in sorted(self._risk.instruments):
