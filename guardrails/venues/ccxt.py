@@ -565,6 +565,7 @@ class CcxtVenue:
         cost only re-reading fills (each applies once), so they are logged, not raised."""
         if self._redis is None:
             return cursor
+        stored: str | None
         try:
             if cursor is not None:
                 await self._redis.set(self._cursor_key, cursor)
