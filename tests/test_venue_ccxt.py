@@ -295,6 +295,12 @@ async def test_reconcile_when_submit_answer_lost_then_ledger_filled_once(
     assert again.checked == 0
     assert [f.client_order_id for f in batch.fills] == [order.client_order_id]
     assert len([r for r in read_record(env.record) if r["type"] == "fill"]) == 1
+    # ...and neither the secret nor the API key is anywhere in Redis or the record.
+    from tests.test_venue_http import redis_dump
+
+    dump = await redis_dump(redis_client) + env.record.read_text()
+    assert order.client_order_id in dump  # the dump does see the account's state
+    assert env.secret not in dump and env.key not in dump
 
 
 # -- start-up checks, credentials ---------------------------------------------------------
@@ -502,3 +508,24 @@ async def test_fills_since_when_new_term_starts_then_resumes_at_the_acknowledged
     assert [f.client_order_id for f in batch.fills] == [o.client_order_id for o in old]
     assert [f.client_order_id for f in resumed.fills] == [new.client_order_id]
     assert await redis_client.get(AccountKeys(ACCOUNT).venue_cursor) == batch.cursor
+
+
+@pytest.mark.parametrize(("venue", "risk_symbols", "message"), [
+    ({"exchange": "kraken", "url": "embedded"}, ["BTC/USDT"], "exchange must be 'binance'"),
+    ({"exchange": "binance", "url": "embedded"}, ["BTC-USDT"], "ccxt symbols BASE/QUOTE"),
+    ({"exchange": "binance", "url": "embedded"}, ["BTC/USDT"], "lacks a price for: BTC/USDT"),
+    ({"exchange": "binance", "max_recv_window": "90s"}, ["BTC/USDT"], "at most 60s"),
+])
+def test_config_when_ccxt_venue_is_inconsistent_then_refused_naming_the_field(
+    venue: dict[str, Any], risk_symbols: list[str], message: str
+) -> None:
+    from guardrails.config import ConfigError
+
+    data = {
+        "account": {"venue": "binance", "id": "main"},
+        "risk": {**RISK_DICT, "instruments": {
+            s: {"tick": "0.01", "lot": "0.0001", "max_position": "1"} for s in risk_symbols}},
+        "venue": {"kind": "ccxt", **venue},
+    }
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, "x.toml")
