@@ -267,3 +267,32 @@ def test_run_when_active_gets_sigterm_then_standby_takes_over_at_once_without_ov
     last_a = max(int(rows[c]["arrival_ms"]) for c in submitted(a))
     first_b = min(int(rows[c]["arrival_ms"]) for c in submitted(b))
     assert last_a <= first_b
+
+
+def test_venue_serve_when_keys_file_is_not_json_then_exit_2_naming_it(tmp_path: Path) -> None:
+    from tests.run_harness import run_cli
+
+    bad = tmp_path / "keys.json"
+    bad.write_text("{not json")
+
+    done = run_cli("venue", "serve", "--protocol", "binance", "--port", "0",
+                   "--keys-file", str(bad))
+
+    assert done.returncode == 2, done.stderr
+    assert f"--keys-file {bad}: not JSON" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_when_configured_tick_differs_from_the_exchange_then_exit_2_naming_both(
+    redis_server: RedisServer, tmp_path: Path, exchange: Exchange,
+) -> None:
+    from tests.run_harness import run_cli
+
+    # Arrange: the exchange lists BTC/USDT with tick 0.01; the config says 0.1.
+    cfg = setup(tmp_path, redis_server.url, exchange)
+    cfg.write_text(cfg.read_text().replace('tick = "0.01"', 'tick = "0.1"'))
+    # Act
+    done = run_cli("run", "--config", str(cfg), env=exchange.env(), timeout=60)
+    # Assert
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "BTC/USDT tick: config 0.1, exchange PRICE_FILTER tickSize 0.01" in done.stderr
+    assert exchange.secret not in done.stderr

@@ -56,6 +56,7 @@ import logging
 import re
 import secrets
 import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -644,11 +645,16 @@ def _record_refusal(sim: BinanceSim, account: str, params: Mapping[str, str],
 
 def load_keys(path: str) -> dict[str, str]:
     """``--keys-file``: a JSON object of API key -> secret (kept out of argv and logs)."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--keys-file {path}: {e.strerror or type(e).__name__}") from None
+    except ValueError:
+        raise ValueError(f"--keys-file {path}: not JSON") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                              for k, v in data.items()):
-        raise ValueError(f"{path}: expected a JSON object of api key -> secret strings")
+        raise ValueError(f"--keys-file {path}: expected a JSON object of api key -> secret strings")
     return data
 
 
@@ -659,12 +665,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.setup()
     market_cfg, risk, _ = market_from_config(args.config, args.seed)
-    keys = load_keys(args.keys_file) if getattr(args, "keys_file", None) else {}
     record = Path(args.record) if args.record else None
     admin = bool(getattr(args, "admin", False))
+    try:
+        keys = load_keys(args.keys_file) if getattr(args, "keys_file", None) else {}
+        exchange = make_exchange(market_cfg, risk, record_path=record)
+    except (OSError, ValueError) as e:
+        print(f"guardrails venue serve: {e}", file=sys.stderr)
+        return 2
 
     async def serve() -> None:
-        exchange = make_exchange(market_cfg, risk, record_path=record)
         front = BinanceSim(exchange, keys, accept_demo_keys=not keys)
         sim = Simulator(exchange, app=lambda: build_binance_app(front, admin=admin))
         url = await sim.start(args.host, args.port)
