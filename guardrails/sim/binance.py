@@ -55,7 +55,6 @@ import json
 import logging
 import re
 import secrets
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +67,14 @@ from aiohttp import web
 
 from guardrails import logs
 from guardrails.model import Fill, Order, Side
-from guardrails.venues.simulator import Faults, SimExchange, SimOrder, Simulator
+from guardrails.venues.simulator import (
+    Faults,
+    SimExchange,
+    SimOrder,
+    Simulator,
+    market_from_config,
+    serve_until_signal,
+)
 
 log = logging.getLogger("guardrails.simulator.binance")
 
@@ -661,8 +667,6 @@ def load_keys(path: str) -> dict[str, str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``guardrails venue serve --protocol binance``: serve until SIGTERM/SIGINT."""
-    from guardrails.venues.simulator import market_from_config
-
     logs.setup()
     market_cfg, risk, _ = market_from_config(args.config, args.seed)
     record = Path(args.record) if args.record else None
@@ -674,22 +678,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"guardrails venue serve: {e}", file=sys.stderr)
         return 2
 
-    async def serve() -> None:
-        front = BinanceSim(exchange, keys, accept_demo_keys=not keys)
-        sim = Simulator(exchange, app=lambda: build_binance_app(front, admin=admin))
-        url = await sim.start(args.host, args.port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print(f"listening {url}", flush=True)  # the contract with SimulatorProcess
-        logs.event(log, "simulator.listening", url=url, record=record, admin=admin,
-                   protocol="binance", keys=len(keys), demo_keys=int(not keys))
-        try:
-            await stop.wait()
-        finally:
-            await sim.stop()
-            logs.event(log, "simulator.stopped", url=url)
-
-    asyncio.run(serve())
+    front = BinanceSim(exchange, keys, accept_demo_keys=not keys)
+    sim = Simulator(exchange, app=lambda: build_binance_app(front, admin=admin))
+    asyncio.run(serve_until_signal(sim, args.host, args.port, record=record, admin=admin,
+                                   protocol="binance", keys=len(keys),
+                                   demo_keys=int(not keys)))
     return 0

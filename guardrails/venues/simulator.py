@@ -817,27 +817,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     record = Path(args.record) if args.record else None
     admin = bool(getattr(args, "admin", False))
 
-    async def serve() -> None:
-        sim = Simulator(
-            SimExchange(market_cfg, risk, chain_id=chain_id, record_path=record), admin=admin
-        )
-        url = await sim.start(args.host, args.port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        # The first stdout line is the contract with SimulatorProcess: the URL served.
-        print(f"listening {url}", flush=True)
-        logs.event(log, "simulator.listening", url=url, record=record, admin=admin,
-                   chain_id=chain_id)
-        try:
-            await stop.wait()
-        finally:
-            await sim.stop()
-            logs.event(log, "simulator.stopped", url=url)
-
-    asyncio.run(serve())
+    sim = Simulator(
+        SimExchange(market_cfg, risk, chain_id=chain_id, record_path=record), admin=admin
+    )
+    asyncio.run(serve_until_signal(sim, args.host, args.port, record=record, admin=admin,
+                                   chain_id=chain_id))
     return 0
+
+
+async def serve_until_signal(sim: Simulator, host: str, port: int, **fields: Any) -> None:
+    """Serve ``sim`` until SIGTERM/SIGINT, announcing the URL on stdout (any protocol)."""
+    url = await sim.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # The first stdout line is the contract with SimulatorProcess: the URL served.
+    print(f"listening {url}", flush=True)
+    logs.event(log, "simulator.listening", url=url, **fields)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+        logs.event(log, "simulator.stopped", url=url)
 
 
 class SimulatorProcess:
