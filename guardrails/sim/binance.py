@@ -72,6 +72,7 @@ from guardrails.venues.simulator import (
     SimExchange,
     SimOrder,
     Simulator,
+    mark_handler,
     market_from_config,
     serve_until_signal,
 )
@@ -555,28 +556,16 @@ def build_binance_app(sim: BinanceSim, *, admin: bool = False) -> web.Applicatio
         except BinanceError as e:
             _record_refusal(sim, account or _label_of(request), params, e)
             return e.response()
-        if faults.fail_submits > 0:
-            faults.fail_submits -= 1
-            if faults.fail_applies:
-                try:
-                    sim.new_order(account, params)
-                except BinanceError:
-                    pass
-            return web.json_response({"code": -1001, "msg": "Internal error; unable to process "
-                                      "your request. Please try again."}, status=faults.fail_status)
-        try:
-            body = sim.new_order(account, params)
-        except BinanceError as e:
-            return e.response()
-        if faults.delay_submit_responses > 0:
-            faults.delay_submit_responses -= 1
-            await asyncio.sleep(faults.delay_seconds)
-        if faults.drop_submit_responses > 0:
-            faults.drop_submit_responses -= 1
-            if request.transport is not None:
-                request.transport.abort()
-            raise ConnectionResetError("fault hook: response dropped after applying")
-        return web.json_response(body)
+
+        def apply() -> tuple[int, dict[str, Any]]:
+            try:
+                return 200, sim.new_order(account, params)
+            except BinanceError as e:
+                return e.status, {"code": e.code, "msg": e.msg}
+
+        return await faults.answer(request, apply, {
+            "code": -1001, "msg": "Internal error; unable to process your request. Please "
+                                  "try again."})
 
     async def info(request: web.Request) -> web.StreamResponse:
         return web.json_response({**ex.info(), "protocol": "binance"})
@@ -585,24 +574,7 @@ def build_binance_app(sim: BinanceSim, *, admin: bool = False) -> web.Applicatio
         return web.json_response({"now_ms": ex.now_ms()})
 
     async def set_faults(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        for name in ("drop_submit_responses", "fail_submits", "fail_status",
-                     "delay_submit_responses", "hold_submits"):
-            if name in body:
-                setattr(faults, name, int(body[name]))
-        for name in ("delay_seconds", "hold_seconds"):
-            if name in body:
-                setattr(faults, name, float(body[name]))
-        if "fail_applies" in body:
-            faults.fail_applies = bool(body["fail_applies"])
-        return web.json_response({"status": "ok"})
-
-    async def set_mark(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        try:
-            ex.set_mark(str(body["symbol"]), Decimal(str(body["price"])))
-        except (KeyError, ValueError, ArithmeticError) as e:
-            return web.json_response({"status": "error", "reason": str(e)}, status=400)
+        faults.update(await request.json())
         return web.json_response({"status": "ok"})
 
     r = app.router
@@ -622,7 +594,7 @@ def build_binance_app(sim: BinanceSim, *, admin: bool = False) -> web.Applicatio
     r.add_get("/v1/time", now)
     if admin:
         r.add_post("/admin/faults", set_faults)
-        r.add_post("/admin/mark", set_mark)
+        r.add_post("/admin/mark", mark_handler(ex))
     return app
 
 

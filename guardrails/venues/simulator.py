@@ -44,8 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -651,6 +651,49 @@ class Faults:
     """Apply the submit, then wait ``delay_seconds`` before answering (client timeouts)."""
     delay_seconds: float = 0.0
 
+    def update(self, body: Mapping[str, Any]) -> None:
+        """Set the hooks named in ``body`` (``POST /admin/faults``), each as its field's type."""
+        for f in fields(self):
+            if f.name in body:
+                kind = {"int": int, "float": float, "bool": bool}[str(f.type)]
+                setattr(self, f.name, kind(body[f.name]))
+
+    async def answer(self, request: web.Request,
+                     apply: Callable[[], tuple[int, dict[str, Any]]],
+                     error: dict[str, Any]) -> web.StreamResponse:
+        """Answer a submit whose effect is ``apply()``, through the armed hooks: fail it
+        with ``error`` (applied or not), delay the answer, or drop it after applying."""
+        if self.fail_submits > 0:
+            self.fail_submits -= 1
+            if self.fail_applies:
+                apply()
+            return web.json_response(error, status=self.fail_status)
+        status, out = apply()
+        if self.delay_submit_responses > 0:
+            self.delay_submit_responses -= 1
+            await asyncio.sleep(self.delay_seconds)
+        if self.drop_submit_responses > 0:
+            self.drop_submit_responses -= 1
+            if request.transport is not None:
+                request.transport.abort()
+            # The client sees the connection reset: the order exists, the answer is lost.
+            raise ConnectionResetError("fault hook: response dropped after applying")
+        return web.json_response(out, status=status)
+
+
+def mark_handler(exchange: SimExchange) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``POST /admin/mark`` {symbol, price}: put a mark and match (test hook)."""
+
+    async def set_mark(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        try:
+            exchange.set_mark(str(body["symbol"]), Decimal(str(body["price"])))
+        except (KeyError, ValueError, ArithmeticError) as e:
+            return web.json_response({"status": "error", "reason": str(e)}, status=400)
+        return web.json_response({"status": "ok"})
+
+    return set_mark
+
 
 def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
     faults = Faults()
@@ -658,23 +701,8 @@ def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
 
     async def submit(request: web.Request) -> web.StreamResponse:
         body = await _body(request)
-        if faults.fail_submits > 0:
-            faults.fail_submits -= 1
-            if faults.fail_applies:
-                exchange.submit(body)
-            return web.json_response({"status": "error", "reason": "injected"},
-                                     status=faults.fail_status)
-        status, out = exchange.submit(body)
-        if faults.delay_submit_responses > 0:
-            faults.delay_submit_responses -= 1
-            await asyncio.sleep(faults.delay_seconds)
-        if faults.drop_submit_responses > 0:
-            faults.drop_submit_responses -= 1
-            if request.transport is not None:
-                request.transport.abort()
-            # The client sees the connection reset: the order exists, the answer is lost.
-            raise ConnectionResetError("fault hook: response dropped after applying")
-        return web.json_response(out, status=status)
+        return await faults.answer(request, lambda: exchange.submit(body),
+                                   {"status": "error", "reason": "injected"})
 
     async def cancel(request: web.Request) -> web.StreamResponse:
         status, out = exchange.cancel(await _body(request))
@@ -705,23 +733,7 @@ def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
         return web.json_response(exchange.info())
 
     async def set_faults(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        for name in ("drop_submit_responses", "fail_submits", "fail_status",
-                     "delay_submit_responses"):
-            if name in body:
-                setattr(faults, name, int(body[name]))
-        if "delay_seconds" in body:
-            faults.delay_seconds = float(body["delay_seconds"])
-        if "fail_applies" in body:
-            faults.fail_applies = bool(body["fail_applies"])
-        return web.json_response({"status": "ok"})
-
-    async def set_mark(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        try:
-            exchange.set_mark(str(body["symbol"]), Decimal(str(body["price"])))
-        except (KeyError, ValueError, ArithmeticError) as e:
-            return web.json_response({"status": "error", "reason": str(e)}, status=400)
+        faults.update(await _body(request))
         return web.json_response({"status": "ok"})
 
     app.router.add_post("/v1/orders", submit)
@@ -734,7 +746,7 @@ def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
     app.router.add_get("/v1/info", info)
     if admin:
         app.router.add_post("/admin/faults", set_faults)
-        app.router.add_post("/admin/mark", set_mark)
+        app.router.add_post("/admin/mark", mark_handler(exchange))
     return app
 
 
