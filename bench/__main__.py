@@ -29,6 +29,7 @@ BENCHMARKS: list[tuple[str, str]] = [
     ("killswitch", "kill command's PUBLISH -> active instance's reaction"),
     ("standby", "idle standby: Redis commands/s and CPU %"),
     ("memory", "RSS of an idle active `guardrails run`"),
+    ("ccxtvenue", "ccxt venue submit vs a bare signed HTTP POST of the same order"),
 ]
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -128,9 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--seed", type=int, default=None)
     vp.add_argument("--admin", action="store_true", help="enable /admin/* test fault hooks")
     vp.add_argument("--daemon-dir", default=None, help=argparse.SUPPRESS)  # url = "embedded"
+    protocols = ("eip712", "binance")
+    vp.add_argument("--protocol", choices=protocols, default="eip712",
+                    help="eip712: the HTTP venue's API; binance: Binance spot REST (ccxt venue)")
+    vp.add_argument("--keys-file", default=None,
+                    help="binance: JSON {api key: secret} (default: accept the demo keys)")
     vp = vsub.add_parser("status", help="is the per-user simulator daemon (url = 'embedded') running")
     vp.add_argument("--json", action="store_true")
-    vsub.add_parser("stop", help="stop the per-user simulator daemon (its record is kept)")
+    vp.add_argument("--protocol", choices=protocols, default="eip712")
+    vp = vsub.add_parser("stop", help="stop the per-user simulator daemon (its record is kept)")
+    vp.add_argument("--protocol", choices=protocols, default="eip712")
     p.set_defaults(func=_lazy("guardrails.venues.simdaemon:cmd_venue"))
 
     p = sub.add_parser("init", help="write a commented starter config for a venue")

@@ -287,6 +287,61 @@ class HttpVenueConfig(_Model):
     )
 
 
+class CcxtVenueConfig(_Model):
+    kind: Literal["ccxt"] = "ccxt"
+    exchange: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{1,31}$",
+        description="ccxt exchange id (e.g. 'binance'); checked against ccxt at start.",
+    )
+    url: str | None = Field(
+        default=None,
+        description="'embedded' (the per-user Binance-protocol simulator) or a simulator's "
+        "base URL; unset: the exchange's own URLs.",
+    )
+    sandbox: bool = Field(default=False, description="Use the exchange's testnet (ccxt set_sandbox_mode).")
+    api_key_env: str = Field(
+        default="GUARDRAILS_CCXT_API_KEY", description="Environment variable holding the API key."
+    )
+    secret_env: str = Field(
+        default="GUARDRAILS_CCXT_SECRET", description="Environment variable holding the API secret."
+    )
+    password_env: str | None = Field(
+        default=None, description="Env var with the API passphrase (exchanges that have one)."
+    )
+    credentials_file: str | None = Field(
+        default=None,
+        description="JSON file {apiKey, secret[, password]} (mode 0600) instead of env vars.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into the ccxt exchange's options."
+    )
+    urls: dict[str, str] = Field(
+        default_factory=dict, description="Overrides of the ccxt exchange's urls['api'] entries."
+    )
+    enable_rate_limit: bool = Field(
+        default=True, description="ccxt's own per-process rate limiter (the gate's is account-wide)."
+    )
+    request_timeout: DurationMs = Field(default=ms("5s"), description="HTTP request timeout.")
+    max_recv_window: DurationMs = Field(
+        default=ms("60s"),
+        description="Binance: ceiling of an order's recvWindow (the exchange allows 60s at most).",
+    )
+    simulator: PaperVenueConfig | None = Field(
+        default=None, description="Market of the embedded simulator (url = 'embedded')."
+    )
+
+    @model_validator(mode="after")
+    def _embedded(self) -> CcxtVenueConfig:
+        if self.url is not None and self.exchange != "binance":
+            raise ValueError(
+                f"url is for the Binance-protocol simulator: exchange must be 'binance' "
+                f"(got {self.exchange!r}); use urls to point another exchange elsewhere"
+            )
+        if self.max_recv_window > 60_000:
+            raise ValueError(f"max_recv_window ({self.max_recv_window}ms) must be at most 60s")
+        return self
+
+
 class EvmOrderTemplate(_Model):
     kind: Literal["native", "erc20_transfer", "erc20_approve", "call"]
     to: str = Field(description="Recipient or contract address.")
@@ -335,7 +390,8 @@ class EvmVenueConfig(_Model):
 
 
 VenueConfig = Annotated[
-    PaperVenueConfig | HttpVenueConfig | EvmVenueConfig, Field(discriminator="kind")
+    PaperVenueConfig | HttpVenueConfig | EvmVenueConfig | CcxtVenueConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -428,6 +484,18 @@ class Config(_Model):
             missing = sorted(set(self.risk.instruments) - set(self.venue.start_prices))
             if missing:
                 raise ValueError(f"venue.start_prices lacks a price for: {', '.join(missing)}")
+        if isinstance(self.venue, CcxtVenueConfig) and self.venue.url is not None:
+            bad = sorted(s for s in self.risk.instruments if s.count("/") != 1)
+            if bad:
+                raise ValueError(
+                    f"instruments traded through ccxt are ccxt symbols BASE/QUOTE: {', '.join(bad)}"
+                )
+            market = self.venue.simulator
+            missing = sorted(set(self.risk.instruments) - set(market.start_prices if market else {}))
+            if self.venue.url == EMBEDDED and missing:
+                raise ValueError(
+                    f"venue.simulator.start_prices lacks a price for: {', '.join(missing)}"
+                )
         if isinstance(self.venue, EvmVenueConfig):
             # One wallet on one chain is one account: its label is fixed by the chain, so
             # the same wallet cannot be two leases under two labels (guardrails.identity).

@@ -52,6 +52,12 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
         "An EVM wallet: orders become signed transactions.",
     ),
     (
+        "[venue] kind = \"ccxt\"",
+        c.CcxtVenueConfig,
+        "A real exchange through ccxt (credentials from env or a file), or the bundled "
+        "Binance-protocol simulator (url = 'embedded').",
+    ),
+    (
         "[venue.orders.SYMBOL]",
         c.EvmOrderTemplate,
         "The transaction an EVM order for SYMBOL becomes.",

@@ -205,6 +205,12 @@ class AccountKeys:
         """STRING integer: next EVM nonce of the wallet, allocated inside the gate."""
         return self._k("nonce")
 
+    @property
+    def venue_cursor(self) -> str:
+        """STRING: the venue's ``fills_since`` cursor the runtime has applied fills up to
+        (ccxt venue: where a new term's fill pump resumes instead of the account's start)."""
+        return self._k("venue_cursor")
+
     # -- registry (registry.py) ----------------------------------------------------
     @property
     def instances(self) -> str:

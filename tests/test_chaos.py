@@ -807,19 +807,24 @@ BOUNDED_SEED = 20261122
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_chaos_run_when_bounded_then_zero_violations(artifacts_dir: Path, tmp_path: Path) -> None:
-    # Arrange: the shortest window that injects every fault kind at least once
+    run_bounded(artifacts_dir / "chaos-bounded.json", tmp_path)
+
+
+def run_bounded(report_path: Path, tmp_path: Path, *extra: str) -> None:
+    """The shortest chaos run that injects every fault kind once (``extra``: more
+    arguments, e.g. ``--venue ccxt``), asserted to have zero violations and problems."""
     import subprocess
     import sys
 
     from tests.conftest import subprocess_env
 
+    # Arrange: the shortest window that injects every fault kind at least once
     duration = faults.minimum_duration(3.0) + 2
-    report_path = artifacts_dir / "chaos-bounded.json"
     report_path.unlink(missing_ok=True)
     cmd = [
         sys.executable, "-m", "guardrails.chaos", "--duration", str(duration),
         "--seed", str(BOUNDED_SEED), "--instances", "3", "--report", str(report_path),
-        "--workdir", str(tmp_path / "run"),
+        "--workdir", str(tmp_path / "run"), *extra,
     ]  # fmt: skip
     # Act: its own process group, so every child goes down with it whatever happens
     proc = subprocess.Popen(

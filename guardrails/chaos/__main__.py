@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrails.chaos import faults, report
-from guardrails.chaos.harness import TTL_S, Harness, RunOptions
+from guardrails.chaos.harness import TTL_S, VENUES, Harness, RunOptions
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--report", default="artifacts/chaos-report.json", help="where to save the JSON report")
     p.add_argument("--workdir", default=None, help="keep logs, Redis data and the venue record here")
     p.add_argument("--schedule-only", action="store_true", help="print the seed's schedule and exit")
+    p.add_argument("--venue", choices=VENUES, default="http",
+                   help="http: the EIP-712 HTTP venue; ccxt: the ccxt venue (unmodified ccxt "
+                   "binance class) on the Binance-protocol simulator")
     return p.parse_args(argv)
 
 
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         instances=args.instances,
         report_path=Path(args.report),
         workdir=workdir,
+        venue=args.venue,
     )
     try:
         doc = asyncio.run(_run(opts))

@@ -55,6 +55,20 @@ RECONCILE_WAIT_S = 5.0
 HTTP_KEY = "0x" + "4c" * 32
 """A throwaway signing key for the simulator's account (test-only, not a secret). A
 signing venue's account is its signer's address, so the account id derives from it."""
+CCXT_KEY, CCXT_SECRET = "chaos-api-key", "chaos-" + "5e" * 24
+"""Throwaway Binance-simulator credentials of ``--venue ccxt`` (test-only, not secrets)."""
+VENUES = ("http", "ccxt")
+"""``http``: the EIP-712 HTTP venue; ``ccxt``: the ccxt venue on the Binance simulator."""
+
+_CCXT_VENUE = """[venue]
+kind = "ccxt"
+exchange = "binance"
+url = "{venue_url}"
+api_key_env = "GUARDRAILS_CHAOS_CCXT_KEY"
+secret_env = "GUARDRAILS_CHAOS_CCXT_SECRET"
+enable_rate_limit = false
+request_timeout = "1s"
+"""
 
 CONFIG_TEMPLATE = """\
 # Written by the chaos harness (guardrails/chaos/harness.py) for one run.
@@ -150,6 +164,8 @@ class RunOptions:
     instances: int
     report_path: Path
     workdir: Path
+    venue: str = "http"
+    """One of ``VENUES``."""
 
 
 @dataclass
@@ -227,7 +243,7 @@ class Harness:
         self.instances: list[Instance] = []
         self.injected: list[dict[str, Any]] = []
         self.cfg: Config | None = None
-        self.keys = AccountKeys(chaos_account())
+        self.keys = AccountKeys(chaos_account(opts.venue))
         self.venue: VenueProcess | None = None
         self.t0 = 0.0
         self.t_faults = 0.0
@@ -245,19 +261,24 @@ class Harness:
                 "GUARDRAILS_STATE_DIR": str(self.work / "state"),
                 "GUARDRAILS_LOCK_DIR": str(self.work / "locks"),
                 "GUARDRAILS_CHAOS_HTTP_KEY": HTTP_KEY,
+                "GUARDRAILS_CHAOS_CCXT_KEY": CCXT_KEY,
+                "GUARDRAILS_CHAOS_CCXT_SECRET": CCXT_SECRET,
             }
         )
         env.pop("GUARDRAILS_REDIS_URL", None)
         return env
 
     def write_config(self) -> Config:
+        account = chaos_account(self.opts.venue)
         text = CONFIG_TEMPLATE.format(
-            account_venue=ACCOUNT_VENUE,
-            account_id=chaos_account().account,
+            account_venue=account.venue,
+            account_id=account.account,
             redis_url=self.redis.url,
             venue_url=f"http://127.0.0.1:{self.venue_port}",
             seed=self.opts.seed % 1_000_000,
         )
+        if self.opts.venue == "ccxt":
+            text = ccxt_config(text, f"http://127.0.0.1:{self.venue_port}")
         self.config_path.write_text(text)
         return load_config(self.config_path)
 
@@ -317,6 +338,8 @@ class Harness:
             self.venue = VenueProcess(
                 self.config_path, self.venue_port, self.work / "venue-record.jsonl",
                 self.logdir / "venue.log", seed=self.opts.seed,
+                protocol="binance" if self.opts.venue == "ccxt" else "eip712",
+                keys={CCXT_KEY: CCXT_SECRET} if self.opts.venue == "ccxt" else None,
             )  # fmt: skip
             await self.venue.start(self.env())
             for i in range(self.opts.instances):
@@ -638,8 +661,26 @@ async def _decisions(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
     return None
 
 
-def chaos_account() -> AccountId:
-    """The run's account: the simulator venue and the signing key's wallet address."""
+def chaos_account(venue: str = "http") -> AccountId:
+    """The run's account: for ``http`` the simulator venue and the signing key's wallet
+    address; for ``ccxt`` a Binance account label."""
+    if venue == "ccxt":
+        return AccountId("binance", "chaos")
     from eth_account import Account
 
     return AccountId(ACCOUNT_VENUE, Account.from_key(HTTP_KEY).address)
+
+
+def ccxt_config(text: str, venue_url: str) -> str:
+    """The HTTP run's config as a ccxt one: ccxt symbols (``BTC/USD``), the same market
+    and strategies, ``[venue] kind = "ccxt"`` on the Binance-protocol simulator."""
+    http_venue = text[text.index("[venue]\n"):text.index("[venue.simulator]")]
+    out = text.replace(http_venue, _CCXT_VENUE.format(venue_url=venue_url) + "\n")
+    for sym in ("BTC", "ETH"):
+        for old, new in ((f"[risk.instruments.{sym}-USD]", f'[risk.instruments."{sym}/USD"]'),
+                         (f"{sym}-USD = ", f'"{sym}/USD" = '),
+                         (f'"{sym}-USD"', f'"{sym}/USD"')):
+            if old not in out:
+                raise ValueError(f"chaos config template changed: {old!r} not found")
+            out = out.replace(old, new)
+    return out

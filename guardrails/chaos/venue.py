@@ -1,5 +1,6 @@
-"""The chaos run's venue: ``guardrails venue serve`` (the HTTP exchange simulator) as a
-separate process, so it outlives every bot and its responses can be lost in flight.
+"""The chaos run's venue: ``guardrails venue serve`` (the HTTP exchange simulator, or with
+``--venue ccxt`` the Binance-protocol one) as a separate process, so it outlives every
+bot and its responses can be lost in flight.
 
 The simulator keeps its own append-only JSONL record of every order received and fill
 made; the checker reads that file and nothing else from the venue side.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -28,7 +30,13 @@ answers 503 without applying (the order never existed at the venue)."""
 
 
 class VenueProcess:
-    def __init__(self, config: Path, port: int, record: Path, log_path: Path, *, seed: int) -> None:
+    def __init__(self, config: Path, port: int, record: Path, log_path: Path, *, seed: int,
+                 protocol: str = "eip712", keys: dict[str, str] | None = None) -> None:
+        """``protocol``: ``eip712`` (the HTTP venue's simulator) or ``binance`` (the
+        Binance-protocol one, whose API ``keys`` are written to a 0600 file beside the
+        record, never into argv)."""
+        self.protocol = protocol
+        self.keys = keys
         self.config = config
         self.port = port
         self.record = record
@@ -41,13 +49,19 @@ class VenueProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, env: dict[str, str], timeout: float = 20.0) -> None:  # noqa: ASYNC109
+        extra = ["--protocol", self.protocol]
+        if self.keys is not None:
+            keys_file = self.record.with_name("venue-keys.json")
+            keys_file.touch(mode=0o600)
+            keys_file.write_text(json.dumps(self.keys))
+            extra += ["--keys-file", str(keys_file)]
         out = self.log_path.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "guardrails", "venue", "serve",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--config", str(self.config), "--record", str(self.record),
-                "--seed", str(self.seed), "--admin",
+                "--seed", str(self.seed), "--admin", *extra,
                 stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
             )  # fmt: skip
         finally:

@@ -2,7 +2,7 @@
 
 Every adapter implements ``base.Venue`` and passes the shared conformance suite
 (``tests/venue_conformance.py``); docs/venues.md says which fences each venue offers.
-Adapters are imported lazily, so importing this package never needs aiohttp or web3.
+Adapters are imported lazily, so importing this package never needs aiohttp, web3 or ccxt.
 """
 
 from __future__ import annotations
@@ -12,14 +12,21 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from guardrails.config import Config, EvmVenueConfig, HttpVenueConfig, PaperVenueConfig
+from guardrails.config import (
+    CcxtVenueConfig,
+    Config,
+    EvmVenueConfig,
+    HttpVenueConfig,
+    PaperVenueConfig,
+)
 from guardrails.venues.base import Venue, VenueError
 
 
 def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Venue:
     """The venue of ``cfg``'s account.
 
-    ``redis`` is used by the paper venue (its exchange lives in Redis). ``signer`` (an
+    ``redis`` is used by the paper venue (its exchange lives in Redis) and the ccxt
+    venue (its durable fills cursor). ``signer`` (an
     eth-account ``LocalAccount``) overrides the key the HTTP/EVM venues would otherwise
     read from their configured env var or keystore; it is never logged.
     """
@@ -45,4 +52,9 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
             venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk, source=cfg.source
         )
         return evm_venue
+    if isinstance(venue_cfg, CcxtVenueConfig):
+        from guardrails.venues.ccxt import CcxtVenue
+
+        return CcxtVenue(venue_cfg, cfg.account_id, risk=cfg.risk, source=cfg.source,
+                         redis=redis)
     raise TypeError(f"unsupported venue config {type(venue_cfg).__name__}")

@@ -65,6 +65,8 @@ class MarketSpec:
     market: PaperVenueConfig
     risk: RiskConfig
     chain_id: int
+    protocol: str = "eip712"
+    """``eip712`` (the HTTP venue's API) or ``binance`` (``guardrails.sim.binance``)."""
 
     def digest(self) -> str:
         """Equal markets have equal digests (limits other than units do not count)."""
@@ -72,11 +74,11 @@ class MarketSpec:
         units = {k: risk[k] for k in _DIGEST_KEYS}
         for inst in units["instruments"].values():
             inst.pop("max_position", None)
-        blob = json.dumps(
-            {"market": self.market.model_dump(mode="json"), "units": units,
-             "chain_id": self.chain_id},
-            sort_keys=True, separators=(",", ":"), default=str,
-        )
+        doc: dict[str, Any] = {"market": self.market.model_dump(mode="json"), "units": units,
+                               "chain_id": self.chain_id}
+        if self.protocol != "eip712":
+            doc["protocol"] = self.protocol
+        blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
@@ -86,6 +88,7 @@ class MarketSpec:
             "market": market,
             "risk": self.risk.model_dump(mode="json"),
             "chain_id": self.chain_id,
+            "protocol": self.protocol,
         }, indent=2)
 
     @classmethod
@@ -95,6 +98,7 @@ class MarketSpec:
             PaperVenueConfig.model_validate(data["market"]),
             RiskConfig.model_validate(data["risk"]),
             int(data["chain_id"]),
+            str(data.get("protocol", "eip712")),
         )
 
 
@@ -135,8 +139,15 @@ class DaemonPaths:
         return self.root / "daemon.lock"
 
 
-def paths(root: Path | None = None) -> DaemonPaths:
-    return DaemonPaths(root if root is not None else embedded.state_dir() / "simulator")
+PROTOCOLS = ("eip712", "binance")
+
+
+def paths(root: Path | None = None, protocol: str = "eip712") -> DaemonPaths:
+    """The daemon's files: one daemon per protocol (``simulator``, ``simulator-binance``)."""
+    if root is not None:
+        return DaemonPaths(root)
+    name = "simulator" if protocol == "eip712" else f"simulator-{protocol}"
+    return DaemonPaths(embedded.state_dir() / name)
 
 
 def _read_info(p: DaemonPaths) -> dict[str, Any] | None:
@@ -182,7 +193,7 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
     Raises ``SimDaemonError`` if the running daemon (or its record) simulates another
     market, or if it does not come up (the message quotes its log).
     """
-    p = paths(root)
+    p = paths(root, spec.protocol)
     p.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     digest = spec.digest()
     with p.lockfile.open("a") as lock:
@@ -224,9 +235,9 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
                              f"(log {p.logfile}):\n{_log_tail(p)}")
 
 
-def status(root: Path | None = None) -> dict[str, Any]:
+def status(root: Path | None = None, protocol: str = "eip712") -> dict[str, Any]:
     """What ``guardrails venue status`` shows."""
-    p = paths(root)
+    p = paths(root, protocol)
     info = _healthy(p)
     out: dict[str, Any] = {
         "running": info is not None,
@@ -253,9 +264,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stop(*, root: Path | None = None, timeout: float = 10.0) -> bool:
+def stop(*, root: Path | None = None, timeout: float = 10.0, protocol: str = "eip712") -> bool:
     """SIGTERM the daemon and wait until it is gone. False if it was not running."""
-    p = paths(root)
+    p = paths(root, protocol)
     if not p.root.exists():
         return False
     with p.lockfile.open("a") as lock:
@@ -304,14 +315,23 @@ def serve_daemon(root: Path) -> int:
 
     async def run() -> int:
         try:
-            exchange = SimExchange(spec.market, spec.risk, chain_id=spec.chain_id,
-                                   record_path=p.record, resume=True,
-                                   market_digest=spec.digest())
+            if spec.protocol == "binance":
+                from guardrails.sim import binance
+
+                exchange = binance.make_exchange(spec.market, spec.risk, chain_id=spec.chain_id,
+                                                 record_path=p.record, resume=True,
+                                                 market_digest=spec.digest())
+                front = binance.BinanceSim(exchange, accept_demo_keys=True)
+                sim = Simulator(exchange, app=lambda: binance.build_binance_app(front))
+            else:
+                exchange = SimExchange(spec.market, spec.risk, chain_id=spec.chain_id,
+                                       record_path=p.record, resume=True,
+                                       market_digest=spec.digest())
+                sim = Simulator(exchange)
         except (SimStateError, OSError, KeyError, ValueError) as e:
             logs.event(log, "simulator.refused", logging.ERROR, error=f"{type(e).__name__}: {e}")
             _write_atomic(p.errorfile, f"{type(e).__name__}: {e}\n")
             return 1
-        sim = Simulator(exchange)
         url = await sim.start()
         stop_ev = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -321,7 +341,7 @@ def serve_daemon(root: Path) -> int:
         _write_atomic(p.infofile, json.dumps({"pid": os.getpid(), "url": url,
                                               "market_digest": spec.digest()}))
         logs.event(log, "simulator.listening", url=url, record=p.record, daemon=1,
-                   replayed=exchange.replayed, chain_id=spec.chain_id)
+                   replayed=exchange.replayed, chain_id=spec.chain_id, protocol=spec.protocol)
         try:
             await stop_ev.wait()
         finally:
@@ -346,15 +366,20 @@ def cmd_venue(args: argparse.Namespace) -> int:
         if getattr(args, "daemon_dir", None):
             logs.setup()
             return serve_daemon(Path(args.daemon_dir))
+        if getattr(args, "protocol", "eip712") == "binance":
+            from guardrails.sim.binance import cmd_serve as serve_binance
+
+            return serve_binance(args)
         from guardrails.venues.simulator import cmd_serve
 
         return cmd_serve(args)
+    protocol = getattr(args, "protocol", "eip712")
     try:
         if args.venue_command == "stop":
-            stopped = stop()
+            stopped = stop(protocol=protocol)
             print("simulator daemon stopped" if stopped else "simulator daemon was not running")
             return 0
-        info = status()
+        info = status(protocol=protocol)
     except SimDaemonError as e:
         print(f"guardrails venue: {e}", file=sys.stderr)
         return 1

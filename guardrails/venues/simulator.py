@@ -44,8 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -54,6 +54,7 @@ from aiohttp import web
 
 from guardrails import logs
 from guardrails.config import (
+    CcxtVenueConfig,
     ConfigError,
     HttpVenueConfig,
     PaperVenueConfig,
@@ -156,6 +157,7 @@ class SimExchange:
         clock_ms: Callable[[], int] = _wall_ms,
         resume: bool = False,
         market_digest: str = "",
+        fill_prefix: Callable[[str], str] | None = None,
     ) -> None:
         """``resume=True`` (the per-user daemon) makes the record the exchange's state: it
         is replayed at start (orders, tombstones, fills, balances, marks), each line is
@@ -163,6 +165,8 @@ class SimExchange:
         to ``market_digest`` (a record of another market is refused, ``SimStateError``)."""
         self.chain_id = chain_id
         self.market_digest = market_digest
+        self._fill_prefix = fill_prefix or (lambda _symbol: "sf")
+        """Fill ids are ``<prefix(symbol)>-<seq>`` (a protocol may name them per symbol)."""
         self._cfg = market_cfg
         self._instruments = market.instruments_for(market_cfg, risk)
         self._clock_ms = clock_ms
@@ -375,7 +379,7 @@ class SimExchange:
         inst = self._instruments[o.symbol]
         now = self.now_ms()
         fill = Fill(
-            fill_id=self._next_id("sf"),
+            fill_id=self._next_id(self._fill_prefix(o.symbol)),
             client_order_id=o.client_order_id,
             symbol=o.symbol,
             side=o.side,
@@ -424,6 +428,13 @@ class SimExchange:
             return self._reject_unparsed(now, f"bad_request: {type(e).__name__}", 400, msg)
         if signer != claimed:
             return self._reject(order, claimed, now, "bad_signature", 401, stored=False)
+        return self.place(order, claimed, now)
+
+    def place(self, order: Order, claimed: str, now: int) -> tuple[int, dict[str, Any]]:
+        """The matching engine's half of a submit, whatever protocol carried it: the order
+        of ``claimed`` (an authenticated account) arrives at ``now``. Dedupes the client
+        order id, refuses a tombstoned id, an order past its ``submit_deadline_ms`` or a
+        malformed one, else books it and fills it at once if it crosses the mark."""
         key = (claimed, order.client_order_id)
         if key in self._tombstones:
             # Its cancel came first: the order is refused, so a cancel is never overtaken.
@@ -470,6 +481,19 @@ class SimExchange:
             "reason": reason, "venue_order_id": venue_order_id,
         }
 
+    def refuse(self, order: Order, account: str, reason: str, **extra: Any) -> None:
+        """Record an order refused at the door (nothing stored: a later send of the same id
+        is decided afresh), with protocol-specific ``extra`` fields in its record row."""
+        self.advance()
+        entry = self._order_entry(order, account, self.now_ms(), "rejected", reason, "")
+        self._write({**entry, **extra})
+
+    def refuse_request(self, coid: str, account: str, reason: str) -> None:
+        """Record an order request refused before it could even be read as an order."""
+        self.advance()
+        self._reject_unparsed(self.now_ms(), reason, 400,
+                              {"clientOrderId": coid, "account": account})
+
     def _reject(self, order: Order, account: str, now: int, reason: str, status: int, *,
                 stored: bool = True) -> tuple[int, dict[str, Any]]:
         venue_order_id = ""
@@ -505,6 +529,11 @@ class SimExchange:
             return 400, {"status": "rejected", "reason": f"bad_request: {type(e).__name__}"}
         if signer != claimed:
             return 401, {"status": "rejected", "reason": "bad_signature"}
+        return self.cancel_order(claimed, coid, now)
+
+    def cancel_order(self, claimed: str, coid: str, now: int) -> tuple[int, dict[str, Any]]:
+        """The engine's half of a cancel by an authenticated account: cancel a resting
+        order, answer ``final`` for a decided one, tombstone an id not seen yet."""
         so = self._orders.get((claimed, coid))
         entry: dict[str, Any] = {"type": "cancel", "coid": coid, "account": claimed,
                                  "arrival_ms": now}
@@ -532,6 +561,31 @@ class SimExchange:
             "arrival_ms": self._tombstones[(account, coid)], "state": "canceled",
             "reason": CANCELED_BEFORE_ARRIVAL, "filled_qty": "0", "fills": [],
         }
+
+    # -- read access for protocol front ends (guardrails.sim) ---------------------------
+
+    @property
+    def instruments(self) -> Mapping[str, market.Instrument]:
+        return self._instruments
+
+    def order(self, account: str, coid: str) -> SimOrder | None:
+        self.advance()
+        return self._orders.get((account, coid))
+
+    def orders_of(self, account: str) -> list[SimOrder]:
+        """Every order of ``account`` the engine holds, oldest first."""
+        self.advance()
+        return [so for (acct, _), so in self._orders.items() if acct == account]
+
+    def fills_of(self, account: str) -> list[tuple[SimOrder, Fill]]:
+        """Every fill of ``account`` with its order, oldest first."""
+        self.advance()
+        return [(self._orders[(acct, f.client_order_id)], f)
+                for _, acct, f in self._fills if acct == account]
+
+    def mark(self, symbol: str) -> Decimal:
+        self.advance()
+        return self._instruments[symbol].price(self._marks[symbol])
 
     def lookup(self, account: str, coid: str) -> tuple[int, dict[str, Any]]:
         self.advance()
@@ -597,6 +651,49 @@ class Faults:
     """Apply the submit, then wait ``delay_seconds`` before answering (client timeouts)."""
     delay_seconds: float = 0.0
 
+    def update(self, body: Mapping[str, Any]) -> None:
+        """Set the hooks named in ``body`` (``POST /admin/faults``), each as its field's type."""
+        for f in fields(self):
+            if f.name in body:
+                kind = {"int": int, "float": float, "bool": bool}[str(f.type)]
+                setattr(self, f.name, kind(body[f.name]))
+
+    async def answer(self, request: web.Request,
+                     apply: Callable[[], tuple[int, dict[str, Any]]],
+                     error: dict[str, Any]) -> web.StreamResponse:
+        """Answer a submit whose effect is ``apply()``, through the armed hooks: fail it
+        with ``error`` (applied or not), delay the answer, or drop it after applying."""
+        if self.fail_submits > 0:
+            self.fail_submits -= 1
+            if self.fail_applies:
+                apply()
+            return web.json_response(error, status=self.fail_status)
+        status, out = apply()
+        if self.delay_submit_responses > 0:
+            self.delay_submit_responses -= 1
+            await asyncio.sleep(self.delay_seconds)
+        if self.drop_submit_responses > 0:
+            self.drop_submit_responses -= 1
+            if request.transport is not None:
+                request.transport.abort()
+            # The client sees the connection reset: the order exists, the answer is lost.
+            raise ConnectionResetError("fault hook: response dropped after applying")
+        return web.json_response(out, status=status)
+
+
+def mark_handler(exchange: SimExchange) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``POST /admin/mark`` {symbol, price}: put a mark and match (test hook)."""
+
+    async def set_mark(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        try:
+            exchange.set_mark(str(body["symbol"]), Decimal(str(body["price"])))
+        except (KeyError, ValueError, ArithmeticError) as e:
+            return web.json_response({"status": "error", "reason": str(e)}, status=400)
+        return web.json_response({"status": "ok"})
+
+    return set_mark
+
 
 def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
     faults = Faults()
@@ -604,23 +701,8 @@ def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
 
     async def submit(request: web.Request) -> web.StreamResponse:
         body = await _body(request)
-        if faults.fail_submits > 0:
-            faults.fail_submits -= 1
-            if faults.fail_applies:
-                exchange.submit(body)
-            return web.json_response({"status": "error", "reason": "injected"},
-                                     status=faults.fail_status)
-        status, out = exchange.submit(body)
-        if faults.delay_submit_responses > 0:
-            faults.delay_submit_responses -= 1
-            await asyncio.sleep(faults.delay_seconds)
-        if faults.drop_submit_responses > 0:
-            faults.drop_submit_responses -= 1
-            if request.transport is not None:
-                request.transport.abort()
-            # The client sees the connection reset: the order exists, the answer is lost.
-            raise ConnectionResetError("fault hook: response dropped after applying")
-        return web.json_response(out, status=status)
+        return await faults.answer(request, lambda: exchange.submit(body),
+                                   {"status": "error", "reason": "injected"})
 
     async def cancel(request: web.Request) -> web.StreamResponse:
         status, out = exchange.cancel(await _body(request))
@@ -651,23 +733,7 @@ def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
         return web.json_response(exchange.info())
 
     async def set_faults(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        for name in ("drop_submit_responses", "fail_submits", "fail_status",
-                     "delay_submit_responses"):
-            if name in body:
-                setattr(faults, name, int(body[name]))
-        if "delay_seconds" in body:
-            faults.delay_seconds = float(body["delay_seconds"])
-        if "fail_applies" in body:
-            faults.fail_applies = bool(body["fail_applies"])
-        return web.json_response({"status": "ok"})
-
-    async def set_mark(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        try:
-            exchange.set_mark(str(body["symbol"]), Decimal(str(body["price"])))
-        except (KeyError, ValueError, ArithmeticError) as e:
-            return web.json_response({"status": "error", "reason": str(e)}, status=400)
+        faults.update(await _body(request))
         return web.json_response({"status": "ok"})
 
     app.router.add_post("/v1/orders", submit)
@@ -680,7 +746,7 @@ def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
     app.router.add_get("/v1/info", info)
     if admin:
         app.router.add_post("/admin/faults", set_faults)
-        app.router.add_post("/admin/mark", set_mark)
+        app.router.add_post("/admin/mark", mark_handler(exchange))
     return app
 
 
@@ -695,9 +761,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
 class Simulator:
     """The simulator served in this process (tests; ``url = "embedded"``)."""
 
-    def __init__(self, exchange: SimExchange, *, admin: bool = False) -> None:
+    def __init__(self, exchange: SimExchange, *, admin: bool = False,
+                 app: Callable[[], web.Application] | None = None) -> None:
+        """``app`` serves another protocol over ``exchange`` (``guardrails.sim.binance``);
+        by default the EIP-712 HTTP API (``build_app``)."""
         self.exchange = exchange
         self._admin = admin
+        self._app = app
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -711,7 +781,8 @@ class Simulator:
         except OSError:
             sock.close()
             raise
-        runner = web.AppRunner(build_app(self.exchange, admin=self._admin), access_log=None)
+        app = self._app() if self._app is not None else build_app(self.exchange, admin=self._admin)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock).start()
         self._runner = runner
@@ -739,6 +810,8 @@ def market_from_config(
             chain_id = cfg.venue.chain_id
             if cfg.venue.simulator is not None:
                 market_cfg = cfg.venue.simulator
+        elif isinstance(cfg.venue, CcxtVenueConfig) and cfg.venue.simulator is not None:
+            market_cfg = cfg.venue.simulator
     missing = sorted(set(risk.instruments) - set(market_cfg.start_prices))
     if missing:
         raise ConfigError(
@@ -756,27 +829,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     record = Path(args.record) if args.record else None
     admin = bool(getattr(args, "admin", False))
 
-    async def serve() -> None:
-        sim = Simulator(
-            SimExchange(market_cfg, risk, chain_id=chain_id, record_path=record), admin=admin
-        )
-        url = await sim.start(args.host, args.port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        # The first stdout line is the contract with SimulatorProcess: the URL served.
-        print(f"listening {url}", flush=True)
-        logs.event(log, "simulator.listening", url=url, record=record, admin=admin,
-                   chain_id=chain_id)
-        try:
-            await stop.wait()
-        finally:
-            await sim.stop()
-            logs.event(log, "simulator.stopped", url=url)
-
-    asyncio.run(serve())
+    sim = Simulator(
+        SimExchange(market_cfg, risk, chain_id=chain_id, record_path=record), admin=admin
+    )
+    asyncio.run(serve_until_signal(sim, args.host, args.port, record=record, admin=admin,
+                                   chain_id=chain_id))
     return 0
+
+
+async def serve_until_signal(sim: Simulator, host: str, port: int, **fields: Any) -> None:
+    """Serve ``sim`` until SIGTERM/SIGINT, announcing the URL on stdout (any protocol)."""
+    url = await sim.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # The first stdout line is the contract with SimulatorProcess: the URL served.
+    print(f"listening {url}", flush=True)
+    logs.event(log, "simulator.listening", url=url, **fields)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+        logs.event(log, "simulator.stopped", url=url)
 
 
 class SimulatorProcess:
@@ -787,8 +862,12 @@ class SimulatorProcess:
 
     def __init__(self, *, config: str | None = None, record: Path | None = None,
                  admin: bool = False, seed: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
-        self._args = [sys.executable, "-m", "guardrails", "venue", "serve", "--port", "0"]
+                 env: Mapping[str, str] | None = None, protocol: str = "eip712",
+                 keys_file: Path | None = None) -> None:
+        self._args = [sys.executable, "-m", "guardrails", "venue", "serve", "--port", "0",
+                      "--protocol", protocol]
+        if keys_file:
+            self._args += ["--keys-file", str(keys_file)]
         if config:
             self._args += ["--config", config]
         if record:
