@@ -171,6 +171,11 @@ async def _loss_used(r: aioredis.Redis, k: AccountKeys) -> None:
     await Ledger(r, k, risk()).update_marks({SYMBOL: Decimal("55200")})
 
 
+async def _admitted_as_other_qty(r: aioredis.Redis, k: AccountKeys) -> None:
+    d = await admit(gate(r, k), buy("0.0010"), "deny-intent conflict")
+    assert isinstance(d, Admitted), d
+
+
 async def _bad_type(r: aioredis.Redis, k: AccountKeys) -> None:
     await r.delete(k.positions)
     await r.set(k.positions, "not a hash")
@@ -197,6 +202,7 @@ DENIALS: list[tuple[str, Setup, Intent, DenyReason]] = [
     ("gross", _gross_near_max, buy("0.100", "3000", ETH), DenyReason.GROSS_EXPOSURE),
     ("daily loss", _loss_used, buy("0.0400", "55200"), DenyReason.DAILY_LOSS),
     ("wrong type", _bad_type, buy("0.01"), DenyReason.BAD_STATE),
+    ("intent conflict", _admitted_as_other_qty, buy("0.0200"), DenyReason.INTENT_CONFLICT),
 ]
 
 

@@ -3,7 +3,7 @@
 -- KEYS[1]  schema        STRING  key-schema version
 -- KEYS[2]  state         HASH    trading-state latch (field state)
 -- KEYS[3]  lease         STRING  "<token>:<holder_id>" with PX
--- KEYS[4]  intents       HASH    intent id -> "<coid>|<token>|<deadline_ms>|<nonce or ->"
+-- KEYS[4]  intents       HASH    intent id -> "<coid>|<token>|<deadline_ms>|<nonce or ->|<digest>"
 -- KEYS[5]  limits        HASH    the account's effective limits (docs/keys.md)
 -- KEYS[6]  positions     HASH    <sym>:qty lots, <sym>:cost money, <sym>:rpnl money
 -- KEYS[7]  reservations  HASH    <sym>:buy lots, <sym>:sell lots, <sym>:loss money
@@ -20,8 +20,13 @@
 -- ARGV[4] intent id                 ARGV[5] client order id
 -- ARGV[6] symbol   ARGV[7] side (buy|sell)   ARGV[8] qty (decimal string)
 -- ARGV[9] price (decimal string)    ARGV[10] allocate nonce (0|1)   ARGV[11] trading day
--- Returns {0, duplicate (0|1), token, submit_deadline_ms, nonce or -1}  admitted
+-- Returns {0, duplicate (0|1), token, submit_deadline_ms, nonce or -1, symbol, side, qty, price}
+--           admitted; symbol..price are the ORDER RECORD's (what was admitted, read back:
+--           for a duplicate, never the caller's arguments; '' when the record is gone)
 --         {code, detail}  denied; code indexes REASON below (gate.py maps it, in one place)
+-- The digest of an admission is sha1 of the length-prefixed symbol, side, qty and price
+-- strings (gate.intent_digest mirrors it); a later admit of the same intent id whose
+-- digest differs is denied intent_conflict.
 local K_SCHEMA, K_STATE, K_LEASE, K_INTENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_LIMITS, K_POS, K_RES, K_MARKS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_THROTTLE, K_DAY, K_ORDER, K_OPEN = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
@@ -37,11 +42,12 @@ local REASON = {
   'schema_mismatch', 'halted', 'reduce_only', 'stale_token', 'lease_expired',
   'bad_order', 'unknown_symbol', 'off_tick', 'off_lot', 'max_notional',
   'price_band', 'throttled', 'position_limit', 'gross_exposure', 'daily_loss', 'bad_state',
+  'intent_conflict',
 }
 local SCHEMA_MISMATCH, HALTED, REDUCE_ONLY, STALE_TOKEN, LEASE_EXPIRED = 1, 2, 3, 4, 5
 local BAD_ORDER, UNKNOWN_SYMBOL, OFF_TICK, OFF_LOT, MAX_NOTIONAL = 6, 7, 8, 9, 10
 local PRICE_BAND, THROTTLED, POSITION_LIMIT, GROSS_EXPOSURE, DAILY_LOSS = 11, 12, 13, 14, 15
-local BAD_STATE = 16
+local BAD_STATE, INTENT_CONFLICT = 16, 17
 
 local MAXI = 9007199254740992 -- 2^53: integers at or above it are not exact in a double
 local P10 = {[0] = 1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13,
@@ -215,13 +221,36 @@ local function main()
   if pttl < 0 then return deny(BAD_STATE, 'lease has no expiry') end
   if pttl == 0 then return deny(LEASE_EXPIRED, 'lease expires now') end
 
-  -- 4. idempotency: an admitted intent returns its original decision
+  -- 4. idempotency: an admitted intent returns its original decision, and only for the
+  -- very same order: the same id with other fields is a conflict (never re-sent as ours)
+  local digest = redis.sha1hex(#symbol .. ':' .. symbol .. #side_s .. ':' .. side_s ..
+    #qty_s .. ':' .. qty_s .. #price_s .. ':' .. price_s)
   local prior = rd('HGET', K_INTENTS, intent_id)
   if prior then
-    local pc, pt, pd, pn = string.match(prior, '^([^|]*)|(%d+)|(%d+)|(.*)$')
-    if not pc then error({bad = 'intents ' .. intent_id .. ' is malformed'}) end
+    local pc, pt, pd, pn, pg = string.match(prior, '^([^|]*)|(%d+)|(%d+)|([^|]*)|(%x+)$')
+    local was = rd('HMGET', K_ORDER, 'symbol', 'side', 'qty', 'price')
+    if not pc then
+      -- a record from before digests were stored: compare with the order record
+      pc, pt, pd, pn = string.match(prior, '^([^|]*)|(%d+)|(%d+)|([^|]*)$')
+      if not pc then error({bad = 'intents ' .. intent_id .. ' is malformed'}) end
+      if not was[1] then
+        error({bad = 'intents ' .. intent_id .. ' has no digest and no order record to compare'})
+      end
+      pg = (was[1] == symbol and was[2] == side_s and was[3] == qty_s and was[4] == price_s)
+        and digest or ''
+    end
+    if pg ~= digest or pc ~= coid then
+      local what = ''
+      if was[1] then
+        what = ' (' .. tostring(was[2]) .. ' ' .. tostring(was[3]) .. ' ' .. tostring(was[1]) ..
+          ' @ ' .. tostring(was[4]) .. ')'
+      end
+      return deny(INTENT_CONFLICT, 'intent ' .. intent_id .. ' was admitted as another order' ..
+        what .. '; a different order needs a new intent id')
+    end
     redis.pcall('HINCRBY', K_STATS, 'duplicate', 1)
-    return {0, 1, tonumber(pt), tonumber(pd), tonumber(pn) or -1}
+    return {0, 1, tonumber(pt), tonumber(pd), tonumber(pn) or -1,
+      was[1] or '', was[2] or '', was[3] or '', was[4] or ''}
   end
 
   -- 5. order sanity
@@ -399,9 +428,11 @@ local function main()
   -- one HSET of both totals (read above in this same atomic step) instead of two HINCRBYs
   redis.call('HSET', K_RES, side_f, fmt(new_side), loss_f, fmt(new_loss))
   redis.call('HSET', K_THROTTLE, 'tokens', fmt(tokens - 1000), 'ts_ms', fmt(now_ms))
-  redis.call('HSET', K_INTENTS, intent_id, coid .. '|' .. token .. '|' .. fmt(deadline) .. '|' .. nonce_s)
+  redis.call('HSET', K_INTENTS, intent_id,
+    coid .. '|' .. token .. '|' .. fmt(deadline) .. '|' .. nonce_s .. '|' .. digest)
   redis.pcall('HINCRBY', K_STATS, 'admitted', 1)
-  return {0, 0, tonumber(token), deadline, nonce}
+  -- what was admitted, as the order record above holds it
+  return {0, 0, tonumber(token), deadline, nonce, symbol, side_name, qty_s, price_s}
 end
 
 local ok, result = pcall(main)
