@@ -31,8 +31,6 @@ import asyncio
 import hashlib
 import time
 from decimal import Decimal, InvalidOperation
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,6 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from guardrails import scripts
 from guardrails.config import RiskConfig
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
 from guardrails.model import (
@@ -69,12 +68,6 @@ class GateOutcomeUnknown(GateUnavailable):
 
 RECOVER_MS = 5_000
 """Default bound (ms) on re-asking Redis for an intent's decision after a lost reply."""
-
-
-@cache
-def lua_source(name: str) -> str:
-    """The text of ``guardrails/lua/<name>`` (text only; registration is per client)."""
-    return resources.files("guardrails").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 ADMITTED = 0
@@ -209,7 +202,7 @@ class OrderGate:
         self._keys = keys
         self._risk = risk
         self._day = TradingDay(risk.timezone, clock_ms)
-        self._script = redis.register_script(lua_source("gate_admit.lua"))
+        self._script = scripts.register(redis, "gate_admit")
         # Everything constant per account is encoded once: redis-py would otherwise
         # re-encode these 14 keys on every admit (about half of the client-side cost of
         # packing the command). Bytes are sent as they are.

@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 
+from guardrails import scripts
 from guardrails.config import RiskConfig
-from guardrails.gate import lua_source
 from guardrails.keys import AccountKeys
 from guardrails.limits import per_lot_tick
 from guardrails.model import Fill, OrderState, Side
@@ -151,8 +151,8 @@ class Ledger:
         self.risk = risk
         self._day = TradingDay(risk.timezone, clock_ms)
         self._tz = ZoneInfo(risk.timezone)
-        self._transition = redis.register_script(lua_source("ledger_transition.lua"))
-        self._fill = redis.register_script(lua_source("ledger_fill.lua"))
+        self._transition = scripts.register(redis, "ledger_transition")
+        self._fill = scripts.register(redis, "ledger_fill")
 
     def trading_day(self) -> str:
         return self._day.today()

@@ -23,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from guardrails.gate import lua_source
+from guardrails import scripts
 from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord, Transition
 from guardrails.model import OrderState
 from guardrails.venues.base import Venue, VenueError, VenueOrderState, VenueOrderStatus
@@ -221,7 +221,7 @@ async def _inspect(ledger: Ledger, venue: Venue) -> tuple[SweepReport, dict[str,
 
 
 async def _rebuild(ledger: Ledger) -> None:
-    script = ledger.redis.register_script(lua_source("ledger_rebuild.lua"))
+    script = scripts.register(ledger.redis, "ledger_rebuild")
     k = ledger.keys
     for _ in range(20):
         orders = await _all_orders(ledger)

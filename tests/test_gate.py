@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from guardrails.gate import DENY_CODES, GateUnavailable, OrderGate, check_intent, lua_source
+from guardrails.gate import DENY_CODES, GateUnavailable, OrderGate, check_intent
 from guardrails.keys import AccountKeys
 from guardrails.ledger import Ledger
 from guardrails.model import Admitted, Denied, DenyReason, Fill, Intent, Side, client_order_id_for
+from guardrails.scripts import source as lua_source
 from tests.gatekit import (
     ETH,
     HOLDER,
@@ -410,18 +411,6 @@ async def test_admit_when_key_has_unexpected_shape_then_bad_state_and_nothing_wr
     d = await admit(gate(redis_client, acct), buy("0.01"), "shape")
     assert isinstance(d, Denied) and d.reason is DenyReason.BAD_STATE, d
     assert await risk_snapshot(redis_client, acct) == before
-
-
-@pytest.mark.parametrize(
-    "name", ["gate_admit.lua", "ledger_fill.lua", "ledger_transition.lua", "ledger_rebuild.lua"]
-)
-def test_lua_when_read_then_header_names_keys_argv_and_return_shape(name: str) -> None:
-    src = lua_source(name)
-    header = src.split("\nlocal ", 1)[0]
-    assert header.startswith(f"-- {name.removesuffix('.lua')}:")
-    for word in ("KEYS[1]", "ARGV[1]", "Returns"):
-        assert word in header, (name, word)
-    assert "KEYS[1]" in src.split("\nlocal ", 1)[1].split("\n", 1)[0] or "= KEYS[1]" in src
 
 
 async def test_admit_when_burst_spent_then_throttled_until_bucket_refills(

@@ -31,6 +31,8 @@ local tx_hash = ARGV[3]
 local deadline_ms = tonumber(ARGV[4])
 local check = ARGV[5] == '1'
 
+--!include lib/time.lua
+
 local lease = redis.call('GET', lease_key)
 if not lease then
   return {4, ''}
@@ -51,8 +53,7 @@ if state then
   return {2, state}
 end
 if check then
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now_ms = now_ms()
   if deadline_ms == nil or now_ms > deadline_ms then
     return {6, tostring(now_ms)}
   end

@@ -35,8 +35,11 @@ local want_schema, token, holder, intent_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local coid, symbol, side_s, qty_s = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local price_s, alloc, day = ARGV[9], ARGV[10], ARGV[11]
 
--- Effects replication (a no-op on Redis 7): TIME is read before writing.
-if redis.replicate_commands then redis.replicate_commands() end
+--!include lib/int.lua
+--!include lib/read.lua
+--!include lib/time.lua
+--!include lib/journal.lua
+--!include lib/fence.lua
 
 local REASON = {
   'schema_mismatch', 'halted', 'reduce_only', 'stale_token', 'lease_expired',
@@ -49,35 +52,8 @@ local BAD_ORDER, UNKNOWN_SYMBOL, OFF_TICK, OFF_LOT, MAX_NOTIONAL = 6, 7, 8, 9, 1
 local PRICE_BAND, THROTTLED, POSITION_LIMIT, GROSS_EXPOSURE, DAILY_LOSS = 11, 12, 13, 14, 15
 local BAD_STATE, INTENT_CONFLICT = 16, 17
 
-local MAXI = 9007199254740992 -- 2^53: integers at or above it are not exact in a double
 local P10 = {[0] = 1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13,
   1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22} -- exact powers of ten in a double
-
-local function fmt(n) return string.format('%d', n) end
-
--- A read that fails closed: a wrong-type key aborts the decision as BAD_STATE.
-local function rd(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then
-    error({bad = 'key ' .. tostring(select(2, ...)) .. ': ' .. r.err})
-  end
-  return r
-end
-
-local function int_field(v, what)
-  if not v then return 0 end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI then
-    error({bad = what .. ' is not an integer: ' .. tostring(v)})
-  end
-  return n
-end
-
-local function hash_of(flat)
-  local h = {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-  return h
-end
 
 -- A plain positive decimal "123" or "0.0150": no sign, exponent, nan or inf.
 -- Returns mantissa, scale (value = m * 10^-scale) or nil.
@@ -110,25 +86,18 @@ local function to_units(m, s, um, us)
   return num / den
 end
 
--- exact floor / ceil of a / b for integers (b > 0), safe against double rounding
-local function ifloor(a, b)
-  local q = math.floor(a / b)
-  local r = a - q * b
-  if r < 0 then q = q - 1 elseif r >= b then q = q + 1 end
-  return q
-end
-local function iceil(a, b) return -ifloor(-a, b) end
-
-local function mul(a, b)
-  local p = a * b
-  if p >= MAXI or p <= -MAXI then error({overflow = true}) end
-  return p
-end
-
-local function add(a, b)
-  local p = a + b
-  if p >= MAXI or p <= -MAXI then error({overflow = true}) end
-  return p
+-- An instrument's stored spec "<tick_m> <tick_s> <lot_m> <lot_s> <k> <max_lots>", each a
+-- strict stored integer (tick = tick_m x 10^-tick_s ...); nil when the symbol has none.
+local function instrument(si, sym)
+  if not si then return nil end
+  local what = 'limits i:' .. sym
+  local f = {string.match(si, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')}
+  if #f ~= 6 then bad(what .. ' is malformed: ' .. si) end
+  local v = {}
+  for i = 1, 6 do v[i] = stored_nat(f[i], what .. ' part ' .. i) end
+  if v[1] == 0 or v[3] == 0 or v[5] == 0 then bad(what .. ' has a zero tick, lot or k') end
+  if v[2] > 22 or v[4] > 22 then bad(what .. ' has a scale beyond 10^-22') end
+  return v
 end
 
 local function deny(code, detail)
@@ -139,6 +108,8 @@ local function deny(code, detail)
     'qty', qty_s, 'price', price_s)
   return {code, detail}
 end
+
+local FENCE_DENIAL = {lease_expired = LEASE_EXPIRED, stale_token = STALE_TOKEN, bad_state = BAD_STATE}
 
 local function main()
   -- Reads first (each fails closed on a wrong type); writes only after every check.
@@ -160,12 +131,10 @@ local function main()
     if side_s == 'buy' then side = 1 elseif side_s == 'sell' then side = -1 else
       return BAD_ORDER, 'side must be buy or sell, got ' .. side_s
     end
-    local inst = lim[7]
+    local inst = instrument(lim[7], symbol)
     if not inst then return UNKNOWN_SYMBOL, 'symbol ' .. symbol .. ' is not configured' end
-    local tm, ts, lm, ls, kk, ml = string.match(inst, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
-    if not tm then error({bad = 'limits i:' .. symbol .. ' is malformed'}) end
-    tm, ts, lm, ls = tonumber(tm), tonumber(ts), tonumber(lm), tonumber(ls)
-    k, max_lots = tonumber(kk), tonumber(ml)
+    local tm, ts, lm, ls = inst[1], inst[2], inst[3], inst[4]
+    k, max_lots = inst[5], inst[6]
     local qm, qs = parse_dec(qty_s)
     if not qm then return BAD_ORDER, 'qty ' .. qty_s .. ' is not a plain positive decimal' end
     local pm, ps = parse_dec(price_s)
@@ -187,12 +156,30 @@ local function main()
   end
   sane_code, sane_detail = sanity()
 
-  local function qty(sym) return int_field(pos[sym .. ':qty'], 'position ' .. sym) end
+  local function qty(sym) return stored_int(pos[sym .. ':qty'], 'position ' .. sym) end
+  -- money units per lot per tick of a symbol with exposure (this order's, or stored)
+  local ks = {}
+  local function k_of(sym)
+    if sym == symbol then return k end
+    if not ks[sym] then
+      local inst = instrument(rd('HGET', K_LIMITS, 'i:' .. sym), sym)
+      if not inst then bad('position in unconfigured symbol ' .. sym) end
+      ks[sym] = inst[5]
+    end
+    return ks[sym]
+  end
+  -- a stored mark: a positive integer number of ticks
+  local function mark_of(v, sym)
+    if not v then return nil end
+    local m = stored_int(v, 'mark ' .. sym)
+    if m <= 0 then bad('mark ' .. sym .. ' is not positive: ' .. v) end
+    return m
+  end
   -- a reservation below zero means the totals are already wrong (a release applied
   -- twice?): admitting against it would exceed the limits, so fail closed
   local function resv(sym, s)
-    local v = int_field(res[sym .. ':' .. s], 'reservation ' .. sym .. ':' .. s)
-    if v < 0 then error({bad = 'reservation ' .. sym .. ':' .. s .. ' is negative: ' .. fmt(v)}) end
+    local v = stored_int(res[sym .. ':' .. s], 'reservation ' .. sym .. ':' .. s)
+    if v < 0 then bad('reservation ' .. sym .. ':' .. s .. ' is negative: ' .. fmt(v)) end
     return v
   end
 
@@ -210,16 +197,9 @@ local function main()
     return deny(BAD_STATE, 'trading state is ' .. tostring(state))
   end
 
-  -- 3. fence: the lease holds exactly this token and holder, and is live
-  local lease = rd('GET', K_LEASE)
-  if not lease then return deny(LEASE_EXPIRED, 'no live lease') end
-  if lease ~= token .. ':' .. holder then
-    return deny(STALE_TOKEN, 'lease is held as ' .. lease .. ', not ' .. token .. ':' .. holder)
-  end
-  local pttl = rd('PTTL', K_LEASE)
-  if pttl == -2 then return deny(LEASE_EXPIRED, 'no live lease') end
-  if pttl < 0 then return deny(BAD_STATE, 'lease has no expiry') end
-  if pttl == 0 then return deny(LEASE_EXPIRED, 'lease expires now') end
+  -- 3. fence: the lease holds exactly this token and holder, and is live (lib/fence)
+  local fenced, pttl = fence(K_LEASE, token, holder)
+  if fenced ~= 'ok' then return deny(FENCE_DENIAL[fenced], pttl) end
 
   -- 4. idempotency: an admitted intent returns its original decision, and only for the
   -- very same order: the same id with other fields is a conflict (never re-sent as ours)
@@ -232,9 +212,9 @@ local function main()
     if not pc then
       -- a record from before digests were stored: compare with the order record
       pc, pt, pd, pn = string.match(prior, '^([^|]*)|(%d+)|(%d+)|([^|]*)$')
-      if not pc then error({bad = 'intents ' .. intent_id .. ' is malformed'}) end
+      if not pc then bad('intents ' .. intent_id .. ' is malformed') end
       if not was[1] then
-        error({bad = 'intents ' .. intent_id .. ' has no digest and no order record to compare'})
+        bad('intents ' .. intent_id .. ' has no digest and no order record to compare')
       end
       pg = (was[1] == symbol and was[2] == side_s and was[3] == qty_s and was[4] == price_s)
         and digest or ''
@@ -248,20 +228,24 @@ local function main()
       return deny(INTENT_CONFLICT, 'intent ' .. intent_id .. ' was admitted as another order' ..
         what .. '; a different order needs a new intent id')
     end
+    local prior_nonce = -1
+    if pn ~= '-' then prior_nonce = stored_nat(pn, 'intents ' .. intent_id .. ' nonce') end
+    pt = stored_nat(pt, 'intents ' .. intent_id .. ' token')
+    pd = stored_nat(pd, 'intents ' .. intent_id .. ' deadline')
     redis.pcall('HINCRBY', K_STATS, 'duplicate', 1)
-    return {0, 1, tonumber(pt), tonumber(pd), tonumber(pn) or -1,
+    return {0, 1, pt, pd, prior_nonce,
       was[1] or '', was[2] or '', was[3] or '', was[4] or ''}
   end
 
   -- 5. order sanity
   if sane_code then return deny(sane_code, sane_detail) end
 
-  local max_notional = int_field(lim[1], 'limits max_order_notional')
-  local max_gross = int_field(lim[2], 'limits max_gross_exposure')
-  local loss_limit = int_field(lim[3], 'limits daily_loss_limit')
-  local band_ppm = int_field(lim[4], 'limits band_ppm')
-  local rate_milli = int_field(lim[5], 'limits rate_milli')
-  local burst = int_field(lim[6], 'limits burst')
+  local max_notional = stored_nat(lim[1], 'limits max_order_notional')
+  local max_gross = stored_nat(lim[2], 'limits max_gross_exposure')
+  local loss_limit = stored_nat(lim[3], 'limits daily_loss_limit')
+  local band_ppm = stored_nat(lim[4], 'limits band_ppm')
+  local rate_milli = stored_nat(lim[5], 'limits rate_milli')
+  local burst = stored_nat(lim[6], 'limits burst')
   local ok, notional = pcall(function() return mul(mul(lots, ticks), k) end)
   if not ok then return deny(BAD_ORDER, 'order value overflows the exact integer range') end
 
@@ -272,7 +256,7 @@ local function main()
 
   -- 7. price band against the last mark
   local marks = hash_of(rd('HGETALL', K_MARKS))
-  local mark = marks[symbol] and int_field(marks[symbol], 'mark ' .. symbol)
+  local mark = mark_of(marks[symbol], symbol)
   if not mark or mark <= 0 then return deny(PRICE_BAND, 'no mark for ' .. symbol) end
   local dist = math.abs(ticks - mark)
   local ok2, over = pcall(function() return mul(dist, 1000000) > mul(band_ppm, mark) end)
@@ -283,14 +267,13 @@ local function main()
   end
 
   -- 8. order-rate throttle (token bucket in milli-tokens, server clock)
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now_ms = now_ms()
   local tb = rd('HMGET', K_THROTTLE, 'tokens', 'ts_ms')
   local cap = burst * 1000
   local tokens = cap
   if tb[1] then
-    tokens = int_field(tb[1], 'throttle tokens')
-    local elapsed = now_ms - int_field(tb[2], 'throttle ts_ms')
+    tokens = stored_nat(tb[1], 'throttle tokens')
+    local elapsed = now_ms - stored_nat(tb[2], 'throttle ts_ms')
     if elapsed < 0 then elapsed = 0 end
     if elapsed > 1000000000 then elapsed = 1000000000 end
     local refill = elapsed * rate_milli
@@ -302,7 +285,7 @@ local function main()
   if alloc == '1' then
     local nv = rd('GET', K_NONCE)
     if not nv then return deny(BAD_STATE, 'nonce not synced (' .. K_NONCE .. ' missing)') end
-    nonce = int_field(nv, 'nonce')
+    nonce = stored_nat(nv, 'nonce')
   end
 
   local side_name = side == 1 and 'buy' or 'sell'
@@ -333,15 +316,9 @@ local function main()
         w1 = math.max(math.abs(add(sp, sb)), math.abs(add(sp, -ss)))
       end
       if w0 > 0 or w1 > 0 then
-        local m = marks[s] and int_field(marks[s], 'mark ' .. s)
-        local sk = k
-        if s ~= symbol then
-          local si = redis.call('HGET', K_LIMITS, 'i:' .. s)
-          local skk = si and string.match(si, '^%d+ %d+ %d+ %d+ (%d+) %d+$')
-          if not skk then error({bad = 'position in unconfigured symbol ' .. s}) end
-          sk = tonumber(skk)
-        end
-        if not m then error({bad = 'no mark for ' .. s .. ' which has exposure'}) end
+        local m = mark_of(marks[s], s)
+        local sk = k_of(s)
+        if not m then bad('no mark for ' .. s .. ' which has exposure') end
         gross_before = add(gross_before, mul(mul(w0, m), sk))
         gross_after = add(gross_after, mul(mul(w1, m), sk))
       end
@@ -350,20 +327,15 @@ local function main()
       return {GROSS_EXPOSURE, 'worst-case gross exposure ' .. fmt(gross_after) .. ' > ' .. fmt(max_gross) .. ' money units'}
     end
     -- 11. daily loss budget
-    local rp = int_field(rd('HGET', K_DAY, 'realized_pnl'), 'day realized_pnl')
+    local rp = stored_int(rd('HGET', K_DAY, 'realized_pnl'), 'day realized_pnl')
     local used = math.max(0, -rp)
     for s, _ in pairs(syms) do
-      local c = int_field(pos[s .. ':cost'], 'cost ' .. s)
+      local c = stored_int(pos[s .. ':cost'], 'cost ' .. s)
       local sp = qty(s)
       if sp ~= 0 or c ~= 0 then
-        local m = marks[s] and int_field(marks[s], 'mark ' .. s)
-        if not m then error({bad = 'no mark for ' .. s .. ' which has a position'}) end
-        local sk = k
-        if s ~= symbol then
-          local si = redis.call('HGET', K_LIMITS, 'i:' .. s)
-          sk = tonumber(si and string.match(si, '^%d+ %d+ %d+ %d+ (%d+) %d+$') or '')
-          if not sk then error({bad = 'position in unconfigured symbol ' .. s}) end
-        end
+        local m = mark_of(marks[s], s)
+        if not m then bad('no mark for ' .. s .. ' which has a position') end
+        local sk = k_of(s)
         local unreal = add(mul(mul(sp, m), sk), -c)
         if unreal < 0 then used = add(used, -unreal) end
       end
@@ -414,7 +386,7 @@ local function main()
   -- write whose key shape was not read above, so a failure there writes nothing)
   local deadline = now_ms + pttl
   local nonce_s = nonce >= 0 and fmt(nonce) or '-'
-  rd('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'admit', 'coid', coid,
+  journal_add(K_JOURNAL, 'ev', 'admit', 'coid', coid,
     'intent_id', intent_id, 'symbol', symbol, 'side', side_name, 'lots', fmt(lots),
     'ticks', fmt(ticks), 'token', token, 'holder', holder, 'deadline_ms', fmt(deadline),
     'nonce', nonce_s, 'day', day)
@@ -437,9 +409,6 @@ end
 
 local ok, result = pcall(main)
 if ok then return result end
-if type(result) == 'table' and result.bad then return deny(BAD_STATE, result.bad) end
-if type(result) == 'table' and result.err then return deny(BAD_STATE, result.err) end
-if type(result) == 'table' and result.overflow then
-  return deny(BAD_STATE, 'stored totals overflow the exact integer range')
-end
+local detail = failure_detail(result)
+if detail then return deny(BAD_STATE, detail) end
 error(result)

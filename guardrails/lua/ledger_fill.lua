@@ -28,60 +28,20 @@ local K_RES, K_DAY, K_JOURNAL, K_MARKS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local fill_id, coid, symbol, side_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lots_s, value_s, fee_s, px_s, ts_s, day = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
-if redis.replicate_commands then redis.replicate_commands() end
-
-local MAXI = 9007199254740992 -- 2^53
-local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
-local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
-local function fmt(n) return string.format('%d', n) end
+--!include lib/int.lua
+--!include lib/read.lua
+--!include lib/time.lua
+--!include lib/journal.lua
+--!include lib/states.lua
 
 -- Only when the journal is a stream (or absent): a journal entry never aborts the script.
 local function journal(ev, detail)
-  redis.pcall('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', ev, 'fill_id', fill_id,
+  journal_try(K_JOURNAL, 'ev', ev, 'fill_id', fill_id,
     'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', lots_s, 'value', value_s,
     'fee', fee_s, 'ts_ms', ts_s, 'day', day, 'detail', detail)
 end
 
-local function bad(detail) error({bad = detail}) end
-
-local function rd(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
-  return r
-end
--- a stored integer field (absent = 0), exactly as HINCRBY would accept it, below 2^53
-local function int(v, what)
-  if not v then return 0 end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI or not string.match(v, '^-?%d+$') then
-    bad(what .. ' is not an integer: ' .. tostring(v))
-  end
-  return n
-end
--- an argument: a non-negative integer below 2^53, or nil
-local function arg_int(v)
-  if not string.match(v, '^%d+$') then return nil end
-  local n = tonumber(v)
-  if not n or n >= MAXI then return nil end
-  return n
-end
-local function chk(n)
-  if n >= MAXI or n <= -MAXI then bad('overflow') end
-  return n
-end
-local function type_is(key, want)
-  local t = redis.call('TYPE', key)
-  t = t.ok or t
-  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
-end
--- exact floor / ceil of a / b for integers (b > 0), safe against double rounding
-local function ifloor(a, b)
-  local q = math.floor(a / b)
-  local r = a - q * b
-  if r < 0 then q = q - 1 elseif r >= b then q = q + 1 end
-  return q
-end
-local function iceil(a, b) return -ifloor(-a, b) end
+local int = stored_int
 
 local function refuse(detail)
   journal('fill_refused', detail)
@@ -170,9 +130,8 @@ local function main()
   local new_state = (open2 == 0) and 'FILLED' or 'PARTIALLY_FILLED'
 
   -- 4. write (every key's shape and every value was checked above)
-  local t = redis.call('TIME')
-  local now_ms = fmt(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-  redis.call('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'fill', 'fill_id', fill_id,
+  local now = fmt(now_ms())
+  journal_add(K_JOURNAL, 'ev', 'fill', 'fill_id', fill_id,
     'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', fmt(lots), 'value', fmt(n),
     'fee', fmt(fee), 'realized', fmt(realized), 'from', state, 'to', new_state,
     'ts_ms', ts_s, 'day', day, 'late', '0')
@@ -181,7 +140,7 @@ local function main()
   redis.call('HSET', K_DAY, 'realized_pnl', fmt(d_rp2), 'fees', fmt(d_fees2), 'fills', fmt(d_fills + 1))
   redis.call('HSET', K_RES, side_f, fmt(res_side2), loss_f, fmt(res_loss2))
   redis.call('HSET', K_ORDER, 'filled_lots', fmt(filled + lots), 'open_lots', fmt(open2),
-    'state', new_state, 'updated_ms', now_ms)
+    'state', new_state, 'updated_ms', now)
   if new_state == 'FILLED' then redis.call('SREM', K_OPEN, coid) end
   redis.call('HSETNX', K_MARKS, symbol, px_s)
   return {0, new_state}
@@ -189,8 +148,8 @@ end
 
 local ok, res = pcall(main)
 if ok then return res end
-if type(res) == 'table' and (res.bad or res.err) then
-  local detail = res.bad or res.err
+local detail = failure_detail(res)
+if detail then
   journal('fill_bad_state', detail)
   return {4, detail}
 end

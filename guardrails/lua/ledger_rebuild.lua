@@ -18,32 +18,12 @@
 local K_OPEN, K_RES, K_JOURNAL = KEYS[1], KEYS[2], KEYS[3]
 local seen_open = tonumber(ARGV[1])
 
-if redis.replicate_commands then redis.replicate_commands() end
+--!include lib/int.lua
+--!include lib/read.lua
+--!include lib/journal.lua
+--!include lib/states.lua
 
-local MAXI = 9007199254740992 -- 2^53
-local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
-local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
-local function fmt(n) return string.format('%d', n) end
-
-local function bad(detail) error({bad = detail}) end
-local function rd(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
-  return r
-end
-local function int(v, what)
-  if not v then return 0 end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n < 0 or n >= MAXI or not string.match(v, '^%d+$') then
-    bad(what .. ' is not a non-negative integer: ' .. tostring(v))
-  end
-  return n
-end
-local function type_is(key, want)
-  local t = redis.call('TYPE', key)
-  t = t.ok or t
-  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
-end
+local int = stored_nat
 
 local function main()
   -- 1. read and check
@@ -84,7 +64,7 @@ local function main()
   for f, v in pairs(totals) do if oldh[f] == nil and v ~= 0 then changed = changed + 1 end end
 
   -- 2. write (every key's shape and every value was checked above)
-  redis.call('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'rebuild',
+  journal_add(K_JOURNAL, 'ev', 'rebuild',
     'open', fmt(#members), 'changed_fields', fmt(changed))
   redis.call('DEL', K_RES)
   for f, v in pairs(totals) do redis.call('HSET', K_RES, f, fmt(v)) end
@@ -95,5 +75,6 @@ end
 
 local ok, res = pcall(main)
 if ok then return res end
-if type(res) == 'table' and (res.bad or res.err) then return {4, res.bad or res.err} end
+local detail = failure_detail(res)
+if detail then return {4, detail} end
 error(res)

@@ -17,44 +17,21 @@
 local K_ORDER, K_OPEN, K_RES, K_JOURNAL = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local coid, target, reason, venue_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
-if redis.replicate_commands then redis.replicate_commands() end
-
-local MAXI = 9007199254740992 -- 2^53
-local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
-local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
-local RELEASING = {CANCELED = true, REJECTED = true, EXPIRED = true}
-local function fmt(n) return string.format('%d', n) end
+--!include lib/int.lua
+--!include lib/read.lua
+--!include lib/time.lua
+--!include lib/journal.lua
+--!include lib/states.lua
 
 local from = '-'
 
 -- Only when the journal is a stream (or absent): a journal entry never aborts the script.
 local function journal(ev, detail)
-  redis.pcall('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', ev, 'coid', coid,
+  journal_try(K_JOURNAL, 'ev', ev, 'coid', coid,
     'from', from, 'to', target, 'reason', reason, 'detail', detail or '')
 end
 
-local function bad(detail) error({bad = detail}) end
-
-local function rd(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
-  return r
-end
-
-local function int(v, what)
-  if not v then return 0 end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI or not string.match(v, '^-?%d+$') then
-    bad(what .. ' is not an integer: ' .. tostring(v))
-  end
-  return n
-end
-
-local function type_is(key, want)
-  local t = redis.call('TYPE', key)
-  t = t.ok or t
-  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
-end
+local int = stored_int
 
 local function main()
   -- 1. read and check everything this transition may change
@@ -106,23 +83,22 @@ local function main()
   end
 
   -- 2. write (every key's shape and every value was checked above)
-  local t = redis.call('TIME')
-  local now_ms = fmt(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  local now = fmt(now_ms())
   journal('transition')
   if release then
     redis.call('HSET', K_RES, side_f, fmt(new_side), loss_f, fmt(new_loss))
     redis.call('HSET', K_ORDER, 'open_lots', '0')
     redis.call('SREM', K_OPEN, coid)
   end
-  redis.call('HSET', K_ORDER, 'state', to, 'updated_ms', now_ms, 'reason', reason)
+  redis.call('HSET', K_ORDER, 'state', to, 'updated_ms', now, 'reason', reason)
   if venue_id ~= '' then redis.call('HSET', K_ORDER, 'venue_order_id', venue_id) end
   return {0, from}
 end
 
 local ok, res = pcall(main)
 if ok then return res end
-if type(res) == 'table' and (res.bad or res.err) then
-  local detail = res.bad or res.err
+local detail = failure_detail(res)
+if detail then
   journal('bad_state', detail)
   return {4, detail}
 end

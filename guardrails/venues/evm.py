@@ -62,7 +62,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -77,7 +76,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.providers.async_base import AsyncBaseProvider
 
-from guardrails import identity, logs
+from guardrails import identity, logs, scripts
 from guardrails.config import EvmOrderTemplate, EvmVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys, venue_key
 from guardrails.keystore import KeyLoadError, Signer, load_signer
@@ -134,10 +133,6 @@ def scaled(value: Decimal, decimals: int, what: str) -> int:
 
 def _hex(b: bytes) -> str:
     return "0x" + bytes(b).hex()
-
-
-def _lua(name: str) -> str:
-    return resources.files("guardrails").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 def _s(v: Any) -> str:
@@ -217,8 +212,8 @@ class EvmVenue:
     def _script(self, which: int) -> Any:
         if self._scripts is None:
             self._scripts = (
-                self._redis.register_script(_lua("evm_claim.lua")),
-                self._redis.register_script(_lua("nonce_sync.lua")),
+                scripts.register(self._redis, "evm_claim"),
+                scripts.register(self._redis, "nonce_sync"),
             )
         return self._scripts[which]
 
