@@ -315,17 +315,23 @@ def decode_intent_record(intent_id: str, record: str, digest: str) -> Decision:
     records written before digests have no last part), or ``Denied(INTENT_CONFLICT)`` when
     the stored digest is not ``digest``. ``order`` is None: the caller reads the record."""
     parts = record.split("|")
-    if len(parts) not in (4, 5) or not parts[1].isdigit() or not parts[2].isdigit():
-        raise GateUnavailable(f"intents {intent_id} is malformed: {record!r}")
-    coid, token, deadline, nonce = parts[:4]
+    try:
+        if len(parts) not in (4, 5):
+            raise ValueError("not 4 or 5 parts")
+        coid = parts[0]
+        token = scripts.stored_int(parts[1], "token")
+        deadline = scripts.stored_int(parts[2], "deadline")
+        nonce = None if parts[3] == "-" else scripts.stored_int(parts[3], "nonce")
+    except ValueError as e:
+        raise GateUnavailable(f"intents {intent_id} is malformed ({e}): {record!r}") from None
     if len(parts) == 5 and parts[4] != digest:
         detail = f"intent {intent_id} was admitted as another order; a different order needs a new intent id"
         return Denied(intent_id, DenyReason.INTENT_CONFLICT, detail)
     return Admitted(
         intent_id=intent_id,
         client_order_id=coid,
-        token=int(token),
-        submit_deadline_ms=int(deadline),
+        token=token,
+        submit_deadline_ms=deadline,
         duplicate=True,
-        nonce=int(nonce) if nonce.isdigit() else None,
+        nonce=nonce,
     )

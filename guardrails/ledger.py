@@ -131,8 +131,16 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _i(v: Any, default: int = 0) -> int:
-    return default if v is None else int(_s(v))
+def _i(v: Any, what: str = "field") -> int:
+    """A stored integer (absent = 0), exactly as the scripts define one (lib/int.lua)."""
+    try:
+        return scripts.stored_int(v, what)
+    except ValueError as e:
+        raise LedgerError(str(e)) from None
+
+
+def _ints(raw: dict[Any, Any], what: str) -> dict[str, int]:
+    return {_s(k): _i(v, f"{what} {_s(k)}") for k, v in raw.items()}
 
 
 class Ledger:
@@ -302,15 +310,15 @@ class Ledger:
             qty=Decimal(h["qty"]),
             price=Decimal(h["price"]),
             state=OrderState(h["state"]),
-            filled_qty=_i(h.get("filled_lots")) * lot,
-            open_qty=_i(h.get("open_lots")) * lot,
-            token=_i(h.get("token")),
-            created_ms=_i(h.get("created_ms")),
-            updated_ms=_i(h.get("updated_ms")),
-            deadline_ms=_i(h.get("deadline_ms")),
+            filled_qty=_i(h.get("filled_lots"), "order filled_lots") * lot,
+            open_qty=_i(h.get("open_lots"), "order open_lots") * lot,
+            token=_i(h.get("token"), "order token"),
+            created_ms=_i(h.get("created_ms"), "order created_ms"),
+            updated_ms=_i(h.get("updated_ms"), "order updated_ms"),
+            deadline_ms=_i(h.get("deadline_ms"), "order deadline_ms"),
             venue_order_id=h.get("venue_order_id", ""),
             reason=h.get("reason", ""),
-            nonce=None if nonce in ("-", "") else int(nonce),
+            nonce=None if nonce in ("-", "") else _i(nonce, "order nonce"),
         )
 
     async def open_orders(self) -> list[OrderRecord]:
@@ -332,9 +340,9 @@ class Ledger:
             pipe.hgetall(self.keys.reservations)
             pipe.hgetall(self.keys.marks)
             pos_raw, res_raw, marks_raw = await pipe.execute()
-        pos = {_s(k): int(_s(v)) for k, v in pos_raw.items()}
-        res = {_s(k): int(_s(v)) for k, v in res_raw.items()}
-        marks = {_s(k): int(_s(v)) for k, v in marks_raw.items()}
+        pos = _ints(pos_raw, "position")
+        res = _ints(res_raw, "reservation")
+        marks = _ints(marks_raw, "mark")
         qd = self.risk.quote_decimals
         out: dict[str, PositionView] = {}
         syms = {f.rsplit(":", 1)[0] for f in pos} | {f.rsplit(":", 1)[0] for f in res}
@@ -375,10 +383,10 @@ class Ledger:
             pipe.hget(self.keys.limits, "daily_loss_limit")
             rp_raw, pos_raw, res_raw, marks_raw, limit_raw = await pipe.execute()
         qd = self.risk.quote_decimals
-        rp = _i(rp_raw)
-        pos = {_s(k): int(_s(v)) for k, v in pos_raw.items()}
-        res = {_s(k): int(_s(v)) for k, v in res_raw.items()}
-        marks = {_s(k): int(_s(v)) for k, v in marks_raw.items()}
+        rp = _i(rp_raw, "day realized_pnl")
+        pos = _ints(pos_raw, "position")
+        res = _ints(res_raw, "reservation")
+        marks = _ints(marks_raw, "mark")
         unreal_loss = 0
         for f, lots in pos.items():
             sym, _, kind = f.rpartition(":")
@@ -390,7 +398,7 @@ class Ledger:
                 unreal_loss += max(0, -u)
         reserved = sum(v for f, v in res.items() if f.endswith(":loss"))
         realized_loss = max(0, -rp)
-        limit = _i(limit_raw) if limit_raw is not None else None
+        limit = _i(limit_raw, "limits daily_loss_limit") if limit_raw is not None else None
         limit_d = (
             Decimal(limit).scaleb(-qd) if limit is not None else self.risk.daily_loss_limit
         )

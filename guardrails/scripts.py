@@ -82,6 +82,23 @@ def raw_source(name: str) -> str:
     return _read(name if name.endswith(".lua") else f"{name}.lua")
 
 
+_STORED_INT = re.compile(r"-?[0-9]+")
+MAX_EXACT = 2**53
+"""Stored integers are below this in magnitude (exact in a Lua double): lib/int.lua."""
+
+
+def stored_int(value: str | bytes | None, what: str) -> int:
+    """lib/int.lua's stored integer, read in Python: ``^-?[0-9]+$`` (ASCII digits, no
+    space, sign ``+``, ``_``, exponent or hex) with ``|n| < 2^53``; absent is 0. Raises
+    ``ValueError`` naming ``what`` otherwise — the same values the scripts refuse."""
+    if value is None:
+        return 0
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    if not _STORED_INT.fullmatch(text) or len(text) > 17 or abs(int(text)) >= MAX_EXACT:
+        raise ValueError(f"{what} is not an integer: {text!r}")
+    return int(text)
+
+
 def register(redis: aioredis.Redis, name: str) -> AsyncScript:
     """Register script ``name`` on ``redis``: call it with ``keys=`` and ``args=``; on
     NOSCRIPT (a restarted, failed-over or flushed Redis) redis-py loads the same text

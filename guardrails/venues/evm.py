@@ -166,6 +166,9 @@ class EvmVenue:
         self._account = account
         self._keys = AccountKeys(account)
         self._risk = risk
+        self._holder = ""
+        """The holder id of the last successful ``sync_nonce``: bindings are fenced by
+        token AND holder (lib/fence.lua); before a sync nothing can be bound."""
         self._redis = redis
         if signer is None:
             signer = load_signer(
@@ -321,6 +324,7 @@ class EvmVenue:
         )
         code = int(code)
         if code == 1:
+            self._holder = holder_id
             logs.event(log, "evm.nonce_synced", token=token, nonce=int(pending),
                        previous=_s(previous) or "-")
             return int(pending)
@@ -448,7 +452,8 @@ class EvmVenue:
             return Rejected("not sent: nobody holds the lease (fenced at the venue)")
         if code == 5:
             return Rejected(
-                f"not sent: lease token {order.token} is not current (fenced at the venue)"
+                f"not sent: lease {order.token}:{self._holder or '?'} is not current "
+                f"(fenced at the venue: {detail})"
             )
         if code not in (0, 1):
             raise VenueError(f"evm_claim.lua returned unknown code {code}")
@@ -473,7 +478,8 @@ class EvmVenue:
         code, detail = await self._script(0)(
             keys=[self._keys.lease, self.record_key(order.client_order_id), self.orders_key],
             args=[str(order.token), order.client_order_id, prep.tx_hash,
-                  str(order.submit_deadline_ms), "1" if check_deadline else "0", *flat],
+                  str(order.submit_deadline_ms), "1" if check_deadline else "0",
+                  self._holder, *flat],
         )
         return int(code), _s(detail), {**rec, "state": "claimed", "hash": prep.tx_hash}
 
