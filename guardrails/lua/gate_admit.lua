@@ -91,10 +91,15 @@ end
 local function instrument(si, sym)
   if not si then return nil end
   local what = 'limits i:' .. sym
-  local f = {string.match(si, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')}
+  -- six unsigned digit runs is exactly six stored_nat values, bar the 2^53 bound
+  local f = {string.match(si, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')}
   if #f ~= 6 then bad(what .. ' is malformed: ' .. si) end
   local v = {}
-  for i = 1, 6 do v[i] = stored_nat(f[i], what .. ' part ' .. i) end
+  for i = 1, 6 do
+    local n = #f[i] <= 16 and tonumber(f[i])
+    if not n or n >= MAXI then bad(what .. ' part ' .. i .. ' is not an integer: ' .. f[i]) end
+    v[i] = n
+  end
   if v[1] == 0 or v[3] == 0 or v[5] == 0 then bad(what .. ' has a zero tick, lot or k') end
   if v[2] > 22 or v[4] > 22 then bad(what .. ' has a scale beyond 10^-22') end
   return v
@@ -156,30 +161,51 @@ local function main()
   end
   sane_code, sane_detail = sanity()
 
-  local function qty(sym) return stored_int(pos[sym .. ':qty'], 'position ' .. sym) end
+  -- each stored field is parsed once per decision (the checks below revisit symbols)
+  local qtys, resvs = {}, {}
+  local function qty(sym)
+    local v = qtys[sym]
+    if not v then v = stored_int(pos[sym .. ':qty'], 'position ', sym); qtys[sym] = v end
+    return v
+  end
   -- money units per lot per tick of a symbol with exposure (this order's, or stored)
   local ks = {}
   local function k_of(sym)
     if sym == symbol then return k end
-    if not ks[sym] then
-      local inst = instrument(rd('HGET', K_LIMITS, 'i:' .. sym), sym)
-      if not inst then bad('position in unconfigured symbol ' .. sym) end
-      ks[sym] = inst[5]
+    local v = ks[sym]
+    if not v then
+      local si = rd('HGET', K_LIMITS, 'i:' .. sym)
+      if not si then bad('position in unconfigured symbol ' .. sym) end
+      -- only k is used: the spec's shape is checked whole, k as a stored integer > 0
+      local kk = string.match(si, '^%d+ %d+ %d+ %d+ (%d+) %d+$')
+      v = kk and #kk <= 16 and tonumber(kk)
+      if not v or v == 0 or v >= MAXI then bad('limits i:' .. sym .. ' is malformed: ' .. si) end
+      ks[sym] = v
     end
-    return ks[sym]
+    return v
   end
   -- a stored mark: a positive integer number of ticks
+  local markn = {}
   local function mark_of(v, sym)
     if not v then return nil end
-    local m = stored_int(v, 'mark ' .. sym)
-    if m <= 0 then bad('mark ' .. sym .. ' is not positive: ' .. v) end
+    local m = markn[sym]
+    if not m then
+      m = stored_int(v, 'mark ', sym)
+      if m <= 0 then bad('mark ' .. sym .. ' is not positive: ' .. v) end
+      markn[sym] = m
+    end
     return m
   end
   -- a reservation below zero means the totals are already wrong (a release applied
   -- twice?): admitting against it would exceed the limits, so fail closed
   local function resv(sym, s)
-    local v = stored_int(res[sym .. ':' .. s], 'reservation ' .. sym .. ':' .. s)
-    if v < 0 then bad('reservation ' .. sym .. ':' .. s .. ' is negative: ' .. fmt(v)) end
+    local f = sym .. ':' .. s
+    local v = resvs[f]
+    if not v then
+      v = stored_int(res[f], 'reservation ', f)
+      if v < 0 then bad('reservation ' .. f .. ' is negative: ' .. fmt(v)) end
+      resvs[f] = v
+    end
     return v
   end
 
@@ -330,7 +356,7 @@ local function main()
     local rp = stored_int(rd('HGET', K_DAY, 'realized_pnl'), 'day realized_pnl')
     local used = math.max(0, -rp)
     for s, _ in pairs(syms) do
-      local c = stored_int(pos[s .. ':cost'], 'cost ' .. s)
+      local c = stored_int(pos[s .. ':cost'], 'cost ', s)
       local sp = qty(s)
       if sp ~= 0 or c ~= 0 then
         local m = mark_of(marks[s], s)

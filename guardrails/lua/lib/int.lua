@@ -10,21 +10,21 @@ local function fmt(n) return string.format('%d', n) end
 
 local function bad(detail) error({bad = detail}) end
 
--- a stored integer field (absent = 0)
-local function stored_int(v, what)
+-- a stored integer field (absent = 0); the field is named what .. (more or '') in the
+-- failure (two parts, so a hot loop does not build the name when nothing fails)
+local function stored_int(v, what, more)
   if not v then return 0 end
-  if type(v) ~= 'string' or #v > 17 or not string.match(v, '^-?%d+$') then
-    bad(what .. ' is not an integer: ' .. tostring(v))
+  local n = type(v) == 'string' and #v <= 17 and string.match(v, '^-?%d+$') and tonumber(v)
+  if not n or n >= MAXI or n <= -MAXI then
+    bad(what .. (more or '') .. ' is not an integer: ' .. tostring(v))
   end
-  local n = tonumber(v)
-  if not n or n >= MAXI or n <= -MAXI then bad(what .. ' is not an integer: ' .. v) end
   return n
 end
 
 -- a stored integer that must be >= 0 (absent = 0)
-local function stored_nat(v, what)
-  local n = stored_int(v, what)
-  if n < 0 then bad(what .. ' is negative: ' .. v) end
+local function stored_nat(v, what, more)
+  local n = stored_int(v, what, more)
+  if n < 0 then bad(what .. (more or '') .. ' is negative: ' .. v) end
   return n
 end
 
