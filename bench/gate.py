@@ -32,7 +32,7 @@ from bench.core import (
 NAME = "gate"
 TARGET = "p50 ≤ 1.3× PING p50"
 RATIO = 1.3
-_ARGS = "16 keys + 11"
+_ARGS = "17 keys + 11"
 
 
 async def run(*, quick: bool) -> list[Row]:

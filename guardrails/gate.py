@@ -211,9 +211,11 @@ class OrderGate:
             keys.reservations, keys.marks, keys.throttle,
         ]
         self._prefix: tuple[bytes, ...] = (
-            b"EVALSHA", self._script.sha.encode(), b"16", *(k.encode() for k in self._head)
+            b"EVALSHA", self._script.sha.encode(), b"17", *(k.encode() for k in self._head)
         )
-        self._tail = [keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce]
+        self._tail = [
+            keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce, keys.aggregates,
+        ]
         self._tail_b: tuple[bytes, ...] = (
             *(k.encode() for k in self._tail), str(SCHEMA_VERSION).encode()
         )
@@ -244,7 +246,7 @@ class OrderGate:
             self._token = (token, str(token).encode())
         if holder_id != self._holder[0]:
             self._holder = (holder_id, holder_id.encode())
-        # KEYS 1-9, day, order, KEYS 12-16 + ARGV 1; then ARGV 2-11 (see gate_admit.lua)
+        # KEYS 1-9, day, order, KEYS 12-17 + ARGV 1; then ARGV 2-11 (see gate_admit.lua)
         qty, price = decimal_arg(intent.qty, "qty"), decimal_arg(intent.price, "price")
         command = (
             *self._prefix, self._day_key[1], self._keys.order(coid), *self._tail_b,

@@ -161,6 +161,7 @@ class Ledger:
         self._tz = ZoneInfo(risk.timezone)
         self._transition = scripts.register(redis, "ledger_transition")
         self._fill = scripts.register(redis, "ledger_fill")
+        self._marks = scripts.register(redis, "ledger_marks")
 
     def trading_day(self) -> str:
         return self._day.today()
@@ -173,7 +174,8 @@ class Ledger:
         """Move ``coid`` to ``target`` through the script (refused if it is terminal)."""
         k = self.keys
         raw = await self._transition(
-            keys=[k.order(coid), k.open_orders, k.reservations, k.journal],
+            keys=[k.order(coid), k.open_orders, k.reservations, k.journal, k.positions,
+                  k.marks, k.limits, k.aggregates],
             args=[coid, target.value, reason, venue_order_id],
         )
         code = int(raw[0])
@@ -250,7 +252,7 @@ class Ledger:
         raw = await self._fill(
             keys=[
                 k.order(fill.client_order_id), k.open_orders, k.fills, k.positions,
-                k.reservations, k.day(day), k.journal, k.marks,
+                k.reservations, k.day(day), k.journal, k.marks, k.limits, k.aggregates,
             ],
             args=[
                 fill.fill_id, fill.client_order_id, fill.symbol, fill.side.value,
@@ -268,7 +270,8 @@ class Ledger:
     # -- marks ---------------------------------------------------------------------------
 
     async def update_marks(self, marks: dict[str, Decimal]) -> None:
-        """Store marks (rounded half-even to the instrument tick); unknown symbols ignored."""
+        """Store marks (rounded half-even to the instrument tick); unknown symbols ignored.
+        One script step that also moves the maintained aggregates (lib/agg.lua)."""
         fields: dict[str, str] = {}
         for sym, px in marks.items():
             inst = self.risk.instruments.get(sym)
@@ -278,7 +281,13 @@ class Ledger:
             if ticks > 0:
                 fields[sym] = str(ticks)
         if fields:
-            await self.redis.hset(self.keys.marks, mapping=fields)  # type: ignore[arg-type]
+            k = self.keys
+            raw = await self._marks(
+                keys=[k.marks, k.positions, k.reservations, k.limits, k.aggregates],
+                args=[x for kv in fields.items() for x in kv],
+            )
+            if int(raw[0]) != 0:
+                raise LedgerError(f"marks: {_s(raw[1])}")
 
     async def marks(self) -> dict[str, Decimal]:
         raw = await self.redis.hgetall(self.keys.marks)

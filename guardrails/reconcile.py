@@ -228,7 +228,8 @@ async def _rebuild(ledger: Ledger) -> None:
         index = sorted(_s(m) for m in await ledger.redis.smembers(k.open_orders))
         coids = sorted(set(orders) | set(index))
         raw = await script(
-            keys=[k.open_orders, k.reservations, k.journal, *[k.order(c) for c in coids]],
+            keys=[k.open_orders, k.reservations, k.journal, k.aggregates,
+                  *[k.order(c) for c in coids]],
             args=[len(index), *coids],
         )
         code = int(raw[0])

@@ -355,7 +355,7 @@ async def test_script_when_raw_qty_malformed_then_bad_order_and_no_state_change(
     k = acct
     keys = [k.schema, k.state, k.lease, k.intents, k.limits, k.positions, k.reservations,
             k.marks, k.throttle, k.day("2026-01-01"), k.order(coid), k.open_orders, k.journal,
-            k.stats, k.denials, k.nonce]
+            k.stats, k.denials, k.nonce, k.aggregates]
     before = await risk_snapshot(redis_client, acct)
     raw = await script(keys=keys, args=[SCHEMA_VERSION, TOKEN, HOLDER, "raw", coid, SYMBOL,
                                         "buy", qty, "60000", 0, "2026-01-01"])

@@ -5,9 +5,10 @@
 -- KEYS[1] open          SET     client order ids of non-terminal orders
 -- KEYS[2] reservations  HASH    <sym>:buy / <sym>:sell lots, <sym>:loss money
 -- KEYS[3] journal       STREAM  append-only journal
--- KEYS[4..] order       HASH    every order record the caller found (open set + scan)
+-- KEYS[4] agg           HASH    maintained aggregates: dropped (the gate rebuilds them)
+-- KEYS[5..] order       HASH    every order record the caller found (open set + scan)
 -- ARGV[1] number of current members of the open set the caller saw
--- ARGV[2..] client order ids, in the order of KEYS[4..]
+-- ARGV[2..] client order ids, in the order of KEYS[5..]
 -- Returns {0, open_count, changed_fields}  rebuilt
 --         {1, 'changed'}                   the open set changed meanwhile: list again
 --         {4, detail}                      a key of the wrong type or a malformed order
@@ -15,7 +16,7 @@
 --
 -- Every record is read and checked before the first write (Redis does not roll a
 -- script back when a command in it fails).
-local K_OPEN, K_RES, K_JOURNAL = KEYS[1], KEYS[2], KEYS[3]
+local K_OPEN, K_RES, K_JOURNAL, K_AGG = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local seen_open = tonumber(ARGV[1])
 
 --!include lib/int.lua
@@ -38,8 +39,8 @@ local function main()
   end
 
   local totals, members = {}, {}
-  for i = 4, #KEYS do
-    local coid = ARGV[i - 2]
+  for i = 5, #KEYS do
+    local coid = ARGV[i - 3]
     local r = rd('HMGET', KEYS[i], 'state', 'symbol', 'side', 'open_lots', 'wl')
     if r[1] and not TERMINAL[r[1]] then
       if not LIVE[r[1]] then bad('order ' .. coid .. ' state is ' .. tostring(r[1])) end
@@ -66,6 +67,7 @@ local function main()
   -- 2. write (every key's shape and every value was checked above)
   journal_add(K_JOURNAL, 'ev', 'rebuild',
     'open', fmt(#members), 'changed_fields', fmt(changed))
+  redis.call('DEL', K_AGG)
   redis.call('DEL', K_RES)
   for f, v in pairs(totals) do redis.call('HSET', K_RES, f, fmt(v)) end
   redis.call('DEL', K_OPEN)

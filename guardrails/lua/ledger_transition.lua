@@ -4,6 +4,10 @@
 -- KEYS[2] open          SET     client order ids of non-terminal orders
 -- KEYS[3] reservations  HASH    <sym>:buy / <sym>:sell lots, <sym>:loss money
 -- KEYS[4] journal       STREAM  append-only journal
+-- KEYS[5] positions     HASH    read for the aggregates when a release moves them
+-- KEYS[6] marks         HASH    read for the aggregates
+-- KEYS[7] limits        HASH    i:<sym> (k) for the aggregates
+-- KEYS[8] agg           HASH    maintained aggregates (lib/agg.lua)
 -- ARGV[1] client order id   ARGV[2] target state (SUBMITTED|UNKNOWN|CANCELED|REJECTED|EXPIRED)
 -- ARGV[3] reason            ARGV[4] venue order id ('' = none)
 -- Returns {code, from_state or detail}: 0 applied, 1 refused (order is terminal),
@@ -15,6 +19,7 @@
 -- Every field the script changes is read and checked first; the writes come last, as
 -- computed totals (Redis does not roll a script back when a command in it fails).
 local K_ORDER, K_OPEN, K_RES, K_JOURNAL = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_POS, K_MARKS, K_LIMITS, K_AGG = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local coid, target, reason, venue_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 --!include lib/int.lua
@@ -22,6 +27,7 @@ local coid, target, reason, venue_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 --!include lib/time.lua
 --!include lib/journal.lua
 --!include lib/states.lua
+--!include lib/agg.lua
 
 local from = '-'
 
@@ -60,6 +66,7 @@ local function main()
 
   local sym, side = rec[2], rec[3]
   local release = RELEASING[to]
+  local plan = {}
   local side_f, loss_f, new_side, new_loss
   if release then
     if not sym or (side ~= 'buy' and side ~= 'sell') then
@@ -70,7 +77,8 @@ local function main()
     local rel_loss = open_lots * wl
     if rel_loss >= MAXI then bad('released loss overflows') end
     side_f, loss_f = sym .. ':' .. side, sym .. ':loss'
-    local cur = rd('HMGET', K_RES, side_f, loss_f)
+    local other_f = sym .. ':' .. (side == 'buy' and 'sell' or 'buy')
+    local cur = rd('HMGET', K_RES, side_f, loss_f, other_f)
     new_side = int(cur[1], 'reservation ' .. side_f) - open_lots
     new_loss = int(cur[2], 'reservation ' .. loss_f) - rel_loss
     -- a release larger than what is reserved means the totals are already wrong:
@@ -80,6 +88,21 @@ local function main()
         ' would leave reservations ' .. side_f .. '=' .. fmt(new_side) .. ' ' ..
         loss_f .. '=' .. fmt(new_loss))
     end
+    -- the aggregates after the release (lib/agg.lua)
+    local pv = rd('HMGET', K_POS, sym .. ':qty', sym .. ':cost')
+    local p, c = int(pv[1], 'position ' .. sym), int(pv[2], 'cost ' .. sym)
+    local ms = rd('HGET', K_MARKS, sym)
+    local m = ms and int(ms, 'mark ' .. sym)
+    local k = k_from_spec(rd('HGET', K_LIMITS, 'i:' .. sym))
+    local other = int(cur[3], 'reservation ' .. other_f)
+    local b, sl = new_side, other
+    if side == 'sell' then b, sl = other, new_side end
+    plan = false
+    if k and (not m or m > 0) then
+      local g, u = exposure(p, b, sl, m, k, c)
+      plan = agg_plan(K_AGG, sym, g, u, new_loss - int(cur[2], 'reservation ' .. loss_f))
+    end
+
   end
 
   -- 2. write (every key's shape and every value was checked above)
@@ -89,6 +112,7 @@ local function main()
     redis.call('HSET', K_RES, side_f, fmt(new_side), loss_f, fmt(new_loss))
     redis.call('HSET', K_ORDER, 'open_lots', '0')
     redis.call('SREM', K_OPEN, coid)
+    agg_apply(K_AGG, plan)
   end
   redis.call('HSET', K_ORDER, 'state', to, 'updated_ms', now, 'reason', reason)
   if venue_id ~= '' then redis.call('HSET', K_ORDER, 'venue_order_id', venue_id) end
