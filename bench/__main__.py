@@ -23,6 +23,7 @@ from bench.core import MISS, NOT_MEASURED, Row, machine, not_measured, progress
 
 BENCHMARKS: list[tuple[str, str]] = [
     ("gate", "gate decision latency vs PING (interleaved)"),
+    ("symbols", "gate admit p50 with positions in 1/10/100/1000 symbols"),
     ("noscript", "gate vs the same checks without a script (WATCH/MULTI)"),
     ("throughput", "64 concurrent intents: gate vs PING throughput"),
     ("failover", "crash takeover and graceful handover of `guardrails run`"),

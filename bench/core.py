@@ -133,10 +133,14 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "mem_total_mb": psutil.virtual_memory().total // 2**20,
     }
+    info["parser"] = parser()
+    return info
+
+
+def parser() -> str:
+    """Which reply parser redis-py uses here: ``hiredis`` or ``pure-python``."""
     try:
         import hiredis  # noqa: F401
-
-        info["parser"] = "hiredis"
     except ImportError:
-        info["parser"] = "pure-python"
-    return info
+        return "pure-python"
+    return "hiredis"

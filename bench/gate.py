@@ -22,6 +22,7 @@ from bench.core import (
     not_measured,
     p50,
     p99,
+    parser,
     progress,
     redis_server,
     summary_ms,
@@ -31,7 +32,7 @@ from bench.core import (
 NAME = "gate"
 TARGET = "p50 ≤ 1.3× PING p50"
 RATIO = 1.3
-_ARGS = "16 keys + 11"
+_ARGS = "17 keys + 11"
 
 
 async def run(*, quick: bool) -> list[Row]:
@@ -70,7 +71,7 @@ async def run(*, quick: bool) -> list[Row]:
             await client.aclose()
     server_ping = float(stats.get("cmdstat_ping", {}).get("usec_per_call", 0.0))
     server_gate = float(stats.get("cmdstat_evalsha", {}).get("usec_per_call", 0.0))
-    ping_row_note = "redis.asyncio, one client, 127.0.0.1 TCP, pure-python parser"
+    ping_row_note = f"redis.asyncio, one client, 127.0.0.1 TCP, {parser()} parser"
     base = fmt_pair(p50(pings), p99(pings))
     if gate is None:
         return [

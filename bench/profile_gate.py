@@ -26,8 +26,9 @@ from redis.asyncio.connection import Connection
 from bench import gatesetup
 from bench.account import HOLDER, account, intent
 from bench.core import redis_server
-from guardrails.gate import decimal_arg, lua_source
+from guardrails.gate import decimal_arg
 from guardrails.model import client_order_id_for
+from guardrails.scripts import source as lua_source
 
 # (anchor text in gate_admit.lua, phase that starts there, insert before the anchor?)
 _ANCHORS = [
@@ -52,7 +53,7 @@ _TICK = (
     "local function tick(n) local t = redis.call('TIME'); TT[#TT + 1] = n; "
     "TT[#TT + 1] = tonumber(t[1]) * 1000000 + tonumber(t[2]) end\n"
 )
-_DONE = "  return {0, 0, tonumber(token), deadline, nonce}\n"
+_DONE = "  return {0, 0, tonumber(token), deadline, nonce, symbol, side_name, qty_s, price_s}\n"
 
 
 def instrumented() -> tuple[str, list[str]]:

@@ -212,8 +212,21 @@ class Context:
             side=intent.side.value, qty=intent.qty, price=intent.price, token=decision.token,
             duplicate=decision.duplicate or None,
         )
-        if not decision.duplicate or await self._unsent(decision):
-            await self._send(intent, decision)
+        # What leaves the process is the order the gate recorded, never ``intent``: a
+        # repeat of an intent id can only re-send what was admitted under it.
+        if decision.duplicate:
+            order = await self._unsent(decision)
+        elif decision.order is not None:
+            order = decision.order
+        else:
+            recorded = await self._recorded(decision)
+            order = recorded[0] if recorded is not None else None
+        if order is not None:
+            await self._send(order)
+        elif not decision.duplicate:  # reserved, never sent: reconciliation expires it
+            logs.event(self._rlog, "order.not_sent", logging.WARNING, strategy=self.name,
+                       client_order_id=decision.client_order_id,
+                       reason="not sent: the admitted order record could not be read")
         checkpoint()
         return decision
 
@@ -237,37 +250,48 @@ class Context:
         except GateUnavailable as e:
             return Denied(intent_id, DenyReason.REDIS_UNAVAILABLE, str(e))
 
-    async def _unsent(self, admitted: Admitted) -> bool:
-        """True when a duplicate admission of this term never left the process."""
+    async def _unsent(self, admitted: Admitted) -> Order | None:
+        """The recorded order of a duplicate admission of this term that never left
+        the process (still PENDING_SUBMIT, before its deadline), else None."""
         if admitted.token != self._leadership.token:
-            return False
+            return None
         if self._clock_ms() >= admitted.submit_deadline_ms:
-            return False
+            return None
+        recorded = await self._recorded(admitted)
+        if recorded is None or recorded[1] is not OrderState.PENDING_SUBMIT:
+            return None
+        return recorded[0]
+
+    async def _recorded(self, admitted: Admitted) -> tuple[Order, OrderState] | None:
+        """The admitted order as its record in Redis holds it, and its state (None if
+        the record is missing or unreadable)."""
         try:
             record = await self._ledger.order(admitted.client_order_id)
         except _INFRA_ERRORS:
-            return False
-        return record is not None and record.state is OrderState.PENDING_SUBMIT
+            return None
+        if record is None:
+            return None
+        order = Order(
+            client_order_id=record.client_order_id, symbol=record.symbol, side=record.side,
+            qty=record.qty, price=record.price, token=record.token,
+            submit_deadline_ms=record.deadline_ms, nonce=record.nonce,
+        )
+        return order, record.state
 
-    async def _send(self, intent: Intent, admitted: Admitted) -> None:
-        coid = admitted.client_order_id
+    async def _send(self, order: Order) -> None:
+        coid = order.client_order_id
         # Re-check just before the order leaves the process: a term that ended (or a
         # permit that ran out) while we waited for the gate must not reach the venue.
         why_not = None
         if not self._leadership.valid():
             why_not = "not sent: leadership lost after admission"
-        elif self._clock_ms() >= admitted.submit_deadline_ms:
+        elif self._clock_ms() >= order.submit_deadline_ms:
             why_not = "not sent: permit deadline passed before sending"
         if why_not is not None:
             logs.event(self._rlog, "order.not_sent", logging.WARNING, strategy=self.name,
                        client_order_id=coid, reason=why_not)
             await self._record("mark_expired", coid, why_not)
             return
-        order = Order(
-            client_order_id=coid, symbol=intent.symbol, side=intent.side, qty=intent.qty,
-            price=intent.price, token=admitted.token,
-            submit_deadline_ms=admitted.submit_deadline_ms, nonce=admitted.nonce,
-        )
         self._sent.append(coid)
         try:
             result = await self._venue.submit(order)
@@ -278,7 +302,7 @@ class Context:
             return
         if isinstance(result, Accepted):
             logs.event(self._rlog, "order.submitted", strategy=self.name, client_order_id=coid,
-                       venue_order_id=result.venue_order_id, token=admitted.token)
+                       venue_order_id=result.venue_order_id, token=order.token)
             await self._record("mark_submitted", coid, result.venue_order_id)
         elif isinstance(result, Rejected):
             logs.event(self._rlog, "order.rejected", strategy=self.name, client_order_id=coid,

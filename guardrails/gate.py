@@ -28,10 +28,9 @@ venues that support an expiry carry the deadline so a late order dies there.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from decimal import Decimal, InvalidOperation
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -39,9 +38,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from guardrails import scripts
 from guardrails.config import RiskConfig
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
-from guardrails.model import Admitted, Decision, Denied, DenyReason, Intent, client_order_id_for
+from guardrails.model import (
+    Admitted,
+    Decision,
+    Denied,
+    DenyReason,
+    Intent,
+    Order,
+    Side,
+    client_order_id_for,
+)
 from guardrails.tradingday import ClockMs, TradingDay
 
 
@@ -59,12 +68,6 @@ class GateOutcomeUnknown(GateUnavailable):
 
 RECOVER_MS = 5_000
 """Default bound (ms) on re-asking Redis for an intent's decision after a lost reply."""
-
-
-@cache
-def lua_source(name: str) -> str:
-    """The text of ``guardrails/lua/<name>`` (text only; registration is per client)."""
-    return resources.files("guardrails").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 ADMITTED = 0
@@ -87,6 +90,7 @@ DENY_CODES: dict[int, DenyReason] = {
     14: DenyReason.GROSS_EXPOSURE,
     15: DenyReason.DAILY_LOSS,
     16: DenyReason.BAD_STATE,
+    17: DenyReason.INTENT_CONFLICT,
 }
 """gate_admit.lua's denial codes -> reasons: the one place the script's codes are mapped."""
 
@@ -96,24 +100,44 @@ def _text(v: Any) -> str:
 
 
 def decode_reply(intent_id: str, client_order_id: str, raw: Any) -> Decision:
-    """Map gate_admit.lua's reply to a decision; an unknown shape is a programming error."""
+    """Map gate_admit.lua's reply to a decision; an unknown shape is a programming error.
+
+    An admission carries the order as the script recorded it (``Admitted.order``)."""
     if not isinstance(raw, list) or not raw:
         raise GateUnavailable(f"gate script returned an unexpected reply: {raw!r}")
     code = int(raw[0])
     if code == ADMITTED:
-        _, duplicate, token, deadline, nonce = raw
+        if len(raw) != 9:
+            raise GateUnavailable(f"gate script returned an unexpected admission: {raw!r}")
+        _, duplicate, token, deadline, nonce_raw, symbol, side, qty, price = raw
+        nonce = None if int(nonce_raw) < 0 else int(nonce_raw)
+        order = None
+        if _text(symbol):
+            order = Order(
+                client_order_id=client_order_id, symbol=_text(symbol), side=Side(_text(side)),
+                qty=Decimal(_text(qty)), price=Decimal(_text(price)), token=int(token),
+                submit_deadline_ms=int(deadline), nonce=nonce,
+            )
         return Admitted(
             intent_id=intent_id,
             client_order_id=client_order_id,
             token=int(token),
             submit_deadline_ms=int(deadline),
             duplicate=bool(int(duplicate)),
-            nonce=None if int(nonce) < 0 else int(nonce),
+            nonce=nonce,
+            order=order,
         )
     reason = DENY_CODES.get(code)
     if reason is None:
         raise GateUnavailable(f"gate script returned unknown code {code}: {raw!r}")
     return Denied(intent_id, reason, _text(raw[1]) if len(raw) > 1 else "")
+
+
+def intent_digest(symbol: str, side: str, qty: str, price: str) -> str:
+    """The digest gate_admit.lua stores with an admitted intent (and compares on a
+    repeat): sha1 of the length-prefixed symbol, side, qty and price strings."""
+    raw = "".join(f"{len(v.encode())}:{v}" for v in (symbol, side, qty, price))
+    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()
 
 
 def decimal_arg(value: Decimal, what: str) -> str:
@@ -178,7 +202,7 @@ class OrderGate:
         self._keys = keys
         self._risk = risk
         self._day = TradingDay(risk.timezone, clock_ms)
-        self._script = redis.register_script(lua_source("gate_admit.lua"))
+        self._script = scripts.register(redis, "gate_admit")
         # Everything constant per account is encoded once: redis-py would otherwise
         # re-encode these 14 keys on every admit (about half of the client-side cost of
         # packing the command). Bytes are sent as they are.
@@ -187,9 +211,11 @@ class OrderGate:
             keys.reservations, keys.marks, keys.throttle,
         ]
         self._prefix: tuple[bytes, ...] = (
-            b"EVALSHA", self._script.sha.encode(), b"16", *(k.encode() for k in self._head)
+            b"EVALSHA", self._script.sha.encode(), b"17", *(k.encode() for k in self._head)
         )
-        self._tail = [keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce]
+        self._tail = [
+            keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce, keys.aggregates,
+        ]
         self._tail_b: tuple[bytes, ...] = (
             *(k.encode() for k in self._tail), str(SCHEMA_VERSION).encode()
         )
@@ -220,12 +246,12 @@ class OrderGate:
             self._token = (token, str(token).encode())
         if holder_id != self._holder[0]:
             self._holder = (holder_id, holder_id.encode())
-        # KEYS 1-9, day, order, KEYS 12-16 + ARGV 1; then ARGV 2-11 (see gate_admit.lua)
+        # KEYS 1-9, day, order, KEYS 12-17 + ARGV 1; then ARGV 2-11 (see gate_admit.lua)
+        qty, price = decimal_arg(intent.qty, "qty"), decimal_arg(intent.price, "price")
         command = (
             *self._prefix, self._day_key[1], self._keys.order(coid), *self._tail_b,
             self._token[1], self._holder[1], intent_id, coid, intent.symbol,
-            intent.side.value, decimal_arg(intent.qty, "qty"), decimal_arg(intent.price, "price"),
-            b"1" if allocate_nonce else b"0", self._day_key[2],
+            intent.side.value, qty, price, b"1" if allocate_nonce else b"0", self._day_key[2],
         )
         try:
             try:
@@ -243,15 +269,17 @@ class OrderGate:
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             if _before_sending(e):
                 raise GateUnavailable(f"redis unavailable: {type(e).__name__}: {e}") from e
-            return await self._recover(intent_id, e)
+            digest = intent_digest(intent.symbol, intent.side.value, qty, price)
+            return await self._recover(intent_id, digest, e)
         except RedisError as e:
             raise GateUnavailable(f"redis error: {type(e).__name__}: {e}") from e
         return decode_reply(intent_id, coid, raw)
 
-    async def _recover(self, intent_id: str, cause: BaseException) -> Admitted:
+    async def _recover(self, intent_id: str, digest: str, cause: BaseException) -> Decision:
         """The EVALSHA may have run and only its reply been lost: ask Redis for the
         intent's decision (a read, so asking is idempotent) until it answers or
-        ``recover_ms`` passes. Returns the original admission or raises."""
+        ``recover_ms`` passes. Returns the original admission (``intent_conflict`` when
+        it was admitted as another order than ``digest`` says) or raises."""
         why = f"{type(cause).__name__}: {cause}"
         give_up = time.monotonic() + self._recover_ms / 1000
         pause = 0.05
@@ -276,7 +304,7 @@ class OrderGate:
                 raise GateUnavailable(
                     f"reply lost ({why}); Redis says intent {intent_id} was not admitted"
                 ) from cause
-            return decode_intent_record(intent_id, _text(stored))
+            return decode_intent_record(intent_id, _text(stored), digest)
 
 
 def _before_sending(e: BaseException) -> bool:
@@ -284,17 +312,28 @@ def _before_sending(e: BaseException) -> bool:
     return "connecting to" in str(e).lower()
 
 
-def decode_intent_record(intent_id: str, record: str) -> Admitted:
-    """The admission stored at ``intents[intent_id]``: ``coid|token|deadline_ms|nonce``."""
+def decode_intent_record(intent_id: str, record: str, digest: str) -> Decision:
+    """The admission stored at ``intents[intent_id]`` (``coid|token|deadline_ms|nonce|digest``;
+    records written before digests have no last part), or ``Denied(INTENT_CONFLICT)`` when
+    the stored digest is not ``digest``. ``order`` is None: the caller reads the record."""
     parts = record.split("|")
-    if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
-        raise GateUnavailable(f"intents {intent_id} is malformed: {record!r}")
-    coid, token, deadline, nonce = parts
+    try:
+        if len(parts) not in (4, 5):
+            raise ValueError("not 4 or 5 parts")
+        coid = parts[0]
+        token = scripts.stored_int(parts[1], "token")
+        deadline = scripts.stored_int(parts[2], "deadline")
+        nonce = None if parts[3] == "-" else scripts.stored_int(parts[3], "nonce")
+    except ValueError as e:
+        raise GateUnavailable(f"intents {intent_id} is malformed ({e}): {record!r}") from None
+    if len(parts) == 5 and parts[4] != digest:
+        detail = f"intent {intent_id} was admitted as another order; a different order needs a new intent id"
+        return Denied(intent_id, DenyReason.INTENT_CONFLICT, detail)
     return Admitted(
         intent_id=intent_id,
         client_order_id=coid,
-        token=int(token),
-        submit_deadline_ms=int(deadline),
+        token=token,
+        submit_deadline_ms=deadline,
         duplicate=True,
-        nonce=int(nonce) if nonce.isdigit() else None,
+        nonce=nonce,
     )

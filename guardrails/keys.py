@@ -158,6 +158,12 @@ class AccountKeys:
         return self._k("reservations")
 
     @property
+    def aggregates(self) -> str:
+        """HASH: maintained per-account aggregates (gross exposure, unrealized and
+        reserved loss, per-symbol contributions) for the limits ``digest`` it names."""
+        return self._k("agg")
+
+    @property
     def open_orders(self) -> str:
         """SET: client order ids of every non-terminal order."""
         return self._k("open")

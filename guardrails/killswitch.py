@@ -25,11 +25,11 @@ import getpass
 import socket
 import sys
 from dataclasses import dataclass
-from importlib import resources
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from guardrails import scripts
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys, InvalidAccountId
 from guardrails.model import TradingState
 
@@ -120,8 +120,7 @@ class KillSwitch:
     def __init__(self, redis: aioredis.Redis, keys: AccountKeys) -> None:
         self._redis = redis
         self._keys = keys
-        source = resources.files("guardrails").joinpath("lua/killswitch_set.lua").read_text()
-        self._script = redis.register_script(source)
+        self._script = scripts.register(redis, "killswitch_set")
 
     async def set_state(
         self, state: TradingState, *, reason: str, by: str, revoke: bool = False

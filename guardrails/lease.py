@@ -69,14 +69,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from guardrails import logs
+from guardrails import logs, scripts
 from guardrails.config import LeaseConfig
 from guardrails.keys import AccountKeys
 
@@ -194,7 +192,10 @@ def _code(script: str, reply: object) -> int:
 
 
 def _mapped(script: str, table: dict[int, Any], reply: object) -> Any:
-    code = _code(script, reply)
+    """``{code}`` (the scripts' one return convention) -> its outcome in ``table``."""
+    if not isinstance(reply, list) or len(reply) != 1:
+        raise LeaseProtocolError(f"{script}: expected {{code}}, got {reply!r}")
+    code = _code(script, reply[0])
     if code not in table:
         raise LeaseProtocolError(f"{script}: unknown code {code}")
     return table[code]
@@ -224,11 +225,6 @@ def _acquire_outcome(reply: object, sent_at: float) -> Acquired | Held:
             holder=holder, token=token, ttl_ms=_code("lease_acquire", reply[2]), sent_at=sent_at
         )
     raise LeaseProtocolError(f"lease_acquire: unknown code {code}")
-
-
-def _script(redis: aioredis.Redis, name: str) -> AsyncScript:
-    source = resources.files("guardrails").joinpath(f"lua/{name}.lua").read_text()
-    return redis.register_script(source)
 
 
 # -- the lease ------------------------------------------------------------------------
@@ -263,9 +259,9 @@ class Lease:
         self.clock = clock
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
-        self._acquire = _script(redis, "lease_acquire")
-        self._renew = _script(redis, "lease_renew")
-        self._release = _script(redis, "lease_release")
+        self._acquire = scripts.register(redis, "lease_acquire")
+        self._renew = scripts.register(redis, "lease_renew")
+        self._release = scripts.register(redis, "lease_release")
         self._token: int | None = None
 
     @property

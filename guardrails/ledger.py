@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 
+from guardrails import scripts
 from guardrails.config import RiskConfig
-from guardrails.gate import lua_source
 from guardrails.keys import AccountKeys
 from guardrails.limits import per_lot_tick
 from guardrails.model import Fill, OrderState, Side
@@ -131,8 +131,16 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _i(v: Any, default: int = 0) -> int:
-    return default if v is None else int(_s(v))
+def _i(v: Any, what: str = "field") -> int:
+    """A stored integer (absent = 0), exactly as the scripts define one (lib/int.lua)."""
+    try:
+        return scripts.stored_int(v, what)
+    except ValueError as e:
+        raise LedgerError(str(e)) from None
+
+
+def _ints(raw: dict[Any, Any], what: str) -> dict[str, int]:
+    return {_s(k): _i(v, f"{what} {_s(k)}") for k, v in raw.items()}
 
 
 class Ledger:
@@ -151,8 +159,9 @@ class Ledger:
         self.risk = risk
         self._day = TradingDay(risk.timezone, clock_ms)
         self._tz = ZoneInfo(risk.timezone)
-        self._transition = redis.register_script(lua_source("ledger_transition.lua"))
-        self._fill = redis.register_script(lua_source("ledger_fill.lua"))
+        self._transition = scripts.register(redis, "ledger_transition")
+        self._fill = scripts.register(redis, "ledger_fill")
+        self._marks = scripts.register(redis, "ledger_marks")
 
     def trading_day(self) -> str:
         return self._day.today()
@@ -165,7 +174,8 @@ class Ledger:
         """Move ``coid`` to ``target`` through the script (refused if it is terminal)."""
         k = self.keys
         raw = await self._transition(
-            keys=[k.order(coid), k.open_orders, k.reservations, k.journal],
+            keys=[k.order(coid), k.open_orders, k.reservations, k.journal, k.positions,
+                  k.marks, k.limits, k.aggregates],
             args=[coid, target.value, reason, venue_order_id],
         )
         code = int(raw[0])
@@ -242,7 +252,7 @@ class Ledger:
         raw = await self._fill(
             keys=[
                 k.order(fill.client_order_id), k.open_orders, k.fills, k.positions,
-                k.reservations, k.day(day), k.journal, k.marks,
+                k.reservations, k.day(day), k.journal, k.marks, k.limits, k.aggregates,
             ],
             args=[
                 fill.fill_id, fill.client_order_id, fill.symbol, fill.side.value,
@@ -260,7 +270,8 @@ class Ledger:
     # -- marks ---------------------------------------------------------------------------
 
     async def update_marks(self, marks: dict[str, Decimal]) -> None:
-        """Store marks (rounded half-even to the instrument tick); unknown symbols ignored."""
+        """Store marks (rounded half-even to the instrument tick); unknown symbols ignored.
+        One script step that also moves the maintained aggregates (lib/agg.lua)."""
         fields: dict[str, str] = {}
         for sym, px in marks.items():
             inst = self.risk.instruments.get(sym)
@@ -270,7 +281,13 @@ class Ledger:
             if ticks > 0:
                 fields[sym] = str(ticks)
         if fields:
-            await self.redis.hset(self.keys.marks, mapping=fields)  # type: ignore[arg-type]
+            k = self.keys
+            raw = await self._marks(
+                keys=[k.marks, k.positions, k.reservations, k.limits, k.aggregates],
+                args=[x for kv in fields.items() for x in kv],
+            )
+            if int(raw[0]) != 0:
+                raise LedgerError(f"marks: {_s(raw[1])}")
 
     async def marks(self) -> dict[str, Decimal]:
         raw = await self.redis.hgetall(self.keys.marks)
@@ -302,15 +319,15 @@ class Ledger:
             qty=Decimal(h["qty"]),
             price=Decimal(h["price"]),
             state=OrderState(h["state"]),
-            filled_qty=_i(h.get("filled_lots")) * lot,
-            open_qty=_i(h.get("open_lots")) * lot,
-            token=_i(h.get("token")),
-            created_ms=_i(h.get("created_ms")),
-            updated_ms=_i(h.get("updated_ms")),
-            deadline_ms=_i(h.get("deadline_ms")),
+            filled_qty=_i(h.get("filled_lots"), "order filled_lots") * lot,
+            open_qty=_i(h.get("open_lots"), "order open_lots") * lot,
+            token=_i(h.get("token"), "order token"),
+            created_ms=_i(h.get("created_ms"), "order created_ms"),
+            updated_ms=_i(h.get("updated_ms"), "order updated_ms"),
+            deadline_ms=_i(h.get("deadline_ms"), "order deadline_ms"),
             venue_order_id=h.get("venue_order_id", ""),
             reason=h.get("reason", ""),
-            nonce=None if nonce in ("-", "") else int(nonce),
+            nonce=None if nonce in ("-", "") else _i(nonce, "order nonce"),
         )
 
     async def open_orders(self) -> list[OrderRecord]:
@@ -332,9 +349,9 @@ class Ledger:
             pipe.hgetall(self.keys.reservations)
             pipe.hgetall(self.keys.marks)
             pos_raw, res_raw, marks_raw = await pipe.execute()
-        pos = {_s(k): int(_s(v)) for k, v in pos_raw.items()}
-        res = {_s(k): int(_s(v)) for k, v in res_raw.items()}
-        marks = {_s(k): int(_s(v)) for k, v in marks_raw.items()}
+        pos = _ints(pos_raw, "position")
+        res = _ints(res_raw, "reservation")
+        marks = _ints(marks_raw, "mark")
         qd = self.risk.quote_decimals
         out: dict[str, PositionView] = {}
         syms = {f.rsplit(":", 1)[0] for f in pos} | {f.rsplit(":", 1)[0] for f in res}
@@ -375,10 +392,10 @@ class Ledger:
             pipe.hget(self.keys.limits, "daily_loss_limit")
             rp_raw, pos_raw, res_raw, marks_raw, limit_raw = await pipe.execute()
         qd = self.risk.quote_decimals
-        rp = _i(rp_raw)
-        pos = {_s(k): int(_s(v)) for k, v in pos_raw.items()}
-        res = {_s(k): int(_s(v)) for k, v in res_raw.items()}
-        marks = {_s(k): int(_s(v)) for k, v in marks_raw.items()}
+        rp = _i(rp_raw, "day realized_pnl")
+        pos = _ints(pos_raw, "position")
+        res = _ints(res_raw, "reservation")
+        marks = _ints(marks_raw, "mark")
         unreal_loss = 0
         for f, lots in pos.items():
             sym, _, kind = f.rpartition(":")
@@ -390,7 +407,7 @@ class Ledger:
                 unreal_loss += max(0, -u)
         reserved = sum(v for f, v in res.items() if f.endswith(":loss"))
         realized_loss = max(0, -rp)
-        limit = _i(limit_raw) if limit_raw is not None else None
+        limit = _i(limit_raw, "limits daily_loss_limit") if limit_raw is not None else None
         limit_d = (
             Decimal(limit).scaleb(-qd) if limit is not None else self.risk.daily_loss_limit
         )

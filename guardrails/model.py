@@ -61,6 +61,9 @@ class DenyReason(StrEnum):
     REDUCE_ONLY = "reduce_only"
     STALE_TOKEN = "stale_token"
     LEASE_EXPIRED = "lease_expired"
+    INTENT_CONFLICT = "intent_conflict"
+    """The intent id was already admitted as a different order (another symbol, side,
+    qty or price): nothing is reserved or sent; a different order needs a new id."""
     BAD_ORDER = "bad_order"
     UNKNOWN_SYMBOL = "unknown_symbol"
     OFF_TICK = "off_tick"
@@ -124,6 +127,10 @@ class Admitted:
     """True when the intent had already been admitted: nothing new was reserved."""
     nonce: int | None = None
     """EVM venues: the wallet nonce allocated to this order inside the gate."""
+    order: Order | None = None
+    """The order exactly as the gate recorded it (read back from Redis, never the
+    caller's intent): what may be sent. None when the gate's answer was recovered
+    after a lost reply, or the order record is gone; read the record then."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from guardrails.gate import lua_source
+from guardrails import scripts
 from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord, Transition
 from guardrails.model import OrderState
 from guardrails.venues.base import Venue, VenueError, VenueOrderState, VenueOrderStatus
@@ -221,14 +221,15 @@ async def _inspect(ledger: Ledger, venue: Venue) -> tuple[SweepReport, dict[str,
 
 
 async def _rebuild(ledger: Ledger) -> None:
-    script = ledger.redis.register_script(lua_source("ledger_rebuild.lua"))
+    script = scripts.register(ledger.redis, "ledger_rebuild")
     k = ledger.keys
     for _ in range(20):
         orders = await _all_orders(ledger)
         index = sorted(_s(m) for m in await ledger.redis.smembers(k.open_orders))
         coids = sorted(set(orders) | set(index))
         raw = await script(
-            keys=[k.open_orders, k.reservations, k.journal, *[k.order(c) for c in coids]],
+            keys=[k.open_orders, k.reservations, k.journal, k.aggregates,
+                  *[k.order(c) for c in coids]],
             args=[len(index), *coids],
         )
         code = int(raw[0])

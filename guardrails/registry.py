@@ -34,12 +34,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
-from guardrails import __version__
+from guardrails import __version__, scripts
 from guardrails.config import RuntimeConfig
 from guardrails.keys import ACCOUNTS_INDEX, AccountKeys
 
@@ -117,8 +117,7 @@ class Registry:
         self.keys = keys
         self.info = info
         self.cfg = cfg
-        source = resources.files("guardrails").joinpath("lua/registry_heartbeat.lua").read_text()
-        self._heartbeat = redis.register_script(source)
+        self._heartbeat = scripts.register(redis, "registry_heartbeat")
         self._indexed = False
         self._beats = 0
 
@@ -164,7 +163,7 @@ class Registry:
             KEEP_SILENT_ROWS_MS if self._beats % PRUNE_EVERY == 0 else 0,
             *self._fields(role.value, token),
         ]
-        now_ms = await self._heartbeat(
+        reply = await self._heartbeat(
             keys=[self.keys.instance(self.info.id), self.keys.instances], args=args
         )
         self._beats += 1
@@ -172,7 +171,9 @@ class Registry:
             # ACCOUNTS_INDEX is outside the account's hash slot: a separate command.
             await self.redis.sadd(ACCOUNTS_INDEX, self.info.account)
             self._indexed = True
-        return int(now_ms)
+        if not isinstance(reply, list) or len(reply) != 2 or int(reply[0]) != 1:
+            raise ResponseError(f"registry_heartbeat returned an unexpected reply: {reply!r}")
+        return int(reply[1])
 
     async def remove(self) -> None:
         """Delete this instance's record and row (a clean exit)."""

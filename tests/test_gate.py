@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from guardrails.gate import DENY_CODES, GateUnavailable, OrderGate, check_intent, lua_source
+from guardrails.gate import DENY_CODES, GateUnavailable, OrderGate, check_intent
 from guardrails.keys import AccountKeys
 from guardrails.ledger import Ledger
 from guardrails.model import Admitted, Denied, DenyReason, Fill, Intent, Side, client_order_id_for
+from guardrails.scripts import source as lua_source
 from tests.gatekit import (
     ETH,
     HOLDER,
@@ -171,6 +172,11 @@ async def _loss_used(r: aioredis.Redis, k: AccountKeys) -> None:
     await Ledger(r, k, risk()).update_marks({SYMBOL: Decimal("55200")})
 
 
+async def _admitted_as_other_qty(r: aioredis.Redis, k: AccountKeys) -> None:
+    d = await admit(gate(r, k), buy("0.0010"), "deny-intent conflict")
+    assert isinstance(d, Admitted), d
+
+
 async def _bad_type(r: aioredis.Redis, k: AccountKeys) -> None:
     await r.delete(k.positions)
     await r.set(k.positions, "not a hash")
@@ -197,6 +203,7 @@ DENIALS: list[tuple[str, Setup, Intent, DenyReason]] = [
     ("gross", _gross_near_max, buy("0.100", "3000", ETH), DenyReason.GROSS_EXPOSURE),
     ("daily loss", _loss_used, buy("0.0400", "55200"), DenyReason.DAILY_LOSS),
     ("wrong type", _bad_type, buy("0.01"), DenyReason.BAD_STATE),
+    ("intent conflict", _admitted_as_other_qty, buy("0.0200"), DenyReason.INTENT_CONFLICT),
 ]
 
 
@@ -348,7 +355,7 @@ async def test_script_when_raw_qty_malformed_then_bad_order_and_no_state_change(
     k = acct
     keys = [k.schema, k.state, k.lease, k.intents, k.limits, k.positions, k.reservations,
             k.marks, k.throttle, k.day("2026-01-01"), k.order(coid), k.open_orders, k.journal,
-            k.stats, k.denials, k.nonce]
+            k.stats, k.denials, k.nonce, k.aggregates]
     before = await risk_snapshot(redis_client, acct)
     raw = await script(keys=keys, args=[SCHEMA_VERSION, TOKEN, HOLDER, "raw", coid, SYMBOL,
                                         "buy", qty, "60000", 0, "2026-01-01"])
@@ -404,18 +411,6 @@ async def test_admit_when_key_has_unexpected_shape_then_bad_state_and_nothing_wr
     d = await admit(gate(redis_client, acct), buy("0.01"), "shape")
     assert isinstance(d, Denied) and d.reason is DenyReason.BAD_STATE, d
     assert await risk_snapshot(redis_client, acct) == before
-
-
-@pytest.mark.parametrize(
-    "name", ["gate_admit.lua", "ledger_fill.lua", "ledger_transition.lua", "ledger_rebuild.lua"]
-)
-def test_lua_when_read_then_header_names_keys_argv_and_return_shape(name: str) -> None:
-    src = lua_source(name)
-    header = src.split("\nlocal ", 1)[0]
-    assert header.startswith(f"-- {name.removesuffix('.lua')}:")
-    for word in ("KEYS[1]", "ARGV[1]", "Returns"):
-        assert word in header, (name, word)
-    assert "KEYS[1]" in src.split("\nlocal ", 1)[1].split("\n", 1)[0] or "= KEYS[1]" in src
 
 
 async def test_admit_when_burst_spent_then_throttled_until_bucket_refills(

@@ -7,7 +7,9 @@ moves. After every step:
 reservations are never negative and equal the open orders' remaining quantity; no fill
 is applied twice; positions equal the sum of applied fills; terminal orders never
 change; a denial changes nothing; and every admission leaves the account within its
-limits (position, gross exposure, daily loss budget).
+limits (position, gross exposure, daily loss budget); and the maintained aggregates
+(`agg`, lib/agg.lua) equal a full recomputation from positions, reservations and marks
+(computed here, independently of the scripts), and exist once anything was admitted.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Model:
     fill_lots: dict[str, int] = field(default_factory=dict)  # symbol -> signed lots
     terminal: dict[str, dict[str, str]] = field(default_factory=dict)
     n: int = 0
+    agg_checked: int = 0
 
 
 def lot(sym: str) -> Decimal:
@@ -137,6 +140,31 @@ async def check_invariants(r: aioredis.Redis, k: AccountKeys, m: Model) -> None:
             f: snapshot[f] for f in ("state", "open_lots")}
 
 
+async def check_aggregates(r: aioredis.Redis, k: AccountKeys, m: Model) -> None:
+    """The aggregates equal a recomputation from the book (this test's own arithmetic)."""
+    agg = await r.hgetall(k.aggregates)
+    if not agg:
+        assert not any(o for o in m.orders), "admissions happened but no aggregates exist"
+        return
+    m.agg_checked += 1
+    assert agg["digest"] == await r.hget(k.limits, "digest")
+    pos = await r.hgetall(k.positions)
+    res = await r.hgetall(k.reservations)
+    marks = await marks_ticks(r, k)
+    gross = uloss = rloss = 0
+    for s in SYMS:
+        p, c = int(pos.get(f"{s}:qty", 0)), int(pos.get(f"{s}:cost", 0))
+        b, sl = int(res.get(f"{s}:buy", 0)), int(res.get(f"{s}:sell", 0))
+        kk = per_lot_tick(CFG, s)
+        w = max(abs(p + b), abs(p - sl))
+        g = w * marks[s] * kk if w else 0
+        u = max(0, c - p * marks[s] * kk) if (p or c) else 0
+        assert (int(agg.get(f"g:{s}", 0)), int(agg.get(f"u:{s}", 0))) == (g, u), (s, agg)
+        gross, uloss = gross + g, uloss + u
+        rloss += int(res.get(f"{s}:loss", 0))
+    assert (int(agg["gross"]), int(agg["uloss"]), int(agg["rloss"])) == (gross, uloss, rloss), agg
+
+
 async def run(url: str, ops: list[tuple[Any, ...]]) -> None:
     r = aioredis.Redis.from_url(url, decode_responses=True)
     try:
@@ -149,6 +177,7 @@ async def run(url: str, ops: list[tuple[Any, ...]]) -> None:
         for op in ops:
             await step(r, k, gate, ledger, m, op)
             await check_invariants(r, k, m)
+            await check_aggregates(r, k, m)
     finally:
         await r.aclose()
 

@@ -227,11 +227,13 @@ async def test_release_when_not_holder_then_nothing_deleted_or_published(
 
 def test_outcome_when_script_returns_unknown_code_then_raises() -> None:
     with pytest.raises(LeaseProtocolError, match="unknown code 9"):
-        _mapped("lease_renew", _RENEW_CODES, 9)
+        _mapped("lease_renew", _RENEW_CODES, [9])
     with pytest.raises(LeaseProtocolError, match="unknown code 7"):
         _acquire_outcome([7, 1, 1], 0.0)
     with pytest.raises(LeaseProtocolError, match="integer code"):
-        _mapped("lease_renew", _RENEW_CODES, "1")
+        _mapped("lease_renew", _RENEW_CODES, ["1"])
+    with pytest.raises(LeaseProtocolError, match=r"expected \{code\}"):
+        _mapped("lease_renew", _RENEW_CODES, 1)  # the scripts return {code}, not a bare code
 
 
 async def test_acquire_when_many_acquisitions_then_tokens_strictly_grow(

@@ -24,7 +24,10 @@ The checks (numbering = ``INVARIANTS``):
    checked here);
 4. after settling, the ledger equals the venue: positions, the set of fills (and
    which order each belongs to), no order terminal in the ledger that is still live at
-   the venue, and every reservation belongs to a live (non-terminal) order;
+   the venue, and every reservation belongs to a live (non-terminal) order; and the
+   maintained aggregates (``agg``), when present, equal a recomputation from the raw
+   positions, reservations and marks (k = tick x lot x 10^quote_decimals, from the
+   run's own config);
 5. no order left a terminal state (journal transitions in order, and the final record);
 6. every order that reached the venue after its sender lost the lease (after its
    permit deadline, after a higher token's first admission, or after its token was
@@ -173,6 +176,19 @@ class Limits:
     timezone: str = "UTC"
 
 
+@dataclass(frozen=True, slots=True)
+class AggregateView:
+    """The ``agg`` hash and the raw integers it summarises, read from Redis."""
+
+    agg: dict[str, str]
+    positions: dict[str, int]
+    """``<sym>:qty`` / ``<sym>:cost`` -> stored integer."""
+    reservations: dict[str, int]
+    marks: dict[str, int]
+    k: dict[str, int]
+    """money units per lot per tick, from the run's config (not from Redis)."""
+
+
 @dataclass
 class CheckInput:
     admissions: list[Admission]
@@ -192,6 +208,7 @@ class CheckInput:
     """Venue record rows that are neither orders, fills nor cancels, by type."""
     journal_added: int | None = None
     """Entries ever appended to the journal (Redis >= 7); more than were read = trimmed."""
+    aggregates: AggregateView | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +264,8 @@ def check(data: CheckInput) -> CheckResult:
             deadlines={a.coid: a.deadline_ms for a in data.admissions},
             now_ms=data.checked_at_ms,
         )
+    if data.aggregates is not None:
+        violations += check_aggregates(data.aggregates)
     violations += check_terminal(data.transitions, data.ledger)
     late, late_violations = check_late_sends(
         data.admissions, data.venue_orders, data.venue_fills, data.revocations, data.ledger
@@ -504,6 +523,40 @@ def check_ledger_matches_venue(
         want = live.get(key, Decimal(0))
         if r != want:
             out.append(Violation(4, f"reserved {r} {key}, but live orders account for {want}"))
+    return out
+
+
+def check_aggregates(view: AggregateView) -> list[Violation]:
+    """4. The maintained aggregates equal the book they summarise (absent is fine: the
+    gate rebuilds them; present and wrong would let it admit past a limit)."""
+    agg = view.agg
+    if not agg:
+        return []
+    out: list[Violation] = []
+    syms = {f.rsplit(":", 1)[0] for f in (*view.positions, *view.reservations)}
+    syms |= {f[2:] for f in agg if f[:2] in ("g:", "u:")}
+    gross = uloss = rloss = 0
+    for sym in sorted(syms):
+        p, c = view.positions.get(f"{sym}:qty", 0), view.positions.get(f"{sym}:cost", 0)
+        b, sl = view.reservations.get(f"{sym}:buy", 0), view.reservations.get(f"{sym}:sell", 0)
+        rloss += view.reservations.get(f"{sym}:loss", 0)
+        w = max(abs(p + b), abs(p - sl))
+        g = u = 0
+        if w or p or c:
+            mark, k = view.marks.get(sym), view.k.get(sym)
+            if mark is None or k is None:
+                out.append(Violation(4, f"aggregates kept for {sym} without a mark or config"))
+                continue
+            g = w * mark * k
+            u = max(0, c - p * mark * k)
+        have = (int(agg.get(f"g:{sym}", 0)), int(agg.get(f"u:{sym}", 0)))
+        if have != (g, u):
+            out.append(Violation(4, f"aggregates g/u:{sym} = {have}, the book gives {(g, u)}"))
+        gross, uloss = gross + g, uloss + u
+    totals = tuple(int(agg.get(f, 0)) for f in ("gross", "uloss", "rloss"))
+    if totals != (gross, uloss, rloss):
+        out.append(Violation(4, f"aggregate totals (gross, uloss, rloss) = {totals}, the "
+                                f"book gives {(gross, uloss, rloss)}"))
     return out
 
 
@@ -865,4 +918,18 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any) -> 
         journal_added=added,
         venue_other=other,
         checked_at_ms=checked_at_ms,
+        aggregates=read_aggregates(client, keys, risk),
+    )
+
+
+def read_aggregates(client: Any, keys: AccountKeys, risk: RiskConfig) -> AggregateView:
+    """The ``agg`` hash and the integers it summarises, raw (docs/keys.md)."""
+    scale = Decimal(10) ** risk.quote_decimals
+    return AggregateView(
+        agg=dict(client.hgetall(keys.aggregates) or {}),
+        positions={f: int(v) for f, v in (client.hgetall(keys.positions) or {}).items()
+                   if not f.endswith(":rpnl")},
+        reservations={f: int(v) for f, v in (client.hgetall(keys.reservations) or {}).items()},
+        marks={f: int(v) for f, v in (client.hgetall(keys.marks) or {}).items()},
+        k={s: int(i.tick * i.lot * scale) for s, i in risk.instruments.items()},
     )

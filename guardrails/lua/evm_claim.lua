@@ -9,19 +9,22 @@
 -- ARGV[4]  deadline_ms the order's submit deadline (Unix ms, the gate's permit)
 -- ARGV[5]  check       "1": refuse a new binding after deadline_ms by Redis server time;
 --                      "0": no deadline check (a nonce filler for a refused order)
--- ARGV[6..] field/value pairs stored in the record (nonce, raw, symbol, side, qty, ...)
+-- ARGV[6]  holder      the holder id the token was issued to (fenced with the token)
+-- ARGV[7..] field/value pairs stored in the record (nonce, raw, symbol, side, qty, ...)
 --
 -- Returns {code, detail}
 --   0  claimed: the record was written with state "claimed"; send the transaction
 --   1  same: already claimed with this tx_hash (a re-send of the same id); send again
 --   2  closed: the record is "void", "canceled" or "rejected" (detail = state); do not send
 --   3  conflict: the id is bound to another transaction (detail = its hash); do not send
---   4  no lease: nobody holds the lease; do not send
---   5  stale: the lease holds another token (detail = the lease value); do not send
+--   4  no lease: nobody holds a live lease; do not send
+--   5  stale: the lease holds another token or holder, or has no expiry (detail says
+--      which); do not send
 --   6  late: Redis time is past deadline_ms (detail = that time); do not send
 --
--- The fence is checked first, so a paused former holder that wakes after a takeover can
--- never bind (and so never send) a new transaction; what it bound before stays findable.
+-- The fence (lib/fence.lua: token AND holder of a live lease, as the gate checks it) is
+-- checked first, so a paused former holder that wakes after a takeover can never bind
+-- (and so never send) a new transaction; what it bound before stays findable.
 local lease_key = KEYS[1]
 local record_key = KEYS[2]
 local orders_key = KEYS[3]
@@ -30,14 +33,17 @@ local coid = ARGV[2]
 local tx_hash = ARGV[3]
 local deadline_ms = tonumber(ARGV[4])
 local check = ARGV[5] == '1'
+local holder = ARGV[6]
 
-local lease = redis.call('GET', lease_key)
-if not lease then
-  return {4, ''}
+--!include lib/time.lua
+--!include lib/fence.lua
+
+local fenced, why = fence(lease_key, token, holder)
+if fenced == 'lease_expired' then
+  return {4, why}
 end
-local lease_token = string.match(lease, '^(%d+):')
-if lease_token ~= token then
-  return {5, lease}
+if fenced ~= 'ok' then
+  return {5, why}
 end
 local state = redis.call('HGET', record_key, 'state')
 if state == 'claimed' then
@@ -51,13 +57,12 @@ if state then
   return {2, state}
 end
 if check then
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now_ms = now_ms()
   if deadline_ms == nil or now_ms > deadline_ms then
     return {6, tostring(now_ms)}
   end
 end
 redis.call('HSET', record_key, 'state', 'claimed', 'hash', tx_hash, 'token', token,
-  'deadline_ms', ARGV[4], unpack(ARGV, 6))
+  'deadline_ms', ARGV[4], unpack(ARGV, 7))
 redis.call('RPUSH', orders_key, coid)
 return {0, ''}

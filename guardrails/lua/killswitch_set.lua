@@ -27,6 +27,9 @@ local by = ARGV[3]
 local revoke = ARGV[4] == "1"
 local account = ARGV[5]
 
+--!include lib/time.lua
+--!include lib/journal.lua
+
 if new_state ~= "ACTIVE" and new_state ~= "REDUCING" and new_state ~= "HALTED" then
   return {-2, new_state, "", "", "", 0}
 end
@@ -49,8 +52,7 @@ if not prev_state then
   prev_state = "ACTIVE"
 end
 
-local now = redis.call("TIME")
-local at_ms = tostring(tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local at_ms = string.format("%d", now_ms())
 
 local revoked_token = ""
 local fence_after = ""
@@ -73,7 +75,7 @@ redis.call("HSET", state_key,
   "state", new_state, "reason", reason, "by", by, "at_ms", at_ms,
   "revoked_token", revoked_token, "prev_state", prev_state)
 
-redis.call("XADD", journal_key, "MAXLEN", "~", "100000", "*",
+journal_add(journal_key,
   "ev", "trading_state", "account", account, "prev_state", prev_state, "state", new_state,
   "reason", reason, "by", by, "at_ms", at_ms, "revoked_token", revoked_token,
   "fence", fence_after)

@@ -15,6 +15,8 @@ local fence_key = KEYS[2]
 local holder_id = ARGV[1]
 local ttl_ms = tonumber(ARGV[2])
 
+--!include lib/int.lua
+
 if ttl_ms == nil or ttl_ms <= 0 then
   return redis.error_reply('lease_acquire: ttl_ms must be a positive integer')
 end
@@ -25,7 +27,7 @@ if current then
 end
 
 local token = redis.call('INCR', fence_key)
-if token >= 9007199254740992 then
+if token >= MAXI then
   -- beyond 2^53 a Lua number is no longer an exact integer: fail closed
   return redis.error_reply('lease_acquire: fencing counter beyond 2^53')
 end

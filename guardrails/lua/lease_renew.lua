@@ -6,10 +6,10 @@
 -- ARGV[2]  token      (the holder's token, decimal string)
 -- ARGV[3]  ttl_ms     (positive integer)
 --
--- Returns 1  renewed: the TTL is now exactly ttl_ms (PEXPIRE sets, it does not add)
---         2  missing: the lease expired or was released; it is NOT re-created
---         3  other holder: the lease holds another token/holder
---         4  superseded: the fence counter moved past this token (revoked); not renewed
+-- Returns {1}  renewed: the TTL is now exactly ttl_ms (PEXPIRE sets, it does not add)
+--         {2}  missing: the lease expired or was released; it is NOT re-created
+--         {3}  other holder: the lease holds another token/holder
+--         {4}  superseded: the fence counter moved past this token (revoked); not renewed
 local lease_key = KEYS[1]
 local fence_key = KEYS[2]
 local expected = ARGV[1]
@@ -22,13 +22,13 @@ end
 
 local current = redis.call('GET', lease_key)
 if not current then
-  return 2
+  return {2}
 end
 if current ~= expected then
-  return 3
+  return {3}
 end
 if redis.call('GET', fence_key) ~= token then
-  return 4
+  return {4}
 end
 redis.call('PEXPIRE', lease_key, ttl_ms)
-return 1
+return {1}

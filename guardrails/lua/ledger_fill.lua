@@ -8,6 +8,8 @@
 -- KEYS[6] day           HASH    the fill's trading day: realized_pnl, fees, fills
 -- KEYS[7] journal       STREAM  append-only journal
 -- KEYS[8] marks         HASH    <sym> mark in ticks (set from the fill when missing)
+-- KEYS[9] limits        HASH    the account's limits (i:<sym> for k, for the aggregates)
+-- KEYS[10] agg          HASH    maintained aggregates (lib/agg.lua), moved with the fill
 -- ARGV[1] fill id  ARGV[2] client order id  ARGV[3] symbol  ARGV[4] side (buy|sell)
 -- ARGV[5] lots (integer > 0)  ARGV[6] fill value in money units (integer >= 0, rounded
 -- against the account by the caller)  ARGV[7] fee in money units (integer >= 0)
@@ -25,63 +27,25 @@
 -- command in it fails, so a check after the first write would leave half a fill).
 local K_ORDER, K_OPEN, K_FILLS, K_POS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_RES, K_DAY, K_JOURNAL, K_MARKS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_LIMITS, K_AGG = KEYS[9], KEYS[10]
 local fill_id, coid, symbol, side_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lots_s, value_s, fee_s, px_s, ts_s, day = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
-if redis.replicate_commands then redis.replicate_commands() end
-
-local MAXI = 9007199254740992 -- 2^53
-local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
-local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
-local function fmt(n) return string.format('%d', n) end
+--!include lib/int.lua
+--!include lib/read.lua
+--!include lib/time.lua
+--!include lib/journal.lua
+--!include lib/states.lua
+--!include lib/agg.lua
 
 -- Only when the journal is a stream (or absent): a journal entry never aborts the script.
 local function journal(ev, detail)
-  redis.pcall('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', ev, 'fill_id', fill_id,
+  journal_try(K_JOURNAL, 'ev', ev, 'fill_id', fill_id,
     'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', lots_s, 'value', value_s,
     'fee', fee_s, 'ts_ms', ts_s, 'day', day, 'detail', detail)
 end
 
-local function bad(detail) error({bad = detail}) end
-
-local function rd(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
-  return r
-end
--- a stored integer field (absent = 0), exactly as HINCRBY would accept it, below 2^53
-local function int(v, what)
-  if not v then return 0 end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI or not string.match(v, '^-?%d+$') then
-    bad(what .. ' is not an integer: ' .. tostring(v))
-  end
-  return n
-end
--- an argument: a non-negative integer below 2^53, or nil
-local function arg_int(v)
-  if not string.match(v, '^%d+$') then return nil end
-  local n = tonumber(v)
-  if not n or n >= MAXI then return nil end
-  return n
-end
-local function chk(n)
-  if n >= MAXI or n <= -MAXI then bad('overflow') end
-  return n
-end
-local function type_is(key, want)
-  local t = redis.call('TYPE', key)
-  t = t.ok or t
-  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
-end
--- exact floor / ceil of a / b for integers (b > 0), safe against double rounding
-local function ifloor(a, b)
-  local q = math.floor(a / b)
-  local r = a - q * b
-  if r < 0 then q = q - 1 elseif r >= b then q = q + 1 end
-  return q
-end
-local function iceil(a, b) return -ifloor(-a, b) end
+local int = stored_int
 
 local function refuse(detail)
   journal('fill_refused', detail)
@@ -114,13 +78,15 @@ local function main()
   end
   type_is(K_OPEN, 'set')
   type_is(K_JOURNAL, 'stream')
-  rd('HGET', K_MARKS, symbol)
+  local mark_s = rd('HGET', K_MARKS, symbol)
   local qf, cf, rf = symbol .. ':qty', symbol .. ':cost', symbol .. ':rpnl'
   local p = rd('HMGET', K_POS, qf, cf, rf)
   local q, c, rp = int(p[1], 'position ' .. qf), int(p[2], 'position ' .. cf), int(p[3], 'position ' .. rf)
   local side_f, loss_f = symbol .. ':' .. side_s, symbol .. ':loss'
-  local rs = rd('HMGET', K_RES, side_f, loss_f)
+  local other_f = symbol .. ':' .. (side_s == 'buy' and 'sell' or 'buy')
+  local rs = rd('HMGET', K_RES, side_f, loss_f, other_f)
   local res_side, res_loss = int(rs[1], 'reservation ' .. side_f), int(rs[2], 'reservation ' .. loss_f)
+  local res_other = int(rs[3], 'reservation ' .. other_f)
   local d = rd('HMGET', K_DAY, 'realized_pnl', 'fees', 'fills')
   local d_rp, d_fees, d_fills = int(d[1], 'day realized_pnl'), int(d[2], 'day fees'), int(d[3], 'day fills')
 
@@ -169,10 +135,20 @@ local function main()
   local open2 = open_lots - lots
   local new_state = (open2 == 0) and 'FILLED' or 'PARTIALLY_FILLED'
 
+  -- 3b. the aggregates after this fill (lib/agg.lua), at the mark (the fill's price
+  -- when the symbol has none yet: it is set below)
+  local mark = mark_s and int(mark_s, 'mark ' .. symbol) or ticks
+  local k = k_from_spec(rd('HGET', K_LIMITS, 'i:' .. symbol))
+  local plan = false
+  if k and mark > 0 then
+    local b, sl = res_side2, res_other
+    if side_s == 'sell' then b, sl = res_other, res_side2 end
+    local g, u = exposure(q2, b, sl, mark, k, c2)
+    plan = agg_plan(K_AGG, symbol, g, u, res_loss2 - res_loss)
+  end
   -- 4. write (every key's shape and every value was checked above)
-  local t = redis.call('TIME')
-  local now_ms = fmt(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-  redis.call('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'fill', 'fill_id', fill_id,
+  local now = fmt(now_ms())
+  journal_add(K_JOURNAL, 'ev', 'fill', 'fill_id', fill_id,
     'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', fmt(lots), 'value', fmt(n),
     'fee', fmt(fee), 'realized', fmt(realized), 'from', state, 'to', new_state,
     'ts_ms', ts_s, 'day', day, 'late', '0')
@@ -181,16 +157,17 @@ local function main()
   redis.call('HSET', K_DAY, 'realized_pnl', fmt(d_rp2), 'fees', fmt(d_fees2), 'fills', fmt(d_fills + 1))
   redis.call('HSET', K_RES, side_f, fmt(res_side2), loss_f, fmt(res_loss2))
   redis.call('HSET', K_ORDER, 'filled_lots', fmt(filled + lots), 'open_lots', fmt(open2),
-    'state', new_state, 'updated_ms', now_ms)
+    'state', new_state, 'updated_ms', now)
   if new_state == 'FILLED' then redis.call('SREM', K_OPEN, coid) end
   redis.call('HSETNX', K_MARKS, symbol, px_s)
+  agg_apply(K_AGG, plan)
   return {0, new_state}
 end
 
 local ok, res = pcall(main)
 if ok then return res end
-if type(res) == 'table' and (res.bad or res.err) then
-  local detail = res.bad or res.err
+local detail = failure_detail(res)
+if detail then
   journal('fill_bad_state', detail)
   return {4, detail}
 end

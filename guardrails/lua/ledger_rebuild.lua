@@ -5,9 +5,10 @@
 -- KEYS[1] open          SET     client order ids of non-terminal orders
 -- KEYS[2] reservations  HASH    <sym>:buy / <sym>:sell lots, <sym>:loss money
 -- KEYS[3] journal       STREAM  append-only journal
--- KEYS[4..] order       HASH    every order record the caller found (open set + scan)
+-- KEYS[4] agg           HASH    maintained aggregates: dropped (the gate rebuilds them)
+-- KEYS[5..] order       HASH    every order record the caller found (open set + scan)
 -- ARGV[1] number of current members of the open set the caller saw
--- ARGV[2..] client order ids, in the order of KEYS[4..]
+-- ARGV[2..] client order ids, in the order of KEYS[5..]
 -- Returns {0, open_count, changed_fields}  rebuilt
 --         {1, 'changed'}                   the open set changed meanwhile: list again
 --         {4, detail}                      a key of the wrong type or a malformed order
@@ -15,35 +16,15 @@
 --
 -- Every record is read and checked before the first write (Redis does not roll a
 -- script back when a command in it fails).
-local K_OPEN, K_RES, K_JOURNAL = KEYS[1], KEYS[2], KEYS[3]
+local K_OPEN, K_RES, K_JOURNAL, K_AGG = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local seen_open = tonumber(ARGV[1])
 
-if redis.replicate_commands then redis.replicate_commands() end
+--!include lib/int.lua
+--!include lib/read.lua
+--!include lib/journal.lua
+--!include lib/states.lua
 
-local MAXI = 9007199254740992 -- 2^53
-local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
-local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
-local function fmt(n) return string.format('%d', n) end
-
-local function bad(detail) error({bad = detail}) end
-local function rd(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
-  return r
-end
-local function int(v, what)
-  if not v then return 0 end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n < 0 or n >= MAXI or not string.match(v, '^%d+$') then
-    bad(what .. ' is not a non-negative integer: ' .. tostring(v))
-  end
-  return n
-end
-local function type_is(key, want)
-  local t = redis.call('TYPE', key)
-  t = t.ok or t
-  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
-end
+local int = stored_nat
 
 local function main()
   -- 1. read and check
@@ -58,8 +39,8 @@ local function main()
   end
 
   local totals, members = {}, {}
-  for i = 4, #KEYS do
-    local coid = ARGV[i - 2]
+  for i = 5, #KEYS do
+    local coid = ARGV[i - 3]
     local r = rd('HMGET', KEYS[i], 'state', 'symbol', 'side', 'open_lots', 'wl')
     if r[1] and not TERMINAL[r[1]] then
       if not LIVE[r[1]] then bad('order ' .. coid .. ' state is ' .. tostring(r[1])) end
@@ -84,8 +65,9 @@ local function main()
   for f, v in pairs(totals) do if oldh[f] == nil and v ~= 0 then changed = changed + 1 end end
 
   -- 2. write (every key's shape and every value was checked above)
-  redis.call('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', 'rebuild',
+  journal_add(K_JOURNAL, 'ev', 'rebuild',
     'open', fmt(#members), 'changed_fields', fmt(changed))
+  redis.call('DEL', K_AGG)
   redis.call('DEL', K_RES)
   for f, v in pairs(totals) do redis.call('HSET', K_RES, f, fmt(v)) end
   redis.call('DEL', K_OPEN)
@@ -95,5 +77,6 @@ end
 
 local ok, res = pcall(main)
 if ok then return res end
-if type(res) == 'table' and (res.bad or res.err) then return {4, res.bad or res.err} end
+local detail = failure_detail(res)
+if detail then return {4, detail} end
 error(res)

@@ -4,6 +4,10 @@
 -- KEYS[2] open          SET     client order ids of non-terminal orders
 -- KEYS[3] reservations  HASH    <sym>:buy / <sym>:sell lots, <sym>:loss money
 -- KEYS[4] journal       STREAM  append-only journal
+-- KEYS[5] positions     HASH    read for the aggregates when a release moves them
+-- KEYS[6] marks         HASH    read for the aggregates
+-- KEYS[7] limits        HASH    i:<sym> (k) for the aggregates
+-- KEYS[8] agg           HASH    maintained aggregates (lib/agg.lua)
 -- ARGV[1] client order id   ARGV[2] target state (SUBMITTED|UNKNOWN|CANCELED|REJECTED|EXPIRED)
 -- ARGV[3] reason            ARGV[4] venue order id ('' = none)
 -- Returns {code, from_state or detail}: 0 applied, 1 refused (order is terminal),
@@ -15,46 +19,25 @@
 -- Every field the script changes is read and checked first; the writes come last, as
 -- computed totals (Redis does not roll a script back when a command in it fails).
 local K_ORDER, K_OPEN, K_RES, K_JOURNAL = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_POS, K_MARKS, K_LIMITS, K_AGG = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local coid, target, reason, venue_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
-if redis.replicate_commands then redis.replicate_commands() end
-
-local MAXI = 9007199254740992 -- 2^53
-local TERMINAL = {FILLED = true, CANCELED = true, REJECTED = true, EXPIRED = true}
-local LIVE = {PENDING_SUBMIT = true, SUBMITTED = true, UNKNOWN = true, PARTIALLY_FILLED = true}
-local RELEASING = {CANCELED = true, REJECTED = true, EXPIRED = true}
-local function fmt(n) return string.format('%d', n) end
+--!include lib/int.lua
+--!include lib/read.lua
+--!include lib/time.lua
+--!include lib/journal.lua
+--!include lib/states.lua
+--!include lib/agg.lua
 
 local from = '-'
 
 -- Only when the journal is a stream (or absent): a journal entry never aborts the script.
 local function journal(ev, detail)
-  redis.pcall('XADD', K_JOURNAL, 'MAXLEN', '~', '100000', '*', 'ev', ev, 'coid', coid,
+  journal_try(K_JOURNAL, 'ev', ev, 'coid', coid,
     'from', from, 'to', target, 'reason', reason, 'detail', detail or '')
 end
 
-local function bad(detail) error({bad = detail}) end
-
-local function rd(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then bad('key ' .. tostring(select(2, ...)) .. ': ' .. r.err) end
-  return r
-end
-
-local function int(v, what)
-  if not v then return 0 end
-  local n = tonumber(v)
-  if not n or n ~= math.floor(n) or n >= MAXI or n <= -MAXI or not string.match(v, '^-?%d+$') then
-    bad(what .. ' is not an integer: ' .. tostring(v))
-  end
-  return n
-end
-
-local function type_is(key, want)
-  local t = redis.call('TYPE', key)
-  t = t.ok or t
-  if t ~= want and t ~= 'none' then bad('key ' .. key .. ' is a ' .. t .. ', not a ' .. want) end
-end
+local int = stored_int
 
 local function main()
   -- 1. read and check everything this transition may change
@@ -83,6 +66,7 @@ local function main()
 
   local sym, side = rec[2], rec[3]
   local release = RELEASING[to]
+  local plan = {}
   local side_f, loss_f, new_side, new_loss
   if release then
     if not sym or (side ~= 'buy' and side ~= 'sell') then
@@ -93,7 +77,8 @@ local function main()
     local rel_loss = open_lots * wl
     if rel_loss >= MAXI then bad('released loss overflows') end
     side_f, loss_f = sym .. ':' .. side, sym .. ':loss'
-    local cur = rd('HMGET', K_RES, side_f, loss_f)
+    local other_f = sym .. ':' .. (side == 'buy' and 'sell' or 'buy')
+    local cur = rd('HMGET', K_RES, side_f, loss_f, other_f)
     new_side = int(cur[1], 'reservation ' .. side_f) - open_lots
     new_loss = int(cur[2], 'reservation ' .. loss_f) - rel_loss
     -- a release larger than what is reserved means the totals are already wrong:
@@ -103,26 +88,41 @@ local function main()
         ' would leave reservations ' .. side_f .. '=' .. fmt(new_side) .. ' ' ..
         loss_f .. '=' .. fmt(new_loss))
     end
+    -- the aggregates after the release (lib/agg.lua)
+    local pv = rd('HMGET', K_POS, sym .. ':qty', sym .. ':cost')
+    local p, c = int(pv[1], 'position ' .. sym), int(pv[2], 'cost ' .. sym)
+    local ms = rd('HGET', K_MARKS, sym)
+    local m = ms and int(ms, 'mark ' .. sym)
+    local k = k_from_spec(rd('HGET', K_LIMITS, 'i:' .. sym))
+    local other = int(cur[3], 'reservation ' .. other_f)
+    local b, sl = new_side, other
+    if side == 'sell' then b, sl = other, new_side end
+    plan = false
+    if k and (not m or m > 0) then
+      local g, u = exposure(p, b, sl, m, k, c)
+      plan = agg_plan(K_AGG, sym, g, u, new_loss - int(cur[2], 'reservation ' .. loss_f))
+    end
+
   end
 
   -- 2. write (every key's shape and every value was checked above)
-  local t = redis.call('TIME')
-  local now_ms = fmt(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  local now = fmt(now_ms())
   journal('transition')
   if release then
     redis.call('HSET', K_RES, side_f, fmt(new_side), loss_f, fmt(new_loss))
     redis.call('HSET', K_ORDER, 'open_lots', '0')
     redis.call('SREM', K_OPEN, coid)
+    agg_apply(K_AGG, plan)
   end
-  redis.call('HSET', K_ORDER, 'state', to, 'updated_ms', now_ms, 'reason', reason)
+  redis.call('HSET', K_ORDER, 'state', to, 'updated_ms', now, 'reason', reason)
   if venue_id ~= '' then redis.call('HSET', K_ORDER, 'venue_order_id', venue_id) end
   return {0, from}
 end
 
 local ok, res = pcall(main)
 if ok then return res end
-if type(res) == 'table' and (res.bad or res.err) then
-  local detail = res.bad or res.err
+local detail = failure_detail(res)
+if detail then
   journal('bad_state', detail)
   return {4, detail}
 end

@@ -9,7 +9,8 @@
 --
 -- Returns {1, previous}  synced: the nonce key now holds ARGV[3]; previous is the old
 --                        value as a string, or "" when the key did not exist
---         {2, ""}        not the holder: the lease is missing or holds another value
+--         {2, ""}        not the holder: the lease is missing, holds another value or has
+--                        no expiry (lib/fence.lua)
 --         {3, ""}        superseded: the fence counter moved past this token
 --         {4, ""}        bad argument: ARGV[3] is not a non-negative integer below 2^53
 --
@@ -23,10 +24,17 @@ local expected = ARGV[1]
 local token = ARGV[2]
 local nonce = ARGV[3]
 
+--!include lib/fence.lua
+
 if not string.match(nonce, '^%d+$') or string.len(nonce) > 15 then
   return {4, ''}
 end
-if redis.call('GET', lease_key) ~= expected then
+-- the one fence (lib/fence): exactly "<token>:<holder_id>", with a live expiry
+local prefix = token .. ':'
+if string.sub(expected, 1, #prefix) ~= prefix then
+  return {2, ''}
+end
+if fence(lease_key, token, string.sub(expected, #prefix + 1)) ~= 'ok' then
   return {2, ''}
 end
 if redis.call('GET', fence_key) ~= token then

@@ -31,11 +31,10 @@ local step = tonumber(ARGV[1])
 local origin_ms = ARGV[2]
 local n = tonumber(ARGV[3])
 
-local LIMIT = 9007199254740992
+--!include lib/int.lua
+--!include lib/time.lua
 
-local function fmt(x)
-  return string.format('%d', x)
-end
+local LIMIT = MAXI
 
 local stored = redis.call('HMGET', clock_key, 'origin_ms', 'step')
 if stored[1] and tonumber(stored[2]) >= step then
@@ -58,8 +57,7 @@ for i = 0, n - 1 do
 end
 redis.call('HSET', clock_key, unpack(set))
 
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = now_ms()
 
 -- A resting order the new mark crosses is a maker: it fills at its own limit price.
 local filled = 0

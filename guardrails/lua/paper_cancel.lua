@@ -22,28 +22,29 @@ local record_key = KEYS[3]
 local account = ARGV[1]
 local coid = ARGV[2]
 
-local t = redis.call('TIME')
-local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+--!include lib/time.lua
+
+local now = string.format('%d', now_ms())
 local field = account .. '|' .. coid
 
 local raw = redis.call('HGET', orders_key, field)
 if not raw then
   local tomb = {
     coid = coid, account = account, symbol = '', side = '', qty = '', qty_units = '0',
-    price = '', px_ticks = '0', k = '0', token = '', deadline_ms = '', arrival_ms = now_ms,
+    price = '', px_ticks = '0', k = '0', token = '', deadline_ms = '', arrival_ms = now,
     venue_order_id = '', state = 'canceled', reason = 'canceled_before_arrival',
     fill_id = '', fill_price = '', fill_ts = '', tombstone = '1',
   }
   redis.call('HSET', orders_key, field, cjson.encode(tomb))
   redis.call('XADD', record_key, '*', 'type', 'cancel', 'coid', coid, 'account', account,
-    'arrival_ms', now_ms, 'result', 'canceled', 'state', 'canceled',
+    'arrival_ms', now, 'result', 'canceled', 'state', 'canceled',
     'reason', 'canceled_before_arrival')
   return {3, 'canceled', ''}
 end
 local rec = cjson.decode(raw)
 if rec.state ~= 'open' then
   redis.call('XADD', record_key, '*', 'type', 'cancel', 'coid', coid, 'account', account,
-    'arrival_ms', now_ms, 'result', 'final', 'state', rec.state)
+    'arrival_ms', now, 'result', 'final', 'state', rec.state)
   return {2, rec.state, rec.venue_order_id}
 end
 rec.state = 'canceled'
@@ -51,5 +52,5 @@ rec.reason = 'canceled'
 redis.call('HSET', orders_key, field, cjson.encode(rec))
 redis.call('SREM', open_key, field)
 redis.call('XADD', record_key, '*', 'type', 'cancel', 'coid', coid, 'account', account,
-  'arrival_ms', now_ms, 'result', 'canceled', 'state', 'canceled')
+  'arrival_ms', now, 'result', 'canceled', 'state', 'canceled')
 return {1, 'canceled', rec.venue_order_id}

@@ -44,14 +44,12 @@ local deadline_ms = tonumber(ARGV[11])
 local invalid = ARGV[12]
 
 -- Integers are exact in a Lua double only below 2^53; past it we fail closed.
-local LIMIT = 9007199254740992
+--!include lib/int.lua
+--!include lib/time.lua
 
-local function fmt(x)
-  return string.format('%d', x)
-end
+local LIMIT = MAXI
 
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = now_ms()
 local field = account .. '|' .. coid
 
 -- 1. dedupe: a re-send returns the original outcome, never a second order; an id whose

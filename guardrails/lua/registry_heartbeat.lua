@@ -8,7 +8,7 @@
 --          0 skips pruning (the caller prunes now and then, not on every beat)
 -- ARGV[4..] field, value, field, value, ... (the record; last_seen_ms is added here)
 --
--- Returns now_ms: the server time written as last_seen_ms.
+-- Returns {1, now_ms}: recorded; now_ms is the server time written as last_seen_ms.
 local instance_key = KEYS[1]
 local instances_key = KEYS[2]
 local instance_id = ARGV[1]
@@ -22,8 +22,9 @@ if (#ARGV - 3) % 2 ~= 0 then
   return redis.error_reply('registry_heartbeat: fields must come in field/value pairs')
 end
 
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--!include lib/time.lua
+
+local now_ms = now_ms()
 
 local fields = {'last_seen_ms', string.format('%d', now_ms)}
 for i = 4, #ARGV do
@@ -36,4 +37,4 @@ if keep_rows_ms > 0 then
   redis.call('ZREMRANGEBYSCORE', instances_key, '-inf',
     '(' .. string.format('%d', now_ms - keep_rows_ms))
 end
-return now_ms
+return {1, now_ms}

@@ -62,7 +62,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -77,7 +76,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.providers.async_base import AsyncBaseProvider
 
-from guardrails import identity, logs
+from guardrails import identity, logs, scripts
 from guardrails.config import EvmOrderTemplate, EvmVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys, venue_key
 from guardrails.model import Fill, Order, Side
@@ -136,10 +135,6 @@ def _hex(b: bytes) -> str:
     return "0x" + bytes(b).hex()
 
 
-def _lua(name: str) -> str:
-    return resources.files("guardrails").joinpath("lua", name).read_text(encoding="utf-8")
-
-
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -171,6 +166,9 @@ class EvmVenue:
         self._account = account
         self._keys = AccountKeys(account)
         self._risk = risk
+        self._holder = ""
+        """The holder id of the last successful ``sync_nonce``: bindings are fenced by
+        token AND holder (lib/fence.lua); before a sync nothing can be bound."""
         self._redis = redis
         if signer is None:
             signer = load_signer(
@@ -217,8 +215,8 @@ class EvmVenue:
     def _script(self, which: int) -> Any:
         if self._scripts is None:
             self._scripts = (
-                self._redis.register_script(_lua("evm_claim.lua")),
-                self._redis.register_script(_lua("nonce_sync.lua")),
+                scripts.register(self._redis, "evm_claim"),
+                scripts.register(self._redis, "nonce_sync"),
             )
         return self._scripts[which]
 
@@ -326,6 +324,7 @@ class EvmVenue:
         )
         code = int(code)
         if code == 1:
+            self._holder = holder_id
             logs.event(log, "evm.nonce_synced", token=token, nonce=int(pending),
                        previous=_s(previous) or "-")
             return int(pending)
@@ -453,7 +452,8 @@ class EvmVenue:
             return Rejected("not sent: nobody holds the lease (fenced at the venue)")
         if code == 5:
             return Rejected(
-                f"not sent: lease token {order.token} is not current (fenced at the venue)"
+                f"not sent: lease {order.token}:{self._holder or '?'} is not current "
+                f"(fenced at the venue: {detail})"
             )
         if code not in (0, 1):
             raise VenueError(f"evm_claim.lua returned unknown code {code}")
@@ -478,7 +478,8 @@ class EvmVenue:
         code, detail = await self._script(0)(
             keys=[self._keys.lease, self.record_key(order.client_order_id), self.orders_key],
             args=[str(order.token), order.client_order_id, prep.tx_hash,
-                  str(order.submit_deadline_ms), "1" if check_deadline else "0", *flat],
+                  str(order.submit_deadline_ms), "1" if check_deadline else "0",
+                  self._holder, *flat],
         )
         return int(code), _s(detail), {**rec, "state": "claimed", "hash": prep.tx_hash}
 

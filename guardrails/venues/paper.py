@@ -38,7 +38,6 @@ mark crossed *between* two steps fills — only the marks at step boundaries cou
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +48,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from guardrails import scripts
 from guardrails.config import PaperVenueConfig, RiskConfig
 from guardrails.keys import AccountId, PaperVenueKeys
 from guardrails.model import Fill, Order, Side
@@ -83,17 +83,13 @@ def _s(value: Any) -> str:
     return str(value)
 
 
-def _lua(name: str) -> str:
-    return (importlib.resources.files("guardrails") / "lua" / name).read_text()
-
-
 class _Scripts:
     """The paper scripts, registered on one client (EVALSHA after the first call)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self.submit: AsyncScript = redis.register_script(_lua("paper_submit.lua"))
-        self.advance: AsyncScript = redis.register_script(_lua("paper_advance.lua"))
-        self.cancel: AsyncScript = redis.register_script(_lua("paper_cancel.lua"))
+        self.submit: AsyncScript = scripts.register(redis, "paper_submit")
+        self.advance: AsyncScript = scripts.register(redis, "paper_advance")
+        self.cancel: AsyncScript = scripts.register(redis, "paper_cancel")
 
 
 def submit_outcome(code: int, venue_order_id: str, state: str, reason: str) -> SubmitResult:

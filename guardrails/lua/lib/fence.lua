@@ -1,0 +1,22 @@
+-- lib/fence: the ONE definition of "fenced" for every script that writes under a lease.
+--
+-- The caller is fenced in when the lease key holds exactly "<token>:<holder_id>" AND has
+-- a live expiry (PTTL > 0). fence(lease_key, token, holder) returns
+--   'ok', pttl                   the caller holds the live lease; pttl > 0 ms remain
+--   'lease_expired', detail      no lease (expired, released or revoked), or it ends now
+--   'stale_token', detail        the lease holds another token or holder
+--   'bad_state', detail          the lease has no expiry, or is not a string
+-- It only reads (GET, PTTL), so a script checks it before its first write.
+local function fence(lease_key, token, holder)
+  local ok, lease = pcall(redis.call, 'GET', lease_key)
+  if not ok then return 'bad_state', 'key ' .. lease_key .. ': not a string lease' end
+  if not lease then return 'lease_expired', 'no live lease' end
+  if lease ~= token .. ':' .. holder then
+    return 'stale_token', 'lease is held as ' .. lease .. ', not ' .. token .. ':' .. holder
+  end
+  local pttl = redis.call('PTTL', lease_key)
+  if pttl == -2 then return 'lease_expired', 'no live lease' end
+  if pttl < 0 then return 'bad_state', 'lease has no expiry' end
+  if pttl == 0 then return 'lease_expired', 'lease expires now' end
+  return 'ok', pttl
+end
