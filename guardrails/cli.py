@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from guardrails.config import ConfigError
+from guardrails.config import REDIS_URL_ENV, ConfigError
 
 DEFAULT_CONFIG = "config/paper.toml"
 
@@ -157,12 +158,36 @@ def cmd_redis(args: argparse.Namespace) -> int:
     return 0 if info["running"] else 3
 
 
+def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
+    """One warning line when a URL in argv carries a password: every local user can read
+    argv (``ps``). The value is masked, and registered so nothing prints it."""
+    from guardrails import logs, redacted, redisconn
+
+    found = redacted.argv_urls_with_credentials(argv)
+    redacted.register_argv(argv)
+    if found:
+        logs.event(
+            logging.getLogger("guardrails.secrets"), "secrets.password_in_argv", logging.WARNING,
+            url=found[0],
+            advice=f"argv is visible to every local user (ps); put the URL in "
+                   f"${REDIS_URL_ENV} or the password in ${redisconn.PASSWORD_ENV} / "
+                   f"${redisconn.PASSWORD_FILE_ENV}",
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from guardrails import logs
+
+        logs.setup()  # so the warning below is a timestamped event line like the rest
+    _warn_if_password_in_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         rc: int = args.func(args)
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        from guardrails import redacted
+
+        print(redacted.mask_text(str(e)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
