@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
+                   help="also answer requests whose Host is NAME (behind a reverse proxy); "
+                        "repeatable")
     p.set_defaults(func=_lazy("guardrails.dashboard:cmd_dashboard"))
 
     p = sub.add_parser("reconcile", help="look up non-terminal orders at the venue, apply fills")
