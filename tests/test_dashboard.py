@@ -20,6 +20,7 @@ import aiohttp
 import jsonschema
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from guardrails.dashboard import (
     MIN_OPERATOR_TOKEN_LEN,
@@ -502,3 +503,52 @@ def test_cli_dashboard_when_operator_url_set_then_kill_goes_through_operator_use
     assert answer["ok"] is True and state == "HALTED"
     assert {"ro", "op"} <= users
     assert "op-pass-0123" not in err and OPERATOR_TOKEN not in err
+
+
+async def test_kill_when_real_browser_posts_cross_site_then_refused_and_same_origin_page_halts(
+    kill_served: KillServed, tmp_path: Path,
+) -> None:
+    # Arrange: another site (another origin: another port) the operator's browser visits
+    evil = web.Application()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text="<html><body>hi</body></html>", content_type="text/html")
+
+    evil.router.add_get("/", page)
+    evil_runner = web.AppRunner(evil)
+    await evil_runner.setup()
+    evil_port = free_port()
+    await web.TCPSite(evil_runner, "127.0.0.1", evil_port).start()
+    browser = await Browser(tmp_path / "profile").start()
+    send = ("window.res = null; fetch({url!r}, {{method: 'POST', mode: {mode!r}, "
+            "headers: {{'Content-Type': {ctype!r}}}, body: {body!r}}})"
+            ".then(r => window.res = 'status:' + r.status, e => window.res = 'error:' + e)")
+    target = kill_served.url + "api/kill"
+    try:
+        # Act 1: from the other site — a simple text/plain post, and a JSON one (preflighted)
+        await browser.navigate(f"http://localhost:{evil_port}/")
+        await browser.wait_for("document.body && document.body.textContent === 'hi'")
+        await browser.evaluate(send.format(url=target, mode="no-cors", ctype="text/plain",
+                                           body=KILL_BODY))
+        cross_plain = await browser.wait_for("window.res")
+        await browser.evaluate(send.format(url=target, mode="cors", ctype="application/json",
+                                           body=KILL_BODY))
+        cross_json = await browser.wait_for("window.res")
+        latch_after_cross = (await read_latch(kill_served.admin, opskit.KEYS)).state
+
+        # Act 2: the dashboard's own page sends what its kill button sends
+        await browser.navigate(kill_served.url)
+        await browser.wait_for("window.guardrailsDashboard?.updates > 0")
+        await browser.evaluate(send.format(url="/api/kill", mode="same-origin",
+                                           ctype="application/json", body=KILL_BODY))
+        same_origin = await browser.wait_for("window.res")
+    finally:
+        await browser.close()
+        await evil_runner.cleanup()
+
+    # Assert
+    assert cross_plain == "status:0"  # opaque to the page; the server refused it (below)
+    assert cross_json.startswith("error:")  # the preflight was not granted
+    assert latch_after_cross is TradingState.ACTIVE
+    assert same_origin == "status:200"
+    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
