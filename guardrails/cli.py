@@ -12,7 +12,9 @@ import importlib
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from types import TracebackType
 
 from guardrails.config import REDIS_URL_ENV, ConfigError
 
@@ -178,7 +180,20 @@ def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
         )
 
 
+def install_masked_excepthook() -> None:
+    """An uncaught exception's traceback is printed with credentials masked (its message
+    may quote a URL the process was given)."""
+    from guardrails import redacted
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        text = "".join(traceback.format_exception(kind, value, tb))
+        sys.stderr.write(redacted.mask_text(text))
+
+    sys.excepthook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    install_masked_excepthook()
     args = build_parser().parse_args(argv)
     if args.command == "run":
         from guardrails import logs

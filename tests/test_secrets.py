@@ -293,3 +293,16 @@ def test_simulator_daemon_when_started_by_a_process_holding_secrets_then_environ
     for name, value in SECRETS_IN_ENV.items():
         assert name not in names and value not in environ
     assert not [n for n in names if n.startswith("GUARDRAILS_")]
+
+
+def test_cli_when_uncaught_exception_quotes_a_url_then_traceback_masked() -> None:
+    # Act: a crash whose message quotes a credential-bearing URL, in a CLI process
+    code = ("from guardrails import cli; cli.install_masked_excepthook(); "
+            f"raise RuntimeError('cannot use redis://u:{PASSWORD}@h:1/0')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=60)
+
+    # Assert
+    assert done.returncode == 1
+    assert "RuntimeError: cannot use redis://u:***@h:1/0" in done.stderr
+    assert PASSWORD not in done.stderr
