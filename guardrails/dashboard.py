@@ -121,8 +121,16 @@ class FailureThrottle:
             waits.append(self._all[0] + self.window_s - now)
         return max(waits, default=0.0)
 
+    MAX_PEERS = 10_000
+    """Peers remembered at most; beyond, those whose failures left the window are forgotten."""
+
     def failed(self, peer: str) -> None:
         now = self.clock()
+        if len(self._peers) >= self.MAX_PEERS:
+            for p, q in list(self._peers.items()):
+                self._trim(q, now)
+                if not q:
+                    del self._peers[p]
         self._peers.setdefault(peer, deque()).append(now)
         self._all.append(now)
 

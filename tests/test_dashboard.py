@@ -552,3 +552,23 @@ async def test_kill_when_real_browser_posts_cross_site_then_refused_and_same_ori
     assert latch_after_cross is TradingState.ACTIVE
     assert same_origin == "status:200"
     assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
+
+
+def test_failure_throttle_when_many_peers_fail_then_overall_limit_holds_and_window_frees() -> None:
+    # Arrange
+    clock = FakeClock()
+    t = FailureThrottle(per_peer=2, overall=5, window_s=10.0, clock=clock)
+
+    # Act: five peers fail once each (none over its own limit), then a sixth tries
+    for i in range(5):
+        assert t.retry_after(f"10.0.0.{i}") == 0
+        t.failed(f"10.0.0.{i}")
+    blocked_overall = t.retry_after("10.0.0.99")
+    clock.now += 10.5
+    freed = t.retry_after("10.0.0.99")
+
+    # Assert
+    assert 9.9 <= blocked_overall <= 10.0
+    assert freed == 0
+    with pytest.raises(ValueError):
+        FailureThrottle(per_peer=3, overall=2)
