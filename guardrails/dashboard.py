@@ -339,7 +339,7 @@ async def _api_status(request: web.Request) -> web.Response:
     try:
         doc = await document(request.app[SETTINGS])
     except RedisError as e:
-        return web.json_response({"error": f"redis: {e}"}, status=503)
+        return web.json_response({"error": f"redis: {redacted.mask_text(str(e))}"}, status=503)
     return web.json_response(doc, dumps=lambda o: json.dumps(o, sort_keys=True))
 
 
@@ -355,7 +355,7 @@ async def _api_events(request: web.Request) -> web.StreamResponse:
                 payload = json.dumps(await document(s), sort_keys=True)
                 await resp.write(f"event: status\ndata: {payload}\n\n".encode())
             except RedisError as e:
-                err = json.dumps({"error": f"redis: {e}"})
+                err = json.dumps({"error": f"redis: {redacted.mask_text(str(e))}"})
                 await resp.write(f"event: failure\ndata: {err}\n\n".encode())
             await asyncio.sleep(s.interval_s)
     except ConnectionResetError:

@@ -306,3 +306,14 @@ def test_cli_when_uncaught_exception_quotes_a_url_then_traceback_masked() -> Non
     assert done.returncode == 1
     assert "RuntimeError: cannot use redis://u:***@h:1/0" in done.stderr
     assert PASSWORD not in done.stderr
+
+
+def test_doctor_when_redis_unreachable_then_error_names_target_masked() -> None:
+    # Act
+    url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    done = run_cli("doctor", "--manifest", "", "--json", env={"GUARDRAILS_REDIS_URL": url})
+
+    # Assert
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["error"].startswith(f"Redis at redis://{USER}:***@127.0.0.1")
+    assert PASSWORD not in done.stdout + done.stderr
