@@ -11,12 +11,17 @@ import argparse
 import importlib
 import json
 import os
+import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
 from guardrails import logs
 from guardrails.config import ConfigError
+from types import TracebackType
+
+from guardrails.config import REDIS_URL_ENV, ConfigError
 
 DEFAULT_CONFIG = "config/paper.toml"
 _INIT_VENUES = ("paper", "http")  # guardrails.ops.init.VENUES, without importing it for --help
@@ -101,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
+                   help="also answer requests whose Host is NAME (behind a reverse proxy); "
+                        "repeatable")
     p.set_defaults(func=_lazy("guardrails.dashboard:cmd_dashboard"))
 
     p = sub.add_parser("reconcile", help="look up non-terminal orders at the venue, apply fills")
@@ -197,12 +205,49 @@ def cmd_redis(args: argparse.Namespace) -> int:
     return 0 if info["running"] else 3
 
 
+def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
+    """One warning line when a URL in argv carries a password: every local user can read
+    argv (``ps``). The value is masked, and registered so nothing prints it."""
+    from guardrails import logs, redacted, redisconn
+
+    found = redacted.argv_urls_with_credentials(argv)
+    redacted.register_argv(argv)
+    if found:
+        logs.event(
+            logging.getLogger("guardrails.secrets"), "secrets.password_in_argv", logging.WARNING,
+            url=found[0],
+            advice=f"argv is visible to every local user (ps); put the URL in "
+                   f"${REDIS_URL_ENV} or the password in ${redisconn.PASSWORD_ENV} / "
+                   f"${redisconn.PASSWORD_FILE_ENV}",
+        )
+
+
+def install_masked_excepthook() -> None:
+    """An uncaught exception's traceback is printed with credentials masked (its message
+    may quote a URL the process was given)."""
+    from guardrails import redacted
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        text = "".join(traceback.format_exception(kind, value, tb))
+        sys.stderr.write(redacted.mask_text(text))
+
+    sys.excepthook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    install_masked_excepthook()
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from guardrails import logs
+
+        logs.setup()  # so the warning below is a timestamped event line like the rest
+    _warn_if_password_in_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         rc: int = args.func(args)
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        from guardrails import redacted
+
+        print(redacted.mask_text(str(e)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from guardrails.keys import AccountId, InvalidAccountId
+from guardrails.redacted import mask_url
 
 REDIS_URL_ENV = "GUARDRAILS_REDIS_URL"
 EMBEDDED = "embedded"
@@ -518,8 +519,13 @@ class Config(_Model):
         return self.account.account_id
 
     def digest(self) -> str:
-        """Digest of the effective config (what doctor compares between instances)."""
-        return _digest(self.model_dump(mode="json"))
+        """Digest of the effective config (what doctor compares between instances).
+
+        The Redis URL enters it masked: the digest is stored in the registry, and a
+        short hash over a password would be an offline guessing oracle for it."""
+        data = self.model_dump(mode="json")
+        data["redis"]["url"] = mask_url(str(data["redis"]["url"]))
+        return _digest(data)
 
 
 def _digest(obj: object) -> str:

@@ -13,12 +13,28 @@ Serving (aiohttp, 127.0.0.1 by default):
 - ``GET /api/events`` — server-sent events: one ``status`` event per refresh interval;
 - ``GET /metrics`` — Prometheus text format;
 - ``POST /api/kill`` — only when an operator token is configured
-  (``$GUARDRAILS_OPERATOR_TOKEN``): ``{"account", "reason", "reduce_only", "token"}``;
-  goes through ``killswitch`` on a separate client (the reading client stays read-only).
+  (``$GUARDRAILS_OPERATOR_TOKEN``, at least ``MIN_OPERATOR_TOKEN_LEN`` characters, else
+  the dashboard refuses to start) *and* an operator Redis client is given:
+  ``{"account", "reason", "reduce_only", "token"}``; goes through ``killswitch`` on its
+  own operator connection (``$GUARDRAILS_OPERATOR_REDIS_URL``, password
+  ``$GUARDRAILS_OPERATOR_REDIS_PASSWORD[_FILE]``), never the read-only one.
+
+What a browser elsewhere cannot do (cross-site request forgery, DNS rebinding):
+
+- every request's ``Host`` must be the dashboard's own address (the bound host and port;
+  ``localhost``/``127.0.0.1``/``[::1]`` when bound to loopback) or an allow-listed name
+  (``--allow-host``): a page on ``evil.example`` rebound to 127.0.0.1 gets 421;
+- a kill must be ``Content-Type: application/json`` (a form cannot send that cross-site
+  without a CORS preflight, which is never granted) — else 415; an ``Origin`` or
+  ``Sec-Fetch-Site`` header naming another site is refused (403);
+- failed tokens are rate-limited per peer and overall (``FailureThrottle``): over the
+  limit every attempt, right or wrong, gets 429 until the window passes, so the token
+  cannot be guessed at speed.
 
 The reading client issues read-only commands only, so the dashboard can run as a Redis
-ACL user limited to ``+@read`` on the account keys. ``create_app`` / ``serve`` let
-``guardrails run --dashboard`` serve the same page.
+ACL user limited to ``+@read`` on the account keys (the tested roles are in
+docs/operations.md). ``create_app`` / ``serve`` let ``guardrails run --dashboard`` serve
+the same page (without a kill button: it has no operator connection).
 """
 
 from __future__ import annotations
@@ -28,24 +44,104 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
+import psutil
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from guardrails import redisconn
-from guardrails.config import Config
+from guardrails import logs, redacted, redisconn
+from guardrails.config import Config, ConfigError
 from guardrails.keys import AccountId, InvalidAccountId
 from guardrails.model import TradingState
 
 OPERATOR_TOKEN_ENV = "GUARDRAILS_OPERATOR_TOKEN"
 """When set (non-empty), the page shows a kill button and ``POST /api/kill`` accepts it."""
+OPERATOR_REDIS_URL_ENV = "GUARDRAILS_OPERATOR_REDIS_URL"
+"""The Redis URL of the kill connection (an operator ACL user); default: the read URL."""
+OPERATOR_PASSWORD_ENV = "GUARDRAILS_OPERATOR_REDIS_PASSWORD"
+OPERATOR_PASSWORD_FILE_ENV = "GUARDRAILS_OPERATOR_REDIS_PASSWORD_FILE"
+
+MIN_OPERATOR_TOKEN_LEN = 16
+"""An operator token shorter than this is refused at start (``openssl rand -hex 16``
+gives 32 characters)."""
+
+log = logging.getLogger("guardrails.dashboard")
+
+
+class DashboardError(ValueError):
+    """The dashboard cannot start as configured (the message says what and where)."""
+
+
+class FailureThrottle:
+    """Failed operator tokens per peer and overall, in a sliding window.
+
+    ``retry_after(peer)`` is 0 while the peer may try; over ``per_peer`` failures from
+    one peer, or ``overall`` from everyone, within ``window_s``, it is the seconds until
+    the oldest counted failure leaves the window. The clock is injected (monotonic).
+    """
+
+    def __init__(self, per_peer: int = 5, overall: int = 20, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if per_peer < 1 or overall < per_peer or window_s <= 0:
+            raise ValueError("FailureThrottle: need 1 <= per_peer <= overall and window_s > 0")
+        self.per_peer = per_peer
+        self.overall = overall
+        self.window_s = window_s
+        self.clock = clock
+        self._peers: dict[str, deque[float]] = {}
+        self._all: deque[float] = deque()
+
+    def _trim(self, q: deque[float], now: float) -> None:
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+
+    def retry_after(self, peer: str) -> float:
+        now = self.clock()
+        self._trim(self._all, now)
+        mine = self._peers.get(peer)
+        if mine is not None:
+            self._trim(mine, now)
+            if not mine:
+                del self._peers[peer]
+        waits = []
+        if mine is not None and len(mine) >= self.per_peer:
+            waits.append(mine[0] + self.window_s - now)
+        if len(self._all) >= self.overall:
+            waits.append(self._all[0] + self.window_s - now)
+        return max(waits, default=0.0)
+
+    MAX_PEERS = 10_000
+    """Peers remembered at most; beyond, those whose failures left the window are forgotten."""
+
+    def failed(self, peer: str) -> None:
+        now = self.clock()
+        if len(self._peers) >= self.MAX_PEERS:
+            for p, q in list(self._peers.items()):
+                self._trim(q, now)
+                if not q:
+                    del self._peers[p]
+        self._peers.setdefault(peer, deque()).append(now)
+        self._all.append(now)
+
+
+def check_operator_token(token: str, where: str = OPERATOR_TOKEN_ENV) -> None:
+    """Refuse a token shorter than ``MIN_OPERATOR_TOKEN_LEN`` (``DashboardError``)."""
+    if len(token) < MIN_OPERATOR_TOKEN_LEN:
+        raise DashboardError(
+            f"{where}: the operator token is {len(token)} characters; at least "
+            f"{MIN_OPERATOR_TOKEN_LEN} are required (e.g. `openssl rand -hex 16`)"
+        )
 
 
 class _Settings:
@@ -59,6 +155,8 @@ class _Settings:
         operator_token: str | None,
         kill_redis: aioredis.Redis | None,
         interval_s: float,
+        allow_hosts: Sequence[str],
+        throttle: FailureThrottle,
     ) -> None:
         self.redis = redis
         self.accounts = list(accounts)
@@ -66,6 +164,11 @@ class _Settings:
         self.operator_token = operator_token or None
         self.kill_redis = kill_redis
         self.interval_s = interval_s
+        self.allow_hosts = [h.strip().lower() for h in allow_hosts if h.strip()]
+        """Extra names the ``Host`` header may carry (``name`` or ``name:port``)."""
+        self.hosts: set[str] = set()
+        """Accepted ``host:port`` values; filled by ``serve`` once the port is bound."""
+        self.throttle = throttle
 
     @property
     def kill_enabled(self) -> bool:
@@ -84,18 +187,27 @@ def create_app(
     operator_token: str | None = None,
     kill_redis: aioredis.Redis | None = None,
     interval_s: float = 1.0,
+    allow_hosts: Sequence[str] = (),
+    throttle: FailureThrottle | None = None,
 ) -> web.Application:
     """The dashboard app. ``redis`` is used for reads only (decode_responses=True).
 
     ``accounts`` are always shown; every account in ``keys.ACCOUNTS_INDEX`` is added.
     ``operator_token`` (default ``$GUARDRAILS_OPERATOR_TOKEN``) enables the kill button;
-    kills are written through ``kill_redis`` (a client with write access); without it
-    the kill button stays hidden, so ``redis`` is never used for a write.
+    kills are written through ``kill_redis`` (the operator's own client); without it
+    the kill button stays hidden, so ``redis`` is never used for a write. A token that
+    would enable kill but is shorter than ``MIN_OPERATOR_TOKEN_LEN`` raises
+    ``DashboardError``. ``allow_hosts`` adds names the ``Host`` header may carry (behind
+    a reverse proxy); the app answers only requests addressed to it (see ``serve``).
     """
     if operator_token is None:
         operator_token = os.environ.get(OPERATOR_TOKEN_ENV) or None
-    app = web.Application()
-    app[SETTINGS] = _Settings(redis, accounts, config, operator_token, kill_redis, interval_s)
+    if operator_token and kill_redis is not None:
+        check_operator_token(operator_token)
+    redacted.register(operator_token)
+    app = web.Application(middlewares=[_only_our_host])
+    app[SETTINGS] = _Settings(redis, accounts, config, operator_token, kill_redis, interval_s,
+                              allow_hosts, throttle or FailureThrottle())
     web_dir = resources.files("guardrails").joinpath("web")
     app.router.add_get("/", _index)
     app.router.add_get("/api/status", _api_status)
@@ -119,7 +231,79 @@ async def serve(
         if isinstance(address, tuple) and len(address) >= 2:
             bound = int(address[1])
             break
-    return runner, f"http://{host}:{bound}/"
+    app[SETTINGS].hosts = own_hosts(host, bound, app[SETTINGS].allow_hosts)
+    shown = f"[{host}]" if ":" in host else host
+    return runner, f"http://{shown}:{bound}/"
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _host_port(name: str, port: int) -> str:
+    name = name.strip().lower().rstrip(".")
+    if name.startswith("["):  # [::1] or [::1]:8765
+        addr, _, rest = name[1:].partition("]")
+        return f"[{addr}]:{rest[1:] if rest.startswith(':') else port}"
+    if name.count(":") > 1:  # a bare IPv6 address
+        return f"[{name}]:{port}"
+    host, colon, p = name.partition(":")
+    return f"{host}:{p}" if colon else f"{host}:{port}"
+
+
+def _interface_addresses() -> set[str]:
+    """Every address of this host's interfaces (what a scraper may put in ``Host``)."""
+    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values()
+            for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)}
+
+
+def own_hosts(bound_host: str, port: int, allow: Sequence[str] = ()) -> set[str]:
+    """The ``host:port`` values a request's ``Host`` may carry: the bound address, the
+    loopback names when bound to loopback, this machine's names when bound to every
+    interface, and ``allow`` (``name`` means ``name:<port>``)."""
+    names = {bound_host}
+    if bound_host in _LOOPBACK:
+        names |= _LOOPBACK
+    elif bound_host in ("", "0.0.0.0", "::"):
+        names |= _LOOPBACK | {socket.gethostname(), socket.getfqdn()} | _interface_addresses()
+    out = {_host_port(n, port) for n in names if n}
+    return out | {_host_port(n, port) for n in allow}
+
+
+def _request_host(request: web.Request) -> str:
+    raw = request.headers.get("Host", "")
+    return _host_port(raw, 80) if raw else ""
+
+
+@web.middleware
+async def _only_our_host(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Answer only requests addressed to this dashboard (no DNS rebinding)."""
+    s = request.app[SETTINGS]
+    if _request_host(request) not in s.hosts:
+        logs.event(log, "dashboard.refused", logging.WARNING, reason="foreign_host",
+                   host=request.headers.get("Host", "")[:200], peer=request.remote or "?")
+        return web.json_response(
+            {"ok": False, "error": "this dashboard does not answer for that Host "
+             "(add it with --allow-host)"}, status=421)
+    return await handler(request)
+
+
+def _foreign_origin(request: web.Request) -> str | None:
+    """Why a state-changing request comes from another site, or None if it does not."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site: {site}"
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None  # not a browser (curl, scripts): the token and JSON rules still apply
+    scheme, sep, rest = origin.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return f"Origin: {origin[:100]}"
+    default = 443 if scheme == "https" else 80
+    if _host_port(rest, default) not in request.app[SETTINGS].hosts:
+        return f"Origin: {origin[:100]}"
+    return None
 
 
 # -- data -----------------------------------------------------------------------------
@@ -155,7 +339,7 @@ async def _api_status(request: web.Request) -> web.Response:
     try:
         doc = await document(request.app[SETTINGS])
     except RedisError as e:
-        return web.json_response({"error": f"redis: {e}"}, status=503)
+        return web.json_response({"error": f"redis: {redacted.mask_text(str(e))}"}, status=503)
     return web.json_response(doc, dumps=lambda o: json.dumps(o, sort_keys=True))
 
 
@@ -171,7 +355,7 @@ async def _api_events(request: web.Request) -> web.StreamResponse:
                 payload = json.dumps(await document(s), sort_keys=True)
                 await resp.write(f"event: status\ndata: {payload}\n\n".encode())
             except RedisError as e:
-                err = json.dumps({"error": f"redis: {e}"})
+                err = json.dumps({"error": f"redis: {redacted.mask_text(str(e))}"})
                 await resp.write(f"event: failure\ndata: {err}\n\n".encode())
             await asyncio.sleep(s.interval_s)
     except ConnectionResetError:
@@ -258,6 +442,22 @@ async def _api_kill(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
     if s.operator_token is None or s.kill_redis is None:  # i.e. not s.kill_enabled
         raise web.HTTPNotFound(text="kill is disabled: no operator token configured")
+    peer = request.remote or "?"
+
+    def refuse(status: int, reason: str, error: str, **headers: str) -> web.Response:
+        logs.event(log, "dashboard.kill_refused", logging.WARNING, reason=reason, peer=peer)
+        return web.json_response({"ok": False, "error": error}, status=status, headers=headers)
+
+    foreign = _foreign_origin(request)
+    if foreign is not None:
+        return refuse(403, "foreign_origin", f"cross-site request refused ({foreign})")
+    if request.content_type != "application/json":
+        return refuse(415, "content_type", "a kill must be sent as Content-Type: "
+                      f"application/json (got {request.content_type[:100]!r})")
+    wait = s.throttle.retry_after(peer)
+    if wait > 0:
+        return refuse(429, "throttled", f"too many bad operator tokens; retry in {wait:.0f}s",
+                      **{"Retry-After": str(max(1, round(wait)))})
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -266,14 +466,14 @@ async def _api_kill(request: web.Request) -> web.Response:
         return web.json_response({"ok": False, "error": "body must be an object"}, status=400)
     given = str(body.get("token") or request.headers.get("X-Operator-Token", ""))
     if not hmac.compare_digest(given.encode(), s.operator_token.encode()):
-        return web.json_response({"ok": False, "error": "bad operator token"}, status=403)
+        s.throttle.failed(peer)
+        return refuse(403, "bad_token", "bad operator token")
     try:
         account = AccountId.parse(str(body.get("account", "")))
     except InvalidAccountId as e:
         return web.json_response({"ok": False, "error": str(e)}, status=400)
     reason = str(body.get("reason") or "dashboard kill")
     state = TradingState.REDUCING if body.get("reduce_only") else TradingState.HALTED
-    peer = request.remote or "?"
     try:
         change = await KillSwitch(s.kill_redis, AccountKeys(account)).set_state(
             state, reason=reason, by=f"{operator_identity()} (dashboard from {peer})"
@@ -291,8 +491,15 @@ async def _api_kill(request: web.Request) -> web.Response:
 
 @contextlib.asynccontextmanager
 async def _clients(url: str, want_kill: bool) -> AsyncIterator[tuple[aioredis.Redis, Any]]:
+    """The read client, and (with a token) the operator's own kill client:
+    ``$GUARDRAILS_OPERATOR_REDIS_URL`` (default ``url``) with its own password."""
     read = await redisconn.connect(url)
-    kill = await redisconn.connect(url) if want_kill else None
+    kill = None
+    if want_kill:
+        op_url = os.environ.get(OPERATOR_REDIS_URL_ENV) or url
+        op_password = redisconn.password_from_env(OPERATOR_PASSWORD_ENV,
+                                                  OPERATOR_PASSWORD_FILE_ENV)
+        kill = await redisconn.connect(op_url, password=op_password)
     try:
         yield read, kill
     finally:
@@ -306,16 +513,31 @@ async def _dashboard(args: argparse.Namespace) -> int:
 
     url, cfg = load_target(args)
     token = os.environ.get(OPERATOR_TOKEN_ENV) or None
-    async with _clients(url, token is not None) as (read, kill):
+    try:
+        if token is not None:
+            check_operator_token(token)
+    except DashboardError as e:
+        print(f"guardrails dashboard: refused: {e}", file=sys.stderr)
+        return 2
+    op_url = os.environ.get(OPERATOR_REDIS_URL_ENV) or url
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            await read.ping()
-        except RedisError as e:
-            print(f"guardrails dashboard: Redis at {redisconn.describe(url)}: {e}",
-                  file=sys.stderr)
+            read, kill = await stack.enter_async_context(_clients(url, token is not None))
+        except (ConfigError, ValueError) as e:
+            print(f"guardrails dashboard: {redacted.mask_text(str(e))}", file=sys.stderr)
             return 2
+        for name, client, where in (("Redis", read, url), ("operator Redis", kill, op_url)):
+            if client is None:
+                continue
+            try:
+                await client.ping()
+            except RedisError as e:
+                print(f"guardrails dashboard: {name} at {redisconn.describe(where)}: "
+                      f"{redacted.mask_text(str(e))}", file=sys.stderr)
+                return 2
         accounts = [cfg.account_id] if cfg is not None else []
         app = create_app(read, accounts=accounts, config=cfg, operator_token=token,
-                         kill_redis=kill)
+                         kill_redis=kill, allow_hosts=args.allow_host or ())
         runner, page = await serve(app, args.host, args.port)
         print(f"dashboard on {page} (kill button {'enabled' if token else 'disabled'})",
               flush=True)

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError, ResponseError
 
-from guardrails import redisconn
+from guardrails import redacted, redisconn
 from guardrails.config import (
     REDIS_URL_ENV,
     ConfigError,
@@ -622,6 +622,7 @@ def report_json(c: Census, redis_target: str, manifest_path: str | None) -> dict
 
 
 def _cannot_check(as_json: bool, why: str, manifest_path: str | None) -> int:
+    why = redacted.mask_text(why)  # it may quote the Redis URL or a driver's message
     if as_json:
         print(json.dumps({
             "schema_version": DOCTOR_SCHEMA_VERSION, "healthy": False,

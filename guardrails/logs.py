@@ -3,7 +3,9 @@
 Lease events (``lease.acquired``, ``lease.renewed_late``, ``lease.lost``,
 ``lease.released``) and order decisions (``order.admitted``, ``order.denied``) are each
 one line, so tests and operators can grep a process's story. Secrets never go through
-here: callers pass ids and amounts, never keys.
+here: callers pass ids and amounts, never keys — and as a second fence every line the
+handler writes (tracebacks included) passes through ``redacted.mask_text``: URL
+credentials are masked and every secret the process registered is scrubbed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
+
+from guardrails import redacted
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:/@+-")
 
@@ -77,7 +81,7 @@ class _Formatter(logging.Formatter):
         line = f"{ts}.{ms:03d}Z {record.levelname.lower():<5} {record.name} {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redacted.mask_text(line)
 
 
 class JsonFormatter(logging.Formatter):

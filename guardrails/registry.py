@@ -39,7 +39,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from guardrails import __version__, scripts
+from guardrails import __version__, redacted, scripts
 from guardrails.config import RuntimeConfig
 from guardrails.keys import ACCOUNTS_INDEX, AccountKeys
 
@@ -103,7 +103,8 @@ class InstanceInfo:
             limits_digest=limits_digest,
             standby_flag=standby_flag,
             health_url=health_url,
-            cmdline=" ".join(sys.argv),
+            # argv may carry a Redis password (--redis-url redis://u:PW@…): recorded masked.
+            cmdline=" ".join(redacted.mask_argv(sys.argv)),
         )
 
 

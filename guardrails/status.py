@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from guardrails import redisconn
+from guardrails import redacted, redisconn
 from guardrails.config import EMBEDDED, REDIS_URL_ENV, Config, ConfigError, RiskConfig, load_config
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 
@@ -159,6 +159,9 @@ async def _instances(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
                 item[k] = bool(v)
             elif k == "expired":
                 continue  # live rows only here
+            elif k == "cmdline":
+                # masked when written; masked again here for rows an older version wrote
+                item[k] = redacted.mask_text(str(v))
             else:
                 item[k] = v if v is None or isinstance(v, int | bool) else str(v)
         out.append(item)

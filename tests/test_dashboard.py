@@ -20,8 +20,15 @@ import aiohttp
 import jsonschema
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
-from guardrails.dashboard import create_app, serve
+from guardrails.dashboard import (
+    MIN_OPERATOR_TOKEN_LEN,
+    DashboardError,
+    FailureThrottle,
+    create_app,
+    serve,
+)
 from guardrails.killswitch import read_latch
 from guardrails.model import TradingState
 from tests import opskit
@@ -30,7 +37,7 @@ from tests.conftest import ROOT, subprocess_env
 from tests.redis_harness import RedisServer, free_port
 
 SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
-OPERATOR_TOKEN = "op-secret-123"
+OPERATOR_TOKEN = "op-secret-123-0a1b2c3d"  # >= MIN_OPERATOR_TOKEN_LEN
 
 
 def status_json(url: str) -> dict[str, Any]:
@@ -274,3 +281,294 @@ def test_cli_dashboard_when_started_then_serves_known_accounts_and_stops_on_sigt
     assert banner.startswith(f"dashboard on http://127.0.0.1:{port}/")
     assert "paper:cli" in [a["account"] for a in doc["accounts"]]
     assert rc == 0
+
+
+# -- the kill endpoint against a browser elsewhere (issue #9 item 5) --------------------
+
+
+@dataclass
+class KillServed:
+    url: str
+    port: int
+    admin: aioredis.Redis
+
+
+@pytest.fixture
+def kill_throttle() -> FailureThrottle | None:
+    """The dashboard's default throttle; a test parametrizes this name to inject one."""
+    return None
+
+
+@pytest.fixture
+async def kill_served(
+    redis_server: RedisServer, redis_client: aioredis.Redis,
+    kill_throttle: FailureThrottle | None,
+) -> AsyncIterator[KillServed]:
+    """A dashboard with kill enabled: reads as the read-only user, kills on the admin client."""
+    await opskit.seed(redis_client)
+    ro = aioredis.Redis.from_url(
+        await opskit.read_only_url(redis_client, redis_server.port), decode_responses=True)
+    throttle = kill_throttle
+    app = create_app(ro, accounts=[opskit.ACCOUNT], operator_token=OPERATOR_TOKEN,
+                     kill_redis=redis_client, throttle=throttle)
+    runner, url = await serve(app, "127.0.0.1", 0)
+    try:
+        yield KillServed(url, int(url.rsplit(":", 1)[1].strip("/")), redis_client)
+    finally:
+        await runner.cleanup()
+        await ro.aclose()
+
+
+KILL_BODY = json.dumps({"account": "paper:ops", "reason": "csrf", "token": OPERATOR_TOKEN})
+
+
+async def test_kill_when_cross_site_text_plain_form_post_then_refused_and_latch_untouched(
+    kill_served: KillServed,
+) -> None:
+    # Act: what a page on another site can send without a CORS preflight — a text/plain
+    # form post carrying a JSON-looking body — with and without the browser's Origin
+    results = []
+    async with aiohttp.ClientSession() as s:
+        for headers in ({"Content-Type": "text/plain", "Origin": "http://evil.example"},
+                        {"Content-Type": "text/plain"},
+                        {"Content-Type": "application/json", "Origin": "http://evil.example"},
+                        {"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
+                        {"Content-Type": "application/json", "Origin": "null"}):
+            async with s.post(kill_served.url + "api/kill", data=KILL_BODY,
+                              headers=headers) as resp:
+                results.append(resp.status)
+
+    # Assert
+    assert results == [403, 415, 403, 403, 403]
+    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.ACTIVE
+
+
+async def test_kill_when_same_origin_json_with_origin_header_then_halts(
+    kill_served: KillServed,
+) -> None:
+    # Act: what the page itself sends (fetch from its own origin)
+    async with aiohttp.ClientSession() as s, s.post(
+        kill_served.url + "api/kill", data=KILL_BODY,
+        headers={"Content-Type": "application/json",
+                 "Origin": f"http://127.0.0.1:{kill_served.port}",
+                 "Sec-Fetch-Site": "same-origin"},
+    ) as resp:
+        status = resp.status
+
+    # Assert
+    assert status == 200
+    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
+
+
+async def test_api_status_when_foreign_host_header_then_refused(kill_served: KillServed) -> None:
+    # Act: a DNS-rebound page (evil.example -> 127.0.0.1) reads with its own Host
+    statuses = {}
+    async with aiohttp.ClientSession() as s:
+        for host in (f"evil.example:{kill_served.port}", "evil.example",
+                     f"127.0.0.1:{kill_served.port}", f"localhost:{kill_served.port}"):
+            for path in ("api/status", "metrics", ""):
+                async with s.get(kill_served.url + path, headers={"Host": host}) as resp:
+                    body = await resp.text()
+                    statuses[(host, path)] = resp.status
+                    if host.startswith("evil"):
+                        assert "paper:ops" not in body
+
+    # Assert
+    for (host, _path), status in statuses.items():
+        assert status == (421 if host.startswith("evil") else 200), (host, status)
+
+
+async def test_kill_when_token_brute_forced_then_throttled_after_five_failures(
+    kill_served: KillServed,
+) -> None:
+    # Act: 50 wrong guesses as fast as the client can send them, then the right token
+    statuses = []
+    async with aiohttp.ClientSession() as s:
+        for i in range(50):
+            async with s.post(kill_served.url + "api/kill", json={
+                    "account": "paper:ops", "token": f"guess-{i:012d}"}) as resp:
+                statuses.append(resp.status)
+                retry_after = resp.headers.get("Retry-After")
+        async with s.post(kill_served.url + "api/kill", json={
+                "account": "paper:ops", "token": OPERATOR_TOKEN}) as resp:
+            right = resp.status
+
+    # Assert: only five guesses were even checked; the right token waits out the window
+    assert statuses == [403] * 5 + [429] * 45
+    assert retry_after is not None and 1 <= int(retry_after) <= 60
+    assert right == 429
+    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.ACTIVE
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = FakeClock()
+
+
+@pytest.mark.parametrize("kill_throttle", [
+    FailureThrottle(per_peer=3, overall=10, window_s=30.0, clock=CLOCK)])
+async def test_kill_when_throttle_window_passed_then_right_token_halts(
+    kill_served: KillServed,
+) -> None:
+    # Arrange: three failures lock the peer out
+    async with aiohttp.ClientSession() as s:
+        for i in range(4):
+            async with s.post(kill_served.url + "api/kill", json={
+                    "account": "paper:ops", "token": f"wrong-token-{i:08d}"}) as resp:
+                assert resp.status == (403 if i < 3 else 429)
+        # Act
+        CLOCK.now += 31
+        async with s.post(kill_served.url + "api/kill", json={
+                "account": "paper:ops", "reason": "after", "token": OPERATOR_TOKEN}) as resp:
+            status = resp.status
+
+    # Assert
+    assert status == 200
+    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
+
+
+async def test_create_app_when_operator_token_short_then_refused(
+    redis_client: aioredis.Redis,
+) -> None:
+    with pytest.raises(DashboardError, match=f"at least {MIN_OPERATOR_TOKEN_LEN}"):
+        create_app(redis_client, operator_token="x" * (MIN_OPERATOR_TOKEN_LEN - 1),
+                   kill_redis=redis_client)
+
+
+def test_cli_dashboard_when_operator_token_short_then_exit_2_one_line(
+    redis_server: RedisServer,
+) -> None:
+    # Act
+    done = subprocess.run(
+        [sys.executable, "-m", "guardrails", "dashboard", "--redis-url", redis_server.url,
+         "--port", str(free_port())],
+        env=subprocess_env(GUARDRAILS_OPERATOR_TOKEN="short-token"), capture_output=True,
+        text=True, timeout=60,
+    )
+
+    # Assert
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "GUARDRAILS_OPERATOR_TOKEN" in lines[0]
+    assert f"at least {MIN_OPERATOR_TOKEN_LEN}" in lines[0] and "short-token" not in lines[0]
+
+
+def test_cli_dashboard_when_operator_url_set_then_kill_goes_through_operator_user(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange: reads as the read-only user; kills as a separate operator user whose
+    # password comes from the environment
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", *opskit.READ_ONLY_ACL)
+    admin.execute_command("ACL", "SETUSER", "op", "on", ">op-pass-0123", "~gr:*", "&gr:*",
+                          "+@all")
+    admin.sadd("gr:accounts", "paper:ops")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guardrails", "dashboard", "--port", str(port)],
+        env=subprocess_env(
+            GUARDRAILS_REDIS_URL=f"redis://ro:ro-pass@127.0.0.1:{redis_server.port}/0",
+            GUARDRAILS_OPERATOR_REDIS_URL=f"redis://op@127.0.0.1:{redis_server.port}/0",
+            GUARDRAILS_OPERATOR_REDIS_PASSWORD="op-pass-0123",
+            GUARDRAILS_OPERATOR_TOKEN=OPERATOR_TOKEN),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        # Act
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/kill", method="POST",
+            data=json.dumps({"account": "paper:ops", "reason": "op",
+                             "token": OPERATOR_TOKEN}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = json.loads(r.read())
+        users = {line.split(" user=")[1].split(" ")[0]
+                 for line in admin.execute_command("CLIENT", "LIST").splitlines()}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        state = admin.hget("gr:{paper:ops}:state", "state")
+        admin.close()
+
+    # Assert
+    assert "kill button enabled" in banner, err
+    assert answer["ok"] is True and state == "HALTED"
+    assert {"ro", "op"} <= users
+    assert "op-pass-0123" not in err and OPERATOR_TOKEN not in err
+
+
+async def test_kill_when_real_browser_posts_cross_site_then_refused_and_same_origin_page_halts(
+    kill_served: KillServed, tmp_path: Path,
+) -> None:
+    # Arrange: another site (another origin: another port) the operator's browser visits
+    evil = web.Application()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text="<html><body>hi</body></html>", content_type="text/html")
+
+    evil.router.add_get("/", page)
+    evil_runner = web.AppRunner(evil)
+    await evil_runner.setup()
+    evil_port = free_port()
+    await web.TCPSite(evil_runner, "127.0.0.1", evil_port).start()
+    browser = await Browser(tmp_path / "profile").start()
+    send = ("window.res = null; fetch({url!r}, {{method: 'POST', mode: {mode!r}, "
+            "headers: {{'Content-Type': {ctype!r}}}, body: {body!r}}})"
+            ".then(r => window.res = 'status:' + r.status, e => window.res = 'error:' + e)")
+    target = kill_served.url + "api/kill"
+    try:
+        # Act 1: from the other site — a simple text/plain post, and a JSON one (preflighted)
+        await browser.navigate(f"http://localhost:{evil_port}/")
+        await browser.wait_for("document.body && document.body.textContent === 'hi'")
+        await browser.evaluate(send.format(url=target, mode="no-cors", ctype="text/plain",
+                                           body=KILL_BODY))
+        cross_plain = await browser.wait_for("window.res")
+        await browser.evaluate(send.format(url=target, mode="cors", ctype="application/json",
+                                           body=KILL_BODY))
+        cross_json = await browser.wait_for("window.res")
+        latch_after_cross = (await read_latch(kill_served.admin, opskit.KEYS)).state
+
+        # Act 2: the dashboard's own page sends what its kill button sends
+        await browser.navigate(kill_served.url)
+        await browser.wait_for("window.guardrailsDashboard?.updates > 0")
+        await browser.evaluate(send.format(url="/api/kill", mode="same-origin",
+                                           ctype="application/json", body=KILL_BODY))
+        same_origin = await browser.wait_for("window.res")
+    finally:
+        await browser.close()
+        await evil_runner.cleanup()
+
+    # Assert
+    assert cross_plain == "status:0"  # opaque to the page; the server refused it (below)
+    assert cross_json.startswith("error:")  # the preflight was not granted
+    assert latch_after_cross is TradingState.ACTIVE
+    assert same_origin == "status:200"
+    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
+
+
+def test_failure_throttle_when_many_peers_fail_then_overall_limit_holds_and_window_frees() -> None:
+    # Arrange
+    clock = FakeClock()
+    t = FailureThrottle(per_peer=2, overall=5, window_s=10.0, clock=clock)
+
+    # Act: five peers fail once each (none over its own limit), then a sixth tries
+    for i in range(5):
+        assert t.retry_after(f"10.0.0.{i}") == 0
+        t.failed(f"10.0.0.{i}")
+    blocked_overall = t.retry_after("10.0.0.99")
+    clock.now += 10.5
+    freed = t.retry_after("10.0.0.99")
+
+    # Assert
+    assert 9.9 <= blocked_overall <= 10.0
+    assert freed == 0
+    with pytest.raises(ValueError):
+        FailureThrottle(per_peer=3, overall=2)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
+import pytest
 import redis.asyncio as aioredis
 
 from guardrails.config import RuntimeConfig
@@ -112,3 +114,23 @@ async def test_heartbeat_when_first_then_rows_silent_for_a_day_pruned(
     await Registry(redis_client, KEYS, info("i-1"), runtime_cfg()).heartbeat(Role.STANDBY, None)
 
     assert await redis_client.zrange(KEYS.instances, 0, -1) == ["recent", "i-1"]
+
+
+async def test_heartbeat_when_argv_has_redis_password_then_cmdline_stored_masked(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Arrange: every credential form an operator might type
+    argv = ["/venv/bin/guardrails", "run", "--redis-url", "redis://bot:s3cret-one@h:6379/0",
+            "--x=rediss://:s3cret-two@h:6380", "unix:///r.sock?password=s3cret-three"]
+    monkeypatch.setattr(sys, "argv", argv)
+    me = InstanceInfo.for_this_process("paper:registry-test", config_digest="c",
+                                       limits_digest="l", standby_flag=False)
+
+    # Act
+    await Registry(redis_client, KEYS, me, runtime_cfg()).heartbeat(Role.ACTIVE, 1)
+    stored = await redis_client.hget(KEYS.instance(me.id), "cmdline")
+
+    # Assert
+    assert stored == ("/venv/bin/guardrails run --redis-url redis://bot:***@h:6379/0 "
+                      "--x=rediss://:***@h:6380 unix:///r.sock?password=***")
+    assert "s3cret" not in stored

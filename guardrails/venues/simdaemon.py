@@ -186,6 +186,24 @@ def _log_tail(p: DaemonPaths, n: int = 2000) -> str:
         return ""
 
 
+DAEMON_ENV_NAMES = frozenset({
+    "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "PYTHONPATH", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
+    "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONSAFEPATH", "VIRTUAL_ENV",
+    "COVERAGE_PROCESS_START", "COVERAGE_RCFILE",
+})
+"""Environment variables the daemon inherits (plus ``LC_*``); nothing else. It reads its
+state directory from its argument, holds no key and needs no token: a signing key, the
+operator token, a Redis password or any ``GUARDRAILS_*`` variable in the starter's
+environment stays out of the daemon's (``/proc/<pid>/environ``)."""
+
+
+def daemon_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of ``environ`` (default ``os.environ``) for the daemon."""
+    env = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in env.items() if k in DAEMON_ENV_NAMES or k.startswith("LC_")}
+
+
 def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float = 30.0) -> str:
     """Start the daemon unless it already runs; return its base URL.
 
@@ -219,6 +237,7 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
                  str(p.root)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
                 start_new_session=True, check=False, timeout=timeout,
+                env=daemon_environment(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,168 @@
+"""Credential masking: the one place that decides what a secret looks like on the way out.
+
+Invariant served: *secrets never leave the process* — not into Redis (the registry's
+``cmdline``), logs, ``status --json``, ``doctor``, the dashboard, ``/metrics`` or an
+exception message. Every text that may carry a Redis URL, an argv or a configured
+secret passes through here before it is written anywhere.
+
+Two layers, because a masker that only parses well-formed URLs leaks the ill-formed ones:
+
+1. ``mask_url`` masks every credential form of a URL by text, not by a strict parse:
+   ``redis://user:PW@``, ``redis://:PW@``, ``redis://PW@`` (a lone userinfo is masked
+   whole — redis-py reads it as a user name, operators write it as a password — unless
+   a password parameter follows, ``redis://user@host?password=PW``),
+   ``rediss://``, ``unix://:PW@/path``, and secret query parameters (``?password=``,
+   and any name containing ``pass``, ``secret``, ``token``, ``auth`` or ``key``). The
+   userinfo is everything up to the *last* ``@``, so an unencoded ``@``, ``/`` or ``?``
+   inside a password masks too much (the host) rather than too little.
+2. ``register`` remembers secret values this process holds (a Redis password taken
+   from the URL, the environment or a file; the operator token); ``scrub`` replaces
+   any occurrence of them in free text, and ``logs.setup`` installs a filter that
+   scrubs every log record and traceback with it.
+
+Not guaranteed: a secret this process never registered and that is not shaped like a
+URL credential (say, a venue key pasted into a strategy's log message) is not found.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from urllib.parse import unquote
+
+MASK = "***"
+
+MIN_SECRET_LEN = 4
+"""Shorter registered values are not scrubbed from free text (``"1"`` would mangle logs)."""
+
+_SECRET_PARAM = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def register(secret: str | None) -> None:
+    """Remember ``secret`` (and its percent-decoded form) so ``scrub`` removes it."""
+    if not secret:
+        return
+    with _lock:
+        for form in {secret, unquote(secret)}:
+            if len(form) >= MIN_SECRET_LEN:
+                _secrets.add(form)
+
+
+def registered() -> frozenset[str]:
+    """The values ``scrub`` removes (for tests)."""
+    with _lock:
+        return frozenset(_secrets)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credential values inside ``url`` (its password or lone userinfo, and secret
+    query parameter values), raw and percent-decoded."""
+    out: list[str] = []
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return out
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        hostpart = rest
+    _, q, query = hostpart.partition("?")
+    if q:
+        for pair in query.split("&"):
+            name, eq, value = pair.partition("=")
+            if eq and value and _SECRET_PARAM.search(name):
+                out.append(value)
+    if at:
+        _, colon, password = userinfo.partition(":")
+        if colon:
+            out.append(password)
+        elif not out:  # a lone userinfo is a user name only when a password param follows
+            out.append(userinfo)
+    return [v for s in out if s for v in dict.fromkeys([s, unquote(s)])]
+
+
+def mask_url(url: str) -> str:
+    """``url`` with every credential replaced by ``***`` (user names stay when a password
+    follows them); anything else is returned unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        hostpart = rest
+    base, q, query = hostpart.partition("?")
+    secret_param = False
+    if q:
+        pairs = []
+        for pair in query.split("&"):
+            name, eq, value = pair.partition("=")
+            if eq and value and _SECRET_PARAM.search(name):
+                pair = f"{name}={MASK}"
+                secret_param = True
+            pairs.append(pair)
+        base += "?" + "&".join(pairs)
+    prefix = f"{scheme}://"
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            prefix += f"{user}:{MASK}@"
+        else:  # a lone userinfo: a user name if a password param follows, else a password
+            prefix += f"{userinfo if secret_param else MASK}@"
+    return prefix + base
+
+
+def mask_text(text: str) -> str:
+    """Free text with every URL in it masked and every registered secret scrubbed."""
+    if "://" in text:
+        text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+    return scrub(text)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***`` (longest first)."""
+    with _lock:
+        values = sorted(_secrets, key=len, reverse=True)
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def mask_argv(argv: Sequence[str]) -> list[str]:
+    """A command line safe to record: each argument masked (``--redis-url=redis://…``
+    and ``redis://…`` alike)."""
+    out = []
+    for arg in argv:
+        m = _SCHEME.search(arg)
+        # One argument is one token: the URL runs to its end (a space in a password
+        # must not end the URL early and leave the rest in clear).
+        out.append(scrub(arg[: m.start()] + mask_url(arg[m.start():])) if m else scrub(arg))
+    return out
+
+
+def has_credentials(url: str) -> bool:
+    """Whether ``url`` carries a password (or a lone userinfo, or a secret parameter)."""
+    return bool(url_secrets(url))
+
+
+def argv_urls_with_credentials(argv: Iterable[str]) -> list[str]:
+    """The masked form of every URL in ``argv`` that carries a credential."""
+    found: list[str] = []
+    for arg in argv:
+        m = _SCHEME.search(arg)
+        if m and has_credentials(arg[m.start():]):
+            found.append(mask_url(arg[m.start():]))
+    return found
+
+
+def register_argv(argv: Iterable[str]) -> None:
+    """``register`` every credential of every URL in ``argv``."""
+    for arg in argv:
+        m = _SCHEME.search(arg)
+        if m:
+            for secret in url_secrets(arg[m.start():]):
+                register(secret)

@@ -1,0 +1,319 @@
+"""Secrets never leave the process (issue #9 item 4): a Redis password given in a URL —
+in argv, in the environment, in a query parameter — appears nowhere in Redis, in
+``status --json``, ``doctor --json``, the dashboard's API and ``/metrics``, the run's
+logs or an error message; and the simulator daemon starts without the starter's secrets
+in its environment."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from guardrails import logs, redacted, redisconn
+from guardrails.config import PaperVenueConfig, parse_config
+from guardrails.venues import simdaemon
+from guardrails.venues.simulator import DEFAULT_RISK
+from tests.conftest import subprocess_env
+from tests.redis_harness import RedisServer, free_port
+from tests.run_harness import RunProc, run_cli, write_config
+
+PASSWORD = "Pw-7f3a9c1e-not-for-logs"
+USER = "gr"
+
+
+def _acl_user(server: RedisServer) -> None:
+    c = server.client()
+    try:
+        c.execute_command("ACL", "SETUSER", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all")
+    finally:
+        c.close()
+
+
+# -- the masking rules ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (f"redis://user:{PASSWORD}@10.0.0.5:6379/0", "redis://user:***@10.0.0.5:6379/0"),
+    (f"redis://:{PASSWORD}@10.0.0.5:6379", "redis://:***@10.0.0.5:6379"),
+    (f"redis://{PASSWORD}@10.0.0.5", "redis://***@10.0.0.5"),
+    (f"rediss://user:{PASSWORD}@redis.example:6380/1", "rediss://user:***@redis.example:6380/1"),
+    (f"unix://:{PASSWORD}@/var/run/redis.sock?db=2", "unix://:***@/var/run/redis.sock?db=2"),
+    (f"unix:///var/run/redis.sock?db=0&password={PASSWORD}",
+     "unix:///var/run/redis.sock?db=0&password=***"),
+    (f"redis://h:6379/0?password={PASSWORD}&db=1", "redis://h:6379/0?password=***&db=1"),
+    ("redis://:pa/ss?x@h:6379/0", "redis://:***@h:6379/0"),  # unencoded / and ? inside
+    ("redis://:p%40ss-word@h:6379", "redis://:***@h:6379"),
+])
+def test_mask_url_when_credential_form_then_masked_and_target_kept(url: str, shown: str) -> None:
+    # Act
+    masked = redisconn.describe(url)
+
+    # Assert
+    assert masked == shown
+    for secret in redacted.url_secrets(url):
+        assert secret not in masked
+
+
+def test_mask_url_when_no_credentials_then_unchanged() -> None:
+    for url in ("redis://127.0.0.1:6379/0", "unix:///tmp/r.sock", "embedded"):
+        assert redisconn.describe(url) == url
+        assert not redacted.has_credentials(url)
+
+
+def test_mask_argv_when_password_contains_space_then_whole_argument_masked() -> None:
+    argv = ["guardrails", "run", "--redis-url=redis://:two words@h:1/0"]
+    assert redacted.mask_argv(argv)[-1] == "--redis-url=redis://:***@h:1/0"
+
+
+def test_log_line_when_registered_secret_or_url_in_message_or_traceback_then_scrubbed() -> None:
+    # Arrange: a handler formatted exactly as `guardrails run` formats its stderr
+    redacted.register("tok-5be0a1d2c3")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs._Formatter())
+    log = logging.getLogger("test.secrets")
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        # Act
+        logs.event(log, "x", url=f"redis://u:{PASSWORD}@h:1/0", note="tok-5be0a1d2c3 here")
+        try:
+            raise RuntimeError(f"cannot reach redis://:{PASSWORD}@h:1")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+
+    # Assert
+    text = stream.getvalue()
+    assert PASSWORD not in text and "tok-5be0a1d2c3" not in text
+    assert "redis://u:***@h:1/0" in text and "RuntimeError" in text
+
+
+def test_config_digest_when_only_redis_password_differs_then_equal() -> None:
+    # Arrange: the digest is stored in the registry; it must not be a guessing oracle
+    base = {
+        "account": {"venue": "paper", "id": "d"},
+        "risk": {"max_order_notional": "1", "max_gross_exposure": "1", "daily_loss_limit": "1",
+                 "instruments": {"BTC-USD": {"tick": "0.01", "lot": "0.0001",
+                                             "max_position": "1"}}},
+        "venue": {"kind": "paper", "start_prices": {"BTC-USD": "1"}},
+    }
+    a = parse_config({**base, "redis": {"url": "redis://u:first-pass@h:1/0"}})
+    b = parse_config({**base, "redis": {"url": "redis://u:other-pass@h:1/0"}})
+    c = parse_config({**base, "redis": {"url": "redis://u:first-pass@elsewhere:1/0"}})
+
+    # Assert
+    assert a.digest() == b.digest()
+    assert a.digest() != c.digest()
+
+
+async def test_connect_when_password_in_env_or_file_then_authenticates(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # Arrange
+    _acl_user(redis_server)
+    url = f"redis://{USER}@127.0.0.1:{redis_server.port}/0"
+    secret_file = tmp_path / "redis.pass"
+    secret_file.write_text(PASSWORD + "\n")
+    secret_file.chmod(0o600)
+
+    # Act / Assert: no password anywhere -> refused; env -> works; file -> works
+    client = await redisconn.connect(url)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        await client.ping()
+    await client.aclose()
+    monkeypatch.setenv(redisconn.PASSWORD_ENV, PASSWORD)
+    client = await redisconn.connect(url)
+    assert await client.acl_whoami() == USER
+    await client.aclose()
+    monkeypatch.delenv(redisconn.PASSWORD_ENV)
+    monkeypatch.setenv(redisconn.PASSWORD_FILE_ENV, str(secret_file))
+    client = await redisconn.connect(url)
+    assert await client.acl_whoami() == USER
+    await client.aclose()
+    assert PASSWORD in redacted.registered()
+
+
+# -- end to end: a run with a password in its URL ---------------------------------------
+
+
+def _every_value(r: redis.Redis) -> Iterator[str]:
+    """Every key name and every stored string, field, member and stream entry."""
+    for key in r.scan_iter(count=1000):
+        yield key
+        kind = r.type(key)
+        if kind == "string":
+            yield str(r.get(key))
+        elif kind == "hash":
+            for k, v in r.hgetall(key).items():
+                yield k
+                yield v
+        elif kind == "set":
+            yield from r.smembers(key)
+        elif kind == "zset":
+            yield from (m for m, _ in r.zrange(key, 0, -1, withscores=True))
+        elif kind == "list":
+            yield from r.lrange(key, 0, -1)
+        elif kind == "stream":
+            for _, fields in r.xrange(key):
+                for k, v in fields.items():
+                    yield k
+                    yield v
+        else:
+            raise AssertionError(f"unexpected key type {kind} at {key}")
+
+
+@pytest.fixture
+def run_with_password(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunProc]:
+    _acl_user(redis_server)
+    config = write_config(tmp_path / "run.toml", redis_url="embedded", account="sec")
+    url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
+    proc = RunProc("sec-a", config, tmp_path, extra_args=["--redis-url", url]).start()
+    try:
+        proc.wait_for("lease.acquired", timeout=60)
+        proc.wait_for("order.admitted", timeout=60)
+        time.sleep(1.5)  # a few heartbeats and positions reports
+        yield proc
+    finally:
+        proc.cleanup()
+
+
+def test_run_when_password_in_argv_url_then_password_nowhere_in_redis_status_doctor_dashboard_logs(
+    run_with_password: RunProc, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    # Arrange
+    port = redis_server.port
+    argv_url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0"
+    query_url = f"redis://{USER}@127.0.0.1:{port}/0?password={PASSWORD}"
+    dead_url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{free_port()}/0"
+
+    # Act: the operator surfaces, each reached with a credential-bearing URL
+    status = run_cli("status", "--redis-url", argv_url, "--account", "paper:sec", "--json")
+    doctor = run_cli("doctor", "--redis-url", query_url, "--manifest", "", "--json")
+    failed = run_cli("status", "--redis-url", dead_url, "--account", "paper:sec")
+    dash_port = free_port()
+    dash = subprocess.Popen(
+        [sys.executable, "-m", "guardrails", "dashboard", "--port", str(dash_port)],
+        env=subprocess_env(GUARDRAILS_REDIS_URL=query_url), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert dash.stdout is not None
+        dash.stdout.readline()  # the banner: it listens
+        with urllib.request.urlopen(f"http://127.0.0.1:{dash_port}/api/status", timeout=30) as r:
+            api = r.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{dash_port}/metrics", timeout=30) as r:
+            metrics = r.read().decode()
+    finally:
+        dash.send_signal(signal.SIGTERM)
+        _, dash_err = dash.communicate(timeout=30)
+    direct = redis_server.client()
+    try:
+        stored = list(_every_value(direct))
+    finally:
+        direct.close()
+
+    # Assert: it really ran and the surfaces answered
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    instances = doc["accounts"][0]["instances"]
+    assert [i["role"] for i in instances] == ["active"]
+    assert "--redis-url redis://gr:***@127.0.0.1" in instances[0]["cmdline"]
+    assert json.loads(doctor.stdout)["redis"] == f"redis://{USER}@127.0.0.1:{port}/0?password=***"
+    assert failed.returncode != 0 and "redis://gr:***@127.0.0.1" in failed.stderr
+    assert '"paper:sec"' in api and "guardrails_up 1" in metrics
+    assert len(stored) > 20
+    # ...and the password is in none of it
+    surfaces = {
+        "redis": "\n".join(stored), "status --json": status.stdout + status.stderr,
+        "doctor --json": doctor.stdout + doctor.stderr, "status error": failed.stderr,
+        "dashboard api": api, "metrics": metrics, "dashboard stderr": dash_err,
+        "run log": run_with_password.text(),
+    }
+    for where, text in surfaces.items():
+        assert PASSWORD not in text, f"password leaked into {where}"
+    # ...and the argv form was warned about, once, in the run's log and by the CLI
+    warned = run_with_password.events("secrets.password_in_argv")
+    assert len(warned) == 1 and warned[0]["url"].startswith("redis://gr:***@")
+    assert "ps" in warned[0]["advice"]
+    assert "secrets.password_in_argv" in status.stderr
+
+
+# -- the simulator daemon's environment ---------------------------------------------------
+
+
+SECRETS_IN_ENV = {
+    "GUARDRAILS_OPERATOR_TOKEN": "operator-token-0123456789abcdef",
+    "GUARDRAILS_HTTP_KEY": "http-signing-key-abcdef0123456789",
+    "GUARDRAILS_EVM_KEY": "0x" + "ab" * 32,
+    "GUARDRAILS_KEYSTORE_PASSWORD": "keystore-pass-9876",
+    "GUARDRAILS_REDIS_PASSWORD": PASSWORD,
+    "GUARDRAILS_REDIS_URL": f"redis://u:{PASSWORD}@h:1/0",
+    "SOME_VENDOR_API_SECRET": "vendor-secret-5555",
+}
+
+
+def test_simulator_daemon_when_started_by_a_process_holding_secrets_then_environ_has_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Arrange
+    for name, value in SECRETS_IN_ENV.items():
+        monkeypatch.setenv(name, value)
+    spec = simdaemon.MarketSpec(
+        PaperVenueConfig.model_validate({"name": "envcheck", "seed": 1, "step": "1h",
+                                         "start_prices": {"BTC-USD": "60000.00",
+                                                          "ETH-USD": "3000.00"}}),
+        DEFAULT_RISK, 1)
+    root = Path(os.environ["GUARDRAILS_STATE_DIR"]) / "simulator"
+    try:
+        # Act
+        url = simdaemon.ensure_running(spec, root=root)
+        pid = int(simdaemon.status(root)["pid"])
+        environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        names = [entry.split("=", 1)[0] for entry in environ.split("\0") if entry]
+    finally:
+        simdaemon.stop(root=root)
+
+    # Assert: the daemon ran (it answered) and holds none of the starter's secrets
+    assert url.startswith("http://127.0.0.1:")
+    assert "PATH" in names
+    for name, value in SECRETS_IN_ENV.items():
+        assert name not in names and value not in environ
+    assert not [n for n in names if n.startswith("GUARDRAILS_")]
+
+
+def test_cli_when_uncaught_exception_quotes_a_url_then_traceback_masked() -> None:
+    # Act: a crash whose message quotes a credential-bearing URL, in a CLI process
+    code = ("from guardrails import cli; cli.install_masked_excepthook(); "
+            f"raise RuntimeError('cannot use redis://u:{PASSWORD}@h:1/0')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=60)
+
+    # Assert
+    assert done.returncode == 1
+    assert "RuntimeError: cannot use redis://u:***@h:1/0" in done.stderr
+    assert PASSWORD not in done.stderr
+
+
+def test_doctor_when_redis_unreachable_then_error_names_target_masked() -> None:
+    # Act
+    url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    done = run_cli("doctor", "--manifest", "", "--json", env={"GUARDRAILS_REDIS_URL": url})
+
+    # Assert
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["error"].startswith(f"Redis at redis://{USER}:***@127.0.0.1")
+    assert PASSWORD not in done.stdout + done.stderr
