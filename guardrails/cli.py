@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
-
-from guardrails import logs
-from guardrails.config import ConfigError
 from types import TracebackType
 
+from guardrails import logs
 from guardrails.config import REDIS_URL_ENV, ConfigError
 
 DEFAULT_CONFIG = "config/paper.toml"
