@@ -28,6 +28,8 @@ from decimal import Decimal
 from rich.console import Console
 from rich.text import Text
 
+from guardrails import redacted
+
 _TERMINAL = {"order.canceled": "canceled", "order.rejected": "rejected", "order.not_sent": "not sent",
              "order.cancel_too_late": "filled before cancel"}
 _LEASE_STYLE = {"lease.acquired": "bold green", "lease.released": "cyan", "lease.lost": "bold red",
@@ -83,7 +85,8 @@ class ConsoleHandler(logging.Handler):
             name = getattr(record, "gr_event", None)
             fields = getattr(record, "gr_fields", None)
             if isinstance(name, str) and isinstance(fields, Mapping):
-                self._event(record, name, fields)
+                masked = {k: redacted.mask_text(v) if isinstance(v, str) else v for k, v in fields.items()}
+                self._event(record, name, masked)
             else:
                 self._plain(record)
             self._flush_due()
@@ -105,7 +108,7 @@ class ConsoleHandler(logging.Handler):
             return
         style = ("red" if record.levelno >= logging.ERROR
                  else "yellow" if record.levelno >= logging.WARNING else "")
-        self._print(record, Text(record.getMessage(), style=style))
+        self._print(record, Text(redacted.mask_text(record.getMessage()), style=style))
 
     def _kv(self, fields: Mapping[str, object], skip: tuple[str, ...] = ()) -> str:
         return " ".join(f"{k}={_s(v)}" for k, v in fields.items() if v is not None and k not in skip)

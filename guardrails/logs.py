@@ -65,7 +65,9 @@ FORMATS = ("auto", "kv", "json", "console")
 
 
 def _json_value(value: object) -> object:
-    if isinstance(value, bool | int | str) or value is None:
+    if isinstance(value, str):
+        return redacted.mask_text(value)
+    if isinstance(value, bool | int) or value is None:
         return value
     if isinstance(value, Decimal):
         return format(value, "f")  # exact: never a JSON float
@@ -103,9 +105,9 @@ class JsonFormatter(logging.Formatter):
                 if v is not None and k not in out:
                     out[k] = _json_value(v)
         else:
-            out["message"] = record.getMessage()
+            out["message"] = redacted.mask_text(record.getMessage())
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = redacted.mask_text(self.formatException(record.exc_info))
         return json.dumps(out, separators=(",", ":"))
 
 
