@@ -126,3 +126,33 @@ async def test_rebuild_when_sweep_fixes_reservations_then_aggregates_dropped(
     await redis_client.hset(acct.reservations, f"{SYMBOL}:sell", "999")  # wrong total
     await sweep(Ledger(redis_client, acct, risk()), FakeVenue(), fix=True)  # type: ignore[arg-type]
     assert not await redis_client.exists(acct.aggregates)
+
+
+async def test_marks_when_many_symbols_move_then_aggregates_follow_exactly(
+    redis_server: RedisServer, redis_client: aioredis.Redis,
+) -> None:
+    # 12 symbols: the marks script reads whole hashes above 8 symbols (the other path)
+    inst = {f"S{i:02d}-USD": {"tick": "0.01", "lot": "0.001", "max_position": "100"}
+            for i in range(12)}
+    cfg = risk(instruments=inst, max_gross_exposure="1000000", max_order_notional="100000",
+               daily_loss_limit="100000")
+    keys = account_keys("agg-many")
+    await seed(redis_client, keys, cfg, marks={s: "100" for s in inst})
+    gate, ledger = OrderGate(redis_client, keys, cfg), Ledger(redis_client, keys, cfg)
+    for i, s in enumerate(sorted(inst)):
+        d = await gate.admit(buy("2.000", "100", s), intent_id=f"b{i}", token=TOKEN,
+                             holder_id=HOLDER)
+        assert isinstance(d, Admitted), d
+        if i % 2 == 0:
+            await ledger.apply_fill(Fill(f"f{i}", d.client_order_id, s, Side.BUY,
+                                         Decimal("1.000"), Decimal("100"), ts_ms=1))
+    for round_ in range(3):
+        await ledger.update_marks({s: Decimal(90 + 7 * round_ + i) for i, s in
+                                   enumerate(sorted(inst))})
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            v = read_aggregates(client, keys, cfg)
+        finally:
+            client.close()
+        assert v.agg and check_aggregates(v) == [], round_
+        assert int(v.agg["uloss"]) > 0 or round_ > 0

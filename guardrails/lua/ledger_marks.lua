@@ -33,25 +33,43 @@ local function main()
     local a = rd('HMGET', K_AGG, 'gross', 'uloss')
     local gross, uloss = stored_nat(a[1], 'agg gross'), stored_nat(a[2], 'agg uloss')
     local sets = {}
+    -- many symbols: one HGETALL per hash beats several HMGETs per symbol
+    local pos, res, ag, lim
+    if #ARGV > 16 then
+      pos, res = hash_of(rd('HGETALL', K_POS)), hash_of(rd('HGETALL', K_RES))
+      ag, lim = hash_of(rd('HGETALL', K_AGG)), hash_of(rd('HGETALL', K_LIMITS))
+    end
     for i = 1, #ARGV, 2 do
       local sym, m = ARGV[i], tonumber(ARGV[i + 1])
-      local pv = rd('HMGET', K_POS, sym .. ':qty', sym .. ':cost')
-      local rv = rd('HMGET', K_RES, sym .. ':buy', sym .. ':sell')
-      local p, c = stored_int(pv[1], 'position ', sym), stored_int(pv[2], 'cost ', sym)
-      local b, sl = stored_nat(rv[1], 'reservation ', sym), stored_nat(rv[2], 'reservation ', sym)
-      local old = rd('HMGET', K_AGG, 'g:' .. sym, 'u:' .. sym)
+      local pv, rv, old
+      if pos then
+        pv = {pos[sym .. ':qty'], pos[sym .. ':cost']}
+        rv = {res[sym .. ':buy'], res[sym .. ':sell']}
+        old = {ag['g:' .. sym], ag['u:' .. sym]}
+      else
+        pv = rd('HMGET', K_POS, sym .. ':qty', sym .. ':cost')
+        rv = rd('HMGET', K_RES, sym .. ':buy', sym .. ':sell')
+        old = rd('HMGET', K_AGG, 'g:' .. sym, 'u:' .. sym)
+      end
+      local p, c = stored_int(pv[1] or nil, 'position ', sym), stored_int(pv[2] or nil, 'cost ', sym)
+      local b, sl = stored_nat(rv[1] or nil, 'reservation ', sym), stored_nat(rv[2] or nil, 'reservation ', sym)
       local g, u = 0, 0
       if p ~= 0 or c ~= 0 or b ~= 0 or sl ~= 0 then
-        local k = k_from_spec(rd('HGET', K_LIMITS, 'i:' .. sym))
+        local si
+        if lim then si = lim['i:' .. sym] else si = rd('HGET', K_LIMITS, 'i:' .. sym) end
+        local k = k_from_spec(si)
         if not k then plans = false; break end
         g, u = exposure(p, b, sl, m, k, c)
       end
-      gross = add(add(gross, -stored_nat(old[1], 'agg g:', sym)), g)
-      uloss = add(add(uloss, -stored_nat(old[2], 'agg u:', sym)), u)
-      sets[#sets + 1] = 'g:' .. sym
-      sets[#sets + 1] = fmt(g)
-      sets[#sets + 1] = 'u:' .. sym
-      sets[#sets + 1] = fmt(u)
+      local g0, u0 = stored_nat(old[1] or nil, 'agg g:', sym), stored_nat(old[2] or nil, 'agg u:', sym)
+      gross = add(add(gross, -g0), g)
+      uloss = add(add(uloss, -u0), u)
+      if g ~= g0 or u ~= u0 then
+        sets[#sets + 1] = 'g:' .. sym
+        sets[#sets + 1] = fmt(g)
+        sets[#sets + 1] = 'u:' .. sym
+        sets[#sets + 1] = fmt(u)
+      end
     end
     if plans ~= false then
       sets[#sets + 1] = 'gross'
