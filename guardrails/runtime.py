@@ -106,6 +106,12 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
             file=sys.stderr,
         )
         return 2
+    except localguard.LocalGuardError as e:  # e.g. a lock_dir that is a file
+        where = ("runtime.lock_dir" if cfg.runtime.lock_dir
+                 else f"${localguard.LOCK_DIR_ENV}" if os.environ.get(localguard.LOCK_DIR_ENV)
+                 else "host lock")
+        print(f"guardrails run: {cfg.source}: {where}: {e}", file=sys.stderr)
+        return 2
     client = await redisconn.connect(cfg.redis.model_copy(update={"url": url}))
     try:
         runtime = Runtime(cfg, client, strategies, args=args, stop=stop, target=target)
