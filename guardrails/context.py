@@ -91,12 +91,29 @@ def checkpoint() -> None:
         raise asyncio.CancelledError("cancellation requested (re-raised at checkpoint)")
 
 
+STOPPING_PAUSE_S = 0.05
+
+
+async def stopping_pause() -> None:
+    """``checkpoint()`` at the start of a ``Context`` call, but a task being stopped first
+    yields for ``STOPPING_PAUSE_S``: a strategy that swallows the ``CancelledError`` in a
+    loop of Context calls then cannot spin the event loop and starve the very stop it
+    ignores (the runtime abandons it after ``runtime.strategy_stop_timeout``)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        await asyncio.sleep(STOPPING_PAUSE_S)
+        raise asyncio.CancelledError("cancellation requested (re-raised at checkpoint)")
+
+
 @runtime_checkable
 class Strategy(Protocol):
     """A strategy: constructed with its config ``params``, then ``await run(ctx)``.
 
     ``run`` is cancelled when this instance stops being active or is stopped; it
-    must not swallow ``asyncio.CancelledError``.
+    must not swallow ``asyncio.CancelledError`` (one that does is abandoned after
+    ``runtime.strategy_stop_timeout`` and never started again by this process). Anything
+    else it raises — ``SystemExit`` and ``KeyboardInterrupt`` included — is this strategy
+    crashing; ``ContextUnavailable`` escaping it gets it restarted with backoff.
     """
 
     async def run(self, ctx: Context) -> None: ...
@@ -180,7 +197,7 @@ class Context:
     async def mark(self, symbol: str) -> Decimal:
         """The latest mark price of ``symbol``. Raises ``KeyError`` if the venue has none,
         ``ContextUnavailable`` if the venue cannot be asked."""
-        checkpoint()
+        await stopping_pause()
         cached = self._marks.get(symbol)
         if cached is not None:
             return cached
@@ -192,7 +209,7 @@ class Context:
         """Await one read for the strategy: cancellation passes, infrastructure failures
         become ``ContextUnavailable`` (one type for strategy code to handle)."""
         try:
-            checkpoint()
+            await stopping_pause()
             result = await call
         except _READ_ERRORS as e:
             raise ContextUnavailable(f"{what}: {type(e).__name__}: {e}") from e
@@ -218,8 +235,9 @@ class Context:
         return list(self._sent)
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep; raises ``CancelledError`` at once if this strategy is being stopped."""
-        checkpoint()
+        """Sleep; raises ``CancelledError`` (after a short pause) if this strategy is being
+        stopped."""
+        await stopping_pause()
         await asyncio.sleep(seconds)
 
     # -- acting -------------------------------------------------------------------
@@ -233,7 +251,7 @@ class Context:
         was lost); the venue dedupes the client order id, so that send is never a second
         order.
         """
-        checkpoint()
+        await stopping_pause()
         problem = intent_problem(intent, self.name)
         if problem is not None:
             return self._bad_order(intent, problem)
@@ -352,7 +370,7 @@ class Context:
 
     async def cancel(self, client_order_id: str) -> bool:
         """Ask the venue to cancel; True once the venue confirmed it is no longer live."""
-        checkpoint()
+        await stopping_pause()
         if not self._leadership.valid():
             logs.event(self._rlog, "order.cancel_refused", strategy=self.name,
                        client_order_id=client_order_id, reason=DenyReason.NOT_ACTIVE.value)
