@@ -311,7 +311,10 @@ class RiskConfig(_Model):
     orders_per_second: PositiveAmount = Field(
         default=Decimal(10), description="Sustained order rate of the account (token bucket)."
     )
-    burst: int = Field(default=20, ge=1, le=1_000_000, description="Token bucket size.")
+    burst: int = Field(
+        default=20, ge=1, le=10**12,
+        description="Token bucket size (the gate holds it x 1000, below 2^53).",
+    )
     instruments: dict[str, InstrumentConfig] = Field(
         description="Tradable symbols; anything else is denied as unknown."
     )
