@@ -775,6 +775,7 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
     ``ABANDON_GRACE_S`` the process exits anyway (the lease was already released and
     the host lock freed inside ``main``)."""
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # as asyncio.run does (child watchers, get_event_loop)
     try:
         rc = loop.run_until_complete(main)
     finally:
@@ -794,6 +795,7 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
     finally:
+        asyncio.set_event_loop(None)
         loop.close()
     return rc
 
