@@ -15,9 +15,11 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -28,6 +30,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -44,16 +47,26 @@ class ConfigError(Exception):
 
 # -- typed scalars ------------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
+MAX_EXACT_INT = 2**53
+"""Integers the gate and the ledger hold exactly (Lua numbers are doubles): |n| < 2^53."""
 
 
 class Millis(int):
     """An int that is already milliseconds: a default written with ``ms("3s")`` is not
-    re-read as seconds when pydantic validates it."""
+    refused as a bare number when pydantic validates it."""
 
     def __str__(self) -> str:
-        return f"{int(self)}ms"
+        return _spell_ms(int(self))
+
+
+def _spell_ms(n: int) -> str:
+    """``3000`` -> ``3s``, ``250`` -> ``250ms``, ``120000`` -> ``2m``: how docs write it."""
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if n and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}ms"
 
 
 def ms(text: str) -> int:
@@ -61,36 +74,70 @@ def ms(text: str) -> int:
     return Millis(_parse_duration_ms(text))
 
 
+def _bare_number(value: object) -> str:
+    seconds = (Decimal(str(value)) / 1000).normalize()
+    return (
+        f"{value} has no unit: write '{value}ms' or '{seconds:f}s' "
+        "(a duration is a string with ms, s, m or h)"
+    )
+
+
 def _parse_duration_ms(value: object) -> int:
-    """``"250ms"``, ``"3s"``, ``"1.5s"``, ``"2m"``, ``"1h"`` or a number of seconds -> ms."""
+    """``"250ms"``, ``"3s"``, ``"1.5s"``, ``"2m"``, ``"1h"`` -> ms. A bare number is
+    refused: ``3000`` could mean 3000 ms or 3000 s, and the difference is a lease that
+    lives 50 minutes."""
     if isinstance(value, Millis):
         return int(value)
     if isinstance(value, bool):
         raise ValueError("a duration, like '500ms' or '3s', not a boolean")
-    if isinstance(value, int):
-        return value * 1000
-    if isinstance(value, Decimal | float):
-        ms = Decimal(str(value)) * 1000
-    elif isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if not m:
-            raise ValueError(f"{value!r} is not a duration; write e.g. '500ms', '3s', '2m'")
-        ms = Decimal(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
-    else:
+    if isinstance(value, int | Decimal | float):
+        raise ValueError(_bare_number(value))
+    if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a duration; write e.g. '500ms', '3s', '2m'")
+    if len(value) > 32:
+        raise ValueError(f"{value[:32]!r}... is not a duration; write e.g. '500ms', '3s', '2m'")
+    m = _DURATION_RE.match(value)
+    if not m:
+        if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", value):
+            raise ValueError(_bare_number(value.strip()))
+        raise ValueError(f"{value!r} is not a duration; write e.g. '500ms', '3s', '2m'")
+    ms = Decimal(m.group(1)) * _UNIT_MS[m.group(2)]
     if ms != ms.to_integral_value():
         raise ValueError(f"{value!r} is finer than a millisecond")
     return int(ms)
 
 
-def _positive_ms(v: int) -> int:
-    if v <= 0:
-        raise ValueError("must be longer than 0")
-    return v
+@dataclass(frozen=True, slots=True)
+class DurationBound:
+    """The longest a duration field may be (docs/config.md shows it)."""
+
+    max_ms: int
+
+    def __call__(self, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be longer than 0")
+        if v > self.max_ms:
+            raise ValueError(f"{_spell_ms(v)} is too long: at most {_spell_ms(self.max_ms)}")
+        return v
 
 
-DurationMs = Annotated[int, BeforeValidator(_parse_duration_ms), AfterValidator(_positive_ms)]
-"""A positive duration, held as integer milliseconds."""
+_DAY = DurationBound(86_400_000)
+_TEN_MINUTES = DurationBound(600_000)
+_FIVE_MINUTES = DurationBound(300_000)
+_MINUTE = DurationBound(60_000)
+
+DurationMs = Annotated[int, BeforeValidator(_parse_duration_ms), AfterValidator(_DAY), _DAY]
+"""A positive duration of at most 24h, held as integer milliseconds."""
+LeaseDurationMs = Annotated[
+    int, BeforeValidator(_parse_duration_ms), AfterValidator(_TEN_MINUTES), _TEN_MINUTES
+]
+"""A lease timing: at most 10m (a crashed holder blocks the account for up to one TTL)."""
+RequestDurationMs = Annotated[
+    int, BeforeValidator(_parse_duration_ms), AfterValidator(_FIVE_MINUTES), _FIVE_MINUTES
+]
+"""A request timeout: at most 5m."""
+SocketDurationMs = Annotated[int, BeforeValidator(_parse_duration_ms), AfterValidator(_MINUTE), _MINUTE]
+"""A Redis timeout: at most 1m (a slower reply is a failure, not a wait)."""
 
 
 def _parse_decimal(value: object) -> Decimal:
@@ -135,6 +182,40 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a Redis target (None if it can). Never echoes the URL:
+    it may carry a password."""
+    if url == EMBEDDED:
+        return None
+    if not url.strip():
+        return "empty; write redis://host:6379/0, unix:///path/to/redis.sock or 'embedded'"
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as e:
+        return f"not a Redis URL: {e}"
+    scheme = parts.scheme.lower()
+    if scheme not in _REDIS_SCHEMES:
+        shown = f"scheme {scheme!r}" if scheme and len(scheme) <= 16 else "no scheme"
+        return (f"not a Redis URL ({shown}); write redis://host:6379/0, "
+                "rediss://…, unix:///path/to/redis.sock or 'embedded'")
+    dbs = parse_qs(parts.query).get("db", [])
+    if scheme == "unix":
+        if not (parts.path or parts.netloc):
+            return "unix:// URL without a socket path"
+    else:
+        if port == 0:
+            return "port 0 is not a Redis port"
+        dbs.append(unquote(parts.path).strip("/"))
+    bad = next((db for db in dbs if db and not db.isdigit()), None)
+    if bad is not None:
+        return f"database {bad[:16]!r} is not a number"
+    return None
+
+
 # -- sections -----------------------------------------------------------------------
 
 
@@ -160,22 +241,33 @@ class RedisConfig(_Model):
         default=EMBEDDED,
         description="redis:// or unix:// URL, or 'embedded' for the per-user embedded server.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        problem = redis_url_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
     wait_replicas: int = Field(
-        default=0, ge=0, description="Replicas that must acknowledge a new fencing token (WAIT)."
+        default=0, ge=0, le=100,
+        description="Replicas that must acknowledge a new fencing token (WAIT).",
     )
-    wait_timeout: DurationMs = Field(default=ms("100ms"), description="How long to WAIT for replicas.")
-    socket_timeout: DurationMs = Field(
+    wait_timeout: SocketDurationMs = Field(
+        default=ms("100ms"), description="How long to WAIT for replicas."
+    )
+    socket_timeout: SocketDurationMs = Field(
         default=ms("1s"), description="Per-command socket timeout; a slower reply is a failure."
     )
 
 
 class LeaseConfig(_Model):
-    ttl: DurationMs = Field(default=ms("3s"), description="Lease time-to-live in Redis.")
-    renew_deadline: DurationMs = Field(
+    ttl: LeaseDurationMs = Field(default=ms("3s"), description="Lease time-to-live in Redis.")
+    renew_deadline: LeaseDurationMs = Field(
         default=ms("2s"), description="Self-fence if no renew succeeded within this long."
     )
-    renew_interval: DurationMs = Field(default=ms("500ms"), description="How often the holder renews.")
-    drift_margin: DurationMs = Field(
+    renew_interval: LeaseDurationMs = Field(default=ms("500ms"), description="How often the holder renews.")
+    drift_margin: LeaseDurationMs = Field(
         default=ms("50ms"), description="Clock-drift allowance subtracted from the local deadline."
     )
 
@@ -220,7 +312,10 @@ class RiskConfig(_Model):
     orders_per_second: PositiveAmount = Field(
         default=Decimal(10), description="Sustained order rate of the account (token bucket)."
     )
-    burst: int = Field(default=20, ge=1, description="Token bucket size.")
+    burst: int = Field(
+        default=20, ge=1, le=10**12,
+        description="Token bucket size (the gate holds it x 1000, below 2^53).",
+    )
     instruments: dict[str, InstrumentConfig] = Field(
         description="Tradable symbols; anything else is denied as unknown."
     )
@@ -234,9 +329,35 @@ class RiskConfig(_Model):
         if not self.instruments:
             raise ValueError("at least one instrument is required")
         unit = Decimal(1).scaleb(-self.quote_decimals)
+        for name in ("max_order_notional", "max_gross_exposure", "daily_loss_limit"):
+            amount: Decimal = getattr(self, name)
+            units = amount.scaleb(self.quote_decimals).to_integral_value(rounding=ROUND_FLOOR)
+            if units >= MAX_EXACT_INT:
+                raise ValueError(
+                    f"{name} ({amount}) is {int(units)} money units (10^-{self.quote_decimals}); "
+                    "the gate holds amounts exactly only below 2^53 units: lower it or "
+                    "quote_decimals"
+                )
+        if self.price_band > 1:
+            raise ValueError(f"price_band ({self.price_band}) must be at most 1 (100% of the mark)")
+        if self.orders_per_second < Decimal("0.001"):
+            raise ValueError(f"orders_per_second ({self.orders_per_second}) must be at least 0.001")
+        if self.orders_per_second * 1000 >= MAX_EXACT_INT:
+            raise ValueError(f"orders_per_second ({self.orders_per_second}) is absurdly high")
         for sym, inst in self.instruments.items():
             if not re.match(r"^[A-Za-z0-9_.\-/]{1,32}$", sym):
                 raise ValueError(f"instrument {sym!r}: symbol must be 1-32 of A-Z a-z 0-9 _ . - /")
+            for what in ("tick", "lot"):
+                problem = _increment_problem(getattr(inst, what))
+                if problem:
+                    raise ValueError(f"instrument {sym!r}: {what} {problem}")
+            if (inst.tick * inst.lot / unit) >= MAX_EXACT_INT:
+                raise ValueError(f"instrument {sym!r}: tick x lot is beyond 2^53 money units")
+            if inst.max_position / inst.lot >= MAX_EXACT_INT:
+                raise ValueError(
+                    f"instrument {sym!r}: max_position ({inst.max_position}) is 2^53 lots or "
+                    "more; the gate holds positions exactly only below 2^53 lots"
+                )
             per = inst.tick * inst.lot / unit
             if per != per.to_integral_value():
                 raise ValueError(
@@ -252,8 +373,26 @@ class RiskConfig(_Model):
         return _digest(self.model_dump(mode="json"))
 
 
+def _increment_problem(d: Decimal) -> str | None:
+    """A tick or a lot the gate can parse: at most 15 significant digits, at most 18
+    decimal places, below 2^53 (the gate scales prices and sizes by it exactly)."""
+    _sign, digits, exp = d.normalize().as_tuple()
+    assert isinstance(exp, int)
+    if len(digits) > 15:
+        return f"({d}) has more than 15 significant digits"
+    if exp < -18:
+        return f"({d}) has more than 18 decimal places"
+    if d >= MAX_EXACT_INT:
+        return f"({d}) is 2^53 or more"
+    return None
+
+
 class StrategyConfig(_Model):
-    name: str = Field(description="Unique name of this strategy instance within the account.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="Unique name of this strategy instance within the account "
+        "(1-64 of A-Z a-z 0-9 _ . -).",
+    )
     module: str = Field(description="'package.module:Class' or 'path/to/file.py:Class'.")
     params: dict[str, Any] = Field(default_factory=dict, description="Passed to the constructor.")
 
@@ -282,7 +421,7 @@ class HttpVenueConfig(_Model):
         default="GUARDRAILS_KEYSTORE_PASSWORD", description="Env var with the keystore password."
     )
     chain_id: int = Field(default=1, ge=1, description="EIP-712 domain chain id.")
-    request_timeout: DurationMs = Field(default=ms("2s"), description="HTTP request timeout.")
+    request_timeout: RequestDurationMs = Field(default=ms("2s"), description="HTTP request timeout.")
     simulator: PaperVenueConfig | None = Field(
         default=None, description="Market of the embedded simulator (url = 'embedded')."
     )
@@ -415,6 +554,41 @@ class RuntimeConfig(_Model):
         default=ms("30s"),
         description="Alert `redis_unreachable` once Redis has been unreachable this long.",
     )
+    strategy_stop_timeout: RequestDurationMs = Field(
+        default=ms("5s"),
+        description="How long a stopping strategy may take to end; one that is still running "
+        "then (it swallowed the cancellation) is abandoned and the stop goes on.",
+    )
+    strategy_restart_backoff: DurationMs = Field(
+        default=ms("1s"),
+        description="First delay before restarting a strategy that failed on an "
+        "infrastructure error (ContextUnavailable); doubles per failure.",
+    )
+    strategy_restart_backoff_max: DurationMs = Field(
+        default=ms("30s"), description="Longest delay between such restarts."
+    )
+
+    @field_validator("lock_dir")
+    @classmethod
+    def _lock_dir(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip() or "\x00" in v:
+            raise ValueError("must be a directory path")
+        path = Path(v)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{v} exists and is not a directory")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> RuntimeConfig:
+        if self.strategy_restart_backoff > self.strategy_restart_backoff_max:
+            raise ValueError(
+                f"strategy_restart_backoff ({_spell_ms(self.strategy_restart_backoff)}) must not "
+                f"exceed strategy_restart_backoff_max "
+                f"({_spell_ms(self.strategy_restart_backoff_max)})"
+            )
+        return self
 
 
 NotifyEvent = Literal[
@@ -547,12 +721,14 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration"]
+    """One line: ``<file>: <field.path>: <reason>``, repeated after ``; `` when a config
+    has several problems (an operator's terminal and a supervisor's journal show it whole)."""
+    parts = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("function-after[_timing()]",))
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {source}: {_format_loc(loc)}: {msg}")
-    return "\n".join(lines)
+        msg = " ".join(e["msg"].removeprefix("Value error, ").split())
+        parts.append(f"{source}: {_format_loc(loc)}: {msg}")
+    return "; ".join(parts) or f"{source}: invalid configuration"
 
 
 def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
@@ -578,9 +754,18 @@ def load_config(path: str | os.PathLike[str], redis_url: str | None = None) -> C
     except PermissionError:
         raise ConfigError(f"{p}: permission denied") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        raise ConfigError(f"{p}: not valid TOML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); "
+                          "save the config as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or type(e).__name__}") from None
     override = redis_url or os.environ.get(REDIS_URL_ENV)
     if override:
+        problem = redis_url_problem(override)
+        if problem:
+            origin = "--redis-url" if redis_url else f"${REDIS_URL_ENV}"
+            raise ConfigError(f"{origin}: {problem}")
         data.setdefault("redis", {})
         if not isinstance(data["redis"], dict):
             raise ConfigError(f"{p}: redis: must be a table")

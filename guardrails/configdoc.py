@@ -83,6 +83,9 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
 def _type_name(info: FieldInfo) -> str:
     meta = [type(m).__name__ for m in info.metadata]
     ann: Any = info.annotation
+    bound = next((m for m in info.metadata if isinstance(m, c.DurationBound)), None)
+    if bound is not None:
+        return f"duration ≤ {c.Millis(bound.max_ms)}"
     if ann is int and any(m == "BeforeValidator" for m in meta):
         return "duration"
     if getattr(ann, "__name__", "") == "Decimal":
@@ -131,7 +134,10 @@ def render() -> str:
         "",
         "A config is one TOML file. Unknown fields are refused; amounts are exact decimals",
         "(write them as strings, `\"0.01\"`; TOML floats are read as decimals, never as binary",
-        "floats); durations are strings with a unit: `\"250ms\"`, `\"3s\"`, `\"2m\"`, `\"1h\"`.",
+        "floats); durations are strings with a unit: `\"250ms\"`, `\"3s\"`, `\"2m\"`, `\"1h\"`",
+        "(a bare number such as `ttl = 3000` is refused: write `\"3000ms\"` or `\"3s\"`), each at",
+        "most the bound its type shows. Money limits must be below 2^53 money units",
+        "(10^-quote_decimals) and `max_position` below 2^53 lots: the gate holds them exactly.",
         "An error names the file, the field path and the reason, and the command exits 2.",
         "",
         "`--redis-url` and then `$GUARDRAILS_REDIS_URL` override `[redis] url`.",

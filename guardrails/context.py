@@ -13,6 +13,13 @@ by client order id. An admitted order that can no longer be sent in time (the
 leadership was lost, or its permit deadline passed) is not sent and is expired in
 the ledger, so its reservation is released truthfully.
 
+Reads fail closed with one exception type: ``ContextUnavailable`` (Redis or the venue
+could not answer, or the account's state could not be read) — never a raw
+``redis.ConnectionError``. A strategy that lets it escape is restarted by the runtime
+with backoff, within the same term. ``submit`` never raises for a bad intent: a float
+qty, a str side, NaN, an over-long symbol or id or a decimal the gate cannot hold
+exactly is ``Denied(bad_order)`` before anything reaches Redis.
+
 What this does NOT guarantee: that the venue executes an admitted order, or that a
 strategy sees its own fills before its next decision (the runtime's pump applies
 fills a little later).
@@ -21,12 +28,13 @@ fills a little later).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 import redis.exceptions
 
@@ -34,7 +42,17 @@ from guardrails import logs
 from guardrails.config import InstrumentConfig, RiskConfig
 from guardrails.gate import GateOutcomeUnknown, GateUnavailable
 from guardrails.ledger import LedgerError
-from guardrails.model import Admitted, Decision, Denied, DenyReason, Fill, Intent, Order, OrderState
+from guardrails.model import (
+    Admitted,
+    Decision,
+    Denied,
+    DenyReason,
+    Fill,
+    Intent,
+    Order,
+    OrderState,
+    intent_problem,
+)
 from guardrails.venues.base import Accepted, Rejected, Venue, VenueError, VenueOrderState
 
 if TYPE_CHECKING:
@@ -43,8 +61,20 @@ if TYPE_CHECKING:
 
 _INFRA_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError, LedgerError)
 """Failures to record a fact: logged, and left for reconciliation (never retried blindly)."""
+T = TypeVar("T")
 SENT_MEMORY = 10_000
 """How many sent client order ids a context remembers (to cancel them if its strategy crashes)."""
+
+
+class ContextUnavailable(Exception):
+    """A ``Context`` read could not be answered: Redis or the venue is unreachable or
+    too slow, or the account's state in Redis has an unexpected shape. Nothing about the
+    account is known, so a strategy must not act on a guess; letting it escape ``run``
+    is fine — the runtime restarts the strategy with backoff while the term lasts.
+    ``__cause__`` is the underlying error."""
+
+
+_READ_ERRORS = (*_INFRA_ERRORS, VenueError)
 
 
 def checkpoint() -> None:
@@ -61,12 +91,29 @@ def checkpoint() -> None:
         raise asyncio.CancelledError("cancellation requested (re-raised at checkpoint)")
 
 
+STOPPING_PAUSE_S = 0.05
+
+
+async def stopping_pause() -> None:
+    """``checkpoint()`` at the start of a ``Context`` call, but a task being stopped first
+    yields for ``STOPPING_PAUSE_S``: a strategy that swallows the ``CancelledError`` in a
+    loop of Context calls then cannot spin the event loop and starve the very stop it
+    ignores (the runtime abandons it after ``runtime.strategy_stop_timeout``)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        await asyncio.sleep(STOPPING_PAUSE_S)
+        raise asyncio.CancelledError("cancellation requested (re-raised at checkpoint)")
+
+
 @runtime_checkable
 class Strategy(Protocol):
     """A strategy: constructed with its config ``params``, then ``await run(ctx)``.
 
     ``run`` is cancelled when this instance stops being active or is stopped; it
-    must not swallow ``asyncio.CancelledError``.
+    must not swallow ``asyncio.CancelledError`` (one that does is abandoned after
+    ``runtime.strategy_stop_timeout`` and never started again by this process). Anything
+    else it raises — ``SystemExit`` and ``KeyboardInterrupt`` included — is this strategy
+    crashing; ``ContextUnavailable`` escaping it gets it restarted with backoff.
     """
 
     async def run(self, ctx: Context) -> None: ...
@@ -132,46 +179,54 @@ class Context:
     # -- reading the account's combined state ------------------------------------
 
     async def position(self, symbol: str) -> Decimal:
-        """The account's combined signed position in ``symbol`` (0 if none)."""
-        checkpoint()
-        view = (await self._ledger.positions()).get(symbol)
-        checkpoint()
+        """The account's combined signed position in ``symbol`` (0 if none).
+        Raises ``ContextUnavailable`` when it cannot be read."""
+        view = (await self.positions()).get(symbol)
         return view.qty if view is not None else Decimal(0)
 
     async def positions(self) -> dict[str, PositionView]:
-        """The account's combined positions (qty, avg cost, PnL, mark) per symbol."""
-        checkpoint()
-        positions = await self._ledger.positions()
-        checkpoint()
-        return positions
+        """The account's combined positions (qty, avg cost, PnL, mark) per symbol.
+        Raises ``ContextUnavailable`` when they cannot be read."""
+        return await self._read("positions", self._ledger.positions())
 
     async def budget(self) -> BudgetView:
-        """Today's loss budget of the account: realized, unrealized, reserved, limit."""
-        checkpoint()
-        budget = await self._ledger.budget()
-        checkpoint()
-        return budget
+        """Today's loss budget of the account: realized, unrealized, reserved, limit.
+        Raises ``ContextUnavailable`` when it cannot be read."""
+        return await self._read("budget", self._ledger.budget())
 
     async def mark(self, symbol: str) -> Decimal:
-        """The latest mark price of ``symbol`` (raises ``KeyError`` if the venue has none)."""
-        checkpoint()
+        """The latest mark price of ``symbol``. Raises ``KeyError`` if the venue has none,
+        ``ContextUnavailable`` if the venue cannot be asked."""
+        await stopping_pause()
         cached = self._marks.get(symbol)
         if cached is not None:
             return cached
-        fresh = await self._venue.marks([symbol])
-        checkpoint()
+        fresh = await self._read("mark", self._venue.marks([symbol]))
         self._marks.update(fresh)
         return fresh[symbol]
+
+    async def _read(self, what: str, call: Awaitable[T]) -> T:
+        """Await one read for the strategy: cancellation passes, infrastructure failures
+        become ``ContextUnavailable`` (one type for strategy code to handle)."""
+        try:
+            await stopping_pause()
+            result = await call
+        except _READ_ERRORS as e:
+            raise ContextUnavailable(f"{what}: {type(e).__name__}: {e}") from e
+        finally:
+            if inspect.iscoroutine(call):
+                call.close()  # never awaited when checkpoint() raised first: no warning
+        checkpoint()
+        return result
 
     def instrument(self, symbol: str) -> InstrumentConfig:
         """Tick, lot and max position of ``symbol`` (raises ``KeyError`` if not configured)."""
         return self._risk.instruments[symbol]
 
     async def open_orders(self, symbol: str | None = None) -> list[OrderRecord]:
-        """The account's non-terminal orders (all strategies), optionally one symbol's."""
-        checkpoint()
-        records = await self._ledger.open_orders()
-        checkpoint()
+        """The account's non-terminal orders (all strategies), optionally one symbol's.
+        Raises ``ContextUnavailable`` when they cannot be read."""
+        records = await self._read("open_orders", self._ledger.open_orders())
         return [r for r in records if symbol is None or r.symbol == symbol]
 
     def sent_client_order_ids(self) -> list[str]:
@@ -180,8 +235,9 @@ class Context:
         return list(self._sent)
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep; raises ``CancelledError`` at once if this strategy is being stopped."""
-        checkpoint()
+        """Sleep; raises ``CancelledError`` (after a short pause) if this strategy is being
+        stopped."""
+        await stopping_pause()
         await asyncio.sleep(seconds)
 
     # -- acting -------------------------------------------------------------------
@@ -195,7 +251,10 @@ class Context:
         was lost); the venue dedupes the client order id, so that send is never a second
         order.
         """
-        checkpoint()
+        await stopping_pause()
+        problem = intent_problem(intent, self.name)
+        if problem is not None:
+            return self._bad_order(intent, problem)
         intent_id = intent.resolved_intent_id(self.name)
         decision = await self._admit(intent, intent_id)
         if isinstance(decision, Denied):
@@ -229,6 +288,16 @@ class Context:
                        reason="not sent: the admitted order record could not be read")
         checkpoint()
         return decision
+
+    def _bad_order(self, intent: object, problem: str) -> Denied:
+        """A denial for an intent that never reached the gate (its fields are not logged
+        raw: they may be anything, of any size)."""
+        raw_id = getattr(intent, "intent_id", None)
+        intent_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 128 else ""
+        logs.event(self._rlog, "order.denied", strategy=self.name, intent_id=intent_id or None,
+                   reason=DenyReason.BAD_ORDER.value, detail=problem,
+                   token=self._leadership.token)
+        return Denied(intent_id, DenyReason.BAD_ORDER, problem)
 
     async def _admit(self, intent: Intent, intent_id: str) -> Decision:
         if not self._leadership.valid():
@@ -325,7 +394,7 @@ class Context:
 
     async def cancel(self, client_order_id: str) -> bool:
         """Ask the venue to cancel; True once the venue confirmed it is no longer live."""
-        checkpoint()
+        await stopping_pause()
         if not self._leadership.valid():
             logs.event(self._rlog, "order.cancel_refused", strategy=self.name,
                        client_order_id=client_order_id, reason=DenyReason.NOT_ACTIVE.value)

@@ -48,10 +48,11 @@ def add_listener(listener: Listener) -> Callable[[], None]:
     return lambda: _listeners.remove(listener) if listener in _listeners else None
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, *, exc_info: bool = False,
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, *,
+          exc_info: bool | BaseException = False,
           **fields: object) -> None:
-    """Log ``event=name k=v ...`` as one line (``exc_info``: the current exception's
-    traceback follows it), and hand it to the listeners."""
+    """Log ``event=name k=v ...`` as one line (``exc_info``: True for the current exception, or
+    an exception, whose traceback follows the line), and hand it to the listeners."""
     parts = [f"event={name}"] + [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
     # The structured form rides along on the record for the JSON and console formats.
     logger.log(level, " ".join(parts), exc_info=exc_info,

@@ -9,6 +9,7 @@ representation in Redis). Outcomes are values: the gate returns ``Admitted`` or
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -103,6 +104,70 @@ class Intent:
             return self.intent_id
         raw = f"{strategy}|{self.symbol}|{self.side.value}|{self.qty}|{self.price}|{self.tag}"
         return "i-" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+MAX_SYMBOL_LEN = 32
+MAX_STRATEGY_LEN = 64
+MAX_INTENT_ID_LEN = 128
+MAX_TAG_LEN = 128
+MAX_SIGNIFICANT_DIGITS = 15
+"""The gate parses qty and price itself: at most 15 significant digits (exact in a double)."""
+MAX_DECIMAL_CHARS = 40
+"""... and at most 40 characters as a plain decimal string."""
+_SYMBOL_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,32}$")
+_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+def intent_problem(intent: object, strategy: str = "") -> str | None:
+    """Why ``intent`` cannot be sent to the gate (None if it can): the shape checks that
+    must hold *before* anything reaches Redis — types, lengths, and decimals the gate can
+    hold exactly. Limits, ticks and lots are the gate's business. Never raises."""
+    if not isinstance(intent, Intent):
+        return f"not an Intent: {type(intent).__name__}"
+    if strategy and len(strategy) > MAX_STRATEGY_LEN:
+        return f"strategy name longer than {MAX_STRATEGY_LEN} characters"
+    if not isinstance(intent.symbol, str) or not _SYMBOL_RE.match(intent.symbol):
+        return (f"symbol must be a str of 1-{MAX_SYMBOL_LEN} of A-Z a-z 0-9 _ . - / "
+                f"(got {_short(intent.symbol)})")
+    if not isinstance(intent.side, Side):
+        return f"side must be Side.BUY or Side.SELL (got {_short(intent.side)})"
+    for what in ("qty", "price"):
+        problem = decimal_problem(getattr(intent, what))
+        if problem:
+            return f"{what} {problem}"
+    if intent.intent_id is not None and (
+        not isinstance(intent.intent_id, str) or not _ID_RE.match(intent.intent_id)
+    ):
+        return (f"intent_id must be 1-{MAX_INTENT_ID_LEN} printable ASCII characters without "
+                f"spaces (got {_short(intent.intent_id)})")
+    if not isinstance(intent.tag, str) or len(intent.tag) > MAX_TAG_LEN:
+        return f"tag must be a str of at most {MAX_TAG_LEN} characters (got {_short(intent.tag)})"
+    return None
+
+
+def decimal_problem(value: object) -> str | None:
+    """Why ``value`` is not a qty/price the gate can hold (None if it can)."""
+    if isinstance(value, bool) or not isinstance(value, Decimal):
+        return f"must be a Decimal (got {type(value).__name__} {_short(value)})"
+    if not value.is_finite():
+        return f"must be finite (got {value})"
+    if value <= 0:
+        return f"must be greater than 0 (got {_short(value)})"
+    # Exponent first: formatting Decimal('1e10000000') would build a 10-MB string.
+    if value.adjusted() >= MAX_DECIMAL_CHARS or value.adjusted() < -MAX_DECIMAL_CHARS:
+        return f"is out of range (got {_short(value)})"
+    digits = value.normalize().as_tuple().digits
+    if len(digits) > MAX_SIGNIFICANT_DIGITS:
+        return f"has more than {MAX_SIGNIFICANT_DIGITS} significant digits (got {_short(value)})"
+    if len(format(value.normalize(), "f")) > MAX_DECIMAL_CHARS:
+        return f"is longer than {MAX_DECIMAL_CHARS} characters as a decimal (got {_short(value)})"
+    return None
+
+
+def _short(value: object) -> str:
+    """``repr`` cut to 40 characters: a denial detail never carries an unbounded string."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def client_order_id_for(intent_id: str) -> str:

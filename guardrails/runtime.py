@@ -13,10 +13,16 @@ every strategy, each with its own ``Context``. When the lease is lost or the pro
 is told to stop, the task group is cancelled; the lease is released only after the
 strategies have stopped.
 
-Strategy failure policy: a strategy that raises is logged with its name and stops
-for the life of the process (no crash loop); the orders it sent in this term that
-are still open are cancelled (its exposure is not left unmanaged); the other
-strategies keep running, and the account's risk stays bounded by the gate.
+Strategy failure policy: a strategy that raises — anything, ``SystemExit`` and
+``KeyboardInterrupt`` included — is logged with its name and stops for the life of the
+process (no crash loop); the orders it sent in this term that are still open are
+cancelled (its exposure is not left unmanaged); the other strategies keep running, and
+the account's risk stays bounded by the gate. The exception is an infrastructure blip:
+a strategy that ends with ``ContextUnavailable`` (a Context read Redis or the venue
+could not answer) is restarted within the term with a bounded, logged backoff, so it is
+not left dead while this instance keeps the lease. Stopping is bounded too: a strategy
+that does not end within ``runtime.strategy_stop_timeout`` of being cancelled is
+abandoned (it can no longer submit) and the stop — lease release included — goes on.
 
 What this does NOT guarantee: that a paused process notices it lost the lease
 before it tries to trade — that is why every order is admitted inside Redis against
@@ -34,14 +40,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from guardrails import identity, localguard, logs, redisconn
 from guardrails.config import Config, ConfigError, EvmVenueConfig, load_config
-from guardrails.context import Context, MarkBook, cancel_order, checkpoint
+from guardrails.context import Context, ContextUnavailable, MarkBook, cancel_order, checkpoint
 from guardrails.embedded import EmbeddedRedisError
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
@@ -64,6 +71,7 @@ _INFRA_ERRORS: tuple[type[BaseException], ...] = (
     VenueError,
     LedgerError,
 )
+_CLEANUP_ERRORS: tuple[type[BaseException], ...] = (ContextUnavailable, *_INFRA_ERRORS)
 LIMITS_RECHECK_S = 5.0
 """How often a standby whose limits differ from the account's checks again."""
 RECONCILE_RETRY_S = 2.0
@@ -86,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:  # a [[notify]] entry that could never deliver: refuse at start
         raise ConfigError(f"{cfg.source}: {e}") from None
     strategies = load_strategies(cfg, source=str(args.config))
-    return asyncio.run(_main(cfg, args, strategies, channels))
+    return _run_loop(_main(cfg, args, strategies, channels))
 
 
 async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedStrategy],
@@ -113,6 +121,12 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
             "host; start this one with --standby to run it deliberately as a standby",
             file=sys.stderr,
         )
+        return 2
+    except localguard.LocalGuardError as e:  # e.g. a lock_dir that is a file
+        where = ("runtime.lock_dir" if cfg.runtime.lock_dir
+                 else f"${localguard.LOCK_DIR_ENV}" if os.environ.get(localguard.LOCK_DIR_ENV)
+                 else "host lock")
+        print(f"guardrails run: {cfg.source}: {where}: {e}", file=sys.stderr)
         return 2
     client = await redisconn.connect(cfg.redis.model_copy(update={"url": url}))
     try:
@@ -419,23 +433,75 @@ class Runtime:
                 await asyncio.sleep(RECONCILE_RETRY_S)
 
     async def _run_strategy(self, loaded: LoadedStrategy, ctx: Context) -> None:
-        logs.event(log, "strategy.started", strategy=loaded.name, token=self.token)
+        """Supervise one strategy for this term (see the module doc's failure policy).
+
+        Finished: logged. ``ContextUnavailable`` escaping it (an infrastructure blip):
+        restarted after a backoff that doubles from ``runtime.strategy_restart_backoff`` up
+        to ``strategy_restart_backoff_max`` (reset once it ran that long without failing).
+        Anything else, ``SystemExit``/``KeyboardInterrupt`` included: crashed — its open
+        orders are cancelled and it is not started again by this process.
+        """
+        rt = self.cfg.runtime
+        delay = rt.strategy_restart_backoff / 1000
+        attempt = 0
+        while True:
+            checkpoint()
+            logs.event(log, "strategy.started", strategy=loaded.name, token=self.token,
+                       attempt=attempt or None)
+            started = time.monotonic()
+            error = await self._strategy_term(loaded, ctx)
+            if error is None:
+                logs.event(log, "strategy.finished", strategy=loaded.name)
+                return
+            if not _is_infra_blip(error):
+                self.crashed.add(loaded.name)
+                logs.event(log, "strategy.crashed", logging.ERROR, exc_info=error,
+                           strategy=loaded.name, error=f"{type(error).__name__}: {error}")
+                await self._cancel_sent(loaded.name, ctx)
+                return
+            if time.monotonic() - started >= rt.strategy_restart_backoff_max / 1000:
+                delay = rt.strategy_restart_backoff / 1000  # it had recovered: start over
+            attempt += 1
+            logs.event(log, "strategy.restarting", logging.WARNING, strategy=loaded.name,
+                       attempt=attempt, delay_ms=int(delay * 1000),
+                       error=f"{type(error).__name__}: {error}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, rt.strategy_restart_backoff_max / 1000)
+
+    async def _strategy_term(self, loaded: LoadedStrategy, ctx: Context) -> BaseException | None:
+        """Run ``strategy.run(ctx)`` once in its own task: None when it returned, or what
+        it raised (never re-raised here: a ``SystemExit`` must not reach the event loop).
+
+        When this supervisor is cancelled (the term ends), the strategy is cancelled and
+        given ``runtime.strategy_stop_timeout`` to end; one still running then swallowed
+        the cancellation: it is abandoned (its leadership is gone, so it cannot submit),
+        marked crashed so no later term starts it again, and the stop goes on.
+        """
+        task = asyncio.create_task(_captured(loaded.strategy.run(ctx)),
+                                   name=f"strategy-{loaded.name}")
         try:
-            await loaded.strategy.run(ctx)
-        except Exception as e:
-            self.crashed.add(loaded.name)
-            logs.event(log, "strategy.crashed", logging.ERROR, exc_info=True, strategy=loaded.name,
-                       error=f"{type(e).__name__}: {e}")
-            await self._cancel_sent(loaded.name, ctx)
-            return
-        logs.event(log, "strategy.finished", strategy=loaded.name)
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=self.cfg.runtime.strategy_stop_timeout / 1000)
+            if not done:
+                self.crashed.add(loaded.name)
+                _ABANDONED.add(task)
+                logs.event(log, "strategy.abandoned", logging.ERROR, strategy=loaded.name,
+                           stop_timeout_ms=self.cfg.runtime.strategy_stop_timeout,
+                           reason="it did not end after being cancelled (swallows "
+                           "CancelledError); it can no longer submit and is not restarted")
+            raise
+        if task.cancelled():  # cancelled by nothing of ours: the strategy raised it itself
+            return asyncio.CancelledError("the strategy's run ended with its own CancelledError")
+        return task.result()
 
     async def _cancel_sent(self, name: str, ctx: Context) -> None:
         sent = set(ctx.sent_client_order_ids())
         try:
             still_open = [o.client_order_id for o in await ctx.open_orders()
                           if o.client_order_id in sent]
-        except _INFRA_ERRORS as e:
+        except _CLEANUP_ERRORS as e:
             logs.event(log, "strategy.cleanup_failed", logging.WARNING, strategy=name,
                        error=f"{type(e).__name__}: {e}")
             return
@@ -697,6 +763,69 @@ class Runtime:
         logs.event(log, "dashboard.serving", url=url)
         cleanup: Callable[[], Awaitable[None]] = runner.cleanup
         return cleanup
+
+
+_ABANDONED: set[asyncio.Task[BaseException | None]] = set()
+"""Strategy tasks that ignored their cancellation (kept referenced until the process exits)."""
+ABANDON_GRACE_S = 0.5
+
+
+async def _captured(run: Awaitable[None]) -> BaseException | None:
+    """Await a strategy's ``run``; return what it raised instead of raising it.
+
+    Why: asyncio re-raises ``SystemExit`` and ``KeyboardInterrupt`` from a task straight
+    out of the event loop, which would take every strategy and the lease release down
+    with it. Cancellation (and ``GeneratorExit``) pass through untouched.
+    """
+    try:
+        await run
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except BaseException as e:  # a strategy's failure, whatever it is, is a value
+        return e
+    return None
+
+
+def _is_infra_blip(error: BaseException) -> bool:
+    """True when ``error`` is (or was caused by) a ``ContextUnavailable``."""
+    seen = 0
+    cur: BaseException | None = error
+    while cur is not None and seen < 10:
+        if isinstance(cur, ContextUnavailable):
+            return True
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
+    return False
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)``, except that a task that will not end — a strategy that
+    swallowed its cancellation and was abandoned — cannot hang the exit: after
+    ``ABANDON_GRACE_S`` the process exits anyway (the lease was already released and
+    the host lock freed inside ``main``)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # as asyncio.run does (child watchers, get_event_loop)
+    try:
+        rc = loop.run_until_complete(main)
+    finally:
+        leftover = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in leftover:
+            t.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.wait(leftover, timeout=ABANDON_GRACE_S))
+        stuck = sorted(t.get_name() for t in leftover if not t.done())
+    if stuck:
+        logs.event(log, "runtime.exit_abandoning", logging.WARNING, tasks=",".join(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    return rc
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:

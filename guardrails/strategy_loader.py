@@ -3,13 +3,16 @@
 Contract: every ``[[strategies]]`` entry becomes one constructed object with an
 ``async def run(self, ctx)`` method, or the whole load fails with a ``ConfigError``
 naming the config file, the entry (index and name) and what was wrong — a module that
-cannot be imported, a missing class, a class without an async ``run``, or params the
-constructor refuses. The CLI turns that into exit status 2, before any lease is taken.
+cannot be imported, a missing class, a class without an async ``run``, params the
+constructor refuses, or a constructor (or module body) that raises anything at all,
+``sys.exit()`` included. The CLI turns that into exit status 2, before any lease is
+taken. Only ``KeyboardInterrupt`` passes through (a real Ctrl-C while loading: exit 130).
 
 File paths are resolved against the current directory first and then the config
 file's directory. ``params`` are passed to the constructor as keyword arguments;
 strategies convert them with ``param_decimal`` / ``param_duration_s`` (which raise
-``ValueError`` with a clear message, reported as a bad param of that entry).
+``ValueError`` with a clear message, reported as a bad param of that entry). Durations
+need a unit, like every duration in the config: ``"250ms"``, ``"2s"``.
 """
 
 from __future__ import annotations
@@ -86,6 +89,10 @@ def load_strategy(
         raise fail(f"params {sorted(spec.params)} refused by {class_name}(): {e}") from None
     except (ValueError, ArithmeticError) as e:
         raise fail(f"bad params for {class_name}: {e}") from None
+    except SystemExit as e:
+        raise fail(f"{class_name}() called sys.exit({e.code!r}) while being constructed") from None
+    except Exception as e:  # the strategy's own constructor failed: not a traceback, exit 2
+        raise fail(f"{class_name}() raised {type(e).__name__}: {_one_line(e)}") from None
     return LoadedStrategy(name=spec.name, strategy=cast("Strategy", instance), spec=spec)
 
 
@@ -94,8 +101,10 @@ def _import_module(name: str, fail: _Fail) -> object:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
         raise fail(f"module {name!r} not found ({e})") from None
+    except SystemExit as e:
+        raise fail(f"importing module {name!r} called sys.exit({e.code!r})") from None
     except Exception as e:  # an import-time error inside the strategy's own module
-        raise fail(f"importing module {name!r} failed: {type(e).__name__}: {e}") from None
+        raise fail(f"importing module {name!r} failed: {type(e).__name__}: {_one_line(e)}") from None
 
 
 def _import_file(target: str, base_dir: Path | None, fail: _Fail) -> object:
@@ -114,10 +123,19 @@ def _import_file(target: str, base_dir: Path | None, fail: _Fail) -> object:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:
+        sys.modules.pop(mod_name, None)
+        raise fail(f"importing {path} called sys.exit({e.code!r})") from None
     except Exception as e:
         sys.modules.pop(mod_name, None)
-        raise fail(f"importing {path} failed: {type(e).__name__}: {e}") from None
+        raise fail(f"importing {path} failed: {type(e).__name__}: {_one_line(e)}") from None
     return module
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line, at most 300 characters (it ends up in stderr)."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # -- helpers strategies use to read their params -----------------------------------
@@ -141,7 +159,7 @@ def param_decimal(name: str, value: object, *, positive: bool = True) -> Decimal
 
 
 def param_duration_s(name: str, value: object) -> float:
-    """A duration param (``"2s"``, ``"250ms"``, or a number of seconds) in seconds."""
+    """A duration param (``"2s"``, ``"250ms"``) in seconds; a bare number is refused."""
     try:
         ms = _DURATION.validate_python(value)
     except ValidationError as e:

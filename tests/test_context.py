@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from guardrails.config import Config, parse_config
 from guardrails.context import Context, MarkBook
@@ -19,7 +20,7 @@ from guardrails.lease import Acquired, Lease
 from guardrails.ledger import Ledger
 from guardrails.limits import check_or_init
 from guardrails.model import Admitted, Denied, DenyReason, Intent, Order, OrderState, Side
-from guardrails.venues.base import SubmitResult, Unknown
+from guardrails.venues.base import SubmitResult, Unknown, VenueError
 from guardrails.venues.paper import PaperVenue, read_record
 from tests.redis_harness import RedisServer
 
@@ -278,3 +279,88 @@ async def test_submit_when_duplicate_was_admitted_by_an_older_term_then_not_sent
 
     assert isinstance(retry, Admitted) and retry.duplicate
     assert await world.orders_at_venue() == []
+
+
+# -- reads fail closed with one type; bad intents are values, not exceptions -------------
+
+
+@pytest.mark.parametrize("read", ["open_orders", "positions", "position", "budget", "mark"])
+async def test_read_when_redis_down_then_context_unavailable_not_raw_redis_error(
+    world: World, redis_server: RedisServer, read: str
+) -> None:
+    from guardrails.context import ContextUnavailable
+
+    ctx = Context(
+        "s1", gate=OrderGate(world.redis, world.keys, world.cfg.risk), ledger=world.ledger,
+        venue=world.venue, leadership=world.term, risk=world.cfg.risk,
+        marks=MarkBook(),  # empty: mark() has to ask the (Redis-backed paper) venue
+    )
+    redis_server.kill()
+    call = {
+        "open_orders": lambda: ctx.open_orders(),
+        "positions": lambda: ctx.positions(),
+        "position": lambda: ctx.position("BTC-USD"),
+        "budget": lambda: ctx.budget(),
+        "mark": lambda: ctx.mark("BTC-USD"),
+    }[read]
+
+    with pytest.raises(ContextUnavailable) as info:
+        await call()
+
+    assert not isinstance(info.value, redis.exceptions.RedisError)
+    assert isinstance(info.value.__cause__, redis.exceptions.RedisError | OSError | VenueError)
+
+
+async def test_read_when_redis_answers_then_values_not_wrapped(world: World) -> None:
+    ctx = world.context()
+
+    assert await ctx.open_orders() == []
+    assert await ctx.position("BTC-USD") == Decimal(0)
+    assert (await ctx.mark("BTC-USD")) > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"qty": 0.001}, "qty must be a Decimal (got float 0.001)"),
+        ({"qty": 1}, "qty must be a Decimal (got int 1)"),
+        ({"qty": True}, "qty must be a Decimal"),
+        ({"side": "buy"}, "side must be Side.BUY or Side.SELL (got 'buy')"),
+        ({"price": Decimal("NaN")}, "price must be finite"),
+        ({"price": Decimal("sNaN")}, "price must be finite"),
+        ({"qty": Decimal("-Infinity")}, "qty must be finite"),
+        ({"qty": Decimal("-0.001")}, "qty must be greater than 0"),
+        ({"price": Decimal("1e10000000")}, "price is out of range"),
+        ({"qty": Decimal("1e-10000000")}, "qty is out of range"),
+        ({"price": Decimal("60000.0000000000001")}, "more than 15 significant digits"),
+        ({"symbol": "BTC-USD" * 10}, "symbol must be a str of 1-32"),
+        ({"symbol": None}, "symbol must be a str"),
+        ({"intent_id": "x" * 129}, "intent_id must be 1-128 printable ASCII"),
+        ({"intent_id": "has space"}, "intent_id must be 1-128"),
+        ({"tag": "t" * 129}, "tag must be a str of at most 128"),
+    ],
+)
+async def test_submit_when_intent_is_malformed_then_denied_bad_order_and_nothing_reaches_redis(
+    world: World, change: dict[str, object], expected: str
+) -> None:
+    import dataclasses
+
+    ctx = world.context()
+    intent = dataclasses.replace(await world.intent(), **change)  # type: ignore[arg-type]
+    denials_before = await world.redis.xlen(world.keys.denials)
+
+    decision = await ctx.submit(intent)
+
+    assert isinstance(decision, Denied) and decision.reason is DenyReason.BAD_ORDER
+    assert expected in decision.detail
+    assert len(decision.detail) < 200
+    assert await world.redis.xlen(world.keys.denials) == denials_before
+    assert await world.redis.hlen(world.keys.intents) == 0
+    assert await world.orders_at_venue() == []
+
+
+async def test_submit_when_intent_is_not_an_intent_then_denied_bad_order(world: World) -> None:
+    decision = await world.context().submit(("BTC-USD", "buy", 1, 60000))  # type: ignore[arg-type]
+
+    assert isinstance(decision, Denied) and decision.reason is DenyReason.BAD_ORDER
+    assert "not an Intent: tuple" in decision.detail

@@ -77,6 +77,42 @@ def test_params_when_float_or_bad_duration_then_value_error() -> None:
     with pytest.raises(ValueError, match="write decimals as strings"):
         param_decimal("size", 0.1)
     assert param_duration_s("refresh", "250ms") == 0.25
-    assert param_duration_s("refresh", 2) == 2.0
+    assert param_duration_s("refresh", "2s") == 2.0
     with pytest.raises(ValueError, match="'refresh'"):
         param_duration_s("refresh", "-1s")
+
+
+@pytest.mark.parametrize("bare", [2, "2", Decimal("2.5")])
+def test_params_when_duration_is_a_bare_number_then_value_error_asks_for_a_unit(
+    bare: object,
+) -> None:
+    with pytest.raises(ValueError, match=r"'refresh': .* has no unit: write '.*ms' or '.*s'"):
+        param_duration_s("refresh", bare)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("raise RuntimeError('no api key')", "S() raised RuntimeError: no api key"),
+        ("import sys; sys.exit(3)", "S() called sys.exit(3) while being constructed"),
+        ("raise SystemExit", "S() called sys.exit(None) while being constructed"),
+        ("raise OSError(2, 'gone')", "S() raised FileNotFoundError: [Errno 2] gone"),
+    ],
+)
+def test_load_when_constructor_raises_or_exits_then_config_error_not_exit(
+    tmp_path: Path, body: str, expected: str
+) -> None:
+    (tmp_path / "ctor.py").write_text(
+        f"class S:\n    def __init__(self):\n        {body}\n"
+        "    async def run(self, ctx):\n        pass\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_strategy(_spec(str(tmp_path / "ctor.py") + ":S"), source="c.toml")
+    assert str(err.value).startswith("c.toml: strategies[0] (name='s1'): ")
+    assert expected in str(err.value)
+
+
+def test_load_when_module_calls_sys_exit_at_import_then_config_error(tmp_path: Path) -> None:
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(ConfigError, match=r"quits.py called sys.exit\(0\)"):
+        load_strategy(_spec(str(tmp_path / "quits.py") + ":S"))
