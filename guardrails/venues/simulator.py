@@ -424,6 +424,13 @@ class SimExchange:
             return self._reject_unparsed(now, f"bad_request: {type(e).__name__}", 400, msg)
         if signer != claimed:
             return self._reject(order, claimed, now, "bad_signature", 401, stored=False)
+        return self.place(order, claimed, now)
+
+    def place(self, order: Order, claimed: str, now: int) -> tuple[int, dict[str, Any]]:
+        """An authenticated order of account ``claimed`` arrives at ``now``: refused after
+        its cancel (tombstone) or its deadline, a re-sent id answered with the original,
+        otherwise booked, filled at once when it crosses the mark, else resting. Every
+        protocol front end (this one, ``guardrails.sim.clob``) ends here."""
         key = (claimed, order.client_order_id)
         if key in self._tombstones:
             # Its cancel came first: the order is refused, so a cancel is never overtaken.
@@ -711,12 +718,16 @@ class Simulator:
         except OSError:
             sock.close()
             raise
-        runner = web.AppRunner(build_app(self.exchange, admin=self._admin), access_log=None)
+        runner = web.AppRunner(self.build_app(), access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock).start()
         self._runner = runner
         self.url = f"http://{host}:{sock.getsockname()[1]}"
         return self.url
+
+    def build_app(self) -> web.Application:
+        """The protocol served (a subclass serves another exchange's API)."""
+        return build_app(self.exchange, admin=self._admin)
 
     async def stop(self) -> None:
         if self._runner is not None:
