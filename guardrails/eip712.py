@@ -197,6 +197,11 @@ class Signer:
         signed = self._account.sign_message(signable_cancel(msg, chain_id))
         return SignedMessage(msg, "0x" + bytes(signed.signature).hex())
 
+    def private_key_hex(self) -> str:
+        """The raw key, only for a venue library that signs by itself (py-clob-client).
+        Never log, store or pass it anywhere else."""
+        return "0x" + bytes(self._account.key).hex()
+
     def __repr__(self) -> str:
         return f"Signer(address={self.address})"
 

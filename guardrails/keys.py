@@ -205,6 +205,16 @@ class AccountKeys:
         """STRING integer: next EVM nonce of the wallet, allocated inside the gate."""
         return self._k("nonce")
 
+    @property
+    def clob_orders(self) -> str:
+        """HASH: client order id -> Polymarket order hash (written before the order is sent)."""
+        return self._k("clob:orders")
+
+    @property
+    def clob_hashes(self) -> str:
+        """HASH: Polymarket order hash -> client order id (fills arrive by order hash)."""
+        return self._k("clob:hashes")
+
     # -- registry (registry.py) ----------------------------------------------------
     @property
     def instances(self) -> str:

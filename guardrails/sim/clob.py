@@ -47,7 +47,7 @@ from typing import Any
 
 from aiohttp import web
 from eth_account import Account
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from poly_eip712_structs import make_domain
 from py_clob_client.config import get_contract_config
 from py_clob_client.signing.eip712 import MSG_TO_SIGN, get_clob_auth_domain
@@ -330,7 +330,7 @@ class ClobExchange(SimExchange):
         if reason:
             self._reject(order, address, now, reason, 400)
             raise ClobError(400, f"order {digest} is invalid: {reason}")
-        status, out = self.place(order, address, now)
+        _, out = self.place(order, address, now)
         if out.get("status") != "accepted":
             raise ClobError(400, f"order {digest} is invalid: {out.get('reason', '')}")
         so = self._orders[key]

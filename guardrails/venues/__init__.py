@@ -12,7 +12,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from guardrails.config import Config, EvmVenueConfig, HttpVenueConfig, PaperVenueConfig
+from guardrails.config import (
+    Config,
+    EvmVenueConfig,
+    HttpVenueConfig,
+    PaperVenueConfig,
+    PolymarketVenueConfig,
+)
 from guardrails.venues.base import Venue, VenueError
 
 
@@ -45,4 +51,10 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
             venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk, source=cfg.source
         )
         return evm_venue
+    if isinstance(venue_cfg, PolymarketVenueConfig):
+        from guardrails.venues.polymarket import PolymarketVenue
+
+        return PolymarketVenue(
+            venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk, source=cfg.source
+        )
     raise TypeError(f"unsupported venue config {type(venue_cfg).__name__}")
