@@ -748,11 +748,11 @@ class ClobSimulatorProcess(SimulatorProcess):
     """``python -m guardrails.sim.clob`` as a child process on a free port."""
 
     def __init__(self, *, config: str, record: Path | None = None, admin: bool = False,
-                 heartbeat_timeout_ms: int = 10_000,
+                 heartbeat_timeout_ms: int = 10_000, port: int = 0,
                  env: Mapping[str, str] | None = None) -> None:
         super().__init__(env=env)
         self._args = [sys.executable, "-m", "guardrails.sim.clob", "--config", config,
-                      "--heartbeat-timeout-ms", str(heartbeat_timeout_ms)]
+                      "--heartbeat-timeout-ms", str(heartbeat_timeout_ms), "--port", str(port)]
         if record:
             self._args += ["--record", str(record)]
         if admin:

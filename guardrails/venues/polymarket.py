@@ -191,6 +191,9 @@ class PolymarketVenue:
         identity.check_signer_is_account(
             self._account_id, self._signer.address, source=self._source, venue="polymarket"
         )
+        # httpx (py-clob-client's transport) logs every request line at INFO: one per
+        # heartbeat and poll. Our own events say what happened.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="clob")
         try:
             self._client = await self._call(self._connect)
