@@ -336,7 +336,9 @@ class EvmVenueConfig(_Model):
 
 class PolymarketVenueConfig(_Model):
     kind: Literal["polymarket"] = "polymarket"
-    url: str = Field(description="Base URL of the Polymarket CLOB (or of the CLOB simulator).")
+    url: str = Field(
+        description="Base URL of the Polymarket CLOB, or 'embedded' for the per-user CLOB simulator."
+    )
     chain_id: int = Field(
         default=137, description="Polygon chain id of the exchange contracts (137 or 80002)."
     )
@@ -378,6 +380,8 @@ class PolymarketVenueConfig(_Model):
                 raise ValueError(f"tokens.{sym}: token id must be a decimal integer string")
         if len(set(self.tokens.values())) != len(self.tokens):
             raise ValueError("tokens: two symbols name the same token id")
+        if self.url == "embedded" and self.simulator is None:
+            raise ValueError("url = 'embedded' needs [venue.simulator] (the market to simulate)")
         return self
 
 

@@ -130,12 +130,16 @@ class ClobExchange(SimExchange):
         min_expiry_window_ms: int = 180_000,
         security_threshold_ms: int = 60_000,
         record_path: Path | None = None,
+        resume: bool = False,
+        market_digest: str = "",
         secret: bytes = b"guardrails clob simulator",
     ) -> None:
-        super().__init__(market_cfg, risk, chain_id=chain_id, record_path=record_path)
+        # Set before the base replays a record (resume): _replay needs them.
         self.tokens = dict(tokens)
         """symbol -> token id."""
         self.symbols = {t: s for s, t in self.tokens.items()}
+        super().__init__(market_cfg, risk, chain_id=chain_id, record_path=record_path,
+                         resume=resume, market_digest=market_digest)
         self.neg_risk = neg_risk
         self.fee_rate_bps = fee_rate_bps
         self.collateral = collateral
@@ -250,6 +254,17 @@ class ClobExchange(SimExchange):
                 self.heartbeat_cancels += n
                 logs.event(log, "clob.heartbeat_timeout", account=address, canceled=n,
                            silent_ms=now - last)
+
+    def _replay(self, row: Mapping[str, Any], market_digest: str, path: Path) -> None:
+        # An expiry or heartbeat cancel is a "cancel" line with its own result. (After a
+        # restart, resting GTD orders are not expired again: the daemon is a demo.)
+        if row.get("type") == "cancel" and row.get("result") == "expired":
+            so = self._orders.get((str(row["account"]), str(row["coid"])))
+            if so is not None:
+                so.state, so.reason = "expired", "expired"
+                self._open.pop((so.account, so.order.client_order_id), None)
+            return
+        super()._replay(row, market_digest, path)
 
     def _end(self, so: SimOrder, state: str, reason: str, now: int) -> None:
         so.state, so.reason = state, reason

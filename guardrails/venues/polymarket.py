@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
@@ -84,6 +85,15 @@ _STATES = {
     "CANCELED": VenueOrderState.CANCELED, "CANCELED_MARKET_RESOLVED": VenueOrderState.CANCELED,
     "INVALID": VenueOrderState.REJECTED, "EXPIRED": VenueOrderState.EXPIRED,
 }
+
+
+EMBEDDED = "embedded"
+
+
+def demo_signer() -> eip712.Signer:
+    """The well-known demo wallet of the embedded CLOB simulator: anyone can derive it,
+    so it is used only with ``url = "embedded"`` and no key configured."""
+    return eip712.Signer.demo("polymarket-demo")
 
 
 def salt_for(client_order_id: str) -> int:
@@ -145,10 +155,11 @@ class PolymarketVenue:
         self._symbols = {tok: sym for sym, tok in venue_cfg.tokens.items()}
         self._heartbeat_id: str | None = None
         self._heartbeat_failing = False
+        self._url = venue_cfg.url.rstrip("/")
 
     def __repr__(self) -> str:
         address = self._signer.address if self._signer else "(key not loaded)"
-        return f"PolymarketVenue(url={self._cfg.url!r}, account={address})"
+        return f"PolymarketVenue(url={self._url!r}, account={address})"
 
     __str__ = __repr__
 
@@ -181,6 +192,13 @@ class PolymarketVenue:
     async def start(self) -> None:
         if self._client is not None:
             return
+        if self._signer is None and self._cfg.url == EMBEDDED and not self._cfg.keystore \
+                and not os.environ.get(self._cfg.key_env):
+            # The embedded CLOB simulator holds no funds: with no key configured, sign
+            # with the well-known demo wallet (config/polymarket-sim.toml's account).
+            self._signer = demo_signer()
+            logs.event(log, "venue.polymarket.demo_key", address=self._signer.address,
+                       reason=f"url=embedded and ${self._cfg.key_env} unset")
         if self._signer is None:
             try:
                 self._signer = eip712.load_signer(
@@ -194,6 +212,8 @@ class PolymarketVenue:
         # httpx (py-clob-client's transport) logs every request line at INFO: one per
         # heartbeat and poll. Our own events say what happened.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        if self._cfg.url == EMBEDDED:
+            self._url = await self._start_embedded()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="clob")
         try:
             self._client = await self._call(self._connect)
@@ -205,16 +225,30 @@ class PolymarketVenue:
         except Exception as e:
             await self.close()
             raise VenueError(
-                f"polymarket venue: cannot connect to {self._cfg.url}: {_message_of(e)}"
+                f"polymarket venue: cannot connect to {self._url}: {_message_of(e)}"
             ) from None
-        logs.event(log, "venue.polymarket.started", url=self._cfg.url,
+        logs.event(log, "venue.polymarket.started", url=self._url,
                    account=self._signer.address)
+
+    async def _start_embedded(self) -> str:
+        """Reach the per-user CLOB simulator daemon, starting it if needed (``simdaemon``)."""
+        from guardrails.venues import simdaemon
+
+        if self._cfg.simulator is None or self._risk is None:
+            raise VenueError("polymarket venue: url = 'embedded' needs [venue.simulator]")
+        spec = simdaemon.MarketSpec(self._cfg.simulator, self._risk, self._cfg.chain_id,
+                                    dict(self._cfg.tokens))
+        try:
+            return await asyncio.to_thread(simdaemon.ensure_running, spec,
+                                           root=simdaemon.clob_root())
+        except simdaemon.SimDaemonError as e:
+            raise VenueError(f"polymarket venue: {e}") from None
 
     def _connect(self) -> Any:
         from py_clob_client.client import ClobClient
 
         assert self._signer is not None
-        client = ClobClient(self._cfg.url, chain_id=self._cfg.chain_id,
+        client = ClobClient(self._url, chain_id=self._cfg.chain_id,
                             key=self._signer.private_key_hex())
         creds = client.create_or_derive_api_creds()
         if creds is None:

@@ -65,6 +65,9 @@ class MarketSpec:
     market: PaperVenueConfig
     risk: RiskConfig
     chain_id: int
+    clob_tokens: dict[str, str] | None = None
+    """Set: the daemon serves the Polymarket CLOB API (``guardrails.sim.clob``) on these
+    outcome tokens (symbol -> token id) instead of the HTTP venue's protocol."""
 
     def digest(self) -> str:
         """Equal markets have equal digests (limits other than units do not count)."""
@@ -74,7 +77,8 @@ class MarketSpec:
             inst.pop("max_position", None)
         blob = json.dumps(
             {"market": self.market.model_dump(mode="json"), "units": units,
-             "chain_id": self.chain_id},
+             "chain_id": self.chain_id, **({"clob": self.clob_tokens} if self.clob_tokens
+                                             else {})},
             sort_keys=True, separators=(",", ":"), default=str,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -86,6 +90,7 @@ class MarketSpec:
             "market": market,
             "risk": self.risk.model_dump(mode="json"),
             "chain_id": self.chain_id,
+            "clob_tokens": self.clob_tokens,
         }, indent=2)
 
     @classmethod
@@ -95,6 +100,7 @@ class MarketSpec:
             PaperVenueConfig.model_validate(data["market"]),
             RiskConfig.model_validate(data["risk"]),
             int(data["chain_id"]),
+            data.get("clob_tokens"),
         )
 
 
@@ -137,6 +143,11 @@ class DaemonPaths:
 
 def paths(root: Path | None = None) -> DaemonPaths:
     return DaemonPaths(root if root is not None else embedded.state_dir() / "simulator")
+
+
+def clob_root() -> Path:
+    """State directory of the per-user CLOB simulator daemon (Polymarket, ``embedded``)."""
+    return embedded.state_dir() / "clob-simulator"
 
 
 def _read_info(p: DaemonPaths) -> dict[str, Any] | None:
@@ -284,6 +295,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def serve_daemon(root: Path) -> int:
     """The daemon itself (``guardrails venue serve --daemon-dir DIR``): replay, listen,
     publish ``sim.json``, serve until SIGTERM, then checkpoint and unpublish."""
+    from guardrails.sim.clob import ClobExchange, ClobSimulator
     from guardrails.venues.simulator import SimExchange, SimStateError, Simulator
 
     p = paths(root)
@@ -304,14 +316,21 @@ def serve_daemon(root: Path) -> int:
 
     async def run() -> int:
         try:
-            exchange = SimExchange(spec.market, spec.risk, chain_id=spec.chain_id,
-                                   record_path=p.record, resume=True,
-                                   market_digest=spec.digest())
+            exchange: SimExchange
+            if spec.clob_tokens:
+                exchange = ClobExchange(spec.market, spec.risk, spec.clob_tokens,
+                                        chain_id=spec.chain_id, record_path=p.record,
+                                        resume=True, market_digest=spec.digest())
+            else:
+                exchange = SimExchange(spec.market, spec.risk, chain_id=spec.chain_id,
+                                       record_path=p.record, resume=True,
+                                       market_digest=spec.digest())
         except (SimStateError, OSError, KeyError, ValueError) as e:
             logs.event(log, "simulator.refused", logging.ERROR, error=f"{type(e).__name__}: {e}")
             _write_atomic(p.errorfile, f"{type(e).__name__}: {e}\n")
             return 1
-        sim = Simulator(exchange)
+        sim = Simulator(exchange) if not isinstance(exchange, ClobExchange) \
+            else ClobSimulator(exchange)
         url = await sim.start()
         stop_ev = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -353,6 +372,8 @@ def cmd_venue(args: argparse.Namespace) -> int:
         if args.venue_command == "stop":
             stopped = stop()
             print("simulator daemon stopped" if stopped else "simulator daemon was not running")
+            if stop(root=clob_root()):
+                print("CLOB simulator daemon stopped")
             return 0
         info = status()
     except SimDaemonError as e:
