@@ -22,14 +22,25 @@ from py_clob_client.client import ClobClient
 from py_clob_client.clob_types import OrderArgs, OrderType
 from py_clob_client.exceptions import PolyApiException
 
-from guardrails.config import ConfigError, PaperVenueConfig, PolymarketVenueConfig, RiskConfig
+from guardrails.config import (
+    ConfigError,
+    PaperVenueConfig,
+    PolymarketVenueConfig,
+    RiskConfig,
+    load_config,
+)
 from guardrails.config import parse_config as parse
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Order, Side
 from guardrails.sim.clob import ClobExchange, ClobSimulator
-from guardrails.venues import make_venue
+from guardrails.venues import make_venue, simdaemon
 from guardrails.venues.base import Accepted, Rejected, Unknown, VenueError, VenueOrderState
-from guardrails.venues.polymarket import PolymarketVenue, expiration_for, salt_for
+from guardrails.venues.polymarket import (
+    PolymarketVenue,
+    demo_signer,
+    expiration_for,
+    salt_for,
+)
 from guardrails.venues.simulator import read_record
 from tests.redis_harness import free_port
 from tests.venue_conformance import SecretConformance, VenueConformance, VenueHarness, now_ms
@@ -429,3 +440,45 @@ async def test_make_venue_when_kind_polymarket_then_polymarket_venue(
     venue = make_venue(parse(_config()), redis_client)
 
     assert isinstance(venue, PolymarketVenue)
+
+
+# -- the demo config and the embedded CLOB simulator daemon -------------------------------
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_config_when_loaded_then_valid_and_its_account_is_the_demo_wallet() -> None:
+    cfg = load_config(ROOT / "config" / "polymarket-sim.toml")
+
+    assert isinstance(cfg.venue, PolymarketVenueConfig) and cfg.venue.url == "embedded"
+    assert cfg.account.id == demo_signer().address
+    assert set(cfg.venue.tokens) == set(cfg.risk.instruments)
+
+
+async def test_make_venue_when_embedded_then_per_user_clob_daemon_and_state_survives_restart(
+    monkeypatch: pytest.MonkeyPatch, redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: the demo config, no key configured (the demo wallet signs).
+    monkeypatch.delenv("GUARDRAILS_POLYMARKET_KEY", raising=False)
+    cfg = load_config(ROOT / "config" / "polymarket-sim.toml")
+    venue = make_venue(cfg, redis_client)
+    await venue.start()
+    try:
+        symbol = next(iter(cfg.risk.instruments))
+        mark = (await venue.marks([symbol]))[symbol]
+        order = Order("c-embedded", symbol, Side.BUY, Decimal(10), mark - Decimal("0.20"), 1,
+                      now_ms() + 60_000)
+        assert isinstance(await venue.submit(order), Accepted)
+    finally:
+        await venue.close()
+    # Act: the daemon restarts; a new venue reaches the new one.
+    assert simdaemon.stop(root=simdaemon.clob_root())
+    again = make_venue(cfg, redis_client)
+    await again.start()
+    try:
+        status = await again.lookup("c-embedded")
+    finally:
+        await again.close()
+    # Assert: the order is still there, replayed from the daemon's record.
+    assert status.state is VenueOrderState.OPEN
