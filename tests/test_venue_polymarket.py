@@ -482,3 +482,49 @@ async def test_make_venue_when_embedded_then_per_user_clob_daemon_and_state_surv
         await again.close()
     # Assert: the order is still there, replayed from the daemon's record.
     assert status.state is VenueOrderState.OPEN
+
+
+async def test_reconcile_when_answer_lost_then_resend_refused_duplicate_and_ledger_one_order(
+    env: Env, redis_client: aioredis.Redis,
+) -> None:
+    """End to end: gate -> signed post whose answer is lost -> UNKNOWN in the ledger
+    (reservation kept) -> reconcile by the recorded hash -> OPEN; then a deliberate
+    re-send: the exchange refuses it as a duplicate, the venue answers with the one order,
+    the ledger still holds one order, and the exchange holds one."""
+    from guardrails.gate import OrderGate
+    from guardrails.ledger import Ledger
+    from guardrails.model import Admitted, OrderState
+    from guardrails.reconcile import reconcile
+    from tests import gatekit
+
+    # Arrange
+    keys = AccountKeys(AccountId("polymarket", address_of(env.key)))
+    await gatekit.seed(redis_client, keys, RISK, marks={YES: "0.50", NO: "0.50"})
+    gate, ledger = OrderGate(redis_client, keys, RISK), Ledger(redis_client, keys, RISK)
+    decision = await gate.admit(gatekit.buy("10", "0.48", symbol=YES), intent_id="i-lost",
+                                token=gatekit.TOKEN, holder_id=gatekit.HOLDER)
+    assert isinstance(decision, Admitted), decision
+    order = Order(decision.client_order_id, YES, Side.BUY, Decimal(10), Decimal("0.48"),
+                  decision.token, decision.submit_deadline_ms)
+    await env.admin("/admin/faults", {"drop_submit_responses": 1})
+    # Act
+    result = await env.venue.submit(order)
+    assert isinstance(result, Unknown), result
+    await ledger.mark_unknown(order.client_order_id, result.reason)
+    report = await reconcile(ledger, env.venue, now_ms=now_ms())
+    resent = await env.venue.submit(order)
+    # Assert
+    assert report.ok, report.failures
+    after = await ledger.order(order.client_order_id)
+    assert after is not None and after.state is not OrderState.UNKNOWN
+    assert isinstance(resent, Accepted)
+    orders = env.record_rows("order")
+    assert [r["result"] for r in orders] == ["accepted", "duplicate"]
+    assert orders[0]["coid"] == orders[1]["coid"] == resent.venue_order_id
+    assert env.exchange.open_ids(address_of(env.key)) == [resent.venue_order_id]
+    # ...and the wallet's key is nowhere in Redis or the exchange's record.
+    from tests.test_venue_http import redis_dump
+
+    dump = await redis_dump(redis_client) + env.record.read_text()
+    assert resent.venue_order_id in dump  # the dump does see the order's state
+    assert env.key.removeprefix("0x").lower() not in dump.lower()
