@@ -85,7 +85,12 @@ start_prices = {{ YES = "0.50", NO = "0.50" }}
 [[strategies]]
 name = "both-sides"
 module = "strategies.binary_quoter:BinaryQuoter"
-params = {{ yes = "YES", no = "NO", size = "{SIZE}", max_combined = "{MAX_COMBINED}", edge = "0.02", refresh = "300ms" }}
+params.yes = "YES"
+params.no = "NO"
+params.size = "{SIZE}"
+params.max_combined = "{MAX_COMBINED}"
+params.edge = "0.02"
+params.refresh = "300ms"
 
 [runtime]
 heartbeat_interval = "500ms"
