@@ -528,3 +528,33 @@ async def test_reconcile_when_answer_lost_then_resend_refused_duplicate_and_ledg
     dump = await redis_dump(redis_client) + env.record.read_text()
     assert resent.venue_order_id in dump  # the dump does see the order's state
     assert env.key.removeprefix("0x").lower() not in dump.lower()
+
+
+async def test_submit_when_redis_unreachable_then_refused_and_nothing_sent(env: Env) -> None:
+    # The hash cannot be recorded, so the order is not sent (it could not be looked up).
+    dead = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    venue = PolymarketVenue(venue_cfg(env.sim.url), AccountId("polymarket", address_of(env.key)),
+                            redis=dead, risk=RISK)
+    await venue.start()
+    try:
+        result = await venue.submit(env.order(Side.BUY, "0.40"))
+        canceled = await venue.cancel("c-any")
+    finally:
+        await venue.close()
+        await dead.aclose()
+
+    assert isinstance(result, Rejected) and result.reason.startswith("redis_unavailable")
+    assert isinstance(canceled, Unknown)
+    assert env.record_rows("order") == []
+
+
+async def test_start_when_lot_off_the_clob_size_grid_then_refused(
+    env: Env, redis_client: aioredis.Redis
+) -> None:
+    risk = RiskConfig.model_validate({**RISK.model_dump(mode="json"), "instruments": {
+        YES: {"tick": "0.01", "lot": "0.001", "max_position": "10"},
+        NO: {"tick": "0.01", "lot": "0.01", "max_position": "10"}}})
+    venue = PolymarketVenue(venue_cfg(env.sim.url), AccountId("polymarket", address_of(env.key)),
+                            redis=redis_client, risk=risk)
+    with pytest.raises(VenueError, match="size grid"):
+        await venue.start()

@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
+from redis.exceptions import RedisError
 
 from guardrails import eip712, identity, logs
 from guardrails.config import PolymarketVenueConfig, RiskConfig
@@ -353,13 +354,17 @@ class PolymarketVenue:
             return built
         signed, digest = built
         # The hash is recorded before the order can exist, so every instance finds it.
-        await self._redis.hsetnx(self._keys.clob_orders, order.client_order_id, digest)
-        recorded = await self._redis.hget(self._keys.clob_orders, order.client_order_id)
-        recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
+        try:
+            await self._redis.hsetnx(self._keys.clob_orders, order.client_order_id, digest)
+            recorded = await self._hash_of(order.client_order_id)
+            if recorded == digest:
+                await self._redis.hset(self._keys.clob_hashes, digest, order.client_order_id)
+        except (RedisError, OSError) as e:
+            # Not sent: an order whose hash is not recorded could not be looked up.
+            return self._log_submit(order, Rejected(f"redis_unavailable: {type(e).__name__}"))
         if recorded != digest:
             return Unknown(f"rebuilt order differs from its first send ({recorded}); not sent, "
                            "reconcile by the recorded hash")
-        await self._redis.hset(self._keys.clob_hashes, digest, order.client_order_id)
         try:
             resp = await self._call(self._lib().post_order, signed, OrderType.GTD)
         except TimeoutError:
@@ -408,7 +413,10 @@ class PolymarketVenue:
         return found if isinstance(found, dict) and found else None
 
     async def cancel(self, client_order_id: str) -> SubmitResult:
-        digest = await self._hash_of(client_order_id)
+        try:
+            digest = await self._hash_of(client_order_id)
+        except (RedisError, OSError) as e:
+            return Unknown(f"redis_unavailable: {type(e).__name__}")
         if digest is None:
             # Never built by any instance; the CLOB keeps no tombstone, so nothing is
             # promised: the expiry fence bounds a late arrival.
