@@ -558,3 +558,28 @@ async def test_start_when_lot_off_the_clob_size_grid_then_refused(
                             redis=redis_client, risk=risk)
     with pytest.raises(VenueError, match="size grid"):
         await venue.start()
+
+
+def _daemon_environ() -> bytes:
+    pid = int((simdaemon.clob_root() / "sim.pid").read_text())
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+async def test_embedded_daemon_when_key_in_env_then_daemon_environment_lacks_it(
+    monkeypatch: pytest.MonkeyPatch, redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: a real key in the env var, the demo market, the account = that key's wallet.
+    key = new_key()
+    monkeypatch.setenv("GUARDRAILS_POLYMARKET_KEY", key)
+    data = load_config(ROOT / "config" / "polymarket-sim.toml").model_dump(mode="json")
+    data["account"]["id"] = address_of(key)
+    venue = make_venue(parse(data), redis_client)
+    # Act
+    await venue.start()
+    try:
+        environ = _daemon_environ()
+    finally:
+        await venue.close()
+    # Assert
+    assert b"GUARDRAILS_POLYMARKET_KEY" not in environ
+    assert key.removeprefix("0x").encode() not in environ

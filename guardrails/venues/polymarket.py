@@ -42,6 +42,7 @@ log line, repr, exception or Redis value holds it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -240,8 +241,10 @@ class PolymarketVenue:
         spec = simdaemon.MarketSpec(self._cfg.simulator, self._risk, self._cfg.chain_id,
                                     dict(self._cfg.tokens))
         try:
-            return await asyncio.to_thread(simdaemon.ensure_running, spec,
-                                           root=simdaemon.clob_root())
+            return await asyncio.to_thread(
+                functools.partial(simdaemon.ensure_running, spec, root=simdaemon.clob_root(),
+                                  withhold_env=(self._cfg.key_env,
+                                                self._cfg.keystore_password_env)))
         except simdaemon.SimDaemonError as e:
             raise VenueError(f"polymarket venue: {e}") from None
 

@@ -186,12 +186,15 @@ def _log_tail(p: DaemonPaths, n: int = 2000) -> str:
         return ""
 
 
-def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float = 30.0) -> str:
+def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float = 30.0,
+                   withhold_env: tuple[str, ...] = ()) -> str:
     """Start the daemon unless it already runs; return its base URL.
 
     Safe from several processes at once: a file lock serialises the check and the start.
     Raises ``SimDaemonError`` if the running daemon (or its record) simulates another
-    market, or if it does not come up (the message quotes its log).
+    market, or if it does not come up (the message quotes its log). ``withhold_env``:
+    environment variables (the caller's key and keystore password) the daemon must not
+    inherit.
     """
     p = paths(root)
     p.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -219,6 +222,8 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
                  str(p.root)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
                 start_new_session=True, check=False, timeout=timeout,
+                # The daemon signs nothing: the caller's key variables stay with the caller.
+                env={k: v for k, v in os.environ.items() if k not in withhold_env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
