@@ -33,7 +33,7 @@ SIZE = Decimal(5)
 
 
 def write_config(path: Path, *, url: str, redis_url: str, address: str,
-                 cancel_on_takeover: bool = True, volatility: str = "0.03") -> Path:
+                 cancel_on_takeover: bool = True, volatility: str = "0.02") -> Path:
     path.write_text(f"""
 [account]
 venue = "polymarket"
