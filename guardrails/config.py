@@ -529,8 +529,59 @@ class EvmVenueConfig(_Model):
         return self
 
 
+class PolymarketVenueConfig(_Model):
+    kind: Literal["polymarket"] = "polymarket"
+    url: str = Field(
+        description="Base URL of the Polymarket CLOB, or 'embedded' for the per-user CLOB simulator."
+    )
+    chain_id: int = Field(
+        default=137, description="Polygon chain id of the exchange contracts (137 or 80002)."
+    )
+    key_env: str = Field(
+        default="GUARDRAILS_POLYMARKET_KEY", description="Env var holding the wallet's private key."
+    )
+    keystore: str | None = Field(default=None, description="Encrypted keystore file instead of env.")
+    keystore_password_env: str = Field(
+        default="GUARDRAILS_KEYSTORE_PASSWORD", description="Env var with the keystore password."
+    )
+    tokens: dict[str, str] = Field(
+        description="Per instrument symbol: the outcome token id (decimal string) it trades."
+    )
+    expiry_window: DurationMs = Field(
+        default=ms("180s"),
+        description="The exchange's minimum GTD window: an order's expiration is its submit "
+        "deadline plus this, so one arriving after its deadline is refused as too soon.",
+    )
+    heartbeat_interval: DurationMs = Field(
+        default=ms("3s"),
+        description="CLOB heartbeat period while active (the exchange cancels after ~10s).",
+    )
+    cancel_on_takeover: bool = Field(
+        default=True, description="On taking the lease, cancel every resting order of the wallet."
+    )
+    request_timeout: DurationMs = Field(default=ms("5s"), description="Per-call time limit.")
+    simulator: PaperVenueConfig | None = Field(
+        default=None,
+        description="Market of the CLOB simulator (guardrails.sim.clob): start prices per symbol.",
+    )
+
+    @model_validator(mode="after")
+    def _tokens(self) -> PolymarketVenueConfig:
+        if self.chain_id not in (137, 80002):
+            raise ValueError("chain_id must be 137 (Polygon) or 80002 (Amoy): py-clob-client "
+                             "knows the exchange contracts of those two only")
+        for sym, tok in self.tokens.items():
+            if not tok.isdigit():
+                raise ValueError(f"tokens.{sym}: token id must be a decimal integer string")
+        if len(set(self.tokens.values())) != len(self.tokens):
+            raise ValueError("tokens: two symbols name the same token id")
+        if self.url == "embedded" and self.simulator is None:
+            raise ValueError("url = 'embedded' needs [venue.simulator] (the market to simulate)")
+        return self
+
+
 VenueConfig = Annotated[
-    PaperVenueConfig | HttpVenueConfig | EvmVenueConfig | CcxtVenueConfig,
+    PaperVenueConfig | HttpVenueConfig | EvmVenueConfig | CcxtVenueConfig | PolymarketVenueConfig,
     Field(discriminator="kind"),
 ]
 
@@ -686,6 +737,15 @@ class Config(_Model):
                     f"account.id must be the wallet's 0x address for an EVM venue "
                     f"(got {self.account.id!r})"
                 )
+        if isinstance(self.venue, PolymarketVenueConfig):
+            if not re.fullmatch(r"0x[0-9a-fA-F]{40}", self.account.id):
+                raise ValueError(
+                    f"account.id must be the wallet's 0x address for a Polymarket venue "
+                    f"(got {self.account.id!r})"
+                )
+            missing = sorted(set(self.risk.instruments) - set(self.venue.tokens))
+            if missing:
+                raise ValueError(f"venue.tokens lacks a token id for: {', '.join(missing)}")
         return self
 
     @property

@@ -63,6 +63,13 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
         "The transaction an EVM order for SYMBOL becomes.",
     ),
     (
+        "[venue] kind = \"polymarket\"",
+        c.PolymarketVenueConfig,
+        "A Polymarket CLOB wallet through py-clob-client (or the bundled CLOB simulator): "
+        "GTD orders expiring at the lease deadline plus the exchange's minimum window, "
+        "heartbeats while active.",
+    ),
+    (
         "[[strategies]]",
         c.StrategyConfig,
         "One strategy instance; all strategies of a config share the account's lease and risk.",

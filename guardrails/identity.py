@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from guardrails import logs
-from guardrails.config import Config, EvmVenueConfig, HttpVenueConfig
+from guardrails.config import Config, EvmVenueConfig, HttpVenueConfig, PolymarketVenueConfig
 from guardrails.keys import AccountId, signer_claim
 from guardrails.venues.base import VenueError
 
@@ -81,7 +81,7 @@ def check_signer_is_account(
 
 def claim_of(cfg: Config, venue: object) -> tuple[int, str] | None:
     """(chain id, signer address) to claim for ``cfg``'s venue, or None (paper venue)."""
-    if not isinstance(cfg.venue, HttpVenueConfig | EvmVenueConfig):
+    if not isinstance(cfg.venue, HttpVenueConfig | EvmVenueConfig | PolymarketVenueConfig):
         return None
     address = getattr(venue, "address", None)
     if not isinstance(address, str) or not address:

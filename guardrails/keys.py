@@ -217,6 +217,16 @@ class AccountKeys:
         (ccxt venue: where a new term's fill pump resumes instead of the account's start)."""
         return self._k("venue_cursor")
 
+    @property
+    def clob_orders(self) -> str:
+        """HASH: client order id -> Polymarket order hash (written before the order is sent)."""
+        return self._k("clob:orders")
+
+    @property
+    def clob_hashes(self) -> str:
+        """HASH: Polymarket order hash -> client order id (fills arrive by order hash)."""
+        return self._k("clob:hashes")
+
     # -- registry (registry.py) ----------------------------------------------------
     @property
     def instances(self) -> str:

@@ -325,6 +325,7 @@ class Runtime:
         try:
             if not await self._limits_agree():
                 return  # refuse to lead: the elector releases the lease (see _elect)
+            await self._venue_begin_term()
             await self._reconcile_until_ok()
             if not await self._venue_takeover(leadership):
                 return  # fenced out meanwhile: end the term (the elector steps down)
@@ -336,6 +337,10 @@ class Runtime:
                 tg.create_task(self._kill_listener())
                 tg.create_task(self._report())
                 tg.create_task(self._settle_in_doubt())
+                term_service = getattr(self.venue, "term_service", None)
+                if term_service is not None:
+                    # The venue's own fence while active (the CLOB heartbeat).
+                    tg.create_task(term_service())
                 for loaded in self.strategies:
                     if loaded.name in self.crashed:
                         continue
@@ -393,6 +398,24 @@ class Runtime:
                        fills_applied=report.fills_applied,
                        transitions=len(report.transitions), held=len(report.held))
             return
+
+    async def _venue_begin_term(self) -> None:
+        """Venues with a term-start step (Polymarket: cancel what the previous term left
+        resting, start the heartbeat) run it before reconciliation, so reconciliation sees
+        the cancels. Retried while the venue cannot be asked; strategies wait."""
+        begin = getattr(self.venue, "begin_term", None)
+        if begin is None:
+            return
+        while True:
+            checkpoint()
+            try:
+                await begin()
+                return
+            except _INFRA_ERRORS as e:
+                logs.event(log, "venue.begin_term_failed", logging.WARNING,
+                           error=f"{type(e).__name__}: {e}",
+                           action="fail closed: strategies wait; retrying")
+                await asyncio.sleep(RECONCILE_RETRY_S)
 
     async def _venue_takeover(self, leadership: Leadership) -> bool:
         """Venues with a takeover step (the EVM venue's fenced ``sync_nonce``) run it

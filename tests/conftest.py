@@ -26,10 +26,11 @@ def _isolated_state(
     monkeypatch.setenv("GUARDRAILS_LOCK_DIR", str(state / "locks"))
     monkeypatch.delenv("GUARDRAILS_REDIS_URL", raising=False)
     yield
-    if (state / "simulator").exists():
-        from guardrails.venues import simdaemon
+    for name in ("simulator", "clob-simulator"):
+        if (state / name).exists():
+            from guardrails.venues import simdaemon
 
-        simdaemon.stop(root=state / "simulator")
+            simdaemon.stop(root=state / name)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from guardrails.config import (
     EvmVenueConfig,
     HttpVenueConfig,
     PaperVenueConfig,
+    PolymarketVenueConfig,
 )
 from guardrails.venues.base import Venue, VenueError
 
@@ -57,4 +58,10 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
 
         return CcxtVenue(venue_cfg, cfg.account_id, risk=cfg.risk, source=cfg.source,
                          redis=redis)
+    if isinstance(venue_cfg, PolymarketVenueConfig):
+        from guardrails.venues.polymarket import PolymarketVenue
+
+        return PolymarketVenue(
+            venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk, source=cfg.source
+        )
     raise TypeError(f"unsupported venue config {type(venue_cfg).__name__}")

@@ -103,6 +103,12 @@ class Signer:
         """Sign an EIP-1559 transaction dict; returns raw bytes and hash."""
         return self.__account.sign_transaction(tx)
 
+    def private_key_hex(self) -> str:
+        """The raw key, only for a venue library that signs by itself (py-clob-client builds
+        and signs its own orders and auth headers). Never log, store or pass it anywhere
+        else; the one caller is ``venues/polymarket.py``."""
+        return "0x" + bytes(self.__account.key).hex()
+
     def __repr__(self) -> str:
         return f"Signer(address={self.address})"
 

@@ -67,6 +67,9 @@ class MarketSpec:
     chain_id: int
     protocol: str = "eip712"
     """``eip712`` (the HTTP venue's API) or ``binance`` (``guardrails.sim.binance``)."""
+    clob_tokens: dict[str, str] | None = None
+    """Set: the daemon serves the Polymarket CLOB API (``guardrails.sim.clob``) on these
+    outcome tokens (symbol -> token id) instead of the HTTP venue's protocol."""
 
     def digest(self) -> str:
         """Equal markets have equal digests (limits other than units do not count)."""
@@ -78,6 +81,8 @@ class MarketSpec:
                                "chain_id": self.chain_id}
         if self.protocol != "eip712":
             doc["protocol"] = self.protocol
+        if self.clob_tokens:
+            doc["clob"] = self.clob_tokens
         blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -89,6 +94,7 @@ class MarketSpec:
             "risk": self.risk.model_dump(mode="json"),
             "chain_id": self.chain_id,
             "protocol": self.protocol,
+            "clob_tokens": self.clob_tokens,
         }, indent=2)
 
     @classmethod
@@ -99,6 +105,7 @@ class MarketSpec:
             RiskConfig.model_validate(data["risk"]),
             int(data["chain_id"]),
             str(data.get("protocol", "eip712")),
+            data.get("clob_tokens"),
         )
 
 
@@ -148,6 +155,11 @@ def paths(root: Path | None = None, protocol: str = "eip712") -> DaemonPaths:
         return DaemonPaths(root)
     name = "simulator" if protocol == "eip712" else f"simulator-{protocol}"
     return DaemonPaths(embedded.state_dir() / name)
+
+
+def clob_root() -> Path:
+    """State directory of the per-user CLOB simulator daemon (Polymarket, ``embedded``)."""
+    return embedded.state_dir() / "clob-simulator"
 
 
 def _read_info(p: DaemonPaths) -> dict[str, Any] | None:
@@ -209,7 +221,8 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
 
     Safe from several processes at once: a file lock serialises the check and the start.
     Raises ``SimDaemonError`` if the running daemon (or its record) simulates another
-    market, or if it does not come up (the message quotes its log).
+    market, or if it does not come up (the message quotes its log). It starts with
+    ``daemon_environment()`` only: no key, token or password reaches it.
     """
     p = paths(root, spec.protocol)
     p.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -314,6 +327,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def serve_daemon(root: Path) -> int:
     """The daemon itself (``guardrails venue serve --daemon-dir DIR``): replay, listen,
     publish ``sim.json``, serve until SIGTERM, then checkpoint and unpublish."""
+    from guardrails.sim.clob import ClobExchange, ClobSimulator
     from guardrails.venues.simulator import SimExchange, SimStateError, Simulator
 
     p = paths(root)
@@ -334,6 +348,8 @@ def serve_daemon(root: Path) -> int:
 
     async def run() -> int:
         try:
+            sim: Simulator
+            exchange: SimExchange
             if spec.protocol == "binance":
                 from guardrails.sim import binance
 
@@ -342,6 +358,11 @@ def serve_daemon(root: Path) -> int:
                                                  market_digest=spec.digest())
                 front = binance.BinanceSim(exchange, accept_demo_keys=True)
                 sim = Simulator(exchange, app=lambda: binance.build_binance_app(front))
+            elif spec.clob_tokens:
+                clob = ClobExchange(spec.market, spec.risk, spec.clob_tokens,
+                                    chain_id=spec.chain_id, record_path=p.record,
+                                    resume=True, market_digest=spec.digest())
+                exchange, sim = clob, ClobSimulator(clob)
             else:
                 exchange = SimExchange(spec.market, spec.risk, chain_id=spec.chain_id,
                                        record_path=p.record, resume=True,
@@ -397,6 +418,8 @@ def cmd_venue(args: argparse.Namespace) -> int:
         if args.venue_command == "stop":
             stopped = stop(protocol=protocol)
             print("simulator daemon stopped" if stopped else "simulator daemon was not running")
+            if stop(root=clob_root()):
+                print("CLOB simulator daemon stopped")
             return 0
         info = status(protocol=protocol)
     except SimDaemonError as e:

@@ -781,13 +781,19 @@ class Simulator:
         except OSError:
             sock.close()
             raise
-        app = self._app() if self._app is not None else build_app(self.exchange, admin=self._admin)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(self.build_app(), access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock).start()
         self._runner = runner
         self.url = f"http://{host}:{sock.getsockname()[1]}"
         return self.url
+
+    def build_app(self) -> web.Application:
+        """The protocol served: the ``app`` factory given, else the EIP-712 HTTP API (a
+        subclass may serve another exchange's API)."""
+        if self._app is not None:
+            return self._app()
+        return build_app(self.exchange, admin=self._admin)
 
     async def stop(self) -> None:
         if self._runner is not None:

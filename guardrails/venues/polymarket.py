@@ -1,0 +1,611 @@
+"""The Polymarket venue: the official ``py-clob-client`` against the CLOB, off the event loop.
+
+Invariant upheld: *every side effect is idempotent, and a stale copy is fenced at the
+exchange*. The account is the wallet (``[account] id`` = the signer's address,
+``identity.check_signer_is_account``); instruments are outcome tokens (``[venue.tokens]``
+maps each symbol to its token id) with the market's tick; prices are probabilities in
+(0, 1) and money is USDC (6 decimals).
+
+* **Exact amounts.** py-clob-client computes an order's maker/taker amounts from floats.
+  An order is converted to floats only when its price and size are exactly
+  representable on the market's tick and the 0.01 size grid; the amounts the library
+  computes — and the amounts in the order it signs — must equal the exact ``Decimal``
+  computation (``size x price x 10^6`` USDC, ``size x 10^6`` shares). A difference is
+  ``Rejected`` and nothing is sent.
+* **Idempotency.** The EIP-712 salt is derived from the client order id and every other
+  field from the admitted order, so a re-send is the same signed order — the same order
+  hash — and the exchange refuses it as a duplicate; the adapter then answers with the
+  original order. The hash is written to Redis (``keys.clob_orders`` / ``clob_hashes``)
+  before the order is sent, so any instance can ``lookup``, ``cancel`` and attribute
+  fills by it.
+* **Expiry fence.** Orders are GTD with ``expiration = floor(deadline_s) + expiry_window``
+  (the exchange's minimum window, 180 s by default): the exchange refuses an expiration
+  less than that far ahead, so an order arriving after its submit deadline (a paused
+  instance's late send) is refused; one that arrived in time expires at most
+  ``expiry_window - 60 s`` (the exchange's one-minute security threshold) after the lease
+  deadline.
+* **Heartbeat fence.** While active the runtime runs ``term_service``: a CLOB heartbeat
+  every ``heartbeat_interval``. If this instance pauses, dies or is partitioned, the
+  exchange cancels all of the wallet's resting orders ~10 s after the last heartbeat.
+  ``begin_term`` (on taking the lease, before reconciliation) cancels every resting order
+  the previous term left (``cancel_on_takeover``) and starts the heartbeats.
+* **Classification.** py-clob-client raises ``PolyApiException`` with no status for any
+  transport error (even one after the request was written): that is ``Unknown``; a 4xx
+  answer is ``Rejected``; a 5xx is ``Unknown``.
+
+Fills come from ``/data/trades`` with a durable cursor (``"<match time>:<trade ids at
+that second>"``), marks from ``/midpoints``, balances from ``/balance-allowance``.
+The private key reaches py-clob-client (which signs by itself) and nothing else: no
+log line, repr, exception or Redis value holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from redis.exceptions import RedisError
+
+from guardrails import identity, logs
+from guardrails.config import PolymarketVenueConfig, RiskConfig
+from guardrails.keys import AccountId, AccountKeys
+from guardrails.model import Fill, Order, Side
+from guardrails.venues import signing
+from guardrails.venues.base import (
+    Accepted,
+    FillBatch,
+    Rejected,
+    SubmitResult,
+    Unknown,
+    VenueError,
+    VenueOrderState,
+    VenueOrderStatus,
+)
+
+log = logging.getLogger("guardrails.venue.polymarket")
+
+T = TypeVar("T")
+
+UNITS = Decimal(1_000_000)
+"""USDC and outcome tokens both have 6 decimals on the exchange contracts."""
+
+SIZE_STEP = Decimal("0.01")
+"""py-clob-client rounds sizes to 2 decimals (``ROUNDING_CONFIG[...].size``)."""
+
+_STATES = {
+    "LIVE": VenueOrderState.OPEN, "DELAYED": VenueOrderState.OPEN,
+    "UNMATCHED": VenueOrderState.OPEN, "MATCHED": VenueOrderState.FILLED,
+    "CANCELED": VenueOrderState.CANCELED, "CANCELED_MARKET_RESOLVED": VenueOrderState.CANCELED,
+    "INVALID": VenueOrderState.REJECTED, "EXPIRED": VenueOrderState.EXPIRED,
+}
+
+
+EMBEDDED = "embedded"
+
+
+def demo_signer() -> signing.Signer:
+    """The well-known demo wallet of the embedded CLOB simulator: anyone can derive it,
+    so it is used only with ``url = "embedded"`` and no key configured."""
+    return signing.Signer.demo("polymarket-demo")
+
+
+def salt_for(client_order_id: str) -> int:
+    """The order's EIP-712 salt: a function of the client order id alone (< 2^53, so it
+    survives every JSON parser), so a re-send signs the same order."""
+    digest = hashlib.sha256(f"guardrails clob salt|{client_order_id}".encode()).digest()
+    return int.from_bytes(digest[:6], "big")
+
+
+def exact_float(d: Decimal) -> float | None:
+    """``float(d)`` when that float's shortest repr is exactly ``d``, else None."""
+    f = float(d)
+    return f if Decimal(repr(f)) == d else None
+
+
+def expiration_for(deadline_ms: int, window_ms: int) -> int:
+    """GTD expiration (s) of an order that must arrive by ``deadline_ms``: the exchange
+    refuses one arriving later, as its expiration is then less than the window ahead."""
+    return deadline_ms // 1000 + window_ms // 1000
+
+
+def _status_of(exc: Exception) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _message_of(exc: Exception) -> str:
+    msg = getattr(exc, "error_msg", None)
+    if isinstance(msg, dict):
+        msg = msg.get("error") or msg.get("errorMsg") or msg
+    return str(msg if msg is not None else type(exc).__name__)[:200]
+
+
+class PolymarketVenue:
+    """One wallet at the Polymarket CLOB, through py-clob-client."""
+
+    def __init__(
+        self,
+        venue_cfg: PolymarketVenueConfig,
+        account: AccountId,
+        signer: signing.Signer | Any = None,
+        *,
+        redis: aioredis.Redis,
+        risk: RiskConfig | None = None,
+        source: str = "",
+    ) -> None:
+        self.name = "polymarket"
+        self._cfg = venue_cfg
+        self._account_id = account
+        self._keys = AccountKeys(account)
+        self._redis = redis
+        self._risk = risk
+        self._source = source
+        if signer is not None and not isinstance(signer, signing.Signer):
+            signer = signing.Signer(signer)
+        self._signer: signing.Signer | None = signer
+        self._client: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._symbols = {tok: sym for sym, tok in venue_cfg.tokens.items()}
+        self._heartbeat_id: str | None = None
+        self._heartbeat_failing = False
+        self._url = venue_cfg.url.rstrip("/")
+
+    def __repr__(self) -> str:
+        address = self._signer.address if self._signer else "(key not loaded)"
+        return f"PolymarketVenue(url={self._url!r}, account={address})"
+
+    __str__ = __repr__
+
+    @property
+    def address(self) -> str:
+        if self._signer is None:
+            raise VenueError("polymarket venue: not started (no signing key loaded)")
+        return self._signer.address
+
+    # -- running py-clob-client off the loop ------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one synchronous library call in the venue's threads, bounded in time.
+
+        A call that overruns is abandoned (its thread finishes on its own; httpx bounds
+        it) and surfaces as ``TimeoutError``: the caller classifies it as unknown."""
+        if self._executor is None:
+            raise VenueError("polymarket venue: not started")
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, fn, *args)
+        return await asyncio.wait_for(fut, self._cfg.request_timeout / 1000 + 1)
+
+    def _lib(self) -> Any:
+        if self._client is None:
+            raise VenueError("polymarket venue: not started")
+        return self._client
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        if self._signer is None and self._cfg.url == EMBEDDED and not self._cfg.keystore \
+                and not os.environ.get(self._cfg.key_env):
+            # The embedded CLOB simulator holds no funds: with no key configured, sign
+            # with the well-known demo wallet (config/polymarket-sim.toml's account).
+            self._signer = demo_signer()
+            logs.event(log, "venue.polymarket.demo_key", address=self._signer.address,
+                       reason=f"url=embedded and ${self._cfg.key_env} unset")
+        if self._signer is None:
+            try:
+                self._signer = signing.load_signer(
+                    key_env=self._cfg.key_env, keystore=self._cfg.keystore,
+                    keystore_password_env=self._cfg.keystore_password_env,
+                )
+            except signing.SigningKeyError as e:
+                raise VenueError(f"polymarket venue: {e}") from None
+        identity.check_signer_is_account(
+            self._account_id, self._signer.address, source=self._source, venue="polymarket"
+        )
+        # httpx (py-clob-client's transport) logs every request line at INFO: one per
+        # heartbeat and poll. Our own events say what happened.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        if self._cfg.url == EMBEDDED:
+            self._url = await self._start_embedded()
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="clob")
+        try:
+            self._client = await self._call(self._connect)
+            if self._risk is not None:
+                await self._call(self._check_market, self._risk)
+        except VenueError:
+            await self.close()
+            raise
+        except Exception as e:
+            await self.close()
+            raise VenueError(
+                f"polymarket venue: cannot connect to {self._url}: {_message_of(e)}"
+            ) from None
+        logs.event(log, "venue.polymarket.started", url=self._url,
+                   account=self._signer.address)
+
+    async def _start_embedded(self) -> str:
+        """Reach the per-user CLOB simulator daemon, starting it if needed (``simdaemon``)."""
+        from guardrails.venues import simdaemon
+
+        if self._cfg.simulator is None or self._risk is None:
+            raise VenueError("polymarket venue: url = 'embedded' needs [venue.simulator]")
+        spec = simdaemon.MarketSpec(self._cfg.simulator, self._risk, self._cfg.chain_id,
+                                    clob_tokens=dict(self._cfg.tokens))
+        try:
+            return await asyncio.to_thread(
+                functools.partial(simdaemon.ensure_running, spec, root=simdaemon.clob_root()))
+        except simdaemon.SimDaemonError as e:
+            raise VenueError(f"polymarket venue: {e}") from None
+
+    def _connect(self) -> Any:
+        from py_clob_client.client import ClobClient
+
+        assert self._signer is not None
+        client = ClobClient(self._url, chain_id=self._cfg.chain_id,
+                            key=self._signer.private_key_hex())
+        creds = client.create_or_derive_api_creds()
+        if creds is None:
+            raise VenueError("polymarket venue: the exchange gave no API credentials")
+        client.set_api_creds(creds)
+        return client
+
+    def _check_market(self, risk: RiskConfig) -> None:
+        """The configured instruments are the market's: tick equal, sizes on its grid."""
+        for sym, inst in risk.instruments.items():
+            tick = Decimal(str(self._client.get_tick_size(self._cfg.tokens[sym])))
+            if tick != inst.tick:
+                raise VenueError(
+                    f"polymarket venue: {sym} (token {self._cfg.tokens[sym][:12]}…) has tick "
+                    f"{tick} at the exchange, the config says {inst.tick}{self._where()}"
+                )
+            if inst.lot % SIZE_STEP != 0:
+                raise VenueError(f"polymarket venue: {sym}: lot {inst.lot} must be a multiple "
+                                 f"of {SIZE_STEP} (the CLOB's size grid){self._where()}")
+
+    def _where(self) -> str:
+        return f" in {self._source}" if self._source else ""
+
+    async def close(self) -> None:
+        self._client = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- building the signed order ----------------------------------------------------------
+
+    def _build(self, order: Order, token: str) -> tuple[Any, str] | Rejected:
+        """(signed order, its hash), or why it cannot be sent exactly. Runs in a thread."""
+        from py_clob_client.clob_types import CreateOrderOptions
+        from py_clob_client.config import get_contract_config
+        from py_clob_client.order_builder.builder import ROUNDING_CONFIG
+        from py_order_utils.builders import OrderBuilder as UtilsOrderBuilder
+        from py_order_utils.model import EOA, OrderData
+        from py_order_utils.signer import Signer as UtilsSigner
+
+        client = self._lib()
+        assert self._signer is not None
+        tick_s = str(client.get_tick_size(token))
+        neg_risk = bool(client.get_neg_risk(token))
+        fee = int(client.get_fee_rate_bps(token) or 0)
+        tick = Decimal(tick_s)
+        if tick_s not in ROUNDING_CONFIG:
+            return Rejected(f"unsupported_tick: {tick_s}")
+        price, qty = order.price, order.qty
+        if not (0 < price < 1) or price % tick != 0:
+            return Rejected(f"off_tick: price {price} not on tick {tick} inside (0, 1)")
+        if qty <= 0 or qty % SIZE_STEP != 0:
+            return Rejected(f"off_lot: size {qty} not a positive multiple of {SIZE_STEP}")
+        fprice, fqty = exact_float(price), exact_float(qty)
+        if fprice is None or fqty is None:
+            return Rejected("not_exact: price or size is not exact as a float")
+        shares, usdc = qty * UNITS, qty * price * UNITS
+        if shares != shares.to_integral_value() or usdc != usdc.to_integral_value():
+            return Rejected(f"not_exact: {qty} x {price} is not whole USDC micro-units")
+        exact = (int(usdc), int(shares)) if order.side is Side.BUY else (int(shares), int(usdc))
+        side_s = "BUY" if order.side is Side.BUY else "SELL"
+        options = CreateOrderOptions(tick_size=tick_s, neg_risk=neg_risk)
+        side_i, maker, taker = client.builder.get_order_amounts(
+            side_s, fqty, fprice, ROUNDING_CONFIG[options.tick_size])
+        if (int(maker), int(taker)) != exact:
+            return Rejected(f"amount_mismatch: py-clob-client computed maker/taker "
+                            f"{maker}/{taker}, exact is {exact[0]}/{exact[1]}; not sent")
+        address = to_checksum_address(self._signer.address)
+        data = OrderData(
+            maker=address, tokenId=token, makerAmount=str(exact[0]), takerAmount=str(exact[1]),
+            side=side_i, feeRateBps=str(fee), nonce="0", signer=address,
+            expiration=str(expiration_for(order.submit_deadline_ms, self._cfg.expiry_window)),
+            signatureType=EOA,
+        )
+        salt = salt_for(order.client_order_id)
+        builder = UtilsOrderBuilder(
+            get_contract_config(self._cfg.chain_id, neg_risk).exchange, self._cfg.chain_id,
+            UtilsSigner(key=self._signer.private_key_hex()), salt_generator=lambda: salt,
+        )
+        signed = builder.build_signed_order(data)
+        if (signed.order["makerAmount"], signed.order["takerAmount"]) != exact:
+            return Rejected("amount_mismatch: the signed order's amounts are not exact; not sent")
+        digest = "0x" + keccak(signed.order.signable_bytes(domain=builder.domain_separator)).hex()
+        return signed, digest
+
+    # -- the Venue protocol -----------------------------------------------------------------
+
+    async def submit(self, order: Order) -> SubmitResult:
+        from py_clob_client.clob_types import OrderType
+
+        token = self._cfg.tokens.get(order.symbol)
+        if token is None:
+            return Rejected("unknown_symbol")
+        try:
+            built = await self._call(self._build, order, token)
+        except Exception as e:
+            # Nothing was sent: the build (tick/fee lookups) failed before the post.
+            return Rejected(f"venue_unreachable: {_message_of(e)}")
+        if isinstance(built, Rejected):
+            logs.event(log, "venue.polymarket.refused", logging.WARNING,
+                       coid=order.client_order_id, reason=built.reason)
+            return built
+        signed, digest = built
+        # The hash is recorded before the order can exist, so every instance finds it.
+        try:
+            await self._redis.hsetnx(self._keys.clob_orders, order.client_order_id, digest)
+            recorded = await self._hash_of(order.client_order_id)
+            if recorded == digest:
+                await self._redis.hset(self._keys.clob_hashes, digest, order.client_order_id)
+        except (RedisError, OSError) as e:
+            # Not sent: an order whose hash is not recorded could not be looked up.
+            return self._log_submit(order, Rejected(f"redis_unavailable: {type(e).__name__}"))
+        if recorded != digest:
+            return Unknown(f"rebuilt order differs from its first send ({recorded}); not sent, "
+                           "reconcile by the recorded hash")
+        try:
+            resp = await self._call(self._lib().post_order, signed, OrderType.GTD)
+        except TimeoutError:
+            return self._log_submit(order, Unknown("no answer: timeout"))
+        except Exception as e:
+            result = await self._classify_post_error(e, digest)
+            return self._log_submit(order, result)
+        if isinstance(resp, dict) and resp.get("success") and resp.get("orderID") == digest:
+            return self._log_submit(order, Accepted(digest))
+        if isinstance(resp, dict) and resp.get("success") is False:
+            return self._log_submit(order, Rejected(str(resp.get("errorMsg", ""))[:200]))
+        return self._log_submit(order, Unknown("unparseable answer"))
+
+    async def _classify_post_error(self, e: Exception, digest: str) -> SubmitResult:
+        status, msg = _status_of(e), _message_of(e)
+        if status is None or status >= 500:
+            return Unknown(f"no answer: {msg[:80]}")
+        if "Duplicated" in msg:
+            # The exchange already has this very order (a re-send): answer with it.
+            try:
+                found = await self._call(self._lib().get_order, digest)
+            except Exception:
+                return Unknown("duplicate; original not readable")
+            state = _STATES.get(str((found or {}).get("status", "")))
+            if state is VenueOrderState.REJECTED:
+                return Rejected(str(found.get("reason", "rejected")))
+            return Accepted(digest) if state is not None else Unknown("duplicate; unknown state")
+        return Rejected(msg)
+
+    def _log_submit(self, order: Order, result: SubmitResult) -> SubmitResult:
+        logs.event(log, "venue.polymarket.submit", coid=order.client_order_id,
+                   result=type(result).__name__.lower(), detail=getattr(result, "reason", None))
+        return result
+
+    async def _hash_of(self, client_order_id: str) -> str | None:
+        raw = await self._redis.hget(self._keys.clob_orders, client_order_id)
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def _get_order(self, digest: str) -> dict[str, Any] | None:
+        try:
+            found = await self._call(self._lib().get_order, digest)
+        except Exception as e:
+            if _status_of(e) == 404:
+                return None
+            raise VenueError(f"polymarket venue: order lookup failed: {_message_of(e)}") from None
+        return found if isinstance(found, dict) and found else None
+
+    async def cancel(self, client_order_id: str) -> SubmitResult:
+        try:
+            digest = await self._hash_of(client_order_id)
+        except (RedisError, OSError) as e:
+            return Unknown(f"redis_unavailable: {type(e).__name__}")
+        if digest is None:
+            # Never built by any instance; the CLOB keeps no tombstone, so nothing is
+            # promised: the expiry fence bounds a late arrival.
+            return Rejected("not_found")
+        try:
+            resp = await self._call(self._lib().cancel, digest)
+        except Exception as e:
+            return Unknown(f"no answer: {_message_of(e)[:80]}")
+        if digest in (resp or {}).get("canceled", []):
+            return Accepted(digest)
+        try:
+            found = await self._get_order(digest)
+        except VenueError as e:
+            return Unknown(str(e))
+        if found is None:
+            return Rejected("not_found")
+        state = _STATES.get(str(found.get("status", "")))
+        if state is not None and state is not VenueOrderState.OPEN:
+            return Accepted(digest)  # already final
+        return Unknown(f"not canceled: {(resp or {}).get('not_canceled', {}).get(digest, '')}")
+
+    async def _server_ms(self) -> int:
+        try:
+            return int(await self._call(self._lib().get_server_time)) * 1000
+        except Exception as e:
+            raise VenueError(f"polymarket venue: time failed: {_message_of(e)}") from None
+
+    async def lookup(
+        self, client_order_id: str, *, deadline_ms: int | None = None
+    ) -> VenueOrderStatus:
+        digest = await self._hash_of(client_order_id)
+        found = None if digest is None else await self._get_order(digest)
+        if digest is None or found is None:
+            now = await self._server_ms()
+            return VenueOrderStatus(
+                client_order_id=client_order_id, state=VenueOrderState.NOT_FOUND,
+                can_still_arrive=deadline_ms is None or now <= deadline_ms,
+            )
+        try:
+            state = _STATES[str(found["status"])]
+            fills = [f for f in await self._trades(asset_id=str(found.get("asset_id", "")))
+                     if f[0] == digest]
+            return VenueOrderStatus(
+                client_order_id=client_order_id, state=state,
+                filled_qty=Decimal(str(found.get("size_matched", "0"))),
+                fills=tuple(f[1] for f in fills), detail=str(found.get("reason", "")),
+            )
+        except (KeyError, ValueError, TypeError, InvalidOperation) as e:
+            raise VenueError(f"polymarket venue: lookup: malformed answer ({type(e).__name__})"
+                             ) from None
+
+    async def _trades(self, *, asset_id: str = "", after: int = 0
+                      ) -> list[tuple[str, Fill, int, str]]:
+        """(order hash, fill, match time s, trade id) of each of this wallet's fills."""
+        from py_clob_client.clob_types import TradeParams
+
+        params = TradeParams(maker_address=self.address, asset_id=asset_id or None,
+                             after=after or None)
+        try:
+            rows = await self._call(self._lib().get_trades, params)
+        except Exception as e:
+            raise VenueError(f"polymarket venue: trades failed: {_message_of(e)}") from None
+        legs: list[tuple[str, str, str, str, str, dict[str, Any]]] = []
+        for t in rows:
+            if str(t.get("trader_side", "")).upper() == "TAKER" or not t.get("maker_orders"):
+                legs.append((str(t["taker_order_id"]), str(t["side"]), str(t["size"]),
+                             str(t["price"]), str(t["id"]), t))
+            for m in t.get("maker_orders") or []:
+                if str(m.get("maker_address", "")).lower() == self.address:
+                    legs.append((str(m["order_id"]), str(m["side"]), str(m["matched_amount"]),
+                                 str(m["price"]), f"{t['id']}:{str(m['order_id'])[:18]}", t))
+        coids = await self._redis.hmget(self._keys.clob_hashes, [leg[0] for leg in legs]) \
+            if legs else []
+        out = []
+        for (digest, side, size, price, fill_id, t), coid in zip(legs, coids, strict=True):
+            symbol = self._symbols.get(str(t.get("asset_id", "")))
+            if symbol is None:
+                continue  # another market's token: not an instrument of this account
+            coid_s = coid.decode() if isinstance(coid, bytes) else (coid or digest)
+            ts = int(t["match_time"])
+            out.append((digest, Fill(
+                fill_id=fill_id, client_order_id=coid_s, symbol=symbol,
+                side=Side.BUY if side.upper() == "BUY" else Side.SELL, qty=Decimal(size),
+                price=Decimal(price), ts_ms=ts * 1000,
+            ), ts, str(t["id"])))
+        return out
+
+    async def fills_since(self, cursor: str | None) -> FillBatch:
+        last_ts, seen = 0, set[str]()
+        if cursor:
+            ts_s, _, ids = cursor.partition(":")
+            try:
+                last_ts = int(ts_s)
+            except ValueError:
+                raise VenueError(f"polymarket venue: bad fills cursor {cursor[:40]!r}") from None
+            seen = set(filter(None, ids.split(",")))
+        try:
+            legs = await self._trades(after=last_ts - 1 if last_ts else 0)
+        except (KeyError, ValueError, TypeError, InvalidOperation) as e:
+            raise VenueError(f"polymarket venue: trades: malformed answer ({type(e).__name__})"
+                             ) from None
+        new = [leg for leg in legs if leg[2] > last_ts or (leg[2] == last_ts
+                                                           and leg[1].fill_id not in seen)]
+        top = max([last_ts, *(leg[2] for leg in legs)])
+        at_top = {leg[1].fill_id for leg in legs if leg[2] == top}
+        if top == last_ts:
+            at_top |= seen
+        return FillBatch(fills=tuple(leg[1] for leg in new),
+                         cursor=f"{top}:{','.join(sorted(at_top))}")
+
+    async def marks(self, symbols: Sequence[str]) -> dict[str, Decimal]:
+        from py_clob_client.clob_types import BookParams
+
+        wanted = [(s, self._cfg.tokens[s]) for s in symbols if s in self._cfg.tokens]
+        if not wanted:
+            return {}
+        try:
+            mids = await self._call(self._lib().get_midpoints,
+                                    [BookParams(token_id=t) for _, t in wanted])
+            return {s: Decimal(str(mids[t])) for s, t in wanted if t in mids}
+        except (KeyError, TypeError, InvalidOperation) as e:
+            raise VenueError(f"polymarket venue: midpoints: malformed ({type(e).__name__})"
+                             ) from None
+        except Exception as e:
+            raise VenueError(f"polymarket venue: midpoints failed: {_message_of(e)}") from None
+
+    async def balances(self) -> dict[str, Decimal]:
+        from py_clob_client.clob_types import AssetType, BalanceAllowanceParams
+
+        lib = self._lib()
+        out: dict[str, Decimal] = {}
+        try:
+            usdc = await self._call(lib.get_balance_allowance, BalanceAllowanceParams(
+                asset_type=AssetType.COLLATERAL, signature_type=0))
+            out["USDC"] = Decimal(str(usdc["balance"])) / UNITS
+            for sym, tok in self._cfg.tokens.items():
+                row = await self._call(lib.get_balance_allowance, BalanceAllowanceParams(
+                    asset_type=AssetType.CONDITIONAL, token_id=tok, signature_type=0))
+                out[sym] = Decimal(str(row["balance"])) / UNITS
+        except (KeyError, TypeError, InvalidOperation) as e:
+            raise VenueError(f"polymarket venue: balance: malformed ({type(e).__name__})"
+                             ) from None
+        except Exception as e:
+            raise VenueError(f"polymarket venue: balance failed: {_message_of(e)}") from None
+        return out
+
+    # -- the term's venue fences (runtime: before reconciliation, and while active) -----------
+
+    async def begin_term(self) -> None:
+        """On taking the lease: cancel what the previous term left resting (unless
+        ``cancel_on_takeover = false``), then start the heartbeat dead-man switch.
+        Raises ``VenueError`` when the exchange cannot be asked (the runtime retries)."""
+        if self._cfg.cancel_on_takeover:
+            try:
+                resp = await self._call(self._lib().cancel_all)
+            except Exception as e:
+                raise VenueError(f"polymarket venue: cancel-all failed: {_message_of(e)}"
+                                 ) from None
+            logs.event(log, "venue.polymarket.takeover_cancel",
+                       canceled=len((resp or {}).get("canceled", [])))
+        self._heartbeat_id = None
+        await self._beat()
+
+    async def _beat(self) -> None:
+        try:
+            resp = await self._call(self._lib().post_heartbeat, self._heartbeat_id)
+        except Exception as e:
+            raise VenueError(f"polymarket venue: heartbeat failed: {_message_of(e)}") from None
+        if isinstance(resp, dict) and resp.get("heartbeat_id"):
+            self._heartbeat_id = str(resp["heartbeat_id"])
+
+    async def term_service(self) -> None:
+        """While active: one heartbeat every ``heartbeat_interval``. A failure is logged
+        once (the exchange may then cancel the resting orders: that is the fence) and
+        retried at the next beat; it never ends the term."""
+        while True:
+            await asyncio.sleep(self._cfg.heartbeat_interval / 1000)
+            try:
+                await self._beat()
+            except VenueError as e:
+                if not self._heartbeat_failing:
+                    logs.event(log, "venue.polymarket.heartbeat_failed", logging.WARNING,
+                               error=str(e), note="the exchange cancels resting orders ~10s "
+                               "after the last heartbeat")
+                self._heartbeat_failing = True
+                continue
+            if self._heartbeat_failing:
+                logs.event(log, "venue.polymarket.heartbeat_recovered")
+            self._heartbeat_failing = False
