@@ -19,7 +19,7 @@ from importlib import metadata
 from types import TracebackType
 
 from guardrails import logs
-from guardrails.config import REDIS_URL_ENV, ConfigError
+from guardrails.config import REDIS_URL_ENV, ConfigError, redis_url_problem
 
 DEFAULT_CONFIG = "config/paper.toml"
 _INIT_VENUES = ("paper", "http")  # guardrails.ops.init.VENUES, without importing it for --help
@@ -210,7 +210,10 @@ def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
 
     found = redacted.argv_urls_with_credentials(argv)
     redacted.register_argv(argv)
-    if found:
+    # A URL that will be refused anyway gets its one-line error instead (the process stops
+    # before using it); the warning is for a password that is about to be used from argv.
+    usable = all(redis_url_problem(a) is None for a in argv if "://" in a)
+    if found and usable:
         logs.event(
             logging.getLogger("guardrails.secrets"), "secrets.password_in_argv", logging.WARNING,
             url=found[0],

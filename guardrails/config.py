@@ -26,6 +26,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    PlainSerializer,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -126,17 +127,22 @@ _TEN_MINUTES = DurationBound(600_000)
 _FIVE_MINUTES = DurationBound(300_000)
 _MINUTE = DurationBound(60_000)
 
-DurationMs = Annotated[int, BeforeValidator(_parse_duration_ms), AfterValidator(_DAY), _DAY]
+_AS_TEXT = PlainSerializer(lambda v: f"{v}ms", return_type=str, when_used="json")
+"""In JSON a duration is written as it is read (``"250ms"``), so a dumped config loads again."""
+
+DurationMs = Annotated[int, BeforeValidator(_parse_duration_ms), AfterValidator(_DAY), _DAY, _AS_TEXT]
 """A positive duration of at most 24h, held as integer milliseconds."""
 LeaseDurationMs = Annotated[
-    int, BeforeValidator(_parse_duration_ms), AfterValidator(_TEN_MINUTES), _TEN_MINUTES
+    int, BeforeValidator(_parse_duration_ms), AfterValidator(_TEN_MINUTES), _TEN_MINUTES, _AS_TEXT
 ]
 """A lease timing: at most 10m (a crashed holder blocks the account for up to one TTL)."""
 RequestDurationMs = Annotated[
-    int, BeforeValidator(_parse_duration_ms), AfterValidator(_FIVE_MINUTES), _FIVE_MINUTES
+    int, BeforeValidator(_parse_duration_ms), AfterValidator(_FIVE_MINUTES), _FIVE_MINUTES, _AS_TEXT
 ]
 """A request timeout: at most 5m."""
-SocketDurationMs = Annotated[int, BeforeValidator(_parse_duration_ms), AfterValidator(_MINUTE), _MINUTE]
+SocketDurationMs = Annotated[
+    int, BeforeValidator(_parse_duration_ms), AfterValidator(_MINUTE), _MINUTE, _AS_TEXT
+]
 """A Redis timeout: at most 1m (a slower reply is a failure, not a wait)."""
 
 

@@ -88,7 +88,6 @@ class MarketSpec:
 
     def to_json(self) -> str:
         market = self.market.model_dump(mode="json")
-        market["step"] = f"{self.market.step}ms"  # a bare number would be read as seconds
         return json.dumps({
             "market": market,
             "risk": self.risk.model_dump(mode="json"),
