@@ -62,7 +62,7 @@ from redis.exceptions import RedisError
 
 from guardrails import logs, redacted, redisconn
 from guardrails.config import Config, ConfigError
-from guardrails.keys import AccountId, InvalidAccountId
+from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.model import TradingState
 
 OPERATOR_TOKEN_ENV = "GUARDRAILS_OPERATOR_TOKEN"
@@ -214,6 +214,7 @@ def create_app(
     app.router.add_get("/api/events", _api_events)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/api/kill", _api_kill)
+    app.router.add_post("/api/resume", _api_resume)
     app.router.add_static("/static/", path=str(web_dir), show_index=False)
     return app
 
@@ -314,8 +315,17 @@ async def _accounts(s: _Settings) -> list[AccountId]:
 
     found = {str(a): a for a in s.accounts}
     for a in await known_accounts(s.redis):
-        found.setdefault(str(a), a)
+        if str(a) not in found and await _ever_ran(s.redis, a):
+            found[str(a)] = a
     return [found[k] for k in sorted(found)]
+
+
+async def _ever_ran(redis: aioredis.Redis, account: AccountId) -> bool:
+    """An indexed account is shown only if something ever ran for it: stored limits, a
+    lease, or registered instances. A kill typed for a typo'd account id (a phantom) is
+    in the index but has none of these, so it never appears on the page or in /metrics."""
+    k = AccountKeys(account)
+    return bool(await redis.exists(k.limits, k.lease, k.instances))
 
 
 async def document(s: _Settings) -> dict[str, Any]:
@@ -324,7 +334,60 @@ async def document(s: _Settings) -> dict[str, Any]:
 
     doc = await status_document(s.redis, await _accounts(s), config=s.config)
     doc["kill_enabled"] = s.kill_enabled
+    # What only the page shows, beside the status document (which stays docs/status.schema.json).
+    extras: dict[str, Any] = {}
+    for a in doc["accounts"]:
+        keys = AccountKeys(AccountId.parse(a["account"]))
+        day = (a.get("budget") or {}).get("trading_day")
+        extras[a["account"]] = {
+            "pnl_history": await _pnl_history(s.redis, keys, day) if day else [],
+            "recent_fills": await _recent_fills(s.redis, keys),
+        }
+    doc["dashboard"] = {"accounts": extras}
     return doc
+
+
+PNL_POINTS = 720
+"""At most this many samples of the day are sent to the page (evenly thinned)."""
+
+
+async def _pnl_history(redis: aioredis.Redis, keys: AccountKeys, day: str) -> list[dict[str, Any]]:
+    """The day's P&L samples (``keys.pnl_history``), thinned to ``PNL_POINTS``; a malformed
+    sample is skipped, never fatal (this is a picture, not a check)."""
+    raw = await redis.lrange(keys.pnl_history(day), 0, -1)
+    step = max(1, len(raw) // PNL_POINTS)
+    out: list[dict[str, Any]] = []
+    for item in raw[::step] + ([raw[-1]] if raw and (len(raw) - 1) % step else []):
+        try:
+            sample = json.loads(item)
+        except (ValueError, TypeError):
+            continue
+        if isinstance(sample, dict) and isinstance(sample.get("t"), int):
+            out.append({k: sample.get(k) for k in ("t", "realized_pnl", "unrealized_loss", "used",
+                                                   "limit")})
+    return out
+
+
+async def _recent_fills(redis: aioredis.Redis, keys: AccountKeys, n: int = 20) -> list[dict[str, Any]]:
+    """The account's last ``n`` fills from its journal (newest first), as journaled: lots
+    and money in the account's integer units."""
+    out: list[dict[str, Any]] = []
+    for entry_id, f in await redis.xrevrange(keys.journal, count=500) or []:
+        if not f or _s(f.get(b"ev", f.get("ev"))) != "fill":
+            continue
+        row = {k: _s(f.get(k.encode(), f.get(k))) for k in ("fill_id", "coid", "symbol", "side",
+                                                             "lots", "value", "ts_ms")}
+        row["id"] = _s(entry_id)
+        out.append(row)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _s(v: object) -> str | None:
+    if v is None:
+        return None
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 # -- handlers -------------------------------------------------------------------------
@@ -436,7 +499,6 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _api_kill(request: web.Request) -> web.Response:
-    from guardrails.keys import AccountKeys
     from guardrails.killswitch import KillSwitch, KillSwitchError, operator_identity
 
     s = request.app[SETTINGS]
@@ -472,8 +534,10 @@ async def _api_kill(request: web.Request) -> web.Response:
         account = AccountId.parse(str(body.get("account", "")))
     except InvalidAccountId as e:
         return web.json_response({"ok": False, "error": str(e)}, status=400)
-    reason = str(body.get("reason") or "dashboard kill")
-    state = TradingState.REDUCING if body.get("reduce_only") else TradingState.HALTED
+    resume = request.path.endswith("/resume")
+    reason = str(body.get("reason") or ("dashboard resume" if resume else "dashboard kill"))
+    state = (TradingState.ACTIVE if resume
+             else TradingState.REDUCING if body.get("reduce_only") else TradingState.HALTED)
     try:
         change = await KillSwitch(s.kill_redis, AccountKeys(account)).set_state(
             state, reason=reason, by=f"{operator_identity()} (dashboard from {peer})"
@@ -484,6 +548,12 @@ async def _api_kill(request: web.Request) -> web.Response:
         "ok": True, "account": str(account), "prev_state": change.prev_state.value,
         "state": change.state.value, "at_ms": change.at_ms, "by": change.by,
     })
+
+
+async def _api_resume(request: web.Request) -> web.Response:
+    """``POST /api/resume``: the kill endpoint's checks (operator token, JSON, same origin,
+    throttle), then the latch back to ACTIVE."""
+    return await _api_kill(request)
 
 
 # -- CLI ------------------------------------------------------------------------------

@@ -187,6 +187,12 @@ class AccountKeys:
         """STREAM: append-only journal of admissions, transitions and fills."""
         return self._k("journal")
 
+    def pnl_history(self, trading_day: str) -> str:
+        """LIST: the trading day's P&L samples, oldest first, one JSON object per element
+        (``{"t", "realized_pnl", "unrealized_loss", "used", "limit"}``, decimal strings),
+        appended by the active instance every report interval; what every dashboard draws."""
+        return self._k(f"pnl:{trading_day}")
+
     def day(self, trading_day: str) -> str:
         """HASH: one trading day's realized PnL and loss (``trading_day`` is YYYY-MM-DD)."""
         return self._k(f"day:{trading_day}")

@@ -15,6 +15,7 @@ proceeds down, fees up) when the venue's price is finer than the money unit.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
@@ -109,6 +110,12 @@ class PositionView:
     unrealized: Decimal
     reserved_buy: Decimal
     reserved_sell: Decimal
+
+
+PNL_HISTORY_MAX = 17_280
+"""Samples kept per trading day (a day at one every 5 s)."""
+PNL_HISTORY_TTL_MS = 3 * 86_400_000
+"""A day's P&L history is kept three days."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +387,19 @@ class Ledger:
                 reserved_sell=res.get(f"{sym}:sell", 0) * inst.lot,
             )
         return out
+
+    async def record_pnl_sample(self, b: BudgetView, at_ms: int) -> None:
+        """Append ``b`` to the day's P&L history (``keys.pnl_history``): capped at a day of
+        samples at the report interval, expiring a few days after its day."""
+        key = self.keys.pnl_history(b.trading_day)
+        sample = json.dumps({"t": at_ms, "realized_pnl": str(b.realized_pnl),
+                             "unrealized_loss": str(b.unrealized_loss), "used": str(b.used),
+                             "limit": str(b.limit)}, separators=(",", ":"))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, sample)
+            pipe.ltrim(key, -PNL_HISTORY_MAX, -1)
+            pipe.pexpire(key, PNL_HISTORY_TTL_MS)
+            await pipe.execute()
 
     async def budget(self) -> BudgetView:
         """Today's loss budget exactly as the gate computes it (docs/gate.md)."""

@@ -684,6 +684,8 @@ class Runtime:
             try:
                 positions = await ledger.positions()
                 budget = await ledger.budget()
+                # The day's P&L history every dashboard draws (keys.pnl_history).
+                await ledger.record_pnl_sample(budget, int(time.time() * 1000))
             except _INFRA_ERRORS as e:
                 logs.event(log, "positions.unavailable", logging.WARNING, error=str(e))
                 continue

@@ -10,9 +10,11 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,10 @@ from guardrails.dashboard import (
     create_app,
     serve,
 )
+from guardrails.keys import AccountId, AccountKeys
 from guardrails.killswitch import read_latch
-from guardrails.model import TradingState
+from guardrails.ledger import Ledger
+from guardrails.model import Intent, Side, TradingState
 from tests import opskit
 from tests.browser import Browser
 from tests.conftest import ROOT, subprocess_env
@@ -90,6 +94,7 @@ async def test_api_status_when_read_only_user_then_equals_status_json(served: Se
     for doc in (api, cli):
         doc.pop("generated_at_ms")
         doc.pop("kill_enabled", None)
+        doc.pop("dashboard", None)  # the page's extras (P&L history, fills) beside the document
         doc["accounts"][0]["lease"].pop("ttl_ms")
     assert api == cli
 
@@ -252,8 +257,11 @@ def test_cli_dashboard_when_started_then_serves_known_accounts_and_stops_on_sigt
     redis_server: RedisServer,
 ) -> None:
     # Arrange
+    # paper:cli ran once (its limits are stored); paper:ghost is only in the index, as a
+    # kill typed for a typo'd id leaves it: a phantom, never shown (#14).
     c = redis_server.client()
-    c.sadd("gr:accounts", "paper:cli")
+    c.sadd("gr:accounts", "paper:cli", "paper:ghost")
+    c.hset(AccountKeys(AccountId("paper", "cli")).limits, "digest", "x")
     c.close()
     port = free_port()
     proc = subprocess.Popen(
@@ -280,6 +288,7 @@ def test_cli_dashboard_when_started_then_serves_known_accounts_and_stops_on_sigt
     # Assert
     assert banner.startswith(f"dashboard on http://127.0.0.1:{port}/")
     assert "paper:cli" in [a["account"] for a in doc["accounts"]]
+    assert "paper:ghost" not in [a["account"] for a in doc["accounts"]]
     assert rc == 0
 
 
@@ -572,3 +581,63 @@ def test_failure_throttle_when_many_peers_fail_then_overall_limit_holds_and_wind
     assert freed == 0
     with pytest.raises(ValueError):
         FailureThrottle(per_peer=3, overall=2)
+
+
+async def test_page_when_operator_clicks_kill_then_resume_in_chromium_then_status_json_follows(
+    kill_served: KillServed, redis_server: RedisServer, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    # Arrange: a fill (recent fills), a resting order (open orders), P&L samples (the chart)
+    await opskit.buy_and_fill(kill_served.admin, "0.01", "60000", "click")
+    await opskit.admit(kill_served.admin, Intent(opskit.BTC, Side.BUY, Decimal("0.01"),
+                                                 Decimal("59000"), intent_id="ops-rest"))
+    ledger = Ledger(kill_served.admin, opskit.KEYS, opskit.RISK)
+    now = int(time.time() * 1000)
+    for i in range(5):
+        await ledger.record_pnl_sample(await ledger.budget(), now - (5 - i) * 5000)
+    sec = "#acct-paper_ops"
+    browser = await Browser(tmp_path / "profile").start()
+
+    async def click(selector: str) -> None:
+        await browser.evaluate(f"document.querySelector('{sec} {selector}').click()")
+
+    async def fill_form(reason: str) -> None:
+        await browser.evaluate(
+            f"(() => {{ const f = document.querySelector('{sec} .confirm');"
+            f" f.elements.reason.value = {reason!r}; f.elements.token.value = {OPERATOR_TOKEN!r}; }})()")
+
+    try:
+        await browser.navigate(kill_served.url)
+        await browser.wait_for(f"document.querySelector('{sec} .state')?.textContent === 'ACTIVE'")
+        # What the operator sees before acting: open orders, fills, the day's chart.
+        await browser.wait_for(f"document.querySelectorAll('{sec} .orders tbody tr').length === 1")
+        assert await browser.evaluate(f"document.querySelectorAll('{sec} .fills tbody tr').length") == 1
+        await browser.wait_for(f"document.querySelectorAll('{sec} .pnl polyline').length === 3")
+        assert await browser.evaluate(f"document.querySelector('{sec} .resume').hidden") is True
+        assert await browser.evaluate("document.getElementById('conn').dataset.state") == "live"
+
+        # Act 1: Kill… opens the confirmation; nothing is written before Confirm.
+        await click(".kill")
+        assert await browser.evaluate(f"document.querySelector('{sec} .confirm').hidden") is False
+        assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.ACTIVE
+        await fill_form("drill from the browser")
+        await click(".confirm-go")
+        await browser.wait_for(f"document.querySelector('{sec} .state')?.textContent === 'HALTED'")
+        halted = status_json(f"redis://127.0.0.1:{redis_server.port}/0")["accounts"][0]["trading"]
+        png = await browser.screenshot()
+        (artifacts_dir / "dashboard-halted.png").write_bytes(png)
+
+        # Act 2: Resume… appears only now; confirm it.
+        assert await browser.evaluate(f"document.querySelector('{sec} .resume').hidden") is False
+        await click(".resume")
+        await fill_form("drill over")
+        await click(".confirm-go")
+        await browser.wait_for(f"document.querySelector('{sec} .state')?.textContent === 'ACTIVE'")
+        resumed = status_json(f"redis://127.0.0.1:{redis_server.port}/0")["accounts"][0]["trading"]
+    finally:
+        await browser.close()
+
+    # Assert: the state the page showed is the one status --json reads back from Redis.
+    assert halted["state"] == "HALTED" and halted["reason"] == "drill from the browser"
+    assert "dashboard" in halted["by"]
+    assert resumed["state"] == "ACTIVE"
+    assert png.startswith(b"\x89PNG")

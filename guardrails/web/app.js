@@ -17,14 +17,18 @@ function cell(tr, value, field) {
   tr.appendChild(td);
 }
 
-function renderAccount(a, killEnabled) {
+function renderAccount(a, killEnabled, extra) {
   const id = "acct-" + a.account.replace(/[^A-Za-z0-9_-]/g, "_");
   let sec = document.getElementById(id);
   if (!sec) {
     sec = document.getElementById("account-tpl").content.firstElementChild.cloneNode(true);
     sec.id = id;
     sec.dataset.account = a.account;
-    sec.querySelector(".kill").addEventListener("click", () => kill(a.account));
+    for (const btn of sec.querySelectorAll(".actions button")) {
+      btn.addEventListener("click", () => ask(sec, a.account, btn.dataset.action));
+    }
+    sec.querySelector(".confirm").addEventListener("submit", (ev) => { ev.preventDefault(); act(sec); });
+    sec.querySelector(".confirm-cancel").addEventListener("click", () => { sec.querySelector(".confirm").hidden = true; });
     document.getElementById("accounts").appendChild(sec);
   }
   text(sec, ".name", a.account);
@@ -34,7 +38,12 @@ function renderAccount(a, killEnabled) {
   badge.dataset.state = t.state || "";
   badge.dataset.field = "trading-state";
   text(sec, ".latch", t.at_ms ? `${t.state} by ${t.by} at ${new Date(t.at_ms).toISOString()}: ${t.reason}` : "never set");
-  sec.querySelector(".kill").hidden = !killEnabled;
+  // Each button only when an operator token is configured, and only where it changes something.
+  const state = t.state || "ACTIVE";
+  sec.querySelector(".actions").hidden = !killEnabled;
+  sec.querySelector(".kill").hidden = !killEnabled || state === "HALTED";
+  sec.querySelector(".reduce").hidden = !killEnabled || state !== "ACTIVE";
+  sec.querySelector(".resume").hidden = !killEnabled || state === "ACTIVE";
 
   const b = a.budget;
   if (b) {
@@ -73,6 +82,23 @@ function renderAccount(a, killEnabled) {
     cell(tr, p.realized_pnl, "realized_pnl");
     pbody.appendChild(tr);
   }
+  const obody = sec.querySelector(".orders tbody");
+  obody.replaceChildren();
+  for (const o of a.open_orders || []) {
+    const tr = document.createElement("tr");
+    tr.dataset.coid = o.client_order_id;
+    for (const k of ["client_order_id", "symbol", "side", "qty", "price", "filled_qty", "state", "token"]) cell(tr, o[k], k);
+    obody.appendChild(tr);
+  }
+  const fbody = sec.querySelector(".fills tbody");
+  fbody.replaceChildren();
+  for (const f of extra.recent_fills || []) {
+    const tr = document.createElement("tr");
+    cell(tr, f.ts_ms ? new Date(Number(f.ts_ms)).toISOString() : null, "time");
+    for (const k of ["coid", "symbol", "side", "lots", "value"]) cell(tr, f[k], k);
+    fbody.appendChild(tr);
+  }
+  drawPnl(sec, extra.pnl_history || []);
   const ibody = sec.querySelector(".instances tbody");
   ibody.replaceChildren();
   for (const i of a.instances || []) {
@@ -99,7 +125,8 @@ function renderAccount(a, killEnabled) {
 function render(doc) {
   view.doc = doc;
   view.updates += 1;
-  for (const a of doc.accounts) renderAccount(a, doc.kill_enabled);
+  const extras = (doc.dashboard && doc.dashboard.accounts) || {};
+  for (const a of doc.accounts) renderAccount(a, doc.kill_enabled, extras[a.account] || {});
   text(document, "#updated", "updated " + new Date(doc.generated_at_ms).toISOString());
 }
 
@@ -109,31 +136,90 @@ function setConn(state, label) {
   el.textContent = label;
 }
 
-async function kill(account) {
-  const reason = prompt(`Kill ${account}: reason?`);
-  if (!reason) return;
-  const token = prompt("Operator token:");
-  if (!token) return;
-  const resp = await fetch("/api/kill", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ account, reason, token }),
-  });
-  const body = await resp.json();
-  alert(body.ok ? `${account}: ${body.prev_state} -> ${body.state} by ${body.by}` : `kill FAILED: ${body.error}`);
+// The day's realized P&L and budget use, one SVG polyline each, scaled to the data.
+function drawPnl(sec, samples) {
+  const svg = sec.querySelector(".pnl");
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  text(sec, ".pnl-points", samples.length ? `${samples.length} samples since ${new Date(samples[0].t).toISOString()}` : "no samples yet");
+  if (samples.length < 2) return;
+  const t0 = samples[0].t, t1 = samples[samples.length - 1].t || t0 + 1;
+  const vals = samples.flatMap((p) => [Number(p.realized_pnl), Number(p.used), Number(p.limit), 0]);
+  const lo = Math.min(...vals), hi = Math.max(...vals);
+  const x = (t) => ((t - t0) / Math.max(1, t1 - t0)) * 600;
+  const y = (v) => 135 - ((v - lo) / Math.max(1e-9, hi - lo)) * 130;
+  const line = (field, colour, dash) => {
+    const pl = document.createElementNS(ns, "polyline");
+    pl.setAttribute("points", samples.map((p) => `${x(p.t).toFixed(1)},${y(Number(p[field])).toFixed(1)}`).join(" "));
+    pl.setAttribute("fill", "none");
+    pl.setAttribute("stroke", colour);
+    pl.setAttribute("stroke-width", "2");
+    pl.setAttribute("vector-effect", "non-scaling-stroke");
+    if (dash) pl.setAttribute("stroke-dasharray", "6 4");
+    pl.dataset.series = field;
+    svg.appendChild(pl);
+  };
+  line("limit", "#d29922", true);
+  line("used", "#f85149", false);
+  line("realized_pnl", "#58a6ff", false);
 }
 
+// Kill / reduce-only / resume: an inline form (reason + operator token), confirmed by a
+// second click; the result is read back from the server's answer.
+function ask(sec, account, action) {
+  const form = sec.querySelector(".confirm");
+  form.dataset.account = account;
+  form.dataset.action = action;
+  const what = { kill: "HALT", reduce: "make REDUCE-ONLY", resume: "RESUME trading on" }[action];
+  text(form, ".confirm-what", `${what} ${account}? Enter why and the operator token, then Confirm.`);
+  form.querySelector(".confirm-go").textContent = `Confirm: ${what} ${account}`;
+  text(form, ".confirm-result", "");
+  form.hidden = false;
+}
+
+async function act(sec) {
+  const form = sec.querySelector(".confirm");
+  const { account, action } = form.dataset;
+  const reason = form.elements.reason.value, token = form.elements.token.value;
+  const path = action === "resume" ? "/api/resume" : "/api/kill";
+  const result = form.querySelector(".confirm-result");
+  try {
+    const resp = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ account, reason, token, reduce_only: action === "reduce" }),
+    });
+    const body = await resp.json();
+    result.dataset.ok = String(!!body.ok);
+    result.textContent = body.ok ? `${account}: ${body.prev_state} → ${body.state} by ${body.by}` : `FAILED: ${body.error}`;
+    if (body.ok) { form.elements.token.value = ""; form.hidden = true; }
+  } catch (e) {
+    result.dataset.ok = "false";
+    result.textContent = `FAILED: ${e}`;
+  }
+  view.lastAction = result.textContent;
+}
+
+// The connection indicator says what is true: "live" only while updates arrive; "stale"
+// when none came for three refresh intervals; "down" when the stream or Redis failed.
+let lastUpdate = 0;
 async function start() {
   try {
     const resp = await fetch("/api/status");
-    if (resp.ok) render(await resp.json());
+    if (resp.ok) { render(await resp.json()); lastUpdate = Date.now(); setConn("live", "live"); }
+    else setConn("down", `status ${resp.status}`);
   } catch (e) {
     setConn("down", "disconnected");
   }
   const es = new EventSource("/api/events");
-  es.addEventListener("status", (ev) => { setConn("live", "live"); render(JSON.parse(ev.data)); });
+  es.onopen = () => { if (Date.now() - lastUpdate > 5000) setConn("connecting", "connected, waiting for data…"); };
+  es.addEventListener("status", (ev) => { lastUpdate = Date.now(); setConn("live", "live"); render(JSON.parse(ev.data)); });
   es.addEventListener("failure", () => setConn("down", "redis unreachable"));
   es.onerror = () => setConn("down", "reconnecting…");
+  setInterval(() => {
+    const el = document.getElementById("conn");
+    if (el.dataset.state === "live" && Date.now() - lastUpdate > 6000) setConn("stale", `no update for ${Math.round((Date.now() - lastUpdate) / 1000)} s`);
+  }, 1000);
 }
 
 start();
