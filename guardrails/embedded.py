@@ -179,6 +179,12 @@ def ensure_running(timeout: float = 10.0) -> str:
         raise EmbeddedRedisError(f"embedded redis did not answer on {p.socket} (log: {p.logfile})")
 
 
+def running_url() -> str | None:
+    """The URL of this user's embedded server if one answers on its socket; never starts one."""
+    p = paths()
+    return p.url if _ping(p) else None
+
+
 def status() -> dict[str, object]:
     """What the operator sees in ``guardrails redis status``."""
     p = paths()

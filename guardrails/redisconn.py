@@ -31,11 +31,23 @@ PASSWORD_FILE_ENV = "GUARDRAILS_REDIS_PASSWORD_FILE"
 """Environment variable naming a file whose first line is the Redis password."""
 
 
-async def resolve_url(url: str) -> str:
-    """The concrete URL: ``embedded`` starts (or reuses) the per-user server."""
-    if url == EMBEDDED:
+async def resolve_url(url: str, *, start: bool = False) -> str:
+    """The concrete URL. ``embedded`` is the per-user server: started (or reused) only with
+    ``start`` — what ``guardrails run`` does. Operator commands never start one as a side
+    effect (a kill that lands in a fresh empty Redis no bot listens to would look like
+    success): without ``start`` a missing server is ``EmbeddedRedisError`` saying so."""
+    if url != EMBEDDED:
+        return url
+    if start:
         return await asyncio.to_thread(embedded.ensure_running)
-    return url
+    found = await asyncio.to_thread(embedded.running_url)
+    if found is None:
+        raise embedded.EmbeddedRedisError(
+            f"no embedded Redis is running for this user ({embedded.paths().socket}); operator "
+            "commands never start one: point --redis-url or $GUARDRAILS_REDIS_URL at the bot's "
+            "Redis (a supervised bot's URL is in its unit's environment), or start the bot"
+        )
+    return found
 
 
 def describe(url: str) -> str:

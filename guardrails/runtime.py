@@ -105,7 +105,7 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
         loop.add_signal_handler(sig, _on_signal, sig, stop)
 
     try:
-        url = await redisconn.resolve_url(cfg.redis.url)
+        url = await redisconn.resolve_url(cfg.redis.url, start=True)
     except EmbeddedRedisError as e:
         logs.event(log, "runtime.redis_unavailable", logging.ERROR, error=str(e))
         print(f"guardrails run: {e}", file=sys.stderr)
