@@ -166,6 +166,11 @@ class RedisConfig(_Model):
     socket_timeout: DurationMs = Field(
         default=ms("1s"), description="Per-command socket timeout; a slower reply is a failure."
     )
+    allow_non_durable: bool = Field(
+        default=False,
+        description="Run even on a Redis without AOF, whose restart would lose the fencing "
+        "counter (throwaway setups only; `run` refuses such a Redis otherwise).",
+    )
 
 
 class LeaseConfig(_Model):

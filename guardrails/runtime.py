@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from guardrails import identity, localguard, logs, redisconn
+from guardrails import identity, localguard, logs, persistence, redisconn
 from guardrails.config import Config, EvmVenueConfig, load_config
 from guardrails.context import Context, MarkBook, cancel_order, checkpoint
 from guardrails.embedded import EmbeddedRedisError
@@ -176,6 +176,8 @@ class Runtime:
             strategies=",".join(s.name for s in self.strategies) or "-",
             config_digest=self.cfg.digest(), limits_digest=self.cfg.risk.digest(),
         )
+        if not await self._durable_enough():
+            return 2
         kind = self.cfg.venue.kind
         try:
             self._venue = make_venue(self.cfg, self.redis)
@@ -217,6 +219,40 @@ class Runtime:
                 await self.venue.close()
             logs.event(log, "runtime.stopped", instance=self.instance_id)
         return 0
+
+    async def _durable_enough(self) -> bool:
+        """False (refuse to run) when Redis would lose the fencing counter on a restart
+        and the config does not say ``allow_non_durable``. Redis down: retried, since
+        nothing can be admitted meanwhile; a stop while waiting is not a refusal."""
+        failing = False
+        while True:
+            try:
+                found = await persistence.read(self.redis)
+                break
+            except _INFRA_ERRORS as e:
+                if not failing:
+                    logs.event(log, "runtime.redis_unavailable", logging.WARNING,
+                               during="persistence check", error=f"{type(e).__name__}: {e}",
+                               note="nothing can be admitted; retrying")
+                failing = True
+                await _wait(self.stop, RECONCILE_RETRY_S)
+                if self.stop.is_set():
+                    return True
+        durability = found.durability
+        allowed = self.cfg.redis.allow_non_durable
+        if durability is persistence.Durability.VOLATILE and not allowed:
+            logs.event(log, "runtime.redis_not_durable", logging.ERROR, redis=self.target,
+                       persistence=found.summary(), risk=found.risk(), action="refused")
+            print(f"guardrails run: refused: Redis at {self.target} would lose the fencing "
+                  f"counter on restart ({found.summary()}): {found.risk()}; enable AOF "
+                  "(appendonly yes, appendfsync always) or set [redis] allow_non_durable = "
+                  "true for a throwaway setup", file=sys.stderr)
+            return False
+        level = logging.INFO if durability is persistence.Durability.DURABLE else logging.WARNING
+        logs.event(log, "runtime.redis_persistence", level, redis=self.target,
+                   durability=durability.value, persistence=found.summary(), risk=found.risk(),
+                   allow_non_durable=int(allowed))
+        return True
 
     async def _elect(self, elector: LeaderElector) -> None:
         """Stand by / lead until told to stop.
