@@ -414,14 +414,21 @@ async def census(
 
 async def check_persistence(c: Census, redis: aioredis.Redis, *, allow_non_durable: bool) -> None:
     """Would this Redis lose the fencing counter on a restart? (guardrails/persistence.py)"""
-    found = await persistence.read(redis)
+    async with redisconn.primaries(redis) as nodes:
+        readings = [(name, await persistence.read(node)) for name, node in nodes]
+    rank = [persistence.Durability.VOLATILE, persistence.Durability.UNKNOWN,
+            persistence.Durability.DURABLE]
+    name, found = min(readings, key=lambda r: rank.index(r[1].durability))
     c.persistence = {"durability": found.durability.value, "appendonly": found.aof_enabled,
                      "appendfsync": found.appendfsync, "save": found.save,
                      "risk": found.risk()}
+    if name:
+        c.persistence["node"] = name
+    where = f" node {name}" if name else ""
     durability = found.durability
     if durability is persistence.Durability.VOLATILE:
         c.add("redis_not_durable", None,
-              f"Redis would lose the fencing counter on restart ({found.summary()}): "
+              f"Redis{where} would lose the fencing counter on restart ({found.summary()}): "
               f"{found.risk()}",
               "enable AOF (CONFIG SET appendonly yes, appendfsync always, and persist it in "
               "redis.conf); `guardrails run` refuses this Redis unless [redis] "

@@ -71,6 +71,8 @@ REPORT_INTERVAL_S = 5.0
 SETTLE_INTERVAL_S = 5.0
 """How often an active instance looks up its in-doubt orders at the venue."""
 HALT_RECHECK_S = 1.0
+_DURABILITY_RANK = {persistence.Durability.VOLATILE: 0, persistence.Durability.UNKNOWN: 1,
+                    persistence.Durability.DURABLE: 2}
 """After a HALTED sweep, sweep again once this much later (catches in-flight sends)."""
 
 
@@ -227,7 +229,10 @@ class Runtime:
         failing = False
         while True:
             try:
-                found = await persistence.read(self.redis)
+                async with redisconn.primaries(self.redis) as nodes:
+                    readings = [(name, await persistence.read(node)) for name, node in nodes]
+                # The worst node decides: one volatile primary loses its accounts' fences.
+                name, found = min(readings, key=lambda r: _DURABILITY_RANK[r[1].durability])
                 break
             except _INFRA_ERRORS as e:
                 if not failing:
@@ -241,16 +246,17 @@ class Runtime:
         durability = found.durability
         allowed = self.cfg.redis.allow_non_durable
         if durability is persistence.Durability.VOLATILE and not allowed:
-            logs.event(log, "runtime.redis_not_durable", logging.ERROR, redis=self.target,
+            where = f"{self.target} (node {name})" if name else self.target
+            logs.event(log, "runtime.redis_not_durable", logging.ERROR, redis=where,
                        persistence=found.summary(), risk=found.risk(), action="refused")
-            print(f"guardrails run: refused: Redis at {self.target} would lose the fencing "
+            print(f"guardrails run: refused: Redis at {where} would lose the fencing "
                   f"counter on restart ({found.summary()}): {found.risk()}; enable AOF "
                   "(appendonly yes, appendfsync always) or set [redis] allow_non_durable = "
                   "true for a throwaway setup", file=sys.stderr)
             return False
         level = logging.INFO if durability is persistence.Durability.DURABLE else logging.WARNING
         logs.event(log, "runtime.redis_persistence", level, redis=self.target,
-                   durability=durability.value, persistence=found.summary(), risk=found.risk(),
+                   nodes=len(readings), durability=durability.value, persistence=found.summary(), risk=found.risk(),
                    allow_non_durable=int(allowed))
         return True
 
