@@ -256,8 +256,8 @@ class Runtime:
             return False
         level = logging.INFO if durability is persistence.Durability.DURABLE else logging.WARNING
         logs.event(log, "runtime.redis_persistence", level, redis=self.target,
-                   nodes=len(readings), durability=durability.value, persistence=found.summary(), risk=found.risk(),
-                   allow_non_durable=int(allowed))
+                   nodes=len(readings), durability=durability.value,
+                   persistence=found.summary(), risk=found.risk(), allow_non_durable=int(allowed))
         return True
 
     async def _elect(self, elector: LeaderElector) -> None:
