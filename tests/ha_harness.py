@@ -235,10 +235,8 @@ class ClusterGroup:
         for n in self.nodes:
             try:
                 n.client().execute_command("EXISTS", key)
-            except redis.ResponseError as e:
-                if str(e).startswith("MOVED"):
-                    continue
-                raise
+            except redis.exceptions.MovedError:
+                continue
             return n
         raise LookupError(key)
 
