@@ -162,6 +162,8 @@ class Finding:
 EXPECTED_TYPES: dict[str, str] = {
     "schema": "string",
     "fence": "string",
+    "epoch": "string",
+    "fence_alarm": "hash",
     "lease": "string",
     "state": "hash",
     "limits": "hash",
