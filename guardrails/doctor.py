@@ -409,9 +409,32 @@ async def census(
         await _check_account(c, redis, keys, account, host, now_ms, stale_after,
                              [p for p in ours if p.account == account], wanted.get(account),
                              manifest is not None)
+        await check_fence_history(c, redis, keys, account)
     await check_persistence(c, redis, allow_non_durable=bool(manifest and
                                                              manifest.allow_non_durable))
     return c
+
+
+async def check_fence_history(c: Census, redis: aioredis.Redis, keys: AccountKeys,
+                              account: str) -> None:
+    """Did an instance find the account's fence history lost? (guardrails/fencing.py)"""
+    from guardrails.fencing import read_alarm
+
+    alarm = await read_alarm(redis, keys)
+    if alarm is None:
+        return
+    what = {"history_lost": "the fence counter and its epoch are gone (FLUSHALL or a "
+                            "restart without AOF)",
+            "epoch_changed": "the fence is another history than the instances saw (an "
+                             "older snapshot restored, or another Redis)"}.get(
+        alarm.get("reason", ""), alarm.get("reason", "unknown"))
+    c.add("fence_history_lost", account,
+          f"lost fence history: {what}; instance {alarm.get('by', '?')} had seen token "
+          f"{alarm.get('seen_token', '?')} of epoch {alarm.get('seen_epoch') or '-'}, Redis "
+          f"now has fence {alarm.get('fence') or 'none'}; no lease is given",
+          f"run `guardrails fence recover --account {account}` (add --above N for the "
+          "highest token the venue's records show) to re-seed the fence above every token "
+          "seen; the next holder reconciles with the venue before trading")
 
 
 async def check_persistence(c: Census, redis: aioredis.Redis, *, allow_non_durable: bool) -> None:

@@ -39,7 +39,12 @@ end
 
 local seen = seen_epoch .. ':' .. string.format('%d', seen_token)
 if redis.call('EXISTS', alarm_key) == 1 then
-  return {3, 'alarm', redis.call('HGET', alarm_key, 'reason') or 'alarm', redis.call('GET', epoch_key) or ''}
+  -- keep the highest token any refused instance saw: recovery re-seeds above it
+  if seen_token > tonumber(redis.call('HGET', alarm_key, 'seen_token') or '0') then
+    redis.call('HSET', alarm_key, 'seen_token', string.format('%d', seen_token),
+      'seen_epoch', seen_epoch)
+  end
+  return {3, 'alarm', seen, redis.call('GET', epoch_key) or ''}
 end
 
 local epoch = redis.call('GET', epoch_key)
