@@ -157,7 +157,8 @@ class AccountConfig(_Model):
 class RedisConfig(_Model):
     url: str = Field(
         default=EMBEDDED,
-        description="redis:// or unix:// URL, or 'embedded' for the per-user embedded server.",
+        description="redis://, rediss://, unix://, redis+sentinel://h:p,.../<master>/<db> or "
+        "redis+cluster://h:p,... URL, or 'embedded' for the per-user embedded server.",
     )
     wait_replicas: int = Field(
         default=0, ge=0, description="Replicas that must acknowledge a new fencing token (WAIT)."
