@@ -34,14 +34,15 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from guardrails import embedded
-from guardrails.config import EMBEDDED, RedisConfig
+from guardrails.config import EMBEDDED, ConfigError, RedisConfig
 
 SENTINEL_SCHEME = "redis+sentinel"
 CLUSTER_SCHEME = "redis+cluster"
 
 
-class RedisUrlError(ValueError):
-    """A Redis URL that cannot be used; ``str()`` names the URL (masked) and the fault."""
+class RedisUrlError(ConfigError, ValueError):
+    """A Redis URL that cannot be used; ``str()`` names the URL (masked) and the fault.
+    A ``ConfigError``: the CLI prints it as one line and exits 2."""
 
 
 @dataclass(frozen=True, slots=True)
