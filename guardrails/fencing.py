@@ -23,18 +23,61 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
+import logging
+import os
 import sys
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from guardrails import redisconn
+from guardrails import logs, redisconn
 from guardrails.config import ConfigError
+from guardrails.embedded import state_dir
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId, PaperVenueKeys
+
+log = logging.getLogger("guardrails.fencing")
+
+
+class FileFenceMemory:
+    """The highest (epoch, token) this host's instances of an account have seen, kept in
+    ``<state dir>/fence/<sha256(account|redis target)[:16]>.json`` so that a cold start
+    after Redis lost its history is still refused. Keyed by the Redis target too: another
+    Redis is another history (a bench or a test server), not a loss. Written atomically;
+    unreadable or unwritable memory is logged and treated as none (never a crash)."""
+
+    def __init__(self, account: str, redis_target: str, root: Path | None = None) -> None:
+        digest = hashlib.sha256(f"{account}|{redis_target}".encode()).hexdigest()[:16]
+        self.path = (root or state_dir() / "fence") / f"{digest}.json"
+        self.account = account
+
+    def load(self) -> tuple[str, int]:
+        try:
+            doc = json.loads(self.path.read_text())
+            epoch, token = str(doc["epoch"]), int(doc["token"])
+        except FileNotFoundError:
+            return "", 0
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logs.event(log, "fence.memory_unreadable", logging.WARNING, path=str(self.path),
+                       error=f"{type(e).__name__}: {e}")
+            return "", 0
+        return (epoch, token) if epoch and token >= 0 else ("", 0)
+
+    def save(self, epoch: str, token: int) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"account": self.account, "epoch": epoch,
+                                       "token": token}))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            logs.event(log, "fence.memory_unwritable", logging.WARNING, path=str(self.path),
+                       error=f"{type(e).__name__}: {e}")
 
 
 def _s(v: Any) -> str:

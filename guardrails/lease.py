@@ -71,7 +71,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -255,6 +255,16 @@ def _script(redis: aioredis.Redis, name: str) -> AsyncScript:
 # -- the lease ------------------------------------------------------------------------
 
 
+class FenceMemory(Protocol):
+    """Where a process keeps the highest (epoch, token) it has seen beyond its own life
+    (``fencing.FileFenceMemory``). ``save`` must not raise: a memory that cannot be
+    written is only less memory, never a reason to stop."""
+
+    def load(self) -> tuple[str, int]: ...
+
+    def save(self, epoch: str, token: int) -> None: ...
+
+
 class Lease:
     """One holder's handle on an account's lease (storage only; no timers, no tasks).
 
@@ -274,6 +284,7 @@ class Lease:
         clock: Clock = time.monotonic,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        memory: FenceMemory | None = None,
     ) -> None:
         if not holder_id or any(c.isspace() for c in holder_id):
             raise ValueError(f"holder_id {holder_id!r}: must be non-empty, without whitespace")
@@ -288,10 +299,10 @@ class Lease:
         self._renew = _script(redis, "lease_renew")
         self._release = _script(redis, "lease_release")
         self._token: int | None = None
-        self.seen_epoch = ""
-        """The epoch of the highest (epoch, token) this object has seen ("" none)."""
-        self.seen_token = 0
-        """The highest token seen in ``seen_epoch`` (its own, or a holder's it saw)."""
+        self.memory = memory
+        self.seen_epoch, self.seen_token = memory.load() if memory else ("", 0)
+        """The highest (epoch, token) this object has seen ("", 0: none) — its own
+        tokens or a holder's — starting from what ``memory`` kept from earlier runs."""
 
     def remember(self, epoch: str, token: int) -> None:
         """Raise the highest (epoch, token) seen, from a reply the acquire script gave.
@@ -303,6 +314,10 @@ class Lease:
             self.seen_epoch, self.seen_token = epoch, max(token, 0)
         elif token > self.seen_token:
             self.seen_token = token
+        else:
+            return
+        if self.memory is not None:
+            self.memory.save(self.seen_epoch, self.seen_token)
 
     @property
     def token(self) -> int | None:

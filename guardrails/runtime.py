@@ -43,6 +43,7 @@ from guardrails import identity, localguard, logs, persistence, redisconn
 from guardrails.config import Config, EvmVenueConfig, load_config
 from guardrails.context import Context, MarkBook, cancel_order, checkpoint
 from guardrails.embedded import EmbeddedRedisError
+from guardrails.fencing import FileFenceMemory
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
 from guardrails.lease import LeaderElector, Leadership, Lease
@@ -202,6 +203,7 @@ class Runtime:
             self.redis, self.keys, self.instance_id, self.cfg.lease,
             wait_replicas=self.cfg.redis.wait_replicas,
             wait_timeout_ms=self.cfg.redis.wait_timeout,
+            memory=FileFenceMemory(str(self.cfg.account_id), self.target),
         )
         elector = LeaderElector(lease, log=logging.getLogger("guardrails.lease"))
         try:

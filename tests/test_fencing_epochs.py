@@ -6,6 +6,7 @@ a replica that missed INCRs) still hands out a token above what the caller saw."
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -162,3 +163,52 @@ def test_run_when_flushall_under_two_instances_then_both_refuse_doctor_names_it_
         for p in (a, b):
             p.cleanup()
             (artifacts_dir / f"epochs-{p.name}.log").write_text(p.text())
+
+
+def test_run_when_redis_restarted_empty_with_no_instance_running_then_cold_start_refused(
+    redis_server_volatile: RedisServer, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    # Arrange: a Redis without AOF (allowed explicitly); one instance trades, then stops.
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server_volatile.url,
+                       allow_non_durable=True)
+    a = RunProc("a", cfg, tmp_path).start()
+    b = RunProc("b", cfg, tmp_path)
+    try:
+        a.wait_for("order.admitted", timeout=60)
+        token = a.events("lease.acquired")[-1].int("token")
+        a.send(signal.SIGTERM)
+        assert a.wait_exit() == 0
+
+        # Act: the Redis restarts empty; a new process starts with nothing running.
+        redis_server_volatile.restart()
+        assert redis_server_volatile.client().get(KEYS.fence) is None
+        b.start()
+
+        # Assert: the host's durable fence memory refuses the lost history.
+        refusal = b.wait_for("lease.fence_refused", timeout=60)
+        assert refusal["reason"] == "history_lost"
+        assert refusal["seen"].endswith(f":{token}")
+        time.sleep(1.0)
+        assert b.events("lease.acquired") == [] and b.events("order.admitted") == []
+    finally:
+        for p in (a, b):
+            p.cleanup()
+            (artifacts_dir / f"epochs-cold-{p.name}.log").write_text(p.text())
+
+
+async def test_memory_when_saved_then_new_lease_starts_from_it(tmp_path: Path,
+                                                               redis_client: aioredis.Redis
+                                                               ) -> None:
+    memory = fencing.FileFenceMemory("paper:t1", "redis://x", root=tmp_path)
+    a = Lease(redis_client, KEYS, "a", CFG, memory=memory)
+    got = await a.try_acquire()
+    assert isinstance(got, Acquired)
+
+    again = Lease(redis_client, KEYS, "b", CFG,
+                  memory=fencing.FileFenceMemory("paper:t1", "redis://x", root=tmp_path))
+
+    assert (again.seen_epoch, again.seen_token) == (a.seen_epoch, got.token)
+    other = fencing.FileFenceMemory("paper:t1", "redis://other", root=tmp_path)
+    assert other.load() == ("", 0)  # another Redis is another history
+    (tmp_path / other.path.name).write_text("{not json")
+    assert other.load() == ("", 0)  # unreadable memory is none, not a crash
