@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import jsonschema
 import redis.asyncio as aioredis
 
 from guardrails import fencing
@@ -20,6 +21,8 @@ from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc, run_cli, write_config
 
 KEYS = AccountKeys(AccountId("paper", "t1"))
+STATUS_SCHEMA = json.loads(
+    (Path(__file__).resolve().parent.parent / "docs" / "status.schema.json").read_text())
 CFG = LeaseConfig(ttl="3s", renew_deadline="2s", renew_interval="500ms")
 
 
@@ -136,6 +139,13 @@ def test_run_when_flushall_under_two_instances_then_both_refuse_doctor_names_it_
         assert "fence counter and its epoch are gone" in codes["fence_history_lost"]["message"]
         status = run_cli("fence", "status", "--config", str(cfg), "--redis-url", redis_server.url)
         assert status.returncode == 1 and "ALARM history_lost" in status.stdout
+        shown = run_cli("status", "--json", "--config", str(cfg), "--redis-url", redis_server.url)
+        doc = json.loads(shown.stdout)
+        jsonschema.validate(doc, STATUS_SCHEMA)
+        (acct,) = doc["accounts"]
+        assert acct["fence_history"]["alarm"]["reason"] == "history_lost"
+        table = run_cli("status", "--config", str(cfg), "--redis-url", redis_server.url)
+        assert "FENCE     history lost (history_lost)" in table.stdout
 
         # Act: recover.
         recovered_at = time.time()
