@@ -96,6 +96,7 @@ def write_run_config(
         "",
         "[redis]",
         f'url = "{redis_url}"',
+        "allow_non_durable = true",  # the bench's redis-server runs without AOF
         "",
     ]
     if ttl is not None:

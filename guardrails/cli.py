@@ -160,7 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     rsub.add_parser("stop", help="stop it gracefully (AOF flushed)")
     p.set_defaults(func=cmd_redis)
 
+    p = sub.add_parser("fence", help="fencing epochs: see the lost-history alarm, recover from it")
+    fsub = p.add_subparsers(dest="fence_command", required=True, metavar="ACTION")
+    for name, text in (("status", "the account's epoch, fence and alarm (exit 1: alarm set)"),
+                       ("recover", "re-seed the fence above every token seen, clear the alarm")):
+        fp = fsub.add_parser(name, help=text)
+        _common(fp)
+        fp.add_argument("--account", default=None, help="venue:id (default: the config's)")
+        fp.add_argument("--json", action="store_true")
+        if name == "recover":
+            fp.add_argument("--above", type=int, default=0,
+                            help="also above this token (read from the venue or the logs)")
+    p.set_defaults(func=_lazy("guardrails.fencing:cmd_fence"))
+
     _add_version(parser)
+
     return parser
 
 

@@ -198,6 +198,8 @@ def redis_url_problem(url: str) -> str | None:
         return None
     if not url.strip():
         return "empty; write redis://host:6379/0, unix:///path/to/redis.sock or 'embedded'"
+    if url.strip().split("://", 1)[0].lower() in ("redis+sentinel", "redis+cluster"):
+        return None  # parsed (and refused, naming the fault) by redisconn.parse_ha_url
     try:
         parts = urlsplit(url.strip())
         port = parts.port  # raises ValueError for a port that is not a number in range
@@ -245,7 +247,8 @@ class AccountConfig(_Model):
 class RedisConfig(_Model):
     url: str = Field(
         default=EMBEDDED,
-        description="redis:// or unix:// URL, or 'embedded' for the per-user embedded server.",
+        description="redis://, rediss://, unix://, redis+sentinel://h:p,.../<master>/<db> or "
+        "redis+cluster://h:p,... URL, or 'embedded' for the per-user embedded server.",
     )
 
     @field_validator("url")
@@ -264,6 +267,11 @@ class RedisConfig(_Model):
     )
     socket_timeout: SocketDurationMs = Field(
         default=ms("1s"), description="Per-command socket timeout; a slower reply is a failure."
+    )
+    allow_non_durable: bool = Field(
+        default=False,
+        description="Run even on a Redis without AOF, whose restart would lose the fencing "
+        "counter (throwaway setups only; `run` refuses such a Redis otherwise).",
     )
 
 

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError, ResponseError
 
-from guardrails import redacted, redisconn
+from guardrails import persistence, redacted, redisconn
 from guardrails.config import (
     REDIS_URL_ENV,
     ConfigError,
@@ -97,6 +97,11 @@ class Manifest(_Model):
     def stale_after_ms(self) -> int:
         return self.stale_after if self.stale_after is not None else DEFAULT_STALE_AFTER_MS
     accounts: list[ManifestAccount] = Field(default_factory=list, description="Each account.")
+    allow_non_durable: bool = Field(
+        default=False,
+        description="Accept a Redis without AOF (its restart loses the fencing counter): "
+        "reported as info instead of a problem. Throwaway setups only.",
+    )
 
     @field_validator("accounts")
     @classmethod
@@ -157,6 +162,8 @@ class Finding:
 EXPECTED_TYPES: dict[str, str] = {
     "schema": "string",
     "fence": "string",
+    "epoch": "string",
+    "fence_alarm": "hash",
     "lease": "string",
     "state": "hash",
     "limits": "hash",
@@ -357,6 +364,7 @@ class Census:
     findings: list[Finding] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
     leases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    persistence: dict[str, Any] = field(default_factory=dict)
 
     def add(self, code: str, account: str | None, message: str, action: str,
             severity: str = "error") -> None:
@@ -401,7 +409,61 @@ async def census(
         await _check_account(c, redis, keys, account, host, now_ms, stale_after,
                              [p for p in ours if p.account == account], wanted.get(account),
                              manifest is not None)
+        await check_fence_history(c, redis, keys, account)
+    await check_persistence(c, redis, allow_non_durable=bool(manifest and
+                                                             manifest.allow_non_durable))
     return c
+
+
+async def check_fence_history(c: Census, redis: aioredis.Redis, keys: AccountKeys,
+                              account: str) -> None:
+    """Did an instance find the account's fence history lost? (guardrails/fencing.py)"""
+    from guardrails.fencing import read_alarm
+
+    alarm = await read_alarm(redis, keys)
+    if alarm is None:
+        return
+    what = {"history_lost": "the fence counter and its epoch are gone (FLUSHALL or a "
+                            "restart without AOF)",
+            "epoch_changed": "the fence is another history than the instances saw (an "
+                             "older snapshot restored, or another Redis)"}.get(
+        alarm.get("reason", ""), alarm.get("reason", "unknown"))
+    c.add("fence_history_lost", account,
+          f"lost fence history: {what}; instance {alarm.get('by', '?')} had seen token "
+          f"{alarm.get('seen_token', '?')} of epoch {alarm.get('seen_epoch') or '-'}, Redis "
+          f"now has fence {alarm.get('fence') or 'none'}; no lease is given",
+          f"run `guardrails fence recover --account {account}` (add --above N for the "
+          "highest token the venue's records show) to re-seed the fence above every token "
+          "seen; the next holder reconciles with the venue before trading")
+
+
+async def check_persistence(c: Census, redis: aioredis.Redis, *, allow_non_durable: bool) -> None:
+    """Would this Redis lose the fencing counter on a restart? (guardrails/persistence.py)"""
+    async with redisconn.primaries(redis) as nodes:
+        readings = [(name, await persistence.read(node)) for name, node in nodes]
+    rank = [persistence.Durability.VOLATILE, persistence.Durability.UNKNOWN,
+            persistence.Durability.DURABLE]
+    name, found = min(readings, key=lambda r: rank.index(r[1].durability))
+    c.persistence = {"durability": found.durability.value, "appendonly": found.aof_enabled,
+                     "appendfsync": found.appendfsync, "save": found.save,
+                     "risk": found.risk()}
+    if name:
+        c.persistence["node"] = name
+    where = f" node {name}" if name else ""
+    durability = found.durability
+    if durability is persistence.Durability.VOLATILE:
+        c.add("redis_not_durable", None,
+              f"Redis{where} would lose the fencing counter on restart ({found.summary()}): "
+              f"{found.risk()}",
+              "enable AOF (CONFIG SET appendonly yes, appendfsync always, and persist it in "
+              "redis.conf); `guardrails run` refuses this Redis unless [redis] "
+              "allow_non_durable = true",
+              "info" if allow_non_durable else "error")
+    elif durability is persistence.Durability.UNKNOWN:
+        c.add("redis_persistence_unknown", None,
+              f"could not read Redis persistence settings ({found.summary()})",
+              "grant the doctor's Redis user `info` (and `config|get`), or check by hand that "
+              "appendonly is yes", "info")
 
 
 async def _check_account(
@@ -618,6 +680,7 @@ def report_json(c: Census, redis_target: str, manifest_path: str | None) -> dict
         "findings": [f.to_json() for f in c.findings],
         "instances": [i.to_json() for i in c.instances],
         "leases": c.leases,
+        "persistence": c.persistence,
     }
 
 

@@ -210,8 +210,10 @@ class OrderGate:
             keys.schema, keys.state, keys.lease, keys.intents, keys.limits, keys.positions,
             keys.reservations, keys.marks, keys.throttle,
         ]
-        self._prefix: tuple[bytes, ...] = (
-            b"EVALSHA", self._script.sha.encode(), b"17", *(k.encode() for k in self._head)
+        # The command name stays a str: redis-py's RedisCluster looks it up by name to
+        # route the call (by the script's first key) and refuses a bytes name.
+        self._prefix: tuple[str | bytes, ...] = (
+            "EVALSHA", self._script.sha.encode(), b"17", *(k.encode() for k in self._head)
         )
         self._tail = [
             keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce, keys.aggregates,

@@ -121,6 +121,18 @@ class AccountKeys:
         return self._k("lease")
 
     @property
+    def epoch(self) -> str:
+        """STRING: the id of the fence's history, created with the fence counter; a
+        history that was lost (FLUSHALL, empty restart) comes back without it."""
+        return self._k("epoch")
+
+    @property
+    def fence_alarm(self) -> str:
+        """HASH ``reason, seen_epoch, seen_token, epoch, fence, by, at_ms``: lost fence
+        history was detected; no lease is given until ``guardrails fence recover``."""
+        return self._k("fence_alarm")
+
+    @property
     def lease_channel(self) -> str:
         """Pub/sub channel: ``released <token>`` when the holder releases the lease."""
         return self._k("lease:events")

@@ -67,9 +67,10 @@ import functools
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -147,6 +148,21 @@ class Held:
     ``sent_at + ttl_ms/1000``."""
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """No lease: the fence's history is not the one this process saw (fencing epochs).
+
+    ``reason`` is ``history_lost`` (the epoch and counter are gone, though this process
+    saw a token: FLUSHALL, an empty restart), ``epoch_changed`` (another history: a
+    restored snapshot from before, another Redis), or ``alarm`` (an earlier refusal
+    stands until ``guardrails fence recover``). ``seen`` is ``<epoch>:<token>``."""
+
+    reason: str
+    seen: str
+    epoch: str
+    sent_at: float = 0.0
+
+
 class RenewOutcome(enum.Enum):
     RENEWED = "renewed"
     MISSING = "missing"
@@ -168,6 +184,7 @@ class ReleaseOutcome(enum.Enum):
 # The one place where script codes become outcomes; an unknown code raises.
 _ACQUIRE_ACQUIRED = 1
 _ACQUIRE_HELD = 2
+_ACQUIRE_REFUSED = 3
 _RENEW_CODES = {
     1: RenewOutcome.RENEWED,
     2: RenewOutcome.MISSING,
@@ -209,25 +226,39 @@ def parse_lease_value(value: str) -> tuple[int, str]:
     return -1, value
 
 
-def _acquire_outcome(reply: object, sent_at: float) -> Acquired | Held:
-    if not isinstance(reply, list) or len(reply) != 3:
-        raise LeaseProtocolError(f"lease_acquire: expected a 3-element array, got {reply!r}")
+def _acquire_outcome(reply: object, sent_at: float) -> tuple[Acquired | Held | Refused, str]:
+    """The outcome and the epoch Redis reported ("" if none yet)."""
+    if not isinstance(reply, list) or len(reply) != 4:
+        raise LeaseProtocolError(f"lease_acquire: expected a 4-element array, got {reply!r}")
     code = _code("lease_acquire", reply[0])
+    epoch = _text(reply[3])
     if code == _ACQUIRE_ACQUIRED:
         return Acquired(
             token=_code("lease_acquire", reply[1]),
             ttl_ms=_code("lease_acquire", reply[2]),
             sent_at=sent_at,
-        )
+        ), epoch
     if code == _ACQUIRE_HELD:
         token, holder = parse_lease_value(_text(reply[1]))
         return Held(
             holder=holder, token=token, ttl_ms=_code("lease_acquire", reply[2]), sent_at=sent_at
-        )
+        ), epoch
+    if code == _ACQUIRE_REFUSED:
+        return Refused(_text(reply[1]), _text(reply[2]), epoch, sent_at), epoch
     raise LeaseProtocolError(f"lease_acquire: unknown code {code}")
 
 
 # -- the lease ------------------------------------------------------------------------
+
+
+class FenceMemory(Protocol):
+    """Where a process keeps the highest (epoch, token) it has seen beyond its own life
+    (``fencing.FileFenceMemory``). ``save`` must not raise: a memory that cannot be
+    written is only less memory, never a reason to stop."""
+
+    def load(self) -> tuple[str, int]: ...
+
+    def save(self, epoch: str, token: int) -> None: ...
 
 
 class Lease:
@@ -249,6 +280,7 @@ class Lease:
         clock: Clock = time.monotonic,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        memory: FenceMemory | None = None,
     ) -> None:
         if not holder_id or any(c.isspace() for c in holder_id):
             raise ValueError(f"holder_id {holder_id!r}: must be non-empty, without whitespace")
@@ -263,6 +295,25 @@ class Lease:
         self._renew = scripts.register(redis, "lease_renew")
         self._release = scripts.register(redis, "lease_release")
         self._token: int | None = None
+        self.memory = memory
+        self.seen_epoch, self.seen_token = memory.load() if memory else ("", 0)
+        """The highest (epoch, token) this object has seen ("", 0: none) — its own
+        tokens or a holder's — starting from what ``memory`` kept from earlier runs."""
+
+    def remember(self, epoch: str, token: int) -> None:
+        """Raise the highest (epoch, token) seen, from a reply the acquire script gave.
+        The script answers with another epoch only when that history was re-seeded above
+        our ``seen_token`` (``guardrails fence recover``): then it replaces the memory."""
+        if not epoch:
+            return
+        if epoch != self.seen_epoch:
+            self.seen_epoch, self.seen_token = epoch, max(token, 0)
+        elif token > self.seen_token:
+            self.seen_token = token
+        else:
+            return
+        if self.memory is not None:
+            self.memory.save(self.seen_epoch, self.seen_token)
 
     @property
     def token(self) -> int | None:
@@ -272,32 +323,40 @@ class Lease:
     def _value(self, token: int) -> str:
         return f"{token}:{self.holder_id}"
 
-    async def try_acquire(self) -> Acquired | Held:
-        """Take the lease if it is free (new token), else report who holds it.
+    async def try_acquire(self) -> Acquired | Held | Refused:
+        """Take the lease if it is free (new token), else report who holds it — or that
+        the fence's history is not the one this object saw (``Refused``; fail closed).
 
-        With ``wait_replicas > 0`` the new token must be acknowledged by that many
-        replicas (``WAIT``, on the same connection as the script) before it is returned;
-        otherwise the lease is released and ``ReplicasNotAcknowledged`` is raised.
+        The script is given the highest (epoch, token) seen; the reply's epoch and token
+        (ours, or the holder's) raise it. With ``wait_replicas > 0`` the new token must
+        be acknowledged by that many replicas (``WAIT``, on the same connection as the
+        script) before it is returned; otherwise the lease is released and
+        ``ReplicasNotAcknowledged`` is raised.
         """
-        keys = [self.keys.lease, self.keys.fence]
-        args: list[str | int] = [self.holder_id, self.cfg.ttl]
+        keys = [self.keys.lease, self.keys.fence, self.keys.epoch, self.keys.fence_alarm]
+        args: list[str | int] = [self.holder_id, self.cfg.ttl, self.seen_epoch,
+                                 self.seen_token, uuid.uuid4().hex, int(time.time() * 1000)]
         sent_at = self.clock()
         if self.wait_replicas <= 0:
             reply = await self._acquire(keys=keys, args=args)
-            outcome = _acquire_outcome(reply, sent_at)
+            outcome, epoch = _acquire_outcome(reply, sent_at)
         else:
             # WAIT only covers the writes of its own connection: pipeline both.
             pipe = self.redis.pipeline(transaction=False)
             await self._acquire(keys=keys, args=args, client=pipe)
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
             reply, acked = await pipe.execute()
-            outcome = _acquire_outcome(reply, sent_at)
+            outcome, epoch = _acquire_outcome(reply, sent_at)
             if isinstance(outcome, Acquired) and int(acked) < self.wait_replicas:
+                self.remember(epoch, outcome.token)
                 self._token = outcome.token
                 await self.release()
                 raise ReplicasNotAcknowledged(outcome.token, int(acked), self.wait_replicas)
         if isinstance(outcome, Acquired):
+            self.remember(epoch, outcome.token)
             self._token = outcome.token
+        elif isinstance(outcome, Held):
+            self.remember(epoch, outcome.token)
         return outcome
 
     async def remaining_ms(self) -> int:
@@ -562,6 +621,7 @@ class LeaderElector:
         limit = self.lease.cfg.ttl / 1000
         failures = 0
         held: Held | None = None
+        refused: tuple[str, str] | None = None
         woken = True
         while not stop.is_set():
             released.clear()
@@ -587,6 +647,19 @@ class LeaderElector:
                 failures = 0
             if isinstance(outcome, Acquired):
                 return outcome
+            if isinstance(outcome, Refused):
+                # Fail closed: the fence's history is gone or not ours. Nothing is taken
+                # until an operator re-seeds it (`guardrails fence recover`); retried slowly.
+                if refused != (outcome.reason, outcome.epoch):
+                    logs.event(self.log, "lease.fence_refused", logging.ERROR,
+                               reason=outcome.reason, seen=outcome.seen,
+                               epoch=outcome.epoch or "-",
+                               action="not trading until `guardrails fence recover`")
+                    refused = (outcome.reason, outcome.epoch)
+                held = None
+                woken = await _first_set([stop], self.fallback)
+                continue
+            refused = None
             if held is None or (held.holder, held.token) != (outcome.holder, outcome.token):
                 level = logging.WARNING if outcome.holder == self.lease.holder_id else logging.INFO
                 logs.event(self.log, "lease.standby", level, holder=outcome.holder,

@@ -46,10 +46,11 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from guardrails import identity, localguard, logs, redisconn
+from guardrails import identity, localguard, logs, persistence, redisconn
 from guardrails.config import Config, ConfigError, EvmVenueConfig, load_config
 from guardrails.context import Context, ContextUnavailable, MarkBook, cancel_order, checkpoint
 from guardrails.embedded import EmbeddedRedisError
+from guardrails.fencing import FileFenceMemory
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
 from guardrails.lease import LeaderElector, Leadership, Lease
@@ -82,6 +83,8 @@ SETTLE_INTERVAL_S = 5.0
 ALERT_DRAIN_S = 3.0
 """On the way down, how long queued alerts may take to leave before the process exits."""
 HALT_RECHECK_S = 1.0
+_DURABILITY_RANK = {persistence.Durability.VOLATILE: 0, persistence.Durability.UNKNOWN: 1,
+                    persistence.Durability.DURABLE: 2}
 """After a HALTED sweep, sweep again once this much later (catches in-flight sends)."""
 
 
@@ -201,6 +204,8 @@ class Runtime:
             strategies=",".join(s.name for s in self.strategies) or "-",
             config_digest=self.cfg.digest(), limits_digest=self.cfg.risk.digest(),
         )
+        if not await self._durable_enough():
+            return 2
         kind = self.cfg.venue.kind
         try:
             self._venue = make_venue(self.cfg, self.redis)
@@ -223,6 +228,7 @@ class Runtime:
             self.redis, self.keys, self.instance_id, self.cfg.lease,
             wait_replicas=self.cfg.redis.wait_replicas,
             wait_timeout_ms=self.cfg.redis.wait_timeout,
+            memory=FileFenceMemory(str(self.cfg.account_id), self.target),
         )
         elector = LeaderElector(lease, log=logging.getLogger("guardrails.lease"))
         notifier = notify.Notifier(self.channels)
@@ -260,6 +266,44 @@ class Runtime:
             while True:
                 await asyncio.sleep(1.0)
                 router.tick()
+
+    async def _durable_enough(self) -> bool:
+        """False (refuse to run) when Redis would lose the fencing counter on a restart
+        and the config does not say ``allow_non_durable``. Redis down: retried, since
+        nothing can be admitted meanwhile; a stop while waiting is not a refusal."""
+        failing = False
+        while True:
+            try:
+                async with redisconn.primaries(self.redis) as nodes:
+                    readings = [(name, await persistence.read(node)) for name, node in nodes]
+                # The worst node decides: one volatile primary loses its accounts' fences.
+                name, found = min(readings, key=lambda r: _DURABILITY_RANK[r[1].durability])
+                break
+            except _INFRA_ERRORS as e:
+                if not failing:
+                    logs.event(log, "runtime.redis_unavailable", logging.WARNING,
+                               during="persistence check", error=f"{type(e).__name__}: {e}",
+                               note="nothing can be admitted; retrying")
+                failing = True
+                await _wait(self.stop, RECONCILE_RETRY_S)
+                if self.stop.is_set():
+                    return True
+        durability = found.durability
+        allowed = self.cfg.redis.allow_non_durable
+        if durability is persistence.Durability.VOLATILE and not allowed:
+            where = f"{self.target} (node {name})" if name else self.target
+            logs.event(log, "runtime.redis_not_durable", logging.ERROR, redis=where,
+                       persistence=found.summary(), risk=found.risk(), action="refused")
+            print(f"guardrails run: refused: Redis at {where} would lose the fencing "
+                  f"counter on restart ({found.summary()}): {found.risk()}; enable AOF "
+                  "(appendonly yes, appendfsync always) or set [redis] allow_non_durable = "
+                  "true for a throwaway setup", file=sys.stderr)
+            return False
+        level = logging.INFO if durability is persistence.Durability.DURABLE else logging.WARNING
+        logs.event(log, "runtime.redis_persistence", level, redis=self.target,
+                   nodes=len(readings), durability=durability.value,
+                   persistence=found.summary(), risk=found.risk(), allow_non_durable=int(allowed))
+        return True
 
     async def _elect(self, elector: LeaderElector) -> None:
         """Stand by / lead until told to stop.

@@ -121,6 +121,15 @@ async def _lease(redis: aioredis.Redis, keys: AccountKeys, errors: list[str]) ->
     }
 
 
+async def _fence_history(redis: aioredis.Redis, keys: AccountKeys) -> Json:
+    """The fencing epoch and the lost-history alarm (``fencing.py``)."""
+    from guardrails.fencing import read_alarm
+
+    epoch = await redis.get(keys.epoch)
+    return {"epoch": None if epoch is None else str(epoch),
+            "alarm": await read_alarm(redis, keys)}
+
+
 async def _trading(redis: aioredis.Redis, keys: AccountKeys) -> Json:
     from guardrails.killswitch import read_latch
 
@@ -254,6 +263,7 @@ async def snapshot(
         return default
 
     out["lease"] = await part("lease", _lease(redis, keys, errors), None)
+    out["fence_history"] = await part("fence_history", _fence_history(redis, keys), None)
     out["trading"] = await part("trading", _trading(redis, keys), None)
     risk = await part("risk", _risk_for(redis, keys, config), None)
     if risk is not None:
@@ -373,6 +383,13 @@ def render_table(doc: Json) -> str:
             f"lease     holder={_fmt(lease.get('holder'))} token={_fmt(lease.get('token'))} "
             f"ttl_ms={_fmt(lease.get('ttl_ms'))} fence={_fmt(lease.get('fence'))}"
         )
+        alarm = (a.get("fence_history") or {}).get("alarm")
+        if alarm:
+            lines.append(
+                f"FENCE     history lost ({_fmt(alarm.get('reason'))}): instance "
+                f"{_fmt(alarm.get('by'))} saw token {_fmt(alarm.get('seen_token'))}; no lease "
+                "until `guardrails fence recover`"
+            )
         t = a["trading"] or {}
         lines.append(
             f"trading   {_fmt(t.get('state'))}  reason={_fmt(t.get('reason'))} "

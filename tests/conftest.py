@@ -35,7 +35,19 @@ def _isolated_state(
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server (no persistence) on a free port."""
+    """A fresh redis-server on a free port: AOF with ``appendfsync everysec`` (no RDB),
+    so ``guardrails run`` accepts it (a Redis without AOF is refused) without an fsync
+    per write; ``restart()`` keeps its data. ``redis_server_volatile`` has no AOF."""
+    server = RedisServer(aof=True, fsync="everysec").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server_volatile() -> Iterator[RedisServer]:
+    """A fresh redis-server with no persistence at all: a restart empties it."""
     server = RedisServer().start()
     try:
         yield server

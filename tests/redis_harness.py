@@ -25,8 +25,11 @@ __all__ = ["FORBIDDEN_PORT", "RedisServer", "free_port"]
 class RedisServer:
     """A redis-server child process on 127.0.0.1:<free port>."""
 
-    def __init__(self, *, aof: bool = False, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, *, aof: bool = False, fsync: str = "always", data_dir: Path | None = None
+    ) -> None:
         self.aof = aof
+        self.fsync = fsync
         self.port = free_port()
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gr-redis-")
         self.dir = data_dir or Path(self._tmp.name)  # type: ignore[union-attr]
@@ -46,7 +49,7 @@ class RedisServer:
             "--save", "",
             "--dir", str(self.dir),
             "--appendonly", "yes" if self.aof else "no",
-            "--appendfsync", "always",
+            "--appendfsync", self.fsync,
             "--logfile", str(self.dir / "redis.log"),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -77,6 +77,7 @@ def write_config(
     extra_strategies: str = "",
     daily_loss_limit: str = "1000000",
     venue_name: str | None = None,
+    allow_non_durable: bool = False,
 ) -> Path:
     """A small paper-venue config with short lease timings and (by default) one Looper."""
     loop = {"symbol": "BTC-USD", "interval": "100ms", "offset": "-0.01"}
@@ -96,6 +97,7 @@ id = "{account}"
 [redis]
 url = "{redis_url}"
 socket_timeout = "500ms"
+allow_non_durable = {str(allow_non_durable).lower()}
 
 [lease]
 ttl = "{ttl}"

@@ -229,7 +229,7 @@ def test_outcome_when_script_returns_unknown_code_then_raises() -> None:
     with pytest.raises(LeaseProtocolError, match="unknown code 9"):
         _mapped("lease_renew", _RENEW_CODES, [9])
     with pytest.raises(LeaseProtocolError, match="unknown code 7"):
-        _acquire_outcome([7, 1, 1], 0.0)
+        _acquire_outcome([7, 1, 1, "e"], 0.0)
     with pytest.raises(LeaseProtocolError, match="integer code"):
         _mapped("lease_renew", _RENEW_CODES, ["1"])
     with pytest.raises(LeaseProtocolError, match=r"expected \{code\}"):

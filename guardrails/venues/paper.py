@@ -42,13 +42,13 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from guardrails import scripts
+from guardrails import redisconn, scripts
 from guardrails.config import PaperVenueConfig, RiskConfig
 from guardrails.keys import AccountId, PaperVenueKeys
 from guardrails.model import Fill, Order, Side
@@ -238,13 +238,28 @@ class PaperVenue:
 
     # -- the clock --------------------------------------------------------------------
 
+    async def _with_time(self, command: str, *args: str) -> tuple[Any, int]:
+        """``command`` and the server's TIME (ms) in one round trip where the client can
+        pipeline them; a Redis Cluster client cannot pipeline a keyless TIME, so there
+        it is a second command (to the key's node)."""
+        if redisconn.is_cluster(self._redis):
+            cluster = cast(Any, self._redis)
+            reply = await cluster.execute_command(command, *args)
+            sec, usec = await cluster.execute_command(
+                "TIME", target_nodes=cluster.get_node_from_key(args[0]))
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command(command, *args)
+                pipe.time()
+                reply, (sec, usec) = await pipe.execute()
+        return reply, int(sec) * 1000 + int(usec) // 1000
+
     async def _read_clock(self) -> tuple[dict[str, str], int]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._keys.clock)
-            pipe.time()
-            clock_raw, (sec, usec) = await pipe.execute()
+        clock_raw, now_ms = await self._with_time("HGETALL", self._keys.clock)
+        if isinstance(clock_raw, list):  # HGETALL through execute_command: a flat list
+            clock_raw = dict(zip(clock_raw[::2], clock_raw[1::2], strict=True))
         clock = {_s(k): _s(v) for k, v in clock_raw.items()}
-        return clock, int(sec) * 1000 + int(usec) // 1000
+        return clock, now_ms
 
     def _symbol_args(self, marks: Mapping[str, int]) -> list[str]:
         args = [str(len(marks))]
@@ -376,14 +391,11 @@ class PaperVenue:
         without ``deadline_ms`` the answer is the conservative ``can_still_arrive=True``."""
         try:
             await self.advance()
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hget(self._keys.orders, f"{self._account}|{client_order_id}")
-                pipe.time()
-                raw, (sec, usec) = await pipe.execute()
+            raw, now_ms = await self._with_time(
+                "HGET", self._keys.orders, f"{self._account}|{client_order_id}")
         except RedisError as e:
             raise VenueError(f"paper venue {self.name}: lookup failed: {type(e).__name__}") from e
         if raw is None:
-            now_ms = int(sec) * 1000 + int(usec) // 1000
             return VenueOrderStatus(
                 client_order_id=client_order_id,
                 state=VenueOrderState.NOT_FOUND,

@@ -1,0 +1,219 @@
+"""Fencing epochs: reading the lost-history alarm, and re-seeding the fence above every
+token ever seen (``guardrails fence status|recover``).
+
+Invariant served: *one writer per account* (DESIGN.md §1) across Redis losing data. The
+fence is the pair (epoch, counter). ``lua/lease_acquire.lua`` creates the epoch with the
+counter, and every instance passes the highest (epoch, token) it has seen; a history that
+is gone (FLUSHALL, an empty restart) or is another one (an older snapshot restored) is
+refused and ``keys.fence_alarm`` is set, which blocks every instance — including a new
+one that remembers nothing — until ``recover``:
+
+1. collect every token the account's remaining records show: the fence, the alarm's
+   ``seen_token`` (the highest any refusing instance saw), the ledger journal and order
+   records, the registry, the paper venue's own record, and ``--above`` (what the
+   operator read from the venue's records or the instances' logs);
+2. write, in one MULTI on the account's slot, fence = that floor, epoch =
+   ``<new id>@<floor>`` (the ``@floor`` lets running instances adopt the new history: it
+   starts above what they saw), and delete the alarm;
+3. the next holder takes a token above the floor and, as always on becoming active,
+   reconciles every non-terminal order with the venue before any strategy runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from guardrails import logs, redisconn
+from guardrails.config import ConfigError
+from guardrails.embedded import state_dir
+from guardrails.keys import AccountId, AccountKeys, InvalidAccountId, PaperVenueKeys
+
+log = logging.getLogger("guardrails.fencing")
+
+
+class FileFenceMemory:
+    """The highest (epoch, token) this host's instances of an account have seen, kept in
+    ``<state dir>/fence/<sha256(account|redis target)[:16]>.json`` so that a cold start
+    after Redis lost its history is still refused. Keyed by the Redis target too: another
+    Redis is another history (a bench or a test server), not a loss. Written atomically;
+    unreadable or unwritable memory is logged and treated as none (never a crash)."""
+
+    def __init__(self, account: str, redis_target: str, root: Path | None = None) -> None:
+        digest = hashlib.sha256(f"{account}|{redis_target}".encode()).hexdigest()[:16]
+        self.path = (root or state_dir() / "fence") / f"{digest}.json"
+        self.account = account
+
+    def load(self) -> tuple[str, int]:
+        try:
+            doc = json.loads(self.path.read_text())
+            epoch, token = str(doc["epoch"]), int(doc["token"])
+        except FileNotFoundError:
+            return "", 0
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logs.event(log, "fence.memory_unreadable", logging.WARNING, path=str(self.path),
+                       error=f"{type(e).__name__}: {e}")
+            return "", 0
+        return (epoch, token) if epoch and token >= 0 else ("", 0)
+
+    def save(self, epoch: str, token: int) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"account": self.account, "epoch": epoch,
+                                       "token": token}))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            logs.event(log, "fence.memory_unwritable", logging.WARNING, path=str(self.path),
+                       error=f"{type(e).__name__}: {e}")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _int(v: Any) -> int:
+    text = _s(v) if v is not None else ""
+    return int(text) if text.isdigit() else 0
+
+
+async def read_alarm(redis: aioredis.Redis, keys: AccountKeys) -> dict[str, str] | None:
+    """The account's lost-history alarm, or None when there is none."""
+    raw = await redis.hgetall(keys.fence_alarm)
+    return {_s(k): _s(v) for k, v in raw.items()} if raw else None
+
+
+@dataclass(slots=True)
+class Recovery:
+    account: str
+    floor: int
+    epoch: str
+    sources: dict[str, int] = field(default_factory=dict)
+    """Highest token found in each source."""
+    alarm: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"account": self.account, "floor": self.floor, "epoch": self.epoch,
+                "sources": self.sources, "alarm": self.alarm}
+
+
+async def _max_stream_token(redis: aioredis.Redis, key: str, account: str | None = None) -> int:
+    best = 0
+    last = "-"
+    while True:
+        batch = await redis.xrange(key, min=last, max="+", count=1000)
+        if not batch:
+            return best
+        for _, fields in batch:
+            f = {_s(k): v for k, v in (fields or {}).items()}
+            if account is None or _s(f.get("account", "")) == account:
+                best = max(best, _int(f.get("token")))
+        last = "(" + _s(batch[-1][0])
+        if len(batch) < 1000:
+            return best
+
+
+async def highest_tokens(redis: aioredis.Redis, keys: AccountKeys, *,
+                         paper_venue: str | None = None) -> dict[str, int]:
+    """The highest token each remaining record of the account shows."""
+    out: dict[str, int] = {"fence": _int(await redis.get(keys.fence))}
+    alarm = await read_alarm(redis, keys)
+    out["alarm_seen"] = _int(alarm.get("seen_token")) if alarm else 0
+    out["journal"] = await _max_stream_token(redis, keys.journal)
+    orders = 0
+    async for key in redis.scan_iter(match=keys.order("*"), count=500):
+        orders = max(orders, _int(await redis.hget(_s(key), "token")))
+    out["orders"] = orders
+    registry = 0
+    for member in await redis.zrange(keys.instances, 0, -1):
+        registry = max(registry, _int(await redis.hget(keys.instance(_s(member)), "token")))
+    out["registry"] = registry
+    if paper_venue:
+        out["venue_record"] = await _max_stream_token(
+            redis, PaperVenueKeys(paper_venue).record, str(keys.account))
+    return out
+
+
+async def recover(redis: aioredis.Redis, keys: AccountKeys, *, above: int = 0,
+                  paper_venue: str | None = None) -> Recovery:
+    """Re-seed the fence at the highest token seen anywhere (and ``above``), under a new
+    epoch ``<id>@<floor>``, and clear the alarm. The next acquire hands out floor + 1."""
+    sources = await highest_tokens(redis, keys, paper_venue=paper_venue)
+    sources["operator_above"] = above
+    floor = max(sources.values())
+    epoch = f"{uuid.uuid4().hex}@{floor}"
+    alarm = await read_alarm(redis, keys)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(keys.fence, str(floor))
+        pipe.set(keys.epoch, epoch)
+        pipe.delete(keys.fence_alarm)
+        await pipe.execute()
+    return Recovery(str(keys.account), floor, epoch, sources, alarm)
+
+
+# -- CLI --------------------------------------------------------------------------------
+
+
+async def _fence(args: argparse.Namespace) -> int:
+    from guardrails.status import load_target
+
+    try:
+        url, cfg = load_target(args)
+        if args.account:
+            account = AccountId.parse(args.account)
+        elif cfg is not None:
+            account = cfg.account_id
+        else:
+            print("guardrails fence: name the account (--account venue:id) or a --config",
+                  file=sys.stderr)
+            return 2
+    except (ConfigError, InvalidAccountId) as e:
+        print(f"guardrails fence: {e}", file=sys.stderr)
+        return 2
+    paper = None
+    if cfg is not None and cfg.venue.kind == "paper":
+        paper = str(getattr(cfg.venue, "name", "")) or None
+    keys = AccountKeys(account)
+    redis = await redisconn.connect(url)
+    try:
+        if args.fence_command == "status":
+            alarm = await read_alarm(redis, keys)
+            epoch = await redis.get(keys.epoch)
+            doc = {"account": str(account), "epoch": _s(epoch) if epoch is not None else None,
+                   "fence": _int(await redis.get(keys.fence)), "alarm": alarm}
+            print(json.dumps(doc, indent=2) if args.json else
+                  f"{account}: epoch={doc['epoch'] or '-'} fence={doc['fence']} "
+                  + (f"ALARM {alarm.get('reason')} (seen {alarm.get('seen_epoch') or '-'}:"
+                     f"{alarm.get('seen_token')}, by {alarm.get('by')})" if alarm else "no alarm"))
+            return 1 if alarm else 0
+        result = await recover(redis, keys, above=args.above, paper_venue=paper)
+    except RedisError as e:
+        print(f"guardrails fence: Redis at {redisconn.describe(url)}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        await redis.aclose()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        found = ", ".join(f"{k}={v}" for k, v in result.sources.items())
+        print(f"{result.account}: fence re-seeded at {result.floor} (highest seen: {found}); "
+              f"epoch {result.epoch}; alarm cleared — the next holder gets a token above "
+              f"{result.floor} and reconciles with the venue before trading")
+    return 0
+
+
+def cmd_fence(args: argparse.Namespace) -> int:
+    """``guardrails fence status|recover``."""
+    return asyncio.run(_fence(args))
