@@ -20,6 +20,7 @@ from types import TracebackType
 
 from guardrails import logs
 from guardrails.config import REDIS_URL_ENV, ConfigError, redis_url_problem
+from guardrails.embedded import EmbeddedRedisError
 
 DEFAULT_CONFIG = "config/paper.toml"
 _INIT_VENUES = ("paper", "http")  # guardrails.ops.init.VENUES, without importing it for --help
@@ -74,18 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kill", help="halt an account (or make it reduce-only) from anywhere")
     _common(p)
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--account", help="venue:account, e.g. paper:demo")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--account", help="venue:account, e.g. paper:demo (default: the config's)")
     target.add_argument("--all", action="store_true", help="every known account")
     p.add_argument("--reason", required=True, help="why; recorded with who and when")
+    p.add_argument("--force", action="store_true",
+                   help="write the latch of an account never seen on this Redis (refused otherwise)")
+    p.add_argument("--confirm-timeout", type=float, default=5.0,
+                   help="seconds to wait for running instances to confirm (default 5)")
     p.add_argument("--reduce-only", action="store_true", help="REDUCING instead of HALTED")
     p.add_argument("--revoke", action="store_true", help="also bump the fence: fence out the holder")
     p.set_defaults(func=_lazy("guardrails.killswitch:cmd_kill"))
 
     p = sub.add_parser("resume", help="clear the kill switch of an account")
     _common(p)
-    p.add_argument("--account", required=True, help="venue:account")
+    p.add_argument("--account", default=None, help="venue:account (default: the config's)")
     p.add_argument("--reason", default="", help="why; recorded with who and when")
+    p.add_argument("--force", action="store_true",
+                   help="write the latch of an account never seen on this Redis (refused otherwise)")
+    p.add_argument("--confirm-timeout", type=float, default=5.0,
+                   help="seconds to wait for running instances to confirm (default 5)")
     p.set_defaults(func=_lazy("guardrails.killswitch:cmd_resume"))
 
     p = sub.add_parser("status", help="lease, positions, budget and instances of accounts")
@@ -263,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from guardrails import redacted
 
         print(redacted.mask_text(str(e)), file=sys.stderr)
+        return 2
+    except EmbeddedRedisError as e:  # an operator command found no embedded server to talk to
+        print(f"guardrails {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

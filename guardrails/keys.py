@@ -144,6 +144,12 @@ class AccountKeys:
         return self._k("state")
 
     @property
+    def kill_acks(self) -> str:
+        """HASH: instance id -> ``<latch at_ms>:<state>`` of the latest latch that instance
+        read after a control message (how ``kill``/``resume`` count confirmations)."""
+        return self._k("kill_acks")
+
+    @property
     def control_channel(self) -> str:
         """Pub/sub channel: a message on every trading-state change (kill, resume)."""
         return self._k("control")

@@ -80,6 +80,8 @@ PUMP_INTERVAL_S = 0.25
 REPORT_INTERVAL_S = 5.0
 SETTLE_INTERVAL_S = 5.0
 """How often an active instance looks up its in-doubt orders at the venue."""
+KILL_ACK_TTL_MS = 86_400_000
+"""Confirmations of kills/resumes are kept a day (they matter for seconds)."""
 ALERT_DRAIN_S = 3.0
 """On the way down, how long queued alerts may take to leave before the process exits."""
 HALT_RECHECK_S = 1.0
@@ -683,6 +685,20 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _ack_latch(self, latch: Any) -> None:
+        """Tell the operator's ``kill``/``resume`` that this active instance read the latch
+        (``keys.kill_acks``): the count it prints is of instances that confirmed, not of
+        pub/sub subscribers. A failed ack is logged; the latch is in force regardless."""
+        if latch.at_ms is None:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self.keys.kill_acks, self.instance_id, f"{latch.at_ms}:{latch.state.value}")
+                pipe.pexpire(self.keys.kill_acks, KILL_ACK_TTL_MS)
+                await pipe.execute()
+        except _INFRA_ERRORS as e:
+            logs.event(log, "kill.ack_failed", logging.WARNING, error=f"{type(e).__name__}: {e}")
+
     async def _cancel_if_halted(self, why: str) -> bool:
         """If the latch says HALTED, cancel every open order of the account; True then.
 
@@ -698,6 +714,8 @@ class Runtime:
         except errors as e:
             logs.event(log, "kill.read_failed", logging.WARNING, error=str(e))
             return False
+        if why in ("control message", "subscribed"):
+            await self._ack_latch(latch)
         if why == "control message":
             logs.event(log, "kill.state", state=latch.state.value, reason=latch.reason or None,
                        by=latch.by or None)

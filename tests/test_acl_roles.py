@@ -150,7 +150,9 @@ async def test_roles_when_applied_from_doc_then_each_does_its_job(
     assert kill.returncode == 0 and "HALTED" in kill.stdout, kill.stderr
     assert halted["reason"] == "acl test"
     assert resume.returncode == 0 and "ACTIVE" in resume.stdout, resume.stderr
-    assert revoke.returncode == 0 and resume2.returncode == 0, revoke.stderr + resume2.stderr
+    # The revoke fences the bot out; by the second resume it may be a standby (no listener):
+    # written and verified either way, confirmed only if it already holds the lease again.
+    assert revoke.returncode == 0 and resume2.returncode in (0, 3), revoke.stderr + resume2.stderr
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert shown.returncode == 0 and "2000000" in shown.stdout, shown.stdout + shown.stderr
 

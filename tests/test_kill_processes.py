@@ -116,9 +116,10 @@ def test_latch_when_bot_restarts_then_still_halted_until_resume(
     # Arrange: the account is halted before any instance starts
     cfg, keys, _ = _setup(tmp_path, redis_server.url, "k2")
     c = redis_server.client()
+    # Never run before and nothing running: the kill needs --force, and is unconfirmed (3).
     done = run_cli("kill", "--account", "paper:k2", "--reason", "before start",
-                   "--redis-url", redis_server.url)
-    assert done.returncode == 0, done.stderr
+                   "--redis-url", redis_server.url, "--force", "--confirm-timeout", "0.2")
+    assert done.returncode == 3, done.stderr
     first = RunProc("k2-a", cfg, tmp_path).start()
     second: RunProc | None = None
     try:

@@ -132,15 +132,18 @@ async def test_latch_when_redis_restarts_with_aof_then_still_halted(
         await client.aclose()
 
 
-def test_cli_kill_when_redis_reachable_then_prints_change_and_exits_0(
+def test_cli_kill_when_redis_reachable_but_no_bot_runs_then_prints_change_and_exits_3(
     redis_server: RedisServer,
 ) -> None:
+    # Arrange: the account is known here (it ran once); no instance of it runs now.
+    redis_server.client().sadd(ACCOUNTS_INDEX, "paper:demo")
     # Act
     done = _cli("kill", "--account", "paper:demo", "--reason", "cli test",
-                "--revoke", "--redis-url", redis_server.url)
+                "--revoke", "--redis-url", redis_server.url, "--confirm-timeout", "0.2")
 
-    # Assert
-    assert done.returncode == 0, done.stderr
+    # Assert: written and verified, but nobody confirmed it: not success (exit 3).
+    assert done.returncode == 3, done.stderr
+    assert "NOT CONFIRMED" in done.stderr and "0 instance(s) confirmed" in done.stdout
     assert "paper:demo: ACTIVE -> HALTED" in done.stdout
     assert "reason='cli test'" in done.stdout
     c = redis_server.client()
@@ -151,10 +154,11 @@ def test_cli_kill_when_redis_reachable_then_prints_change_and_exits_0(
         c.close()
 
     # Act: resume
-    done = _cli("resume", "--account", "paper:demo", "--redis-url", redis_server.url)
+    done = _cli("resume", "--account", "paper:demo", "--redis-url", redis_server.url,
+                "--confirm-timeout", "0.2")
 
     # Assert
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr
     assert "paper:demo: HALTED -> ACTIVE" in done.stdout
 
 
@@ -180,11 +184,12 @@ def test_cli_kill_all_when_two_accounts_known_then_both_halted(
 
     # Act
     done = _cli("kill", "--all", "--reason", "everything", "--reduce-only",
-                "--redis-url", redis_server.url)
+                "--redis-url", redis_server.url, "--confirm-timeout", "0.2")
 
-    # Assert
+    # Assert: both written; no instance runs, so unconfirmed (exit 3), named on stderr
     try:
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 3, done.stderr
+        assert "paper:one, paper:two" in done.stderr
         for name in ("one", "two"):
             k = AccountKeys(AccountId("paper", name))
             assert c.hget(k.state, "state") == "REDUCING"
