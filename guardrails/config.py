@@ -615,6 +615,11 @@ class RuntimeConfig(_Model):
     lock_dir: str | None = Field(
         default=None, description="Directory of the local single-instance lock (default: /run/…)."
     )
+    foreign_activity_threshold: int = Field(
+        default=1, ge=0, le=1_000_000,
+        description="Halt the account (reason foreign_activity) after this many fills of orders "
+        "the ledger never admitted, seen by the active instance; 0 only logs them.",
+    )
     alert_redis_after: DurationMs = Field(
         default=ms("30s"),
         description="Alert `redis_unreachable` once Redis has been unreachable this long.",

@@ -187,6 +187,7 @@ class Runtime:
         self.token: int | None = None
         self.deadline_epoch_ms: Callable[[], int] | None = None
         self.crashed: set[str] = set()
+        self._foreign_fills: set[str] = set()
         self.health_url = ""
         self._mismatch_logged: tuple[str, float] = ("", 0.0)
 
@@ -651,6 +652,42 @@ class Runtime:
         logs.event(log, "fill", level, client_order_id=fill.client_order_id,
                    fill_id=fill.fill_id, symbol=fill.symbol, side=fill.side.value,
                    qty=fill.qty, price=fill.price, outcome=outcome.value)
+        if outcome is FillOutcome.UNKNOWN_ORDER:
+            await self._foreign_fill(fill)
+
+    async def _foreign_fill(self, fill: Fill) -> None:
+        """A fill on this account of an order the ledger never admitted: another writer
+        trades the account (a second copy on another host, a human, another bot on the
+        same key). The venue is the only truth every copy shares, so this is where two
+        lease domains show: halt the account (``foreign_activity``) once
+        ``[runtime] foreign_activity_threshold`` such fills were seen (0: only log)."""
+        self._foreign_fills.add(fill.fill_id)
+        seen = len(self._foreign_fills)
+        threshold = self.cfg.runtime.foreign_activity_threshold
+        logs.event(log, "foreign_activity", logging.ERROR, fill_id=fill.fill_id,
+                   client_order_id=fill.client_order_id, symbol=fill.symbol,
+                   side=fill.side.value, qty=fill.qty, price=fill.price, seen=seen,
+                   threshold=threshold or "off",
+                   detail="a fill of an order guardrails never admitted: another writer "
+                          "trades this account")
+        if not threshold or seen < threshold:
+            return
+        from guardrails.killswitch import KillSwitch, KillSwitchError, read_latch
+
+        halt_errors: tuple[type[BaseException], ...] = (KillSwitchError, *_INFRA_ERRORS)
+        try:
+            if (await read_latch(self.redis, self.keys)).state is TradingState.HALTED:
+                return
+            await KillSwitch(self.redis, self.keys).set_state(
+                TradingState.HALTED,
+                reason=f"foreign_activity: {seen} fill(s) of orders guardrails never admitted "
+                       f"(last: {fill.fill_id} of {fill.client_order_id} {fill.side.value} "
+                       f"{fill.qty} {fill.symbol} @ {fill.price})",
+                by=f"guardrails {self.instance_id} (foreign activity)",
+            )
+        except halt_errors as e:
+            logs.event(log, "foreign_activity.halt_failed", logging.ERROR,
+                       error=f"{type(e).__name__}: {e}")
 
     async def _kill_listener(self) -> None:
         """React to the kill switch: on HALTED, cancel the account's open orders.
