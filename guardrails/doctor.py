@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError, ResponseError
 
-from guardrails import persistence, redacted, redisconn
+from guardrails import localguard, persistence, redacted, redisconn
 from guardrails.config import (
     REDIS_URL_ENV,
     ConfigError,
@@ -238,14 +238,18 @@ def _flag(argv: list[str], name: str) -> str | None:
     return None
 
 
+_MODULES = ("guardrails", "guardrails.cli", "guardrails.__main__")
+
+
 def is_guardrails_run(argv: list[str]) -> bool:
-    """True for ``python -m guardrails run …`` and ``…/guardrails run …`` command lines."""
+    """True for every launch form of ``guardrails run``: the console script
+    (``…/guardrails run``, also behind an interpreter), ``python -m guardrails run``,
+    ``python -m guardrails.cli run`` and ``python -m guardrails.__main__ run``."""
     for i, a in enumerate(argv[:-1]):
         base = os.path.basename(a)
-        invoked = (base == "guardrails" and (i == 0 or argv[i - 1] == "-m" or i <= 1)) or (
-            a == "guardrails" and i > 0 and argv[i - 1] == "-m"
-        )
-        if invoked and argv[i + 1] == "run":
+        script = base == "guardrails" and (i == 0 or i <= 1)
+        module = a in _MODULES and i > 0 and argv[i - 1] == "-m"
+        if (script or module) and argv[i + 1] == "run":
             return True
     return False
 
@@ -300,7 +304,9 @@ def local_processes() -> list[LocalProcess]:
 
 
 def same_target(a: str | None, b: str | None) -> bool:
-    """Whether two Redis URLs name the same server and database ('embedded' resolved)."""
+    """Whether two Redis URLs name the same server and database, however spelled
+    (``LOCALHOST``, a trailing slash, ``?db=0``, a default port; 'embedded' resolved):
+    the one normalisation the host lock uses (``localguard.normalise_redis_target``)."""
     from guardrails import embedded
     from guardrails.config import EMBEDDED
 
@@ -309,10 +315,10 @@ def same_target(a: str | None, b: str | None) -> bool:
             return None
         if u == EMBEDDED:
             u = embedded.paths().url
-        u = u.replace("localhost", "127.0.0.1")
-        if u.startswith("redis://") and u.count("/") == 2:
-            u += "/0"
-        return u.rstrip("/")
+        try:
+            return localguard.normalise_redis_target(u)
+        except ValueError:
+            return u.strip()
 
     return a is not None and norm(a) == norm(b)
 

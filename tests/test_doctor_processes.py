@@ -166,3 +166,46 @@ def test_doctor_when_run_process_config_unreadable_then_listed_as_info_and_exit_
     assert [(f["code"], f["severity"]) for f in mine] == [("unidentified_process", "info")]
     assert "config file not found" in mine[0]["message"]
     assert rc == 0 and report["healthy"] is True
+
+
+def _spawn_form(module: str, cfg: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", module, "run", "--config", str(cfg), "--redis-url", url,
+             "--instance-id", "form-a"],
+            stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=ROOT,
+        )
+
+
+@pytest.mark.parametrize("module, spelling", [
+    ("guardrails.cli", "redis://LOCALHOST:{port}"),
+    ("guardrails", "redis://127.0.0.1:{port}/"),
+    ("guardrails.__main__", "redis://localhost:{port}?db=0"),
+])
+def test_doctor_when_run_launched_another_way_and_url_spelled_differently_then_matched(
+    module: str, spelling: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: the process names the same Redis as doctor, spelled another way, launched
+    # another way; first registered (healthy), then paused until its row expired.
+    cfg = write_config(tmp_path / "df.toml", redis_url=redis_server.url, account="df")
+    url = spelling.format(port=redis_server.port)
+    proc = _spawn_form(module, cfg, url, tmp_path / "df.log")
+    c = redis_server.client()
+    keys = AccountKeys(AccountId("paper", "df"))
+    try:
+        _wait(lambda: c.hget(keys.instance("form-a"), "role") == "active", "active registration")
+        rc_ok, healthy = doctor(redis_server.url, _manifest(tmp_path, "df"))
+        proc.send_signal(signal.SIGSTOP)
+        _wait(lambda: not c.exists(keys.instance("form-a")), "the heartbeat row to expire", 30)
+        rc_gone, gone = doctor(redis_server.url, _manifest(tmp_path, "df"))
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(timeout=10)
+    # Assert: matched to its account by what it runs for, whatever the launch form
+    assert rc_ok == 0, healthy["findings"]
+    (inst,) = healthy["instances"]
+    assert set(inst["sources"]) == {"registry", "process", "lease"}
+    assert not [f for f in healthy["findings"] if f["code"] == "config_mismatch"]
+    codes = {f["code"] for f in gone["findings"]}
+    assert rc_gone == 1 and "unregistered_process" in codes and "missing" not in codes, codes
