@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--manifest", default="config/manifest.toml", help="what should run")
     p.add_argument("--json", action="store_true", help="JSON (docs/doctor.schema.json)")
+    p.add_argument("--notify", action="store_true",
+                   help="also send problems through the config's [[notify]] channels (for cron)")
     p.set_defaults(func=_lazy("guardrails.doctor:cmd_doctor"))
 
     p = sub.add_parser("dashboard", help="serve the live web dashboard (read-only Redis)")

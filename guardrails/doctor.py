@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -39,12 +40,14 @@ from redis.exceptions import RedisError, ResponseError
 from guardrails import localguard, persistence, redacted, redisconn
 from guardrails.config import (
     REDIS_URL_ENV,
+    Config,
     ConfigError,
     DurationMs,
     format_validation_error,
     load_config,
 )
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
+from guardrails.ops import notify
 from guardrails.status import load_target
 
 DOCTOR_SCHEMA_VERSION = 1
@@ -707,7 +710,8 @@ async def _doctor(args: argparse.Namespace) -> int:
     manifest_path: str | None = args.manifest
     try:
         manifest = load_manifest(args.manifest) if args.manifest else None
-        url, _ = load_target(args)
+        url, cfg = load_target(args)
+        channels = _channels(args, cfg)
     except ConfigError as e:
         return _cannot_check(args.json, str(e), manifest_path)
     try:
@@ -732,7 +736,48 @@ async def _doctor(args: argparse.Namespace) -> int:
                   f"    what to do: {f.action}")
         problems = sum(f.problem for f in result.findings)
         print(f"{problems} problem(s)" if problems else "healthy")
+    if channels:
+        await _notify(channels, result, url)
     return exit_code(result)
+
+
+def _channels(args: argparse.Namespace, cfg: Config | None) -> list[notify.Channel]:
+    """``--notify``: the config's ``[[notify]]`` channels that take ``doctor`` alerts."""
+    if not getattr(args, "notify", False):
+        return []
+    if cfg is None or not cfg.notify:
+        raise ConfigError("doctor --notify: no [[notify]] entries (it sends through the "
+                          "config's channels; pass --config)")
+    try:
+        chans = notify.channels_from_config(cfg.notify)
+    except ValueError as e:
+        raise ConfigError(f"{cfg.source}: {e}") from None
+    wanted = [c for c in chans if "doctor" in c.events]
+    if not wanted:
+        raise ConfigError(f"{cfg.source}: no [[notify]] entry lists the 'doctor' event")
+    return wanted
+
+
+async def _notify(channels: list[notify.Channel], result: Census, url: str) -> None:
+    """Send the problems (not info findings) as one ``doctor`` alert; a healthy census
+    sends nothing (cron runs this every few minutes). Bounded: 15 s at most."""
+    problems = [f for f in result.findings if f.problem]
+    if not problems:
+        return
+    text = f"doctor: {len(problems)} problem(s) on {redisconn.describe(url)}: " + "; ".join(
+        f"[{f.code}] {f.account or ''} {f.message}" for f in problems[:5])
+    n = notify.Notifier(channels, max_attempts=3, backoff_s=0.5)
+    n.publish(notify.Alert("doctor", ",".join(sorted({f.account or "-" for f in problems})),
+                           text, {"problems": str(len(problems))}))
+    task = asyncio.create_task(n.run())
+    try:
+        if not await n.drain(15.0):
+            print("warning: doctor --notify: the alert was not delivered within 15 s",
+                  file=sys.stderr)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -179,3 +179,25 @@ def test_run_when_telegram_token_variable_missing_then_refused_exit_2(
     r = run_cli("run", "--config", str(cfg))
     assert r.returncode == 2
     assert "GR_TEST_TG_TOKEN" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_doctor_when_notify_and_a_problem_then_the_findings_reach_the_webhook(
+    redis_server: RedisServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url)
+    with cfg.open("a") as f:
+        f.write(f'\n[[notify]]\nkind = "webhook"\nurl = "{receiver.url}/hook"\nevents = ["doctor"]\n')
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[[accounts]]\naccount = "paper:t1"\ninstances = 1\n')  # none runs
+    r = run_cli("doctor", "--config", str(cfg), "--manifest", str(manifest), "--notify")
+    assert r.returncode == 1, r.stdout + r.stderr
+    alert = receiver.wait("doctor", timeout=20)
+    assert "problem" in alert["text"] and "paper:t1" in alert["text"]
+
+
+def test_doctor_when_notify_without_channels_then_cannot_check_exit_2(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url)
+    r = run_cli("doctor", "--config", str(cfg), "--manifest", "", "--notify")
+    assert r.returncode == 2 and "[[notify]]" in r.stdout + r.stderr
