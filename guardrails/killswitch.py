@@ -203,7 +203,7 @@ def describe(change: StateChange, *, confirmed: int | None = None) -> str:
     when = datetime.fromtimestamp(change.at_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
     line = (
         f"{change.account}: {change.prev_state.value} -> {change.state.value} "
-        f"by {change.by} at {when}Z ({change.at_ms}) reason={change.reason!r}"
+        f"by {change.by} at {when}Z reason={change.reason!r}"
     )
     if change.fence_after:
         if change.revoked_token:

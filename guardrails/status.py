@@ -373,6 +373,16 @@ def _limits_text(limits: Json, cfg: Json) -> str:
     return " ".join(head) + "\n          " + inst + "\n          " + who
 
 
+def _iso(ms: object) -> str:
+    """Unix ms as an ISO-8601 UTC time for people (the JSON keeps the integer)."""
+    n = _int_or_none(ms)
+    if n is None:
+        return "-"
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(n / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def render_table(doc: Json) -> str:
     """The human-readable form of a status document."""
     lines: list[str] = []
@@ -381,7 +391,7 @@ def render_table(doc: Json) -> str:
         lease = a["lease"] or {}
         lines.append(
             f"lease     holder={_fmt(lease.get('holder'))} token={_fmt(lease.get('token'))} "
-            f"ttl_ms={_fmt(lease.get('ttl_ms'))} fence={_fmt(lease.get('fence'))}"
+            f"ttl={_fmt(lease.get('ttl_ms'))}ms fence={_fmt(lease.get('fence'))}"
         )
         alarm = (a.get("fence_history") or {}).get("alarm")
         if alarm:
@@ -393,7 +403,7 @@ def render_table(doc: Json) -> str:
         t = a["trading"] or {}
         lines.append(
             f"trading   {_fmt(t.get('state'))}  reason={_fmt(t.get('reason'))} "
-            f"by={_fmt(t.get('by'))} at_ms={_fmt(t.get('at_ms'))}"
+            f"by={_fmt(t.get('by'))} at={_iso(t.get('at_ms'))}"
         )
         b = a["budget"]
         if b:
@@ -430,7 +440,7 @@ def render_table(doc: Json) -> str:
             denied = " ".join(f"{k}={v}" for k, v in c["denied"].items()) or "none"
             lines.append(f"counts    admitted={c['admitted']} denied: {denied}")
         for d in (a["recent_denials"] or [])[:5]:
-            lines.append(f"denial    {d.get('at_ms')} {d.get('reason')} {d.get('detail', '')}")
+            lines.append(f"denial    {_iso(d.get('at_ms'))} {d.get('reason')} {d.get('detail', '')}")
         for i in a["instances"] or []:
             lines.append(
                 f"instance  {i.get('id')} host={i.get('host')} pid={i.get('pid')} "
