@@ -111,7 +111,9 @@ async def read(redis: aioredis.Redis) -> Persistence:
         info = await redis.info("persistence")
         if "aof_enabled" in info:
             aof = _text(info["aof_enabled"]) == "1"
-    except (NoPermissionError, ResponseError) as e:
+    except NoPermissionError:
+        errors.append("INFO not allowed for this ACL user")
+    except ResponseError as e:
         errors.append(f"INFO: {e}")
     try:
         conf = await redis.config_get("appendonly")
@@ -122,6 +124,8 @@ async def read(redis: aioredis.Redis) -> Persistence:
             aof = conf["appendonly"] == "yes"
         fsync = conf.get("appendfsync")
         save = conf.get("save")
-    except (NoPermissionError, ResponseError) as e:
+    except NoPermissionError:
+        errors.append("CONFIG GET not allowed for this ACL user")
+    except ResponseError as e:
         errors.append(f"CONFIG: {e}")
     return Persistence(aof, fsync, save, tuple(errors))

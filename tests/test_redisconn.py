@@ -54,7 +54,7 @@ def test_describe_when_ha_url_with_passwords_then_masked() -> None:
     text = redisconn.describe("redis+sentinel://u:hunter2@h:1,h:2/m/0?sentinel_password=sp2")
 
     assert "hunter2" not in text and "sp2" not in text
-    assert text.startswith("redis+sentinel://***@h:1,h:2/m/0")
+    assert text.startswith("redis+sentinel://u:***@h:1,h:2/m/0")  # the user stays: it is no secret
 
 
 def test_cli_when_ha_url_bad_then_exit_2_one_line_no_traceback() -> None:

@@ -50,12 +50,12 @@ if redis.call('EXISTS', alarm_key) == 1 then
 end
 
 local epoch = redis.call('GET', epoch_key)
-local fence = redis.call('GET', fence_key)
+local fence_now = redis.call('GET', fence_key)
 local refused = nil
 if not epoch then
   if seen_token > 0 or seen_epoch ~= '' then
     refused = 'history_lost'
-  elseif fence then
+  elseif fence_now then
     epoch = new_epoch  -- a fence from before epochs existed: this history gets its id now
     redis.call('SET', epoch_key, epoch)
   end
@@ -69,7 +69,7 @@ elseif seen_epoch ~= '' and epoch ~= seen_epoch then
 end
 if refused then
   redis.call('HSET', alarm_key, 'reason', refused, 'seen_epoch', seen_epoch,
-    'seen_token', string.format('%d', seen_token), 'epoch', epoch or '', 'fence', fence or '',
+    'seen_token', string.format('%d', seen_token), 'epoch', epoch or '', 'fence', fence_now or '',
     'by', holder_id, 'at_ms', ARGV[6])
   return {3, refused, seen, epoch or ''}
 end
@@ -83,7 +83,7 @@ if not epoch then
   epoch = new_epoch  -- a new account: its history starts here
   redis.call('SET', epoch_key, epoch)
 end
-if seen_token > 0 and tonumber(fence or '0') < seen_token then
+if seen_token > 0 and tonumber(fence_now or '0') < seen_token then
   redis.call('SET', fence_key, string.format('%d', seen_token))
 end
 local token = redis.call('INCR', fence_key)
