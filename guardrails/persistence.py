@@ -112,7 +112,7 @@ async def read(redis: aioredis.Redis) -> Persistence:
         if "aof_enabled" in info:
             aof = _text(info["aof_enabled"]) == "1"
     except NoPermissionError:
-        errors.append("INFO not allowed for this ACL user")
+        errors.append("INFO: not allowed for this ACL user")
     except ResponseError as e:
         errors.append(f"INFO: {e}")
     try:
@@ -125,7 +125,7 @@ async def read(redis: aioredis.Redis) -> Persistence:
         fsync = conf.get("appendfsync")
         save = conf.get("save")
     except NoPermissionError:
-        errors.append("CONFIG GET not allowed for this ACL user")
+        errors.append("CONFIG: GET not allowed for this ACL user")
     except ResponseError as e:
         errors.append(f"CONFIG: {e}")
     return Persistence(aof, fsync, save, tuple(errors))

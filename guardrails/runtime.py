@@ -207,8 +207,6 @@ class Runtime:
             strategies=",".join(s.name for s in self.strategies) or "-",
             config_digest=self.cfg.digest(), limits_digest=self.cfg.risk.digest(),
         )
-        if not await self._durable_enough():
-            return 2
         kind = self.cfg.venue.kind
         try:
             self._venue = make_venue(self.cfg, self.redis)
@@ -223,6 +221,11 @@ class Runtime:
             if self._venue is not None:
                 with contextlib.suppress(Exception):
                     await self._venue.close()
+            return 2
+        # After the venue: a venue that cannot start is said first, without waiting on Redis.
+        if not await self._durable_enough():
+            with contextlib.suppress(Exception):  # refusing to start; the venue's close is best effort
+                await self.venue.close()
             return 2
         health_runner = await self._start_health()
         dashboard = await self._start_dashboard()
