@@ -129,7 +129,8 @@ async def test_kill_revoke_when_holder_trading_then_its_token_is_refused_even_af
     # Act
     killed = await _cli("kill", "--account", str(opskit.ACCOUNT), "--reason", "rogue",
                         "--revoke", "--redis-url", redis_server.url, "--confirm-timeout", "0.2")
-    await _cli("resume", "--account", str(opskit.ACCOUNT), "--redis-url", redis_server.url, "--confirm-timeout", "0.2")
+    await _cli("resume", "--account", str(opskit.ACCOUNT), "--redis-url", redis_server.url,
+               "--confirm-timeout", "0.2")
     stale = await opskit.admit(redis_client, Intent(opskit.BTC, Side.BUY, Decimal("0.001"),
                                                     Decimal("59900"), intent_id="v-2"))
 
