@@ -23,7 +23,7 @@ from guardrails.config import REDIS_URL_ENV, ConfigError, redis_url_problem
 from guardrails.embedded import EmbeddedRedisError
 
 DEFAULT_CONFIG = "config/paper.toml"
-_INIT_VENUES = ("paper", "http")  # guardrails.ops.init.VENUES, without importing it for --help
+_INIT_VENUES = ("paper", "http", "ccxt")  # guardrails.ops.init.VENUES, without importing it for --help
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -47,20 +47,23 @@ price_band = "0.05"             # refuse orders priced more than 5 % from the ma
 orders_per_second = "2"         # account-wide throttle (set from the venue's published limits)
 burst = 5
 
+{instruments}"""
+
+_BTC = """
 [risk.instruments.BTC-USD]
 tick = "0.01"
 lot = "0.0001"
 max_position = "0.05"
 """
 
-_VENUES: dict[str, tuple[str, str, str]] = {
-    # venue: (account venue label, account id, [venue] block)
+_VENUES: dict[str, tuple[str, str, str, str]] = {
+    # venue: (account venue label, account id, [venue] block, instruments)
     "paper": ("paper", "demo", """
 # The paper venue: an exchange simulated inside Redis. No keys, no network.
 [venue]
 kind = "paper"
 start_prices = { BTC-USD = "60000.00" }
-"""),
+""", _BTC),
     "http": ("sim", "mybot", """
 # The bundled exchange simulator over HTTP with EIP-712 signed orders. "embedded" starts
 # one simulator daemon per user; with no key in $GUARDRAILS_HTTP_KEY it signs with the
@@ -72,6 +75,25 @@ url = "embedded"
 
 [venue.simulator]
 start_prices = { BTC-USD = "60000.00" }
+""", _BTC),
+    "ccxt": ("binance", "main", """
+# An exchange through ccxt (docs/venues.md, "ccxt"). Credentials come from the environment
+# (GUARDRAILS_CCXT_API_KEY / GUARDRAILS_CCXT_SECRET, or credentials_file), never this file.
+# url = "embedded" trades against the bundled Binance-protocol simulator instead; remove it
+# (and set sandbox = true first, for the exchange's testnet) to trade the real exchange.
+# tick and lot below must equal the exchange's PRICE_FILTER / LOT_SIZE: run refuses otherwise.
+[venue]
+kind = "ccxt"
+exchange = "binance"
+url = "embedded"
+
+[venue.simulator]
+start_prices = { "BTC/USDT" = "60000.00" }
+""", """
+[risk.instruments."BTC/USDT"]
+tick = "0.01"
+lot = "0.0001"
+max_position = "0.05"
 """),
 }
 
@@ -98,9 +120,11 @@ VENUES = tuple(_VENUES)
 
 
 def render(venue: str, path: str) -> str:
-    label, account_id, block = _VENUES[venue]
-    return (_HEADER.format(venue=venue, path=path, account_venue=label, account_id=account_id)
-            + block + _STRATEGY)
+    label, account_id, block, instruments = _VENUES[venue]
+    strategy = _STRATEGY.replace('symbol = "BTC-USD"', 'symbol = "BTC/USDT"') if venue == "ccxt" \
+        else _STRATEGY
+    return (_HEADER.format(venue=venue, path=path, account_venue=label, account_id=account_id,
+                           instruments=instruments) + block + strategy)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
