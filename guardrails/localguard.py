@@ -1,34 +1,46 @@
-"""Local single-instance guard: a second copy on the same host is refused early, by name.
+"""Local single-instance guard: a second copy of an account on this host is refused early.
 
-A convenience in front of the Redis lease (which stays the authority): an ``flock`` on
-``<lock_dir>/<sha256(account|normalised redis target)[:16]>.lock``. The path derives
-from the *protected resource* — the account identity and the Redis it is guarded in —
-and from nothing else: not ``$HOME``, not the user, not the working directory or the
-strategy file. So two supervisors with different ``HOME`` directories, or run by two
-users, still collide here, and a copy against a *different* Redis (a separate world)
-does not.
+A convenience in front of the Redis lease (which stays the authority). The guard is
+keyed by the **account identity alone** — the protected resource — and by nothing else:
+not ``$HOME``, not the user, not the working directory, and not the Redis a copy was
+pointed at (one wallet is one resource even when two configs name two Redis servers).
 
-The Redis target is normalised first (``normalise_redis_target``), so one server is one
-name however its URL is typed: ``redis://127.0.0.1:6379``, ``redis://localhost/0`` and
-``redis://:secret@[::1]:6379/0`` are the same target; a unix socket is named by its
-real path.
+Rule: a plain copy is refused while ANY copy of the account runs on the host; a copy
+started with ``--standby`` (the deliberate flag) is always let in. It holds on after it
+takes the lease over, so a plain copy started beside it later is still refused.
+
+How, per lock directory, with two files named ``acct-<sha256(account)[:16]>``:
+
+- ``.lock`` (presence): every running copy holds a *shared* ``flock`` on it for its life.
+- ``.admit`` (admission): held *exclusively*, briefly, while a copy decides. A plain copy
+  takes the presence file exclusively with ``LOCK_NB`` — which succeeds only if no other
+  copy holds it at all — then downgrades to shared; a standby takes it shared at once.
+  Every decision happens under the admission lock, so the downgrade (not atomic in the
+  kernel) cannot interleave with another copy's decision.
+
+The kernel drops an ``flock`` when its process dies (even by SIGKILL), so nothing stale
+ever blocks a restart, and nothing is ever written into a lock file.
 
 Lock directories: ``$GUARDRAILS_LOCK_DIR`` (or an explicit ``lock_dir``) alone when
-given; otherwise the guard is taken in EVERY usable one of ``/run/guardrails`` and
-``/tmp/guardrails-locks`` — both created mode 1777 (shared by every user of the host),
-with lock files mode 0666 so another user can open and flock them. Taking both means a
-copy that can only use ``/tmp`` (an unprivileged user before root ever created
-``/run/guardrails``) still meets a copy that also uses ``/run``. Never under ``HOME``.
+given; otherwise EVERY usable one of ``/run/guardrails`` and ``/tmp/guardrails-locks``,
+created mode 1777 (shared by every user of the host; sticky, so none can delete or
+replace another's files). A copy that can only use ``/tmp`` still meets one that also
+uses ``/run``. Never under ``HOME``.
 
-The holder writes its pid, start time and account into the file, so the refusal names
-who holds it. The kernel drops an flock when its process dies (even by SIGKILL), so a
-stale file never blocks a restart.
+Hostile local users (the directories are shared): a directory is used only if it is a
+real directory (not a symlink), owned by root or by us, and — when others may write in
+it — sticky. Files are opened with ``O_NOFOLLOW`` and checked with ``fstat`` (a regular
+file with one link), created with ``O_EXCL``, never truncated, written or chmod-ed
+unless we just created them. Anything else is refused with ``LocalGuardError`` (the CLI
+exits 2) naming the path and what is wrong. Who holds a lock is read from the kernel
+(``/proc/locks``, ``/proc/<pid>``: pid, owner, process name, start time), never from a
+file another user could write; where the kernel cannot tell, the refusal says so.
 
 What this does NOT guarantee: anything across hosts, or between containers (or systemd
-units with ``PrivateTmp``) that share neither ``/run`` nor ``/tmp``; a hostname whose DNS
-answer changes between two starts. Those are the lease's job. Two users on
-``url = "embedded"`` use two different (per-user) Redis servers: two lease domains, and
-so — correctly — two different lock names (docs/operations.md).
+units with ``PrivateTmp``) that share neither ``/run`` nor ``/tmp``; protection against
+root; a hostile user holding the account's lock file in a shared directory can keep
+plain copies out (the refusal names that user's process) but cannot make guardrails
+write anything or crash. Those are the lease's and the operator's job.
 """
 
 from __future__ import annotations
@@ -38,8 +50,12 @@ import fcntl
 import hashlib
 import ipaddress
 import os
+import pwd
 import socket
+import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -51,57 +67,103 @@ RUN_DIR = Path("/run/guardrails")
 TMP_DIR = Path("/tmp/guardrails-locks")
 DIR_MODE = 0o1777
 """Shared lock directories: every user may create lock files; sticky, so none may
-delete another's."""
-FILE_MODE = 0o666
-"""Lock files: any user may open (and so flock and describe) another user's lock."""
+delete or replace another's."""
+FILE_MODE = 0o644
+"""Lock files: any user may open (and so flock) another user's lock file; only its
+creator could write it, and nobody does."""
+EXPLICIT_DIR_MODE = 0o755
+"""An explicit ``lock_dir`` that does not exist yet is created with this mode."""
+ADMIT_WAIT_S = 10.0
+"""How long a copy waits for another copy's admission decision (milliseconds in
+practice) before it refuses, naming the process that holds the admission lock."""
 DEFAULT_PORT = 6379
 LOCAL_HOST = "localhost"
 """Canonical name of every address of this host (loopback or a local interface)."""
+PROC = Path("/proc")
 
 
 class LocalGuardError(RuntimeError):
-    """The lock file could not be created or opened at all (not a refusal)."""
+    """The lock directory or file is unsafe or unusable: refused, not a second copy."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A process holding a lock, as the kernel reports it (nothing here is read from a
+    file another user could write)."""
+
+    pid: int
+    uid: int | None = None
+    name: str = ""
+    started_at: str = ""
+
+    @property
+    def user(self) -> str:
+        if self.uid is None:
+            return "unknown user"
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return f"uid {self.uid}"
+
+    def __str__(self) -> str:
+        if self.uid is None:
+            return f"pid {self.pid} (no longer visible: the lock passed to a child process)"
+        name = f", process {self.name!r}" if self.name else ""
+        started = f", started {self.started_at}" if self.started_at else ""
+        return f"pid {self.pid} (user {self.user}{name}{started})"
 
 
 class AlreadyRunning(Exception):
-    """Another process on this host holds the guard for this account and Redis."""
+    """Another copy of this account runs on this host (and this one is not a standby)."""
 
-    def __init__(self, pid: int | None, started_at: str, path: Path, account: str = "") -> None:
-        self.pid = pid
-        self.started_at = started_at
+    def __init__(self, holders: list[Holder] | None, path: Path, account: str = "") -> None:
+        self.holders = holders
+        """Every process holding the account's lock, or None if the kernel's lock table
+        cannot be read here (then nothing about the holder is verified)."""
         self.path = path
         self.account = account
         super().__init__(str(self))
 
+    @property
+    def pid(self) -> int | None:
+        """The first holder's pid (None if unknown)."""
+        return self.holders[0].pid if self.holders else None
+
+    @property
+    def started_at(self) -> str:
+        return self.holders[0].started_at if self.holders else ""
+
     def __str__(self) -> str:
-        who = f"pid {self.pid}" if self.pid is not None else "an unknown process"
         what = f" for account {self.account}" if self.account else ""
-        return f"already running{what}: {who}, started {self.started_at} (lock {self.path})"
+        if self.holders:
+            who = "; ".join(str(h) for h in self.holders)
+        else:
+            who = "held by a process this host cannot identify (holder unverified)"
+        return f"already running{what} on this host: {who} (lock {self.path})"
 
 
 @dataclass
 class LocalLock:
-    """A held guard; ``release()`` (or process exit) frees it.
+    """A held guard: shared holds on the account's lock file in each directory.
+    ``release()`` (or process exit) frees it."""
 
-    ``path``/``fd`` are the first (primary) lock; ``extra`` holds the locks taken in the
-    other shared directories."""
+    account: str
+    standby: bool
+    held: list[tuple[Path, int]] = field(default_factory=list)
 
-    path: Path
-    fd: int | None
-    extra: list[tuple[Path, int]] = field(default_factory=list)
+    @property
+    def path(self) -> Path:
+        """The primary lock file (first directory)."""
+        return self.held[0][0]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p, _ in self.held]
 
     def release(self) -> None:
-        held = [fd for _, fd in self.extra]
-        if self.fd is not None:
-            held.insert(0, self.fd)
-        for fd in held:
-            try:
-                os.ftruncate(fd, 0)  # no stale holder details once released
-            except OSError:
-                pass
+        held, self.held = self.held, []
+        for _, fd in held:
             os.close(fd)  # closing the descriptor drops the flock
-        self.fd = None
-        self.extra = []
 
     def __enter__(self) -> LocalLock:
         return self
@@ -193,36 +255,294 @@ def normalise_redis_target(url: str) -> str:
     return text
 
 
+# -- who holds a lock (from the kernel) ---------------------------------------------------
+
+
+def _boot_time() -> float | None:
+    try:
+        for line in (PROC / "stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _describe_pid(pid: int) -> Holder:
+    """Owner, name and start time of ``pid`` from ``/proc`` (kernel facts; the name is
+    the process's own ``comm``). Never its command line: that may carry secrets."""
+    try:
+        uid = os.stat(PROC / str(pid)).st_uid
+    except OSError:
+        return Holder(pid)
+    name = ""
+    started = ""
+    try:
+        name = (PROC / str(pid) / "comm").read_text(errors="replace").strip()
+    except OSError:
+        pass
+    try:
+        stat_text = (PROC / str(pid) / "stat").read_text()
+        fields = stat_text[stat_text.rindex(")") + 2:].split()
+        boot = _boot_time()
+        if boot is not None:
+            epoch = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    except (OSError, ValueError, IndexError):
+        pass
+    return Holder(pid, uid, name, started)
+
+
+def holders(fd: int) -> list[Holder] | None:
+    """Every process holding an ``flock`` on the file open at ``fd``, from
+    ``/proc/locks``; None where that table cannot be read (not Linux)."""
+    st = os.fstat(fd)
+    exact = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        table = (PROC / "locks").read_text()
+    except OSError:
+        return None
+    by_dev: list[int] = []
+    by_inode: list[int] = []
+    for line in table.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; "1: -> FLOCK ..." waits.
+        if len(parts) < 6 or parts[1] != "FLOCK" or not parts[4].isdigit():
+            continue
+        pid, where = int(parts[4]), parts[5]
+        if where == exact:
+            by_dev.append(pid)
+        elif where.rsplit(":", 1)[-1] == str(st.st_ino):
+            by_inode.append(pid)  # overlay filesystems report the lower device
+    pids = by_dev or by_inode
+    return [_describe_pid(pid) for pid in dict.fromkeys(pids) if pid != 0]
+
+
 # -- lock directories and files ---------------------------------------------------------
 
 
-def _usable(directory: Path, mode: int) -> bool:
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _owner(uid: int) -> str:
     try:
-        if not directory.exists():
-            old = os.umask(0)
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            finally:
-                os.umask(old)
-        if mode and directory.stat().st_uid == os.getuid():
-            os.chmod(directory, mode)
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _open_dir(path: Path, *, shared: bool) -> int | None:
+    """An ``O_DIRECTORY`` descriptor of a checked lock directory (created if missing);
+    None for a default directory this user cannot create or write (skipped)."""
+    created = False
+    try:
+        if not shared:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, DIR_MODE if shared else EXPLICIT_DIR_MODE)
+        created = True
+    except FileExistsError:
+        pass
+    except OSError as e:
+        if shared:
+            return None  # e.g. /run is root's: use the other directory
+        raise LocalGuardError(f"lock directory {path} cannot be created: {e.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        try:
+            kind = _kind(os.lstat(path).st_mode)
+        except OSError:
+            kind = e.strerror or "unusable"
+        raise LocalGuardError(
+            f"lock directory {path} is {kind}, not a directory: refusing to use it "
+            f"(remove it, or set {LOCK_DIR_ENV} / [runtime] lock_dir to a directory of yours)"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        me = os.geteuid()
+        if st.st_uid not in (0, me):
+            raise LocalGuardError(
+                f"lock directory {path} is owned by {_owner(st.st_uid)}, not by root or by "
+                f"you: refusing to use it (another user could swap its lock files; remove it, "
+                f"or set {LOCK_DIR_ENV} / [runtime] lock_dir to a directory of yours)"
+            )
+        if st.st_uid == me and (created or shared) and stat.S_IMODE(st.st_mode) != (
+            DIR_MODE if shared else stat.S_IMODE(st.st_mode)
+        ):
+            os.fchmod(fd, DIR_MODE)  # ours: shared directories are 1777 whatever the umask
+            st = os.fstat(fd)
+        if created and not shared:
+            os.fchmod(fd, EXPLICIT_DIR_MODE)
+            st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            raise LocalGuardError(
+                f"lock directory {path} is writable by other users (mode {mode:04o}) and not "
+                f"sticky: another user could replace its lock files; refusing to use it "
+                f"(chmod +t or chmod go-w it)"
+            )
+        if not os.access(fd if os.access in os.supports_fd else str(path), os.W_OK | os.X_OK):
+            if shared:
+                os.close(fd)
+                return None
+            raise LocalGuardError(f"lock directory {path} is not writable by this user")
+    except BaseException:
+        with _suppress_os_error():
+            os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def _suppress_os_error() -> Iterator[None]:
+    try:
+        yield
     except OSError:
-        return False
-    return os.access(directory, os.W_OK | os.X_OK)
+        pass
+
+
+def _open_lock_file(dfd: int, directory: Path, name: str) -> int:
+    """A read-only descriptor of the lock file ``directory/name`` (created mode 0644 if
+    missing), checked to be a regular file with one link. Never follows a symlink, never
+    blocks on a FIFO, never changes a file it did not just create."""
+    path = directory / name
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    for _ in range(10):
+        created = False
+        try:
+            fd = os.open(name, flags, dir_fd=dfd)
+        except FileNotFoundError:
+            try:
+                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=dfd)
+            except FileExistsError:
+                continue  # created by another copy meanwhile: open it
+            except OSError as e:
+                raise LocalGuardError(f"cannot create lock file {path}: {e.strerror}") from None
+            created = True
+        except OSError as e:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                raise LocalGuardError(f"cannot open lock file {path}: {e.strerror}") from None
+            if e.errno == errno.ELOOP or stat.S_ISLNK(st.st_mode):
+                raise LocalGuardError(
+                    f"lock file {path} is a symlink (owner {_owner(st.st_uid)}): refusing to "
+                    "follow it; remove it (someone may be trying to make guardrails write "
+                    "another file)"
+                ) from None
+            raise LocalGuardError(
+                f"cannot open lock file {path} (owner {_owner(st.st_uid)}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): {e.strerror}; remove it"
+            ) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise LocalGuardError(
+                    f"lock file {path} is {_kind(st.st_mode)} (owner {_owner(st.st_uid)}), "
+                    "not a regular file: refusing to use it; remove it"
+                )
+            if st.st_nlink != 1:
+                raise LocalGuardError(
+                    f"lock file {path} has {st.st_nlink} hard links (owner "
+                    f"{_owner(st.st_uid)}): refusing to use it; remove it"
+                )
+            if created:
+                os.fchmod(fd, FILE_MODE)  # ours, just made: whatever the umask
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    raise LocalGuardError(f"cannot open lock file {path}: it keeps appearing and vanishing")
+
+
+def _flock_within(fd: int, op: int, deadline: float) -> bool:
+    """``flock(fd, op)``, retried without blocking until ``deadline`` (monotonic)."""
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _who(fd: int) -> str:
+    found = holders(fd)
+    if found is None:
+        return "a process this host cannot identify (unverified)"
+    return "; ".join(str(h) for h in found) or "a process that has since exited"
+
+
+def _enter(dfd: int, directory: Path, stem: str, account: AccountId, standby: bool) -> int:
+    """Join the account's presence lock in one directory (see the module doc)."""
+    admit = _open_lock_file(dfd, directory, stem + ".admit")
+    try:
+        deadline = time.monotonic() + ADMIT_WAIT_S
+        if not _flock_within(admit, fcntl.LOCK_EX, deadline):
+            raise LocalGuardError(
+                f"lock {directory / (stem + '.admit')} has been held for {ADMIT_WAIT_S:.0f}s "
+                f"by {_who(admit)}: not a guardrails copy deciding; stop that process or "
+                "remove the file"
+            )
+        path = directory / (stem + ".lock")
+        fd = _open_lock_file(dfd, directory, stem + ".lock")
+        try:
+            if not standby:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise AlreadyRunning(holders(fd), path, str(account)) from None
+            # A standby's hold, or the plain copy's downgrade. Only a process outside
+            # this protocol can hold it exclusively now: wait a little, then name it.
+            if not _flock_within(fd, fcntl.LOCK_SH, deadline):
+                raise LocalGuardError(
+                    f"lock {path} is held exclusively by {_who(fd)}, which is not a "
+                    "guardrails copy; stop that process or remove the file"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    finally:
+        os.close(admit)  # drops the admission lock
+
+
+def _directories(explicit: str | os.PathLike[str] | None) -> list[tuple[Path, bool]]:
+    chosen = explicit or os.environ.get(LOCK_DIR_ENV)
+    if chosen:
+        return [(Path(chosen), False)]
+    return [(RUN_DIR, True), (TMP_DIR, True)]
+
+
+@contextmanager
+def _opened_dirs(explicit: str | os.PathLike[str] | None) -> Iterator[list[tuple[Path, int]]]:
+    opened: list[tuple[Path, int]] = []
+    try:
+        for path, shared in _directories(explicit):
+            fd = _open_dir(path, shared=shared)
+            if fd is not None:
+                opened.append((path, fd))
+        if not opened:
+            raise LocalGuardError(f"neither {RUN_DIR} nor {TMP_DIR} can be created or written")
+        yield opened
+    finally:
+        for _, fd in opened:
+            os.close(fd)
 
 
 def lock_dirs(explicit: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Every directory the guard is taken in (see the module doc for the rule)."""
-    chosen = explicit or os.environ.get(LOCK_DIR_ENV)
-    if chosen:
-        path = Path(chosen)
-        if not _usable(path, 0):
-            raise LocalGuardError(f"lock directory {path} cannot be created or written")
-        return [path]
-    dirs = [d for d in (RUN_DIR, TMP_DIR) if _usable(d, DIR_MODE)]
-    if not dirs:
-        raise LocalGuardError(f"neither {RUN_DIR} nor {TMP_DIR} can be created or written")
-    return dirs
+    """Every directory the guard is taken in (see the module doc), each checked."""
+    with _opened_dirs(explicit) as opened:
+        return [path for path, _ in opened]
 
 
 def lock_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -230,126 +550,38 @@ def lock_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return lock_dirs(explicit)[0]
 
 
-def lock_name(account: AccountId, redis_target: str) -> str:
-    """``<sha256(account|normalised target)[:16]>.lock``: no HOME, user, pid or cwd."""
-    target = normalise_redis_target(redis_target)
-    return hashlib.sha256(f"{account}|{target}".encode()).hexdigest()[:16] + ".lock"
+def lock_stem(account: AccountId) -> str:
+    """``acct-<sha256(account)[:16]>``: the account alone — no Redis, HOME, user or cwd."""
+    return "acct-" + hashlib.sha256(str(account).encode()).hexdigest()[:16]
 
 
-def lock_path(
-    account: AccountId, redis_target: str, *, directory: str | os.PathLike[str] | None = None
-) -> Path:
-    """The primary lock file of ``account`` guarded in ``redis_target``."""
-    return lock_dir(directory) / lock_name(account, redis_target)
-
-
-def _open_lock_file(path: Path) -> tuple[int, bool]:
-    """Open (creating if needed, mode 0666) ``path``; returns (fd, writable).
-
-    Never opens an existing file with ``O_CREAT``: with ``fs.protected_regular`` the
-    kernel refuses that for another user's file in a sticky directory."""
-    for _ in range(10):
-        try:
-            return os.open(path, os.O_RDWR | os.O_CLOEXEC), True
-        except FileNotFoundError:
-            pass
-        except PermissionError:
-            # A lock file another user made before files were shared (mode 0644): a
-            # read-only descriptor can still take (or test) the flock.
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        except FileExistsError:
-            continue  # created by another copy meanwhile: open it
-        os.fchmod(fd, FILE_MODE)  # whatever the umask
-        return fd, True
-    raise LocalGuardError(f"cannot open lock file {path}: it keeps appearing and vanishing")
-
-
-def _read_holder(fd: int) -> dict[str, str]:
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 4096).decode(errors="replace")
-    holder = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            holder[key.strip()] = value.strip()
-    return holder
-
-
-def _lock_one(path: Path, account: AccountId) -> tuple[int, bool] | AlreadyRunning:
-    """Lock ``path``: (fd, writable), or the refusal naming its holder."""
-    try:
-        fd, writable = _open_lock_file(path)
-    except OSError as e:
-        raise LocalGuardError(f"cannot open lock file {path}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            os.close(fd)
-            raise LocalGuardError(f"cannot lock {path}: {e.strerror}") from None
-        # Held. The holder writes its details right after locking: give it a moment.
-        holder: dict[str, str] = {}
-        for _ in range(50):
-            holder = _read_holder(fd)
-            if "pid" in holder:
-                break
-            time.sleep(0.01)
-        os.close(fd)
-        pid_text = holder.get("pid", "")
-        return AlreadyRunning(
-            int(pid_text) if pid_text.isdigit() else None,
-            holder.get("started_at", "at an unknown time"),
-            path,
-            holder.get("account", str(account)),
-        )
-    if writable and os.fstat(fd).st_uid == os.getuid():
-        os.fchmod(fd, FILE_MODE)  # a file left by an older version, still 0644
-    return fd, writable
+def lock_path(account: AccountId, *, directory: str | os.PathLike[str] | None = None) -> Path:
+    """The primary (presence) lock file of ``account``."""
+    return lock_dir(directory) / (lock_stem(account) + ".lock")
 
 
 def acquire(
     account: AccountId,
-    redis_target: str,
     *,
     standby: bool,
     lock_dir: str | os.PathLike[str] | None = None,
-) -> LocalLock | None:
-    """Take the host-wide guard for ``account`` at ``redis_target`` (any spelling).
+) -> LocalLock:
+    """Join the host-wide guard for ``account`` (whatever Redis this copy uses).
 
-    Returns the held ``LocalLock``. If another process holds it (in any of the lock
-    directories): raises ``AlreadyRunning`` naming its pid and start time, or — with
-    ``standby=True``, the deliberate flag — returns None (this copy runs on as a
-    standby, holding no guard).
+    Returns the held ``LocalLock``. A plain copy (``standby=False``) raises
+    ``AlreadyRunning``, naming every holder the kernel reports, while any other copy of
+    the account holds the guard in any lock directory; a standby is let in beside them
+    (and, by holding on, keeps later plain copies out after it took over). An unsafe or
+    unusable lock directory or file raises ``LocalGuardError``.
     """
-    name = lock_name(account, redis_target)
-    taken: list[tuple[Path, int, bool]] = []
-    for directory in lock_dirs(lock_dir):
-        path = directory / name
-        try:
-            outcome = _lock_one(path, account)
-        except LocalGuardError:
-            LocalLock(path, None, [(p, fd) for p, fd, _ in taken]).release()
-            raise
-        if isinstance(outcome, AlreadyRunning):
-            for _, fd, _ in taken:
-                os.close(fd)  # ours, just taken: nothing written yet
-            if standby:
-                return None
-            raise outcome from None
-        taken.append((path, *outcome))
-    started = time.time()
-    details = (
-        f"pid={os.getpid()}\n"
-        f"started_at={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started))}\n"
-        f"started_at_ms={int(started * 1000)}\n"
-        f"account={account}\n"
-        f"redis={normalise_redis_target(redis_target)}\n"
-    )
-    for _, fd, writable in taken:
-        if writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, details.encode(), 0)
-    (path, fd, _), rest = taken[0], taken[1:]
-    return LocalLock(path, fd, [(p, f) for p, f, _ in rest])
+    stem = lock_stem(account)
+    lock = LocalLock(str(account), standby)
+    try:
+        with _opened_dirs(lock_dir) as opened:
+            for directory, dfd in opened:
+                fd = _enter(dfd, directory, stem, account, standby)
+                lock.held.append((directory / (stem + ".lock"), fd))
+    except BaseException:
+        lock.release()
+        raise
+    return lock

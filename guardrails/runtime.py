@@ -117,13 +117,13 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
         return 1
     target = redisconn.describe(url)
     try:
-        guard = localguard.acquire(cfg.account_id, target, standby=args.standby,
+        guard = localguard.acquire(cfg.account_id, standby=args.standby,
                                    lock_dir=cfg.runtime.lock_dir)
     except localguard.AlreadyRunning as e:
         print(
             f"guardrails run: refused: {e}\n"
-            f"  another copy already runs account {cfg.account_id} against {target} on this "
-            "host; start this one with --standby to run it deliberately as a standby",
+            f"  another copy of account {cfg.account_id} already runs on this host (whatever "
+            "Redis it uses); start this one with --standby to run it deliberately as a standby",
             file=sys.stderr,
         )
         return 2

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,110 +21,94 @@ from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc, write_config
 
 ACCOUNT = AccountId("paper", "guard-test")
-TARGET = "redis://127.0.0.1:7777/0"
 
 PROBE = """
 import sys
 from guardrails import localguard
 from guardrails.keys import AccountId
 try:
-    lock = localguard.acquire(AccountId("paper", "guard-test"), sys.argv[1], standby=False)
+    lock = localguard.acquire(AccountId("paper", "guard-test"), standby=sys.argv[1] == "standby")
 except localguard.AlreadyRunning as e:
     print(e)
     sys.exit(2)
-print("acquired", lock.path)
+print("acquired", lock.path, flush=True)
 """
 
 
-def test_acquire_when_already_held_then_refused_naming_pid_and_start(tmp_path: Path) -> None:
-    first = localguard.acquire(ACCOUNT, TARGET, standby=False)
-    assert first is not None
+@pytest.fixture(autouse=True)
+def _private_lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own lock directory (the host's shared ones stay untouched)."""
+    d = tmp_path / "locks"
+    d.mkdir(mode=0o755)
+    monkeypatch.setenv(localguard.LOCK_DIR_ENV, str(d))
+
+
+def test_acquire_when_already_held_then_refused_naming_pid_from_the_kernel() -> None:
+    first = localguard.acquire(ACCOUNT, standby=False)
+    path = first.path
     try:
         with pytest.raises(localguard.AlreadyRunning) as info:
-            localguard.acquire(ACCOUNT, TARGET, standby=False)
+            localguard.acquire(ACCOUNT, standby=False)
     finally:
         first.release()
-
     refused = info.value
     assert refused.pid == os.getpid()
-    assert refused.path == first.path
-    assert f"pid {os.getpid()}" in str(refused)
-    assert "started 20" in str(refused) and str(first.path) in str(refused)
+    assert refused.path == path
+    assert f"pid {os.getpid()}" in str(refused) and "started 20" in str(refused)
 
 
-def test_acquire_when_held_and_standby_then_returns_none() -> None:
-    first = localguard.acquire(ACCOUNT, TARGET, standby=False)
+def test_acquire_when_held_and_standby_then_let_in_and_it_keeps_plain_copies_out() -> None:
+    first = localguard.acquire(ACCOUNT, standby=False)
+    standby = localguard.acquire(ACCOUNT, standby=True)
+    first.release()  # the first copy is gone (a crash, a failover): the standby leads now
     try:
-        second = localguard.acquire(ACCOUNT, TARGET, standby=True)
+        with pytest.raises(localguard.AlreadyRunning):
+            localguard.acquire(ACCOUNT, standby=False)  # a plain copy beside it: refused
     finally:
-        assert first is not None
-        first.release()
-
-    assert second is None
-
-
-def test_acquire_when_released_then_next_copy_acquires() -> None:
-    first = localguard.acquire(ACCOUNT, TARGET, standby=False)
-    assert first is not None
-    first.release()
-
-    again = localguard.acquire(ACCOUNT, TARGET, standby=False)
-
-    assert again is not None
+        standby.release()
+    again = localguard.acquire(ACCOUNT, standby=False)
     again.release()
 
 
-def test_acquire_when_other_account_or_other_redis_then_independent() -> None:
-    first = localguard.acquire(ACCOUNT, TARGET, standby=False)
+def test_acquire_when_other_account_then_independent() -> None:
+    first = localguard.acquire(ACCOUNT, standby=False)
     try:
-        other_account = localguard.acquire(AccountId("paper", "other"), TARGET, standby=False)
-        other_redis = localguard.acquire(ACCOUNT, "redis://10.0.0.2:6380/0", standby=False)
+        other = localguard.acquire(AccountId("paper", "other"), standby=False)
+        other.release()
     finally:
-        assert first is not None
         first.release()
-
-    assert other_account is not None and other_redis is not None
-    other_account.release()
-    other_redis.release()
 
 
 def test_acquire_when_second_copy_has_other_home_then_still_refused(tmp_path: Path) -> None:
-    first = localguard.acquire(ACCOUNT, TARGET, standby=False)
-    assert first is not None
+    first = localguard.acquire(ACCOUNT, standby=False)
     other_home = tmp_path / "other-home"
     other_home.mkdir()
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", PROBE, TARGET],
-            env=subprocess_env(HOME=str(other_home)),
-            cwd=str(other_home),
-            capture_output=True,
-            text=True,
-            timeout=60,
+            [sys.executable, "-c", PROBE, "plain"], env=subprocess_env(HOME=str(other_home), PYTHONPATH=str(ROOT)),
+            cwd=str(other_home), capture_output=True, text=True, timeout=60,
         )
     finally:
         first.release()
-
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"pid {os.getpid()}" in proc.stdout
-    assert str(ROOT) not in str(first.path) and str(Path.home()) not in str(first.path)
 
 
-def test_acquire_when_holder_process_killed_then_lock_free_again(tmp_path: Path) -> None:
+def test_acquire_when_holder_process_killed_then_lock_free_again() -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", PROBE + "import time; time.sleep(60)\n", TARGET],
-        env=subprocess_env(), stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", PROBE + "import time; time.sleep(60)\n", "plain"],
+        env=subprocess_env(PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True,
     )
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().startswith("acquired")
         with pytest.raises(localguard.AlreadyRunning) as info:
-            localguard.acquire(ACCOUNT, TARGET, standby=False)
+            localguard.acquire(ACCOUNT, standby=False)
         assert info.value.pid == holder.pid
         holder.kill()
         holder.wait(timeout=10)
-
-        after = localguard.acquire(ACCOUNT, TARGET, standby=False)
+        after = localguard.acquire(ACCOUNT, standby=False)
+        after.release()
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -130,15 +116,10 @@ def test_acquire_when_holder_process_killed_then_lock_free_again(tmp_path: Path)
         if holder.stdout is not None:
             holder.stdout.close()
 
-    assert after is not None
-    after.release()
-
 
 def test_lock_dir_when_no_env_then_never_under_home(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(localguard.LOCK_DIR_ENV, raising=False)
-
     directory = localguard.lock_dir()
-
     assert directory in (localguard.RUN_DIR, localguard.TMP_DIR)
     assert not str(directory).startswith(str(Path.home()))
 
@@ -174,92 +155,171 @@ def test_normalise_when_port_db_or_socket_differs_then_targets_differ(tmp_path: 
     assert localguard.normalise_redis_target(f"unix://{sock}?db=3") == f"unix://{sock}?db=3"
 
 
-def test_acquire_when_same_redis_spelled_differently_then_second_refused() -> None:
-    first = localguard.acquire(ACCOUNT, "redis://127.0.0.1:7777", standby=False)
-    assert first is not None
-    try:
-        with pytest.raises(localguard.AlreadyRunning) as info:
-            localguard.acquire(ACCOUNT, "redis://:pw@localhost:7777/0", standby=False)
-    finally:
-        first.release()
-
-    assert info.value.pid == os.getpid() and info.value.path == first.path
 
 
-def test_run_when_second_copy_reaches_same_redis_by_other_url_then_exit_2_naming_holder(
+# -- real `guardrails run` copies: one account is one resource, whatever Redis it names ---
+
+
+def test_run_when_second_copy_names_another_redis_then_exit_2_naming_holder(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    # Arrange: one copy on 127.0.0.1:P, a second (no --standby) on localhost:P/0.
-    port = redis_server.port
-    a = write_config(tmp_path / "a.toml", redis_url=f"redis://127.0.0.1:{port}", account="lg1")
-    b = write_config(tmp_path / "b.toml", redis_url=f"redis://localhost:{port}/0", account="lg1")
-    first = RunProc("A", a, tmp_path)
-    second = RunProc("B", b, tmp_path)
+    # Arrange: the same account, two configs, two different Redis servers (a staging URL
+    # left in one of them): two lease domains, so only the host lock can refuse the second.
+    other = RedisServer().start()
+    a = write_config(tmp_path / "a.toml", redis_url=redis_server.url, account="lg1")
+    b = write_config(tmp_path / "b.toml", redis_url=other.url, account="lg1")
+    first, second = RunProc("A", a, tmp_path), RunProc("B", b, tmp_path)
     try:
-        first.start()
-        first.wait_for("runtime.active", timeout=60)
-        # Act
+        first.start().wait_for("runtime.active", timeout=60)
         second.start()
         rc = second.wait_exit(timeout=60)
     finally:
         first.cleanup()
         second.cleanup()
-    # Assert
+        other.stop()
     assert rc == 2, second.text()
-    assert f"pid {first.pid}" in second.text()
-    assert "--standby" in second.text()
-    assert not second.events("lease.standby") and not second.events("lease.acquired")
+    assert f"pid {first.pid}" in second.text() and "--standby" in second.text()
+    assert not second.events("lease.acquired")
 
 
-# -- a lock directory shared by every user of the host ----------------------------------
+def test_run_when_standby_took_over_then_a_plain_copy_is_still_refused(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url, account="lg2")
+    a = RunProc("A", cfg, tmp_path)
+    b = RunProc("B", cfg, tmp_path, standby=True)
+    c = RunProc("C", cfg, tmp_path)
+    try:
+        a.start().wait_for("runtime.active", timeout=60)
+        b.start().wait_for("lease.standby", timeout=60)
+        a.send(signal.SIGKILL)
+        a.wait_exit()
+        b.wait_for("runtime.active", timeout=60)
+        # Act: a plain copy beside the standby that now leads
+        c.start()
+        rc = c.wait_exit(timeout=60)
+    finally:
+        for p in (a, b, c):
+            p.cleanup()
+    assert rc == 2, c.text()
+    assert f"pid {b.pid}" in c.text()
 
-SECOND_USER_PROBE = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)  # read-write: the file is group/other-writable
-try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    print("locked")
-except BlockingIOError:
-    print("held")
+
+# -- another local user in the shared lock directory (two real OS users) ----------------
+
+ATTACKER_PLANT = """
+import fcntl, os, sys, time
+mode, path, target = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "symlink":
+    os.symlink(target, path)
+    print("planted", flush=True)
+else:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o666)
+    os.write(fd, b"pid=1 started=1970-01-01T00:00:00Z fake holder\\n")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("planted", flush=True)
+    time.sleep(120)
 """
 
 
-def test_acquire_when_default_dirs_then_shared_1777_dirs_and_0666_files_another_user_can_lock(
+@pytest.fixture
+def attacker() -> Iterator[tuple[int, int]]:
+    if os.geteuid() != 0:
+        pytest.fail("this test creates a second OS user: it runs as root (as make test does)")
+    name = f"grtest{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        import pwd
+
+        pw = pwd.getpwnam(name)
+        yield pw.pw_uid, pw.pw_gid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def _as(uid_gid: tuple[int, int], *args: str) -> list[str]:
+    uid, gid = uid_gid
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *args]
+
+
+def _shared_dir() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="gr-shared-locks-", dir="/tmp"))
+    os.chmod(d, 0o1777)  # like /tmp/guardrails-locks: every user, sticky
+    return d
+
+
+def test_run_when_another_user_symlinked_the_lock_name_then_refused_and_target_untouched(
+    redis_server: RedisServer, tmp_path: Path, attacker: tuple[int, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Arrange: the two default directories, redirected into a fresh world-readable tree.
-    base = Path(tempfile.mkdtemp(prefix="gr-lockdirs-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    run_dir, tmp_dir = base / "run" / "guardrails", base / "tmp-locks"
-    (base / "run").mkdir(mode=0o755)
-    monkeypatch.delenv(localguard.LOCK_DIR_ENV, raising=False)
-    monkeypatch.setattr(localguard, "RUN_DIR", run_dir)
-    monkeypatch.setattr(localguard, "TMP_DIR", tmp_dir)
-    old_umask = os.umask(0o077)  # a strict umask must not make the lock private
+    shared = _shared_dir()
+    secret = tmp_path / "root-only"
+    secret.write_text("root's data\n")
+    os.chmod(secret, 0o600)
+    os.chmod(tmp_path, 0o755)
+    account = AccountId("paper", "lg3")
+    name = localguard.lock_stem(account) + ".lock"
+    monkeypatch.setenv(localguard.LOCK_DIR_ENV, str(shared))
     try:
-        # Act
-        lock = localguard.acquire(ACCOUNT, TARGET, standby=False)
-        assert lock is not None
-        try:
-            paths = [lock.path, *(p for p, _ in lock.extra)]
-            modes = {p.parent: stat.S_IMODE(p.parent.stat().st_mode) for p in paths}
-            file_modes = {p: stat.S_IMODE(p.stat().st_mode) for p in paths}
-            as_other_user = [
-                subprocess.run(
-                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                     sys.executable, "-I", "-c", SECOND_USER_PROBE, str(p)],
-                    capture_output=True, text=True, timeout=60,
-                )
-                for p in paths
-            ] if os.geteuid() == 0 else []
-        finally:
-            lock.release()
+        planted = subprocess.run(
+            _as(attacker, sys.executable, "-I", "-c", ATTACKER_PLANT, "symlink",
+                str(shared / name), str(secret)), capture_output=True, text=True, timeout=30)
+        assert planted.stdout.strip() == "planted", planted.stderr
+        cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url, account="lg3")
+        for standby in (False, True):
+            p = RunProc(f"v{int(standby)}", cfg, tmp_path, standby=standby,
+                        env={localguard.LOCK_DIR_ENV: str(shared)}).start()
+            rc = p.wait_exit(timeout=60)
+            text = p.text()
+            p.cleanup()
+            # Assert: refused with a clear message, no traceback, the target never written
+            assert rc == 2, text
+            assert "symlink" in text and "Traceback" not in text
     finally:
-        os.umask(old_umask)
-        shutil.rmtree(base, ignore_errors=True)
-    # Assert: the guard is in both shared directories, each 1777, each file 0666...
-    assert modes == {run_dir: 0o1777, tmp_dir: 0o1777}
-    assert set(file_modes.values()) == {0o666}
-    # ... and another user can open it read-write and finds it held (when we can be one).
-    for proc in as_other_user:
-        assert proc.returncode == 0 and proc.stdout.strip() == "held", proc.stderr
+        shutil.rmtree(shared, ignore_errors=True)
+    assert secret.read_text() == "root's data\n"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_run_when_another_user_squats_the_lock_file_then_refusal_names_the_real_holder(
+    redis_server: RedisServer, tmp_path: Path, attacker: tuple[int, int],
+) -> None:
+    shared = _shared_dir()
+    account = AccountId("paper", "lg4")
+    path = shared / (localguard.lock_stem(account) + ".lock")
+    squatter = subprocess.Popen(
+        _as(attacker, sys.executable, "-I", "-c", ATTACKER_PLANT, "squat", str(path), "-"),
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "planted"
+        cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url, account="lg4")
+        env = {localguard.LOCK_DIR_ENV: str(shared)}
+        plain = RunProc("plain", cfg, tmp_path, env=env).start()
+        rc = plain.wait_exit(timeout=60)
+        plain_text = plain.text()
+        plain.cleanup()
+        # Even the deliberate --standby is refused cleanly (a squatter that is no guardrails
+        # copy holds the account's lock): named, one message, no crash.
+        standby = RunProc("sb", cfg, tmp_path, standby=True, env=env).start()
+        standby_rc = standby.wait_exit(timeout=60)
+        standby_text = standby.text()
+        standby.cleanup()
+        content = path.read_bytes()
+    finally:
+        squatter.kill()
+        squatter.wait(timeout=10)
+        if squatter.stdout is not None:
+            squatter.stdout.close()
+        shutil.rmtree(shared, ignore_errors=True)
+    # Assert: the refusal names the squatting process and its user, from the kernel — not
+    # the fake holder written into the file — and guardrails wrote nothing into it.
+    import pwd
+
+    user = pwd.getpwuid(attacker[0]).pw_name
+    assert rc == 2, plain_text
+    assert f"pid {squatter.pid}" in plain_text and user in plain_text, plain_text
+    assert "pid 1 " not in plain_text and "Traceback" not in plain_text
+    assert standby_rc == 2 and f"pid {squatter.pid}" in standby_text, standby_text
+    assert "not a guardrails copy" in standby_text and "Traceback" not in standby_text
+    assert content == b"pid=1 started=1970-01-01T00:00:00Z fake holder\n"
