@@ -10,13 +10,23 @@ different ``HOME`` directories must reach the *same* Redis, or their leases woul
 exclude each other. ``GUARDRAILS_STATE_DIR`` overrides it (tests use this).
 
 Never fakeredis: a run always talks to a real server.
+
+Against another local user (the state directory is in a shared place, ``/var/tmp``):
+before the server is used or started, the state directory and its ``redis/`` directory
+must be real directories (not symlinks) owned by this user with no group or other access
+(mode 0700); otherwise nothing is started and nothing talks to the socket. The server is
+started from a 0600 config file (never argv) with a random ``requirepass`` kept in a 0600
+file in ``redis/``; every client authenticates, so a foreign server on the socket fails
+AUTH and is refused, as is one running without AOF.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -84,25 +94,132 @@ class EmbeddedPaths:
         return self.root / "start.lock"
 
     @property
+    def password_file(self) -> Path:
+        return self.root / "requirepass"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "redis.conf"
+
+    @property
     def url(self) -> str:
+        """The socket URL without credentials (for messages)."""
         return f"unix://{self.socket}"
+
+
+def _check_private_dir(path: Path, create: bool) -> None:
+    """``path`` is a real directory of this user with mode 0700 (created so if missing and
+    ``create``); ``EmbeddedRedisError`` saying what is wrong and what to do otherwise."""
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise EmbeddedRedisError(f"cannot create {path}: {e.strerror}") from None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise EmbeddedRedisError(f"{path} does not exist") from None
+    problem = None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "a symlink"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "not a directory"
+    elif st.st_uid != os.geteuid():
+        problem = f"owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
+    elif stat.S_IMODE(st.st_mode) & 0o077:
+        problem = f"mode {stat.S_IMODE(st.st_mode):04o}, open to other users (must be 0700)"
+    if problem:
+        raise EmbeddedRedisError(
+            f"{path} is {problem}: refusing to use or start the embedded Redis there (another "
+            f"user could run their own server on its socket and own your lease and kill "
+            f"switch). Remove it, or chmod 700 it if it is yours, or set {STATE_DIR_ENV} to a "
+            "directory of yours with mode 0700"
+        )
+
+
+def _checked_paths(create: bool) -> EmbeddedPaths:
+    p = paths()
+    root = state_dir()
+    if create:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    _check_private_dir(root, create)
+    _check_private_dir(p.root, create)
+    return p
+
+
+def _password(p: EmbeddedPaths, create: bool) -> str | None:
+    """The server's ``requirepass`` from its 0600 file (created with a fresh random one
+    when missing and ``create``); None when missing. Never follows a symlink."""
+    try:
+        fd = os.open(p.password_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            return None
+        fd = os.open(p.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+        finally:
+            os.close(fd)
+        return _password(p, False)
+    except OSError as e:
+        raise EmbeddedRedisError(f"cannot read {p.password_file}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            raise EmbeddedRedisError(f"{p.password_file} is not a 0600 file of yours: remove it")
+        text = os.read(fd, 256).decode().strip()
+    finally:
+        os.close(fd)
+    if not text:
+        raise EmbeddedRedisError(f"{p.password_file} is empty: remove it")
+    return text
+
+
+def _auth_url(p: EmbeddedPaths, password: str) -> str:
+    return f"unix://:{password}@{p.socket}"
 
 
 def paths() -> EmbeddedPaths:
     return EmbeddedPaths(state_dir() / "redis")
 
 
-def _ping(p: EmbeddedPaths) -> bool:
+def _client(p: EmbeddedPaths, password: str | None, timeout: float = 2) -> redis.Redis:
+    return redis.Redis(unix_socket_path=str(p.socket), password=password, socket_timeout=timeout)
+
+
+def _ping(p: EmbeddedPaths, password: str | None = None) -> bool:
+    """Whether OUR server answers: the socket answers with our password, and runs with AOF.
+    A server that refuses our password (a foreign one, or one started before passwords) is
+    ``EmbeddedRedisError``: never talked to, never replaced."""
     if not p.socket.exists():
         return False
     try:
-        client = redis.Redis(unix_socket_path=str(p.socket), socket_timeout=2)
+        client = _client(p, password)
         try:
-            return bool(client.ping())
+            client.ping()
+            aof = client.info("persistence").get("aof_enabled")
         finally:
             client.close()
+    except redis.AuthenticationError:
+        raise EmbeddedRedisError(
+            f"the redis-server on {p.socket} does not accept this user's password: it is not the "
+            "one guardrails started for you; not using it and not starting another (stop it, "
+            "e.g. `redis-cli -s <socket> shutdown` if it is an older guardrails server of yours)"
+        ) from None
+    except redis.ResponseError as e:
+        if "NOAUTH" in str(e) or "AUTH" in str(e):
+            raise EmbeddedRedisError(f"the redis-server on {p.socket} refuses this user's "
+                                     "password: not the one guardrails started; not using it") from None
+        return False
     except (redis.RedisError, OSError):
         return False
+    if str(aof) != "1":
+        raise EmbeddedRedisError(f"the redis-server on {p.socket} runs without AOF: the fencing "
+                                 "counter would not survive a restart; not using it")
+    return True
 
 
 def _server_pid(p: EmbeddedPaths) -> int | None:
@@ -132,18 +249,20 @@ def ensure_running(timeout: float = 10.0) -> str:
     answer (paused, swapping, fsyncing) is waited for, never replaced: two servers on
     one socket and one AOF directory would be two lease domains.
     """
-    p = paths()
-    p.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with p.lockfile.open("a") as lock:
+    p = _checked_paths(create=True)
+    password = _password(p, create=True)
+    assert password is not None
+    lock_fd = os.open(p.lockfile, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(lock_fd, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _ping(p):
-            return p.url
+        if _ping(p, password):
+            return _auth_url(p, password)
         pid = _server_pid(p)
         if pid is not None:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and _server_pid(p) == pid:
-                if _ping(p):
-                    return p.url
+                if _ping(p, password):
+                    return _auth_url(p, password)
                 time.sleep(0.1)
             if _server_pid(p) == pid:
                 raise EmbeddedRedisError(
@@ -152,19 +271,26 @@ def ensure_running(timeout: float = 10.0) -> str:
                 )
         binary = find_redis_server()
         p.socket.unlink(missing_ok=True)
-        cmd = [
-            binary,
-            "--port", "0",
-            "--unixsocket", str(p.socket),
-            "--unixsocketperm", "700",
-            "--dir", str(p.root),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--daemonize", "yes",
-            "--pidfile", str(p.pidfile),
-            "--logfile", str(p.logfile),
-        ]
+        # Everything in a 0600 config file, nothing secret in argv (every user reads argv).
+        conf = "\n".join([
+            "port 0",
+            f'unixsocket "{p.socket}"',
+            "unixsocketperm 700",
+            f'dir "{p.root}"',
+            "appendonly yes",
+            "appendfsync always",
+            'save ""',
+            "daemonize yes",
+            f'pidfile "{p.pidfile}"',
+            f'logfile "{p.logfile}"',
+            f"requirepass {password}",
+        ]) + "\n"
+        p.config_file.unlink(missing_ok=True)
+        cfd = os.open(p.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, 0o600)
+        with os.fdopen(cfd, "w") as f:
+            f.write(conf)
+        cmd = [binary, str(p.config_file)]
         try:
             subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
@@ -173,22 +299,32 @@ def ensure_running(timeout: float = 10.0) -> str:
             ) from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _ping(p):
-                return p.url
+            if _ping(p, password):
+                return _auth_url(p, password)
             time.sleep(0.02)
         raise EmbeddedRedisError(f"embedded redis did not answer on {p.socket} (log: {p.logfile})")
 
 
 def running_url() -> str | None:
-    """The URL of this user's embedded server if one answers on its socket; never starts one."""
+    """The (authenticated) URL of this user's embedded server if it answers; never starts
+    one. ``EmbeddedRedisError`` when the directories are unsafe or a foreign server answers."""
     p = paths()
-    return p.url if _ping(p) else None
+    if not state_dir().exists():
+        return None
+    p = _checked_paths(create=False) if p.root.exists() else p
+    if not p.root.exists():
+        return None
+    password = _password(p, create=False)
+    if password is None:
+        return None
+    return _auth_url(p, password) if _ping(p, password) else None
 
 
 def status() -> dict[str, object]:
     """What the operator sees in ``guardrails redis status``."""
     p = paths()
-    running = _ping(p)
+    password = _password(_checked_paths(create=False), create=False) if p.root.exists() else None
+    running = password is not None and _ping(p, password)
     pid: int | None = None
     if p.pidfile.exists():
         try:
@@ -203,7 +339,7 @@ def status() -> dict[str, object]:
         "log": str(p.logfile),
     }
     if running:
-        client = redis.Redis(unix_socket_path=str(p.socket), socket_timeout=1)
+        client = _client(p, password, timeout=1)
         try:
             server = client.info("server")
             persistence = client.info("persistence")
@@ -218,9 +354,10 @@ def status() -> dict[str, object]:
 def stop(timeout: float = 10.0) -> bool:
     """Gracefully shut the embedded server down (AOF is flushed). False if not running."""
     p = paths()
-    if not _ping(p):
+    password = _password(_checked_paths(create=False), create=False) if p.root.exists() else None
+    if password is None or not _ping(p, password):
         return False
-    client = redis.Redis(unix_socket_path=str(p.socket), socket_timeout=2)
+    client = _client(p, password)
     try:
         client.shutdown()
     except redis.ConnectionError:
@@ -229,7 +366,7 @@ def stop(timeout: float = 10.0) -> bool:
         client.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _ping(p):
+        if not _ping(p, password):
             return True
         time.sleep(0.05)
     raise EmbeddedRedisError(f"embedded redis at {p.socket} did not stop within {timeout}s")

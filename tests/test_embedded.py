@@ -77,3 +77,96 @@ def test_fence_counter_when_embedded_restarted_then_survives(fresh_embedded: obj
     c = redis.Redis.from_url(url)
     assert c.incr("gr:{paper:t}:fence") == 2
     c.close()
+
+
+# -- another local user pre-creates the state directory and runs their own server -------
+
+ATTACKER_SERVER = """
+import os, subprocess, sys
+state = sys.argv[1]
+os.makedirs(os.path.join(state, "redis"), mode=0o777)
+os.chmod(state, 0o777); os.chmod(os.path.join(state, "redis"), 0o777)
+sock = os.path.join(state, "redis", "redis.sock")
+subprocess.run([sys.argv[2], "--port", "0", "--unixsocket", sock, "--unixsocketperm", "777",
+                "--daemonize", "yes", "--save", "", "--appendonly", "no",
+                "--pidfile", os.path.join(state, "redis", "attacker.pid")], check=True)
+print("listening", flush=True)
+"""
+
+
+def test_embedded_when_another_user_owns_the_state_dir_and_a_server_then_refused_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pwd
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from tests.conftest import ROOT, subprocess_env
+
+    if os.geteuid() != 0:
+        pytest.fail("this test creates a second OS user: it runs as root (as make test does)")
+    name = f"grtestr{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    base = Path(tempfile.mkdtemp(prefix="gr-vartmp-", dir="/tmp"))
+    os.chmod(base, 0o1777)  # like /var/tmp: every user may create entries
+    state = base / f"guardrails-{os.getuid()}"
+    pw = pwd.getpwnam(name)
+    server = embedded.find_redis_server()
+    try:
+        planted = subprocess.run(
+            ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+             sys.executable, "-I", "-c", ATTACKER_SERVER, str(state), server],
+            capture_output=True, text=True, timeout=30)
+        assert planted.stdout.strip() == "listening", planted.stderr
+        sock = state / "redis" / "redis.sock"
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        spy = redis.Redis(unix_socket_path=str(sock))
+        before = int(spy.info("stats")["total_commands_processed"])
+        # Act: the victim's start, status, run and kill with url = "embedded"
+        env = subprocess_env(GUARDRAILS_STATE_DIR=str(state))
+        results = [subprocess.run([sys.executable, "-m", "guardrails", *cmd], env=env, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=60)
+                   for cmd in (["redis", "start"], ["status", "--redis-url", "embedded"],
+                               ["kill", "--account", "paper:demo", "--reason", "x",
+                                "--redis-url", "embedded"],
+                               ["run", "--config", "config/paper.toml"])]
+        after = int(spy.info("stats")["total_commands_processed"])
+        spy.shutdown(nosave=True)
+        spy.close()
+    finally:
+        subprocess.run(["pkill", "-u", name], capture_output=True)
+        subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+    # Assert: every command refused, naming the directory and its owner; the attacker's
+    # server saw nothing but our two INFO probes (the spy's own).
+    for r in results:
+        assert r.returncode != 0, (r.args, r.stdout, r.stderr)
+        assert "not by you" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert after - before <= 2
+
+
+def test_embedded_when_started_then_password_file_0600_not_in_argv_and_auth_required(
+    fresh_embedded: object,
+) -> None:
+    import stat as st
+
+    url = embedded.ensure_running()
+    p = embedded.paths()
+    mode = st.S_IMODE(p.password_file.stat().st_mode)
+    password = p.password_file.read_text().strip()
+    cmdline = Path(f"/proc/{_pid()}/cmdline").read_bytes()
+    anonymous = redis.Redis(unix_socket_path=str(p.socket))
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+    finally:
+        anonymous.close()
+    assert mode == 0o600 and password.encode() not in cmdline
+    assert redis.Redis.from_url(url).ping()
