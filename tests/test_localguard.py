@@ -85,7 +85,8 @@ def test_acquire_when_second_copy_has_other_home_then_still_refused(tmp_path: Pa
     other_home.mkdir()
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", PROBE, "plain"], env=subprocess_env(HOME=str(other_home), PYTHONPATH=str(ROOT)),
+            [sys.executable, "-c", PROBE, "plain"],
+            env=subprocess_env(HOME=str(other_home), PYTHONPATH=str(ROOT)),
             cwd=str(other_home), capture_output=True, text=True, timeout=60,
         )
     finally:
