@@ -149,20 +149,22 @@ class LocalLock:
 
     account: str
     standby: bool
-    held: list[tuple[Path, int]] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    """The lock file in each directory, the primary first."""
+    fds: list[int] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
         """The primary lock file (first directory)."""
-        return self.held[0][0]
+        return self.paths[0]
 
     @property
-    def paths(self) -> list[Path]:
-        return [p for p, _ in self.held]
+    def held(self) -> bool:
+        return bool(self.fds)
 
     def release(self) -> None:
-        held, self.held = self.held, []
-        for _, fd in held:
+        fds, self.fds = self.fds, []
+        for fd in fds:
             os.close(fd)  # closing the descriptor drops the flock
 
     def __enter__(self) -> LocalLock:
@@ -372,13 +374,9 @@ def _open_dir(path: Path, *, shared: bool) -> int | None:
                 f"you: refusing to use it (another user could swap its lock files; remove it, "
                 f"or set {LOCK_DIR_ENV} / [runtime] lock_dir to a directory of yours)"
             )
-        if st.st_uid == me and (created or shared) and stat.S_IMODE(st.st_mode) != (
-            DIR_MODE if shared else stat.S_IMODE(st.st_mode)
-        ):
-            os.fchmod(fd, DIR_MODE)  # ours: shared directories are 1777 whatever the umask
-            st = os.fstat(fd)
-        if created and not shared:
-            os.fchmod(fd, EXPLICIT_DIR_MODE)
+        want = DIR_MODE if shared else EXPLICIT_DIR_MODE if created else None
+        if st.st_uid == me and want is not None and stat.S_IMODE(st.st_mode) != want:
+            os.fchmod(fd, want)  # ours: the intended mode whatever the umask
             st = os.fstat(fd)
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o022 and not mode & stat.S_ISVTX:
@@ -387,7 +385,7 @@ def _open_dir(path: Path, *, shared: bool) -> int | None:
                 f"sticky: another user could replace its lock files; refusing to use it "
                 f"(chmod +t or chmod go-w it)"
             )
-        if not os.access(fd if os.access in os.supports_fd else str(path), os.W_OK | os.X_OK):
+        if not os.access(path, os.W_OK | os.X_OK):
             if shared:
                 os.close(fd)
                 return None
@@ -580,7 +578,8 @@ def acquire(
         with _opened_dirs(lock_dir) as opened:
             for directory, dfd in opened:
                 fd = _enter(dfd, directory, stem, account, standby)
-                lock.held.append((directory / (stem + ".lock"), fd))
+                lock.paths.append(directory / (stem + ".lock"))
+                lock.fds.append(fd)
     except BaseException:
         lock.release()
         raise

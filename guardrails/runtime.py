@@ -109,13 +109,8 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, sig, stop)
 
-    try:
-        url = await redisconn.resolve_url(cfg.redis.url, start=True)
-    except EmbeddedRedisError as e:
-        logs.event(log, "runtime.redis_unavailable", logging.ERROR, error=str(e))
-        print(f"guardrails run: {e}", file=sys.stderr)
-        return 1
-    target = redisconn.describe(url)
+    # The host lock first: it is keyed by the account alone, so a refused copy never
+    # starts (or even looks for) a Redis.
     try:
         guard = localguard.acquire(cfg.account_id, standby=args.standby,
                                    lock_dir=cfg.runtime.lock_dir)
@@ -133,6 +128,14 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
                  else "host lock")
         print(f"guardrails run: {cfg.source}: {where}: {e}", file=sys.stderr)
         return 2
+    try:
+        url = await redisconn.resolve_url(cfg.redis.url, start=True)
+    except EmbeddedRedisError as e:
+        logs.event(log, "runtime.redis_unavailable", logging.ERROR, error=str(e))
+        print(f"guardrails run: {e}", file=sys.stderr)
+        guard.release()
+        return 1
+    target = redisconn.describe(url)
     client = await redisconn.connect(cfg.redis.model_copy(update={"url": url}))
     try:
         runtime = Runtime(cfg, client, strategies, args=args, stop=stop, target=target,
@@ -140,8 +143,7 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
         return await runtime.run()
     finally:
         await client.aclose()
-        if guard is not None:
-            guard.release()
+        guard.release()
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:

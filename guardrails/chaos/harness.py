@@ -2,7 +2,7 @@
 
 Layout of one run (everything under one work directory, kept for inspection):
 
-    redis-server (AOF)  <-- proxy 0 <-- guardrails run  (instance 0)
+    redis-server (AOF)  <-- proxy 0 <-- guardrails run --standby  (instance 0)
                         <-- proxy 1 <-- guardrails run --standby  (instance 1)
                         <-- proxy k <-- guardrails run --standby  (instance k)
     guardrails venue serve (HTTP exchange simulator, JSONL record)  <-- every instance
@@ -196,9 +196,10 @@ class Instance:
             "--config", str(self.config),
             "--redis-url", self.proxy.url,
             "--instance-id", self.instance_id,
+            # Every copy is a deliberate extra one: the host lock refuses a plain copy while
+            # any copy of the account runs, and instances are SIGKILLed and restarted here.
+            "--standby",
         ]  # fmt: skip
-        if self.index > 0:
-            args.append("--standby")
         out = (self.logdir / f"instance-{self.index}.log").open("ab")
         try:
             out.write(f"\n===== start {self.instance_id} at {time.time():.3f}\n".encode())
