@@ -284,6 +284,9 @@ async def _apply(
         failed = 0
         unconfirmed: list[str] = []
         timeout = float(getattr(args, "confirm_timeout", CONFIRM_TIMEOUT_S))
+        # Every latch first, then one wait for all the confirmations: `kill --all` waits
+        # `timeout` in all, not per account, and no account's halt waits on another's ack.
+        written: list[tuple[AccountId, AccountKeys, StateChange]] = []
         for account in targets:
             keys = AccountKeys(account)
             ks = KillSwitch(redis, keys)
@@ -293,14 +296,7 @@ async def _apply(
                 failed += 1
                 print(f"FAILED {e}; the latch of {account} was NOT confirmed", file=sys.stderr)
                 continue
-            try:
-                confirmed = await _confirmations(redis, keys, change, timeout)
-            except RedisError as e:
-                confirmed = []
-                print(f"warning: could not read confirmations of {account}: {e}", file=sys.stderr)
-            print(describe(change, confirmed=len(confirmed)))
-            if not confirmed:
-                unconfirmed.append(str(account))
+            written.append((account, keys, change))
             try:
                 await redis.sadd(ACCOUNTS_INDEX, str(account))
             except RedisError as e:
@@ -308,6 +304,17 @@ async def _apply(
                 # dashboards) is missing this account, so say so rather than fail.
                 print(f"warning: {account} not added to {ACCOUNTS_INDEX} ({e}); "
                       "`kill --all` and dashboards may not list it", file=sys.stderr)
+        deadline = time.monotonic() + timeout
+        for account, keys, change in written:
+            try:
+                confirmed = await _confirmations(redis, keys, change,
+                                                 max(0.0, deadline - time.monotonic()))
+            except RedisError as e:
+                confirmed = []
+                print(f"warning: could not read confirmations of {account}: {e}", file=sys.stderr)
+            print(describe(change, confirmed=len(confirmed)))
+            if not confirmed:
+                unconfirmed.append(str(account))
         if failed:
             return 1
         if unconfirmed:
