@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--account", default=None, help="venue:account (default: the config's)")
     p.add_argument("--json", action="store_true", help="stable JSON (docs/status.schema.json)")
-    p.set_defaults(func=_lazy("guardrails.status:cmd_status"))
+    p.set_defaults(func=_lazy("guardrails.ops.status:cmd_status"))
 
     p = sub.add_parser("doctor", help="census: what runs vs what should run")
     _common(p)
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON (docs/doctor.schema.json)")
     p.add_argument("--notify", action="store_true",
                    help="also send problems through the config's [[notify]] channels (for cron)")
-    p.set_defaults(func=_lazy("guardrails.doctor:cmd_doctor"))
+    p.set_defaults(func=_lazy("guardrails.ops.doctor:cmd_doctor"))
 
     p = sub.add_parser("dashboard", help="serve the live web dashboard (read-only Redis)")
     _common(p)
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
                    help="also answer requests whose Host is NAME (behind a reverse proxy); "
                         "repeatable")
-    p.set_defaults(func=_lazy("guardrails.dashboard:cmd_dashboard"))
+    p.set_defaults(func=_lazy("guardrails.ops.dashboard:cmd_dashboard"))
 
     p = sub.add_parser("reconcile", help="look up non-terminal orders at the venue, apply fills")
     _common(p)

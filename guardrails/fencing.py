@@ -167,7 +167,7 @@ async def recover(redis: aioredis.Redis, keys: AccountKeys, *, above: int = 0,
 
 
 async def _fence(args: argparse.Namespace) -> int:
-    from guardrails.status import load_target
+    from guardrails.ops.status import load_target
 
     try:
         url, cfg = load_target(args)

@@ -253,7 +253,7 @@ async def ever_seen(redis: aioredis.Redis, account: AccountId) -> bool:
 async def _apply(
     args: argparse.Namespace, state: TradingState, accounts: list[AccountId] | None, revoke: bool
 ) -> int:
-    from guardrails.status import load_target
+    from guardrails.ops.status import load_target
 
     url, _ = load_target(args)
     redis = await redisconn.connect(url)
@@ -334,7 +334,7 @@ def _target_account(args: argparse.Namespace) -> AccountId | None:
     ``guardrails kill --reason …`` in the bot's directory halts the bot's account."""
     if getattr(args, "account", None):
         return _account_arg(args.account)
-    from guardrails.status import load_target
+    from guardrails.ops.status import load_target
 
     _, cfg = load_target(args)
     if cfg is None:

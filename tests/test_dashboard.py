@@ -24,17 +24,17 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from guardrails.dashboard import (
+from guardrails.keys import AccountId, AccountKeys
+from guardrails.killswitch import read_latch
+from guardrails.ledger import Ledger
+from guardrails.model import Intent, Side, TradingState
+from guardrails.ops.dashboard import (
     MIN_OPERATOR_TOKEN_LEN,
     DashboardError,
     FailureThrottle,
     create_app,
     serve,
 )
-from guardrails.keys import AccountId, AccountKeys
-from guardrails.killswitch import read_latch
-from guardrails.ledger import Ledger
-from guardrails.model import Intent, Side, TradingState
 from tests import opskit
 from tests.browser import Browser
 from tests.conftest import ROOT, subprocess_env

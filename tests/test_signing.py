@@ -28,7 +28,7 @@ from guardrails.gate import OrderGate
 from guardrails.keys import AccountId
 from guardrails.ledger import Ledger
 from guardrails.model import Intent, Side
-from guardrails.status import render_table, status_document
+from guardrails.ops.status import render_table, status_document
 from guardrails.venues.evm import EvmVenue
 from guardrails.venues.signing import Signer, SigningKeyError, load_signer
 from tests.evm_chain import (

@@ -7,7 +7,7 @@ what the operator sees is what the gate enforces.
 
 Serving (aiohttp, 127.0.0.1 by default):
 
-- ``GET /`` — the page (``guardrails/web/``: static HTML/JS/CSS, no build step, no CDN);
+- ``GET /`` — the page (``guardrails/ops/web/``: static HTML/JS/CSS, no build step, no CDN);
 - ``GET /api/status`` — the status document (``docs/status.schema.json``) plus
   ``kill_enabled``;
 - ``GET /api/events`` — server-sent events: one ``status`` event per refresh interval;
@@ -208,7 +208,7 @@ def create_app(
     app = web.Application(middlewares=[_only_our_host])
     app[SETTINGS] = _Settings(redis, accounts, config, operator_token, kill_redis, interval_s,
                               allow_hosts, throttle or FailureThrottle())
-    web_dir = resources.files("guardrails").joinpath("web")
+    web_dir = resources.files("guardrails.ops").joinpath("web")
     app.router.add_get("/", _index)
     app.router.add_get("/api/status", _api_status)
     app.router.add_get("/api/events", _api_events)
@@ -330,7 +330,7 @@ async def _ever_ran(redis: aioredis.Redis, account: AccountId) -> bool:
 
 async def document(s: _Settings) -> dict[str, Any]:
     """The status document of every shown account, plus what the page needs."""
-    from guardrails.status import status_document
+    from guardrails.ops.status import status_document
 
     doc = await status_document(s.redis, await _accounts(s), config=s.config)
     doc["kill_enabled"] = s.kill_enabled
@@ -394,7 +394,7 @@ def _s(v: object) -> str | None:
 
 
 async def _index(request: web.Request) -> web.Response:
-    page = resources.files("guardrails").joinpath("web/index.html").read_text()
+    page = resources.files("guardrails.ops").joinpath("web/index.html").read_text()
     return web.Response(text=page, content_type="text/html")
 
 
@@ -579,7 +579,7 @@ async def _clients(url: str, want_kill: bool) -> AsyncIterator[tuple[aioredis.Re
 
 
 async def _dashboard(args: argparse.Namespace) -> int:
-    from guardrails.status import load_target
+    from guardrails.ops.status import load_target
 
     url, cfg = load_target(args)
     token = os.environ.get(OPERATOR_TOKEN_ENV) or None

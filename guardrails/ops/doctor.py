@@ -48,7 +48,7 @@ from guardrails.config import (
 )
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops import notify
-from guardrails.status import load_target
+from guardrails.ops.status import load_target
 
 DOCTOR_SCHEMA_VERSION = 1
 
