@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for running instances to confirm (default 5)")
     p.add_argument("--reduce-only", action="store_true", help="REDUCING instead of HALTED")
     p.add_argument("--revoke", action="store_true", help="also bump the fence: fence out the holder")
-    p.set_defaults(func=_lazy("guardrails.killswitch:cmd_kill"))
+    p.set_defaults(func=_lazy("guardrails.ops.kill:cmd_kill"))
 
     p = sub.add_parser("resume", help="clear the kill switch of an account")
     _common(p)
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the latch of an account never seen on this Redis (refused otherwise)")
     p.add_argument("--confirm-timeout", type=float, default=5.0,
                    help="seconds to wait for running instances to confirm (default 5)")
-    p.set_defaults(func=_lazy("guardrails.killswitch:cmd_resume"))
+    p.set_defaults(func=_lazy("guardrails.ops.kill:cmd_resume"))
 
     p = sub.add_parser("status", help="lease, positions, budget and instances of accounts")
     _common(p)
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--fix", action="store_true", help="repair stranded orders (default: report)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("guardrails.reconcile:cmd_reconcile"))
+    p.set_defaults(func=_lazy("guardrails.ops.reconcile:cmd_reconcile"))
 
     p = sub.add_parser("limits", help="show or deliberately apply the account's limits")
     _common(p)
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--json", action="store_true")
     lp = lsub.add_parser("apply", help="store the config's limits as the account's limits")
     lp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=_lazy("guardrails.limits:cmd_limits"))
+    p.set_defaults(func=_lazy("guardrails.ops.limits:cmd_limits"))
 
     p = sub.add_parser("venue", help="venue tools")
     vsub = p.add_subparsers(dest="venue_command", required=True, metavar="ACTION")
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "recover":
             fp.add_argument("--above", type=int, default=0,
                             help="also above this token (read from the venue or the logs)")
-    p.set_defaults(func=_lazy("guardrails.fencing:cmd_fence"))
+    p.set_defaults(func=_lazy("guardrails.ops.fence:cmd_fence"))
 
     _add_version(parser)
 

@@ -63,7 +63,11 @@ from redis.exceptions import RedisError
 from guardrails import logs, redacted, redisconn
 from guardrails.config import Config, ConfigError
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
+from guardrails.killswitch import KillSwitch, KillSwitchError
 from guardrails.model import TradingState
+from guardrails.ops.common import load_target, operator_identity
+from guardrails.ops.status import status_document
+from guardrails.registry import known_accounts
 
 OPERATOR_TOKEN_ENV = "GUARDRAILS_OPERATOR_TOKEN"
 """When set (non-empty), the page shows a kill button and ``POST /api/kill`` accepts it."""
@@ -311,8 +315,6 @@ def _foreign_origin(request: web.Request) -> str | None:
 
 
 async def _accounts(s: _Settings) -> list[AccountId]:
-    from guardrails.killswitch import known_accounts
-
     found = {str(a): a for a in s.accounts}
     for a in await known_accounts(s.redis):
         if str(a) not in found and await _ever_ran(s.redis, a):
@@ -330,8 +332,6 @@ async def _ever_ran(redis: aioredis.Redis, account: AccountId) -> bool:
 
 async def document(s: _Settings) -> dict[str, Any]:
     """The status document of every shown account, plus what the page needs."""
-    from guardrails.ops.status import status_document
-
     doc = await status_document(s.redis, await _accounts(s), config=s.config)
     doc["kill_enabled"] = s.kill_enabled
     # What only the page shows, beside the status document (which stays docs/status.schema.json).
@@ -499,8 +499,6 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _api_kill(request: web.Request) -> web.Response:
-    from guardrails.killswitch import KillSwitch, KillSwitchError, operator_identity
-
     s = request.app[SETTINGS]
     if s.operator_token is None or s.kill_redis is None:  # i.e. not s.kill_enabled
         raise web.HTTPNotFound(text="kill is disabled: no operator token configured")
@@ -540,7 +538,7 @@ async def _api_kill(request: web.Request) -> web.Response:
              else TradingState.REDUCING if body.get("reduce_only") else TradingState.HALTED)
     try:
         change = await KillSwitch(s.kill_redis, AccountKeys(account)).set_state(
-            state, reason=reason, by=f"{operator_identity()} (dashboard from {peer})"
+            state, reason=reason, by=operator_identity(f"dashboard from {peer}")
         )
     except KillSwitchError as e:
         return web.json_response({"ok": False, "error": str(e)}, status=502)
@@ -579,8 +577,6 @@ async def _clients(url: str, want_kill: bool) -> AsyncIterator[tuple[aioredis.Re
 
 
 async def _dashboard(args: argparse.Namespace) -> int:
-    from guardrails.ops.status import load_target
-
     url, cfg = load_target(args)
     token = os.environ.get(OPERATOR_TOKEN_ENV) or None
     try:

@@ -37,8 +37,9 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError, ResponseError
 
-from guardrails import localguard, persistence, redacted, redisconn
+from guardrails import embedded, localguard, persistence, redacted, redisconn
 from guardrails.config import (
+    EMBEDDED,
     REDIS_URL_ENV,
     Config,
     ConfigError,
@@ -46,9 +47,11 @@ from guardrails.config import (
     format_validation_error,
     load_config,
 )
+from guardrails.fencing import read_alarm
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops import notify
-from guardrails.ops.status import load_target
+from guardrails.ops.common import load_target
+from guardrails.registry import Registry, known_accounts
 
 DOCTOR_SCHEMA_VERSION = 1
 
@@ -310,9 +313,6 @@ def same_target(a: str | None, b: str | None) -> bool:
     """Whether two Redis URLs name the same server and database, however spelled
     (``LOCALHOST``, a trailing slash, ``?db=0``, a default port; 'embedded' resolved):
     the one normalisation the host lock uses (``localguard.normalise_redis_target``)."""
-    from guardrails import embedded
-    from guardrails.config import EMBEDDED
-
     def norm(u: str | None) -> str | None:
         if u is None:
             return None
@@ -340,8 +340,6 @@ async def _registry(
     redis: aioredis.Redis, keys: AccountKeys
 ) -> tuple[list[dict[str, str]], list[tuple[str, int]]]:
     """(live heartbeat rows as strings, (id, last_seen_ms) of rows whose heartbeat expired)."""
-    from guardrails.registry import Registry
-
     rows: list[dict[str, str]] = []
     gone: list[tuple[str, int]] = []
     if (await redis.type(keys.instances)) not in ("zset", "none"):
@@ -389,8 +387,6 @@ async def census(
     processes: list[LocalProcess] | None = None,
 ) -> Census:
     """Gather every source and compare. Redis connection errors propagate (exit 2)."""
-    from guardrails.killswitch import known_accounts
-
     host = host or socket.gethostname()
     procs = local_processes() if processes is None else processes
     sec, usec = await redis.time()
@@ -427,8 +423,6 @@ async def census(
 async def check_fence_history(c: Census, redis: aioredis.Redis, keys: AccountKeys,
                               account: str) -> None:
     """Did an instance find the account's fence history lost? (guardrails/fencing.py)"""
-    from guardrails.fencing import read_alarm
-
     alarm = await read_alarm(redis, keys)
     if alarm is None:
         return
