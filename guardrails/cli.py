@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import sys
@@ -18,7 +17,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from types import TracebackType
 
-from guardrails import logs
+from guardrails import logs, redacted, redisconn
 from guardrails.config import REDIS_URL_ENV, ConfigError, redis_url_problem
 from guardrails.embedded import EmbeddedRedisError
 
@@ -169,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true")
     rsub.add_parser("start", help="start it (guardrails starts it on demand anyway)")
     rsub.add_parser("stop", help="stop it gracefully (AOF flushed)")
-    p.set_defaults(func=cmd_redis)
+    p.set_defaults(func=_lazy("guardrails.ops.embedded_redis:cmd_redis"))
 
     p = sub.add_parser("fence", help="fencing epochs: see the lost-history alarm, recover from it")
     fsub = p.add_subparsers(dest="fence_command", required=True, metavar="ACTION")
@@ -205,34 +204,9 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
                 _add_version(child)
 
 
-def cmd_redis(args: argparse.Namespace) -> int:
-    from guardrails import embedded
-
-    try:
-        if args.redis_command == "start":
-            print(f"embedded redis running at {embedded.ensure_running()}")
-            return 0
-        if args.redis_command == "stop":
-            stopped = embedded.stop()
-            print("embedded redis stopped" if stopped else "embedded redis was not running")
-            return 0
-        info = embedded.status()
-    except embedded.EmbeddedRedisError as e:
-        print(f"guardrails redis: {e}", file=sys.stderr)
-        return 1
-    if getattr(args, "json", False):
-        print(json.dumps(info, indent=2))
-    else:
-        for k, v in info.items():
-            print(f"{k:>12}: {v}")
-    return 0 if info["running"] else 3
-
-
 def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
     """One warning line when a URL in argv carries a password: every local user can read
     argv (``ps``). The value is masked, and registered so nothing prints it."""
-    from guardrails import logs, redacted, redisconn
-
     found = redacted.argv_urls_with_credentials(argv)
     redacted.register_argv(argv)
     # A URL that will be refused anyway gets its one-line error instead (the process stops
@@ -251,8 +225,6 @@ def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
 def install_masked_excepthook() -> None:
     """An uncaught exception's traceback is printed with credentials masked (its message
     may quote a URL the process was given)."""
-    from guardrails import redacted
-
     def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         text = "".join(traceback.format_exception(kind, value, tb))
         sys.stderr.write(redacted.mask_text(text))
@@ -264,15 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_masked_excepthook()
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        from guardrails import logs
-
         logs.setup()  # so the warning below is a timestamped event line like the rest
     _warn_if_password_in_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         rc: int = args.func(args)
     except ConfigError as e:
-        from guardrails import redacted
-
         print(redacted.mask_text(str(e)), file=sys.stderr)
         return 2
     except EmbeddedRedisError as e:  # an operator command found no embedded server to talk to

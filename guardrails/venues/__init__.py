@@ -7,7 +7,6 @@ Adapters are imported lazily, so importing this package never needs aiohttp, web
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,7 +19,7 @@ from guardrails.config import (
     PaperVenueConfig,
     PolymarketVenueConfig,
 )
-from guardrails.venues.base import Venue, VenueError
+from guardrails.venues.base import Venue
 
 
 def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Venue:
@@ -41,18 +40,11 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
 
         return HttpVenue(venue_cfg, cfg.account_id, signer, risk=cfg.risk, source=cfg.source)
     if isinstance(venue_cfg, EvmVenueConfig):
-        # Imported by name so this package imports (and type-checks) without the EVM
-        # adapter. Constructor contract: EvmVenue(venue_cfg, account, signer, *, redis, risk).
-        try:
-            evm = importlib.import_module("guardrails.venues.evm")
-        except ImportError as e:
-            raise VenueError(
-                f"the EVM venue cannot be loaded ({e}); reinstall with `make setup`"
-            ) from e
-        evm_venue: Venue = evm.EvmVenue(
+        from guardrails.venues.evm import EvmVenue
+
+        return EvmVenue(
             venue_cfg, cfg.account_id, signer, redis=redis, risk=cfg.risk, source=cfg.source
         )
-        return evm_venue
     if isinstance(venue_cfg, CcxtVenueConfig):
         from guardrails.venues.ccxt import CcxtVenue
 
