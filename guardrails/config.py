@@ -743,7 +743,7 @@ class Config(_Model):
                 )
         if isinstance(self.venue, EvmVenueConfig):
             # One wallet on one chain is one account: its label is fixed by the chain, so
-            # the same wallet cannot be two leases under two labels (guardrails.identity).
+            # the same wallet cannot be two leases under two labels (guardrails.runtime.identity).
             label = f"evm-{self.venue.chain_id}"
             if self.account.venue != label:
                 raise ValueError(

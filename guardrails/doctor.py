@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError, ResponseError
 
-from guardrails import localguard, persistence, redacted, redisconn
+from guardrails import persistence, redacted, redisconn
 from guardrails.config import (
     REDIS_URL_ENV,
     Config,
@@ -48,6 +48,7 @@ from guardrails.config import (
 )
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops import notify
+from guardrails.runtime import localguard
 from guardrails.status import load_target
 
 DOCTOR_SCHEMA_VERSION = 1
