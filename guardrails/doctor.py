@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError, ResponseError
 
-from guardrails import localguard, redacted
+from guardrails import redacted
 from guardrails.config import (
     REDIS_URL_ENV,
     Config,
@@ -49,6 +49,7 @@ from guardrails.config import (
 from guardrails.infra import connect, persistence
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops import notify
+from guardrails.runtime import localguard
 from guardrails.status import load_target
 
 DOCTOR_SCHEMA_VERSION = 1
