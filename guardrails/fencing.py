@@ -33,7 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from guardrails import logs
-from guardrails.embedded import state_dir
+from guardrails.infra.embedded import state_dir
 from guardrails.keys import AccountKeys, PaperVenueKeys
 
 log = logging.getLogger("guardrails.fencing")

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from guardrails import embedded
+from guardrails.infra import embedded
 
 
 def cmd_redis(args: argparse.Namespace) -> int:

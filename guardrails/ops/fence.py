@@ -15,9 +15,9 @@ import sys
 
 from redis.exceptions import RedisError
 
-from guardrails import redisconn
 from guardrails.config import ConfigError
 from guardrails.fencing import fence_status, recover
+from guardrails.infra import connect
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops.common import load_target
 
@@ -40,7 +40,7 @@ async def _fence(args: argparse.Namespace) -> int:
     if cfg is not None and cfg.venue.kind == "paper":
         paper = str(getattr(cfg.venue, "name", "")) or None
     keys = AccountKeys(account)
-    redis = await redisconn.connect(url)
+    redis = await connect.connect(url)
     try:
         if args.fence_command == "status":
             doc = await fence_status(redis, keys)
@@ -52,7 +52,7 @@ async def _fence(args: argparse.Namespace) -> int:
             return 1 if alarm else 0
         result = await recover(redis, keys, above=args.above, paper_venue=paper)
     except RedisError as e:
-        print(f"guardrails fence: Redis at {redisconn.describe(url)}: {e}", file=sys.stderr)
+        print(f"guardrails fence: Redis at {connect.describe(url)}: {e}", file=sys.stderr)
         return 2
     finally:
         await redis.aclose()

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from guardrails import redisconn
+from guardrails.infra import connect
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
 from guardrails.killswitch import KillSwitch, KillSwitchError, StateChange
 from guardrails.model import TradingState
@@ -88,8 +88,8 @@ async def _apply(
     args: argparse.Namespace, state: TradingState, accounts: list[AccountId] | None, revoke: bool
 ) -> int:
     url, _ = load_target(args)
-    redis = await redisconn.connect(url)
-    where = redisconn.describe(url)
+    redis = await connect.connect(url)
+    where = connect.describe(url)
     try:
         try:
             targets = accounts if accounts is not None else await known_accounts(redis)

@@ -15,8 +15,8 @@ import asyncio
 import json
 import sys
 
-from guardrails import redisconn
 from guardrails.config import RiskConfig
+from guardrails.infra import connect
 from guardrails.keys import AccountKeys
 from guardrails.limits import apply, differences, flatten, stored
 from guardrails.ops.common import operator_identity, require_config
@@ -30,7 +30,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
 async def _cmd_limits(args: argparse.Namespace) -> int:
     cfg = require_config(args)
     keys = AccountKeys(cfg.account_id)
-    redis = await redisconn.connect(cfg.redis)
+    redis = await connect.connect(cfg.redis)
     try:
         current = await stored(redis, keys)
         if args.limits_command == "show":

@@ -14,7 +14,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from guardrails import redisconn
+from guardrails.infra import connect
 from guardrails.keys import AccountKeys
 from guardrails.ledger import Ledger
 from guardrails.ops.common import require_config
@@ -30,7 +30,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 async def _cmd_reconcile(args: argparse.Namespace) -> int:
     cfg = require_config(args)
-    redis = await redisconn.connect(cfg.redis)
+    redis = await connect.connect(cfg.redis)
     venue = make_venue(cfg, redis)
     try:
         await venue.start()

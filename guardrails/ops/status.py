@@ -28,9 +28,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from guardrails import redacted, redisconn
+from guardrails import redacted
 from guardrails.config import Config, RiskConfig
 from guardrails.fencing import read_alarm
+from guardrails.infra import connect
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.killswitch import read_latch
 from guardrails.ledger import Ledger
@@ -426,13 +427,13 @@ async def _status(args: argparse.Namespace) -> int:
         accounts = [cfg.account_id]
     else:
         accounts = []
-    redis = await redisconn.connect(url)
+    redis = await connect.connect(url)
     try:
         if not accounts:
             accounts = await known_accounts(redis)
         doc = await status_document(redis, accounts, config=cfg)
     except RedisError as e:
-        print(f"guardrails status: could not read Redis at {redisconn.describe(url)}: {e}",
+        print(f"guardrails status: could not read Redis at {connect.describe(url)}: {e}",
               file=sys.stderr)
         return 2
     finally:
