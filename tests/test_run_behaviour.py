@@ -269,3 +269,28 @@ def test_run_when_health_port_given_then_health_endpoint_and_registry_show_role_
     assert facts["pid"] == a.pid
     assert beat["role"] == "active" and beat["token"] == str(token)
     assert beat["health_url"] == url
+
+
+def test_run_when_dashboard_flag_given_then_serves_page_and_status_of_its_account(
+    redis_server: RedisServer, tmp_path: Path, procs: list[RunProc]
+) -> None:
+    import json
+    import urllib.request
+
+    # Arrange: the [runtime] table is last in the file, so the port joins it
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url)
+    cfg.write_text(cfg.read_text() + "dashboard_port = 0\n")
+
+    # Act
+    a = _spawn(procs, "a", cfg, tmp_path, extra_args=["--dashboard"])
+    url = a.wait_for("dashboard.serving")["url"]
+    a.wait_for("lease.acquired")
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        page = resp.read().decode()
+    with urllib.request.urlopen(url + "api/status", timeout=10) as resp:
+        doc = json.loads(resp.read())
+
+    # Assert
+    assert "<html" in page.lower()
+    assert [acc["account"] for acc in doc["accounts"]] == ["paper:t1"]
+    assert doc["kill_enabled"] is False  # no operator connection inside `run`

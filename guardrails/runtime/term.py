@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -860,11 +859,8 @@ class Runtime:
             port = self.cfg.runtime.health_port
         if port is None:
             return None
-        try:
-            from guardrails.runtime.health import start_health_server
-        except ImportError:
-            logs.event(log, "health.unavailable", logging.WARNING, reason="no guardrails.runtime.health")
-            return None
+        from guardrails.runtime.health import start_health_server  # aiohttp: only when serving
+
         runner, url = await start_health_server(port, self.health_facts)
         self.health_url = url
         logs.event(log, "health.serving", url=url)
@@ -873,16 +869,13 @@ class Runtime:
     async def _start_dashboard(self) -> Callable[[], Awaitable[None]] | None:
         """``--dashboard``: serve OPS's dashboard (``guardrails.ops.dashboard``) in this process.
 
-        Optional by design: if the module is missing or the port is taken (another copy
-        serves it already), this is logged and the instance runs on without it.
+        Optional by design: if the port is taken (another copy serves it already), this is
+        logged and the instance runs on without it.
         """
         if not self.args.dashboard:
             return None
-        try:
-            dashboard = importlib.import_module("guardrails.ops.dashboard")
-        except ImportError as e:
-            logs.event(log, "dashboard.unavailable", logging.WARNING, reason=str(e))
-            return None
+        from guardrails.ops import dashboard  # aiohttp's web server: only with --dashboard
+
         port = self.cfg.runtime.dashboard_port
         try:
             app = dashboard.create_app(self.redis, accounts=[self.cfg.account_id], config=self.cfg)
