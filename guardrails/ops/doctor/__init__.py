@@ -1,0 +1,1 @@
+"""``guardrails doctor``: gather one snapshot, judge it with pure ordered checks, report."""
