@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON (docs/doctor.schema.json)")
     p.add_argument("--notify", action="store_true",
                    help="also send problems through the config's [[notify]] channels (for cron)")
-    p.set_defaults(func=_lazy("guardrails.ops.doctor.checks:cmd_doctor"))
+    p.set_defaults(func=_lazy("guardrails.ops.doctor.command:cmd_doctor"))
 
     p = sub.add_parser("dashboard", help="serve the live web dashboard (read-only Redis)")
     _common(p)

@@ -819,26 +819,34 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike[str], redis_url: str | None = None) -> Config:
-    """Load and validate ``path``. ``redis_url`` (the ``--redis-url`` flag) and then the
-    ``GUARDRAILS_REDIS_URL`` environment variable override ``[redis] url``."""
+def read_toml(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
+    """The TOML table in ``path`` (floats parsed as Decimal), or ``ConfigError`` naming the
+    file and what is wrong with it (``what`` names the kind of file: "config file",
+    "manifest")."""
     p = Path(path)
     try:
         with p.open("rb") as f:
-            data = tomllib.load(f, parse_float=Decimal)
+            return tomllib.load(f, parse_float=Decimal)
     except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
+        raise ConfigError(f"{p}: {what} not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory, not a config file") from None
+        raise ConfigError(f"{p}: is a directory, not a {what}") from None
     except PermissionError:
         raise ConfigError(f"{p}: permission denied") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {' '.join(str(e).split())}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); "
-                          "save the config as UTF-8") from None
+                          f"save the {what} as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror or type(e).__name__}") from None
+
+
+def load_config(path: str | os.PathLike[str], redis_url: str | None = None) -> Config:
+    """Load and validate ``path``. ``redis_url`` (the ``--redis-url`` flag) and then the
+    ``GUARDRAILS_REDIS_URL`` environment variable override ``[redis] url``."""
+    p = Path(path)
+    data = read_toml(p)
     override = redis_url or os.environ.get(REDIS_URL_ENV)
     if override:
         problem = redis_url_problem(override)
