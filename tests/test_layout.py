@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import importlib
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "guardrails"
@@ -226,3 +228,44 @@ def test_package_when_searched_then_no_import_error_guard_around_own_modules() -
 
     # Assert
     assert found == []
+
+
+def _handlers(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``command path -> "module:function"`` of every (sub)command dispatched lazily."""
+    out: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                func = child.get_default("func")
+                target = getattr(func, "__closure__", None)
+                if target:
+                    out[name] = str(target[0].cell_contents)
+                out.update({f"{name} {k}": v for k, v in _handlers(child).items()})
+    return out
+
+
+def test_cli_when_every_command_dispatched_then_its_body_lives_with_its_role() -> None:
+    # Arrange: cli.py is argparse + dispatch; each command's body lives with its role
+    from guardrails.cli import build_parser
+
+    handlers = _handlers(build_parser())
+
+    # Act
+    resolved = {}
+    for command, target in handlers.items():
+        module, _, func = target.partition(":")
+        resolved[command] = (module, callable(getattr(importlib.import_module(module), func)))
+    cli_tree = ast.parse((PKG / "cli.py").read_text())
+    bodies = [n.name for n in cli_tree.body
+              if isinstance(n, ast.FunctionDef) and n.name.startswith("cmd_")]
+
+    # Assert
+    assert {"run", "kill", "resume", "status", "doctor", "dashboard", "reconcile", "limits",
+            "venue", "init", "redis", "fence"} <= set(handlers)
+    assert all(ok for _, ok in resolved.values()), resolved
+    assert not [c for c, (m, _) in resolved.items() if m == "guardrails.cli"]
+    assert bodies == []
+    operator = {c: m for c, (m, _) in resolved.items()
+                if c in ("kill", "resume", "status", "doctor", "dashboard", "reconcile",
+                         "limits", "init", "redis", "fence")}
+    assert all(m.startswith("guardrails.ops.") for m in operator.values()), operator
