@@ -125,37 +125,6 @@ def test_lock_dir_when_no_env_then_never_under_home(monkeypatch: pytest.MonkeyPa
     assert not str(directory).startswith(str(Path.home()))
 
 
-# -- one Redis, one lock name, however the URL is typed ---------------------------------
-
-SAME_SERVER_SPELLINGS = [
-    "redis://127.0.0.1:7777",
-    "redis://localhost:7777/0",
-    "redis://LOCALHOST.:7777/",
-    "redis://[::1]:7777/0",
-    "redis://:secret@127.0.0.1:7777/0",
-    "redis://***@localhost:7777",
-    "rediss://127.0.0.1:7777?db=0",
-]
-
-
-@pytest.mark.parametrize("spelling", SAME_SERVER_SPELLINGS)
-def test_normalise_when_same_server_spelled_differently_then_one_target(spelling: str) -> None:
-    assert localguard.normalise_redis_target(spelling) == "redis://localhost:7777/0"
-
-
-def test_normalise_when_port_db_or_socket_differs_then_targets_differ(tmp_path: Path) -> None:
-    sock = tmp_path / "r.sock"
-    sock.touch()
-    link = tmp_path / "link.sock"
-    link.symlink_to(sock)
-
-    assert localguard.normalise_redis_target("redis://localhost") == "redis://localhost:6379/0"
-    assert localguard.normalise_redis_target("redis://localhost/1") == "redis://localhost:6379/1"
-    assert localguard.normalise_redis_target("redis://10.0.0.2:6380") == "redis://10.0.0.2:6380/0"
-    assert localguard.normalise_redis_target(f"unix://{link}") == f"unix://{sock}?db=0"
-    assert localguard.normalise_redis_target(f"unix://{sock}?db=3") == f"unix://{sock}?db=3"
-
-
 
 
 # -- real `guardrails run` copies: one account is one resource, whatever Redis it names ---

@@ -3,6 +3,8 @@ themselves are proven against real servers in test_redis_sentinel/test_redis_clu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from guardrails.infra import connect
@@ -67,3 +69,41 @@ def test_cli_when_ha_url_bad_then_exit_2_one_line_no_traceback() -> None:
         assert "Traceback" not in result.stderr
         assert "not host:port" in result.stderr
         assert "hunter2" not in result.stderr
+
+
+# -- one name per Redis target, however the URL is typed ---------------------------------
+
+SAME_SERVER_SPELLINGS = [
+    "redis://127.0.0.1:7777",
+    "redis://localhost:7777/0",
+    "redis://LOCALHOST.:7777/",
+    "redis://[::1]:7777/0",
+    "redis://:secret@127.0.0.1:7777/0",
+    "redis://***@localhost:7777",
+    "rediss://127.0.0.1:7777?db=0",
+]
+
+
+@pytest.mark.parametrize("spelling", SAME_SERVER_SPELLINGS)
+def test_normalise_when_same_server_spelled_differently_then_one_target(spelling: str) -> None:
+    assert connect.normalise_redis_target(spelling) == "redis://localhost:7777/0"
+
+
+def test_normalise_when_port_db_or_socket_differs_then_targets_differ(tmp_path: Path) -> None:
+    sock = tmp_path / "r.sock"
+    sock.touch()
+    link = tmp_path / "link.sock"
+    link.symlink_to(sock)
+
+    assert connect.normalise_redis_target("redis://localhost") == "redis://localhost:6379/0"
+    assert connect.normalise_redis_target("redis://localhost/1") == "redis://localhost:6379/1"
+    assert connect.normalise_redis_target("redis://10.0.0.2:6380") == "redis://10.0.0.2:6380/0"
+    assert connect.normalise_redis_target(f"unix://{link}") == f"unix://{sock}?db=0"
+    assert connect.normalise_redis_target(f"unix://{sock}?db=3") == f"unix://{sock}?db=3"
+
+
+def test_same_target_when_spellings_or_servers_differ_then_only_same_server_matches() -> None:
+    assert connect.same_target("redis://localhost:7000", "redis://127.0.0.1:7000/0")
+    assert not connect.same_target("redis://127.0.0.1:7000/0", "redis://127.0.0.1:7001/0")
+    assert not connect.same_target(None, "redis://127.0.0.1:7000/0")
+

@@ -48,17 +48,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import ipaddress
 import os
 import pwd
-import socket
 import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from guardrails.keys import AccountId
 
@@ -76,9 +73,6 @@ EXPLICIT_DIR_MODE = 0o755
 ADMIT_WAIT_S = 10.0
 """How long a copy waits for another copy's admission decision (milliseconds in
 practice) before it refuses, naming the process that holds the admission lock."""
-DEFAULT_PORT = 6379
-LOCAL_HOST = "localhost"
-"""Canonical name of every address of this host (loopback or a local interface)."""
 PROC = Path("/proc")
 
 
@@ -172,89 +166,6 @@ class LocalLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-# -- the Redis target -----------------------------------------------------------------
-
-
-def _is_local_address(addr: str) -> bool:
-    """True for a loopback address or one of this host's own (bindable) addresses."""
-    ip = ipaddress.ip_address(addr)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return True
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((str(ip), 0))  # only an address of this host can be bound
-        return True
-    except OSError:
-        return False
-
-
-def _canonical_ip(addr: str) -> str:
-    ip = ipaddress.ip_address(addr)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return LOCAL_HOST if _is_local_address(str(ip)) else str(ip)
-
-
-def _canonical_host(host: str) -> str:
-    """One name per server host: every address of this host is ``localhost``; an IP is
-    in its compressed form; a DNS name is replaced by the sorted addresses it resolves
-    to (or kept, lower-cased, when it does not resolve)."""
-    host = host.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
-    if not host or host == LOCAL_HOST or host.endswith(".localhost"):
-        return LOCAL_HOST
-    try:
-        return _canonical_ip(host.split("%", 1)[0])
-    except ValueError:
-        pass  # a name, not an address literal
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return host
-    addrs = sorted({_canonical_ip(str(info[4][0]).split("%", 1)[0]) for info in infos})
-    if LOCAL_HOST in addrs:
-        return LOCAL_HOST
-    return ",".join(addrs) or host
-
-
-def _db(text: str | None, where: str) -> int:
-    if text is None or text == "":
-        return 0
-    if not text.isdigit():
-        raise ValueError(f"redis target {where!r}: database {text!r} is not a number")
-    return int(text)
-
-
-def normalise_redis_target(url: str) -> str:
-    """The one name of the Redis keyspace ``url`` reaches, for the lock name.
-
-    ``redis://`` and ``rediss://`` become ``redis://<host>:<port>/<db>`` with the host
-    canonical (see ``_canonical_host``: ``localhost``, ``127.0.0.1``, ``::1`` and this
-    host's own addresses are all ``localhost``), the port defaulting to 6379 and the db
-    to 0; ``unix://`` (or ``unix:``) becomes ``unix://<real path of the socket>?db=<db>``.
-    Credentials are dropped. An unrecognised scheme is returned stripped, as typed.
-    """
-    text = url.strip()
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    query = parse_qs(parts.query)
-    if scheme in ("redis", "rediss"):
-        path_db = unquote(parts.path).strip("/")
-        db = _db(path_db or (query.get("db") or [""])[0], url)
-        try:
-            port = parts.port or DEFAULT_PORT
-        except ValueError:
-            raise ValueError(f"redis target {url!r}: bad port") from None
-        return f"redis://{_canonical_host(parts.hostname or '')}:{port}/{db}"
-    if scheme == "unix":
-        path = unquote(parts.path or parts.netloc)
-        db = _db((query.get("db") or [""])[0], url)
-        return f"unix://{os.path.realpath(path)}?db={db}"
-    return text
 
 
 # -- who holds a lock (from the kernel) ---------------------------------------------------

@@ -28,12 +28,11 @@ import psutil
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from guardrails.config import EMBEDDED, REDIS_URL_ENV, ConfigError, load_config
+from guardrails.config import REDIS_URL_ENV, ConfigError, load_config
 from guardrails.fencing import read_alarm
-from guardrails.infra import connect, embedded, persistence
+from guardrails.infra import connect, persistence
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.registry import Registry, known_accounts
-from guardrails.runtime import localguard
 
 EXPECTED_TYPES: dict[str, str] = {
     "schema": "string",
@@ -149,24 +148,6 @@ def local_processes() -> list[LocalProcess]:
             )
         )
     return out
-
-
-def same_target(a: str | None, b: str | None) -> bool:
-    """Whether two Redis URLs name the same server and database, however spelled
-    (``LOCALHOST``, a trailing slash, ``?db=0``, a default port; 'embedded' resolved):
-    the one normalisation the host lock uses (``localguard.normalise_redis_target``)."""
-
-    def norm(u: str | None) -> str | None:
-        if u is None:
-            return None
-        if u == EMBEDDED:
-            u = embedded.paths().url
-        try:
-            return localguard.normalise_redis_target(u)
-        except ValueError:
-            return u.strip()
-
-    return a is not None and norm(a) == norm(b)
 
 
 # -- Redis ------------------------------------------------------------------------------
@@ -306,7 +287,7 @@ async def gather(
     procs = local_processes() if processes is None else processes
     sec, usec = await redis.time()
     now_ms = int(sec) * 1000 + int(usec) // 1000
-    ours = frozenset(p.pid for p in procs if same_target(p.redis_target, redis_target))
+    ours = frozenset(p.pid for p in procs if connect.same_target(p.redis_target, redis_target))
     names = {str(a) for a in await known_accounts(redis)}
     names |= {p.account for p in procs if p.account and p.pid in ours}
     names |= set(also_accounts)
