@@ -871,7 +871,7 @@ class Runtime:
         return runner.cleanup
 
     async def _start_dashboard(self) -> Callable[[], Awaitable[None]] | None:
-        """``--dashboard``: serve OPS's dashboard (``guardrails.dashboard``) in this process.
+        """``--dashboard``: serve OPS's dashboard (``guardrails.ops.dashboard``) in this process.
 
         Optional by design: if the module is missing or the port is taken (another copy
         serves it already), this is logged and the instance runs on without it.
@@ -879,7 +879,7 @@ class Runtime:
         if not self.args.dashboard:
             return None
         try:
-            dashboard = importlib.import_module("guardrails.dashboard")
+            dashboard = importlib.import_module("guardrails.ops.dashboard")
         except ImportError as e:
             logs.event(log, "dashboard.unavailable", logging.WARNING, reason=str(e))
             return None
