@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from guardrails.context import Context, MarkBook, cancel_order
+from guardrails.runtime.context import Context, MarkBook, cancel_order
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
 from guardrails.ledger import (
