@@ -309,14 +309,12 @@ class Ledger:
             raise LedgerError(f"ledger_transition returned unknown code {code}") from None
 
     async def record_submit(self, coid: str, result: SubmitResult) -> Transition:
-        """Record the venue's answer to submitting ``coid`` (``submit_target``)."""
-        match result:
-            case Accepted(venue_order_id=venue_id):
-                return await self.transition(coid, OrderState.SUBMITTED, "", venue_id)
-            case Rejected(reason=reason) | Unknown(reason=reason):
-                return await self.transition(coid, submit_target(result), reason)
-            case _:
-                assert_never(result)
+        """Record the venue's answer to submitting ``coid`` (``submit_target``): an
+        ``Accepted`` with its venue order id, a ``Rejected``/``Unknown`` with its reason."""
+        target = submit_target(result)
+        if isinstance(result, Accepted):
+            return await self.transition(coid, target, "", result.venue_order_id)
+        return await self.transition(coid, target, result.reason)
 
     async def settle(self, coid: str, status: VenueOrderStatus, *, source: str) -> Settlement:
         """Bring ``coid`` up to date with the venue's record of it (``settle_step``).
