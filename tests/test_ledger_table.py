@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from guardrails.runtime.context import Context, MarkBook, cancel_order
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
 from guardrails.ledger import (
@@ -47,6 +46,7 @@ from guardrails.model import (
     client_order_id_for,
 )
 from guardrails.reconcile import ReconcileReport, reconcile_order
+from guardrails.runtime.context import Context, MarkBook, cancel_order
 from tests.fakevenue import FakeVenue
 from tests.gatekit import HOLDER, SYMBOL, TOKEN, account_keys, buy, risk, seed
 
