@@ -20,6 +20,7 @@ from eth_account import Account
 from guardrails.config import ConfigError, parse_config
 from guardrails.keys import AccountId, signer_claim
 from guardrails.runtime import identity
+from guardrails.venues import signing
 from tests.redis_harness import RedisServer, free_port
 from tests.run_harness import RunProc, run_cli, write_config
 
@@ -64,13 +65,13 @@ def _http_config(path: Path, redis_url: str, *, label: str, account: str, url: s
 
 
 def test_check_when_id_is_signer_in_other_case_then_accepted() -> None:
-    identity.check_signer_is_account(AccountId("http", ADDRESS.upper().replace("0X", "0x")),
+    signing.check_signer_is_account(AccountId("http", ADDRESS.upper().replace("0X", "0x")),
                                      ADDRESS, source="a.toml")
 
 
 def test_check_when_id_is_a_label_then_refused_naming_both_and_file() -> None:
-    with pytest.raises(identity.SignerMismatch) as info:
-        identity.check_signer_is_account(AccountId("http", "desk-a"), ADDRESS,
+    with pytest.raises(signing.SignerMismatch) as info:
+        signing.check_signer_is_account(AccountId("http", "desk-a"), ADDRESS,
                                          source="/etc/gr/a.toml", venue="http")
 
     text = str(info.value)

@@ -5,8 +5,8 @@ as a signing key (``http``, ``evm``) the resource is the exchange account or wal
 that key, not the label written in ``[account]``. Two labels with one key would be two
 leases, two limits and two budgets over one account. So, by construction:
 
-1. ``check_signer_is_account`` — called by every signing venue's ``start()`` once its
-   key is loaded — refuses to start when ``[account] id`` is not the signer's address
+1. ``venues.signing.check_signer_is_account`` — called by every signing venue's
+   ``start()`` once its key is loaded — refuses to start when ``[account] id`` is not the signer's address
    (case-insensitive). (The HTTP venue's embedded demo key is exempt: it is *derived
    from* the account id, so distinct accounts get distinct addresses by construction.)
 2. For EVM, ``config.py`` requires ``[account] venue = "evm-<chain_id>"``: one wallet on
@@ -33,17 +33,13 @@ from redis.exceptions import RedisError
 
 from guardrails import logs
 from guardrails.config import Config, EvmVenueConfig, HttpVenueConfig, PolymarketVenueConfig
-from guardrails.keys import AccountId, signer_claim
+from guardrails.keys import signer_claim
 from guardrails.venues.base import VenueError
 
 log = logging.getLogger("guardrails.identity")
 
 CLAIM_RETRY_S = 2.0
 """How often a claim that cannot reach Redis is tried again."""
-
-
-class SignerMismatch(VenueError):
-    """``[account] id`` is not the address of the key the venue signs with."""
 
 
 class SignerConflict(VenueError):
@@ -58,25 +54,6 @@ class SignerConflict(VenueError):
             f"--standby for a second copy), or, if {owner} is retired and shares nothing "
             f"open, delete the key {signer_claim(chain_id, address)} deliberately."
         )
-
-
-def check_signer_is_account(
-    account: AccountId, signer_address: str, *, source: str = "", venue: str = ""
-) -> None:
-    """Raise ``SignerMismatch`` unless ``account.account`` is ``signer_address``
-    (case-insensitive). The message names both addresses and the config file."""
-    if account.account.lower() == signer_address.lower():
-        return
-    where = f" in {source}" if source else ""
-    prefix = f"{venue} venue: " if venue else ""
-    raise SignerMismatch(
-        f"{prefix}refusing to start: [account] id = {account.account!r}{where} is not the "
-        f"signing key's address {signer_address.lower()} (the signing key is not the "
-        f"account's wallet). A signing venue's account is its signer's address, so the "
-        f"lease, limits and budget follow the key: set [account] id = "
-        f"\"{signer_address.lower()}\" in {source or 'the config'}, or load the key of "
-        f"{account.account}."
-    )
 
 
 def claim_of(cfg: Config, venue: object) -> tuple[int, str] | None:

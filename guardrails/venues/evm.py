@@ -80,7 +80,6 @@ from guardrails import logs, scripts
 from guardrails.config import EvmOrderTemplate, EvmVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys, venue_key
 from guardrails.model import Fill, Order, Side
-from guardrails.runtime import identity
 from guardrails.venues.base import (
     Accepted,
     FillBatch,
@@ -91,7 +90,7 @@ from guardrails.venues.base import (
     VenueOrderState,
     VenueOrderStatus,
 )
-from guardrails.venues.signing import Signer, SigningKeyError, load_signer
+from guardrails.venues.signing import Signer, SigningKeyError, check_signer_is_account, load_signer
 
 log = logging.getLogger("guardrails.venues.evm")
 
@@ -226,7 +225,7 @@ class EvmVenue:
         """Check the chain and the templates; refuse (``VenueError``) on any mismatch."""
         if self._started:
             return
-        identity.check_signer_is_account(
+        check_signer_is_account(
             self._account, self._signer.address, source=self._source, venue="evm"
         )
         try:

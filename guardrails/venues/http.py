@@ -45,7 +45,6 @@ from guardrails import logs
 from guardrails.config import HttpVenueConfig, RiskConfig
 from guardrails.keys import AccountId
 from guardrails.model import Fill, Order, Side
-from guardrails.runtime import identity
 from guardrails.venues import eip712, signing
 from guardrails.venues.base import (
     Accepted,
@@ -167,9 +166,9 @@ class HttpVenue:
             except signing.SigningKeyError as e:
                 raise VenueError(f"http venue: {e}") from None
         if not self._demo:
-            # The account is the signer's address (guardrails.runtime.identity); the demo key is
+            # The account is the signer's address (signing.check_signer_is_account); the demo key is
             # derived from the account id, so it is one address per account already.
-            identity.check_signer_is_account(
+            signing.check_signer_is_account(
                 self._account_id, self._signer.address, source=self._source, venue="http"
             )
         if self._base == EMBEDDED:

@@ -2,7 +2,7 @@
 
 Invariant upheld: *every side effect is idempotent, and a stale copy is fenced at the
 exchange*. The account is the wallet (``[account] id`` = the signer's address,
-``identity.check_signer_is_account``); instruments are outcome tokens (``[venue.tokens]``
+``signing.check_signer_is_account``); instruments are outcome tokens (``[venue.tokens]``
 maps each symbol to its token id) with the market's tick; prices are probabilities in
 (0, 1) and money is USDC (6 decimals).
 
@@ -60,7 +60,6 @@ from guardrails import logs
 from guardrails.config import PolymarketVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Fill, Order, Side
-from guardrails.runtime import identity
 from guardrails.venues import signing
 from guardrails.venues.base import (
     Accepted,
@@ -211,7 +210,7 @@ class PolymarketVenue:
                 )
             except signing.SigningKeyError as e:
                 raise VenueError(f"polymarket venue: {e}") from None
-        identity.check_signer_is_account(
+        signing.check_signer_is_account(
             self._account_id, self._signer.address, source=self._source, venue="polymarket"
         )
         # httpx (py-clob-client's transport) logs every request line at INFO: one per

@@ -30,6 +30,9 @@ from eth_account.datastructures import SignedTransaction
 from eth_account.messages import SignableMessage
 from eth_account.signers.local import LocalAccount
 
+from guardrails.keys import AccountId
+from guardrails.venues.base import VenueError
+
 DEFAULT_PASSWORD_ENV = "GUARDRAILS_KEYSTORE_PASSWORD"
 
 
@@ -157,3 +160,29 @@ def load_signer(
     if not raw:
         raise SigningKeyError(f"signing key: environment variable ${key_env} is not set (or empty)")
     return Signer.from_key(raw, source=f"environment variable ${key_env}")
+
+
+# -- the account is the signer ---------------------------------------------------------
+
+
+class SignerMismatch(VenueError):
+    """``[account] id`` is not the address of the key the venue signs with."""
+
+
+def check_signer_is_account(
+    account: AccountId, signer_address: str, *, source: str = "", venue: str = ""
+) -> None:
+    """Raise ``SignerMismatch`` unless ``account.account`` is ``signer_address``
+    (case-insensitive). The message names both addresses and the config file."""
+    if account.account.lower() == signer_address.lower():
+        return
+    where = f" in {source}" if source else ""
+    prefix = f"{venue} venue: " if venue else ""
+    raise SignerMismatch(
+        f"{prefix}refusing to start: [account] id = {account.account!r}{where} is not the "
+        f"signing key's address {signer_address.lower()} (the signing key is not the "
+        f"account's wallet). A signing venue's account is its signer's address, so the "
+        f"lease, limits and budget follow the key: set [account] id = "
+        f"\"{signer_address.lower()}\" in {source or 'the config'}, or load the key of "
+        f"{account.account}."
+    )
