@@ -209,9 +209,11 @@ class AccountKeys:
     def tombstones(self) -> str:
         """HASH: bucket (the first 3 hex digits of sha1(intent id)) -> the 6-byte
         fingerprints (sha1 hex digits 4-15, packed) of every intent id the prune sweep
-        removed, concatenated. ``gate_admit.lua`` refuses an intent found here
-        (``intent_pruned``): a late retry of a pruned intent is never admitted again
-        (``lua/lib/tomb.lua``; 6 bytes per pruned intent)."""
+        removed, concatenated; buckets ``c<3 hex>`` hold the pruned client order ids the
+        same way. ``gate_admit.lua`` refuses an intent found here (``intent_pruned``): a
+        late retry of a pruned intent is never admitted again; a venue fill naming a
+        pruned order id is a late report, not foreign activity (``lua/lib/tomb.lua``;
+        12 bytes per pruned order)."""
         return self._k("tomb")
 
     @property

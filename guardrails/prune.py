@@ -35,6 +35,7 @@ What is not pruned here: the journal and the denials stream are already capped
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import stat
@@ -73,6 +74,25 @@ def default_archive_path(keys: AccountKeys, state_dir: Path) -> Path:
     """``<state dir>/archive/<venue>+<account>.jsonl`` (the account id is file-name safe)."""
     acct = keys.account
     return state_dir / "archive" / f"{acct.venue}+{acct.account}.jsonl"
+
+
+def tombstone(value: str) -> tuple[str, bytes]:
+    """lib/tomb.lua's (bucket, 6-byte fingerprint) of an intent or client order id."""
+    h = hashlib.sha1(value.encode()).hexdigest()
+    return h[:3], bytes.fromhex(h[3:15])
+
+
+async def was_pruned(redis: aioredis.Redis, keys: AccountKeys, client_order_id: str) -> bool:
+    """True when the prune sweep removed this order (its id is in the tombstones): a
+    venue fill that names it is a late report of a long-terminal order, not foreign
+    activity (the ledger refuses a fill on a terminal order all the same)."""
+    bucket, fp = tombstone(client_order_id)
+    # bytes whatever the client decodes (the fingerprints are binary)
+    blob = await redis.execute_command(  # type: ignore[no-untyped-call]
+        "HGET", keys.tombstones, "c" + bucket, NEVER_DECODE=True)
+    if not isinstance(blob, bytes):
+        return False
+    return any(blob[i:i + 6] == fp for i in range(0, len(blob) - 5, 6))
 
 
 # -- the archive file ----------------------------------------------------------------------

@@ -58,7 +58,7 @@ from guardrails.lease import LeaderElector, Leadership, Lease
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
 from guardrails.model import Fill, OrderState, TradingState
 from guardrails.ops import notify
-from guardrails.prune import Archive, PruneError, Pruner, default_archive_path
+from guardrails.prune import Archive, PruneError, Pruner, default_archive_path, was_pruned
 from guardrails.reconcile import ReconcileReport, reconcile, reconcile_order
 from guardrails.registry import InstanceInfo, Registry, new_instance_id
 from guardrails.strategy_loader import LoadedStrategy, load_strategies
@@ -663,6 +663,13 @@ class Runtime:
                    fill_id=fill.fill_id, symbol=fill.symbol, side=fill.side.value,
                    qty=fill.qty, price=fill.price, outcome=outcome.value)
         if outcome is FillOutcome.UNKNOWN_ORDER:
+            with contextlib.suppress(*_INFRA_ERRORS):  # cannot tell: treat it as foreign
+                if await was_pruned(self.redis, self.keys, fill.client_order_id):
+                    logs.event(log, "fill.pruned_order", logging.WARNING, fill_id=fill.fill_id,
+                               client_order_id=fill.client_order_id,
+                               detail="a late report of an order pruned after the retention "
+                                      "window (terminal: a fill on it is refused)")
+                    return
             await self._foreign_fill(fill)
 
     async def _foreign_fill(self, fill: Fill) -> None:

@@ -164,9 +164,11 @@ async def test_tombstones_when_many_pruned_then_each_refused_and_others_admitted
         last = await updated(r, acct, c)
     rep = await pruner(r, acct, tmp_path, batch=17).sweep(now_ms=last + 2 * HOUR)
     assert rep.pruned_orders == 120 and rep.batches >= 120 // 17
-    raw = __import__("redis").Redis(port=redis_server.port)  # bytes: 6 per pruned intent
-    blobs = raw.hvals(acct.tombstones)
-    assert sum(len(b) for b in blobs) == 6 * 120
+    raw = __import__("redis").Redis(port=redis_server.port)  # bytes: 6 per pruned id
+    tomb = raw.hgetall(acct.tombstones)
+    assert sum(len(v) for f, v in tomb.items() if len(f) == 3) == 6 * 120  # intent ids
+    assert sum(len(v) for f, v in tomb.items() if len(f) == 4) == 6 * 120  # coids: "c" + 3 hex
+    raw.close()
     g = gate(r, acct)
     for iid in ids[::7]:
         d = await g.admit(buy("0.0001"), intent_id=iid, token=TOKEN, holder_id=HOLDER)
@@ -374,3 +376,23 @@ def test_migrate_cli_when_v1_then_dry_run_by_default_then_apply(
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "migrated" in done.stdout and sync.get(keys.schema) == str(SCHEMA_VERSION)
+
+
+async def test_was_pruned_when_order_pruned_then_true_else_false(
+    redis_client: aioredis.Redis, acct: AccountKeys, tmp_path: Path
+) -> None:
+    """How the runtime tells a late fill of a pruned order from foreign activity."""
+    from guardrails.prune import was_pruned
+
+    r, ledger = redis_client, Ledger(redis_client, acct, risk())
+    old, live = await place(r, acct, "wp-old"), await place(r, acct, "wp-live")
+    await ledger.mark_canceled(old, "x")
+    assert not await was_pruned(r, acct, old)
+    await pruner(r, acct, tmp_path).sweep(now_ms=await updated(r, acct, old) + 2 * HOUR)
+    assert await was_pruned(r, acct, old)
+    assert not await was_pruned(r, acct, live)
+    assert not await was_pruned(r, acct, "c" + "0" * 31)
+    # a late fill of it is unknown to the ledger (nothing written), never applied
+    f = Fill("late", old, SYMBOL, Side.BUY, Decimal("0.0010"), Decimal("60000"), ts_ms=5)
+    assert (await ledger.apply_fill(f)).value == "unknown_order"
+    assert not await r.exists(acct.order(old))

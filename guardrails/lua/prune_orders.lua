@@ -3,7 +3,8 @@
 --
 -- KEYS[1] open          SET     client order ids of non-terminal orders
 -- KEYS[2] intents       HASH    intent id -> "<coid>|<token>|<deadline_ms>|<nonce>|<digest>"
--- KEYS[3] tomb          HASH    tombstones of pruned intents (lib/tomb.lua)
+-- KEYS[3] tomb          HASH    tombstones of pruned intents and (buckets 'c<3 hex>')
+--                               of pruned client order ids (lib/tomb.lua)
 -- KEYS[4] prune         HASH    the sweep's totals: orders, intents
 -- KEYS[5] clob_orders   HASH    coid -> Polymarket order hash
 -- KEYS[6] clob_hashes   HASH    Polymarket order hash -> coid
@@ -58,22 +59,30 @@ local function main()
       o.tb, o.tfp = tomb_of(o.iid)
       if blobs[o.tb] == nil then blobs[o.tb] = rd('HGET', K_TOMB, o.tb) or false end
     end
+    local cb
+    cb, o.cfp = tomb_of(o.coid)
+    o.cb = 'c' .. cb
+    if blobs[o.cb] == nil then blobs[o.cb] = rd('HGET', K_TOMB, o.cb) or false end
   end
   rd('HGET', K_PRUNE, 'orders')
   rd('HLEN', K_CLOB_HASHES)
   -- 2. write
   local out, intents = {0, #go, 0}, 0
   local changed = {}
+  local function bury(b, fp)
+    local blob = blobs[b] or ''
+    if not tomb_has(blob, fp) then
+      blobs[b] = blob .. fp
+      changed[b] = true
+    end
+  end
   for _, o in ipairs(go) do
     if o.iid then
       redis.call('HDEL', K_INTENTS, o.iid)
       intents = intents + 1
-      local blob = blobs[o.tb] or ''
-      if not tomb_has(blob, o.tfp) then
-        blobs[o.tb] = blob .. o.tfp
-        changed[o.tb] = true
-      end
+      bury(o.tb, o.tfp)
     end
+    bury(o.cb, o.cfp)
     if o.hash then
       redis.call('HDEL', K_CLOB_ORDERS, o.coid)
       redis.call('HDEL', K_CLOB_HASHES, o.hash)
