@@ -28,8 +28,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from guardrails import redisconn
 from guardrails.config import ConfigError
+from guardrails.infra import connect
 from guardrails.keys import SCHEMA_PREVIOUS, SCHEMA_VERSION, AccountId, AccountKeys, InvalidAccountId
 from guardrails.model import TERMINAL_STATES
 from guardrails.registry import Registry
@@ -139,11 +139,11 @@ async def _migrate(args: argparse.Namespace) -> int:
         print(f"guardrails migrate: {e}", file=sys.stderr)
         return 2
     keys = AccountKeys(account)
-    redis = await redisconn.connect(url)
+    redis = await connect.connect(url)
     try:
         result = await (apply(redis, keys) if args.apply else plan(redis, keys))
     except RedisError as e:
-        print(f"guardrails migrate: Redis at {redisconn.describe(url)}: {e}", file=sys.stderr)
+        print(f"guardrails migrate: Redis at {connect.describe(url)}: {e}", file=sys.stderr)
         return 2
     finally:
         await redis.aclose()
