@@ -239,7 +239,7 @@ class Pruner:
         archive: Archive,
         *,
         retention_ms: int,
-        batch: int = 50,
+        batch: int = 25,
         scan_count: int = 200,
         pause_s: float = 0.002,
     ) -> None:

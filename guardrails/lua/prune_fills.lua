@@ -8,7 +8,7 @@
 --           whose order record no longer exists (ledger_fill refuses a fill of a missing
 --           order, so such an entry never changes again)
 --         {4, detail}  a key of the wrong type: nothing written
--- Cost is bounded by the batch: 3 commands per fill.
+-- Cost is bounded by the batch: one EXISTS per fill and three batch-wide commands.
 local K_FILLS, K_PRUNE = KEYS[1], KEYS[2]
 
 --!include lib/int.lua
@@ -19,20 +19,21 @@ local function main()
   if n ~= math.floor(n) or n ~= #KEYS - 2 then
     return redis.error_reply('prune_fills: ARGV must be (fill id, coid) per order key')
   end
+  if n == 0 then return {0, 0} end
+  local fids = {}
+  for i = 1, n do fids[i] = ARGV[2 * i - 1] end
+  local now = rd('HMGET', K_FILLS, unpack(fids))
   local go = {}
   for i = 1, n do
-    local fid, coid = ARGV[2 * i - 1], ARGV[2 * i]
-    if rd('HGET', K_FILLS, fid) == coid and rd('EXISTS', KEYS[2 + i]) == 0 then
-      go[#go + 1] = fid
-    end
+    if now[i] == ARGV[2 * i] and rd('EXISTS', KEYS[2 + i]) == 0 then go[#go + 1] = fids[i] end
   end
   rd('HGET', K_PRUNE, 'fills')
   local out = {0, #go}
-  for _, fid in ipairs(go) do
-    redis.call('HDEL', K_FILLS, fid)
-    out[#out + 1] = fid
+  if #go > 0 then
+    redis.call('HDEL', K_FILLS, unpack(go))
+    redis.call('HINCRBY', K_PRUNE, 'fills', #go)
   end
-  if #go > 0 then redis.call('HINCRBY', K_PRUNE, 'fills', #go) end
+  for _, fid in ipairs(go) do out[#out + 1] = fid end
   return out
 end
 

@@ -19,7 +19,8 @@
 -- updated_ms is the archived one and <= cutoff, and it is not in the open set. Terminal
 -- records never change (ledger_*.lua refuse and only journal), so state + updated_ms
 -- pin the whole record the caller archived. Every read comes before the first write.
--- Cost is bounded by the batch: about 8 commands per order (the caller caps the batch).
+-- Cost is bounded by the batch: one HMGET per order and about ten batch-wide commands
+-- (the caller caps the batch at 200). SMISMEMBER needs Redis >= 6.2.
 local K_OPEN, K_INTENTS, K_TOMB, K_PRUNE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_CLOB_ORDERS, K_CLOB_HASHES = KEYS[5], KEYS[6]
 local cutoff_s = ARGV[1]
@@ -35,67 +36,87 @@ local function main()
   if n ~= math.floor(n) or n ~= #KEYS - 6 then
     return redis.error_reply('prune_orders: ARGV must be cutoff + (coid, updated_ms) per order key')
   end
-  -- 1. read and check
-  local go = {}
+  -- 1. read and check: one HMGET per order, then one command per key for the batch
+  -- (each redis.call costs about as much as a small command, so they are batched)
+  local go, coids = {}, {}
   for i = 1, n do
     local coid, upd_s = ARGV[2 * i], ARGV[2 * i + 1]
     local rec = rd('HMGET', KEYS[6 + i], 'state', 'updated_ms', 'intent_id', 'coid')
     if rec[1] and TERMINAL[rec[1]] and rec[2] == upd_s and rec[4] == coid
-        and stored_nat(rec[2], 'order updated_ms') <= cutoff
-        and rd('SISMEMBER', K_OPEN, coid) == 0 then
-      local iid, intent = rec[3], nil
-      if iid and iid ~= '' then
-        intent = rd('HGET', K_INTENTS, iid)
-        -- only the intent that names this order
-        if intent and string.sub(intent, 1, #coid + 1) ~= coid .. '|' then intent = nil end
-      end
-      go[#go + 1] = {coid = coid, key = KEYS[6 + i], iid = intent and iid or nil,
-        hash = rd('HGET', K_CLOB_ORDERS, coid)}
+        and stored_nat(rec[2], 'order updated_ms') <= cutoff then
+      go[#go + 1] = {coid = coid, key = KEYS[6 + i], iid = rec[3] or ''}
+      coids[#coids + 1] = coid
     end
   end
-  local blobs = {}
+  if #go == 0 then return {0, 0, 0} end
+  local open = rd('SMISMEMBER', K_OPEN, unpack(coids))
+  local kept = {}
+  for j, o in ipairs(go) do if open[j] == 0 then kept[#kept + 1] = o end end
+  go, coids = kept, {}
+  if #go == 0 then return {0, 0, 0} end
+  local iids = {}
   for _, o in ipairs(go) do
-    if o.iid then
+    coids[#coids + 1] = o.coid
+    iids[#iids + 1] = o.iid ~= '' and o.iid or '\0'
+  end
+  local intents = rd('HMGET', K_INTENTS, unpack(iids))
+  local hashes = rd('HMGET', K_CLOB_ORDERS, unpack(coids))
+  local buckets, bidx = {}, {}
+  local function want(b) if not bidx[b] then buckets[#buckets + 1] = b; bidx[b] = #buckets end end
+  for j, o in ipairs(go) do
+    local intent = intents[j]
+    -- only the intent that names this order
+    if o.iid ~= '' and intent and string.sub(intent, 1, #o.coid + 1) == o.coid .. '|' then
       o.tb, o.tfp = tomb_of(o.iid)
-      if blobs[o.tb] == nil then blobs[o.tb] = rd('HGET', K_TOMB, o.tb) or false end
+      want(o.tb)
+    else
+      o.iid = nil
     end
     local cb
     cb, o.cfp = tomb_of(o.coid)
     o.cb = 'c' .. cb
-    if blobs[o.cb] == nil then blobs[o.cb] = rd('HGET', K_TOMB, o.cb) or false end
+    want(o.cb)
+    o.hash = hashes[j] or nil
   end
+  local got = rd('HMGET', K_TOMB, unpack(buckets))
+  local blobs = {}
+  for j, b in ipairs(buckets) do blobs[b] = got[j] or '' end
   rd('HGET', K_PRUNE, 'orders')
   rd('HLEN', K_CLOB_HASHES)
   -- 2. write
-  local out, intents = {0, #go, 0}, 0
-  local changed = {}
+  local changed, del_intents, del_hashes, del_clob, del_keys = {}, {}, {}, {}, {}
   local function bury(b, fp)
-    local blob = blobs[b] or ''
-    if not tomb_has(blob, fp) then
-      blobs[b] = blob .. fp
+    if not tomb_has(blobs[b], fp) then
+      blobs[b] = blobs[b] .. fp
       changed[b] = true
     end
   end
+  local out = {0, #go, 0}
   for _, o in ipairs(go) do
     if o.iid then
-      redis.call('HDEL', K_INTENTS, o.iid)
-      intents = intents + 1
+      del_intents[#del_intents + 1] = o.iid
       bury(o.tb, o.tfp)
     end
     bury(o.cb, o.cfp)
     if o.hash then
-      redis.call('HDEL', K_CLOB_ORDERS, o.coid)
-      redis.call('HDEL', K_CLOB_HASHES, o.hash)
+      del_clob[#del_clob + 1] = o.coid
+      del_hashes[#del_hashes + 1] = o.hash
     end
-    redis.call('DEL', o.key)
+    del_keys[#del_keys + 1] = o.key
     out[#out + 1] = o.coid
   end
-  for b, _ in pairs(changed) do redis.call('HSET', K_TOMB, b, blobs[b]) end
-  if #go > 0 then
-    redis.call('HINCRBY', K_PRUNE, 'orders', #go)
-    redis.call('HINCRBY', K_PRUNE, 'intents', intents)
+  if #del_intents > 0 then redis.call('HDEL', K_INTENTS, unpack(del_intents)) end
+  if #del_clob > 0 then
+    redis.call('HDEL', K_CLOB_ORDERS, unpack(del_clob))
+    redis.call('HDEL', K_CLOB_HASHES, unpack(del_hashes))
   end
-  out[3] = intents
+  redis.call('DEL', unpack(del_keys))
+  local sets = {}
+  for b, _ in pairs(changed) do sets[#sets + 1] = b; sets[#sets + 1] = blobs[b] end
+  if #sets > 0 then redis.call('HSET', K_TOMB, unpack(sets)) end
+  redis.call('HINCRBY', K_PRUNE, 'orders', #go)
+  redis.call('HINCRBY', K_PRUNE, 'intents', #del_intents)
+  out[3] = #del_intents
   return out
 end
 
