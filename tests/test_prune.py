@@ -396,3 +396,49 @@ async def test_was_pruned_when_order_pruned_then_true_else_false(
     f = Fill("late", old, SYMBOL, Side.BUY, Decimal("0.0010"), Decimal("60000"), ts_ms=5)
     assert (await ledger.apply_fill(f)).value == "unknown_order"
     assert not await r.exists(acct.order(old))
+
+
+# -- the active instance runs the sweep ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_run_when_active_then_sweep_archives_and_removes_aged_terminal_orders(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A real ``guardrails run``: its orders fill at the paper venue; once their records are
+    aged past the retention window (rewritten two hours back, as time would), the active
+    instance's sweep archives and removes them, and the archive holds exactly those."""
+    import time
+
+    from guardrails.keys import AccountId
+    from tests.run_harness import RunProc, write_config
+
+    cfg = write_config(tmp_path / "run.toml", redis_url=redis_server.url,
+                       looper={"offset": "0.01", "count": 3, "interval": "100ms"})
+    cfg.write_text(cfg.read_text() + '\n[prune]\nretention = "1h"\ninterval = "300ms"\n')
+    keys = AccountKeys(AccountId("paper", "t1"))
+    proc = RunProc("pruner", cfg, tmp_path).start()
+    try:
+        proc.wait_for("lease.acquired")
+        r = redis_server.client()
+        filled: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(filled) < 3:
+            assert time.monotonic() < deadline, proc.text()[-3000:]
+            names = r.keys(keys.order("*").replace("{", "[{]"))
+            filled = [n.rsplit(":", 1)[1] for n in names if r.hget(n, "state") == "FILLED"]
+            time.sleep(0.1)
+        before = {c: r.hgetall(keys.order(c)) for c in filled}
+        for c in filled:
+            r.hset(keys.order(c), "updated_ms", int(before[c]["updated_ms"]) - 2 * HOUR)
+            before[c]["updated_ms"] = str(int(before[c]["updated_ms"]) - 2 * HOUR)
+        swept = proc.wait_for("prune.swept", timeout=30)
+        assert int(swept["orders"]) == 3 and int(swept["fills"]) >= 0
+        assert not any(r.exists(keys.order(c)) for c in filled)
+        view = read_archive(swept["archive"])
+        assert {c: view.orders[c]["order"] for c in filled} == before
+        assert set(view.orders) == set(filled)
+        assert r.get(keys.schema) == str(SCHEMA_VERSION)
+        r.close()
+    finally:
+        proc.cleanup()
