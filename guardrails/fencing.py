@@ -37,10 +37,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from guardrails import logs
-from guardrails.config import ConfigError
 from guardrails.infra import connect
 from guardrails.infra.embedded import state_dir
-from guardrails.keys import AccountId, AccountKeys, InvalidAccountId, PaperVenueKeys
+from guardrails.keys import AccountKeys, PaperVenueKeys
 
 log = logging.getLogger("guardrails.fencing")
 
@@ -168,21 +167,12 @@ async def recover(redis: aioredis.Redis, keys: AccountKeys, *, above: int = 0,
 
 
 async def _fence(args: argparse.Namespace) -> int:
-    from guardrails.status import load_target
+    from guardrails.status import load_account_target
 
-    try:
-        url, cfg = load_target(args)
-        if args.account:
-            account = AccountId.parse(args.account)
-        elif cfg is not None:
-            account = cfg.account_id
-        else:
-            print("guardrails fence: name the account (--account venue:id) or a --config",
-                  file=sys.stderr)
-            return 2
-    except (ConfigError, InvalidAccountId) as e:
-        print(f"guardrails fence: {e}", file=sys.stderr)
+    target = load_account_target(args, "fence")
+    if target is None:
         return 2
+    url, cfg, account = target
     paper = None
     if cfg is not None and cfg.venue.kind == "paper":
         paper = str(getattr(cfg.venue, "name", "")) or None

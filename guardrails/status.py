@@ -71,6 +71,25 @@ def load_target(args: argparse.Namespace) -> tuple[str, Config | None]:
     return url, cfg
 
 
+def load_account_target(
+    args: argparse.Namespace, command: str
+) -> tuple[str, Config | None, AccountId] | None:
+    """``load_target`` plus the account: ``--account``, else the config's. Prints why
+    and returns None (the command exits 2) when the config, the account or neither is
+    usable."""
+    try:
+        url, cfg = load_target(args)
+        if getattr(args, "account", None):
+            return url, cfg, AccountId.parse(args.account)
+        if cfg is not None:
+            return url, cfg, cfg.account_id
+        print(f"guardrails {command}: name the account (--account venue:id) or a --config",
+              file=sys.stderr)
+    except (ConfigError, InvalidAccountId) as e:
+        print(f"guardrails {command}: {e}", file=sys.stderr)
+    return None
+
+
 async def open_redis(args: argparse.Namespace) -> aioredis.Redis:
     """A client for the operator command's Redis (decode_responses=True)."""
     url, _ = load_target(args)

@@ -28,9 +28,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from guardrails.config import ConfigError
 from guardrails.infra import connect
-from guardrails.keys import SCHEMA_PREVIOUS, SCHEMA_VERSION, AccountId, AccountKeys, InvalidAccountId
+from guardrails.keys import SCHEMA_PREVIOUS, SCHEMA_VERSION, AccountKeys
 from guardrails.model import TERMINAL_STATES
 from guardrails.registry import Registry
 
@@ -123,21 +122,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from guardrails.status import load_target
+    from guardrails.status import load_account_target
 
-    try:
-        url, cfg = load_target(args)
-        if args.account:
-            account = AccountId.parse(args.account)
-        elif cfg is not None:
-            account = cfg.account_id
-        else:
-            print("guardrails migrate: name the account (--account venue:id) or a --config",
-                  file=sys.stderr)
-            return 2
-    except (ConfigError, InvalidAccountId) as e:
-        print(f"guardrails migrate: {e}", file=sys.stderr)
+    target = load_account_target(args, "migrate")
+    if target is None:
         return 2
+    url, _cfg, account = target
     keys = AccountKeys(account)
     redis = await connect.connect(url)
     try:
