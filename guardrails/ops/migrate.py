@@ -28,9 +28,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from guardrails.config import ConfigError
 from guardrails.infra import connect
 from guardrails.keys import SCHEMA_PREVIOUS, SCHEMA_VERSION, AccountKeys
 from guardrails.model import TERMINAL_STATES
+from guardrails.ops.common import load_target, target_account
 from guardrails.registry import Registry
 
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
@@ -122,12 +124,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from guardrails.status import load_account_target
-
-    target = load_account_target(args, "migrate")
-    if target is None:
+    try:
+        url, _ = load_target(args)
+        account = target_account(args, "migrate")
+    except ConfigError as e:
+        print(f"guardrails migrate: {e}", file=sys.stderr)
         return 2
-    url, _cfg, account = target
+    if account is None:
+        return 2
     keys = AccountKeys(account)
     redis = await connect.connect(url)
     try:
