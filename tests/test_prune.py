@@ -442,3 +442,24 @@ def test_run_when_active_then_sweep_archives_and_removes_aged_terminal_orders(
         r.close()
     finally:
         proc.cleanup()
+
+
+async def test_fence_recover_when_orders_pruned_then_archive_tokens_count(
+    redis_client: aioredis.Redis, acct: AccountKeys, tmp_path: Path
+) -> None:
+    """A pruned order's token is no longer in Redis, but ``fence recover`` still sees it
+    in the archive, so the re-seeded fence stays above every token handed out."""
+    from guardrails.fencing import highest_tokens, recover
+
+    r, ledger = redis_client, Ledger(redis_client, acct, risk())
+    c = await place(r, acct, "tok")
+    await ledger.mark_canceled(c, "x")
+    await r.hset(acct.order(c), "token", "41")  # as if admitted under a later token
+    p = pruner(r, acct, tmp_path)
+    await p.sweep(now_ms=await updated(r, acct, c) + 2 * HOUR)
+    await r.delete(acct.journal)  # the other records of that token are gone too
+    assert (await highest_tokens(r, acct))["orders"] == 0
+    seen = await highest_tokens(r, acct, archive=p.archive.path)
+    assert seen["archive"] == 41
+    rec = await recover(r, acct, archive=p.archive.path)
+    assert rec.floor >= 41 and int(await r.get(acct.fence)) >= 41
