@@ -286,36 +286,45 @@ class Pruner:
         now = now_ms if now_ms is not None else await self._server_ms()
         rep.cutoff_ms = now - self.retention_ms
         prefix = self.keys.order("")
-        cursor = 0
         pending: list[tuple[str, dict[str, str]]] = []
-        while True:
-            cursor, names = await self.redis.scan(cursor, match=prefix + "*", count=self.scan_count)
-            if names:
-                coids = [_s(n)[len(prefix):] for n in names]
-                rep.scanned_orders += len(coids)
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for c in coids:
-                        pipe.hmget(self.keys.order(c), ["state", "updated_ms"])
-                    heads = await pipe.execute()
-                old = [c for c, (st, up) in zip(coids, heads, strict=True)
-                       if st is not None and _s(st) in _TERMINAL and up is not None
-                       and _s(up).isdigit() and int(_s(up)) <= rep.cutoff_ms]
-                if old:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for c in old:
-                            pipe.hgetall(self.keys.order(c))
-                        recs = await pipe.execute()
-                    pending.extend((c, {_s(k): _s(v) for k, v in r.items()})
-                                   for c, r in zip(old, recs, strict=True) if r)
-                while len(pending) >= self.batch:
-                    await self._prune_orders(pending[: self.batch], now, rep)
-                    del pending[: self.batch]
-            if not int(cursor):
-                break
+        names: list[str] = []
+        # scan_iter, not a hand-rolled SCAN loop: on Redis Cluster it walks every primary
+        async for n in self.redis.scan_iter(match=prefix + "*", count=self.scan_count):
+            names.append(_s(n)[len(prefix):])
+            if len(names) >= self.scan_count:
+                await self._candidates(names, now, pending, rep)
+                names = []
+        await self._candidates(names, now, pending, rep)
         if pending:
             await self._prune_orders(pending, now, rep)
         await self._prune_fill_entries(now, rep)
         return rep
+
+    async def _candidates(self, coids: list[str], now: int,
+                          pending: list[tuple[str, dict[str, str]]], rep: SweepReport) -> None:
+        """Read one scanned page of order records; queue the terminal ones older than the
+        cutoff (with their whole record, for the archive) and prune every full batch."""
+        if not coids:
+            return
+        rep.scanned_orders += len(coids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c in coids:
+                pipe.hmget(self.keys.order(c), ["state", "updated_ms"])
+            heads = await pipe.execute()
+        queued = {c for c, _ in pending}  # SCAN may return a key twice
+        old = [c for c, (st, up) in zip(coids, heads, strict=True)
+               if st is not None and _s(st) in _TERMINAL and up is not None
+               and _s(up).isdigit() and int(_s(up)) <= rep.cutoff_ms and c not in queued]
+        if old:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for c in old:
+                    pipe.hgetall(self.keys.order(c))
+                recs = await pipe.execute()
+            pending.extend((c, {_s(k): _s(v) for k, v in r.items()})
+                           for c, r in zip(old, recs, strict=True) if r)
+        while len(pending) >= self.batch:
+            await self._prune_orders(pending[: self.batch], now, rep)
+            del pending[: self.batch]
 
     async def _prune_orders(
         self, batch: list[tuple[str, dict[str, str]]], now: int, rep: SweepReport
@@ -376,23 +385,29 @@ class Pruner:
     async def _prune_fill_entries(self, now: int, rep: SweepReport) -> None:
         """Fill entries whose order record is gone (pruned): archived, then removed."""
         k = self.keys
-        cursor = 0
         pending: list[tuple[str, str]] = []
-        while True:
-            cursor, page = await self.redis.hscan(k.fills, cursor, count=self.scan_count)
-            if page:
-                assert isinstance(page, dict)
-                items = [(_s(f), _s(c)) for f, c in page.items()]
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for _, c in items:
-                        pipe.exists(k.order(c))
-                    present = await pipe.execute()
-                pending.extend(i for i, here in zip(items, present, strict=True) if not here)
-                while len(pending) >= self.batch:
-                    await self._prune_fills(pending[: self.batch], now, rep)
-                    del pending[: self.batch]
-            if not int(cursor):
-                break
+        page: list[tuple[str, str]] = []
+
+        async def check(items: list[tuple[str, str]]) -> None:
+            if not items:
+                return
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, c in items:
+                    pipe.exists(k.order(c))
+                present = await pipe.execute()
+            queued = {f for f, _ in pending}  # HSCAN may return a field twice
+            pending.extend(i for i, here in zip(items, present, strict=True)
+                           if not here and i[0] not in queued)
+            while len(pending) >= self.batch:
+                await self._prune_fills(pending[: self.batch], now, rep)
+                del pending[: self.batch]
+
+        async for f, c in self.redis.hscan_iter(k.fills, count=self.scan_count):
+            page.append((_s(f), _s(c)))
+            if len(page) >= self.scan_count:
+                await check(page)
+                page = []
+        await check(page)
         if pending:
             await self._prune_fills(pending, now, rep)
 
