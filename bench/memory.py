@@ -285,6 +285,10 @@ async def redis_rows(*, quick: bool) -> list[Row]:
                 progress(name, f"Redis-side cost of one prune batch of {batch}")
                 usec, calls = await _batch_cost(client, account("mem-cost"), tmp,
                                                 500 if quick else 2000, batch)
+                n_tomb = 1_000_000
+                progress(name, f"gate admit with {n_tomb} tombstones vs none")
+                tomb_p50, none_p50 = await _gate_with_tombstones(client, n_tomb,
+                                                                 300 if quick else 2000)
             finally:
                 await client.aclose()
     # growth after the window filled: from the first sample past 2 x retention (+ the
@@ -346,5 +350,43 @@ async def redis_rows(*, quick: bool) -> list[Row]:
                  "1,000-symbol gate decision did before #16",
             data={"usec_per_batch": usec, "calls": calls},
         ),
+        Row(
+            name, f"gate admit p50 with {n_tomb:,} pruned-intent tombstones",
+            f"{tomb_p50:.0f} µs",
+            target="≈ the same as without (step 4b: one HGET of a bucket)",
+            status=verdict(tomb_p50 < 1.2 * none_p50),
+            baseline=f"no tombstones: {none_p50:.0f} µs (interleaved, same run)",
+            note=f"{n_tomb // 4096 * 6} B per bucket, as after {n_tomb:,} prunes; client-side "
+                 "round trip; machine shared",
+            data={"p50_us_with": tomb_p50, "p50_us_without": none_p50, "tombstones": n_tomb},
+        ),
     ]
     return rows
+
+
+async def _gate_with_tombstones(client: Any, n_tomb: int, n: int) -> tuple[float, float]:
+    """p50 (µs) of a fresh admit on an account with ``n_tomb`` tombstones, and on one
+    with none, interleaved in the same run (what step 4b costs a decision)."""
+    import os as _os
+
+    from bench.account import intent
+    from bench.core import p50
+    from bench.gatesetup import HOLDER, TOKEN, seed
+    from guardrails.keys import AccountKeys
+
+    full, empty = account("tomb-full"), account("tomb-empty")
+    gates = {"full": await seed(client, full), "empty": await seed(client, empty)}
+    per_bucket = n_tomb // 4096
+    keys = AccountKeys(full)
+    for start in range(0, 4096, 256):
+        await client.hset(keys.tombstones, mapping={
+            f"{b:03x}": _os.urandom(6 * per_bucket) for b in range(start, start + 256)})
+    times: dict[str, list[float]] = {"full": [], "empty": []}
+    for i in range(n):
+        for name, gate in gates.items():
+            it = intent(2 * i + (name == "full"))
+            t0 = time.perf_counter()
+            await gate.admit(it, intent_id=f"{name}-{it.intent_id}", token=TOKEN,
+                             holder_id=HOLDER)
+            times[name].append((time.perf_counter() - t0) * 1e6)
+    return p50(times["full"]), p50(times["empty"])
