@@ -5,7 +5,8 @@ entry in Redis. Terminal orders whose last change is older than the retention wi
 (``[prune] retention``), with their intents, Polymarket order-hash mappings and fill
 entries, are **archived** to a JSON-lines file an operator can read (and ``reconcile`` /
 the chaos checker merge, ``read_archive``) and then **removed** from Redis, by a bounded
-background sweep the active instance runs (``Pruner.run``).
+background sweep the active instance runs (``Pruner.sweep`` every ``[prune] interval``,
+from ``runtime/term.py``).
 
 Invariants upheld:
 
@@ -14,10 +15,12 @@ Invariants upheld:
   ``lua/prune_orders.lua``, which re-checks atomically that every order is still terminal,
   unchanged since it was archived (``updated_ms``), older than the cutoff (Redis time)
   and not in the open set. A non-terminal order is never removed, however old.
-- *Idempotency survives the prune.* A pruned intent id is written to the tombstones
-  (``keys.tombstones``, 6 bytes each, ``lua/lib/tomb.lua``) in the same script that
-  removes it, and ``gate_admit.lua`` refuses an intent found there (``intent_pruned``):
-  a late retry of a pruned intent is refused, never admitted again.
+- *Idempotency survives the prune.* A pruned intent id (and the order's client order
+  id) is written to the tombstones (``keys.tombstones``, 6 bytes each,
+  ``lua/lib/tomb.lua``) in the same script that removes it, and ``gate_admit.lua``
+  refuses an intent found there (``intent_pruned``): a late retry of a pruned intent is
+  refused, never admitted again; ``was_pruned`` tells the runtime a late venue fill of
+  a pruned order from foreign activity.
 - *The archive holds exactly what was removed.* A batch is first written (and fsynced)
   to ``<archive>.pending``; after the script answers, the lines of the orders it really
   removed are appended (fsynced) to the archive and the pending file is dropped. A crash
@@ -25,11 +28,13 @@ Invariants upheld:
   Redis is appended, the others dropped. ``read_archive`` keeps one line per order or
   fill (a repair after a crash at the wrong moment can write one twice, identically).
 - *Never blocks the gate.* Each script handles at most ``batch`` (≤ 200) orders or
-  fills, about 8 commands each; the sweep sleeps between batches. ``bench/prune.py``
-  measures the per-batch Redis-side cost.
+  fills: one command per item and about ten batch-wide ones (13-25 µs per order
+  measured, ``bench/memory.py``); the sweep sleeps ``pause_s`` between batches so the
+  gate's commands run in between.
 
 What is not pruned here: the journal and the denials stream are already capped
-(``XADD MAXLEN ~``); the tombstones grow by 6 bytes per pruned intent (docs/keys.md).
+(``XADD MAXLEN ~``); the tombstones grow by 12 bytes per pruned order and are kept for
+ever (docs/architecture.md, "Memory that stays flat").
 """
 
 from __future__ import annotations
