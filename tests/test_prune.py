@@ -463,3 +463,17 @@ async def test_fence_recover_when_orders_pruned_then_archive_tokens_count(
     assert seen["archive"] == 41
     rec = await recover(r, acct, archive=p.archive.path)
     assert rec.floor >= 41 and int(await r.get(acct.fence)) >= 41
+
+
+async def test_limits_when_account_is_v1_then_refused_naming_the_migration(
+    redis_client: aioredis.Redis, acct: AccountKeys
+) -> None:
+    """A new-version instance never leads (so never prunes) a version-1 account."""
+    from guardrails import limits
+
+    await redis_client.set(acct.schema, "1")
+    diff = await limits.check_or_init(redis_client, acct, risk(), "test")
+    assert diff is not None and "guardrails migrate" in str(diff)
+    await redis_client.delete(acct.lease)
+    assert (await migrate.apply(redis_client, acct)).applied
+    assert await limits.check_or_init(redis_client, acct, risk(), "test") is None
