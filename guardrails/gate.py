@@ -94,6 +94,7 @@ DENY_CODES: dict[int, DenyReason] = {
     15: DenyReason.DAILY_LOSS,
     16: DenyReason.BAD_STATE,
     17: DenyReason.INTENT_CONFLICT,
+    18: DenyReason.INTENT_PRUNED,
 }
 """gate_admit.lua's denial codes -> reasons: the one place the script's codes are mapped."""
 
@@ -216,10 +217,11 @@ class OrderGate:
         # The command name stays a str: redis-py's RedisCluster looks it up by name to
         # route the call (by the script's first key) and refuses a bytes name.
         self._prefix: tuple[str | bytes, ...] = (
-            "EVALSHA", self._script.sha.encode(), b"17", *(k.encode() for k in self._head)
+            "EVALSHA", self._script.sha.encode(), b"18", *(k.encode() for k in self._head)
         )
         self._tail = [
             keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce, keys.aggregates,
+            keys.tombstones,
         ]
         self._tail_b: tuple[bytes, ...] = (
             *(k.encode() for k in self._tail), str(SCHEMA_VERSION).encode()

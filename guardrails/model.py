@@ -66,6 +66,10 @@ class DenyReason(StrEnum):
     INTENT_CONFLICT = "intent_conflict"
     """The intent id was already admitted as a different order (another symbol, side,
     qty or price): nothing is reserved or sent; a different order needs a new id."""
+    INTENT_PRUNED = "intent_pruned"
+    """The intent id was decided long ago and its records were pruned (archived) after
+    the retention window (``[prune]``): it is never admitted again; a new order needs a
+    new intent id."""
     BAD_ORDER = "bad_order"
     UNKNOWN_SYMBOL = "unknown_symbol"
     OFF_TICK = "off_tick"

@@ -39,6 +39,7 @@ SCRIPTS = (
     "gate_admit", "ledger_fill", "ledger_transition", "ledger_rebuild", "ledger_marks",
     "lease_acquire", "lease_renew", "lease_release", "killswitch_set", "registry_heartbeat",
     "nonce_sync", "evm_claim", "paper_submit", "paper_advance", "paper_cancel",
+    "prune_orders", "prune_fills",
 )
 """Every script the package registers (the header test walks them all)."""
 

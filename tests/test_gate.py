@@ -177,6 +177,20 @@ async def _admitted_as_other_qty(r: aioredis.Redis, k: AccountKeys) -> None:
     assert isinstance(d, Admitted), d
 
 
+async def _pruned(r: aioredis.Redis, k: AccountKeys) -> None:
+    """The intent was admitted, canceled and pruned after the retention window."""
+    from guardrails.infra.embedded import state_dir
+    from guardrails.prune import Archive, Pruner
+
+    d = await admit(gate(r, k), buy("0.0010"), "deny-intent pruned")
+    assert isinstance(d, Admitted), d
+    await Ledger(r, k, risk()).mark_canceled(d.client_order_id, "test")
+    pruner = Pruner(r, k, Archive(state_dir() / "archive.jsonl"), retention_ms=3_600_000)
+    rep = await pruner.sweep(now_ms=int(await r.hget(k.order(d.client_order_id), "updated_ms"))
+                             + 3_600_000)
+    assert rep.pruned == [d.client_order_id]
+
+
 async def _bad_type(r: aioredis.Redis, k: AccountKeys) -> None:
     await r.delete(k.positions)
     await r.set(k.positions, "not a hash")
@@ -200,6 +214,7 @@ DENIALS: list[tuple[str, Setup, Intent, DenyReason]] = [
     ("daily loss", _loss_used, buy("0.0400", "55200"), DenyReason.DAILY_LOSS),
     ("wrong type", _bad_type, buy("0.01"), DenyReason.BAD_STATE),
     ("intent conflict", _admitted_as_other_qty, buy("0.0200"), DenyReason.INTENT_CONFLICT),
+    ("intent pruned", _pruned, buy("0.0010"), DenyReason.INTENT_PRUNED),
 ]
 
 
@@ -397,7 +412,7 @@ async def test_script_when_raw_qty_malformed_then_bad_order_and_no_state_change(
     k = acct
     keys = [k.schema, k.state, k.lease, k.intents, k.limits, k.positions, k.reservations,
             k.marks, k.throttle, k.day("2026-01-01"), k.order(coid), k.open_orders, k.journal,
-            k.stats, k.denials, k.nonce, k.aggregates]
+            k.stats, k.denials, k.nonce, k.aggregates, k.tombstones]
     before = await risk_snapshot(redis_client, acct)
     raw = await script(keys=keys, args=[SCHEMA_VERSION, TOKEN, HOLDER, "raw", coid, SYMBOL,
                                         "buy", qty, "60000", 0, "2026-01-01"])

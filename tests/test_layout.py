@@ -267,5 +267,5 @@ def test_cli_when_every_command_dispatched_then_its_body_lives_with_its_role() -
     assert bodies == []
     operator = {c: m for c, (m, _) in resolved.items()
                 if c in ("kill", "resume", "status", "doctor", "dashboard", "reconcile",
-                         "limits", "init", "redis", "fence")}
+                         "limits", "init", "redis", "fence", "migrate")}
     assert all(m.startswith("guardrails.ops.") for m in operator.values()), operator

@@ -42,6 +42,7 @@ from guardrails.chaos.venue import VenueProcess
 from guardrails.config import Config, load_config
 from guardrails.infra.server import RedisProcess, free_port
 from guardrails.keys import AccountId, AccountKeys
+from guardrails.prune import default_archive_path
 
 log = logging.getLogger("guardrails.chaos")
 
@@ -310,6 +311,8 @@ class Harness:
             data = await asyncio.to_thread(
                 checker.load, self.redis.client(), self.keys, self.cfg.risk,
                 self.work / "venue-record.jsonl",
+                # what the instances' prune sweeps moved out of Redis (their state dir)
+                default_archive_path(self.keys, self.work / "state"),
             )  # fmt: skip
         finally:
             self.redis.stop()  # also on cancellation (SIGTERM of the harness)

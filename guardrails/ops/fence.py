@@ -12,14 +12,27 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from guardrails.config import ConfigError
+from guardrails.config import Config, ConfigError
 from guardrails.fencing import fence_status, recover
 from guardrails.infra import connect
+from guardrails.infra.embedded import state_dir
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops.common import load_target
+from guardrails.prune import default_archive_path
+
+
+def _archive(cfg: Config | None, keys: AccountKeys) -> Path | None:
+    """The prune archive of this host (the config's ``[prune] archive`` or the default),
+    if there is one: pruned orders carry tokens too."""
+    if cfg is not None and cfg.prune.archive:
+        path = Path(cfg.prune.archive)
+    else:
+        path = default_archive_path(keys, state_dir())
+    return path if path.exists() else None
 
 
 async def _fence(args: argparse.Namespace) -> int:
@@ -50,7 +63,8 @@ async def _fence(args: argparse.Namespace) -> int:
                   + (f"ALARM {alarm.get('reason')} (seen {alarm.get('seen_epoch') or '-'}:"
                      f"{alarm.get('seen_token')}, by {alarm.get('by')})" if alarm else "no alarm"))
             return 1 if alarm else 0
-        result = await recover(redis, keys, above=args.above, paper_venue=paper)
+        result = await recover(redis, keys, above=args.above, paper_venue=paper,
+                               archive=_archive(cfg, keys))
     except RedisError as e:
         print(f"guardrails fence: Redis at {connect.describe(url)}: {e}", file=sys.stderr)
         return 2
