@@ -137,3 +137,27 @@ def test_public_api_when_imported_from_package_root_then_lazy_and_complete() -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
+
+
+def test_embedding_doc_example_when_run_then_trades_three_times_and_exits_0(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: the example exactly as docs/embedding.md shows it.
+    from tests.conftest import subprocess_env
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "embedding.md").read_text()
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "mybot.py"
+    script.write_text(example)
+
+    # Act
+    done = subprocess.run([sys.executable, str(script), str(_config(tmp_path, redis_server))],
+                          capture_output=True, text=True, timeout=90, env=subprocess_env(),
+                          cwd=Path(__file__).resolve().parent.parent)
+
+    # Assert: three admissions under one token, a clean exit, the lease released.
+    assert done.returncode == 0, done.stderr[-3000:]
+    admitted = [line.split() for line in done.stdout.splitlines() if line.startswith("admitted")]
+    assert len(admitted) == 3, done.stdout
+    assert len({line[-1] for line in admitted}) == 1
+    assert redis_server.client().get(KEYS.lease) is None
