@@ -199,7 +199,7 @@ def redis_url_problem(url: str) -> str | None:
     if not url.strip():
         return "empty; write redis://host:6379/0, unix:///path/to/redis.sock or 'embedded'"
     if url.strip().split("://", 1)[0].lower() in ("redis+sentinel", "redis+cluster"):
-        return None  # parsed (and refused, naming the fault) by redisconn.parse_ha_url
+        return None  # parsed (and refused, naming the fault) by infra.connect.parse_ha_url
     try:
         parts = urlsplit(url.strip())
         port = parts.port  # raises ValueError for a port that is not a number in range

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from guardrails.config import HttpVenueConfig, PaperVenueConfig, RiskConfig, load_config
 from guardrails.keys import AccountId, PaperVenueKeys
 from guardrails.model import Order, Side
-from guardrails.venues import make_venue, market
+from guardrails.sim import market
+from guardrails.venues import make_venue
 from guardrails.venues.base import Accepted, Rejected, VenueOrderState
 from guardrails.venues.paper import PaperVenue, read_record
 from tests.redis_harness import RedisServer

@@ -42,10 +42,11 @@ from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
 
-from guardrails import logs, persistence, redisconn
+from guardrails import logs
 from guardrails.config import Config, ConfigError, load_config
-from guardrails.embedded import EmbeddedRedisError
 from guardrails.fencing import FileFenceMemory
+from guardrails.infra import connect, persistence
+from guardrails.infra.embedded import EmbeddedRedisError
 from guardrails.keys import AccountKeys
 from guardrails.lease import LeaderElector, Leadership, Lease
 from guardrails.limits import check_or_init
@@ -267,12 +268,12 @@ class Guard:
                      else "host lock")
             raise GuardError(f"{cfg.source}: {where}: {e}") from None
         try:
-            url = await redisconn.resolve_url(cfg.redis.url, start=True)
+            url = await connect.resolve_url(cfg.redis.url, start=True)
         except EmbeddedRedisError as e:
             logs.event(log, "runtime.redis_unavailable", logging.ERROR, error=str(e))
             raise GuardError(str(e), exit_code=1) from None
-        self.target = redisconn.describe(url)
-        self._redis = await redisconn.connect(cfg.redis.model_copy(update={"url": url}))
+        self.target = connect.describe(url)
+        self._redis = await connect.connect(cfg.redis.model_copy(update={"url": url}))
         logs.event(
             log, "runtime.started", instance=self.instance_id, account=cfg.account_id,
             redis=self.target, standby_flag=int(self.standby), pid=os.getpid(),
@@ -314,7 +315,7 @@ class Guard:
         failing = False
         while True:
             try:
-                async with redisconn.primaries(self.redis) as nodes:
+                async with connect.primaries(self.redis) as nodes:
                     readings = [(name, await persistence.read(node)) for name, node in nodes]
                 # The worst node decides: one volatile primary loses its accounts' fences.
                 name, found = min(readings, key=lambda r: _DURABILITY_RANK[r[1].durability])

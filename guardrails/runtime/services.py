@@ -393,13 +393,13 @@ async def start_health(
 
 
 async def start_dashboard(redis: aioredis.Redis, cfg: Config) -> Closer | None:
-    """``--dashboard``: serve OPS's dashboard (``guardrails.dashboard``) in this process.
+    """``--dashboard``: serve OPS's dashboard (``guardrails.ops.dashboard``) in this process.
 
     Optional by design: if the port is taken (another copy serves it already), this is
     logged and the instance runs on without it. The import is deferred: the dashboard
     pulls in the web stack, which a process without ``--dashboard`` never needs.
     """
-    dashboard: Any = importlib.import_module("guardrails.dashboard")
+    dashboard: Any = importlib.import_module("guardrails.ops.dashboard")
     port = cfg.runtime.dashboard_port
     try:
         app = dashboard.create_app(redis, accounts=[cfg.account_id], config=cfg)

@@ -180,16 +180,16 @@ class HttpVenue:
 
     async def _start_embedded(self) -> None:
         """Reach the per-user simulator daemon, starting it if needed (``simdaemon``)."""
-        from guardrails.venues import simdaemon, simulator
+        from guardrails.sim import daemon, exchange
 
-        spec = simdaemon.MarketSpec(
-            self._cfg.simulator or simulator.DEFAULT_MARKET,
-            self._risk or simulator.DEFAULT_RISK,
+        spec = daemon.MarketSpec(
+            self._cfg.simulator or exchange.DEFAULT_MARKET,
+            self._risk or exchange.DEFAULT_RISK,
             self._cfg.chain_id,
         )
         try:
-            self._base = await asyncio.to_thread(simdaemon.ensure_running, spec)
-        except simdaemon.SimDaemonError as e:
+            self._base = await asyncio.to_thread(daemon.ensure_running, spec)
+        except daemon.SimDaemonError as e:
             raise VenueError(f"http venue: {e}") from None
 
     async def close(self) -> None:
