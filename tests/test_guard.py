@@ -161,3 +161,43 @@ def test_embedding_doc_example_when_run_then_trades_three_times_and_exits_0(
     assert len(admitted) == 3, done.stdout
     assert len({line[-1] for line in admitted}) == 1
     assert redis_server.client().get(KEYS.lease) is None
+
+
+async def test_guard_when_term_ends_during_a_pending_submit_then_it_raises_and_is_never_admitted(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    # Arrange: a Redis client timeout far beyond the lease's renew deadline, so a submit
+    # to a frozen Redis is still pending when the self-fence ends the term.
+    cfg = _config(tmp_path, redis_server)
+    cfg.write_text(cfg.read_text().replace('socket_timeout = "500ms"', 'socket_timeout = "20s"'))
+    guard = Guard.from_config(cfg, instance_id="g1", handle_signals=False)
+    raised: list[str] = []
+    async with guard:
+        with pytest.raises(TermEnded) as ended:
+            async with guard.active() as ctx:
+                token1 = guard.token
+                assert isinstance(await ctx.submit(_bid(1)), Admitted)
+                # Act: freeze Redis, then submit: the gate's reply never comes.
+                redis_server.pause()
+                try:
+                    await ctx.submit(_bid(2))
+                except BaseException as e:
+                    raised.append(type(e).__name__)
+                    raise
+        # Keep Redis frozen past the lease TTL, so the queued admission meets a dead lease.
+        await asyncio.sleep(2.0)
+        redis_server.resume()
+        async with guard.active() as ctx2:
+            token2 = guard.token
+            guard.stop()
+
+    # Assert: the pending submit raised (cancelled with its body), the term ended by the
+    # self-fence; only the first order was ever admitted (whatever Redis made of the
+    # queued admission once thawed, the lease it needed had expired).
+    assert raised == ["CancelledError"]
+    assert ended.value.token == token1 and ended.value.reason == "lease lost"
+    admitted = [f["intent_id"] for _, f in await redis_client.xrange(KEYS.journal)
+                if f.get("ev") == "admit"]
+    assert admitted == ["t-1"]
+    assert token1 is not None and token2 is not None and token2 > token1
+    assert ctx2 is not ctx
