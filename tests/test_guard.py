@@ -201,3 +201,33 @@ async def test_guard_when_term_ends_during_a_pending_submit_then_it_raises_and_i
     assert admitted == ["t-1"]
     assert token1 is not None and token2 is not None and token2 > token1
     assert ctx2 is not ctx
+
+
+async def test_guard_when_given_a_venue_factory_then_trades_through_the_venue_it_built(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: the factory an embedding (guardrails.ccxt) passes to wrap its own object.
+    from guardrails.config import Config
+    from guardrails.venues import make_venue
+    from guardrails.venues.base import Venue
+
+    built: list[Venue] = []
+
+    def factory(cfg: Config, redis: aioredis.Redis) -> Venue:
+        built.append(make_venue(cfg, redis))
+        return built[-1]
+
+    guard = Guard.from_config(_config(tmp_path, redis_server), instance_id="g1",
+                              handle_signals=False, venue=factory)
+
+    # Act
+    async with guard:
+        async with guard.active() as ctx:
+            decision = await ctx.submit(_bid(1))
+            at_venue = await guard.venue.lookup(decision.client_order_id)
+            guard.stop()
+
+    # Assert: one venue, the factory's, received the admitted order.
+    assert len(built) == 1 and guard.venue is built[0]
+    assert isinstance(decision, Admitted)
+    assert at_venue.state.value == "open", at_venue

@@ -63,6 +63,8 @@ log = logging.getLogger("guardrails.runtime")
 
 LIMITS_RECHECK_S = 5.0
 """How often a standby whose limits differ from the account's checks again."""
+VenueFactory = Callable[[Config, aioredis.Redis], Venue]
+"""Builds the account's venue once Redis is connected (default ``venues.make_venue``)."""
 _DURABILITY_RANK = {persistence.Durability.VOLATILE: 0, persistence.Durability.UNKNOWN: 1,
                     persistence.Durability.DURABLE: 2}
 
@@ -101,6 +103,9 @@ class Guard:
     ``dashboard``: serve the dashboard in this process. ``handle_signals``: SIGTERM and
     SIGINT stop the guard (a second one exits the process at once, lease unreleased).
     ``strategies``: names reported by the health endpoint (``guardrails run`` sets them).
+    ``venue``: builds the venue from the config and the connected Redis (default
+    ``venues.make_venue``); an embedding such as ``guardrails.ccxt`` passes one that wraps
+    an exchange object it already has. The guard starts and closes what it returns.
     """
 
     def __init__(
@@ -112,17 +117,21 @@ class Guard:
         health_port: int | None = None,
         dashboard: bool = False,
         handle_signals: bool = True,
-        channels: list[notify.Channel] | None = None,
         strategies: list[str] | None = None,
+        venue: VenueFactory | None = None,
     ) -> None:
         self.cfg = cfg
+        self._make_venue: VenueFactory = venue or make_venue
         self.keys = AccountKeys(cfg.account_id)
         self.instance_id = instance_id or new_instance_id()
         self.standby = standby
         self.health_port = health_port if health_port is not None else cfg.runtime.health_port
         self.dashboard = dashboard
         self.handle_signals = handle_signals
-        self.channels = channels or []
+        try:
+            self.channels = notify.channels_from_config(cfg.notify)
+        except ValueError as e:  # a [[notify]] entry that could never deliver: refuse
+            raise ConfigError(f"{cfg.source}: {e}") from None
         self.strategies = strategies or []
         self.crashed: set[str] = set()
         """Strategies that crashed (``guardrails run``'s supervisor adds to it)."""
@@ -152,17 +161,13 @@ class Guard:
         cls, path: str | os.PathLike[str], *, redis_url: str | None = None,
         standby: bool = False, instance_id: str | None = None, health_port: int | None = None,
         dashboard: bool = False, handle_signals: bool = True, strategies: list[str] | None = None,
+        venue: VenueFactory | None = None,
     ) -> Guard:
         """A guard for the config at ``path`` (validated here: ``ConfigError`` names the
         file, the field and what is wrong). Nothing is touched until ``async with``."""
-        cfg = load_config(Path(path), redis_url)
-        try:
-            channels = notify.channels_from_config(cfg.notify)
-        except ValueError as e:  # a [[notify]] entry that could never deliver: refuse
-            raise ConfigError(f"{cfg.source}: {e}") from None
-        return cls(cfg, standby=standby, instance_id=instance_id, health_port=health_port,
-                   dashboard=dashboard, handle_signals=handle_signals, channels=channels,
-                   strategies=strategies)
+        return cls(load_config(Path(path), redis_url), standby=standby, instance_id=instance_id,
+                   health_port=health_port, dashboard=dashboard, handle_signals=handle_signals,
+                   strategies=strategies, venue=venue)
 
     # -- what a caller reads ----------------------------------------------------------
 
@@ -298,7 +303,7 @@ class Guard:
     async def _start_venue(self) -> None:
         kind = self.cfg.venue.kind
         try:
-            self._venue = make_venue(self.cfg, self.redis)
+            self._venue = self._make_venue(self.cfg, self.redis)
             await self._venue.start()
             # One signer, one account: a key already claimed by another account id (a
             # second label for the same wallet) is refused before it can lead.
