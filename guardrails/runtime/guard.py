@@ -150,7 +150,7 @@ class Guard:
         self._venue: Venue | None = None
         self._services: AccountServices | None = None
         self._lock: localguard.LocalLock | None = None
-        self._closers: list[Callable[[], object]] = []
+        self._closers: list[services.Closer] = []
         self._main: asyncio.Task[None] | None = None
         self._signals: list[signal.Signals] = []
         self._entered = False
@@ -187,13 +187,15 @@ class Guard:
 
     @property
     def redis(self) -> aioredis.Redis:
-        assert self._redis is not None, "Guard used outside `async with`"
+        if self._redis is None:
+            raise RuntimeError("guard.redis outside `async with Guard(...)`")
         return self._redis
 
     @property
     def venue(self) -> Venue:
         """The account's started venue (after ``__aenter__``)."""
-        assert self._venue is not None, "Guard used outside `async with`"
+        if self._venue is None:
+            raise RuntimeError("guard.venue outside `async with Guard(...)`")
         return self._venue
 
     def stop(self) -> None:
@@ -394,7 +396,7 @@ class Guard:
         down (and says so): a failing close must not keep the host lock held."""
         for closer in reversed(self._closers):
             with contextlib.suppress(Exception):  # a web runner's cleanup: best effort
-                await closer()  # type: ignore[misc]
+                await closer()
         self._closers.clear()
         if self._venue is not None:
             with contextlib.suppress(Exception):  # any venue's close: best effort
