@@ -231,3 +231,43 @@ async def test_guard_when_given_a_venue_factory_then_trades_through_the_venue_it
     assert len(built) == 1 and guard.venue is built[0]
     assert isinstance(decision, Admitted)
     assert at_venue.state.value == "open", at_venue
+
+
+async def test_guard_when_body_swallows_the_cancellation_like_a_client_timeout_then_cancelled_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: a body that, once, turns its cancellation into a TimeoutError and uncancels
+    # it — what aiohttp/redis-py timeouts firing at the same moment do (docs/chaos.md).
+    guard = Guard.from_config(_config(tmp_path, redis_server), instance_id="g1",
+                              handle_signals=False)
+    swallowed = 0
+
+    async def client_call() -> None:
+        nonlocal swallowed
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            swallowed += 1
+            raise TimeoutError("request timed out") from None
+
+    # Act
+    with pytest.raises(TermEnded) as ended:
+        async with guard:
+            async with guard.active():
+                asyncio.get_running_loop().call_later(0.2, _revoke, redis_server)
+                with pytest.raises(TimeoutError):
+                    await client_call()  # the term's cancel is lost here
+                await asyncio.sleep(60)  # ... and repeated: this is cancelled
+            pytest.fail("the body went on")
+
+    # Assert: cancelled again after the swallowed one, left as TermEnded of its term.
+    assert swallowed == 1
+    assert ended.value.reason == "lease lost"
+
+
+def _revoke(redis_server: RedisServer) -> None:
+    """Another holder takes the lease (as after a kill --revoke and a takeover)."""
+    redis_server.client().set(KEYS.lease, "999999:someone-else", px=60_000)

@@ -569,10 +569,15 @@ class _Active(Generic[T]):
         return self._give(term)
 
     def cancel(self, reason: str) -> None:
-        """Called by ``Term.end``: cancel the body."""
-        if not self._cancelled and self._task is not None:
-            self._cancelled, self._reason = True, reason
-            self._task.cancel(f"guardrails: term ended ({reason})")
+        """Called by ``Term.end``: cancel the body; called again, cancel it again only if
+        the first cancellation was swallowed (``cancelling()`` back to what it was)."""
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._cancelled and task.cancelling() > self._cancelling:
+            return  # still being cancelled: let it unwind
+        self._cancelled, self._reason = True, self._reason or reason
+        task.cancel(f"guardrails: term ended ({reason})")
 
     async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
