@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tests.redis_harness import RedisServer
+from guardrails.infra.server import RedisServer
 
 PASS = "PASS"
 MISS = "MISS"
@@ -111,7 +111,7 @@ def progress(bench: str, msg: str) -> None:
 @contextlib.contextmanager
 def redis_server(*, aof: bool = False) -> Iterator[RedisServer]:
     """A throwaway redis-server on a free port (never 6379), stopped on exit."""
-    server = RedisServer(aof=aof).start()
+    server = RedisServer(aof=aof).start()  # its own temporary directory, removed by stop()
     try:
         yield server
     finally:

@@ -35,7 +35,7 @@ from guardrails.lease import (
 from guardrails.registry import InstanceInfo, Registry
 from tests.conftest import ROOT, subprocess_env
 from tests.lease_contender import KEYS as CONTENDED
-from tests.redis_harness import RedisServer, free_port
+from tests.redis_harness import RedisServer
 
 KEYS = AccountKeys(AccountId("paper", "lease-test"))
 LOG = logging.getLogger("test.lease")
@@ -304,20 +304,16 @@ async def test_acquire_when_replicas_required_but_absent_then_fails_closed_and_r
 
 
 @pytest.fixture
-def replica_port(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
+def replica_port(redis_server: RedisServer) -> Iterator[int]:
     """A real redis-server replicating ``redis_server``; yields its port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [redis_server.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path),
-         "--replicaof", "127.0.0.1", str(redis_server.port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    replica = RedisServer()
+    replica.extra = ["replicaof 127.0.0.1 " + str(redis_server.port)]
+    replica.start()
     try:
-        yield port
+        yield replica.port
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        replica.kill()
+        replica.stop()
 
 
 async def test_acquire_when_replica_acknowledges_then_token_is_on_the_replica(
