@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from guardrails.sim.clob import ClobSimulatorProcess
+from guardrails.sim.daemon import SimulatorProcess
 from guardrails.sim.exchange import read_record
 from tests.conftest import subprocess_env
 from tests.redis_harness import RedisServer, free_port
@@ -109,9 +109,9 @@ class World:
         self.record = tmp_path / "clob-record.jsonl"
         self.config = write_config(tmp_path / "poly.toml", url=self.url,
                                    redis_url=redis_server.url, address=self.address, **cfg)
-        self.sim = ClobSimulatorProcess(config=str(self.config), record=self.record,
-                                        heartbeat_timeout_ms=3_000, port=port,
-                                        env=subprocess_env())
+        self.sim = SimulatorProcess(config=str(self.config), record=self.record,
+                                    protocol="clob", heartbeat_timeout_ms=3_000, port=port,
+                                    env=subprocess_env())
 
     def rows(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in read_record(self.record) if r.get("type") == kind]
