@@ -374,10 +374,10 @@ async def test_cancel_order_when_order_not_arrived_then_reservation_released_and
 ) -> None:
     # Arrange: the real gate admits an order (its exposure reserved); its sender pauses
     # before the order reaches the exchange.
-    from guardrails.context import cancel_order
     from guardrails.gate import OrderGate
     from guardrails.ledger import Ledger
     from guardrails.model import Admitted, OrderState
+    from guardrails.runtime.context import cancel_order
     from tests import gatekit
 
     keys, cfg = gatekit.account_keys("tomb"), gatekit.risk()

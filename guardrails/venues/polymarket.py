@@ -56,10 +56,11 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from redis.exceptions import RedisError
 
-from guardrails import identity, logs
+from guardrails import logs
 from guardrails.config import PolymarketVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Fill, Order, Side
+from guardrails.runtime import identity
 from guardrails.venues import signing
 from guardrails.venues.base import (
     Accepted,

@@ -46,9 +46,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from guardrails import identity, localguard, logs
+from guardrails import logs
 from guardrails.config import Config, ConfigError, EvmVenueConfig, load_config
-from guardrails.context import Context, ContextUnavailable, MarkBook, cancel_order, checkpoint
 from guardrails.fencing import FileFenceMemory
 from guardrails.gate import OrderGate
 from guardrails.infra import connect, persistence
@@ -60,7 +59,9 @@ from guardrails.model import Fill, OrderState, TradingState
 from guardrails.ops import notify
 from guardrails.reconcile import ReconcileReport, reconcile, reconcile_order
 from guardrails.registry import InstanceInfo, Registry, new_instance_id
-from guardrails.strategy_loader import LoadedStrategy, load_strategies
+from guardrails.runtime import identity, localguard
+from guardrails.runtime.context import Context, ContextUnavailable, MarkBook, cancel_order, checkpoint
+from guardrails.runtime.strategy_loader import LoadedStrategy, load_strategies
 from guardrails.venues import make_venue
 from guardrails.venues.base import Venue, VenueError
 
@@ -860,9 +861,9 @@ class Runtime:
         if port is None:
             return None
         try:
-            from guardrails.health import start_health_server
+            from guardrails.runtime.health import start_health_server
         except ImportError:
-            logs.event(log, "health.unavailable", logging.WARNING, reason="no guardrails.health")
+            logs.event(log, "health.unavailable", logging.WARNING, reason="no guardrails.runtime.health")
             return None
         runner, url = await start_health_server(port, self.health_facts)
         self.health_url = url
@@ -870,7 +871,7 @@ class Runtime:
         return runner.cleanup
 
     async def _start_dashboard(self) -> Callable[[], Awaitable[None]] | None:
-        """``--dashboard``: serve OPS's dashboard (``guardrails.dashboard``) in this process.
+        """``--dashboard``: serve OPS's dashboard (``guardrails.ops.dashboard``) in this process.
 
         Optional by design: if the module is missing or the port is taken (another copy
         serves it already), this is logged and the instance runs on without it.
@@ -878,7 +879,7 @@ class Runtime:
         if not self.args.dashboard:
             return None
         try:
-            dashboard = importlib.import_module("guardrails.dashboard")
+            dashboard = importlib.import_module("guardrails.ops.dashboard")
         except ImportError as e:
             logs.event(log, "dashboard.unavailable", logging.WARNING, reason=str(e))
             return None
