@@ -97,3 +97,11 @@ def test_package_when_searched_then_exactly_one_signer_class() -> None:
              if any(isinstance(n, ast.ClassDef) and n.name == "Signer"
                     for n in ast.walk(ast.parse(p.read_text())))]
     assert homes == ["guardrails/venues/signing.py"]
+
+
+def test_package_when_searched_then_no_test_only_switch_is_read_from_the_environment() -> None:
+    """Test-only behaviour is injected (constructor arguments a test sets, or a wrapper in
+    tests/ such as tests/stale_leader.py), never read from a GUARDRAILS_TEST_* variable."""
+    readers = [p.relative_to(PKG.parent).as_posix() for p in PKG.rglob("*.py")
+               if "GUARDRAILS_TEST_" in p.read_text()]
+    assert readers == []

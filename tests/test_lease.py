@@ -694,16 +694,14 @@ async def test_elector_when_injected_clock_passes_deadline_then_self_fences(
 async def test_elector_when_self_fence_disabled_then_leads_past_deadline_until_redis_refuses(
     redis_client: aioredis.Redis,
     tasks: list[asyncio.Task[None]],
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Arrange: the test-only switches, and a clock far past any deadline.
+    # Arrange: no self-fence, a 2 s pause before stepping down, a clock far past any deadline.
     caplog.set_level(logging.INFO, logger="test.lease")
-    monkeypatch.setenv("GUARDRAILS_TEST_DISABLE_SELF_FENCE", "1")
-    monkeypatch.setenv("GUARDRAILS_TEST_STEPDOWN_DELAY_MS", "2000")
     clock = FakeClock()
     lead = Recorder()
-    elector = LeaderElector(Lease(redis_client, KEYS, "a", cfg(), clock=clock), log=LOG)
+    elector = LeaderElector(Lease(redis_client, KEYS, "a", cfg(), clock=clock), log=LOG,
+                            self_fence=False, on_refused=lambda _stop: asyncio.sleep(2.0))
     tasks.append(asyncio.create_task(elector.run(lead, asyncio.Event())))
     await wait_event(lead.started, 10, "lead to start")
     leadership = lead.leaderships[0]
@@ -720,7 +718,7 @@ async def test_elector_when_self_fence_disabled_then_leads_past_deadline_until_r
     stepped_down_after = lead.cancelled_at - taken_at  # type: ignore[operator]
 
     # Assert: it stepped down, but only after the configured delay, without crashing.
-    assert valid_during_delay, "...and the step-down waits GUARDRAILS_TEST_STEPDOWN_DELAY_MS"
+    assert valid_during_delay, "...and the step-down waits for on_refused"
     assert stepped_down_after >= 2.0
     assert lead.lost_when_cancelled == [True]
     assert any("reason=other_holder" in m for m in events(caplog, "lease.lost"))

@@ -208,9 +208,7 @@ def test_sigstop_when_active_paused_past_ttl_then_heartbeat_cancels_and_late_ord
     w = World(tmp_path, redis_server, cancel_on_takeover=False, volatility="0")
     w.sim.start()
     try:
-        a = _spawn(procs, "a", w, tmp_path, env={
-            "GUARDRAILS_TEST_DISABLE_SELF_FENCE": "1", "GUARDRAILS_TEST_STEPDOWN_DELAY_MS": "3000",
-        })
+        a = _spawn(procs, "a", w, tmp_path, stale_leader_ms=3000)
         token = a.wait_for("lease.acquired", timeout=60).int("token")
         a.wait_for("order.submitted", timeout=60)
         # Act: freeze it well past the TTL (1.5 s) and the heartbeat timeout (3 s).
