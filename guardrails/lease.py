@@ -792,5 +792,7 @@ class LeaderElector:
                            error=_describe(e), retry_in_ms=int(delay * 1000))
                 await _first_set([closing], delay)
             finally:
-                with contextlib.suppress(Exception):
+                # The subscription's connection may already be broken (that is often why
+                # the loop ended): closing it is best effort, whatever redis-py raises.
+                with logs.swallowed(self.log, "lease.release_listener.close"):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
