@@ -52,8 +52,8 @@ def redis_cli(server_binary: str) -> str:
 
 
 class NodeServer(RedisServer):
-    """A ``RedisServer`` (AOF on by default) with extra config-file lines (``"replicaof
-    127.0.0.1 7001"``, not argv flags) and a chosen port."""
+    """A ``RedisServer`` (AOF on by default) with extra ``redis-server`` arguments and a
+    chosen port."""
 
     def __init__(self, extra: list[str], *, port: int | None = None, aof: bool = True) -> None:
         super().__init__(aof=aof)
@@ -62,11 +62,11 @@ class NodeServer(RedisServer):
         self.extra = extra
 
 
-class SentinelProc(server.RedisServer):
+class SentinelProc(server.RedisProcess):
     """One ``redis-server <conf> --sentinel`` process watching master ``gr``."""
 
     def __init__(self, master_port: int, binary: str) -> None:
-        super().__init__(sentinel=True, binary=binary, extra=[
+        super().__init__(sentinel=True, binary=binary, settings=[
             f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2",
             f"sentinel down-after-milliseconds {MASTER} 1000",
             f"sentinel failover-timeout {MASTER} 4000",
@@ -77,9 +77,9 @@ class SentinelProc(server.RedisServer):
     def conf(self) -> Path:
         return self.config_path
 
-    def client(self, **kw: Any) -> redis.Redis:
+    def client(self, db: int = 0, **kw: Any) -> redis.Redis:
         kw.setdefault("socket_timeout", 2)
-        return super().client(**kw)
+        return super().client(db, **kw)
 
 
 class SentinelGroup:
@@ -92,7 +92,7 @@ class SentinelGroup:
 
     def start(self) -> SentinelGroup:
         self.primary.start()
-        self.replica.extra = [f"replicaof 127.0.0.1 {self.primary.port}"]
+        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
         self.replica.start()
         self._wait_replication(self.primary)
         self.sentinels = [SentinelProc(self.primary.port, self.primary.binary).start()
@@ -165,8 +165,8 @@ class ClusterGroup:
 
     def __init__(self, size: int = 3) -> None:
         self.nodes = [
-            NodeServer(["cluster-enabled yes", "cluster-node-timeout 2000",
-                        "cluster-config-file nodes.conf"], port=free_cluster_port())
+            NodeServer(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                        "--cluster-config-file", "nodes.conf"], port=free_cluster_port())
             for _ in range(size)
         ]
 

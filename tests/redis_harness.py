@@ -18,7 +18,7 @@ from guardrails.infra.server import FORBIDDEN_PORT, free_port
 __all__ = ["FORBIDDEN_PORT", "RedisServer", "free_port"]
 
 
-class RedisServer(server.RedisServer):
+class RedisServer(server.RedisProcess):
     """A test's redis-server: AOF off by default (``aof=True`` for a restart that keeps data)."""
 
     def __init__(

@@ -307,7 +307,7 @@ async def test_acquire_when_replicas_required_but_absent_then_fails_closed_and_r
 def replica_port(redis_server: RedisServer) -> Iterator[int]:
     """A real redis-server replicating ``redis_server``; yields its port."""
     replica = RedisServer()
-    replica.extra = ["replicaof 127.0.0.1 " + str(redis_server.port)]
+    replica.extra = ["--replicaof", "127.0.0.1", str(redis_server.port)]
     replica.start()
     try:
         yield replica.port

@@ -41,7 +41,7 @@ from guardrails.chaos import checker, faults, report
 from guardrails.chaos.proxy import ChaosProxy
 from guardrails.chaos.venue import VenueProcess
 from guardrails.config import Config, load_config
-from guardrails.infra.server import RedisServer, free_port
+from guardrails.infra.server import RedisProcess, free_port
 from guardrails.keys import AccountId, AccountKeys
 
 _REDIS_DOWN: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
@@ -243,7 +243,7 @@ class Harness:
         self.opts = opts
         self.work = opts.workdir
         self.logdir = self.work / "logs"
-        self.redis = RedisServer(self.work / "redis")
+        self.redis = RedisProcess(self.work / "redis")
         self.venue_port = free_port()
         self.config_path = self.work / "chaos.toml"
         self.instances: list[Instance] = []
@@ -313,7 +313,7 @@ class Harness:
             run_facts = await self.exercise(schedule)
             self.say("checking")
             data = await asyncio.to_thread(
-                checker.load, self.redis.client(socket_timeout=5), self.keys, self.cfg.risk,
+                checker.load, self.redis.client(), self.keys, self.cfg.risk,
                 self.work / "venue-record.jsonl",
             )  # fmt: skip
         finally:

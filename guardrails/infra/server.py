@@ -3,7 +3,7 @@
 read), starts it, and waits until it answers.
 
 Used by the embedded per-user server (``infra.embedded``: daemonized, unix socket,
-``requirepass``), the chaos run's Redis (``RedisServer`` with AOF in the run's work
+``requirepass``), the chaos run's Redis (``RedisProcess`` with AOF in the run's work
 directory), the tests' throwaway servers (``tests/redis_harness.py``, ``tests/ha_harness.py``:
 replicas, sentinels, cluster nodes) and the benchmarks. A new way of starting
 ``redis-server`` belongs here, not beside its caller.
@@ -138,14 +138,16 @@ def _log_tail(path: Path, n: int = 2000) -> str:
         return ""
 
 
-class RedisServer:
+class RedisProcess:
     """``redis-server`` as a child process on 127.0.0.1:<free port> (or ``port``).
 
     ``data_dir`` holds its config, AOF and log; without one the server gets a temporary
     directory that ``stop()`` removes. ``aof`` / ``fsync`` choose its persistence (no RDB
-    ever), ``extra`` adds config lines, ``sentinel=True`` runs it as a Sentinel. It can
-    be killed (SIGKILL), paused (SIGSTOP), resumed and restarted on the same port and data
-    directory (with AOF, state survives the restart).
+    ever); ``settings`` adds config-file lines (``sentinel monitor ...``), ``extra`` adds
+    command-line options after the config file (``--replicaof 127.0.0.1 7001``,
+    ``--cluster-enabled yes``: never anything secret, argv is public); ``sentinel=True``
+    runs it as a Sentinel. It can be killed (SIGKILL), paused (SIGSTOP), resumed and
+    restarted on the same port and data directory (with AOF, state survives the restart).
     """
 
     def __init__(
@@ -155,13 +157,16 @@ class RedisServer:
         port: int | None = None,
         aof: bool = True,
         fsync: str = "always",
+        settings: Sequence[str] = (),
         extra: Sequence[str] = (),
         sentinel: bool = False,
         binary: str | None = None,
     ) -> None:
         self.aof = aof
         self.fsync = fsync
+        self.settings = list(settings)
         self.extra = list(extra)
+        """More ``redis-server`` command-line options, read at each ``start()``."""
         self.sentinel = sentinel
         self.port = free_port() if port is None else port
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gr-redis-")
@@ -188,15 +193,15 @@ class RedisServer:
             if self.port == FORBIDDEN_PORT:
                 raise RedisServerError("refusing to run a redis-server on port 6379")
             return [f"port {self.port}", "bind 127.0.0.1", f"dir {_quote(self.dir)}",
-                    f"logfile {_quote(self.logfile)}", *self.extra]
+                    f"logfile {_quote(self.logfile)}", *self.settings]
         return server_config(data_dir=self.dir, port=self.port, aof=self.aof, fsync=self.fsync,
-                             logfile=self.logfile, extra=self.extra)
+                             logfile=self.logfile, extra=self.settings)
 
     def start(self, timeout: float = 15.0) -> Self:
         """Start the server and wait until it answers PING; returns ``self``."""
         self.dir.mkdir(parents=True, exist_ok=True)
         write_config(self.config_path, self.config_lines())
-        args = [self.binary, str(self.config_path)]
+        args = [self.binary, str(self.config_path), *self.extra]
         if self.sentinel:
             args.append("--sentinel")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -220,10 +225,12 @@ class RedisServer:
                 time.sleep(0.02)
         raise RedisServerError(f"redis-server on port {self.port} not ready after {timeout}s")
 
-    def client(self, **kw: Any) -> redis.Redis:
-        """A synchronous client (``decode_responses=True`` unless told otherwise)."""
+    def client(self, db: int = 0, **kw: Any) -> redis.Redis:
+        """A synchronous client of database ``db`` (``decode_responses=True`` and a 5 s
+        socket timeout unless told otherwise: a paused server fails a call, never hangs it)."""
         kw.setdefault("decode_responses", True)
-        return redis.Redis(port=self.port, **kw)
+        kw.setdefault("socket_timeout", 5)
+        return redis.Redis(port=self.port, db=db, **kw)
 
     def kill(self) -> None:
         """SIGKILL: no AOF rewrite, no goodbye (``appendfsync always`` keeps acked writes)."""
