@@ -40,7 +40,13 @@ from guardrails.config import (
 )
 from guardrails.model import Fill, Order, Side
 from guardrails.sim import market
-from guardrails.venues import eip712
+from guardrails.venues.eip712 import (
+    SignatureInvalid,
+    order_from_message,
+    recover,
+    signable_cancel,
+    signable_order,
+)
 
 log = logging.getLogger("guardrails.simulator")
 
@@ -397,10 +403,10 @@ class SimExchange:
         if not isinstance(msg, dict) or not isinstance(signature, str):
             return self._reject_unparsed(now, "bad_request: expected {order, signature}", 400)
         try:
-            order = eip712.order_from_message(msg)
+            order = order_from_message(msg)
             claimed = str(msg["account"]).lower()
-            signer = eip712.recover(eip712.signable_order(msg, self.chain_id), signature)
-        except (ValueError, eip712.SignatureInvalid) as e:
+            signer = recover(signable_order(msg, self.chain_id), signature)
+        except (ValueError, SignatureInvalid) as e:
             return self._reject_unparsed(now, f"bad_request: {e}", 400, msg)
         except Exception as e:  # eth-abi raises many types for values off their type
             return self._reject_unparsed(now, f"bad_request: {type(e).__name__}", 400, msg)
@@ -502,7 +508,7 @@ class SimExchange:
                 raise ValueError("expected {cancel, signature}")
             coid = str(msg["clientOrderId"])
             claimed = str(msg["account"]).lower()
-            signer = eip712.recover(eip712.signable_cancel(msg, self.chain_id), signature)
+            signer = recover(signable_cancel(msg, self.chain_id), signature)
         except Exception as e:
             return 400, {"status": "rejected", "reason": f"bad_request: {type(e).__name__}"}
         if signer != claimed:
