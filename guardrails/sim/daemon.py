@@ -366,7 +366,6 @@ def market_from_config(
     return market_cfg, risk, chain_id
 
 
-
 def spec_from_config(path: str | None, seed: int | None, protocol: str) -> MarketSpec:
     """The market ``guardrails venue serve --protocol P --config FILE`` simulates."""
     if protocol == "clob":
@@ -589,8 +588,6 @@ class SimulatorProcess:
             self._stderr.seek(0)
             return self._stderr.read()
         return ""
-
-
 
 
 # -- CLI -----------------------------------------------------------------------------------
