@@ -178,6 +178,14 @@ def check_intent(intent: Intent, risk: RiskConfig) -> Denied | None:
     return None
 
 
+_PACKED = (
+    b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s"  # head, day key, order key, tail
+    + b"$%d\r\n%s\r\n" * 8  # token, holder, intent id, coid, symbol, side, qty, price
+    + b"$1\r\n%s\r\n$%d\r\n%s\r\n"  # allocate nonce, day
+)
+"""The variable part of a decision's EVALSHA (OrderGate._packed)."""
+
+
 class OrderGate:
     """Admits or denies intents for one account, atomically, inside Redis.
 
@@ -270,7 +278,7 @@ class OrderGate:
                     try:
                         raw = await self._wire.call(packed)
                     except NoScriptError:
-                        await self._redis.script_load(self._script.script)
+                        await self._wire.load_script(self._script.script)
                         raw = await self._wire.call(packed)
                 else:
                     command = (
@@ -302,17 +310,17 @@ class OrderGate:
     def _packed(
         self, intent_id: str, coid: str, intent: Intent, qty: str, price: str, nonce: bool
     ) -> bytes:
-        """The EVALSHA of one decision as RESP bytes (gatewire.pack, with the constant
-        parts packed once in __init__)."""
-        b = wire_bulk
-        return b"".join((
-            self._packed_head, b(self._day_key[1]), b(self._keys.order(coid).encode()),
-            self._packed_tail, b(self._token[1]), b(self._holder[1]),
-            b(intent_id.encode()), b(coid.encode()),
-            b(intent.symbol.encode()), b(intent.side.value.encode()), b(qty.encode()),
-            b(price.encode()), b"$1\r\n1\r\n" if nonce else b"$1\r\n0\r\n",
-            b(self._day_key[2]),
-        ))
+        """The EVALSHA of one decision as RESP bytes (what gatewire.pack would build), the
+        parts constant per account packed once in __init__, the rest in one format."""
+        order, iid, c = self._keys.order(coid).encode(), intent_id.encode(), coid.encode()
+        sym, side = intent.symbol.encode(), intent.side.value.encode()
+        q, p, day_key, day = qty.encode(), price.encode(), self._day_key[1], self._day_key[2]
+        token, holder = self._token[1], self._holder[1]
+        return _PACKED % (
+            self._packed_head, len(day_key), day_key, len(order), order, self._packed_tail,
+            len(token), token, len(holder), holder, len(iid), iid, len(c), c, len(sym), sym,
+            len(side), side, len(q), q, len(p), p, b"1" if nonce else b"0", len(day), day,
+        )
 
     async def _recover(self, intent_id: str, digest: str, cause: BaseException) -> Decision:
         """The EVALSHA may have run and only its reply been lost: ask Redis for the

@@ -131,8 +131,8 @@ class GateWire:
     gate on that client."""
 
     __slots__ = (
-        "__weakref__", "_conn", "_flush", "_lock", "_out", "_pool", "_timeout", "_transport",
-        "_waiting",
+        "__weakref__", "_conn", "_flush", "_loading", "_lock", "_out", "_pool", "_timeout",
+        "_transport", "_waiting",
     )
 
     def __init__(self, pool: ConnectionPool) -> None:
@@ -145,6 +145,7 @@ class GateWire:
         """Requests of this event-loop turn, not written yet (one write for all of them)."""
         self._flush: asyncio.Handle | None = None
         self._lock = asyncio.Lock()
+        self._loading: dict[bytes, asyncio.Future[Any]] = {}
         timeout = pool.connection_kwargs.get("socket_timeout")
         self._timeout: float | None = float(timeout) if timeout else None
 
@@ -208,6 +209,17 @@ class GateWire:
             return await fut
         finally:
             handle.cancel()
+
+    async def load_script(self, text: str | bytes | memoryview) -> None:
+        """SCRIPT LOAD ``text`` on the wire (after a NOSCRIPT): concurrent callers that
+        all met the same NOSCRIPT share one load instead of one connection each."""
+        body = text.encode() if isinstance(text, str) else bytes(text)
+        pending = self._loading.get(body)
+        if pending is None:
+            pending = asyncio.ensure_future(self.call(pack(b"SCRIPT", b"LOAD", body)))
+            self._loading[body] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(body, None))
+        await asyncio.shield(pending)
 
     def _write(self) -> None:
         self._flush = None

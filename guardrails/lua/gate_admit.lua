@@ -51,7 +51,7 @@ local REASON = {
   'intent_conflict',
 }
 -- the codes by name (one table: Lua 5.1 allows a function 60 upvalues); a literal, not
--- built from REASON: the chunk runs on every EVALSHA (tests/test_gate_perf.py checks it)
+-- built from REASON: the chunk runs on every EVALSHA
 local C = {SCHEMA_MISMATCH = 1, HALTED = 2, REDUCE_ONLY = 3, STALE_TOKEN = 4,
   LEASE_EXPIRED = 5, BAD_ORDER = 6, UNKNOWN_SYMBOL = 7, OFF_TICK = 8, OFF_LOT = 9,
   MAX_NOTIONAL = 10, PRICE_BAND = 11, THROTTLED = 12, POSITION_LIMIT = 13,
