@@ -197,9 +197,9 @@ class OrderGate:
     """
 
     __slots__ = (
-        "_day", "_day_key", "_head", "_holder", "_keys", "_packed_head", "_packed_tail",
-        "_prefix", "_recover_ms", "_redis", "_risk", "_script", "_tail", "_tail_b", "_token",
-        "_wire",
+        "_day", "_day_key", "_head", "_holder", "_keys", "_order_prefix", "_packed_head",
+        "_packed_tail", "_prefix", "_recover_ms", "_redis", "_risk", "_script", "_tail",
+        "_tail_b", "_token", "_wire",
     )
 
     def __init__(
@@ -247,6 +247,9 @@ class OrderGate:
         self._packed_head = b"*31\r\n" + b"".join(wire_bulk(
             a if isinstance(a, bytes) else a.encode()) for a in self._prefix)
         self._packed_tail = b"".join(wire_bulk(a) for a in self._tail_b)
+        # an order's key is this prefix + its client order id (checked, else built per call)
+        prefix = keys.order("")
+        self._order_prefix = prefix.encode() if keys.order("c0") == prefix + "c0" else b""
 
     async def admit(
         self,
@@ -322,7 +325,8 @@ class OrderGate:
     ) -> bytes:
         """The EVALSHA of one decision as RESP bytes (what gatewire.pack would build), the
         parts constant per account packed once in __init__, the rest in one format."""
-        order, iid, c = self._keys.order(coid).encode(), intent_id.encode(), coid.encode()
+        iid, c = intent_id.encode(), coid.encode()
+        order = self._order_prefix + c if self._order_prefix else self._keys.order(coid).encode()
         sym, side = intent.symbol.encode(), intent.side.value.encode()
         q, p, day_key, day = qty.encode(), price.encode(), self._day_key[1], self._day_key[2]
         token, holder = self._token[1], self._holder[1]
