@@ -59,7 +59,7 @@ async def run(*, quick: bool) -> list[Row]:
     try:
         from guardrails.config import load_config
         from guardrails.model import Order, Side
-        from guardrails.sim.exchange import SimulatorProcess
+        from guardrails.sim.daemon import SimulatorProcess
         from guardrails.venues.base import Accepted
         from guardrails.venues.ccxt import CcxtVenue, Credentials
     except ImportError as e:

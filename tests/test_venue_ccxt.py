@@ -22,7 +22,8 @@ from guardrails.keys import AccountId
 from guardrails.model import Order, Side
 from guardrails.sim import binance as sb
 from guardrails.sim import daemon
-from guardrails.sim.exchange import Simulator, read_record
+from guardrails.sim.exchange import read_record
+from guardrails.sim.server import Simulator
 from guardrails.venues import make_venue
 from guardrails.venues.base import Accepted, Rejected, Unknown, VenueError, VenueOrderState
 from guardrails.venues.ccxt import CcxtVenue, Credentials, classify_submit_error
