@@ -52,6 +52,7 @@ INFRA_ERRORS: tuple[type[BaseException], ...] = (
 )
 """What a background loop survives: logged and retried, never fatal."""
 CLEANUP_ERRORS: tuple[type[BaseException], ...] = (ContextUnavailable, *INFRA_ERRORS)
+PRUNE_ERRORS: tuple[type[BaseException], ...] = (PruneError, *INFRA_ERRORS)
 RETRY_S = 2.0
 """How long a step that must succeed before trading (reconcile, first marks) waits to retry."""
 PUMP_INTERVAL_S = 0.25
@@ -355,7 +356,7 @@ class AccountServices:
             await asyncio.sleep(p.interval / 1000)
             try:
                 rep = await pruner.sweep()
-            except (PruneError, *INFRA_ERRORS) as e:
+            except PRUNE_ERRORS as e:
                 logs.event(log, "prune.failed", logging.ERROR, archive=str(path), error=str(e))
                 continue
             if rep.pruned_orders or rep.pruned_fills or rep.recovered:
