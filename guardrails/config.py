@@ -483,6 +483,16 @@ class CcxtVenueConfig(_Model):
     simulator: PaperVenueConfig | None = Field(
         default=None, description="Market of the embedded simulator (url = 'embedded')."
     )
+    dead_man_switch: bool = Field(
+        default=True,
+        description="Arm the exchange's cancelAllOrdersAfter while active, where ccxt has it "
+        "(Kraken, OKX, Bybit...; not Binance spot). See docs/venues.md.",
+    )
+    dead_man_timeout: DurationMs | None = Field(
+        default=None,
+        description="The dead-man switch's countdown (whole seconds at the exchange); unset: "
+        "4 x lease ttl, rounded up to a second, at least the exchange's minimum.",
+    )
 
     @model_validator(mode="after")
     def _embedded(self) -> CcxtVenueConfig:

@@ -28,8 +28,20 @@ Venue-side fences (per exchange; docs/venues.md has the table):
   the exchange if it arrives after the order's submit deadline (never later than the
   lease's). A deadline already passed is refused before sending.
 * Elsewhere no submit-time fence is used; the gate's deadline check still applies.
-  ``cancelAllOrdersAfter`` (Kraken, Bybit, OKX...) is reported by ``dead_man_switch`` but
-  not armed by this adapter yet.
+* The dead-man switch, where ccxt's class has ``cancelAllOrdersAfter`` (Kraken, OKX,
+  Hyperliquid...; not Binance spot, which has no such endpoint, nor Bybit, whose DCP is
+  bound to a websocket session): ``begin_term``
+  arms it (on taking the lease, before reconciliation) with ``dead_man_timeout`` (default
+  4 lease TTLs, rounded up to the exchange's whole seconds and at least its minimum);
+  ``term_service`` re-arms it every quarter of that while active, so if this process
+  pauses, dies or is partitioned from the exchange, the exchange cancels every resting
+  order of the account at most one timeout after the last refresh. At a graceful end of
+  the term (``term_service`` cancelled) it is disarmed, except when the service was ever
+  stalled for longer than a lease TTL in this term (a sleep that overran, or no
+  successful refresh for that long): a process that was paused may no longer be the
+  holder, and the switch is account-wide, so it then leaves the switch to whoever holds
+  the lease now. A failed arm in ``begin_term`` raises ``VenueError`` (the runtime
+  retries; nothing trades unfenced); a failed refresh is logged and retried.
 
 Lookups are by client order id (Binance ``origClientOrderId``) in each configured
 symbol (the order's symbol first when this process sent it); fills come from
@@ -61,7 +73,7 @@ from ccxt.base.decimal_to_precision import TICK_SIZE
 from redis.exceptions import RedisError
 
 from guardrails import logs
-from guardrails.config import CcxtVenueConfig, RiskConfig
+from guardrails.config import CcxtVenueConfig, LeaseConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Fill, Order, Side
 from guardrails.venues.base import (
@@ -81,6 +93,15 @@ EMBEDDED = "embedded"
 RECV_WINDOW_EXCHANGES = frozenset({"binance"})
 """Exchanges whose signed requests carry ``timestamp`` + ``recvWindow`` (the submit fence)."""
 TRADES_PAGE = 1000
+DEAD_MAN_LEASE_TTLS = 4
+"""Default dead-man countdown, in lease TTLs."""
+DEAD_MAN_REFRESHES = 4
+"""Refreshes per countdown: three can be lost before the exchange cancels."""
+DEAD_MAN_LIMITS_S = {"okx": (10, 120), "kraken": (1, 86_400), "hyperliquid": (5, 86_400)}
+"""(min, max) countdown seconds an exchange accepts (its API documentation); others (1, 86400)."""
+DEAD_MAN_NOT_A_COUNTDOWN = frozenset({"bybit"})
+"""ccxt has ``cancelAllOrdersAfter`` but it is not a REST countdown: Bybit's DCP cancels
+when a private *websocket* session drops, and this adapter holds none."""
 
 _REJECTING: tuple[type[BaseException], ...] = (
     cx.InvalidOrder, cx.InsufficientFunds, cx.BadSymbol, cx.BadRequest,
@@ -191,11 +212,17 @@ class CcxtVenue:
         source: str = "",
         credentials: Credentials | None = None,
         redis: aioredis.Redis | None = None,
+        lease: LeaseConfig | None = None,
     ) -> None:
         """``redis`` (the account's Redis) keeps the fills cursor durable
         (``AccountKeys.venue_cursor``); without it ``fills_since(None)`` reads from the
-        account's first trade."""
+        account's first trade. ``lease`` sizes the dead-man switch (default lease timing
+        when not given)."""
         self.name = "ccxt"
+        self._lease = lease or LeaseConfig()
+        self._dead_man_armed_at: float | None = None
+        """Monotonic time of the last successful arm or refresh of the dead-man switch."""
+        self._dead_man_failing = False
         self._redis = redis
         self._cursor_key = AccountKeys(account).venue_cursor
         self._cursor_failing = False
@@ -230,8 +257,92 @@ class CcxtVenue:
 
     @property
     def dead_man_switch(self) -> bool:
-        """Whether ccxt offers ``cancelAllOrdersAfter`` for this exchange (not armed yet)."""
-        return bool(self._ex is not None and self._ex.has.get("cancelAllOrdersAfter"))
+        """Whether this venue arms the exchange's ``cancelAllOrdersAfter`` while active:
+        ccxt's class has it (after ``start``) and ``dead_man_switch`` is not turned off."""
+        return bool(self._cfg.dead_man_switch and self._ex is not None
+                    and self._cfg.exchange not in DEAD_MAN_NOT_A_COUNTDOWN
+                    and self._ex.has.get("cancelAllOrdersAfter") is True)
+
+    def dead_man_timeout_ms(self) -> int:
+        """The countdown armed: ``dead_man_timeout`` or 4 lease TTLs, in whole seconds (the
+        exchanges count seconds), at least the exchange's minimum. Raises ``VenueError``
+        above its maximum."""
+        lo, hi = DEAD_MAN_LIMITS_S.get(self._cfg.exchange, (1, 86_400))
+        wanted = self._cfg.dead_man_timeout or DEAD_MAN_LEASE_TTLS * self._lease.ttl
+        seconds = max(-(-wanted // 1000), lo)
+        if seconds > hi:
+            raise VenueError(f"ccxt venue: dead_man_timeout {seconds}s is above {self._cfg.exchange}"
+                             f"'s maximum of {hi}s")
+        return int(seconds) * 1000
+
+    @property
+    def term_service(self) -> Any:
+        """While active (run by the runtime in the term's task group): the dead-man
+        switch's refresher, or None when this venue has none to run."""
+        return self._dead_man_service if self.dead_man_switch else None
+
+    async def begin_term(self) -> None:
+        """On taking the lease, before reconciliation: arm the dead-man switch."""
+        if self.dead_man_switch:
+            await self._dead_man_arm(self.dead_man_timeout_ms())
+
+    async def _dead_man_arm(self, timeout_ms: int) -> None:
+        try:
+            await self._exchange().cancel_all_orders_after(timeout_ms)
+        except cx.BaseError as e:
+            raise VenueError(f"ccxt venue: cancelAllOrdersAfter({timeout_ms}) failed: "
+                             f"{type(e).__name__}: {_brief(e)}") from None
+        if timeout_ms:
+            self._dead_man_armed_at = time.monotonic()
+            logs.event(log, "venue.ccxt.dead_man_armed", logging.DEBUG, timeout_ms=timeout_ms)
+
+    async def _dead_man_service(self) -> None:
+        """Re-arm every quarter countdown; disarm when cancelled (the term ended), unless
+        this service was stalled longer than a lease TTL (see the module doc)."""
+        timeout_ms = self.dead_man_timeout_ms()
+        interval_s = timeout_ms / DEAD_MAN_REFRESHES / 1000
+        logs.event(log, "venue.ccxt.dead_man_on", exchange=self._cfg.exchange,
+                   timeout_ms=timeout_ms, refresh_ms=int(interval_s * 1000))
+        stalled = False
+        try:
+            while True:
+                slept_from = time.monotonic()
+                await asyncio.sleep(interval_s)
+                if time.monotonic() - slept_from > interval_s + self._lease.ttl / 1000:
+                    stalled = True  # paused past a ttl: maybe not the holder any more
+                try:
+                    await self._dead_man_arm(timeout_ms)
+                except VenueError as e:
+                    if not self._dead_man_failing:
+                        logs.event(log, "venue.ccxt.dead_man_refresh_failed", logging.WARNING,
+                                   error=str(e), note="the exchange cancels every resting order "
+                                   f"{timeout_ms}ms after the last refresh")
+                    self._dead_man_failing = True
+                    continue
+                if self._dead_man_failing:
+                    logs.event(log, "venue.ccxt.dead_man_refresh_recovered")
+                self._dead_man_failing = False
+        finally:
+            await self._dead_man_disarm(interval_s, stalled)
+
+    async def _dead_man_disarm(self, interval_s: float, stalled: bool) -> None:
+        armed_at = self._dead_man_armed_at
+        stalled = (stalled or armed_at is None
+                   or time.monotonic() - armed_at > interval_s + self._lease.ttl / 1000)
+        if stalled or self._ex is None:
+            logs.event(log, "venue.ccxt.dead_man_left_armed", logging.WARNING,
+                       reason="refresher stalled past a lease ttl: this process may no longer "
+                       "hold the lease" if stalled else "venue closed")
+            return
+        try:
+            await asyncio.wait_for(self._dead_man_arm(0), self._cfg.request_timeout / 1000)
+        except (VenueError, TimeoutError) as e:
+            logs.event(log, "venue.ccxt.dead_man_disarm_failed", logging.WARNING,
+                       error=f"{type(e).__name__}: {e}",
+                       note="the exchange will cancel the resting orders when it runs out")
+            return
+        self._dead_man_armed_at = None
+        logs.event(log, "venue.ccxt.dead_man_off")
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -261,7 +372,15 @@ class CcxtVenue:
                 await ex.close()
                 raise
             self._ex = ex
+            if self.dead_man_switch:
+                try:
+                    self.dead_man_timeout_ms()  # a countdown the exchange refuses: say so now
+                except VenueError:
+                    self._ex = None
+                    await ex.close()
+                    raise
             logs.event(log, "venue.ccxt.started", exchange=self._cfg.exchange,
+                       dead_man_switch=int(self.dead_man_switch),
                        url=self._base or None, account=str(self._account_id),
                        time_offset_ms=ex.options.get("timeDifference"),
                        recv_window_fence=int(self._fenced))
