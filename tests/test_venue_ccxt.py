@@ -130,6 +130,21 @@ async def test_submit_when_order_sent_then_exchange_received_the_exact_decimals(
     assert row["side"] == "buy" and row["symbol"] == SYMBOL
 
 
+@pytest.mark.parametrize("side", [Side.BUY, Side.SELL])
+async def test_binance_request_is_the_one_ccxt_create_order_builds(env: Env, side: Side) -> None:
+    """The venue sends Binance orders through ccxt's endpoint method (bench/ccxtvenue.py):
+    its request must be what ccxt's own create_order would send, value for value."""
+    order = env.order(side, Decimal("54321.10"), qty="0.0370")
+    params = {"newClientOrderId": order.client_order_id, "timestamp": 1, "recvWindow": 2}
+    ex = env.venue._exchange()
+    ours = env.venue.binance_request(order, "0.0370", "54321.10", params)
+    theirs = ex.create_order_request(SYMBOL, "limit", side.value, "0.0370", "54321.10", params)
+    assert ours.keys() == theirs.keys()
+    for k in ("quantity", "price"):
+        assert Decimal(ours.pop(k)) == Decimal(theirs.pop(k))
+    assert ours == theirs
+
+
 @pytest.mark.parametrize(("qty", "offset", "why"), [
     ("0.00015", "0", "off_lot"),   # ccxt would truncate it to 0.0001
     ("0.0010", "0.003", "off_tick"),  # ccxt would round the price to the tick
