@@ -20,7 +20,7 @@ from types import TracebackType
 
 from guardrails import logs
 from guardrails.config import REDIS_URL_ENV, ConfigError, redis_url_problem
-from guardrails.embedded import EmbeddedRedisError
+from guardrails.infra.embedded import EmbeddedRedisError
 
 DEFAULT_CONFIG = "config/paper.toml"
 _INIT_VENUES = ("paper", "http", "ccxt")  # guardrails.ops.init.VENUES, without importing it for --help
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (console on a terminal, else kv), kv (key=value lines), json (JSON lines), console",
     )
-    p.set_defaults(func=_lazy("guardrails.runtime:cmd_run"))
+    p.set_defaults(func=_lazy("guardrails.runtime.term:cmd_run"))
 
     p = sub.add_parser("kill", help="halt an account (or make it reduce-only) from anywhere")
     _common(p)
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--protocol", choices=protocols, default="eip712")
     vp = vsub.add_parser("stop", help="stop the per-user simulator daemon (its record is kept)")
     vp.add_argument("--protocol", choices=protocols, default="eip712")
-    p.set_defaults(func=_lazy("guardrails.venues.simdaemon:cmd_venue"))
+    p.set_defaults(func=_lazy("guardrails.sim.daemon:cmd_venue"))
 
     p = sub.add_parser("init", help="write a commented starter config for a venue")
     p.add_argument("--venue", choices=_INIT_VENUES, default="paper", help="which venue (default paper)")
@@ -206,7 +206,7 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
-    from guardrails import embedded
+    from guardrails.infra import embedded
 
     try:
         if args.redis_command == "start":
@@ -231,7 +231,8 @@ def cmd_redis(args: argparse.Namespace) -> int:
 def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
     """One warning line when a URL in argv carries a password: every local user can read
     argv (``ps``). The value is masked, and registered so nothing prints it."""
-    from guardrails import logs, redacted, redisconn
+    from guardrails import logs, redacted
+    from guardrails.infra import connect
 
     found = redacted.argv_urls_with_credentials(argv)
     redacted.register_argv(argv)
@@ -243,8 +244,8 @@ def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
             logging.getLogger("guardrails.secrets"), "secrets.password_in_argv", logging.WARNING,
             url=found[0],
             advice=f"argv is visible to every local user (ps); put the URL in "
-                   f"${REDIS_URL_ENV} or the password in ${redisconn.PASSWORD_ENV} / "
-                   f"${redisconn.PASSWORD_FILE_ENV}",
+                   f"${REDIS_URL_ENV} or the password in ${connect.PASSWORD_ENV} / "
+                   f"${connect.PASSWORD_FILE_ENV}",
         )
 
 

@@ -60,8 +60,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from guardrails import logs, redacted, redisconn
+from guardrails import logs, redacted
 from guardrails.config import Config, ConfigError
+from guardrails.infra import connect
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.model import TradingState
 
@@ -563,13 +564,13 @@ async def _api_resume(request: web.Request) -> web.Response:
 async def _clients(url: str, want_kill: bool) -> AsyncIterator[tuple[aioredis.Redis, Any]]:
     """The read client, and (with a token) the operator's own kill client:
     ``$GUARDRAILS_OPERATOR_REDIS_URL`` (default ``url``) with its own password."""
-    read = await redisconn.connect(url)
+    read = await connect.connect(url)
     kill = None
     if want_kill:
         op_url = os.environ.get(OPERATOR_REDIS_URL_ENV) or url
-        op_password = redisconn.password_from_env(OPERATOR_PASSWORD_ENV,
+        op_password = connect.password_from_env(OPERATOR_PASSWORD_ENV,
                                                   OPERATOR_PASSWORD_FILE_ENV)
-        kill = await redisconn.connect(op_url, password=op_password)
+        kill = await connect.connect(op_url, password=op_password)
     try:
         yield read, kill
     finally:
@@ -602,7 +603,7 @@ async def _dashboard(args: argparse.Namespace) -> int:
             try:
                 await client.ping()
             except RedisError as e:
-                print(f"guardrails dashboard: {name} at {redisconn.describe(where)}: "
+                print(f"guardrails dashboard: {name} at {connect.describe(where)}: "
                       f"{redacted.mask_text(str(e))}", file=sys.stderr)
                 return 2
         accounts = [cfg.account_id] if cfg is not None else []

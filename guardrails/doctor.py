@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError, ResponseError
 
-from guardrails import localguard, persistence, redacted, redisconn
+from guardrails import redacted
 from guardrails.config import (
     REDIS_URL_ENV,
     Config,
@@ -46,8 +46,10 @@ from guardrails.config import (
     format_validation_error,
     load_config,
 )
+from guardrails.infra import connect, persistence
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops import notify
+from guardrails.runtime import localguard
 from guardrails.status import load_target
 
 DOCTOR_SCHEMA_VERSION = 1
@@ -310,8 +312,8 @@ def same_target(a: str | None, b: str | None) -> bool:
     """Whether two Redis URLs name the same server and database, however spelled
     (``LOCALHOST``, a trailing slash, ``?db=0``, a default port; 'embedded' resolved):
     the one normalisation the host lock uses (``localguard.normalise_redis_target``)."""
-    from guardrails import embedded
     from guardrails.config import EMBEDDED
+    from guardrails.infra import embedded
 
     def norm(u: str | None) -> str | None:
         if u is None:
@@ -447,8 +449,8 @@ async def check_fence_history(c: Census, redis: aioredis.Redis, keys: AccountKey
 
 
 async def check_persistence(c: Census, redis: aioredis.Redis, *, allow_non_durable: bool) -> None:
-    """Would this Redis lose the fencing counter on a restart? (guardrails/persistence.py)"""
-    async with redisconn.primaries(redis) as nodes:
+    """Would this Redis lose the fencing counter on a restart? (guardrails/infra/persistence.py)"""
+    async with connect.primaries(redis) as nodes:
         readings = [(name, await persistence.read(node)) for name, node in nodes]
     rank = [persistence.Durability.VOLATILE, persistence.Durability.UNKNOWN,
             persistence.Durability.DURABLE]
@@ -684,7 +686,7 @@ def report_json(c: Census, redis_target: str, manifest_path: str | None) -> dict
         "healthy": exit_code(c) == EXIT_HEALTHY,
         "exit_code": exit_code(c),
         "host": socket.gethostname(),
-        "redis": redisconn.describe(redis_target),
+        "redis": connect.describe(redis_target),
         "manifest": manifest_path,
         "findings": [f.to_json() for f in c.findings],
         "instances": [i.to_json() for i in c.instances],
@@ -715,14 +717,14 @@ async def _doctor(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _cannot_check(args.json, str(e), manifest_path)
     try:
-        redis = await redisconn.connect(url)
+        redis = await connect.connect(url)
     except Exception as e:  # embedded Redis that cannot start, bad URL
-        return _cannot_check(args.json, f"{redisconn.describe(url)}: {e}", manifest_path)
+        return _cannot_check(args.json, f"{connect.describe(url)}: {e}", manifest_path)
     try:
-        concrete = await redisconn.resolve_url(url)
+        concrete = await connect.resolve_url(url)
         result = await census(redis, concrete, manifest)
     except RedisError as e:
-        return _cannot_check(args.json, f"Redis at {redisconn.describe(url)}: {e}", manifest_path)
+        return _cannot_check(args.json, f"Redis at {connect.describe(url)}: {e}", manifest_path)
     finally:
         await redis.aclose()
     if args.json:
@@ -764,7 +766,7 @@ async def _notify(channels: list[notify.Channel], result: Census, url: str) -> N
     problems = [f for f in result.findings if f.problem]
     if not problems:
         return
-    text = f"doctor: {len(problems)} problem(s) on {redisconn.describe(url)}: " + "; ".join(
+    text = f"doctor: {len(problems)} problem(s) on {connect.describe(url)}: " + "; ".join(
         f"[{f.code}] {f.account or ''} {f.message}" for f in problems[:5])
     n = notify.Notifier(channels, max_attempts=3, backoff_s=0.5)
     n.publish(notify.Alert("doctor", ",".join(sorted({f.account or "-" for f in problems})),

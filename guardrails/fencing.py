@@ -36,9 +36,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from guardrails import logs, redisconn
+from guardrails import logs
 from guardrails.config import ConfigError
-from guardrails.embedded import state_dir
+from guardrails.infra import connect
+from guardrails.infra.embedded import state_dir
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId, PaperVenueKeys
 
 log = logging.getLogger("guardrails.fencing")
@@ -186,7 +187,7 @@ async def _fence(args: argparse.Namespace) -> int:
     if cfg is not None and cfg.venue.kind == "paper":
         paper = str(getattr(cfg.venue, "name", "")) or None
     keys = AccountKeys(account)
-    redis = await redisconn.connect(url)
+    redis = await connect.connect(url)
     try:
         if args.fence_command == "status":
             alarm = await read_alarm(redis, keys)
@@ -200,7 +201,7 @@ async def _fence(args: argparse.Namespace) -> int:
             return 1 if alarm else 0
         result = await recover(redis, keys, above=args.above, paper_venue=paper)
     except RedisError as e:
-        print(f"guardrails fence: Redis at {redisconn.describe(url)}: {e}", file=sys.stderr)
+        print(f"guardrails fence: Redis at {connect.describe(url)}: {e}", file=sys.stderr)
         return 2
     finally:
         await redis.aclose()

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from guardrails import redisconn, scripts
+from guardrails import scripts
+from guardrails.infra import connect
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys, InvalidAccountId
 from guardrails.model import TradingState
 
@@ -256,8 +257,8 @@ async def _apply(
     from guardrails.status import load_target
 
     url, _ = load_target(args)
-    redis = await redisconn.connect(url)
-    where = redisconn.describe(url)
+    redis = await connect.connect(url)
+    where = connect.describe(url)
     try:
         try:
             targets = accounts if accounts is not None else await known_accounts(redis)

@@ -245,7 +245,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
 
 async def _cmd_limits(args: argparse.Namespace) -> int:
     from guardrails.config import load_config
-    from guardrails.redisconn import connect
+    from guardrails.infra.connect import connect
 
     cfg = load_config(args.config, args.redis_url)
     keys = AccountKeys(cfg.account_id)

@@ -269,8 +269,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 async def _cmd_reconcile(args: argparse.Namespace) -> int:
     from guardrails.config import load_config
+    from guardrails.infra.connect import connect
     from guardrails.keys import AccountKeys
-    from guardrails.redisconn import connect
     from guardrails.tradingday import wall_clock_ms
     from guardrails.venues import make_venue
 

@@ -29,8 +29,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from guardrails import redacted, redisconn
+from guardrails import redacted
 from guardrails.config import EMBEDDED, REDIS_URL_ENV, Config, ConfigError, RiskConfig, load_config
+from guardrails.infra import connect
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 
 STATUS_SCHEMA_VERSION = 1
@@ -73,7 +74,7 @@ def load_target(args: argparse.Namespace) -> tuple[str, Config | None]:
 async def open_redis(args: argparse.Namespace) -> aioredis.Redis:
     """A client for the operator command's Redis (decode_responses=True)."""
     url, _ = load_target(args)
-    return await redisconn.connect(url)
+    return await connect.connect(url)
 
 
 # -- reading ------------------------------------------------------------------------
@@ -463,7 +464,7 @@ async def _status(args: argparse.Namespace) -> int:
         accounts = [cfg.account_id]
     else:
         accounts = []
-    redis = await redisconn.connect(url)
+    redis = await connect.connect(url)
     try:
         if not accounts:
             from guardrails.killswitch import known_accounts
@@ -471,7 +472,7 @@ async def _status(args: argparse.Namespace) -> int:
             accounts = await known_accounts(redis)
         doc = await status_document(redis, accounts, config=cfg)
     except RedisError as e:
-        print(f"guardrails status: could not read Redis at {redisconn.describe(url)}: {e}",
+        print(f"guardrails status: could not read Redis at {connect.describe(url)}: {e}",
               file=sys.stderr)
         return 2
     finally:

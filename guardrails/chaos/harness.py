@@ -38,9 +38,9 @@ import redis.asyncio as aioredis
 
 from guardrails.chaos import checker, faults, report
 from guardrails.chaos.proxy import ChaosProxy
-from guardrails.chaos.redisproc import RedisProcess, free_port
 from guardrails.chaos.venue import VenueProcess
 from guardrails.config import Config, load_config
+from guardrails.infra.server import RedisProcess, free_port
 from guardrails.keys import AccountId, AccountKeys
 
 log = logging.getLogger("guardrails.chaos")
