@@ -27,9 +27,9 @@ from guardrails.config import CcxtVenueConfig, LeaseConfig, PaperVenueConfig, Ri
 from guardrails.keys import AccountId
 from guardrails.sim import kraken as sk
 from guardrails.sim.binance import account_label
+from guardrails.sim.exchange import SimExchange, Simulator, read_record
 from guardrails.venues.base import VenueError
 from guardrails.venues.ccxt import CcxtVenue
-from guardrails.venues.simulator import SimExchange, Simulator, read_record
 
 SYMBOL = "BTC/USD"
 ACCOUNT = AccountId("kraken", "main")

@@ -24,7 +24,7 @@ and trigger is a ``dead_man`` line in the record (``action``, ``timeout_s``,
 ``trigger_ms``, ``canceled``).
 
 Matching, the record and balances are the shared engine's
-(``guardrails.venues.simulator.SimExchange``). Not simulated: any other endpoint (trade
+(``guardrails.sim.exchange.SimExchange``). Not simulated: any other endpoint (trade
 history, balances, tickers), partial fills, fees, rate limits, the ``deadline`` order
 parameter, websockets.
 """
@@ -48,7 +48,7 @@ from aiohttp import web
 
 from guardrails.model import Order, Side
 from guardrails.sim.binance import account_label, assets, fmt8, symbol_id
-from guardrails.venues.simulator import SimExchange, SimOrder
+from guardrails.sim.exchange import SimExchange, SimOrder
 
 MAX_TIMEOUT_S = 86_400
 FAR_FUTURE_MS = 2**62
