@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (console on a terminal, else kv), kv (key=value lines), json (JSON lines), console",
     )
-    p.set_defaults(func=_lazy("guardrails.runtime.term:cmd_run"))
+    p.set_defaults(func=_lazy("guardrails.runtime.process:cmd_run"))
 
     p = sub.add_parser("kill", help="halt an account (or make it reduce-only) from anywhere")
     _common(p)
