@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for running instances to confirm (default 5)")
     p.add_argument("--reduce-only", action="store_true", help="REDUCING instead of HALTED")
     p.add_argument("--revoke", action="store_true", help="also bump the fence: fence out the holder")
-    p.set_defaults(func=_lazy("guardrails.killswitch:cmd_kill"))
+    p.set_defaults(func=_lazy("guardrails.ops.kill:cmd_kill"))
 
     p = sub.add_parser("resume", help="clear the kill switch of an account")
     _common(p)
@@ -95,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the latch of an account never seen on this Redis (refused otherwise)")
     p.add_argument("--confirm-timeout", type=float, default=5.0,
                    help="seconds to wait for running instances to confirm (default 5)")
-    p.set_defaults(func=_lazy("guardrails.killswitch:cmd_resume"))
+    p.set_defaults(func=_lazy("guardrails.ops.kill:cmd_resume"))
 
     p = sub.add_parser("status", help="lease, positions, budget and instances of accounts")
     _common(p)
     p.add_argument("--account", default=None, help="venue:account (default: the config's)")
     p.add_argument("--json", action="store_true", help="stable JSON (docs/status.schema.json)")
-    p.set_defaults(func=_lazy("guardrails.status:cmd_status"))
+    p.set_defaults(func=_lazy("guardrails.ops.status:cmd_status"))
 
     p = sub.add_parser("doctor", help="census: what runs vs what should run")
     _common(p)
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON (docs/doctor.schema.json)")
     p.add_argument("--notify", action="store_true",
                    help="also send problems through the config's [[notify]] channels (for cron)")
-    p.set_defaults(func=_lazy("guardrails.doctor:cmd_doctor"))
+    p.set_defaults(func=_lazy("guardrails.ops.doctor:cmd_doctor"))
 
     p = sub.add_parser("dashboard", help="serve the live web dashboard (read-only Redis)")
     _common(p)
@@ -118,13 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
                    help="also answer requests whose Host is NAME (behind a reverse proxy); "
                         "repeatable")
-    p.set_defaults(func=_lazy("guardrails.dashboard:cmd_dashboard"))
+    p.set_defaults(func=_lazy("guardrails.ops.dashboard:cmd_dashboard"))
 
     p = sub.add_parser("reconcile", help="look up non-terminal orders at the venue, apply fills")
     _common(p)
     p.add_argument("--fix", action="store_true", help="repair stranded orders (default: report)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("guardrails.reconcile:cmd_reconcile"))
+    p.set_defaults(func=_lazy("guardrails.ops.reconcile:cmd_reconcile"))
 
     p = sub.add_parser("limits", help="show or deliberately apply the account's limits")
     _common(p)
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--json", action="store_true")
     lp = lsub.add_parser("apply", help="store the config's limits as the account's limits")
     lp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=_lazy("guardrails.limits:cmd_limits"))
+    p.set_defaults(func=_lazy("guardrails.ops.limits:cmd_limits"))
 
     p = sub.add_parser("venue", help="venue tools")
     vsub = p.add_subparsers(dest="venue_command", required=True, metavar="ACTION")
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "recover":
             fp.add_argument("--above", type=int, default=0,
                             help="also above this token (read from the venue or the logs)")
-    p.set_defaults(func=_lazy("guardrails.fencing:cmd_fence"))
+    p.set_defaults(func=_lazy("guardrails.ops.fence:cmd_fence"))
 
     _add_version(parser)
 

@@ -21,26 +21,20 @@ one that remembers nothing — until ``recover``:
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hashlib
 import json
 import logging
 import os
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from guardrails import logs
-from guardrails.config import ConfigError
-from guardrails.infra import connect
 from guardrails.infra.embedded import state_dir
-from guardrails.keys import AccountId, AccountKeys, InvalidAccountId, PaperVenueKeys
+from guardrails.keys import AccountKeys, PaperVenueKeys
 
 log = logging.getLogger("guardrails.fencing")
 
@@ -126,6 +120,13 @@ async def _max_stream_token(redis: aioredis.Redis, key: str, account: str | None
             return best
 
 
+async def fence_status(redis: aioredis.Redis, keys: AccountKeys) -> dict[str, Any]:
+    """The account's epoch, fencing counter and alarm (read-only: GET, GET, HGETALL)."""
+    epoch = await redis.get(keys.epoch)
+    return {"account": str(keys.account), "epoch": None if epoch is None else _s(epoch),
+            "fence": _int(await redis.get(keys.fence)), "alarm": await read_alarm(redis, keys)}
+
+
 async def highest_tokens(redis: aioredis.Redis, keys: AccountKeys, *,
                          paper_venue: str | None = None) -> dict[str, int]:
     """The highest token each remaining record of the account shows."""
@@ -162,59 +163,3 @@ async def recover(redis: aioredis.Redis, keys: AccountKeys, *, above: int = 0,
         pipe.delete(keys.fence_alarm)
         await pipe.execute()
     return Recovery(str(keys.account), floor, epoch, sources, alarm)
-
-
-# -- CLI --------------------------------------------------------------------------------
-
-
-async def _fence(args: argparse.Namespace) -> int:
-    from guardrails.status import load_target
-
-    try:
-        url, cfg = load_target(args)
-        if args.account:
-            account = AccountId.parse(args.account)
-        elif cfg is not None:
-            account = cfg.account_id
-        else:
-            print("guardrails fence: name the account (--account venue:id) or a --config",
-                  file=sys.stderr)
-            return 2
-    except (ConfigError, InvalidAccountId) as e:
-        print(f"guardrails fence: {e}", file=sys.stderr)
-        return 2
-    paper = None
-    if cfg is not None and cfg.venue.kind == "paper":
-        paper = str(getattr(cfg.venue, "name", "")) or None
-    keys = AccountKeys(account)
-    redis = await connect.connect(url)
-    try:
-        if args.fence_command == "status":
-            alarm = await read_alarm(redis, keys)
-            epoch = await redis.get(keys.epoch)
-            doc = {"account": str(account), "epoch": _s(epoch) if epoch is not None else None,
-                   "fence": _int(await redis.get(keys.fence)), "alarm": alarm}
-            print(json.dumps(doc, indent=2) if args.json else
-                  f"{account}: epoch={doc['epoch'] or '-'} fence={doc['fence']} "
-                  + (f"ALARM {alarm.get('reason')} (seen {alarm.get('seen_epoch') or '-'}:"
-                     f"{alarm.get('seen_token')}, by {alarm.get('by')})" if alarm else "no alarm"))
-            return 1 if alarm else 0
-        result = await recover(redis, keys, above=args.above, paper_venue=paper)
-    except RedisError as e:
-        print(f"guardrails fence: Redis at {connect.describe(url)}: {e}", file=sys.stderr)
-        return 2
-    finally:
-        await redis.aclose()
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        found = ", ".join(f"{k}={v}" for k, v in result.sources.items())
-        print(f"{result.account}: fence re-seeded at {result.floor} (highest seen: {found}); "
-              f"epoch {result.epoch}; alarm cleared — the next holder gets a token above "
-              f"{result.floor} and reconciles with the venue before trading")
-    return 0
-
-
-def cmd_fence(args: argparse.Namespace) -> int:
-    """``guardrails fence status|recover``."""
-    return asyncio.run(_fence(args))

@@ -27,8 +27,8 @@ from guardrails.gate import OrderGate
 from guardrails.keys import AccountId
 from guardrails.ledger import Ledger
 from guardrails.model import Intent, Side
+from guardrails.ops.status import render_table, status_document
 from guardrails.runtime.context import Context, MarkBook
-from guardrails.status import render_table, status_document
 from guardrails.venues.evm import EvmVenue
 from guardrails.venues.signing import Signer, SigningKeyError, load_signer
 from tests.evm_chain import (

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from guardrails import redacted
 from guardrails.config import (
+    EMBEDDED,
     REDIS_URL_ENV,
     Config,
     ConfigError,
@@ -46,11 +47,13 @@ from guardrails.config import (
     format_validation_error,
     load_config,
 )
-from guardrails.infra import connect, persistence
+from guardrails.fencing import read_alarm
+from guardrails.infra import connect, embedded, persistence
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops import notify
+from guardrails.ops.common import load_target
+from guardrails.registry import Registry, known_accounts
 from guardrails.runtime import localguard
-from guardrails.status import load_target
 
 DOCTOR_SCHEMA_VERSION = 1
 
@@ -312,9 +315,6 @@ def same_target(a: str | None, b: str | None) -> bool:
     """Whether two Redis URLs name the same server and database, however spelled
     (``LOCALHOST``, a trailing slash, ``?db=0``, a default port; 'embedded' resolved):
     the one normalisation the host lock uses (``localguard.normalise_redis_target``)."""
-    from guardrails.config import EMBEDDED
-    from guardrails.infra import embedded
-
     def norm(u: str | None) -> str | None:
         if u is None:
             return None
@@ -342,8 +342,6 @@ async def _registry(
     redis: aioredis.Redis, keys: AccountKeys
 ) -> tuple[list[dict[str, str]], list[tuple[str, int]]]:
     """(live heartbeat rows as strings, (id, last_seen_ms) of rows whose heartbeat expired)."""
-    from guardrails.registry import Registry
-
     rows: list[dict[str, str]] = []
     gone: list[tuple[str, int]] = []
     if (await redis.type(keys.instances)) not in ("zset", "none"):
@@ -391,8 +389,6 @@ async def census(
     processes: list[LocalProcess] | None = None,
 ) -> Census:
     """Gather every source and compare. Redis connection errors propagate (exit 2)."""
-    from guardrails.killswitch import known_accounts
-
     host = host or socket.gethostname()
     procs = local_processes() if processes is None else processes
     sec, usec = await redis.time()
@@ -429,8 +425,6 @@ async def census(
 async def check_fence_history(c: Census, redis: aioredis.Redis, keys: AccountKeys,
                               account: str) -> None:
     """Did an instance find the account's fence history lost? (guardrails/fencing.py)"""
-    from guardrails.fencing import read_alarm
-
     alarm = await read_alarm(redis, keys)
     if alarm is None:
         return
@@ -449,7 +443,7 @@ async def check_fence_history(c: Census, redis: aioredis.Redis, keys: AccountKey
 
 
 async def check_persistence(c: Census, redis: aioredis.Redis, *, allow_non_durable: bool) -> None:
-    """Would this Redis lose the fencing counter on a restart? (guardrails/infra/persistence.py)"""
+    """Would this Redis lose the fencing counter on a restart? (guardrails/persistence.py)"""
     async with connect.primaries(redis) as nodes:
         readings = [(name, await persistence.read(node)) for name, node in nodes]
     rank = [persistence.Durability.VOLATILE, persistence.Durability.UNKNOWN,
