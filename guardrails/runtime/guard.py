@@ -101,6 +101,9 @@ class Guard:
     ``dashboard``: serve the dashboard in this process. ``handle_signals``: SIGTERM and
     SIGINT stop the guard (a second one exits the process at once, lease unreleased).
     ``strategies``: names reported by the health endpoint (``guardrails run`` sets them).
+    ``venue_factory``: builds the account's venue from the config and the connected Redis
+    instead of ``make_venue`` (``guardrails.ccxt.guarded`` builds it on the caller's ccxt
+    exchange); the guard starts and closes it like its own.
     """
 
     def __init__(
@@ -114,8 +117,10 @@ class Guard:
         handle_signals: bool = True,
         channels: list[notify.Channel] | None = None,
         strategies: list[str] | None = None,
+        venue_factory: Callable[[Config, aioredis.Redis], Venue] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._venue_factory = venue_factory or make_venue
         self.keys = AccountKeys(cfg.account_id)
         self.instance_id = instance_id or new_instance_id()
         self.standby = standby
@@ -298,7 +303,7 @@ class Guard:
     async def _start_venue(self) -> None:
         kind = self.cfg.venue.kind
         try:
-            self._venue = make_venue(self.cfg, self.redis)
+            self._venue = self._venue_factory(self.cfg, self.redis)
             await self._venue.start()
             # One signer, one account: a key already claimed by another account id (a
             # second label for the same wallet) is refused before it can lead.

@@ -56,6 +56,7 @@ the bundled simulator are used.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
@@ -213,12 +214,19 @@ class CcxtVenue:
         credentials: Credentials | None = None,
         redis: aioredis.Redis | None = None,
         lease: LeaseConfig | None = None,
+        template: Any = None,
     ) -> None:
         """``redis`` (the account's Redis) keeps the fills cursor durable
         (``AccountKeys.venue_cursor``); without it ``fills_since(None)`` reads from the
         account's first trade. ``lease`` sizes the dead-man switch (default lease timing
-        when not given)."""
+        when not given). ``template``: a caller's ccxt exchange object (``guardrails.ccxt``):
+        the venue's own instance copies its class, credentials, URLs (a sandbox switch
+        included) and options instead of reading them from the config and environment. It
+        is a twin, not the caller's object itself, because the venue reads every number as
+        an exact decimal string (``exchange.number = str``), which would change what the
+        caller's own calls return."""
         self.name = "ccxt"
+        self._template = template
         self._lease = lease or LeaseConfig()
         self._dead_man_armed_at: float | None = None
         """Monotonic time of the last successful arm or refresh of the dead-man switch."""
@@ -350,7 +358,11 @@ class CcxtVenue:
         async with self._lock:
             if self._ex is not None:
                 return
-            creds = self._credentials or load_credentials(self._cfg, source=self._source)
+            creds: Credentials | None
+            if self._template is not None:
+                creds = self._template_credentials()
+            else:
+                creds = self._credentials or load_credentials(self._cfg, source=self._source)
             if self._base == EMBEDDED:
                 self._base = await self._start_embedded()
                 if creds is None:
@@ -385,18 +397,24 @@ class CcxtVenue:
                        time_offset_ms=ex.options.get("timeDifference"),
                        recv_window_fence=int(self._fenced))
 
+    def _template_credentials(self) -> Credentials:
+        t = self._template
+        if getattr(t, "id", None) != self._cfg.exchange:
+            raise VenueError(f"ccxt venue: the exchange object is {getattr(t, 'id', None)!r}, "
+                             f"the config's [venue] exchange is {self._cfg.exchange!r}")
+        if not getattr(t, "apiKey", None) or not getattr(t, "secret", None):
+            raise VenueError("ccxt venue: the exchange object has no apiKey/secret")
+        return Credentials(str(t.apiKey), str(t.secret),
+                           str(t.password) if getattr(t, "password", None) else None)
+
     def _make_exchange(self, creds: Credentials) -> Any:
+        if self._template is not None:
+            return self._twin(creds)
         cls = getattr(ccxt_async, self._cfg.exchange, None)
         if cls is None or not isinstance(cls, type):
             raise VenueError(f"ccxt venue: {self._cfg.exchange!r} is not a ccxt exchange id"
                              + (f" ({self._source})" if self._source else ""))
-        options: dict[str, Any] = {"fetchCurrencies": False, "fetchMargins": False}
-        if self._cfg.exchange == "binance":
-            # Spot only: the default also loads the futures markets from fapi/dapi hosts.
-            options["fetchMarkets"] = {"types": ["spot"]}
-            options["defaultType"] = "spot"
-            # The order id is all a submit needs (fills come from myTrades): the short answer.
-            options["newOrderRespType"] = {"market": "ACK", "limit": "ACK"}
+        options = self._venue_options()
         options.update(self._cfg.options)
         params: dict[str, Any] = {
             "apiKey": creds.api_key, "secret": creds.secret,
@@ -405,7 +423,37 @@ class CcxtVenue:
         }
         if creds.password is not None:
             params["password"] = creds.password
-        ex = cls(params)
+        return self._finish(cls(params))
+
+    def _venue_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"fetchCurrencies": False, "fetchMargins": False}
+        if self._cfg.exchange == "binance":
+            # Spot only: the default also loads the futures markets from fapi/dapi hosts.
+            options["fetchMarkets"] = {"types": ["spot"]}
+            options["defaultType"] = "spot"
+            # The order id is all a submit needs (fills come from myTrades): the short answer.
+            options["newOrderRespType"] = {"market": "ACK", "limit": "ACK"}
+        return options
+
+    def _twin(self, creds: Credentials) -> Any:
+        """The venue's own instance of the template's class: its credentials, timeout,
+        rate limiting, options (ours over them: spot markets, ACK answers) and URLs."""
+        t = self._template
+        options = copy.deepcopy({k: v for k, v in t.options.items()
+                                 if k not in ("timeDifference", "cachedCurrencies")})
+        options.update(self._venue_options())
+        options.update(self._cfg.options)
+        params: dict[str, Any] = {
+            "apiKey": creds.api_key, "secret": creds.secret, "timeout": t.timeout,
+            "enableRateLimit": t.enableRateLimit, "options": options,
+        }
+        if creds.password is not None:
+            params["password"] = creds.password
+        ex = type(t)(params)
+        ex.urls = copy.deepcopy(t.urls)
+        return self._finish(ex)
+
+    def _finish(self, ex: Any) -> Any:
         ex.number = str  # ccxt's documented alternative to float: exact decimal strings
         ex.enableLastHttpResponse = False  # nobody reads them; each costs a copy per call
         ex.enableLastResponseHeaders = False
