@@ -42,6 +42,7 @@ starts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -53,9 +54,11 @@ from typing import Any, TypeVar
 import ccxt.async_support as ccxt_async
 import redis.asyncio as aioredis
 
-from guardrails.config import CcxtVenueConfig, Config, load_config
+from guardrails import logs
+from guardrails.config import CcxtVenueConfig, Config, ConfigError, load_config
 from guardrails.ledger import Ledger, OrderRecord
 from guardrails.model import Denied, DenyReason, Intent, OrderState, Side
+from guardrails.ops import notify
 from guardrails.runtime.context import Context, ContextUnavailable
 from guardrails.runtime.guard import Guard, GuardStopped, TermEnded
 from guardrails.runtime.term import Term
@@ -65,6 +68,7 @@ from guardrails.venues.ccxt import CcxtVenue
 __all__ = ["GuardedExchange", "NotActive", "OrderDenied", "guarded"]
 
 T = TypeVar("T")
+log = logging.getLogger("guardrails.ccxt")
 
 _NOT_ACTIVE_REASONS = frozenset({
     DenyReason.NOT_ACTIVE, DenyReason.STALE_TOKEN, DenyReason.LEASE_EXPIRED,
@@ -130,9 +134,14 @@ class _Guarded:
         if venue.url is not None:
             raise ValueError(f"{cfg.source}: [venue] url must be unset with guarded(): the "
                              "exchange object's own URLs are used")
+        try:
+            channels = notify.channels_from_config(cfg.notify)
+        except ValueError as e:  # a [[notify]] entry that could never deliver: refuse
+            raise ConfigError(f"{cfg.source}: {e}") from None
         self._exchange = exchange
         self._guard = Guard(cfg, standby=standby, instance_id=instance_id,
-                            handle_signals=handle_signals, venue_factory=self._venue)
+                            handle_signals=handle_signals, channels=channels,
+                            venue_factory=self._venue)
         self._wrapped: GuardedExchange | None = None
 
     def _venue(self, cfg: Config, redis: aioredis.Redis) -> Venue:
@@ -192,9 +201,10 @@ class GuardedExchange:
                 async with self.guard.term() as term:
                     self._term, self._ctx = term, term.context(CONTEXT_NAME)
                     self._active.set()
+                    logs.event(log, "ccxt.active", token=term.token)
                     await term.ended.wait()
-            except TermEnded:
-                pass
+            except TermEnded as e:
+                logs.event(log, "ccxt.term_ended", token=e.token, reason=e.reason)
             except GuardStopped:
                 return
             finally:
