@@ -55,10 +55,9 @@ import ccxt.async_support as ccxt_async
 import redis.asyncio as aioredis
 
 from guardrails import logs
-from guardrails.config import CcxtVenueConfig, Config, ConfigError, load_config
+from guardrails.config import CcxtVenueConfig, Config, load_config
 from guardrails.ledger import Ledger, OrderRecord
 from guardrails.model import Denied, DenyReason, Intent, OrderState, Side
-from guardrails.ops import notify
 from guardrails.runtime.context import Context, ContextUnavailable
 from guardrails.runtime.guard import Guard, GuardStopped, TermEnded
 from guardrails.runtime.term import Term
@@ -134,14 +133,9 @@ class _Guarded:
         if venue.url is not None:
             raise ValueError(f"{cfg.source}: [venue] url must be unset with guarded(): the "
                              "exchange object's own URLs are used")
-        try:
-            channels = notify.channels_from_config(cfg.notify)
-        except ValueError as e:  # a [[notify]] entry that could never deliver: refuse
-            raise ConfigError(f"{cfg.source}: {e}") from None
         self._exchange = exchange
         self._guard = Guard(cfg, standby=standby, instance_id=instance_id,
-                            handle_signals=handle_signals, channels=channels,
-                            venue_factory=self._venue)
+                            handle_signals=handle_signals, venue=self._venue)
         self._wrapped: GuardedExchange | None = None
 
     def _venue(self, cfg: Config, redis: aioredis.Redis) -> Venue:

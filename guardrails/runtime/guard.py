@@ -63,6 +63,8 @@ log = logging.getLogger("guardrails.runtime")
 
 LIMITS_RECHECK_S = 5.0
 """How often a standby whose limits differ from the account's checks again."""
+VenueFactory = Callable[[Config, aioredis.Redis], Venue]
+"""Builds the account's venue once Redis is connected (default ``venues.make_venue``)."""
 _DURABILITY_RANK = {persistence.Durability.VOLATILE: 0, persistence.Durability.UNKNOWN: 1,
                     persistence.Durability.DURABLE: 2}
 
@@ -101,9 +103,9 @@ class Guard:
     ``dashboard``: serve the dashboard in this process. ``handle_signals``: SIGTERM and
     SIGINT stop the guard (a second one exits the process at once, lease unreleased).
     ``strategies``: names reported by the health endpoint (``guardrails run`` sets them).
-    ``venue_factory``: builds the account's venue from the config and the connected Redis
-    instead of ``make_venue`` (``guardrails.ccxt.guarded`` builds it on the caller's ccxt
-    exchange); the guard starts and closes it like its own.
+    ``venue``: builds the venue from the config and the connected Redis (default
+    ``venues.make_venue``); an embedding such as ``guardrails.ccxt`` passes one that wraps
+    an exchange object it already has. The guard starts and closes what it returns.
     """
 
     def __init__(
@@ -115,19 +117,21 @@ class Guard:
         health_port: int | None = None,
         dashboard: bool = False,
         handle_signals: bool = True,
-        channels: list[notify.Channel] | None = None,
         strategies: list[str] | None = None,
-        venue_factory: Callable[[Config, aioredis.Redis], Venue] | None = None,
+        venue: VenueFactory | None = None,
     ) -> None:
         self.cfg = cfg
-        self._venue_factory = venue_factory or make_venue
+        self._make_venue: VenueFactory = venue or make_venue
         self.keys = AccountKeys(cfg.account_id)
         self.instance_id = instance_id or new_instance_id()
         self.standby = standby
         self.health_port = health_port if health_port is not None else cfg.runtime.health_port
         self.dashboard = dashboard
         self.handle_signals = handle_signals
-        self.channels = channels or []
+        try:
+            self.channels = notify.channels_from_config(cfg.notify)
+        except ValueError as e:  # a [[notify]] entry that could never deliver: refuse
+            raise ConfigError(f"{cfg.source}: {e}") from None
         self.strategies = strategies or []
         self.crashed: set[str] = set()
         """Strategies that crashed (``guardrails run``'s supervisor adds to it)."""
@@ -146,7 +150,7 @@ class Guard:
         self._venue: Venue | None = None
         self._services: AccountServices | None = None
         self._lock: localguard.LocalLock | None = None
-        self._closers: list[Callable[[], object]] = []
+        self._closers: list[services.Closer] = []
         self._main: asyncio.Task[None] | None = None
         self._signals: list[signal.Signals] = []
         self._entered = False
@@ -157,17 +161,13 @@ class Guard:
         cls, path: str | os.PathLike[str], *, redis_url: str | None = None,
         standby: bool = False, instance_id: str | None = None, health_port: int | None = None,
         dashboard: bool = False, handle_signals: bool = True, strategies: list[str] | None = None,
+        venue: VenueFactory | None = None,
     ) -> Guard:
         """A guard for the config at ``path`` (validated here: ``ConfigError`` names the
         file, the field and what is wrong). Nothing is touched until ``async with``."""
-        cfg = load_config(Path(path), redis_url)
-        try:
-            channels = notify.channels_from_config(cfg.notify)
-        except ValueError as e:  # a [[notify]] entry that could never deliver: refuse
-            raise ConfigError(f"{cfg.source}: {e}") from None
-        return cls(cfg, standby=standby, instance_id=instance_id, health_port=health_port,
-                   dashboard=dashboard, handle_signals=handle_signals, channels=channels,
-                   strategies=strategies)
+        return cls(load_config(Path(path), redis_url), standby=standby, instance_id=instance_id,
+                   health_port=health_port, dashboard=dashboard, handle_signals=handle_signals,
+                   strategies=strategies, venue=venue)
 
     # -- what a caller reads ----------------------------------------------------------
 
@@ -187,13 +187,15 @@ class Guard:
 
     @property
     def redis(self) -> aioredis.Redis:
-        assert self._redis is not None, "Guard used outside `async with`"
+        if self._redis is None:
+            raise RuntimeError("guard.redis outside `async with Guard(...)`")
         return self._redis
 
     @property
     def venue(self) -> Venue:
         """The account's started venue (after ``__aenter__``)."""
-        assert self._venue is not None, "Guard used outside `async with`"
+        if self._venue is None:
+            raise RuntimeError("guard.venue outside `async with Guard(...)`")
         return self._venue
 
     def stop(self) -> None:
@@ -303,7 +305,7 @@ class Guard:
     async def _start_venue(self) -> None:
         kind = self.cfg.venue.kind
         try:
-            self._venue = self._venue_factory(self.cfg, self.redis)
+            self._venue = self._make_venue(self.cfg, self.redis)
             await self._venue.start()
             # One signer, one account: a key already claimed by another account id (a
             # second label for the same wallet) is refused before it can lead.
@@ -394,7 +396,7 @@ class Guard:
         down (and says so): a failing close must not keep the host lock held."""
         for closer in reversed(self._closers):
             with contextlib.suppress(Exception):  # a web runner's cleanup: best effort
-                await closer()  # type: ignore[misc]
+                await closer()
         self._closers.clear()
         if self._venue is not None:
             with contextlib.suppress(Exception):  # any venue's close: best effort
@@ -567,10 +569,15 @@ class _Active(Generic[T]):
         return self._give(term)
 
     def cancel(self, reason: str) -> None:
-        """Called by ``Term.end``: cancel the body."""
-        if not self._cancelled and self._task is not None:
-            self._cancelled, self._reason = True, reason
-            self._task.cancel(f"guardrails: term ended ({reason})")
+        """Called by ``Term.end``: cancel the body; called again, cancel it again only if
+        the first cancellation was swallowed (``cancelling()`` back to what it was)."""
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._cancelled and task.cancelling() > self._cancelling:
+            return  # still being cancelled: let it unwind
+        self._cancelled, self._reason = True, self._reason or reason
+        task.cancel(f"guardrails: term ended ({reason})")
 
     async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:

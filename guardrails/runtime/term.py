@@ -31,6 +31,7 @@ current token and a live lease; the local checks only make it fail sooner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -49,6 +50,8 @@ log = logging.getLogger("guardrails.runtime")
 
 BODY_GRACE_S = 1.0
 """Beyond ``runtime.strategy_stop_timeout``, how long a cancelled body may take to leave."""
+RECANCEL_S = 0.5
+"""How often a cancellation a body swallowed is repeated while the term waits for it."""
 
 
 # -- before anything trades ------------------------------------------------------------
@@ -149,7 +152,8 @@ async def _venue_takeover(services: AccountServices, leadership: Leadership) -> 
 class Body(Protocol):
     """What the term cancels when it ends (``guard._Active``)."""
 
-    def cancel(self, reason: str) -> None: ...
+    def cancel(self, reason: str) -> None:
+        """Cancel the body (again only if a cancellation was swallowed)."""
 
 
 class Term:
@@ -216,12 +220,17 @@ class Term:
         every gated call it makes is refused) and the term ends without it."""
         self.reason = reason
         self.ended.set()
-        for body in list(self._bodies):
-            body.cancel(reason)
         limit = self.cfg.runtime.strategy_stop_timeout / 1000 + BODY_GRACE_S
-        try:
-            await asyncio.wait_for(asyncio.shield(self._empty.wait()), limit)
-        except TimeoutError:
+        until = time.monotonic() + limit
+        while self._bodies and time.monotonic() < until:
+            # Again each slice: a client library's timeout firing with the cancel can
+            # swallow it (docs/chaos.md); the body's cancel() repeats only such a one.
+            for body in list(self._bodies):
+                body.cancel(reason)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._empty.wait()),
+                                       min(RECANCEL_S, max(until - time.monotonic(), 0)))
+        if self._bodies:
             logs.event(log, "guard.body_abandoned", logging.ERROR, token=self.token,
                        bodies=len(self._bodies), timeout_ms=int(limit * 1000),
                        reason="a guard.active() body did not leave after being cancelled; "
