@@ -33,10 +33,12 @@ own calls return). The object it gives back behaves as the exchange, except:
   does not know raises ``ccxt.OrderNotFound``.
 * Everything else passes through to the caller's exchange object unchanged.
 
-Symbols: the config's instruments are named by their ccxt symbols (``[risk.instruments.
-"BTC/USDT"]``): that table is the mapping, and the venue validates it at start — every
-instrument must be a market of the exchange with the exchange's tick and lot, or nothing
-starts.
+Symbols: the caller speaks ccxt symbols (``BTC/USDT``), the gate and ledger the config's
+instruments. ``[venue] symbols`` maps an instrument to its ccxt symbol (``"BTC-USD" =
+"BTC/USDT"``); an instrument not listed is its own ccxt symbol (``[risk.instruments.
+"BTC/USDT"]``). The venue validates the mapping at start — every instrument's symbol must
+be a market of the exchange with the exchange's tick and lot, no two instruments may map
+to one symbol — or nothing starts.
 """
 
 from __future__ import annotations
@@ -167,6 +169,9 @@ class GuardedExchange:
         self.guard = guard
         """The ``Guard`` underneath: ``role``, ``token``, ``stop()``."""
         self._ledger = Ledger(guard.redis, guard.keys, guard.cfg.risk)
+        venue = guard.venue
+        assert isinstance(venue, CcxtVenue)
+        self._venue = venue
         self._term: Term | None = None
         self._ctx: Context | None = None
         self._active = asyncio.Event()
@@ -253,15 +258,18 @@ class GuardedExchange:
         if extra:
             raise OrderDenied(DenyReason.BAD_ORDER, f"params {sorted(extra)} are not modelled "
                               "by the gate (only clientOrderId)")
-        if symbol not in self.guard.cfg.risk.instruments:
-            raise OrderDenied(DenyReason.UNKNOWN_SYMBOL, f"{symbol!r} is not in [risk.instruments]")
+        instrument = self._venue.instrument(symbol)
+        if instrument is None:
+            raise OrderDenied(DenyReason.UNKNOWN_SYMBOL, f"{symbol!r} is not a configured "
+                              "instrument's ccxt symbol ([risk.instruments], [venue] symbols)")
         if side not in ("buy", "sell"):
             raise OrderDenied(DenyReason.BAD_ORDER, f"side {side!r}")
         if price is None:
             raise OrderDenied(DenyReason.BAD_ORDER, "a limit order needs a price")
         if coid is not None and (not isinstance(coid, str) or not coid):
             raise OrderDenied(DenyReason.BAD_ORDER, "clientOrderId must be a non-empty string")
-        intent = Intent(symbol, Side(side), _decimal(amount, "amount"), _decimal(price, "price"),
+        intent = Intent(instrument, Side(side), _decimal(amount, "amount"),
+                        _decimal(price, "price"),
                         intent_id=coid or f"ccxt-{uuid.uuid4().hex}")
         term, ctx = self._current()
         decision = await self._in_term(term, lambda: ctx.submit(intent))
@@ -302,8 +310,9 @@ class GuardedExchange:
     async def fetch_open_orders(self, symbol: str | None = None, since: int | None = None,
                                 limit: int | None = None,
                                 params: dict[str, Any] | None = None) -> list[Any]:
+        instrument = None if symbol is None else self._venue.instrument(symbol)
         records = [r for r in await self._ledger.open_orders()
-                   if symbol is None or r.symbol == symbol]
+                   if symbol is None or r.symbol == instrument]
         if since is not None:
             records = [r for r in records if r.created_ms >= since]
         if limit is not None:
@@ -328,8 +337,9 @@ class GuardedExchange:
             "id": r.client_order_id, "clientOrderId": r.client_order_id,
             "timestamp": r.created_ms, "datetime": self._ex.iso8601(r.created_ms),
             "lastTradeTimestamp": None, "lastUpdateTimestamp": r.updated_ms,
-            "symbol": r.symbol, "type": "limit", "timeInForce": "GTC", "postOnly": False,
-            "reduceOnly": None, "side": r.side.value, "price": num(str(r.price)),
+            "symbol": self._venue.ccxt_symbol(r.symbol), "type": "limit",
+            "timeInForce": "GTC", "postOnly": False, "reduceOnly": None, "side": r.side.value,
+            "price": num(str(r.price)),
             "triggerPrice": None, "amount": num(str(r.qty)), "filled": num(str(r.filled_qty)),
             "remaining": num(str(r.qty - r.filled_qty)), "cost": None, "average": None,
             "status": _STATUS[r.state], "fee": None, "trades": [], "fees": [],

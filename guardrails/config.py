@@ -483,6 +483,11 @@ class CcxtVenueConfig(_Model):
     simulator: PaperVenueConfig | None = Field(
         default=None, description="Market of the embedded simulator (url = 'embedded')."
     )
+    symbols: dict[str, str] = Field(
+        default_factory=dict,
+        description="Instrument -> the exchange's ccxt symbol (e.g. 'BTC-USD' = 'BTC/USDT'); "
+        "an instrument not listed is its own ccxt symbol. Checked against the markets at start.",
+    )
     dead_man_switch: bool = Field(
         default=True,
         description="Arm the exchange's cancelAllOrdersAfter while active, where ccxt has it "

@@ -17,6 +17,7 @@ from typing import Any
 import ccxt.async_support as ccxt
 import pytest
 
+from guardrails import GuardError
 from guardrails.ccxt import GuardedExchange, NotActive, OrderDenied, guarded
 from guardrails.model import DenyReason
 from guardrails.sim import binance as sb
@@ -28,7 +29,10 @@ ACCOUNT = "binance:guarded"
 
 
 def write_config(path: Path, redis_url: str, *, max_position: str = "0.001",
-                 max_notional: str = "2500") -> Path:
+                 max_notional: str = "2500", instrument: str = SYMBOL,
+                 symbols: str = "") -> Path:
+    """The account's config; ``instrument`` is the gate's name for BTC/USDT and
+    ``symbols`` the ``[venue] symbols`` table's body."""
     path.write_text(f"""
 [account]
 venue = "binance"
@@ -51,7 +55,7 @@ price_band = "0.05"
 orders_per_second = "50"
 burst = 50
 
-[risk.instruments."{SYMBOL}"]
+[risk.instruments."{instrument}"]
 tick = "0.01"
 lot = "0.0001"
 max_position = "{max_position}"
@@ -61,12 +65,13 @@ kind = "ccxt"
 exchange = "binance"
 enable_rate_limit = false
 request_timeout = "2s"
+symbols = {{ {symbols} }}
 
 [venue.simulator]
 seed = 3
 step = "1h"
 volatility = "0.00001"
-start_prices = {{ "{SYMBOL}" = "60000.00" }}
+start_prices = {{ "{instrument}" = "60000.00" }}
 """)
     return path
 
@@ -93,11 +98,12 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, redis_server: RedisServer,
-              monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
+async def env(tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+              request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     monkeypatch.setenv("GUARDRAILS_LOCK_DIR", str(tmp_path / "locks"))
     (tmp_path / "locks").mkdir(mode=0o700)
-    config = write_config(tmp_path / "bot.toml", redis_server.url)
+    config = write_config(tmp_path / "bot.toml", redis_server.url,
+                          **getattr(request, "param", {}))
     from guardrails.config import load_config
     cfg = load_config(config)
     assert cfg.venue.kind == "ccxt" and cfg.venue.simulator is not None
@@ -237,3 +243,37 @@ async def test_config_must_name_the_objects_exchange_and_no_url(env: Env, tmp_pa
     finally:
         await okx.close()
         await binance.close()
+
+
+MAPPED = {"instrument": "BTC-USDT", "symbols": '"BTC-USDT" = "BTC/USDT"'}
+
+
+@pytest.mark.parametrize("env", [MAPPED], indirect=True)
+async def test_symbol_mapping_when_instrument_named_otherwise_then_caller_speaks_ccxt_symbols(
+        env: Env, bot: tuple[Any, GuardedExchange]) -> None:
+    """``[venue] symbols`` maps the gate's ``BTC-USDT`` to the exchange's ``BTC/USDT``:
+    the bot says ``BTC/USDT``, the ledger keeps ``BTC-USDT``, the exchange gets BTCUSDT."""
+    _, ex = bot
+    order = await ex.create_order(SYMBOL, "limit", "buy", 0.0002, await bid(ex))
+    assert order["symbol"] == SYMBOL
+    [row] = env.orders()
+    assert row["result"] == "accepted" and row["symbol"] == "BTC-USDT"
+    [open_order] = await ex.fetch_open_orders(SYMBOL)
+    assert open_order["id"] == order["id"] and open_order["symbol"] == SYMBOL
+    assert (await ex.guard.venue.marks(["BTC-USDT"])).keys() == {"BTC-USDT"}
+    with pytest.raises(OrderDenied) as caught:  # the instrument's own name is not a symbol
+        await ex.create_order("BTC-USDT", "limit", "buy", 0.0002, 59000)
+    assert caught.value.reason is DenyReason.UNKNOWN_SYMBOL
+
+
+@pytest.mark.parametrize("env", [{"instrument": "BTC-USDT",
+                                  "symbols": '"BTC-USDT" = "BTC/USDC"'}], indirect=True)
+async def test_symbol_mapping_to_a_symbol_the_exchange_lacks_refuses_to_start(env: Env) -> None:
+    exchange = plain_exchange(env.url, env.key, env.secret)
+    try:
+        with pytest.raises(GuardError, match=r"BTC-USDT \(BTC/USDC\) is not a market of binance"):
+            async with guarded(exchange, config=env.config, handle_signals=False):
+                pass
+    finally:
+        await exchange.close()
+    assert env.orders() == []

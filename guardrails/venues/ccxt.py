@@ -251,6 +251,9 @@ class CcxtVenue:
         self._fenced = venue_cfg.exchange in RECV_WINDOW_EXCHANGES
         self._steps: dict[str, tuple[Decimal, Decimal]] = {}
         """Symbol -> (tick, lot) of the exchange, when ccxt counts precision in ticks."""
+        self._cx_of = {inst: venue_cfg.symbols.get(inst, inst) for inst in risk.instruments}
+        """Instrument -> the exchange's ccxt symbol (``[venue] symbols``; unmapped: itself)."""
+        self._inst_of = {sym: inst for inst, sym in self._cx_of.items()}
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -262,6 +265,14 @@ class CcxtVenue:
     def url(self) -> str:
         """The simulator base URL (after ``start`` with ``url = "embedded"``), else ``""``."""
         return self._base if self._base != EMBEDDED else ""
+
+    def ccxt_symbol(self, instrument: str) -> str:
+        """The exchange's ccxt symbol of a configured instrument (``[venue] symbols``)."""
+        return self._cx_of.get(instrument, instrument)
+
+    def instrument(self, ccxt_symbol: str) -> str | None:
+        """The configured instrument of a ccxt symbol, or None if none maps to it."""
+        return self._inst_of.get(ccxt_symbol)
 
     @property
     def dead_man_switch(self) -> bool:
@@ -488,10 +499,16 @@ class CcxtVenue:
             raise VenueError(f"ccxt venue: cannot reach {self._cfg.exchange}: "
                              f"{type(e).__name__}: {_brief(e)}") from None
         problems = []
+        unknown = sorted(set(self._cfg.symbols) - set(self._risk.instruments))
+        if unknown:
+            problems.append(f"[venue] symbols maps {', '.join(unknown)}, not in [risk.instruments]")
+        if len(self._inst_of) != len(self._cx_of):
+            problems.append("[venue] symbols maps two instruments to one ccxt symbol")
         for sym, inst in self._risk.instruments.items():
-            market = ex.markets.get(sym)
+            market = ex.markets.get(self._cx_of[sym])
             if market is None:
-                problems.append(f"{sym} is not a market of {self._cfg.exchange}")
+                shown = sym if self._cx_of[sym] == sym else f"{sym} ({self._cx_of[sym]})"
+                problems.append(f"{shown} is not a market of {self._cfg.exchange}")
                 continue
             tick = _dec(market["precision"]["price"], f"{sym} tick")
             lot = _dec(market["precision"]["amount"], f"{sym} lot")
@@ -540,8 +557,8 @@ class CcxtVenue:
             return format(order.qty, "f"), format(order.price, "f")
         ex = self._exchange()
         try:
-            amount = ex.amount_to_precision(order.symbol, str(order.qty))
-            price = ex.price_to_precision(order.symbol, str(order.price))
+            amount = ex.amount_to_precision(self.ccxt_symbol(order.symbol), str(order.qty))
+            price = ex.price_to_precision(self.ccxt_symbol(order.symbol), str(order.price))
         except cx.BaseError as e:
             return Rejected(f"{type(e).__name__}: {_brief(e)}")
         if Decimal(amount) != order.qty:
@@ -561,7 +578,8 @@ class CcxtVenue:
 
     async def submit(self, order: Order) -> SubmitResult:
         ex = self._exchange()
-        if order.symbol not in self._risk.instruments or order.symbol not in ex.markets:
+        if order.symbol not in self._risk.instruments or self.ccxt_symbol(order.symbol) \
+                not in ex.markets:
             return Rejected(f"unknown_symbol: {order.symbol}")
         formatted = self._formatted(order)
         if isinstance(formatted, Rejected):
@@ -589,8 +607,8 @@ class CcxtVenue:
             if self._cfg.exchange == "binance":
                 venue_order_id = await self._binance_order(order, amount, price, params)
             else:
-                placed = await ex.create_order(order.symbol, "limit", order.side.value, amount,
-                                               price, params)
+                placed = await ex.create_order(self.ccxt_symbol(order.symbol), "limit",
+                                               order.side.value, amount, price, params)
                 venue_order_id = str(placed["id"])
         except cx.InvalidOrder as e:
             result = await self._duplicate_or(e, order)
@@ -621,7 +639,8 @@ class CcxtVenue:
         """The parameters of a Binance spot GTC limit order, as ccxt's ``create_order``
         builds them (before signing)."""
         return {
-            "symbol": self._exchange().market_id(order.symbol), "side": order.side.value.upper(),
+            "symbol": self._exchange().market_id(self.ccxt_symbol(order.symbol)),
+            "side": order.side.value.upper(),
             "newOrderRespType": "ACK", "type": "LIMIT", "quantity": amount, "price": price,
             "timeInForce": "GTC", **params,
         }
@@ -649,7 +668,8 @@ class CcxtVenue:
         if _STATES.get(str(raw.get("status"))) is not VenueOrderState.OPEN:
             return Accepted(str(raw["id"]))
         try:
-            await self._exchange().cancel_order(None, symbol, {"origClientOrderId": client_order_id})
+            await self._exchange().cancel_order(None, self.ccxt_symbol(symbol),
+                                                {"origClientOrderId": client_order_id})
         except cx.OrderNotFound:
             # Finished meanwhile (a fill raced the cancel): final either way, or unknown.
             try:
@@ -670,7 +690,7 @@ class CcxtVenue:
         """The exchange's order of ``coid`` in ``symbol``, or None if it has none."""
         try:
             raw: dict[str, Any] = await self._exchange().fetch_order(
-                None, symbol, {"origClientOrderId": coid})
+                None, self.ccxt_symbol(symbol), {"origClientOrderId": coid})
         except cx.OrderNotFound:
             return None
         self._coid_of[(symbol, str(raw["id"]))] = coid
@@ -715,7 +735,8 @@ class CcxtVenue:
             filled = _dec(raw.get("filled") or "0", "filled")
             fills: tuple[Fill, ...] = ()
             if filled > 0:
-                trades = await ex.fetch_my_trades(symbol, None, None, {"orderId": raw["id"]})
+                trades = await ex.fetch_my_trades(self.ccxt_symbol(symbol), None, None,
+                                                  {"orderId": raw["id"]})
                 # Only this order's trades, whatever the exchange sent: a fill attributed
                 # to the wrong order would move the wrong reservation.
                 fills = tuple(self._fill(t, client_order_id) for t in trades
@@ -734,7 +755,8 @@ class CcxtVenue:
             fee = _dec(fee_info["cost"], "fee")
         return Fill(
             fill_id=f"{market_id}-{trade['id']}", client_order_id=coid,
-            symbol=str(trade["symbol"]), side=Side(str(trade["side"])),
+            symbol=self._inst_of.get(str(trade["symbol"]), str(trade["symbol"])),
+            side=Side(str(trade["side"])),
             qty=_dec(trade["amount"], "trade amount"), price=_dec(trade["price"], "trade price"),
             ts_ms=int(trade["timestamp"]), fee=fee,
         )
@@ -745,11 +767,12 @@ class CcxtVenue:
         request (a takeover meets many at once), else from the order itself."""
         key = (symbol, order_id)
         if key not in self._coid_of and self._exchange().has.get("fetchOrders"):
-            for raw in await self._exchange().fetch_orders(symbol, None, TRADES_PAGE):
+            for raw in await self._exchange().fetch_orders(self.ccxt_symbol(symbol), None,
+                                                           TRADES_PAGE):
                 if raw.get("clientOrderId"):
                     self._coid_of[(symbol, str(raw["id"]))] = str(raw["clientOrderId"])
         if key not in self._coid_of:
-            raw = await self._exchange().fetch_order(order_id, symbol)
+            raw = await self._exchange().fetch_order(order_id, self.ccxt_symbol(symbol))
             self._coid_of[key] = str(raw.get("clientOrderId") or "")
         return self._coid_of[key]
 
@@ -782,10 +805,10 @@ class CcxtVenue:
         out: list[Fill] = []
         try:
             for symbol in sorted(self._risk.instruments):
-                market_id = ex.market(symbol)["id"]
+                market_id = ex.market(self.ccxt_symbol(symbol))["id"]
                 next_id = positions.get(market_id, 0)
                 while True:
-                    trades = await ex.fetch_my_trades(symbol, None, TRADES_PAGE,
+                    trades = await ex.fetch_my_trades(self.ccxt_symbol(symbol), None, TRADES_PAGE,
                                                       {"fromId": next_id})
                     for t in trades:
                         coid = await self._coid(symbol, str(t["order"]))
@@ -802,19 +825,20 @@ class CcxtVenue:
 
     async def marks(self, symbols: Sequence[str]) -> dict[str, Decimal]:
         ex = self._exchange()
-        wanted = [s for s in symbols if s in ex.markets]
+        wanted = [s for s in symbols if self.ccxt_symbol(s) in ex.markets]
         if not wanted:
             return {}
+        asked = [self.ccxt_symbol(s) for s in wanted]
         try:
             if ex.has.get("fetchBidsAsks"):
-                books = await ex.fetch_bids_asks(wanted)
+                books = await ex.fetch_bids_asks(asked)
             else:
-                books = await ex.fetch_tickers(wanted)
+                books = await ex.fetch_tickers(asked)
         except cx.BaseError as e:
             raise VenueError(f"ccxt venue: marks failed: {type(e).__name__}") from None
         out: dict[str, Decimal] = {}
         for sym in wanted:
-            book = books.get(sym)
+            book = books.get(self.ccxt_symbol(sym))
             if not book or book.get("bid") is None or book.get("ask") is None:
                 continue
             tick = self._risk.instruments[sym].tick if sym in self._risk.instruments else None
@@ -834,7 +858,7 @@ class CcxtVenue:
                   if v is not None}
         out = dict(totals)
         for sym in self._risk.instruments:
-            market = ex.markets.get(sym)
+            market = ex.markets.get(self.ccxt_symbol(sym))
             if market is not None and market["base"] in totals:
                 out[sym] = totals[market["base"]]
         return out
