@@ -33,6 +33,11 @@ own calls return). The object it gives back behaves as the exchange, except:
   does not know raises ``ccxt.OrderNotFound``.
 * Everything else passes through to the caller's exchange object unchanged.
 
+When the guard stops — SIGTERM/SIGINT (``handle_signals``), ``ex.guard.stop()``, or its
+background failed — the body of ``async with guarded(...)`` is cancelled, as SIGTERM ends a
+plain bot (a loop that retries ``NotActive`` would otherwise spin on); the block then
+exits cleanly after releasing the lease (a background failure is raised from it).
+
 Symbols: the caller speaks ccxt symbols (``BTC/USDT``), the gate and ledger the config's
 instruments. ``[venue] symbols`` maps an instrument to its ccxt symbol (``"BTC-USD" =
 "BTC/USDT"``); an instrument not listed is its own ccxt symbol (``[risk.instruments.
@@ -139,6 +144,8 @@ class _Guarded:
         self._guard = Guard(cfg, standby=standby, instance_id=instance_id,
                             handle_signals=handle_signals, venue=self._venue)
         self._wrapped: GuardedExchange | None = None
+        self._owner: asyncio.Task[Any]
+        self._cancelled = False
 
     def _venue(self, cfg: Config, redis: aioredis.Redis) -> Venue:
         assert isinstance(cfg.venue, CcxtVenueConfig)
@@ -146,26 +153,43 @@ class _Guarded:
                          redis=redis, lease=cfg.lease, template=self._exchange)
 
     async def __aenter__(self) -> GuardedExchange:
+        owner = asyncio.current_task()
+        if owner is None:
+            raise RuntimeError("guarded() outside a task")
         await self._guard.__aenter__()
-        self._wrapped = GuardedExchange(self._exchange, self._guard)
+        self._owner = owner
+        self._wrapped = GuardedExchange(self._exchange, self._guard, on_stop=self._stopped)
         self._wrapped._start()
         return self._wrapped
 
+    def _stopped(self) -> None:
+        """The guard stopped (a signal, ``stop()``, its background failed): end the body,
+        as SIGTERM ends a plain bot — a loop that retries ``NotActive`` would spin on."""
+        if not self._cancelled:
+            self._cancelled = True
+            self._owner.cancel()
+
     async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:
+        ours = self._cancelled and et is not None and issubclass(et, asyncio.CancelledError)
+        if ours:
+            self._owner.uncancel()
         try:
             if self._wrapped is not None:
                 await self._wrapped._stop()
         finally:
-            swallowed = await self._guard.__aexit__(et, exc, tb)
-        return swallowed
+            swallowed = await self._guard.__aexit__(None if ours else et,
+                                                    None if ours else exc, tb)
+        return ours or swallowed
 
 
 class GuardedExchange:
     """The caller's exchange with its order calls gated (see the module doc)."""
 
-    def __init__(self, exchange: Any, guard: Guard) -> None:
+    def __init__(self, exchange: Any, guard: Guard, *,
+                 on_stop: Callable[[], None] | None = None) -> None:
         self._ex = exchange
+        self._on_stop = on_stop
         self.guard = guard
         """The ``Guard`` underneath: ``role``, ``token``, ``stop()``."""
         self._ledger = Ledger(guard.redis, guard.keys, guard.cfg.risk)
@@ -205,6 +229,8 @@ class GuardedExchange:
             except TermEnded as e:
                 logs.event(log, "ccxt.term_ended", token=e.token, reason=e.reason)
             except GuardStopped:
+                if self._on_stop is not None:
+                    self._on_stop()
                 return
             finally:
                 self._term, self._ctx = None, None

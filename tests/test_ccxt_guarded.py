@@ -212,21 +212,26 @@ async def test_other_methods_pass_through_to_the_callers_object_unchanged(
     assert ex.fetch_balance.__self__ is exchange
 
 
-async def test_not_active_after_the_guard_stops(env: Env) -> None:
+async def test_guard_stop_ends_the_body_cleanly_and_later_calls_are_not_active(env: Env) -> None:
     exchange = plain_exchange(env.url, env.key, env.secret)
+    after_stop = 0
     try:
         async with guarded(exchange, config=env.config, handle_signals=False) as ex:
             await ex.wait_active()
-            price = await bid(ex)
-            ex.guard.stop()
-            with pytest.raises(ccxt.ExchangeNotAvailable) as caught:
-                for _ in range(200):  # until the term's end is seen
-                    await ex.create_order(SYMBOL, "limit", "buy", 0.0001, price)
-                    await asyncio.sleep(0.02)
-            assert isinstance(caught.value, NotActive)
+            await ex.create_order(SYMBOL, "limit", "buy", 0.0001, await bid(ex))
+            ex.guard.stop()  # as SIGTERM does with handle_signals
+            while True:  # the bot's loop: ended by the stop, never spinning on
+                try:
+                    await ex.create_order(SYMBOL, "limit", "buy", 0.0001, await bid(ex))
+                except NotActive:
+                    after_stop += 1
+                await asyncio.sleep(0.01)
+        with pytest.raises(ccxt.ExchangeNotAvailable) as caught:
+            await ex.create_order(SYMBOL, "limit", "buy", 0.0001, 59000)
+        assert isinstance(caught.value, NotActive)
     finally:
         await exchange.close()
-    assert len(env.orders()) < 200
+    assert len(env.orders()) <= 2 and after_stop < 100
 
 
 async def test_config_must_name_the_objects_exchange_and_no_url(env: Env, tmp_path: Path) -> None:

@@ -223,3 +223,21 @@ def test_guarded_example_paused_past_ttl_then_pending_create_order_raises_and_no
     late = [row for row in exchange.accepted()
             if row[0] == token_a and row[1] >= active_b.ts * 1000]
     assert late == []
+
+
+def test_guarded_example_sigterm_then_exits_cleanly_and_releases_the_lease(
+    redis_server: RedisServer, tmp_path: Path, started: list[object]
+) -> None:
+    """SIGTERM ends a guarded bot as it ends a plain one — its loop (which retries
+    ccxt.NetworkError) does not spin on NotActive — after releasing the lease."""
+    cfg = write_config(tmp_path / "bot.toml", redis_server.url)
+    exchange = Exchange(tmp_path, cfg, redis_server.url)
+    started.append(exchange)
+    a = GuardedBot("a", cfg, tmp_path, exchange, interval=0.1)
+    started.append(a.start())
+    a.wait_for("ccxt.active", timeout=60)
+    _until(lambda: len(exchange.accepted()) >= 1, 30, "a's first order")
+    a.send(signal.SIGTERM)
+    assert a.wait_exit(timeout=30) == 0, a.text()[-3000:]
+    assert exchange.redis.get(KEYS.lease) is None
+    assert a.said("waiting: guardrails") <= 2
