@@ -188,6 +188,8 @@ _PACKED = (
     + b"$1\r\n%s\r\n$%d\r\n%s\r\n"  # allocate nonce, day
 )
 """The variable part of a decision's EVALSHA (OrderGate._packed)."""
+_PACKED_VARIABLE_ARGS = 10
+"""Arguments ``_PACKED`` adds after the tail keys (8 above, then nonce and day)."""
 
 
 class OrderGate:
@@ -243,10 +245,11 @@ class OrderGate:
         self._holder: tuple[str, bytes] = ("", b"")
         # The gate's own pipelined connection (gatewire.py), when the client is one it
         # speaks for: the command is then sent as RESP bytes of which everything
-        # constant per account (the command, the sha, 15 of the 17 keys, the schema
-        # version) was packed here, once.
+        # constant per account (the command, the sha, every key but the day's and the
+        # order's, the schema version) was packed here, once.
         self._wire = GateWire.for_client(redis)
-        self._packed_head = b"*31\r\n" + b"".join(wire_bulk(
+        count = len(self._prefix) + 2 + len(self._tail_b) + _PACKED_VARIABLE_ARGS
+        self._packed_head = b"*%d\r\n" % count + b"".join(wire_bulk(
             a if isinstance(a, bytes) else a.encode()) for a in self._prefix)
         self._packed_tail = b"".join(wire_bulk(a) for a in self._tail_b)
         # an order's key is this prefix + its client order id (checked, else built per call)

@@ -30,7 +30,7 @@ def _fmt(value: object) -> str:
         text = f"{value:.6g}"
     else:
         text = str(value)
-    if text and all(c in _SAFE for c in text):
+    if text and _SAFE.issuperset(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 

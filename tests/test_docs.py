@@ -39,9 +39,9 @@ def _named(cell: str, suffixes: tuple[str, ...]) -> list[str]:
 
 
 def _resolve(name: str) -> list[Path]:
-    """A module-column name: relative to the repo for docs/, bench/ and tests/, else to
+    """A module-column name: relative to the repo for docs/, bench/, tests/, examples/, else to
     guardrails/; a glob may name several files."""
-    base = ROOT if name.split("/")[0] in ("docs", "bench", "tests") else PKG
+    base = ROOT if name.split("/")[0] in ("docs", "bench", "tests", "examples") else PKG
     return sorted(base.glob(name.rstrip("/"))) if "*" in name else [base / name.rstrip("/")]
 
 

@@ -53,7 +53,6 @@ INFRA_ERRORS: tuple[type[BaseException], ...] = (
 """What a background loop survives: logged and retried, never fatal."""
 CLEANUP_ERRORS: tuple[type[BaseException], ...] = (ContextUnavailable, *INFRA_ERRORS)
 PRUNE_ERRORS: tuple[type[BaseException], ...] = (PruneError, *INFRA_ERRORS)
-"""What the prune sweep survives: logged, tried again next interval."""
 RETRY_S = 2.0
 """How long a step that must succeed before trading (reconcile, first marks) waits to retry."""
 PUMP_INTERVAL_S = 0.25
