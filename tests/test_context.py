@@ -3,6 +3,7 @@ with the real gate, ledger, lease scripts and paper venue."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -123,6 +124,32 @@ async def test_submit_when_leadership_invalid_then_denied_not_active_and_nothing
     assert isinstance(decision, Denied) and decision.reason is DenyReason.NOT_ACTIVE
     assert await world.orders_at_venue() == []
     assert await world.redis.hgetall(world.keys.stats) == {}  # the gate was never asked
+
+
+async def test_submit_when_denied_locally_in_a_tight_loop_then_other_tasks_still_run(
+    world: World,
+) -> None:
+    """A bot that loops on submit with no other await (denied: not active, or a bad
+    intent) must not starve the event loop: the lease loop and the stop run beside it."""
+    world.term.ok = False
+    ctx = world.context()
+    intent = await world.intent()
+    ran = asyncio.Event()
+
+    async def other() -> None:
+        ran.set()
+
+    async def spin() -> int:
+        n = 0
+        while not ran.is_set():
+            await ctx.submit(intent)
+            await ctx.submit(None)  # type: ignore[arg-type]  # a bad intent: bad_order
+            n += 1
+        return n
+
+    asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(other()))
+    loops = await asyncio.wait_for(spin(), 5.0)
+    assert loops >= 1
 
 
 async def test_submit_when_token_is_stale_then_redis_denies_and_nothing_sent(

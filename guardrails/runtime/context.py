@@ -261,6 +261,7 @@ class Context:
         await stopping_pause()
         problem = intent_problem(intent, self.name)
         if problem is not None:
+            await asyncio.sleep(0)  # a local denial yields too (see _admit)
             return self._bad_order(intent, problem)
         intent_id = intent.resolved_intent_id(self.name)
         decision = await self._admit(intent, intent_id)
@@ -308,6 +309,9 @@ class Context:
 
     async def _admit(self, intent: Intent, intent_id: str) -> Decision:
         if not self._leadership.valid():
+            # A local denial still yields once: a bot looping on submit with no other
+            # await would otherwise never let the lease loop (or its own stop) run.
+            await asyncio.sleep(0)
             return Denied(intent_id, DenyReason.NOT_ACTIVE, "this instance does not hold the lease")
         try:
             return await self._gate.admit(

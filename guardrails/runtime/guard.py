@@ -395,11 +395,15 @@ class Guard:
         """Undo whatever ``_start`` did, last first. Each step is best effort on the way
         down (and says so): a failing close must not keep the host lock held."""
         for closer in reversed(self._closers):
-            with contextlib.suppress(Exception):  # a web runner's cleanup: best effort
+            # A web runner's (health, dashboard) cleanup: the process is leaving; any
+            # failure is logged at debug, a cancellation still propagates.
+            with logs.swallowed(log, "service.close"):
                 await closer()
         self._closers.clear()
         if self._venue is not None:
-            with contextlib.suppress(Exception):  # any venue's close: best effort
+            # Any venue's close (an HTTP session, a ccxt client, a web3 provider) is
+            # best effort on the way down; what failed is logged at debug.
+            with logs.swallowed(log, "venue.close"):
                 await self._venue.close()
         if self._main is not None:
             logs.event(log, "runtime.stopped", instance=self.instance_id)

@@ -268,7 +268,9 @@ class AccountServices:
                            error=f"{type(e).__name__}: {e}", action="resubscribing")
                 await asyncio.sleep(1.0)
             finally:
-                with contextlib.suppress(Exception):
+                # Closing the kill listener's subscription (often on a dead connection):
+                # it is being replaced or the term is ending either way.
+                with logs.swallowed(log, "kill_listener.unsubscribe"):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _ack_latch(self, latch: Latch) -> None:
