@@ -35,8 +35,10 @@ def free_port() -> int:
 class RedisProcess:
     """``redis-server`` on 127.0.0.1:<free port>, AOF on, data in ``data_dir``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, extra: list[str] | None = None) -> None:
         self.dir = data_dir
+        self.extra = list(extra or [])
+        """More ``redis-server`` arguments (``--replicaof host port``...)."""
         self.port = free_port()
         self.binary = find_redis_server()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -59,6 +61,7 @@ class RedisProcess:
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--logfile", str(self.dir / "redis.log"),
+            *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -88,8 +91,8 @@ class RedisProcess:
         self.start()
         self.restarts += 1
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db, decode_responses=True, socket_timeout=5)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
