@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "recover":
             fp.add_argument("--above", type=int, default=0,
                             help="also above this token (read from the venue or the logs)")
+            fp.add_argument("--no-venue", action="store_true",
+                            help="do not rebuild the ledger from the venue's fills first (the "
+                            "venue cannot be reached: positions and the day's loss stay as "
+                            "Redis has them)")
     p.set_defaults(func=_lazy("guardrails.fencing:cmd_fence"))
 
     _add_version(parser)

@@ -37,9 +37,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from guardrails import logs, redisconn
-from guardrails.config import ConfigError
+from guardrails.config import Config, ConfigError
 from guardrails.embedded import state_dir
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId, PaperVenueKeys
+from guardrails.reconcile import AdoptReport
+from guardrails.venues.base import VenueError
 
 log = logging.getLogger("guardrails.fencing")
 
@@ -198,20 +200,59 @@ async def _fence(args: argparse.Namespace) -> int:
                   + (f"ALARM {alarm.get('reason')} (seen {alarm.get('seen_epoch') or '-'}:"
                      f"{alarm.get('seen_token')}, by {alarm.get('by')})" if alarm else "no alarm"))
             return 1 if alarm else 0
+        adopted = None
+        if not args.no_venue:
+            if cfg is None:
+                print("guardrails fence recover: give the account's --config, so the ledger "
+                      "is rebuilt from the venue's fills first (or --no-venue)", file=sys.stderr)
+                return 2
+            adopted = await _adopt_from_venue(redis, cfg)
+            if not adopted.ok:
+                print(f"guardrails fence recover: the venue's fills do not add up in the ledger "
+                      f"({len(adopted.refused)} refused, e.g. {adopted.refused[:3]}); the alarm "
+                      "stays set", file=sys.stderr)
+                return 1
         result = await recover(redis, keys, above=args.above, paper_venue=paper)
+    except VenueError as e:
+        print(f"guardrails fence recover: the venue cannot be read ({e}); the alarm stays set "
+              "(--no-venue re-seeds without rebuilding the ledger)", file=sys.stderr)
+        return 1
     except RedisError as e:
         print(f"guardrails fence: Redis at {redisconn.describe(url)}: {e}", file=sys.stderr)
         return 2
     finally:
         await redis.aclose()
+    venue_doc = None if adopted is None else {
+        "venue_fills": adopted.venue_fills, "adopted_orders": adopted.adopted_orders,
+        "fills_applied": adopted.fills_applied}
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(json.dumps({**result.to_json(), "venue": venue_doc}, indent=2))
     else:
+        if venue_doc is not None:
+            print(f"{result.account}: ledger rebuilt from the venue: {venue_doc['venue_fills']} "
+                  f"fill(s) read, {venue_doc['adopted_orders']} order(s) adopted, "
+                  f"{venue_doc['fills_applied']} fill(s) applied")
         found = ", ".join(f"{k}={v}" for k, v in result.sources.items())
         print(f"{result.account}: fence re-seeded at {result.floor} (highest seen: {found}); "
               f"epoch {result.epoch}; alarm cleared — the next holder gets a token above "
               f"{result.floor} and reconciles with the venue before trading")
     return 0
+
+
+async def _adopt_from_venue(redis: aioredis.Redis, cfg: Config) -> AdoptReport:
+    """Rebuild the ledger's record of what the venue filled (``reconcile.adopt_venue_history``)
+    while the alarm still stops every instance."""
+    from guardrails.ledger import Ledger
+    from guardrails.reconcile import adopt_venue_history
+    from guardrails.venues import make_venue
+
+    venue = make_venue(cfg, redis)
+    try:
+        await venue.start()
+        return await adopt_venue_history(Ledger(redis, AccountKeys(cfg.account_id), cfg.risk),
+                                         venue)
+    finally:
+        await venue.close()
 
 
 def cmd_fence(args: argparse.Namespace) -> int:

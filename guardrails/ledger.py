@@ -16,6 +16,7 @@ proceeds down, fees up) when the venue's price is finer than the money unit.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
@@ -29,7 +30,7 @@ from guardrails.config import RiskConfig
 from guardrails.keys import AccountKeys
 from guardrails.limits import per_lot_tick
 from guardrails.model import Fill, OrderState, Side
-from guardrails.tradingday import ClockMs, TradingDay, trading_day_of
+from guardrails.tradingday import ClockMs, TradingDay, trading_day_of, wall_clock_ms
 
 
 class LedgerError(Exception):
@@ -169,6 +170,7 @@ class Ledger:
         self._transition = scripts.register(redis, "ledger_transition")
         self._fill = scripts.register(redis, "ledger_fill")
         self._marks = scripts.register(redis, "ledger_marks")
+        self._adopt = scripts.register(redis, "ledger_adopt")
 
     def trading_day(self) -> str:
         return self._day.today()
@@ -273,6 +275,38 @@ class Ledger:
             return _FILL_CODES[code]
         except KeyError:
             raise LedgerError(f"ledger_fill returned unknown code {code}") from None
+
+    async def adopt(self, fills: Sequence[Fill]) -> bool:
+        """Give the venue order of ``fills`` (one client order id, one symbol and side) a
+        record when the ledger has none — its history was lost — so the fills can then
+        be applied with ``apply_fill`` like any other (``lua/ledger_adopt.lua``). True if
+        a record was written, False if one existed. Raises ``LedgerError`` for fills
+        that are not one order's, or a key of an unexpected shape (nothing written)."""
+        if not fills:
+            raise LedgerError("adopt: no fills")
+        first = fills[0]
+        if any((f.client_order_id, f.symbol, f.side) != (first.client_order_id, first.symbol,
+                                                          first.side) for f in fills):
+            raise LedgerError(f"adopt {first.client_order_id}: fills of more than one order")
+        try:
+            amounts = [self.fill_amounts(f) for f in fills]
+            day = self.fill_day(first)
+        except ValueError as e:
+            raise LedgerError(str(e)) from None
+        k = self.keys
+        raw = await self._adopt(
+            keys=[k.order(first.client_order_id), k.open_orders, k.reservations, k.journal,
+                  k.aggregates],
+            args=[first.client_order_id, first.symbol, first.side.value,
+                  sum(a[0] for a in amounts), amounts[0][3], wall_clock_ms(), day,
+                  str(sum((f.qty for f in fills), Decimal(0))), str(first.price)],
+        )
+        code = int(raw[0])
+        if code == 0:
+            return True
+        if code == 1:
+            return False
+        raise LedgerError(f"adopt {first.client_order_id}: {_s(raw[1])}")
 
     # -- marks ---------------------------------------------------------------------------
 

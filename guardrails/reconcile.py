@@ -25,7 +25,7 @@ from typing import Any
 
 from guardrails import scripts
 from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord, Transition
-from guardrails.model import OrderState
+from guardrails.model import Fill, OrderState
 from guardrails.venues.base import Venue, VenueError, VenueOrderState, VenueOrderStatus
 
 _TERMINAL_AT_VENUE = {
@@ -260,6 +260,63 @@ async def sweep(ledger: Ledger, venue: Venue, *, fix: bool) -> SweepReport:
 
 
 # -- CLI ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AdoptReport:
+    """What ``adopt_venue_history`` did: the venue's fills of the account read, orders
+    the ledger had no record of given one, fills applied (the rest were known)."""
+
+    venue_fills: int = 0
+    adopted_orders: int = 0
+    fills_applied: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(fill id, why) of fills the ledger refused: the history does not add up."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused
+
+
+async def adopt_venue_history(ledger: Ledger, venue: Venue) -> AdoptReport:
+    """After the ledger's history was lost (``guardrails fence recover``): read every
+    fill the venue has for the account (``fills_since(None)`` to the end), give each
+    order the ledger has no record of an adopted record, and apply every fill (once per
+    fill id, as the fills pump does). Positions, realized PnL per trading day and the
+    applied-fill set then match the venue again, so limits and the daily loss budget
+    count what the lost history traded, and the pump's replay of those fills is not
+    taken for foreign activity.
+
+    It cannot tell a fill the lost history made from another writer's: every fill on the
+    account is adopted. Orders still resting at the venue with no fill are not listed by
+    any venue interface and stay unknown (a later fill of one is foreign activity:
+    the account halts). Raises ``VenueError`` when the venue cannot be read."""
+    rep = AdoptReport()
+    fills: list[Fill] = []
+    cursor: str | None = None
+    while True:
+        batch = await venue.fills_since(cursor)
+        fills.extend(batch.fills)
+        if not batch.fills or batch.cursor == cursor:
+            break
+        cursor = batch.cursor
+    rep.venue_fills = len(fills)
+    by_order: dict[str, list[Fill]] = {}
+    for f in fills:
+        by_order.setdefault(f.client_order_id, []).append(f)
+    for coid, group in by_order.items():
+        try:
+            if await ledger.order(coid) is None and await ledger.adopt(group):
+                rep.adopted_orders += 1
+            for f in group:
+                outcome = await ledger.apply_fill(f)
+                if outcome is FillOutcome.APPLIED:
+                    rep.fills_applied += 1
+                elif outcome is not FillOutcome.DUPLICATE:
+                    rep.refused.append((f.fill_id, f"{coid}: {outcome.value}"))
+        except LedgerError as e:
+            rep.refused.append((group[0].fill_id, f"{coid}: {e}"))
+    return rep
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

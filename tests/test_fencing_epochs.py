@@ -5,18 +5,22 @@ a replica that missed INCRs) still hands out a token above what the caller saw."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import jsonschema
 import redis.asyncio as aioredis
 
-from guardrails import fencing
-from guardrails.config import LeaseConfig
+from guardrails import fencing, redisconn
+from guardrails.config import LeaseConfig, load_config
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.lease import Acquired, Held, Lease, Refused
+from guardrails.ledger import Ledger
+from guardrails.venues import make_venue
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc, run_cli, write_config
 
@@ -222,3 +226,77 @@ async def test_memory_when_saved_then_new_lease_starts_from_it(tmp_path: Path,
     assert other.load() == ("", 0)  # another Redis is another history
     (tmp_path / other.path.name).write_text("{not json")
     assert other.load() == ("", 0)  # unreadable memory is none, not a crash
+
+
+async def _ledger_and_venue(cfg_path: Path, url: str) -> tuple[dict[str, Decimal], dict[str, Decimal],
+                                                                  int]:
+    """(ledger positions, positions summed from the venue's own fills, venue fill count)."""
+    cfg = load_config(cfg_path, url)
+    client = await redisconn.connect(cfg.redis)
+    venue = make_venue(cfg, client)
+    try:
+        await venue.start()
+        ledger = Ledger(client, KEYS, cfg.risk)
+        held = {s: p.qty for s, p in (await ledger.positions()).items() if p.qty}
+        fills = list((await venue.fills_since(None)).fills)
+        at_venue: dict[str, Decimal] = {}
+        for f in fills:
+            at_venue[f.symbol] = at_venue.get(f.symbol, Decimal(0)) + f.qty * f.side.sign
+        return held, {s: q for s, q in at_venue.items() if q}, len(fills)
+    finally:
+        await venue.close()
+        await client.aclose()
+
+
+def test_recover_when_account_keys_deleted_under_trading_then_ledger_rebuilt_from_venue(
+    redis_server: RedisServer, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    # Arrange: crossing orders (every one fills at the paper venue, whose own record lives
+    # under its own hash tag and survives the account's keys being deleted)
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url,
+                       looper={"offset": "0.01", "interval": "150ms", "side": "buy"})
+    a = RunProc("a", cfg, tmp_path).start()
+    b = RunProc("b", cfg, tmp_path, standby=True)
+    try:
+        a.wait_for("fill", timeout=60)
+        b.start()
+        b.wait_for("lease.standby", timeout=60)
+        time.sleep(1.0)
+        client = redis_server.client()
+
+        # Act: every key of the account vanishes at once (the venue's keys stay)
+        lost_at = time.time()
+        names = list(client.scan_iter(match="gr:{paper:t1}:*", count=1000))
+        assert names
+        client.delete(*names)
+        for p in (a, b):
+            p.wait_for("lease.fence_refused", after=lost_at, timeout=60)
+        rec = run_cli("fence", "recover", "--config", str(cfg), "--redis-url", redis_server.url,
+                      "--json")
+
+        # Assert: the venue's fills were adopted; trading resumes with no foreign activity
+        assert rec.returncode == 0, rec.stderr
+        venue_doc = json.loads(rec.stdout)["venue"]
+        assert venue_doc["adopted_orders"] > 0 and venue_doc["fills_applied"] > 0, venue_doc
+        recovered_at = time.time()
+        winner = None
+        deadline = time.monotonic() + 60
+        while winner is None and time.monotonic() < deadline:
+            winner = next((p for p in (a, b)
+                           if any(e.ts > recovered_at for e in p.events("fill"))), None)
+            time.sleep(0.2)
+        assert winner is not None, a.text()[-3000:] + b.text()[-3000:]
+        for p in (a, b):
+            p.send(signal.SIGTERM)
+            assert p.wait_exit() == 0
+        assert [e for p in (a, b) for e in p.events("foreign_activity")] == []
+        # the last orders may have filled after the stop: catch up as after any stop
+        caught_up = run_cli("reconcile", "--config", str(cfg), "--redis-url", redis_server.url)
+        assert caught_up.returncode == 0, caught_up.stdout + caught_up.stderr
+        held, at_venue, n_fills = asyncio.run(_ledger_and_venue(cfg, redis_server.url))
+        assert n_fills > venue_doc["fills_applied"]  # it kept trading after the recovery
+        assert held == at_venue
+    finally:
+        for p in (a, b):
+            p.cleanup()
+            (artifacts_dir / f"epochs-adopt-{p.name}.log").write_text(p.text())
