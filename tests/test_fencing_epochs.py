@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from guardrails import fencing, redisconn
 from guardrails.config import LeaseConfig, load_config
-from guardrails.keys import AccountId, AccountKeys
+from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
 from guardrails.lease import Acquired, Held, Lease, Refused
 from guardrails.ledger import Ledger
 from guardrails.venues import make_venue
@@ -66,6 +66,7 @@ async def test_acquire_when_recovered_then_token_above_every_seen_and_old_memory
     result = await fencing.recover(redis_client, KEYS, above=7)
 
     assert result.floor == 7 and result.sources["alarm_seen"] == 3
+    assert await redis_client.sismember(ACCOUNTS_INDEX, "paper:t1")  # index rebuilt too
     b = Lease(redis_client, KEYS, "b", CFG)
     got = await b.try_acquire()
     assert isinstance(got, Acquired) and got.token == 8

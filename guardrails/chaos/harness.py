@@ -596,7 +596,12 @@ class Harness:
             rec["alarm"] = {k: alarm.get(k, "") for k in ("reason", "seen_token", "by")}
         await asyncio.sleep(fault.hold_s)
         above = venue_max_token(self.work / "venue-record.jsonl")
-        rc = await self.cli("fence", "recover", "--above", str(above))
+        rc = -1
+        for _ in range(3):  # an operator runs it again when Redis timed out (exit 2)
+            rc = await self.cli("fence", "recover", "--above", str(above))
+            if rc == 0:
+                break
+            await asyncio.sleep(1.0)
         rec["recover_rc"] = rc
         rec["above"] = above
         self.recoveries.append({"at_s": round(self.fault_clock(), 1), "above": above, "rc": rc})
@@ -681,7 +686,13 @@ class Harness:
 
     async def quiesce(self, direct: aioredis.Redis) -> None:
         """HALT the account: nothing new is admitted, the active instance cancels what rests."""
-        rc = await self.cli("kill", "--account", str(self.keys.account), "--reason", "chaos: end of run")
+        rc = -1
+        for _ in range(3):  # an operator retries a kill that could not be confirmed
+            rc = await self.cli("kill", "--account", str(self.keys.account),
+                                "--reason", "chaos: end of run")
+            if rc == 0:
+                break
+            await asyncio.sleep(1.0)
         if rc != 0:
             self.problems.append(f"final kill exited {rc}")
         start = time.monotonic()
