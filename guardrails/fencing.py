@@ -49,7 +49,7 @@ from guardrails.keys import (
     InvalidAccountId,
     PaperVenueKeys,
 )
-from guardrails.reconcile import AdoptReport
+from guardrails.reconcile import AdoptReport, VenueOrderRow, read_venue_orders
 from guardrails.venues.base import VenueError
 
 log = logging.getLogger("guardrails.fencing")
@@ -218,13 +218,21 @@ async def _fence(args: argparse.Namespace) -> int:
                 print("guardrails fence recover: give the account's --config, so the ledger "
                       "is rebuilt from the venue's fills first (or --no-venue)", file=sys.stderr)
                 return 2
-            adopted = await _adopt_from_venue(redis, cfg)
+            try:
+                listed = read_venue_orders(args.venue_orders) if args.venue_orders else []
+            except (OSError, ValueError) as e:
+                print(f"guardrails fence recover: --venue-orders: {e}", file=sys.stderr)
+                return 2
+            adopted = await _adopt_from_venue(redis, cfg, listed)
             if not adopted.ok:
-                print(f"guardrails fence recover: the venue's fills do not add up in the ledger "
-                      f"({len(adopted.refused)} refused, e.g. {adopted.refused[:3]}); the alarm "
-                      "stays set", file=sys.stderr)
+                why = adopted.refused[:3] + adopted.reconciled.failures[:3]
+                print(f"guardrails fence recover: the venue's records do not add up in the "
+                      f"ledger ({len(adopted.refused)} refused, "
+                      f"{len(adopted.reconciled.failures)} not reconciled, e.g. {why}); the "
+                      "alarm stays set (safe to run again)", file=sys.stderr)
                 return 1
         result = await recover(redis, keys, above=args.above, paper_venue=paper)
+        latch = {_s(k): _s(v) for k, v in (await redis.hgetall(keys.state)).items()}
     except VenueError as e:
         print(f"guardrails fence recover: the venue cannot be read ({e}); the alarm stays set "
               "(--no-venue re-seeds without rebuilding the ledger)", file=sys.stderr)
@@ -236,9 +244,12 @@ async def _fence(args: argparse.Namespace) -> int:
         await redis.aclose()
     venue_doc = None if adopted is None else {
         "venue_fills": adopted.venue_fills, "adopted_orders": adopted.adopted_orders,
-        "fills_applied": adopted.fills_applied}
+        "fills_applied": adopted.fills_applied, "reconciled": adopted.reconciled.checked}
+    halted = latch.get("state") in ("HALTED", "REDUCING")
     if args.json:
-        print(json.dumps({**result.to_json(), "venue": venue_doc}, indent=2))
+        print(json.dumps({**result.to_json(), "venue": venue_doc,
+                          "trading_state": latch.get("state", "ACTIVE"),
+                          "trading_reason": latch.get("reason", "")}, indent=2))
     else:
         if venue_doc is not None:
             print(f"{result.account}: ledger rebuilt from the venue: {venue_doc['venue_fills']} "
@@ -248,10 +259,15 @@ async def _fence(args: argparse.Namespace) -> int:
         print(f"{result.account}: fence re-seeded at {result.floor} (highest seen: {found}); "
               f"epoch {result.epoch}; alarm cleared — the next holder gets a token above "
               f"{result.floor} and reconciles with the venue before trading")
+    if halted:
+        # e.g. a fill of a lost order seen as foreign activity before the refusal
+        print(f"note: {result.account} is {latch.get('state')} ({latch.get('reason', '')!r}); "
+              "`guardrails resume` once the venue's records agree", file=sys.stderr)
     return 0
 
 
-async def _adopt_from_venue(redis: aioredis.Redis, cfg: Config) -> AdoptReport:
+async def _adopt_from_venue(redis: aioredis.Redis, cfg: Config,
+                            listed: list[VenueOrderRow]) -> AdoptReport:
     """Rebuild the ledger's record of what the venue filled (``reconcile.adopt_venue_history``)
     while the alarm still stops every instance."""
     from guardrails.ledger import Ledger
@@ -262,7 +278,7 @@ async def _adopt_from_venue(redis: aioredis.Redis, cfg: Config) -> AdoptReport:
     try:
         await venue.start()
         return await adopt_venue_history(Ledger(redis, AccountKeys(cfg.account_id), cfg.risk),
-                                         venue)
+                                         venue, listed)
     finally:
         await venue.close()
 

@@ -278,10 +278,11 @@ class Ledger:
 
     async def adopt(self, fills: Sequence[Fill]) -> bool:
         """Give the venue order of ``fills`` (one client order id, one symbol and side) a
-        record when the ledger has none — its history was lost — so the fills can then
-        be applied with ``apply_fill`` like any other (``lua/ledger_adopt.lua``). True if
-        a record was written, False if one existed. Raises ``LedgerError`` for fills
-        that are not one order's, or a key of an unexpected shape (nothing written)."""
+        record when the ledger has none — its history was lost — for the quantity the
+        venue filled, so the fills can then be applied with ``apply_fill`` like any other
+        (``lua/ledger_adopt.lua``). True if a record was written, False if one existed.
+        Raises ``LedgerError`` for fills that are not one order's, or a key of an
+        unexpected shape (nothing written)."""
         if not fills:
             raise LedgerError("adopt: no fills")
         first = fills[0]
@@ -289,24 +290,39 @@ class Ledger:
                                                           first.side) for f in fills):
             raise LedgerError(f"adopt {first.client_order_id}: fills of more than one order")
         try:
-            amounts = [self.fill_amounts(f) for f in fills]
             day = self.fill_day(first)
         except ValueError as e:
             raise LedgerError(str(e)) from None
+        qty = sum((f.qty for f in fills), Decimal(0))
+        return await self.adopt_order(first.client_order_id, first.symbol, first.side, qty,
+                                      first.price, day=day)
+
+    async def adopt_order(self, coid: str, symbol: str, side: Side, qty: Decimal,
+                          price: Decimal, *, day: str | None = None) -> bool:
+        """Give a venue order the ledger has no record of (its history was lost) a
+        SUBMITTED record for ``qty`` at ``price``, reserved, as the venue's records show
+        it; ``reconcile_order`` then brings it to the venue's state (fills, terminal).
+        True if written, False if a record existed. ``LedgerError`` for a quantity or
+        price the instrument cannot hold, or a key of an unexpected shape."""
+        inst = self.risk.instruments.get(symbol)
+        if inst is None:
+            raise LedgerError(f"adopt {coid}: symbol {symbol} is not configured")
+        lots_d, ticks_d = qty / inst.lot, price / inst.tick
+        if (lots_d != lots_d.to_integral_value() or lots_d <= 0
+                or ticks_d != ticks_d.to_integral_value() or ticks_d <= 0):
+            raise LedgerError(f"adopt {coid}: {qty} @ {price} is not whole lots and ticks")
         k = self.keys
         raw = await self._adopt(
-            keys=[k.order(first.client_order_id), k.open_orders, k.reservations, k.journal,
-                  k.aggregates],
-            args=[first.client_order_id, first.symbol, first.side.value,
-                  sum(a[0] for a in amounts), amounts[0][3], wall_clock_ms(), day,
-                  str(sum((f.qty for f in fills), Decimal(0))), str(first.price)],
+            keys=[k.order(coid), k.open_orders, k.reservations, k.journal, k.aggregates],
+            args=[coid, symbol, side.value, int(lots_d), int(ticks_d), wall_clock_ms(),
+                  day or self.trading_day(), str(qty), str(price)],
         )
         code = int(raw[0])
         if code == 0:
             return True
         if code == 1:
             return False
-        raise LedgerError(f"adopt {first.client_order_id}: {_s(raw[1])}")
+        raise LedgerError(f"adopt {coid}: {_s(raw[1])}")
 
     # -- marks ---------------------------------------------------------------------------
 

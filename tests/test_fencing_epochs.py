@@ -277,9 +277,17 @@ def test_recover_when_account_keys_deleted_under_trading_then_ledger_rebuilt_fro
 
         # Assert: the venue's fills were adopted; trading resumes with no foreign activity
         assert rec.returncode == 0, rec.stderr
-        venue_doc = json.loads(rec.stdout)["venue"]
+        doc = json.loads(rec.stdout)
+        venue_doc = doc["venue"]
         assert venue_doc["adopted_orders"] > 0 and venue_doc["fills_applied"] > 0, venue_doc
         recovered_at = time.time()
+        if doc["trading_state"] != "ACTIVE":
+            # the active's pump may have seen a fill of a lost order before it refused:
+            # foreign activity, halted (fail closed); the operator resumes after recovery
+            assert doc["trading_reason"].startswith("foreign_activity"), doc
+            resumed = run_cli("resume", "--config", str(cfg), "--redis-url", redis_server.url,
+                              "--reason", "history recovered")
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         winner = None
         deadline = time.monotonic() + 60
         while winner is None and time.monotonic() < deadline:
@@ -290,7 +298,8 @@ def test_recover_when_account_keys_deleted_under_trading_then_ledger_rebuilt_fro
         for p in (a, b):
             p.send(signal.SIGTERM)
             assert p.wait_exit() == 0
-        assert [e for p in (a, b) for e in p.events("foreign_activity")] == []
+        assert [e for p in (a, b) for e in p.events("foreign_activity")
+                if e.ts > recovered_at] == []
         # the last orders may have filled after the stop: catch up as after any stop
         caught_up = run_cli("reconcile", "--config", str(cfg), "--redis-url", redis_server.url)
         assert caught_up.returncode == 0, caught_up.stdout + caught_up.stderr

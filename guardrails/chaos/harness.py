@@ -594,51 +594,30 @@ class Harness:
         else:
             rec["refused_after_s"] = round(time.monotonic() - start, 1)
             rec["alarm"] = {k: alarm.get(k, "") for k in ("reason", "seen_token", "by")}
-        # Every order admitted before the loss is past its permit deadline after one TTL:
-        # then the operator cancels, at the venue, what still rests there (no venue
-        # interface lists open orders, so `fence recover` cannot: docs/operations.md).
+        # After one TTL every order admitted before the loss has reached the venue or can
+        # no longer (its permit deadline passed): then the venue's listing is complete.
         await asyncio.sleep(max(fault.hold_s, TTL_S + 0.5 - (time.monotonic() - start)))
-        rec["resting_canceled"] = await self.cancel_resting()
-        above = venue_max_token(self.work / "venue-record.jsonl")
+        record = self.work / "venue-record.jsonl"
+        above = venue_max_token(record)
+        listing = self.work / f"venue-orders-{len(self.recoveries)}.jsonl"
+        rec["venue_orders"] = venue_order_export(record, listing)
         rc = -1
         for _ in range(3):  # an operator runs it again when Redis timed out (exit 2)
-            rc = await self.cli("fence", "recover", "--above", str(above))
+            rc = await self.cli("fence", "recover", "--above", str(above),
+                                "--venue-orders", str(listing))
             if rc == 0:
                 break
             await asyncio.sleep(1.0)
         rec["recover_rc"] = rc
         rec["above"] = above
+        if rc == 0:
+            # The active's fills pump may have met a fill of a lost order before it
+            # refused (foreign activity: halted, fail closed); the operator resumes.
+            rec["resume_rc"] = await self.resume()
         self.recoveries.append({"at_s": round(self.fault_clock(), 1), "above": above, "rc": rc})
         if rc != 0:
             rec["ok"] = False
             self.problems.append(f"guardrails fence recover exited {rc} (fault at {fault.at_s}s)")
-
-    async def cancel_resting(self) -> int | None:
-        """Cancel every order the venue's record shows accepted and never ended (the
-        operator's look at the venue's open orders). ``None`` for the ccxt venue: its
-        simulator's record is read the same way, but this step is not wired for it."""
-        if self.opts.venue != "http":
-            return None
-        assert self.cfg is not None
-        orders, _, ends, _ = checker.parse_venue_rows(checker.read_jsonl(self.work / "venue-record.jsonl"))
-        ended = {e.coid for e in ends}
-        live = sorted({o.coid for o in orders if o.outcome == "accepted"} - ended)
-        if not live:
-            return 0
-        from eth_account import Account
-
-        from guardrails.venues import make_venue
-
-        client = await redisconn.connect(self.redis.url)
-        venue = make_venue(self.cfg, client, signer=Account.from_key(HTTP_KEY))
-        try:
-            await venue.start()
-            for coid in live:
-                await venue.cancel(coid)
-        finally:
-            await venue.close()
-            await client.aclose()
-        return len(live)
 
     async def hold_proxy(self, proxy: ChaosProxy, kind: faults.FaultKind, fault: faults.Fault) -> None:
         if kind is faults.FaultKind.PARTITION:
@@ -838,6 +817,21 @@ def venue_max_token(record: Path) -> int:
                 if row.get("type") == "order" and row.get("token") is not None:
                     best = max(best, int(row["token"]))
     return best
+
+
+def venue_order_export(record: Path, out: Path) -> int:
+    """Write the order rows of the venue's record to ``out`` (what an operator exports
+    from the venue's order history for ``fence recover --venue-orders``); their count."""
+    n = 0
+    with out.open("w", encoding="utf-8") as f:
+        with contextlib.suppress(FileNotFoundError):
+            for line in record.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError, AttributeError):
+                    row = json.loads(line)
+                    if row.get("type") == "order" and row.get("symbol"):
+                        f.write(json.dumps(row) + "\n")
+                        n += 1
+    return n
 
 
 def chaos_account(venue: str = "http") -> AccountId:

@@ -36,7 +36,9 @@ def build(
         "seed": seed,
         "duration_s": duration_s,
         "instances": instances,
-        "faults": {k.value: by_kind.get(k.value, 0) for k in FaultKind},
+        # every kind the run's schedule holds (a single-server run has no failover kind)
+        "faults": {k.value: by_kind.get(k.value, 0) for k in FaultKind
+                   if any(f.kind is k for f in schedule)},
         "faults_not_applied": dict(failed),
         "schedule": [f.to_json() for f in schedule],
         "injected": injected,
