@@ -59,9 +59,9 @@ async def run(*, quick: bool) -> list[Row]:
     try:
         from guardrails.config import load_config
         from guardrails.model import Order, Side
+        from guardrails.sim.exchange import SimulatorProcess
         from guardrails.venues.base import Accepted
         from guardrails.venues.ccxt import CcxtVenue, Credentials
-        from guardrails.venues.simulator import SimulatorProcess
     except ImportError as e:
         return [not_measured(NAME, "submit p50 / p99", TARGET, f"ccxt venue missing ({e})")]
     pairs = 100 if quick else 400

@@ -32,7 +32,7 @@ LIMIT_MB = 150.0
 MB = 2**20
 
 _IMPORTS_ONLY = (
-    "import guardrails.runtime, guardrails.venues, sys, time; {extra}"
+    "import guardrails.runtime.term, guardrails.venues, sys, time; {extra}"
     "print('ready', flush=True); time.sleep(60)"
 )
 

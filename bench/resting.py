@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from guardrails.model import Intent, Side
 
 if TYPE_CHECKING:
-    from guardrails.context import Context
+    from guardrails.runtime.context import Context
 
 
 class Resting:

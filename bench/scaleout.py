@@ -57,13 +57,13 @@ def _worker(url: str, names: list[str], start_at: float, window_s: float, base: 
 async def _admit_loop(url: str, names: list[str], start_at: float, window_s: float,
                       base: int) -> int:
     from bench.account import risk_config
-    from guardrails import redisconn
     from guardrails.config import RedisConfig
     from guardrails.gate import OrderGate
+    from guardrails.infra import connect
     from guardrails.keys import AccountKeys
 
     # a generous timeout: the machine is shared; a timeout here is a lost data point
-    client = await redisconn.connect(RedisConfig(url=url, socket_timeout="10s"))
+    client = await connect.connect(RedisConfig(url=url, socket_timeout="10s"))
     try:
         risk = risk_config()
         gates = [OrderGate(client, AccountKeys(AccountId.parse(n)), risk) for n in names]
@@ -104,9 +104,9 @@ def _node_stats(port: int) -> tuple[int, int, float]:
 
 
 async def _seed(url: str) -> None:
-    from guardrails import redisconn
+    from guardrails.infra import connect
 
-    client = await redisconn.connect(url)
+    client = await connect.connect(url)
     try:
         for acct in ACCOUNTS:
             await gatesetup.seed(client, acct)
@@ -147,7 +147,7 @@ def _round(pool: ProcessPoolExecutor, url: str, ports: list[int], procs: int, wi
 
 
 async def run(*, quick: bool) -> list[Row]:
-    why = available("guardrails.gate") or available("guardrails.redisconn")
+    why = available("guardrails.gate") or available("guardrails.infra.connect")
     figure_rate = "admissions/s, 30 accounts: 1 node vs 3-primary cluster"
     if why:
         return [not_measured(NAME, figure_rate, "", why)]

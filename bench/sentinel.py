@@ -58,7 +58,7 @@ async def _acquired_after(insts: list[Instance], token: int, t0_wall: float,
 
 
 async def run(*, quick: bool) -> list[Row]:
-    why = available("guardrails.runtime") or available("guardrails.redisconn")
+    why = available("guardrails.runtime") or available("guardrails.infra.connect")
     fig_kill = "crash takeover p50 / p99 after a plain SIGKILL (Sentinel setup)"
     fig_fail = "takeover p50 / p99 after a Sentinel failover (primary SIGKILLed)"
     if why:

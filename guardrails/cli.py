@@ -20,7 +20,7 @@ from types import TracebackType
 
 from guardrails import logs
 from guardrails.config import REDIS_URL_ENV, ConfigError, redis_url_problem
-from guardrails.embedded import EmbeddedRedisError
+from guardrails.infra.embedded import EmbeddedRedisError
 
 DEFAULT_CONFIG = "config/paper.toml"
 _INIT_VENUES = ("paper", "http", "ccxt")  # guardrails.ops.init.VENUES, without importing it for --help
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (console on a terminal, else kv), kv (key=value lines), json (JSON lines), console",
     )
-    p.set_defaults(func=_lazy("guardrails.runtime:cmd_run"))
+    p.set_defaults(func=_lazy("guardrails.runtime.term:cmd_run"))
 
     p = sub.add_parser("kill", help="halt an account (or make it reduce-only) from anywhere")
     _common(p)
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for running instances to confirm (default 5)")
     p.add_argument("--reduce-only", action="store_true", help="REDUCING instead of HALTED")
     p.add_argument("--revoke", action="store_true", help="also bump the fence: fence out the holder")
-    p.set_defaults(func=_lazy("guardrails.killswitch:cmd_kill"))
+    p.set_defaults(func=_lazy("guardrails.ops.kill:cmd_kill"))
 
     p = sub.add_parser("resume", help="clear the kill switch of an account")
     _common(p)
@@ -95,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the latch of an account never seen on this Redis (refused otherwise)")
     p.add_argument("--confirm-timeout", type=float, default=5.0,
                    help="seconds to wait for running instances to confirm (default 5)")
-    p.set_defaults(func=_lazy("guardrails.killswitch:cmd_resume"))
+    p.set_defaults(func=_lazy("guardrails.ops.kill:cmd_resume"))
 
     p = sub.add_parser("status", help="lease, positions, budget and instances of accounts")
     _common(p)
     p.add_argument("--account", default=None, help="venue:account (default: the config's)")
     p.add_argument("--json", action="store_true", help="stable JSON (docs/status.schema.json)")
-    p.set_defaults(func=_lazy("guardrails.status:cmd_status"))
+    p.set_defaults(func=_lazy("guardrails.ops.status:cmd_status"))
 
     p = sub.add_parser("doctor", help="census: what runs vs what should run")
     _common(p)
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON (docs/doctor.schema.json)")
     p.add_argument("--notify", action="store_true",
                    help="also send problems through the config's [[notify]] channels (for cron)")
-    p.set_defaults(func=_lazy("guardrails.doctor:cmd_doctor"))
+    p.set_defaults(func=_lazy("guardrails.ops.doctor:cmd_doctor"))
 
     p = sub.add_parser("dashboard", help="serve the live web dashboard (read-only Redis)")
     _common(p)
@@ -118,13 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
                    help="also answer requests whose Host is NAME (behind a reverse proxy); "
                         "repeatable")
-    p.set_defaults(func=_lazy("guardrails.dashboard:cmd_dashboard"))
+    p.set_defaults(func=_lazy("guardrails.ops.dashboard:cmd_dashboard"))
 
     p = sub.add_parser("reconcile", help="look up non-terminal orders at the venue, apply fills")
     _common(p)
     p.add_argument("--fix", action="store_true", help="repair stranded orders (default: report)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("guardrails.reconcile:cmd_reconcile"))
+    p.set_defaults(func=_lazy("guardrails.ops.reconcile:cmd_reconcile"))
 
     p = sub.add_parser("limits", help="show or deliberately apply the account's limits")
     _common(p)
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--json", action="store_true")
     lp = lsub.add_parser("apply", help="store the config's limits as the account's limits")
     lp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=_lazy("guardrails.limits:cmd_limits"))
+    p.set_defaults(func=_lazy("guardrails.ops.limits:cmd_limits"))
 
     p = sub.add_parser("venue", help="venue tools")
     vsub = p.add_subparsers(dest="venue_command", required=True, metavar="ACTION")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--protocol", choices=protocols, default="eip712")
     vp = vsub.add_parser("stop", help="stop the per-user simulator daemon (its record is kept)")
     vp.add_argument("--protocol", choices=protocols, default="eip712")
-    p.set_defaults(func=_lazy("guardrails.venues.simdaemon:cmd_venue"))
+    p.set_defaults(func=_lazy("guardrails.sim.daemon:cmd_venue"))
 
     p = sub.add_parser("init", help="write a commented starter config for a venue")
     p.add_argument("--venue", choices=_INIT_VENUES, default="paper", help="which venue (default paper)")
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="do not rebuild the ledger from the venue's fills first (the "
                             "venue cannot be reached: positions and the day's loss stay as "
                             "Redis has them)")
-    p.set_defaults(func=_lazy("guardrails.fencing:cmd_fence"))
+    p.set_defaults(func=_lazy("guardrails.ops.fence:cmd_fence"))
 
     _add_version(parser)
 
@@ -215,7 +215,7 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
-    from guardrails import embedded
+    from guardrails.infra import embedded
 
     try:
         if args.redis_command == "start":
@@ -240,7 +240,8 @@ def cmd_redis(args: argparse.Namespace) -> int:
 def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
     """One warning line when a URL in argv carries a password: every local user can read
     argv (``ps``). The value is masked, and registered so nothing prints it."""
-    from guardrails import logs, redacted, redisconn
+    from guardrails import logs, redacted
+    from guardrails.infra import connect
 
     found = redacted.argv_urls_with_credentials(argv)
     redacted.register_argv(argv)
@@ -252,8 +253,8 @@ def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
             logging.getLogger("guardrails.secrets"), "secrets.password_in_argv", logging.WARNING,
             url=found[0],
             advice=f"argv is visible to every local user (ps); put the URL in "
-                   f"${REDIS_URL_ENV} or the password in ${redisconn.PASSWORD_ENV} / "
-                   f"${redisconn.PASSWORD_FILE_ENV}",
+                   f"${REDIS_URL_ENV} or the password in ${connect.PASSWORD_ENV} / "
+                   f"${connect.PASSWORD_FILE_ENV}",
         )
 
 

@@ -199,7 +199,7 @@ def redis_url_problem(url: str) -> str | None:
     if not url.strip():
         return "empty; write redis://host:6379/0, unix:///path/to/redis.sock or 'embedded'"
     if url.strip().split("://", 1)[0].lower() in ("redis+sentinel", "redis+cluster"):
-        return None  # parsed (and refused, naming the fault) by redisconn.parse_ha_url
+        return None  # parsed (and refused, naming the fault) by infra.connect.parse_ha_url
     try:
         parts = urlsplit(url.strip())
         port = parts.port  # raises ValueError for a port that is not a number in range
@@ -743,7 +743,7 @@ class Config(_Model):
                 )
         if isinstance(self.venue, EvmVenueConfig):
             # One wallet on one chain is one account: its label is fixed by the chain, so
-            # the same wallet cannot be two leases under two labels (guardrails.identity).
+            # the same wallet cannot be two leases under two labels (guardrails.runtime.identity).
             label = f"evm-{self.venue.chain_id}"
             if self.account.venue != label:
                 raise ValueError(

@@ -24,33 +24,20 @@ one that remembers nothing — until ``recover``:
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hashlib
 import json
 import logging
 import os
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from guardrails import logs, redisconn
-from guardrails.config import Config, ConfigError
-from guardrails.embedded import state_dir
-from guardrails.keys import (
-    ACCOUNTS_INDEX,
-    AccountId,
-    AccountKeys,
-    InvalidAccountId,
-    PaperVenueKeys,
-)
-from guardrails.reconcile import AdoptReport, VenueOrderRow, read_venue_orders
-from guardrails.venues.base import VenueError
+from guardrails import logs
+from guardrails.infra.embedded import state_dir
+from guardrails.keys import ACCOUNTS_INDEX, AccountKeys, PaperVenueKeys
 
 log = logging.getLogger("guardrails.fencing")
 
@@ -136,6 +123,13 @@ async def _max_stream_token(redis: aioredis.Redis, key: str, account: str | None
             return best
 
 
+async def fence_status(redis: aioredis.Redis, keys: AccountKeys) -> dict[str, Any]:
+    """The account's epoch, fencing counter and alarm (read-only: GET, GET, HGETALL)."""
+    epoch = await redis.get(keys.epoch)
+    return {"account": str(keys.account), "epoch": None if epoch is None else _s(epoch),
+            "fence": _int(await redis.get(keys.fence)), "alarm": await read_alarm(redis, keys)}
+
+
 async def highest_tokens(redis: aioredis.Redis, keys: AccountKeys, *,
                          paper_venue: str | None = None) -> dict[str, int]:
     """The highest token each remaining record of the account shows."""
@@ -175,114 +169,3 @@ async def recover(redis: aioredis.Redis, keys: AccountKeys, *, above: int = 0,
     # `status` and `doctor` would not see the account. Outside the slot: its own command.
     await redis.sadd(ACCOUNTS_INDEX, str(keys.account))
     return Recovery(str(keys.account), floor, epoch, sources, alarm)
-
-
-# -- CLI --------------------------------------------------------------------------------
-
-
-async def _fence(args: argparse.Namespace) -> int:
-    from guardrails.status import load_target
-
-    try:
-        url, cfg = load_target(args)
-        if args.account:
-            account = AccountId.parse(args.account)
-        elif cfg is not None:
-            account = cfg.account_id
-        else:
-            print("guardrails fence: name the account (--account venue:id) or a --config",
-                  file=sys.stderr)
-            return 2
-    except (ConfigError, InvalidAccountId) as e:
-        print(f"guardrails fence: {e}", file=sys.stderr)
-        return 2
-    paper = None
-    if cfg is not None and cfg.venue.kind == "paper":
-        paper = str(getattr(cfg.venue, "name", "")) or None
-    keys = AccountKeys(account)
-    redis = await redisconn.connect(url)
-    try:
-        if args.fence_command == "status":
-            alarm = await read_alarm(redis, keys)
-            epoch = await redis.get(keys.epoch)
-            doc = {"account": str(account), "epoch": _s(epoch) if epoch is not None else None,
-                   "fence": _int(await redis.get(keys.fence)), "alarm": alarm}
-            print(json.dumps(doc, indent=2) if args.json else
-                  f"{account}: epoch={doc['epoch'] or '-'} fence={doc['fence']} "
-                  + (f"ALARM {alarm.get('reason')} (seen {alarm.get('seen_epoch') or '-'}:"
-                     f"{alarm.get('seen_token')}, by {alarm.get('by')})" if alarm else "no alarm"))
-            return 1 if alarm else 0
-        adopted = None
-        if not args.no_venue:
-            if cfg is None:
-                print("guardrails fence recover: give the account's --config, so the ledger "
-                      "is rebuilt from the venue's fills first (or --no-venue)", file=sys.stderr)
-                return 2
-            try:
-                listed = read_venue_orders(args.venue_orders) if args.venue_orders else []
-            except (OSError, ValueError) as e:
-                print(f"guardrails fence recover: --venue-orders: {e}", file=sys.stderr)
-                return 2
-            adopted = await _adopt_from_venue(redis, cfg, listed)
-            if not adopted.ok:
-                why = adopted.refused[:3] + adopted.reconciled.failures[:3]
-                print(f"guardrails fence recover: the venue's records do not add up in the "
-                      f"ledger ({len(adopted.refused)} refused, "
-                      f"{len(adopted.reconciled.failures)} not reconciled, e.g. {why}); the "
-                      "alarm stays set (safe to run again)", file=sys.stderr)
-                return 1
-        result = await recover(redis, keys, above=args.above, paper_venue=paper)
-        latch = {_s(k): _s(v) for k, v in (await redis.hgetall(keys.state)).items()}
-    except VenueError as e:
-        print(f"guardrails fence recover: the venue cannot be read ({e}); the alarm stays set "
-              "(--no-venue re-seeds without rebuilding the ledger)", file=sys.stderr)
-        return 1
-    except RedisError as e:
-        print(f"guardrails fence: Redis at {redisconn.describe(url)}: {e}", file=sys.stderr)
-        return 2
-    finally:
-        await redis.aclose()
-    venue_doc = None if adopted is None else {
-        "venue_fills": adopted.venue_fills, "adopted_orders": adopted.adopted_orders,
-        "fills_applied": adopted.fills_applied, "reconciled": adopted.reconciled.checked}
-    halted = latch.get("state") in ("HALTED", "REDUCING")
-    if args.json:
-        print(json.dumps({**result.to_json(), "venue": venue_doc,
-                          "trading_state": latch.get("state", "ACTIVE"),
-                          "trading_reason": latch.get("reason", "")}, indent=2))
-    else:
-        if venue_doc is not None:
-            print(f"{result.account}: ledger rebuilt from the venue: {venue_doc['venue_fills']} "
-                  f"fill(s) read, {venue_doc['adopted_orders']} order(s) adopted, "
-                  f"{venue_doc['fills_applied']} fill(s) applied")
-        found = ", ".join(f"{k}={v}" for k, v in result.sources.items())
-        print(f"{result.account}: fence re-seeded at {result.floor} (highest seen: {found}); "
-              f"epoch {result.epoch}; alarm cleared — the next holder gets a token above "
-              f"{result.floor} and reconciles with the venue before trading")
-    if halted:
-        # e.g. a fill of a lost order seen as foreign activity before the refusal
-        print(f"note: {result.account} is {latch.get('state')} ({latch.get('reason', '')!r}); "
-              "`guardrails resume` once the venue's records agree", file=sys.stderr)
-    return 0
-
-
-async def _adopt_from_venue(redis: aioredis.Redis, cfg: Config,
-                            listed: list[VenueOrderRow]) -> AdoptReport:
-    """Rebuild the ledger's record of what the venue filled (``reconcile.adopt_venue_history``)
-    while the alarm still stops every instance."""
-    from guardrails.ledger import Ledger
-    from guardrails.reconcile import adopt_venue_history
-    from guardrails.venues import make_venue
-
-    venue = make_venue(cfg, redis)
-    try:
-        await venue.start()
-        return await adopt_venue_history(Ledger(redis, AccountKeys(cfg.account_id), cfg.risk),
-                                         venue, listed)
-    finally:
-        await venue.close()
-
-
-def cmd_fence(args: argparse.Namespace) -> int:
-    """``guardrails fence status|recover``."""
-    return asyncio.run(_fence(args))

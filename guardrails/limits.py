@@ -17,13 +17,7 @@ tick_m x 10^-tick_s, lot = lot_m x 10^-lot_s and k = tick x lot x 10^quote_decim
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import getpass
 import json
-import os
-import socket
-import sys
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, cast
@@ -110,18 +104,18 @@ class LimitsMismatch:
         return head + " " + "; ".join(self.differences)
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
         for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: obj}
 
 
 def differences(stored: dict[str, Any], configured: dict[str, Any]) -> list[str]:
     """Every field path whose value differs, as ``path: stored X, configured Y``."""
-    a, b = _flatten(stored), _flatten(configured)
+    a, b = flatten(stored), flatten(configured)
     out = []
     for path in sorted(set(a) | set(b)):
         if path not in a:
@@ -140,14 +134,6 @@ def _norm(v: Any) -> Any:
         except ArithmeticError:
             return v
     return v
-
-
-def who_am_i() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
 
 
 async def stored(redis: aioredis.Redis, keys: AccountKeys) -> dict[str, str]:
@@ -233,75 +219,3 @@ async def check_or_init(
 async def apply(redis: aioredis.Redis, keys: AccountKeys, risk: RiskConfig, who: str) -> None:
     """Deliberately replace the account's limits with ``risk`` (recorded with who/when)."""
     await _write(redis, keys, risk, who, only_if_absent=False)
-
-
-# -- CLI -------------------------------------------------------------------------------
-
-
-def cmd_limits(args: argparse.Namespace) -> int:
-    """``guardrails limits show|apply``."""
-    return asyncio.run(_cmd_limits(args))
-
-
-async def _cmd_limits(args: argparse.Namespace) -> int:
-    from guardrails.config import load_config
-    from guardrails.redisconn import connect
-
-    cfg = load_config(args.config, args.redis_url)
-    keys = AccountKeys(cfg.account_id)
-    redis = await connect(cfg.redis)
-    try:
-        current = await stored(redis, keys)
-        if args.limits_command == "show":
-            as_json = getattr(args, "json", False)
-            return _show(cfg.risk, current, as_json=as_json, account=str(keys.account))
-        if current:
-            stored_cfg = json.loads(current.get("config", "{}"))
-            diffs = differences(stored_cfg, cfg.risk.model_dump(mode="json"))
-            if not diffs:
-                print(f"{keys.account}: stored limits equal the configuration; nothing to do")
-                return 0
-            print(f"{keys.account}: applying these changes:")
-            for d in diffs:
-                print(f"  {d}")
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print("refusing to apply without --yes (stdin is not a terminal)", file=sys.stderr)
-                return 2
-            answer = await asyncio.to_thread(input, "apply? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("not applied")
-                return 1
-        await apply(redis, keys, cfg.risk, who_am_i())
-        print(f"{keys.account}: limits applied (digest {cfg.risk.digest()})")
-        return 0
-    finally:
-        await redis.aclose()
-
-
-def _show(risk: RiskConfig, current: dict[str, str], *, as_json: bool, account: str) -> int:
-    if not current:
-        msg = {"account": account, "stored": None}
-        print(json.dumps(msg) if as_json else f"{account}: no limits stored yet")
-        return 1
-    cfg = json.loads(current.get("config", "{}"))
-    diffs = differences(cfg, risk.model_dump(mode="json"))
-    if as_json:
-        print(json.dumps({
-            "account": account,
-            "stored": cfg,
-            "digest": current.get("digest"),
-            "set_by": current.get("set_by"),
-            "set_at_ms": int(current.get("set_at_ms", "0") or 0),
-            "differences_from_config": diffs,
-        }, indent=2, sort_keys=True))
-        return 0
-    print(f"{account}: limits digest {current.get('digest')} set by {current.get('set_by')} "
-          f"at {current.get('set_at_ms')} ms")
-    for path, value in sorted(_flatten(cfg).items()):
-        print(f"  {path} = {value}")
-    if diffs:
-        print("differences from the configuration:")
-        for d in diffs:
-            print(f"  {d}")
-    return 0

@@ -16,12 +16,9 @@ and rebuilds the index and reservations atomically (``lua/ledger_rebuild.lua``).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -261,7 +258,7 @@ async def sweep(ledger: Ledger, venue: Venue, *, fix: bool) -> SweepReport:
     return report
 
 
-# -- CLI ---------------------------------------------------------------------------------
+# -- after a lost history ----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,48 +375,3 @@ async def adopt_venue_history(ledger: Ledger, venue: Venue,
         if rec is not None and not rec.state.terminal:
             await reconcile_order(ledger, venue, rec, rep.reconciled)
     return rep
-
-
-def cmd_reconcile(args: argparse.Namespace) -> int:
-    """``guardrails reconcile [--fix] [--json]``: 0 when reconciled and clean (or fixed)."""
-    return asyncio.run(_cmd_reconcile(args))
-
-
-async def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from guardrails.config import load_config
-    from guardrails.keys import AccountKeys
-    from guardrails.redisconn import connect
-    from guardrails.tradingday import wall_clock_ms
-    from guardrails.venues import make_venue
-
-    cfg = load_config(args.config, args.redis_url)
-    redis = await connect(cfg.redis)
-    venue = make_venue(cfg, redis)
-    try:
-        await venue.start()
-        ledger = Ledger(redis, AccountKeys(cfg.account_id), cfg.risk)
-        rep = await reconcile(ledger, venue, now_ms=wall_clock_ms())
-        sw = await sweep(ledger, venue, fix=bool(args.fix))
-    finally:
-        await venue.close()
-        await redis.aclose()
-    if args.json:
-        print(json.dumps({"account": str(cfg.account_id), "reconcile": asdict(rep),
-                          "ok": rep.ok, "sweep": asdict(sw), "clean": sw.clean}, indent=2))
-    else:
-        print(f"{cfg.account_id}: reconcile {'ok' if rep.ok else 'FAILED'}: {rep.summary()}")
-        for coid, why in rep.failures:
-            print(f"  failure {coid}: {why}", file=sys.stderr)
-        for coid, a, b in rep.transitions:
-            print(f"  {coid}: {a} -> {b}")
-        for coid in rep.held:
-            print(f"  held {coid}: not at the venue yet, can still arrive")
-        verdict = "clean" if sw.clean else ("repaired" if sw.fixed else "NEEDS --fix")
-        print(f"{cfg.account_id}: sweep {verdict}")
-        for name in ("stranded", "missing_from_index", "terminal_in_index", "dangling_in_index",
-                     "reservation_mismatches"):
-            for item in getattr(sw, name):
-                print(f"  {name}: {item}")
-    if not rep.ok:
-        return 1
-    return 0 if (sw.clean or sw.fixed) else 1

@@ -41,7 +41,7 @@ from redis.exceptions import ResponseError
 
 from guardrails import __version__, redacted, scripts
 from guardrails.config import RuntimeConfig
-from guardrails.keys import ACCOUNTS_INDEX, AccountKeys
+from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys, InvalidAccountId
 
 KEEP_SILENT_ROWS_MS = 24 * 3600 * 1000
 """ZSET rows of instances silent for longer than this are pruned."""
@@ -216,6 +216,18 @@ class Registry:
             elif include_expired:
                 out.append({"id": instance_id, "last_seen_ms": score, "expired": True})
         return out
+
+
+async def known_accounts(redis: aioredis.Redis) -> list[AccountId]:
+    """Every account in ``keys.ACCOUNTS_INDEX`` (malformed members are skipped)."""
+    out: list[AccountId] = []
+    for raw in sorted(await redis.smembers(ACCOUNTS_INDEX)):
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            out.append(AccountId.parse(text))
+        except InvalidAccountId:
+            continue
+    return out
 
 
 def _text(value: object) -> str:

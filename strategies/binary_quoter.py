@@ -16,10 +16,10 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING
 
 from guardrails.model import Admitted, Intent, Side
-from guardrails.strategy_loader import param_decimal, param_duration_s
+from guardrails.runtime.strategy_loader import param_decimal, param_duration_s
 
 if TYPE_CHECKING:
-    from guardrails.context import Context
+    from guardrails.runtime.context import Context
 
 
 class BinaryQuoter:

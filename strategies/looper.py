@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from guardrails import logs
 from guardrails.model import Intent, Side
-from guardrails.strategy_loader import param_choice, param_decimal, param_duration_s
+from guardrails.runtime.strategy_loader import param_choice, param_decimal, param_duration_s
 
 if TYPE_CHECKING:
-    from guardrails.context import Context
+    from guardrails.runtime.context import Context
 
 
 class Looper:

@@ -28,9 +28,9 @@ def _isolated_state(
     yield
     for name in ("simulator", "clob-simulator"):
         if (state / name).exists():
-            from guardrails.venues import simdaemon
+            from guardrails.sim import daemon
 
-            simdaemon.stop(root=state / name)
+            daemon.stop(root=state / name)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import redis
 
-from guardrails.chaos.redisproc import FORBIDDEN_PORT, free_port
-from guardrails.embedded import find_redis_server
+from guardrails.infra.embedded import find_redis_server
+from guardrails.infra.server import FORBIDDEN_PORT, free_port
 
 __all__ = ["FORBIDDEN_PORT", "RedisServer", "free_port"]
 

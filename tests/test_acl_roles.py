@@ -23,10 +23,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from guardrails.dashboard import create_app, serve
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.killswitch import KillSwitch, KillSwitchError
 from guardrails.model import TradingState
+from guardrails.ops.dashboard import create_app, serve
 from tests.conftest import ROOT
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc, run_cli, write_config

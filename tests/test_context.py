@@ -13,13 +13,13 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from guardrails.config import Config, parse_config
-from guardrails.context import Context, MarkBook
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
 from guardrails.lease import Acquired, Lease
 from guardrails.ledger import Ledger
 from guardrails.limits import check_or_init
 from guardrails.model import Admitted, Denied, DenyReason, Intent, Order, OrderState, Side
+from guardrails.runtime.context import Context, MarkBook
 from guardrails.venues.base import SubmitResult, Unknown, VenueError
 from guardrails.venues.paper import PaperVenue, read_record
 from tests.redis_harness import RedisServer
@@ -288,7 +288,7 @@ async def test_submit_when_duplicate_was_admitted_by_an_older_term_then_not_sent
 async def test_read_when_redis_down_then_context_unavailable_not_raw_redis_error(
     world: World, redis_server: RedisServer, read: str
 ) -> None:
-    from guardrails.context import ContextUnavailable
+    from guardrails.runtime.context import ContextUnavailable
 
     ctx = Context(
         "s1", gate=OrderGate(world.redis, world.keys, world.cfg.risk), ledger=world.ledger,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -24,17 +25,17 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from guardrails.dashboard import (
+from guardrails.keys import AccountId, AccountKeys
+from guardrails.killswitch import read_latch
+from guardrails.ledger import Ledger
+from guardrails.model import Intent, Side, TradingState
+from guardrails.ops.dashboard import (
     MIN_OPERATOR_TOKEN_LEN,
     DashboardError,
     FailureThrottle,
     create_app,
     serve,
 )
-from guardrails.keys import AccountId, AccountKeys
-from guardrails.killswitch import read_latch
-from guardrails.ledger import Ledger
-from guardrails.model import Intent, Side, TradingState
 from tests import opskit
 from tests.browser import Browser
 from tests.conftest import ROOT, subprocess_env
@@ -137,6 +138,25 @@ async def test_events_when_subscribed_then_status_events_stream(served: Served) 
     # Assert
     assert [e["accounts"][0]["account"] for e in events] == ["paper:ops", "paper:ops"]
     assert events[1]["generated_at_ms"] >= events[0]["generated_at_ms"]
+
+
+async def test_page_when_fetched_then_index_and_every_file_it_links_are_served(
+    served: Served,
+) -> None:
+    # Act: the page and each /static/ file it references (the package's ops/web/ files)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(served.url) as resp:
+            page, page_status = await resp.text(), resp.status
+        linked = sorted(set(re.findall(r'(?:href|src)="/static/([^"]+)"', page)))
+        bodies = {}
+        for name in linked:
+            async with s.get(served.url + "static/" + name) as resp:
+                bodies[name] = (resp.status, await resp.text())
+
+    # Assert
+    assert page_status == 200 and "<html" in page.lower()
+    assert linked == ["app.js", "style.css"]
+    assert all(status == 200 and body.strip() for status, body in bodies.values())
 
 
 async def test_kill_when_no_operator_token_then_404_and_latch_untouched(served: Served) -> None:

@@ -228,7 +228,7 @@ def test_doctor_when_heartbeat_key_has_wrong_type_then_reports_it_instead_of_fai
 
 def test_manifest_when_example_loaded_then_valid() -> None:
     # Act
-    from guardrails.doctor import load_manifest
+    from guardrails.ops.doctor import load_manifest
 
     manifest = load_manifest(ROOT / "config" / "manifest.toml")
 
@@ -243,7 +243,7 @@ def test_manifest_when_example_loaded_then_valid() -> None:
 
 def test_is_guardrails_run_when_command_lines_vary_then_only_run_matches() -> None:
     # Arrange
-    from guardrails.doctor import is_guardrails_run, same_target
+    from guardrails.ops.doctor import is_guardrails_run, same_target
 
     # Act / Assert
     assert is_guardrails_run(["/usr/bin/python3", "-m", "guardrails", "run", "--config", "x"])

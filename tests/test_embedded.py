@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from guardrails import embedded
+from guardrails.infra import embedded
 
 
 def _pid() -> int:

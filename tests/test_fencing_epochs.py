@@ -15,8 +15,9 @@ from pathlib import Path
 import jsonschema
 import redis.asyncio as aioredis
 
-from guardrails import fencing, redisconn
+from guardrails import fencing
 from guardrails.config import LeaseConfig, load_config
+from guardrails.infra import connect
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
 from guardrails.lease import Acquired, Held, Lease, Refused
 from guardrails.ledger import Ledger
@@ -233,7 +234,7 @@ async def _ledger_and_venue(cfg_path: Path, url: str) -> tuple[dict[str, Decimal
                                                                   int]:
     """(ledger positions, positions summed from the venue's own fills, venue fill count)."""
     cfg = load_config(cfg_path, url)
-    client = await redisconn.connect(cfg.redis)
+    client = await connect.connect(cfg.redis)
     venue = make_venue(cfg, client)
     try:
         await venue.start()

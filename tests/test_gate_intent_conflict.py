@@ -16,13 +16,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from guardrails.config import Config, parse_config
-from guardrails.context import Context, MarkBook
 from guardrails.gate import OrderGate, decode_intent_record, intent_digest
 from guardrails.keys import AccountKeys
 from guardrails.lease import Acquired, Lease
 from guardrails.ledger import Ledger
 from guardrails.limits import check_or_init
 from guardrails.model import Admitted, Denied, DenyReason, Intent, OrderState, Side
+from guardrails.runtime.context import Context, MarkBook
 from guardrails.venues.paper import PaperVenue, read_record
 from tests.gatekit import HOLDER, SYMBOL, TOKEN, account_keys, buy, risk, risk_snapshot, seed, sell
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from guardrails.health import start_health_server
+from guardrails.runtime.health import start_health_server
 
 
 async def test_health_when_requested_then_returns_current_provider_facts() -> None:

@@ -17,9 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 from eth_account import Account
 
-from guardrails import identity
 from guardrails.config import ConfigError, parse_config
 from guardrails.keys import AccountId, signer_claim
+from guardrails.runtime import identity
 from tests.redis_harness import RedisServer, free_port
 from tests.run_harness import RunProc, run_cli, write_config
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from guardrails import localguard
 from guardrails.keys import AccountId
+from guardrails.runtime import localguard
 from tests.conftest import ROOT, subprocess_env
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc, write_config
@@ -24,7 +24,7 @@ ACCOUNT = AccountId("paper", "guard-test")
 
 PROBE = """
 import sys
-from guardrails import localguard
+from guardrails.runtime import localguard
 from guardrails.keys import AccountId
 try:
     lock = localguard.acquire(AccountId("paper", "guard-test"), standby=sys.argv[1] == "standby")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from guardrails import localguard
 from guardrails.keys import AccountId
+from guardrails.runtime import localguard
 from tests.oskit import (
     OsUser,
     as_user,
@@ -235,11 +235,11 @@ def test_acquire_when_other_users_copy_runs_then_second_user_refused_naming_it(
 ) -> None:
     # Two users, one account: still one resource. Mallory's copy (a real acquire, as
     # mallory) holds the guard; root's plain copy is refused naming her process.
-    probe = ("lock = guardrails.localguard.acquire(guardrails.keys.AccountId('paper', 'hostile'),"
+    probe = ("lock = guardrails.runtime.localguard.acquire(guardrails.keys.AccountId('paper', 'hostile'),"
              " standby=False, lock_dir=sys.argv[1])\nprint(lock.path, flush=True)\n"
              "time.sleep(120)\n")
     holder = subprocess.Popen(
-        guardrails_as(mallory, ["time", "guardrails.localguard", "guardrails.keys"], probe,
+        guardrails_as(mallory, ["time", "guardrails.runtime.localguard", "guardrails.keys"], probe,
                       str(shared)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user_env(), cwd="/",
         start_new_session=True,

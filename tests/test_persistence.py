@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import redis.asyncio as aioredis
 
-from guardrails import persistence
+from guardrails.infra import persistence
 from guardrails.keys import AccountId, AccountKeys
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc, run_cli, write_config

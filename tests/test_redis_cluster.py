@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from guardrails import limits, redisconn
+from guardrails import limits
 from guardrails.config import LeaseConfig, RuntimeConfig
 from guardrails.gate import OrderGate
+from guardrails.infra import connect
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
 from guardrails.lease import Acquired, Lease
 from guardrails.ledger import Ledger
@@ -54,7 +55,7 @@ def cluster() -> Iterator[ClusterGroup]:
 
 @pytest.fixture
 async def client(cluster: ClusterGroup) -> AsyncIterator[aioredis.Redis]:
-    c = await redisconn.connect(cluster.url)
+    c = await connect.connect(cluster.url)
     try:
         yield c
     finally:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from guardrails import redisconn
-from guardrails.redisconn import RedisUrlError, parse_ha_url
+from guardrails.infra import connect
+from guardrails.infra.connect import RedisUrlError, parse_ha_url
 
 
 def test_parse_when_sentinel_url_then_nodes_master_db_and_credentials() -> None:
@@ -51,7 +51,7 @@ def test_parse_when_url_bad_then_one_line_error_naming_it_without_password(
 
 
 def test_describe_when_ha_url_with_passwords_then_masked() -> None:
-    text = redisconn.describe("redis+sentinel://u:hunter2@h:1,h:2/m/0?sentinel_password=sp2")
+    text = connect.describe("redis+sentinel://u:hunter2@h:1,h:2/m/0?sentinel_password=sp2")
 
     assert "hunter2" not in text and "sp2" not in text
     assert text.startswith("redis+sentinel://u:***@h:1,h:2/m/0")  # the user stays: it is no secret

@@ -190,10 +190,10 @@ def test_run_when_active_has_order_in_doubt_then_it_is_looked_up_and_settled_wit
     import redis.asyncio as aioredis
 
     from guardrails.config import load_config
-    from guardrails.context import Context, MarkBook
     from guardrails.gate import OrderGate
     from guardrails.ledger import Ledger
     from guardrails.model import Admitted, Intent, Order, OrderState, Side
+    from guardrails.runtime.context import Context, MarkBook
     from guardrails.venues.base import SubmitResult, Unknown
     from guardrails.venues.paper import PaperVenue
 

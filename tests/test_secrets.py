@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from guardrails import logs, redacted, redisconn
+from guardrails import logs, redacted
 from guardrails.config import PaperVenueConfig, parse_config
-from guardrails.venues import simdaemon
-from guardrails.venues.simulator import DEFAULT_RISK
+from guardrails.infra import connect
+from guardrails.sim import daemon
+from guardrails.sim.exchange import DEFAULT_RISK
 from tests.conftest import subprocess_env
 from tests.redis_harness import RedisServer, free_port
 from tests.run_harness import RunProc, run_cli, write_config
@@ -58,7 +59,7 @@ def _acl_user(server: RedisServer) -> None:
 ])
 def test_mask_url_when_credential_form_then_masked_and_target_kept(url: str, shown: str) -> None:
     # Act
-    masked = redisconn.describe(url)
+    masked = connect.describe(url)
 
     # Assert
     assert masked == shown
@@ -68,7 +69,7 @@ def test_mask_url_when_credential_form_then_masked_and_target_kept(url: str, sho
 
 def test_mask_url_when_no_credentials_then_unchanged() -> None:
     for url in ("redis://127.0.0.1:6379/0", "unix:///tmp/r.sock", "embedded"):
-        assert redisconn.describe(url) == url
+        assert connect.describe(url) == url
         assert not redacted.has_credentials(url)
 
 
@@ -131,17 +132,17 @@ async def test_connect_when_password_in_env_or_file_then_authenticates(
     secret_file.chmod(0o600)
 
     # Act / Assert: no password anywhere -> refused; env -> works; file -> works
-    client = await redisconn.connect(url)
+    client = await connect.connect(url)
     with pytest.raises(redis.exceptions.AuthenticationError):
         await client.ping()
     await client.aclose()
-    monkeypatch.setenv(redisconn.PASSWORD_ENV, PASSWORD)
-    client = await redisconn.connect(url)
+    monkeypatch.setenv(connect.PASSWORD_ENV, PASSWORD)
+    client = await connect.connect(url)
     assert await client.acl_whoami() == USER
     await client.aclose()
-    monkeypatch.delenv(redisconn.PASSWORD_ENV)
-    monkeypatch.setenv(redisconn.PASSWORD_FILE_ENV, str(secret_file))
-    client = await redisconn.connect(url)
+    monkeypatch.delenv(connect.PASSWORD_ENV)
+    monkeypatch.setenv(connect.PASSWORD_FILE_ENV, str(secret_file))
+    client = await connect.connect(url)
     assert await client.acl_whoami() == USER
     await client.aclose()
     assert PASSWORD in redacted.registered()
@@ -272,7 +273,7 @@ def test_simulator_daemon_when_started_by_a_process_holding_secrets_then_environ
     # Arrange
     for name, value in SECRETS_IN_ENV.items():
         monkeypatch.setenv(name, value)
-    spec = simdaemon.MarketSpec(
+    spec = daemon.MarketSpec(
         PaperVenueConfig.model_validate({"name": "envcheck", "seed": 1, "step": "1h",
                                          "start_prices": {"BTC-USD": "60000.00",
                                                           "ETH-USD": "3000.00"}}),
@@ -280,12 +281,12 @@ def test_simulator_daemon_when_started_by_a_process_holding_secrets_then_environ
     root = Path(os.environ["GUARDRAILS_STATE_DIR"]) / "simulator"
     try:
         # Act
-        url = simdaemon.ensure_running(spec, root=root)
-        pid = int(simdaemon.status(root)["pid"])
+        url = daemon.ensure_running(spec, root=root)
+        pid = int(daemon.status(root)["pid"])
         environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
         names = [entry.split("=", 1)[0] for entry in environ.split("\0") if entry]
     finally:
-        simdaemon.stop(root=root)
+        daemon.stop(root=root)
 
     # Assert: the daemon ran (it answered) and holds none of the starter's secrets
     assert url.startswith("http://127.0.0.1:")

@@ -23,12 +23,12 @@ from eth_account import Account
 
 from guardrails import limits
 from guardrails.config import parse_config
-from guardrails.context import Context, MarkBook
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountId
 from guardrails.ledger import Ledger
 from guardrails.model import Intent, Side
-from guardrails.status import render_table, status_document
+from guardrails.ops.status import render_table, status_document
+from guardrails.runtime.context import Context, MarkBook
 from guardrails.venues.evm import EvmVenue
 from guardrails.venues.signing import Signer, SigningKeyError, load_signer
 from tests.evm_chain import (

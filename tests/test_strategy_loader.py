@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from guardrails.config import ConfigError, StrategyConfig
-from guardrails.strategy_loader import load_strategy, param_decimal, param_duration_s
+from guardrails.runtime.strategy_loader import load_strategy, param_decimal, param_duration_s
 
 
 def _spec(module: str, **params: object) -> StrategyConfig:

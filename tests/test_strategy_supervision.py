@@ -13,9 +13,9 @@ import time
 import pytest
 
 from guardrails.config import parse_config
-from guardrails.context import ContextUnavailable
-from guardrails.runtime import Runtime
-from guardrails.strategy_loader import LoadedStrategy
+from guardrails.runtime.context import ContextUnavailable
+from guardrails.runtime.strategy_loader import LoadedStrategy
+from guardrails.runtime.term import Runtime
 from tests.test_context import CONFIG
 
 

@@ -21,10 +21,11 @@ from guardrails.config import CcxtVenueConfig, PaperVenueConfig, RiskConfig, par
 from guardrails.keys import AccountId
 from guardrails.model import Order, Side
 from guardrails.sim import binance as sb
-from guardrails.venues import make_venue, simdaemon
+from guardrails.sim import daemon
+from guardrails.sim.exchange import Simulator, read_record
+from guardrails.venues import make_venue
 from guardrails.venues.base import Accepted, Rejected, Unknown, VenueError, VenueOrderState
 from guardrails.venues.ccxt import CcxtVenue, Credentials, classify_submit_error
-from guardrails.venues.simulator import Simulator, read_record
 from tests.redis_harness import free_port
 from tests.venue_conformance import SecretConformance, VenueConformance, VenueHarness, now_ms
 
@@ -397,7 +398,7 @@ async def test_make_venue_when_ccxt_embedded_then_reaches_the_per_user_binance_d
                       now_ms() + 30_000)
         result = await venue.submit(order)
         balances = await venue.balances()
-        info = simdaemon.status(protocol="binance")
+        info = daemon.status(protocol="binance")
         # Assert
         assert isinstance(venue, CcxtVenue) and venue.url.startswith("http://127.0.0.1:")
         assert isinstance(result, Accepted), result
@@ -405,7 +406,7 @@ async def test_make_venue_when_ccxt_embedded_then_reaches_the_per_user_binance_d
         assert info["running"] and info["orders"] == 1
     finally:
         await venue.close()
-        simdaemon.stop(protocol="binance")
+        daemon.stop(protocol="binance")
 
 
 # -- classification -----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from guardrails.venues.simulator import SimulatorProcess, read_record
+from guardrails.sim.exchange import SimulatorProcess, read_record
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc
 

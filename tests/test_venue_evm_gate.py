@@ -16,11 +16,11 @@ from decimal import Decimal
 from eth_utils import to_checksum_address
 
 from guardrails import limits
-from guardrails.context import Context, MarkBook
 from guardrails.gate import OrderGate
 from guardrails.ledger import Ledger
 from guardrails.model import Admitted, Intent, OrderState, Side
 from guardrails.reconcile import reconcile
+from guardrails.runtime.context import Context, MarkBook
 from guardrails.venues.evm import EvmVenue
 from tests.evm_chain import ETH, TKN, ChainProvider, World, take_lease, world
 

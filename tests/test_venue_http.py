@@ -17,6 +17,13 @@ from eth_account import Account
 from guardrails.config import HttpVenueConfig, PaperVenueConfig, parse_config
 from guardrails.keys import AccountId
 from guardrails.model import Order, Side
+from guardrails.sim.exchange import (
+    DEFAULT_RISK,
+    SimExchange,
+    Simulator,
+    SimulatorProcess,
+    read_record,
+)
 from guardrails.venues import eip712, make_venue, signing
 from guardrails.venues.base import (
     Accepted,
@@ -26,13 +33,6 @@ from guardrails.venues.base import (
     VenueOrderState,
 )
 from guardrails.venues.http import HttpVenue
-from guardrails.venues.simulator import (
-    DEFAULT_RISK,
-    SimExchange,
-    Simulator,
-    SimulatorProcess,
-    read_record,
-)
 from tests.conftest import subprocess_env
 from tests.redis_harness import free_port
 from tests.venue_conformance import (

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from guardrails.config import HttpVenueConfig, PaperVenueConfig, RiskConfig, load_config
 from guardrails.keys import AccountId, PaperVenueKeys
 from guardrails.model import Order, Side
-from guardrails.venues import make_venue, market
+from guardrails.sim import market
+from guardrails.venues import make_venue
 from guardrails.venues.base import Accepted, Rejected, VenueOrderState
 from guardrails.venues.paper import PaperVenue, read_record
 from tests.redis_harness import RedisServer
@@ -373,10 +374,10 @@ async def test_cancel_order_when_order_not_arrived_then_reservation_released_and
 ) -> None:
     # Arrange: the real gate admits an order (its exposure reserved); its sender pauses
     # before the order reaches the exchange.
-    from guardrails.context import cancel_order
     from guardrails.gate import OrderGate
     from guardrails.ledger import Ledger
     from guardrails.model import Admitted, OrderState
+    from guardrails.runtime.context import cancel_order
     from tests import gatekit
 
     keys, cfg = gatekit.account_keys("tomb"), gatekit.risk()

@@ -32,8 +32,10 @@ from guardrails.config import (
 from guardrails.config import parse_config as parse
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Order, Side
+from guardrails.sim import daemon
 from guardrails.sim.clob import ClobExchange, ClobSimulator
-from guardrails.venues import make_venue, simdaemon
+from guardrails.sim.exchange import read_record
+from guardrails.venues import make_venue
 from guardrails.venues.base import Accepted, Rejected, Unknown, VenueError, VenueOrderState
 from guardrails.venues.polymarket import (
     PolymarketVenue,
@@ -41,7 +43,6 @@ from guardrails.venues.polymarket import (
     expiration_for,
     salt_for,
 )
-from guardrails.venues.simulator import read_record
 from tests.redis_harness import free_port
 from tests.venue_conformance import SecretConformance, VenueConformance, VenueHarness, now_ms
 
@@ -473,7 +474,7 @@ async def test_make_venue_when_embedded_then_per_user_clob_daemon_and_state_surv
     finally:
         await venue.close()
     # Act: the daemon restarts; a new venue reaches the new one.
-    assert simdaemon.stop(root=simdaemon.clob_root())
+    assert daemon.stop(root=daemon.clob_root())
     again = make_venue(cfg, redis_client)
     await again.start()
     try:
@@ -561,7 +562,7 @@ async def test_start_when_lot_off_the_clob_size_grid_then_refused(
 
 
 def _daemon_environ() -> bytes:
-    pid = int((simdaemon.clob_root() / "sim.pid").read_text())
+    pid = int((daemon.clob_root() / "sim.pid").read_text())
     return Path(f"/proc/{pid}/environ").read_bytes()
 
 

@@ -18,7 +18,7 @@ import pytest
 from eth_account import Account
 
 from guardrails.sim.clob import ClobSimulatorProcess
-from guardrails.venues.simulator import read_record
+from guardrails.sim.exchange import read_record
 from tests.conftest import subprocess_env
 from tests.redis_harness import RedisServer, free_port
 from tests.run_harness import RunProc

@@ -18,10 +18,11 @@ import pytest
 from guardrails.config import HttpVenueConfig, PaperVenueConfig
 from guardrails.keys import AccountId
 from guardrails.model import Order, Side
-from guardrails.venues import eip712, signing, simdaemon
+from guardrails.sim import daemon
+from guardrails.sim.exchange import DEFAULT_RISK, SimExchange, SimStateError, read_record
+from guardrails.venues import eip712, signing
 from guardrails.venues.base import Accepted, Rejected, VenueError, VenueOrderState
 from guardrails.venues.http import HttpVenue
-from guardrails.venues.simulator import DEFAULT_RISK, SimExchange, SimStateError, read_record
 from tests.conftest import subprocess_env
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc
@@ -50,7 +51,7 @@ async def daemon_cleanup() -> AsyncIterator[None]:
     try:
         yield
     finally:
-        simdaemon.stop()
+        daemon.stop()
 
 
 async def started(cfg: HttpVenueConfig | None = None, account: str = "demo") -> HttpVenue:
@@ -65,13 +66,13 @@ def order(coid: str, side: Side, price: Decimal) -> Order:
 
 _STARTER = """
 import json, sys
-from guardrails.venues import simdaemon, simulator
+from guardrails.sim import daemon, exchange
 from guardrails.venues import eip712, signing
 from guardrails.config import PaperVenueConfig
-spec = simdaemon.MarketSpec(PaperVenueConfig.model_validate(json.loads(sys.argv[1])),
-                            simulator.DEFAULT_RISK, 1)
-url = simdaemon.ensure_running(spec)
-print(json.dumps({"url": url, "pid": simdaemon.status()["pid"]}))
+spec = daemon.MarketSpec(PaperVenueConfig.model_validate(json.loads(sys.argv[1])),
+                            exchange.DEFAULT_RISK, 1)
+url = daemon.ensure_running(spec)
+print(json.dumps({"url": url, "pid": daemon.status()["pid"]}))
 """
 
 
@@ -99,7 +100,7 @@ def test_ensure_running_when_two_processes_start_at_once_then_one_daemon_both_re
     assert answers[0] == answers[1]
     log = (state_root() / "sim.log").read_text()
     assert log.count("event=simulator.listening") == 1
-    assert simdaemon.status()["pid"] == answers[0]["pid"]
+    assert daemon.status()["pid"] == answers[0]["pid"]
 
 
 async def test_restart_when_daemon_stopped_then_orders_fills_balances_and_tombstones_replayed(
@@ -116,15 +117,15 @@ async def test_restart_when_daemon_stopped_then_orders_fills_balances_and_tombst
         assert isinstance(await venue.cancel(late.client_order_id), Accepted)
         before_fills = await venue.fills_since(None)
         before_balances = await venue.balances()
-        first_pid = simdaemon.status()["pid"]
+        first_pid = daemon.status()["pid"]
     finally:
         await venue.close()
     # Act: the daemon stops; the next instance starts it again (a new process).
-    assert simdaemon.stop() is True
-    assert simdaemon.status()["running"] is False
+    assert daemon.stop() is True
+    assert daemon.status()["running"] is False
     venue = await started()
     try:
-        info = simdaemon.status()
+        info = daemon.status()
         taker_now = await venue.lookup("c-taker")
         rest_now = await venue.lookup("c-rest")
         resent = await venue.submit(taker)
@@ -223,7 +224,7 @@ def test_daemon_when_started_then_not_under_home_and_outlives_its_starter(
     # Act: a process starts the daemon and exits.
     out = subprocess.run([sys.executable, "-c", _STARTER, json.dumps(MARKET)],
                          capture_output=True, text=True, env=env, timeout=90)
-    info = simdaemon.status()
+    info = daemon.status()
     # Assert
     assert out.returncode == 0, out.stderr
     assert info["running"] is True and info["pid"] == json.loads(out.stdout)["pid"]
@@ -297,4 +298,4 @@ def test_serve_daemon_when_another_daemon_owns_the_record_then_second_refuses(
         time.sleep(0.1)
     # Assert: one writer of the record; the first daemon serves on.
     assert "another simulator daemon" in error.read_text()
-    assert simdaemon.status()["pid"] == first["pid"]
+    assert daemon.status()["pid"] == first["pid"]

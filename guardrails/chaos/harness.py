@@ -48,13 +48,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from guardrails import redisconn
 from guardrails.chaos import checker, faults, report
 from guardrails.chaos.proxy import ChaosProxy
 from guardrails.chaos.redisha import SentinelRedis
-from guardrails.chaos.redisproc import RedisProcess, free_port
 from guardrails.chaos.venue import VenueProcess
 from guardrails.config import Config, load_config
+from guardrails.infra import connect
+from guardrails.infra.server import RedisProcess, free_port
 from guardrails.keys import AccountId, AccountKeys
 
 log = logging.getLogger("guardrails.chaos")
@@ -389,7 +389,7 @@ class Harness:
 
     async def exercise(self, schedule: list[faults.Fault]) -> dict[str, Any]:
         """Start everything, inject the faults, settle, stop everything; always clean up."""
-        direct = await redisconn.connect(self.redis.url)
+        direct = await connect.connect(self.redis.url)
         run_facts: dict[str, Any] = {"workdir": str(self.work)}
         try:
             self.venue = VenueProcess(
@@ -409,7 +409,7 @@ class Harness:
             for inst in self.instances:
                 await inst.start(self.env())
                 await asyncio.sleep(0.5)  # instance 0 first: it becomes the first active
-            self.say(f"started redis {redisconn.describe(self.redis.url)}, venue :{self.venue_port}, "
+            self.say(f"started redis {connect.describe(self.redis.url)}, venue :{self.venue_port}, "
                      f"{len(self.instances)} instances")  # fmt: skip
             run_facts["trading_after_s"] = await self.wait_trading(direct)
             self.t_faults = time.monotonic()

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from guardrails.chaos.redisproc import FORBIDDEN_PORT, RedisProcess, free_port
+from guardrails.infra.server import FORBIDDEN_PORT, RedisProcess, free_port
 
 MASTER = "gr"
 

@@ -3,7 +3,7 @@
 It is what the ccxt venue is tested against: the unmodified ccxt ``binance`` class, its
 URLs pointed here, sends exactly the requests it would send to Binance and parses the
 answers with its own code. It is a front end over the shared matching engine and record
-(``guardrails.venues.simulator.SimExchange``), so marks, matching, fills, balances and
+(``guardrails.sim.exchange.SimExchange``), so marks, matching, fills, balances and
 the JSONL record the chaos checker reads are the same as the HTTP simulator's.
 
 The subset served (everything the ccxt venue calls; paths under ``/api/v3``):
@@ -67,7 +67,7 @@ from aiohttp import web
 
 from guardrails import logs
 from guardrails.model import Fill, Order, Side
-from guardrails.venues.simulator import (
+from guardrails.sim.exchange import (
     Faults,
     SimExchange,
     SimOrder,

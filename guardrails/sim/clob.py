@@ -1,5 +1,5 @@
 """A Polymarket CLOB simulator: the REST API py-clob-client speaks, on the existing
-matching engine and record (``guardrails.venues.simulator.SimExchange``).
+matching engine and record (``guardrails.sim.exchange.SimExchange``).
 
 It is the counterparty the Polymarket venue adapter is tested against, over real HTTP,
 driven by the unmodified ``py-clob-client``. As an exchange it:
@@ -64,7 +64,7 @@ from guardrails.config import (
     load_config,
 )
 from guardrails.model import Order, Side
-from guardrails.venues.simulator import Faults, SimExchange, SimOrder, Simulator, SimulatorProcess
+from guardrails.sim.exchange import Faults, SimExchange, SimOrder, Simulator, SimulatorProcess
 
 log = logging.getLogger("guardrails.sim.clob")
 

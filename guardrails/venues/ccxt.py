@@ -302,13 +302,13 @@ class CcxtVenue:
 
     async def _start_embedded(self) -> str:
         """Reach the per-user Binance-protocol simulator daemon, starting it if needed."""
-        from guardrails.venues import simdaemon, simulator
+        from guardrails.sim import daemon, exchange
 
-        market = self._cfg.simulator or simulator.DEFAULT_MARKET
-        spec = simdaemon.MarketSpec(market, self._risk, 1, protocol="binance")
+        market = self._cfg.simulator or exchange.DEFAULT_MARKET
+        spec = daemon.MarketSpec(market, self._risk, 1, protocol="binance")
         try:
-            return await asyncio.to_thread(simdaemon.ensure_running, spec)
-        except simdaemon.SimDaemonError as e:
+            return await asyncio.to_thread(daemon.ensure_running, spec)
+        except daemon.SimDaemonError as e:
             raise VenueError(f"ccxt venue: {e}") from None
 
     async def _load(self, ex: Any) -> None:

@@ -76,10 +76,11 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.providers.async_base import AsyncBaseProvider
 
-from guardrails import identity, logs, scripts
+from guardrails import logs, scripts
 from guardrails.config import EvmOrderTemplate, EvmVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys, venue_key
 from guardrails.model import Fill, Order, Side
+from guardrails.runtime import identity
 from guardrails.venues.base import (
     Accepted,
     FillBatch,

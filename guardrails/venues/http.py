@@ -41,10 +41,11 @@ from urllib.parse import quote
 import aiohttp
 from eth_account.signers.local import LocalAccount
 
-from guardrails import identity, logs
+from guardrails import logs
 from guardrails.config import HttpVenueConfig, RiskConfig
 from guardrails.keys import AccountId
 from guardrails.model import Fill, Order, Side
+from guardrails.runtime import identity
 from guardrails.venues import eip712, signing
 from guardrails.venues.base import (
     Accepted,
@@ -166,7 +167,7 @@ class HttpVenue:
             except signing.SigningKeyError as e:
                 raise VenueError(f"http venue: {e}") from None
         if not self._demo:
-            # The account is the signer's address (guardrails.identity); the demo key is
+            # The account is the signer's address (guardrails.runtime.identity); the demo key is
             # derived from the account id, so it is one address per account already.
             identity.check_signer_is_account(
                 self._account_id, self._signer.address, source=self._source, venue="http"
@@ -179,16 +180,16 @@ class HttpVenue:
 
     async def _start_embedded(self) -> None:
         """Reach the per-user simulator daemon, starting it if needed (``simdaemon``)."""
-        from guardrails.venues import simdaemon, simulator
+        from guardrails.sim import daemon, exchange
 
-        spec = simdaemon.MarketSpec(
-            self._cfg.simulator or simulator.DEFAULT_MARKET,
-            self._risk or simulator.DEFAULT_RISK,
+        spec = daemon.MarketSpec(
+            self._cfg.simulator or exchange.DEFAULT_MARKET,
+            self._risk or exchange.DEFAULT_RISK,
             self._cfg.chain_id,
         )
         try:
-            self._base = await asyncio.to_thread(simdaemon.ensure_running, spec)
-        except simdaemon.SimDaemonError as e:
+            self._base = await asyncio.to_thread(daemon.ensure_running, spec)
+        except daemon.SimDaemonError as e:
             raise VenueError(f"http venue: {e}") from None
 
     async def close(self) -> None:

@@ -48,11 +48,12 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from guardrails import redisconn, scripts
+from guardrails import scripts
 from guardrails.config import PaperVenueConfig, RiskConfig
+from guardrails.infra import connect
 from guardrails.keys import AccountId, PaperVenueKeys
 from guardrails.model import Fill, Order, Side
-from guardrails.venues import market
+from guardrails.sim import market
 from guardrails.venues.base import (
     Accepted,
     FillBatch,
@@ -242,7 +243,7 @@ class PaperVenue:
         """``command`` and the server's TIME (ms) in one round trip where the client can
         pipeline them; a Redis Cluster client cannot pipeline a keyless TIME, so there
         it is a second command (to the key's node)."""
-        if redisconn.is_cluster(self._redis):
+        if connect.is_cluster(self._redis):
             cluster = cast(Any, self._redis)
             reply = await cluster.execute_command(command, *args)
             sec, usec = await cluster.execute_command(

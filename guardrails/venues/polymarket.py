@@ -56,10 +56,11 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from redis.exceptions import RedisError
 
-from guardrails import identity, logs
+from guardrails import logs
 from guardrails.config import PolymarketVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Fill, Order, Side
+from guardrails.runtime import identity
 from guardrails.venues import signing
 from guardrails.venues.base import (
     Accepted,
@@ -236,16 +237,16 @@ class PolymarketVenue:
 
     async def _start_embedded(self) -> str:
         """Reach the per-user CLOB simulator daemon, starting it if needed (``simdaemon``)."""
-        from guardrails.venues import simdaemon
+        from guardrails.sim import daemon
 
         if self._cfg.simulator is None or self._risk is None:
             raise VenueError("polymarket venue: url = 'embedded' needs [venue.simulator]")
-        spec = simdaemon.MarketSpec(self._cfg.simulator, self._risk, self._cfg.chain_id,
+        spec = daemon.MarketSpec(self._cfg.simulator, self._risk, self._cfg.chain_id,
                                     clob_tokens=dict(self._cfg.tokens))
         try:
             return await asyncio.to_thread(
-                functools.partial(simdaemon.ensure_running, spec, root=simdaemon.clob_root()))
-        except simdaemon.SimDaemonError as e:
+                functools.partial(daemon.ensure_running, spec, root=daemon.clob_root()))
+        except daemon.SimDaemonError as e:
             raise VenueError(f"polymarket venue: {e}") from None
 
     def _connect(self) -> Any:

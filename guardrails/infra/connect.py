@@ -43,8 +43,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from guardrails import embedded, redacted
+from guardrails import redacted
 from guardrails.config import EMBEDDED, ConfigError, RedisConfig
+from guardrails.infra import embedded
 
 PASSWORD_ENV = "GUARDRAILS_REDIS_PASSWORD"
 """Environment variable holding the Redis password (when the URL carries none)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from guardrails.embedded import find_redis_server
+from guardrails.infra.embedded import find_redis_server
 
 FORBIDDEN_PORT = 6379
 

@@ -37,8 +37,9 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError, ResponseError
 
-from guardrails import localguard, persistence, redacted, redisconn
+from guardrails import redacted
 from guardrails.config import (
+    EMBEDDED,
     REDIS_URL_ENV,
     Config,
     ConfigError,
@@ -46,9 +47,13 @@ from guardrails.config import (
     format_validation_error,
     load_config,
 )
+from guardrails.fencing import read_alarm
+from guardrails.infra import connect, embedded, persistence
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ops import notify
-from guardrails.status import load_target
+from guardrails.ops.common import load_target
+from guardrails.registry import Registry, known_accounts
+from guardrails.runtime import localguard
 
 DOCTOR_SCHEMA_VERSION = 1
 
@@ -310,9 +315,6 @@ def same_target(a: str | None, b: str | None) -> bool:
     """Whether two Redis URLs name the same server and database, however spelled
     (``LOCALHOST``, a trailing slash, ``?db=0``, a default port; 'embedded' resolved):
     the one normalisation the host lock uses (``localguard.normalise_redis_target``)."""
-    from guardrails import embedded
-    from guardrails.config import EMBEDDED
-
     def norm(u: str | None) -> str | None:
         if u is None:
             return None
@@ -340,8 +342,6 @@ async def _registry(
     redis: aioredis.Redis, keys: AccountKeys
 ) -> tuple[list[dict[str, str]], list[tuple[str, int]]]:
     """(live heartbeat rows as strings, (id, last_seen_ms) of rows whose heartbeat expired)."""
-    from guardrails.registry import Registry
-
     rows: list[dict[str, str]] = []
     gone: list[tuple[str, int]] = []
     if (await redis.type(keys.instances)) not in ("zset", "none"):
@@ -389,8 +389,6 @@ async def census(
     processes: list[LocalProcess] | None = None,
 ) -> Census:
     """Gather every source and compare. Redis connection errors propagate (exit 2)."""
-    from guardrails.killswitch import known_accounts
-
     host = host or socket.gethostname()
     procs = local_processes() if processes is None else processes
     sec, usec = await redis.time()
@@ -427,8 +425,6 @@ async def census(
 async def check_fence_history(c: Census, redis: aioredis.Redis, keys: AccountKeys,
                               account: str) -> None:
     """Did an instance find the account's fence history lost? (guardrails/fencing.py)"""
-    from guardrails.fencing import read_alarm
-
     alarm = await read_alarm(redis, keys)
     if alarm is None:
         return
@@ -448,7 +444,7 @@ async def check_fence_history(c: Census, redis: aioredis.Redis, keys: AccountKey
 
 async def check_persistence(c: Census, redis: aioredis.Redis, *, allow_non_durable: bool) -> None:
     """Would this Redis lose the fencing counter on a restart? (guardrails/persistence.py)"""
-    async with redisconn.primaries(redis) as nodes:
+    async with connect.primaries(redis) as nodes:
         readings = [(name, await persistence.read(node)) for name, node in nodes]
     rank = [persistence.Durability.VOLATILE, persistence.Durability.UNKNOWN,
             persistence.Durability.DURABLE]
@@ -684,7 +680,7 @@ def report_json(c: Census, redis_target: str, manifest_path: str | None) -> dict
         "healthy": exit_code(c) == EXIT_HEALTHY,
         "exit_code": exit_code(c),
         "host": socket.gethostname(),
-        "redis": redisconn.describe(redis_target),
+        "redis": connect.describe(redis_target),
         "manifest": manifest_path,
         "findings": [f.to_json() for f in c.findings],
         "instances": [i.to_json() for i in c.instances],
@@ -715,14 +711,14 @@ async def _doctor(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _cannot_check(args.json, str(e), manifest_path)
     try:
-        redis = await redisconn.connect(url)
+        redis = await connect.connect(url)
     except Exception as e:  # embedded Redis that cannot start, bad URL
-        return _cannot_check(args.json, f"{redisconn.describe(url)}: {e}", manifest_path)
+        return _cannot_check(args.json, f"{connect.describe(url)}: {e}", manifest_path)
     try:
-        concrete = await redisconn.resolve_url(url)
+        concrete = await connect.resolve_url(url)
         result = await census(redis, concrete, manifest)
     except RedisError as e:
-        return _cannot_check(args.json, f"Redis at {redisconn.describe(url)}: {e}", manifest_path)
+        return _cannot_check(args.json, f"Redis at {connect.describe(url)}: {e}", manifest_path)
     finally:
         await redis.aclose()
     if args.json:
@@ -764,7 +760,7 @@ async def _notify(channels: list[notify.Channel], result: Census, url: str) -> N
     problems = [f for f in result.findings if f.problem]
     if not problems:
         return
-    text = f"doctor: {len(problems)} problem(s) on {redisconn.describe(url)}: " + "; ".join(
+    text = f"doctor: {len(problems)} problem(s) on {connect.describe(url)}: " + "; ".join(
         f"[{f.code}] {f.account or ''} {f.message}" for f in problems[:5])
     n = notify.Notifier(channels, max_attempts=3, backoff_s=0.5)
     n.publish(notify.Alert("doctor", ",".join(sorted({f.account or "-" for f in problems})),

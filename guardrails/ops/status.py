@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,9 +28,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from guardrails import redacted, redisconn
-from guardrails.config import EMBEDDED, REDIS_URL_ENV, Config, ConfigError, RiskConfig, load_config
+from guardrails import redacted
+from guardrails.config import Config, RiskConfig
+from guardrails.fencing import read_alarm
+from guardrails.infra import connect
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
+from guardrails.killswitch import read_latch
+from guardrails.ledger import Ledger
+from guardrails.ops.common import load_target
+from guardrails.registry import Registry, known_accounts
 
 STATUS_SCHEMA_VERSION = 1
 """``schema_version`` of the JSON output; bumped on any incompatible change."""
@@ -39,41 +44,10 @@ STATUS_SCHEMA_VERSION = 1
 RECENT_DENIALS = 20
 """How many recent denials status and the dashboard show per account."""
 
-DEFAULT_CONFIG = "config/paper.toml"
-
 UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 """Redis errors that mean "could not reach Redis" rather than "this part is odd"."""
 
 Json = dict[str, Any]
-
-
-# -- where to look ------------------------------------------------------------------
-
-
-def load_target(args: argparse.Namespace) -> tuple[str, Config | None]:
-    """The Redis URL and (if there is one) the config for an operator command.
-
-    ``--redis-url``, then ``$GUARDRAILS_REDIS_URL``, then the config's ``[redis] url``,
-    then ``embedded``. The config is optional for operator commands: the default path
-    may be absent (an operator machine has no bot config), an explicit one must load.
-    """
-    cfg: Config | None = None
-    path = getattr(args, "config", None)
-    if path:
-        if Path(path).exists():
-            cfg = load_config(path, getattr(args, "redis_url", None))
-        elif path != DEFAULT_CONFIG:
-            raise ConfigError(f"{path}: config file not found")
-    url = getattr(args, "redis_url", None) or os.environ.get(REDIS_URL_ENV)
-    if not url:
-        url = cfg.redis.url if cfg is not None else EMBEDDED
-    return url, cfg
-
-
-async def open_redis(args: argparse.Namespace) -> aioredis.Redis:
-    """A client for the operator command's Redis (decode_responses=True)."""
-    url, _ = load_target(args)
-    return await redisconn.connect(url)
 
 
 # -- reading ------------------------------------------------------------------------
@@ -123,16 +97,12 @@ async def _lease(redis: aioredis.Redis, keys: AccountKeys, errors: list[str]) ->
 
 async def _fence_history(redis: aioredis.Redis, keys: AccountKeys) -> Json:
     """The fencing epoch and the lost-history alarm (``fencing.py``)."""
-    from guardrails.fencing import read_alarm
-
     epoch = await redis.get(keys.epoch)
     return {"epoch": None if epoch is None else str(epoch),
             "alarm": await read_alarm(redis, keys)}
 
 
 async def _trading(redis: aioredis.Redis, keys: AccountKeys) -> Json:
-    from guardrails.killswitch import read_latch
-
     return (await read_latch(redis, keys)).to_json()
 
 
@@ -158,8 +128,6 @@ async def _denials(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
 
 async def _instances(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
     """Live registry rows (``Registry.list_instances``: ZREVRANGE + HGETALL, read-only)."""
-    from guardrails.registry import Registry
-
     out: list[Json] = []
     for row in await Registry.list_instances(redis, keys):
         item: Json = {}
@@ -193,8 +161,6 @@ async def _risk_for(
 async def _ledger_views(
     redis: aioredis.Redis, keys: AccountKeys, risk: RiskConfig
 ) -> tuple[list[Json], Json, list[Json]]:
-    from guardrails.ledger import Ledger
-
     ledger = Ledger(redis, keys, risk)
     positions: list[Json] = []
     for symbol, p in sorted((await ledger.positions()).items()):
@@ -378,8 +344,6 @@ def _iso(ms: object) -> str:
     n = _int_or_none(ms)
     if n is None:
         return "-"
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(n / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
@@ -463,15 +427,13 @@ async def _status(args: argparse.Namespace) -> int:
         accounts = [cfg.account_id]
     else:
         accounts = []
-    redis = await redisconn.connect(url)
+    redis = await connect.connect(url)
     try:
         if not accounts:
-            from guardrails.killswitch import known_accounts
-
             accounts = await known_accounts(redis)
         doc = await status_document(redis, accounts, config=cfg)
     except RedisError as e:
-        print(f"guardrails status: could not read Redis at {redisconn.describe(url)}: {e}",
+        print(f"guardrails status: could not read Redis at {connect.describe(url)}: {e}",
               file=sys.stderr)
         return 2
     finally:

@@ -7,7 +7,7 @@ what the operator sees is what the gate enforces.
 
 Serving (aiohttp, 127.0.0.1 by default):
 
-- ``GET /`` — the page (``guardrails/web/``: static HTML/JS/CSS, no build step, no CDN);
+- ``GET /`` — the page (``guardrails/ops/web/``: static HTML/JS/CSS, no build step, no CDN);
 - ``GET /api/status`` — the status document (``docs/status.schema.json``) plus
   ``kill_enabled``;
 - ``GET /api/events`` — server-sent events: one ``status`` event per refresh interval;
@@ -60,10 +60,15 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from guardrails import logs, redacted, redisconn
+from guardrails import logs, redacted
 from guardrails.config import Config, ConfigError
+from guardrails.infra import connect
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
+from guardrails.killswitch import KillSwitch, KillSwitchError
 from guardrails.model import TradingState
+from guardrails.ops.common import load_target, operator_identity
+from guardrails.ops.status import status_document
+from guardrails.registry import known_accounts
 
 OPERATOR_TOKEN_ENV = "GUARDRAILS_OPERATOR_TOKEN"
 """When set (non-empty), the page shows a kill button and ``POST /api/kill`` accepts it."""
@@ -208,7 +213,7 @@ def create_app(
     app = web.Application(middlewares=[_only_our_host])
     app[SETTINGS] = _Settings(redis, accounts, config, operator_token, kill_redis, interval_s,
                               allow_hosts, throttle or FailureThrottle())
-    web_dir = resources.files("guardrails").joinpath("web")
+    web_dir = resources.files("guardrails.ops").joinpath("web")
     app.router.add_get("/", _index)
     app.router.add_get("/api/status", _api_status)
     app.router.add_get("/api/events", _api_events)
@@ -311,8 +316,6 @@ def _foreign_origin(request: web.Request) -> str | None:
 
 
 async def _accounts(s: _Settings) -> list[AccountId]:
-    from guardrails.killswitch import known_accounts
-
     found = {str(a): a for a in s.accounts}
     for a in await known_accounts(s.redis):
         if str(a) not in found and await _ever_ran(s.redis, a):
@@ -330,8 +333,6 @@ async def _ever_ran(redis: aioredis.Redis, account: AccountId) -> bool:
 
 async def document(s: _Settings) -> dict[str, Any]:
     """The status document of every shown account, plus what the page needs."""
-    from guardrails.status import status_document
-
     doc = await status_document(s.redis, await _accounts(s), config=s.config)
     doc["kill_enabled"] = s.kill_enabled
     # What only the page shows, beside the status document (which stays docs/status.schema.json).
@@ -394,7 +395,7 @@ def _s(v: object) -> str | None:
 
 
 async def _index(request: web.Request) -> web.Response:
-    page = resources.files("guardrails").joinpath("web/index.html").read_text()
+    page = resources.files("guardrails.ops").joinpath("web/index.html").read_text()
     return web.Response(text=page, content_type="text/html")
 
 
@@ -499,8 +500,6 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _api_kill(request: web.Request) -> web.Response:
-    from guardrails.killswitch import KillSwitch, KillSwitchError, operator_identity
-
     s = request.app[SETTINGS]
     if s.operator_token is None or s.kill_redis is None:  # i.e. not s.kill_enabled
         raise web.HTTPNotFound(text="kill is disabled: no operator token configured")
@@ -540,7 +539,7 @@ async def _api_kill(request: web.Request) -> web.Response:
              else TradingState.REDUCING if body.get("reduce_only") else TradingState.HALTED)
     try:
         change = await KillSwitch(s.kill_redis, AccountKeys(account)).set_state(
-            state, reason=reason, by=f"{operator_identity()} (dashboard from {peer})"
+            state, reason=reason, by=operator_identity(f"dashboard from {peer}")
         )
     except KillSwitchError as e:
         return web.json_response({"ok": False, "error": str(e)}, status=502)
@@ -563,13 +562,13 @@ async def _api_resume(request: web.Request) -> web.Response:
 async def _clients(url: str, want_kill: bool) -> AsyncIterator[tuple[aioredis.Redis, Any]]:
     """The read client, and (with a token) the operator's own kill client:
     ``$GUARDRAILS_OPERATOR_REDIS_URL`` (default ``url``) with its own password."""
-    read = await redisconn.connect(url)
+    read = await connect.connect(url)
     kill = None
     if want_kill:
         op_url = os.environ.get(OPERATOR_REDIS_URL_ENV) or url
-        op_password = redisconn.password_from_env(OPERATOR_PASSWORD_ENV,
+        op_password = connect.password_from_env(OPERATOR_PASSWORD_ENV,
                                                   OPERATOR_PASSWORD_FILE_ENV)
-        kill = await redisconn.connect(op_url, password=op_password)
+        kill = await connect.connect(op_url, password=op_password)
     try:
         yield read, kill
     finally:
@@ -579,8 +578,6 @@ async def _clients(url: str, want_kill: bool) -> AsyncIterator[tuple[aioredis.Re
 
 
 async def _dashboard(args: argparse.Namespace) -> int:
-    from guardrails.status import load_target
-
     url, cfg = load_target(args)
     token = os.environ.get(OPERATOR_TOKEN_ENV) or None
     try:
@@ -602,7 +599,7 @@ async def _dashboard(args: argparse.Namespace) -> int:
             try:
                 await client.ping()
             except RedisError as e:
-                print(f"guardrails dashboard: {name} at {redisconn.describe(where)}: "
+                print(f"guardrails dashboard: {name} at {connect.describe(where)}: "
                       f"{redacted.mask_text(str(e))}", file=sys.stderr)
                 return 2
         accounts = [cfg.account_id] if cfg is not None else []

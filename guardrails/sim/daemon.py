@@ -3,7 +3,7 @@
 Invariant upheld: *one writer per account* must be testable against one exchange. Every
 ``guardrails run`` of a user on a host — the active instance and its standbys — reaches
 the SAME simulator, so a failover meets the book and fills a real venue would show.
-Like the embedded Redis (``guardrails.embedded``), the daemon lives in the state
+Like the embedded Redis (``guardrails.infra.embedded``), the daemon lives in the state
 directory (``embedded.state_dir()/simulator``, never under ``$HOME``):
 
 * ``start.lock`` — ``flock`` around check-and-start: of several processes starting at
@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from guardrails import embedded, logs
+from guardrails import logs
 from guardrails.config import PaperVenueConfig, RiskConfig
+from guardrails.infra import embedded
 
 log = logging.getLogger("guardrails.simulator")
 
@@ -327,7 +328,7 @@ def serve_daemon(root: Path) -> int:
     """The daemon itself (``guardrails venue serve --daemon-dir DIR``): replay, listen,
     publish ``sim.json``, serve until SIGTERM, then checkpoint and unpublish."""
     from guardrails.sim.clob import ClobExchange, ClobSimulator
-    from guardrails.venues.simulator import SimExchange, SimStateError, Simulator
+    from guardrails.sim.exchange import SimExchange, SimStateError, Simulator
 
     p = paths(root)
     spec = MarketSpec.from_json(p.market.read_text())
@@ -409,7 +410,7 @@ def cmd_venue(args: argparse.Namespace) -> int:
             from guardrails.sim.binance import cmd_serve as serve_binance
 
             return serve_binance(args)
-        from guardrails.venues.simulator import cmd_serve
+        from guardrails.sim.exchange import cmd_serve
 
         return cmd_serve(args)
     protocol = getattr(args, "protocol", "eip712")

@@ -32,7 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 from guardrails.config import Config, ConfigError, DurationMs, StrategyConfig
 
 if TYPE_CHECKING:
-    from guardrails.context import Strategy
+    from guardrails.runtime.context import Strategy
 
 _Fail = Callable[[str], ConfigError]
 

@@ -62,7 +62,8 @@ from guardrails.config import (
     load_config,
 )
 from guardrails.model import Fill, Order, Side
-from guardrails.venues import eip712, market
+from guardrails.sim import market
+from guardrails.venues import eip712
 
 log = logging.getLogger("guardrails.simulator")
 

@@ -46,12 +46,12 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from guardrails import identity, localguard, logs, persistence, redisconn
+from guardrails import logs
 from guardrails.config import Config, ConfigError, EvmVenueConfig, load_config
-from guardrails.context import Context, ContextUnavailable, MarkBook, cancel_order, checkpoint
-from guardrails.embedded import EmbeddedRedisError
 from guardrails.fencing import FileFenceMemory
 from guardrails.gate import OrderGate
+from guardrails.infra import connect, persistence
+from guardrails.infra.embedded import EmbeddedRedisError
 from guardrails.keys import AccountKeys
 from guardrails.lease import LeaderElector, Leadership, Lease
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
@@ -59,7 +59,9 @@ from guardrails.model import Fill, OrderState, TradingState
 from guardrails.ops import notify
 from guardrails.reconcile import ReconcileReport, reconcile, reconcile_order
 from guardrails.registry import InstanceInfo, Registry, new_instance_id
-from guardrails.strategy_loader import LoadedStrategy, load_strategies
+from guardrails.runtime import identity, localguard
+from guardrails.runtime.context import Context, ContextUnavailable, MarkBook, cancel_order, checkpoint
+from guardrails.runtime.strategy_loader import LoadedStrategy, load_strategies
 from guardrails.venues import make_venue
 from guardrails.venues.base import Venue, VenueError
 
@@ -129,14 +131,14 @@ async def _main(cfg: Config, args: argparse.Namespace, strategies: list[LoadedSt
         print(f"guardrails run: {cfg.source}: {where}: {e}", file=sys.stderr)
         return 2
     try:
-        url = await redisconn.resolve_url(cfg.redis.url, start=True)
+        url = await connect.resolve_url(cfg.redis.url, start=True)
     except EmbeddedRedisError as e:
         logs.event(log, "runtime.redis_unavailable", logging.ERROR, error=str(e))
         print(f"guardrails run: {e}", file=sys.stderr)
         guard.release()
         return 1
-    target = redisconn.describe(url)
-    client = await redisconn.connect(cfg.redis.model_copy(update={"url": url}))
+    target = connect.describe(url)
+    client = await connect.connect(cfg.redis.model_copy(update={"url": url}))
     try:
         runtime = Runtime(cfg, client, strategies, args=args, stop=stop, target=target,
                           channels=channels)
@@ -282,7 +284,7 @@ class Runtime:
         failing = False
         while True:
             try:
-                async with redisconn.primaries(self.redis) as nodes:
+                async with connect.primaries(self.redis) as nodes:
                     readings = [(name, await persistence.read(node)) for name, node in nodes]
                 # The worst node decides: one volatile primary loses its accounts' fences.
                 name, found = min(readings, key=lambda r: _DURABILITY_RANK[r[1].durability])
@@ -859,9 +861,9 @@ class Runtime:
         if port is None:
             return None
         try:
-            from guardrails.health import start_health_server
+            from guardrails.runtime.health import start_health_server
         except ImportError:
-            logs.event(log, "health.unavailable", logging.WARNING, reason="no guardrails.health")
+            logs.event(log, "health.unavailable", logging.WARNING, reason="no guardrails.runtime.health")
             return None
         runner, url = await start_health_server(port, self.health_facts)
         self.health_url = url
@@ -869,7 +871,7 @@ class Runtime:
         return runner.cleanup
 
     async def _start_dashboard(self) -> Callable[[], Awaitable[None]] | None:
-        """``--dashboard``: serve OPS's dashboard (``guardrails.dashboard``) in this process.
+        """``--dashboard``: serve OPS's dashboard (``guardrails.ops.dashboard``) in this process.
 
         Optional by design: if the module is missing or the port is taken (another copy
         serves it already), this is logged and the instance runs on without it.
@@ -877,7 +879,7 @@ class Runtime:
         if not self.args.dashboard:
             return None
         try:
-            dashboard = importlib.import_module("guardrails.dashboard")
+            dashboard = importlib.import_module("guardrails.ops.dashboard")
         except ImportError as e:
             logs.event(log, "dashboard.unavailable", logging.WARNING, reason=str(e))
             return None
