@@ -99,6 +99,14 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"       - {v['detail']}")
         if len(found) > 5:
             lines.append(f"       … and {len(found) - 5} more")
+    run = doc.get("run", {})
+    if run.get("history_losses"):
+        histories = doc.get("orders", {}).get("histories") or []
+        lines += ["", f"histories lost and recovered: {run['history_losses']} "
+                      f"(redis {run.get('redis', 'single')}); admissions per history: "
+                      + ", ".join(str(h.get("admitted", "?")) for h in histories)]
+    if run.get("failovers"):
+        lines.append(f"sentinel failovers: {run['failovers']}")
     problems = doc.get("problems", [])
     lines += ["", f"run problems (not invariant violations, but the run fails): {len(problems)}"]
     lines += [f"  - {p}" for p in problems]
