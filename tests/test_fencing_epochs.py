@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from guardrails import fencing
 from guardrails.config import LeaseConfig, load_config
 from guardrails.infra import connect
-from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
+from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys, PaperVenueKeys
 from guardrails.lease import Acquired, Held, Lease, Refused
 from guardrails.ledger import Ledger
 from guardrails.venues import make_venue
@@ -311,3 +311,44 @@ def test_recover_when_account_keys_deleted_under_trading_then_ledger_rebuilt_fro
         for p in (a, b):
             p.cleanup()
             (artifacts_dir / f"epochs-adopt-{p.name}.log").write_text(p.text())
+
+
+def test_recover_when_venue_orders_listed_then_resting_orders_get_records_and_reservations(
+    redis_server: RedisServer, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    # Arrange: three buys resting 5 % below the mark at the paper venue
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url,
+                       looper={"offset": "-0.05", "interval": "4s", "side": "buy"})
+    a = RunProc("a", cfg, tmp_path).start()
+    try:
+        client = redis_server.client()
+        deadline = time.monotonic() + 60
+        resting: list[str] = []
+        while len(resting) < 2 and time.monotonic() < deadline:
+            resting = sorted(c for c in client.smembers(KEYS.open_orders)
+                             if client.hget(KEYS.order(c), "state") == "SUBMITTED")
+            time.sleep(0.1)
+        assert len(resting) == 2, a.text()[-3000:]
+
+        # Act: the account's keys vanish; the operator lists the venue's orders and recovers
+        lost_at = time.time()
+        client.delete(*client.scan_iter(match="gr:{paper:t1}:*", count=1000))
+        a.wait_for("lease.fence_refused", after=lost_at, timeout=60)
+        listing = tmp_path / "orders.jsonl"
+        rows = [f for _, f in client.xrange(PaperVenueKeys("paper-t1").record)]
+        listing.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rec = run_cli("fence", "recover", "--config", str(cfg), "--redis-url", redis_server.url,
+                      "--venue-orders", str(listing), "--json")
+
+        # Assert: each resting order has a live record again, its quantity reserved
+        assert rec.returncode == 0, rec.stderr
+        assert json.loads(rec.stdout)["venue"]["reconciled"] >= 2
+        assert set(resting) <= set(client.smembers(KEYS.open_orders))
+        for coid in resting:
+            assert client.hget(KEYS.order(coid), "state") == "SUBMITTED"
+            assert client.hget(KEYS.order(coid), "adopted") == "1"
+        live = client.smembers(KEYS.open_orders)  # 1 lot each (the looper's default qty)
+        assert client.hget(KEYS.reservations, "BTC-USD:buy") == str(len(live))
+    finally:
+        a.cleanup()
+        (artifacts_dir / "epochs-listing-a.log").write_text(a.text())
