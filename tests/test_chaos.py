@@ -855,6 +855,12 @@ def test_chaos_run_when_bounded_then_zero_violations(artifacts_dir: Path, tmp_pa
     run_bounded(artifacts_dir / "chaos-bounded.json", tmp_path)
 
 
+def test_chaos_run_when_bounded_on_sentinel_then_zero_violations(artifacts_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    # primary + replica + three sentinels: the failover and FLUSHALL kinds among the rest
+    run_bounded(artifacts_dir / "chaos-bounded-sentinel.json", tmp_path, "--redis", "sentinel")
+
+
 def run_bounded(report_path: Path, tmp_path: Path, *extra: str) -> None:
     """The shortest chaos run that injects every fault kind once (``extra``: more
     arguments, e.g. ``--venue ccxt``), asserted to have zero violations and problems."""
@@ -864,7 +870,8 @@ def run_bounded(report_path: Path, tmp_path: Path, *extra: str) -> None:
     from tests.conftest import subprocess_env
 
     # Arrange: the shortest window that injects every fault kind at least once
-    duration = faults.minimum_duration(3.0) + 2
+    mode = extra[extra.index("--redis") + 1] if "--redis" in extra else "single"
+    duration = faults.minimum_duration(3.0, faults.kinds_for(mode)) + 2
     report_path.unlink(missing_ok=True)
     cmd = [
         sys.executable, "-m", "guardrails.chaos", "--duration", str(duration),
