@@ -29,7 +29,7 @@ BENCHMARKS: list[tuple[str, str]] = [
     ("failover", "crash takeover and graceful handover of `guardrails run`"),
     ("killswitch", "kill command's PUBLISH -> active instance's reaction"),
     ("standby", "idle standby: Redis commands/s and CPU %"),
-    ("memory", "RSS of an idle active `guardrails run`"),
+    ("memory", "RSS of an idle active `guardrails run`; Redis memory over a sustained run"),
     ("ccxtvenue", "ccxt venue submit vs a bare signed HTTP POST of the same order"),
     ("scaleout", "30 accounts: one redis-server vs a three-primary cluster"),
     ("sentinel", "crash takeover after a Sentinel failover vs after a plain SIGKILL"),

@@ -193,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "Redis has them)")
     p.set_defaults(func=_lazy("guardrails.ops.fence:cmd_fence"))
 
+    p = sub.add_parser("migrate", help="move an account's keys to this version's schema (dry run "
+                       "unless --apply)")
+    _common(p)
+    p.add_argument("--account", default=None, help="venue:id (default: the config's)")
+    p.add_argument("--apply", action="store_true",
+                   help="really migrate (refused while an instance of the account is live)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_lazy("guardrails.ops.migrate:cmd_migrate"))
+
     _add_version(parser)
 
     return parser

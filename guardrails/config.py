@@ -127,6 +127,26 @@ _TEN_MINUTES = DurationBound(600_000)
 _FIVE_MINUTES = DurationBound(300_000)
 _MINUTE = DurationBound(60_000)
 
+
+@dataclass(frozen=True, slots=True)
+class RetentionBound:
+    """A retention window: at least ``min_ms`` (every retry and reconciliation path
+    must be over before a record may go), at most ``max_ms``."""
+
+    min_ms: int
+    max_ms: int
+
+    def __call__(self, v: int) -> int:
+        if v < self.min_ms:
+            raise ValueError(f"{_spell_ms(v)} is too short: at least {_spell_ms(self.min_ms)} "
+                             "(docs/operations.md, Pruning: what the window must cover)")
+        if v > self.max_ms:
+            raise ValueError(f"{_spell_ms(v)} is too long: at most {_spell_ms(self.max_ms)}")
+        return v
+
+
+_RETENTION = RetentionBound(3_600_000, 90 * 86_400_000)
+
 _AS_TEXT = PlainSerializer(lambda v: f"{v}ms", return_type=str, when_used="json")
 """In JSON a duration is written as it is read (``"250ms"``), so a dumped config loads again."""
 
@@ -144,6 +164,10 @@ SocketDurationMs = Annotated[
     int, BeforeValidator(_parse_duration_ms), AfterValidator(_MINUTE), _MINUTE, _AS_TEXT
 ]
 """A Redis timeout: at most 1m (a slower reply is a failure, not a wait)."""
+RetentionMs = Annotated[
+    int, BeforeValidator(_parse_duration_ms), AfterValidator(_RETENTION), _RETENTION, _AS_TEXT
+]
+"""A retention window: 1h to 2160h (90 days)."""
 
 
 def _parse_decimal(value: object) -> Decimal:
@@ -703,6 +727,30 @@ class TelegramNotifyConfig(_NotifyBase):
 NotifyConfig = Annotated[WebhookNotifyConfig | TelegramNotifyConfig, Field(discriminator="kind")]
 
 
+class PruneConfig(_Model):
+    enabled: bool = Field(
+        default=True,
+        description="The active instance archives and removes terminal orders older than "
+        "`retention` from Redis (docs/operations.md, Pruning).",
+    )
+    retention: RetentionMs = Field(
+        default=ms("24h"),
+        description="How long a terminal order, its intent and its fills stay in Redis after "
+        "their last change; it must outlast every retry and reconciliation path (1h..2160h).",
+    )
+    interval: DurationMs = Field(default=ms("5m"), description="Time between two sweeps.")
+    batch: int = Field(
+        default=25, ge=1, le=200,
+        description="Orders (or fills) removed per script: bounds each script's Redis time "
+        "(about 13 µs per order, measured in bench/memory.py).",
+    )
+    archive: str | None = Field(
+        default=None,
+        description="The archive file (JSON lines, 0600); default "
+        "`<state dir>/archive/<venue>+<account>.jsonl`.",
+    )
+
+
 class Config(_Model):
     account: AccountConfig
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -712,6 +760,7 @@ class Config(_Model):
     strategies: list[StrategyConfig] = Field(default_factory=list)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     notify: list[NotifyConfig] = Field(default_factory=list)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
     _source: str = PrivateAttr(default="<config>")
 
     @property

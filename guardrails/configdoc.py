@@ -76,6 +76,12 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ),
     ("[runtime]", c.RuntimeConfig, "Per-process settings (not part of the account's limits)."),
     (
+        "[prune]",
+        c.PruneConfig,
+        "Keeping Redis memory flat: terminal orders older than the retention window are "
+        "archived to a file and removed by the active instance (docs/operations.md, Pruning).",
+    ),
+    (
         "[[notify]] kind = \"webhook\"",
         c.WebhookNotifyConfig,
         "Alerts as a JSON POST (docs/operations.md, \"Alerts\"). Delivery never blocks trading.",
@@ -93,6 +99,9 @@ def _type_name(info: FieldInfo) -> str:
     bound = next((m for m in info.metadata if isinstance(m, c.DurationBound)), None)
     if bound is not None:
         return f"duration ≤ {c.Millis(bound.max_ms)}"
+    window = next((m for m in info.metadata if isinstance(m, c.RetentionBound)), None)
+    if window is not None:
+        return f"duration {c.Millis(window.min_ms)}..{c.Millis(window.max_ms)}"
     if ann is int and any(m == "BeforeValidator" for m in meta):
         return "duration"
     if getattr(ann, "__name__", "") == "Decimal":

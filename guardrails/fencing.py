@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from guardrails import logs
 from guardrails.infra.embedded import state_dir
 from guardrails.keys import ACCOUNTS_INDEX, AccountKeys, PaperVenueKeys
+from guardrails.prune import read_archive
 
 log = logging.getLogger("guardrails.fencing")
 
@@ -131,8 +132,10 @@ async def fence_status(redis: aioredis.Redis, keys: AccountKeys) -> dict[str, An
 
 
 async def highest_tokens(redis: aioredis.Redis, keys: AccountKeys, *,
-                         paper_venue: str | None = None) -> dict[str, int]:
-    """The highest token each remaining record of the account shows."""
+                         paper_venue: str | None = None,
+                         archive: Path | None = None) -> dict[str, int]:
+    """The highest token each remaining record of the account shows, the prune archive
+    (``archive``: the orders pruned from Redis, docs/keys.md) included."""
     out: dict[str, int] = {"fence": _int(await redis.get(keys.fence))}
     alarm = await read_alarm(redis, keys)
     out["alarm_seen"] = _int(alarm.get("seen_token")) if alarm else 0
@@ -148,14 +151,17 @@ async def highest_tokens(redis: aioredis.Redis, keys: AccountKeys, *,
     if paper_venue:
         out["venue_record"] = await _max_stream_token(
             redis, PaperVenueKeys(paper_venue).record, str(keys.account))
+    if archive is not None:
+        pruned = read_archive(archive).orders.values()
+        out["archive"] = max((_int(o.get("order", {}).get("token")) for o in pruned), default=0)
     return out
 
 
 async def recover(redis: aioredis.Redis, keys: AccountKeys, *, above: int = 0,
-                  paper_venue: str | None = None) -> Recovery:
+                  paper_venue: str | None = None, archive: Path | None = None) -> Recovery:
     """Re-seed the fence at the highest token seen anywhere (and ``above``), under a new
     epoch ``<id>@<floor>``, and clear the alarm. The next acquire hands out floor + 1."""
-    sources = await highest_tokens(redis, keys, paper_venue=paper_venue)
+    sources = await highest_tokens(redis, keys, paper_venue=paper_venue, archive=archive)
     sources["operator_above"] = above
     floor = max(sources.values())
     epoch = f"{uuid.uuid4().hex}@{floor}"

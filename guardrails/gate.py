@@ -9,8 +9,10 @@ id is admitted at most once; a retry gets the original decision and reserves not
 and *fail closed* (a Redis error raises ``GateUnavailable``; a key of the wrong shape
 is ``Denied(BAD_STATE)``).
 
-Each ``admit`` is ONE ``EVALSHA`` of ``lua/gate_admit.lua``; Python only formats the
-arguments and maps the reply. The check order and every ``DenyReason`` are documented
+Each ``admit`` is ONE ``EVALSHA`` of ``lua/gate_admit.lua``; Python only refuses an
+intent of the wrong shape before asking Redis (``model.intent_problem``: the same
+``Denied(bad_order)`` whoever calls — the script re-checks the strings it is sent),
+formats the arguments and maps the reply. The check order and every ``DenyReason`` are documented
 in ``docs/gate.md``; the key layout in ``docs/keys.md``.
 
 A lost reply is not a denial: when the EVALSHA may have reached Redis but its reply
@@ -50,6 +52,7 @@ from guardrails.model import (
     Order,
     Side,
     client_order_id_for,
+    intent_problem,
 )
 from guardrails.tradingday import ClockMs, TradingDay
 
@@ -91,6 +94,7 @@ DENY_CODES: dict[int, DenyReason] = {
     15: DenyReason.DAILY_LOSS,
     16: DenyReason.BAD_STATE,
     17: DenyReason.INTENT_CONFLICT,
+    18: DenyReason.INTENT_PRUNED,
 }
 """gate_admit.lua's denial codes -> reasons: the one place the script's codes are mapped."""
 
@@ -213,10 +217,11 @@ class OrderGate:
         # The command name stays a str: redis-py's RedisCluster looks it up by name to
         # route the call (by the script's first key) and refuses a bytes name.
         self._prefix: tuple[str | bytes, ...] = (
-            "EVALSHA", self._script.sha.encode(), b"17", *(k.encode() for k in self._head)
+            "EVALSHA", self._script.sha.encode(), b"18", *(k.encode() for k in self._head)
         )
         self._tail = [
             keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce, keys.aggregates,
+            keys.tombstones,
         ]
         self._tail_b: tuple[bytes, ...] = (
             *(k.encode() for k in self._tail), str(SCHEMA_VERSION).encode()
@@ -239,7 +244,14 @@ class OrderGate:
         recorded PENDING_SUBMIT) or ``Denied(reason, detail)``. Raises
         ``GateUnavailable`` when nothing was admitted because Redis could not be asked
         (or answered with an error), and ``GateOutcomeUnknown`` when the request may
-        have run but Redis could not be asked again within ``recover_ms``."""
+        have run but Redis could not be asked again within ``recover_ms``.
+
+        An intent of the wrong shape (``model.intent_problem``: a float or NaN qty, a str
+        side, an over-long symbol or id, a decimal the script cannot hold exactly) is
+        ``Denied(bad_order)`` here, before anything reaches Redis — whoever the caller."""
+        problem = intent_problem(intent)
+        if problem is not None:
+            return Denied(intent_id, DenyReason.BAD_ORDER, problem)
         coid = client_order_id_for(intent_id)
         day = self._day.today()
         if day != self._day_key[0]:

@@ -16,8 +16,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
-"""Value stored at ``AccountKeys.schema``; the gate refuses to act on any other."""
+SCHEMA_VERSION = 2
+"""Value stored at ``AccountKeys.schema``; the gate refuses to act on any other.
+
+Version 2 (issue #16): terminal orders and decided intents older than the retention
+window are archived and removed by the prune sweep (``prune.py``), and every pruned
+intent id is remembered in ``AccountKeys.tombstones``, which the gate reads. A version-1
+gate would not read it and would re-admit a pruned intent, so it must refuse a version-2
+account: that is why the number moved. ``guardrails migrate`` moves a version-1 account
+(docs/keys.md, Migration)."""
+
+SCHEMA_PREVIOUS = 1
+"""The version ``guardrails migrate`` upgrades from (the data is unchanged: v2 adds keys)."""
 
 PREFIX = "gr"
 """Prefix of every guardrails key (the paper venue's own keys use ``VENUE_PREFIX``)."""
@@ -194,6 +204,23 @@ class AccountKeys:
     def intents(self) -> str:
         """HASH: intent id -> the gate's original decision (idempotency)."""
         return self._k("intents")
+
+    @property
+    def tombstones(self) -> str:
+        """HASH: bucket (the first 3 hex digits of sha1(intent id)) -> the 6-byte
+        fingerprints (sha1 hex digits 4-15, packed) of every intent id the prune sweep
+        removed, concatenated; buckets ``c<3 hex>`` hold the pruned client order ids the
+        same way. ``gate_admit.lua`` refuses an intent found here (``intent_pruned``): a
+        late retry of a pruned intent is never admitted again; a venue fill naming a
+        pruned order id is a late report, not foreign activity (``lua/lib/tomb.lua``;
+        12 bytes per pruned order)."""
+        return self._k("tomb")
+
+    @property
+    def prune_state(self) -> str:
+        """HASH: the prune sweep's totals (``orders``, ``intents``, ``fills`` removed,
+        ``last_ms``, ``last_cutoff_ms``): what status and the bench read."""
+        return self._k("prune")
 
     @property
     def fills(self) -> str:

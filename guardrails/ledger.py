@@ -7,6 +7,12 @@ fill id, moving its quantity from the order's reservation to the position and up
 the cost basis and realized PnL. Venue events are facts any instance may record (no
 lease needed), but only through these scripts.
 
+*One table from venue facts to ledger states*: what a venue's answer does to an order is
+decided here and nowhere else — ``submit_target`` for the answer to a submit
+(``Accepted``/``Rejected``/``Unknown``), ``settle_step`` for a ``VenueOrderStatus`` (the
+answer to a lookup). ``Ledger.record_submit`` and ``Ledger.settle`` write them; the
+Context's submit and cancel and reconciliation all go through these two.
+
 Amounts in Redis are integers (docs/keys.md): quantities in lots, prices in ticks,
 money in units of 10^-quote_decimals. This module converts them to exact ``Decimal``
 and back; a fill's value is rounded against the account (a buy's cost up, a sell's
@@ -20,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, assert_never
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -29,7 +35,17 @@ from guardrails import scripts
 from guardrails.config import RiskConfig
 from guardrails.keys import AccountKeys
 from guardrails.limits import per_lot_tick
-from guardrails.model import Fill, OrderState, Side
+from guardrails.model import (
+    Accepted,
+    Fill,
+    OrderState,
+    Rejected,
+    Side,
+    SubmitResult,
+    Unknown,
+    VenueOrderState,
+    VenueOrderStatus,
+)
 from guardrails.tradingday import ClockMs, TradingDay, trading_day_of, wall_clock_ms
 
 
@@ -135,6 +151,105 @@ class BudgetView:
         return self.limit - self.used
 
 
+# -- the one table: venue facts -> ledger states ----------------------------------------
+
+
+def submit_target(result: SubmitResult) -> OrderState:
+    """The state a venue's answer to a submit moves the order to.
+
+    ``Accepted`` -> SUBMITTED (``ledger_transition.lua`` keeps a PARTIALLY_FILLED order
+    as it is: a fill already proved it at the venue); ``Rejected`` -> REJECTED (releases
+    the reservation: the order certainly never executes); ``Unknown`` -> UNKNOWN (the
+    reservation stays until a lookup tells; never re-sent)."""
+    match result:
+        case Accepted():
+            return OrderState.SUBMITTED
+        case Rejected():
+            return OrderState.REJECTED
+        case Unknown():
+            return OrderState.UNKNOWN
+        case _:
+            assert_never(result)
+
+
+_RELEASED_AT_VENUE = {
+    VenueOrderState.CANCELED: OrderState.CANCELED,
+    VenueOrderState.REJECTED: OrderState.REJECTED,
+    VenueOrderState.EXPIRED: OrderState.EXPIRED,
+}
+"""Venue states that guarantee the order never executes again: the ledger takes the
+venue's word for which terminal state it is (after applying the fills it reported)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettleStep:
+    """What a ``VenueOrderStatus`` does to an order once its fills are applied."""
+
+    target: OrderState | None = None
+    """The transition to ask ``ledger_transition.lua`` for (None: no state change)."""
+    held: bool = False
+    """NOT_FOUND but the order can still arrive: its reservation is kept."""
+    problem: str = ""
+    """The venue's record and the ledger's disagree (the order is left as it is)."""
+
+
+def settle_step(status: VenueOrderStatus, order: OrderRecord) -> SettleStep:
+    """The table row for ``status`` given the order as the ledger holds it *after* the
+    status's fills were applied. Pure; ``Ledger.settle`` carries it out.
+
+    | venue says | ledger order | step |
+    |---|---|---|
+    | any | terminal | nothing (terminal is terminal) |
+    | OPEN | PENDING_SUBMIT, UNKNOWN | SUBMITTED (the send that was in doubt arrived) |
+    | OPEN | SUBMITTED, PARTIALLY_FILLED | nothing |
+    | FILLED | live | problem: the venue's fills did not fill the ledger's order |
+    | CANCELED / REJECTED / EXPIRED | live | the same terminal state (rest released) |
+    | NOT_FOUND, can still arrive | live | held (reservation kept) |
+    | NOT_FOUND, can no longer arrive | live | EXPIRED |
+    """
+    if order.state.terminal:
+        return SettleStep()
+    match status.state:
+        case VenueOrderState.OPEN:
+            if order.state in (OrderState.PENDING_SUBMIT, OrderState.UNKNOWN):
+                return SettleStep(OrderState.SUBMITTED)
+            return SettleStep()
+        case VenueOrderState.FILLED:
+            return SettleStep(problem=(
+                f"venue says filled but the ledger has {order.filled_qty} of {order.qty}"
+            ))
+        case VenueOrderState.CANCELED | VenueOrderState.REJECTED | VenueOrderState.EXPIRED:
+            return SettleStep(_RELEASED_AT_VENUE[status.state])
+        case VenueOrderState.NOT_FOUND:
+            if status.can_still_arrive:
+                return SettleStep(held=True)
+            return SettleStep(OrderState.EXPIRED)
+        case _:
+            assert_never(status.state)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What ``Ledger.settle`` did with one venue status."""
+
+    client_order_id: str
+    fills_applied: int = 0
+    from_state: OrderState | None = None
+    """The order's state after the fills, before the transition (None: never read)."""
+    to_state: OrderState | None = None
+    """The state a transition set (None: no transition applied)."""
+    held: bool = False
+    problem: str = ""
+    """Why the order is not settled as far as the venue's fact allows ('' = it is):
+    a fill the ledger did not take, a transition refused as bad state, a record that
+    vanished, or a venue record that disagrees with the ledger's. Reconciliation
+    reports it and stays fail-closed; the next pass retries (everything is idempotent)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -195,21 +310,85 @@ class Ledger:
         except KeyError:
             raise LedgerError(f"ledger_transition returned unknown code {code}") from None
 
+    async def record_submit(self, coid: str, result: SubmitResult) -> Transition:
+        """Record the venue's answer to submitting ``coid`` (``submit_target``): an
+        ``Accepted`` with its venue order id, a ``Rejected``/``Unknown`` with its reason."""
+        target = submit_target(result)
+        if isinstance(result, Accepted):
+            return await self.transition(coid, target, "", result.venue_order_id)
+        return await self.transition(coid, target, result.reason)
+
+    async def settle(self, coid: str, status: VenueOrderStatus, *, source: str) -> Settlement:
+        """Bring ``coid`` up to date with the venue's record of it (``settle_step``).
+
+        Every fill first, once per fill id. A fill the ledger does not take (refused,
+        unknown order, bad state) stops here: finalising the order now would release its
+        reservation and lose the fill. Then the order is read again and the table's
+        step is applied; the reason recorded is ``"<source>: venue says <state>"`` with
+        the venue's detail. Ledger problems come back as ``Settlement.problem`` (nothing
+        half-written: each script checks before it writes); Redis errors raise."""
+        if status.client_order_id != coid:
+            return Settlement(coid, problem=(
+                f"venue answered for order {status.client_order_id!r}, not {coid!r}"
+            ))
+        applied = 0
+        for fill in status.fills:
+            if fill.client_order_id != coid:
+                return Settlement(coid, applied, problem=(
+                    f"fill {fill.fill_id} belongs to order {fill.client_order_id!r}"
+                ))
+            try:
+                outcome = await self.apply_fill(fill)
+            except LedgerError as e:
+                return Settlement(coid, applied, problem=f"fill {fill.fill_id} not applied: {e}")
+            if outcome is FillOutcome.APPLIED:
+                applied += 1
+            elif outcome is not FillOutcome.DUPLICATE:
+                return Settlement(coid, applied, problem=(
+                    f"fill {fill.fill_id} {outcome.value}: order left as it is"
+                ))
+        try:
+            after = await self.order(coid)
+        except LedgerError as e:
+            return Settlement(coid, applied, problem=f"order record unreadable: {e}")
+        if after is None:
+            return Settlement(coid, applied, problem="order record vanished")
+        step = settle_step(status, after)
+        done = Settlement(coid, applied, after.state, held=step.held, problem=step.problem)
+        if step.target is None:
+            return done
+        reason = f"{source}: venue says {status.state.value}"
+        if status.detail:
+            reason += f" ({status.detail})"
+        try:
+            result = await self.transition(coid, step.target, reason)
+        except LedgerError as e:
+            return Settlement(coid, applied, after.state, problem=(
+                f"transition to {step.target.value} not applied: {e}"
+            ))
+        if result is Transition.APPLIED:
+            return Settlement(coid, applied, after.state, step.target)
+        return done
+
+    # Direct transitions, for callers that decide a state themselves (not from a venue
+    # answer): an admitted order that was never sent, an operator's repair, tests.
+
     async def mark_submitted(self, coid: str, venue_order_id: str) -> Transition:
-        return await self.transition(coid, OrderState.SUBMITTED, "", venue_order_id)
+        return await self.record_submit(coid, Accepted(venue_order_id))
 
     async def mark_unknown(self, coid: str, reason: str) -> Transition:
         """An ambiguous submit: the reservation stays until reconciliation knows."""
-        return await self.transition(coid, OrderState.UNKNOWN, reason)
+        return await self.record_submit(coid, Unknown(reason))
 
     async def mark_canceled(self, coid: str, reason: str) -> Transition:
         return await self.transition(coid, OrderState.CANCELED, reason)
 
     async def mark_rejected(self, coid: str, reason: str) -> Transition:
-        return await self.transition(coid, OrderState.REJECTED, reason)
+        return await self.record_submit(coid, Rejected(reason))
 
     async def mark_expired(self, coid: str, reason: str) -> Transition:
-        """Only when the venue guarantees the order can no longer execute."""
+        """Only when the order can no longer execute (e.g. it was never sent and its
+        permit deadline passed)."""
         return await self.transition(coid, OrderState.EXPIRED, reason)
 
     # -- fills ---------------------------------------------------------------------------

@@ -196,7 +196,8 @@ async def check_or_init(
     schema = await redis.get(keys.schema)
     diffs: list[str] = []
     if schema is not None and _s(schema) != str(SCHEMA_VERSION):
-        diffs.append(f"key schema: stored {_s(schema)}, this version speaks {SCHEMA_VERSION}")
+        diffs.append(f"key schema: stored {_s(schema)}, this version speaks {SCHEMA_VERSION}"
+                     " (stop every instance, then `guardrails migrate --apply`)")
     if current is not None:
         if current.get("digest") != risk.digest() or current.get("config") is None:
             try:

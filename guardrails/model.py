@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -65,6 +66,10 @@ class DenyReason(StrEnum):
     INTENT_CONFLICT = "intent_conflict"
     """The intent id was already admitted as a different order (another symbol, side,
     qty or price): nothing is reserved or sent; a different order needs a new id."""
+    INTENT_PRUNED = "intent_pruned"
+    """The intent id was decided long ago and its records were pruned (archived) after
+    the retention window (``[prune]``): it is never admitted again; a new order needs a
+    new intent id."""
     BAD_ORDER = "bad_order"
     UNKNOWN_SYMBOL = "unknown_symbol"
     OFF_TICK = "off_tick"
@@ -234,3 +239,55 @@ class Fill:
     price: Decimal
     ts_ms: int
     fee: Decimal = field(default=Decimal(0))
+
+
+# -- venue facts: what a venue answered (the ledger records them, venues/base.py produces them)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The venue acknowledged the order (it may rest, fill, or have filled already)."""
+
+    venue_order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The order certainly did not and will not execute."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """The outcome is unknown (timeout, dropped connection, ambiguous error). Reconcile."""
+
+    reason: str
+
+
+SubmitResult = Accepted | Rejected | Unknown
+
+
+class VenueOrderState(StrEnum):
+    OPEN = "open"
+    """Live at the venue, may still execute."""
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    NOT_FOUND = "not_found"
+    """The venue has no record of this client order id."""
+
+
+@dataclass(frozen=True, slots=True)
+class VenueOrderStatus:
+    """A venue's answer to "what happened to this client order id?"."""
+
+    client_order_id: str
+    state: VenueOrderState
+    filled_qty: Decimal = Decimal(0)
+    fills: Sequence[Fill] = field(default_factory=tuple)
+    can_still_arrive: bool = False
+    """With ``NOT_FOUND``: True while an order sent earlier could still reach the venue
+    (its deadline has not passed). Only when False may the ledger expire it."""
+    detail: str = ""

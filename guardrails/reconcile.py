@@ -2,11 +2,12 @@
 
 Invariants upheld: *terminal is terminal* and *fail closed*. On every takeover (and on
 demand, ``guardrails reconcile``) each non-terminal order of the account is looked up
-at the venue by client order id; its fills are applied (once per fill id) and its state
-finalised through the ledger scripts. An order the venue has never seen is EXPIRED only
-when the venue guarantees it can no longer arrive (``can_still_arrive=False``); until
-then its reservation is held. If any lookup fails the report is not ``ok`` and the
-caller must stay fail-closed (the runtime does not start strategies).
+at the venue by client order id and settled through the ledger's one table
+(``Ledger.settle``: its fills applied once per fill id, then its state finalised; this
+module decides nothing about states itself). An order the venue has never seen is
+EXPIRED only when the venue guarantees it can no longer arrive
+(``can_still_arrive=False``); until then its reservation is held. If any lookup fails
+the report is not ``ok`` and the caller must stay fail-closed (the runtime does not start strategies).
 
 The sweep finds orders stranded in a non-terminal state (the venue already finished
 them), open-index entries that disagree with the order records, and reservation totals
@@ -23,15 +24,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from guardrails import scripts
-from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord, Transition
-from guardrails.model import Fill, OrderState, Side
-from guardrails.venues.base import Venue, VenueError, VenueOrderState, VenueOrderStatus
-
-_TERMINAL_AT_VENUE = {
-    VenueOrderState.CANCELED: OrderState.CANCELED,
-    VenueOrderState.REJECTED: OrderState.REJECTED,
-    VenueOrderState.EXPIRED: OrderState.EXPIRED,
-}
+from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord, settle_step
+from guardrails.model import Fill, Side
+from guardrails.venues.base import Venue, VenueError, VenueOrderStatus
 
 
 @dataclass
@@ -74,54 +69,16 @@ async def reconcile_order(
     except VenueError as e:
         report.failures.append((coid, f"venue lookup failed: {e}"))
         return
-    # Every fill first. A fill the ledger did not take (refused, unknown order, bad
-    # state) stops here: finalising the order now would release its reservation and
-    # the fill would be lost. The failure keeps the account fail-closed; the next pass
-    # retries (fills apply once per fill id, so retrying is safe).
-    for fill in status.fills:
-        try:
-            outcome = await ledger.apply_fill(fill)
-        except LedgerError as e:
-            report.failures.append((coid, f"fill {fill.fill_id} not applied: {e}"))
-            return
-        if outcome is FillOutcome.APPLIED:
-            report.fills_applied += 1
-        elif outcome is not FillOutcome.DUPLICATE:
-            report.failures.append(
-                (coid, f"fill {fill.fill_id} {outcome.value}: order left as it is")
-            )
-            return
-    after = await ledger.order(coid)
-    if after is None:
-        report.failures.append((coid, "order record vanished"))
-        return
-    target: OrderState | None = None
-    if status.state is VenueOrderState.OPEN:
-        if after.state in (OrderState.PENDING_SUBMIT, OrderState.UNKNOWN):
-            target = OrderState.SUBMITTED
-    elif status.state is VenueOrderState.FILLED:
-        if after.state is not OrderState.FILLED:
-            report.failures.append(
-                (coid, f"venue says filled but the ledger has {after.filled_qty} of {after.qty}")
-            )
-    elif status.state in _TERMINAL_AT_VENUE:
-        target = _TERMINAL_AT_VENUE[status.state]
-    elif status.state is VenueOrderState.NOT_FOUND:
-        if status.can_still_arrive:
-            report.held.append(coid)
-        else:
-            target = OrderState.EXPIRED
-    if target is not None and not after.state.terminal:
-        reason = f"reconcile: venue says {status.state.value}"
-        if status.detail:
-            reason += f" ({status.detail})"
-        try:
-            result = await ledger.transition(coid, target, reason)
-        except LedgerError as e:
-            report.failures.append((coid, f"transition to {target.value} not applied: {e}"))
-            return
-        if result is Transition.APPLIED:
-            report.transitions.append((coid, after.state.value, target.value))
+    # The ledger's one table decides what the venue's record does (fills first; a fill
+    # the ledger does not take leaves the order as it is, keeping the account fail-closed).
+    settled = await ledger.settle(coid, status, source="reconcile")
+    report.fills_applied += settled.fills_applied
+    if settled.problem:
+        report.failures.append((coid, settled.problem))
+    if settled.held:
+        report.held.append(coid)
+    if settled.from_state is not None and settled.to_state is not None:
+        report.transitions.append((coid, settled.from_state.value, settled.to_state.value))
 
 
 async def reconcile(ledger: Ledger, venue: Venue, *, now_ms: int) -> ReconcileReport:
@@ -212,9 +169,10 @@ async def _inspect(ledger: Ledger, venue: Venue) -> tuple[SweepReport, dict[str,
             status = await _lookup(venue, rec)
         except VenueError:
             continue  # cannot tell; reconcile reports the failure
-        finished = status.state in _TERMINAL_AT_VENUE or status.state is VenueOrderState.FILLED
-        never = status.state is VenueOrderState.NOT_FOUND and not status.can_still_arrive
-        if finished or never:
+        # Stranded: the table would finish it (a terminal target), or the venue finished
+        # it by filling it (the table's FILLED-but-not-in-the-ledger problem).
+        step = settle_step(status, rec)
+        if (step.target is not None and step.target.terminal) or step.problem:
             report.stranded.append(coid)
     return report, orders
 

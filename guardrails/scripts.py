@@ -40,6 +40,7 @@ SCRIPTS = (
     "ledger_adopt",
     "lease_acquire", "lease_renew", "lease_release", "killswitch_set", "registry_heartbeat",
     "nonce_sync", "evm_claim", "paper_submit", "paper_advance", "paper_cancel",
+    "prune_orders", "prune_fills",
 )
 """Every script the package registers (the header test walks them all)."""
 

@@ -177,6 +177,20 @@ async def _admitted_as_other_qty(r: aioredis.Redis, k: AccountKeys) -> None:
     assert isinstance(d, Admitted), d
 
 
+async def _pruned(r: aioredis.Redis, k: AccountKeys) -> None:
+    """The intent was admitted, canceled and pruned after the retention window."""
+    from guardrails.infra.embedded import state_dir
+    from guardrails.prune import Archive, Pruner
+
+    d = await admit(gate(r, k), buy("0.0010"), "deny-intent pruned")
+    assert isinstance(d, Admitted), d
+    await Ledger(r, k, risk()).mark_canceled(d.client_order_id, "test")
+    pruner = Pruner(r, k, Archive(state_dir() / "archive.jsonl"), retention_ms=3_600_000)
+    rep = await pruner.sweep(now_ms=int(await r.hget(k.order(d.client_order_id), "updated_ms"))
+                             + 3_600_000)
+    assert rep.pruned == [d.client_order_id]
+
+
 async def _bad_type(r: aioredis.Redis, k: AccountKeys) -> None:
     await r.delete(k.positions)
     await r.set(k.positions, "not a hash")
@@ -187,11 +201,7 @@ DENIALS: list[tuple[str, Setup, Intent, DenyReason]] = [
     ("halted", _halted, buy("0.01"), DenyReason.HALTED),
     ("reducing", _reducing, buy("0.01"), DenyReason.REDUCE_ONLY),
     ("no lease", _no_lease, buy("0.01"), DenyReason.LEASE_EXPIRED),
-    ("nan qty", _nothing, buy("NaN"), DenyReason.BAD_ORDER),
-    ("inf price", _nothing, buy("0.01", "Infinity"), DenyReason.BAD_ORDER),
-    ("negative qty", _nothing, buy("-0.01"), DenyReason.BAD_ORDER),
-    ("zero qty", _nothing, buy("0"), DenyReason.BAD_ORDER),
-    ("zero price", _nothing, buy("0.01", "0.00"), DenyReason.BAD_ORDER),
+    ("overflow", _nothing, buy("99999999999.9999"), DenyReason.BAD_ORDER),
     ("unknown symbol", _nothing, buy("0.01", symbol="DOGE-USD"), DenyReason.UNKNOWN_SYMBOL),
     ("off tick", _nothing, buy("0.01", "60000.005"), DenyReason.OFF_TICK),
     ("off lot", _nothing, buy("0.00015"), DenyReason.OFF_LOT),
@@ -204,6 +214,7 @@ DENIALS: list[tuple[str, Setup, Intent, DenyReason]] = [
     ("daily loss", _loss_used, buy("0.0400", "55200"), DenyReason.DAILY_LOSS),
     ("wrong type", _bad_type, buy("0.01"), DenyReason.BAD_STATE),
     ("intent conflict", _admitted_as_other_qty, buy("0.0200"), DenyReason.INTENT_CONFLICT),
+    ("intent pruned", _pruned, buy("0.0010"), DenyReason.INTENT_PRUNED),
 ]
 
 
@@ -306,12 +317,58 @@ async def test_admit_when_redis_unreachable_then_gate_unavailable(acct: AccountK
         await r.aclose()
 
 
-async def test_admit_when_float_quantity_then_type_error_before_redis(
+MALFORMED: list[tuple[str, Any]] = [
+    ("nan qty", buy("NaN")),
+    ("inf price", buy("0.01", "Infinity")),
+    ("negative qty", buy("-0.01")),
+    ("zero qty", buy("0")),
+    ("zero price", buy("0.01", "0.00")),
+    ("float qty", Intent(SYMBOL, Side.BUY, 0.01, Decimal("60000"))),  # type: ignore[arg-type]
+    ("bool price", Intent(SYMBOL, Side.BUY, Decimal("0.01"), True)),  # type: ignore[arg-type]
+    ("str side", Intent(SYMBOL, "buy", Decimal("0.01"), Decimal("60000"))),  # type: ignore[arg-type]
+    ("16 digits", buy("0.01000000000000001")),
+    ("huge exponent", buy("1e10000000")),
+    ("long symbol", buy("0.01", symbol="X" * 33)),
+    ("symbol with a colon", buy("0.01", symbol="BTC:USD")),
+    ("intent id with a space", buy("0.01", intent_id="an id")),
+    ("long tag", buy("0.01", tag="t" * 129)),
+    ("not an intent", object()),
+]
+
+
+@pytest.mark.parametrize(("name", "intent"), MALFORMED, ids=[m[0] for m in MALFORMED])
+async def test_admit_when_intent_malformed_then_bad_order_and_nothing_reaches_redis(
+    name: str, intent: Any
+) -> None:
+    # Arrange: the gate's Redis is a real client of a port nothing listens on, so any
+    # command it sent would raise GateUnavailable instead of returning a denial.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = aioredis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    try:
+        # Act: the gate itself, not the Context, refuses the intent
+        d = await admit(gate(dead, account_keys()), intent, f"bad-{name}")
+    finally:
+        await dead.aclose()
+    # Assert
+    assert isinstance(d, Denied), d
+    assert d.reason is DenyReason.BAD_ORDER and d.detail, d
+    assert d.intent_id == f"bad-{name}"
+
+
+async def test_admit_when_intent_malformed_then_no_stats_denials_or_reservations_written(
     redis_client: aioredis.Redis, acct: AccountKeys
 ) -> None:
-    bad = Intent(SYMBOL, Side.BUY, 0.01, Decimal("60000"))  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        await admit(gate(redis_client, acct), bad, "float")
+    before = await risk_snapshot(redis_client, acct)
+    d = await admit(gate(redis_client, acct), buy("NaN"), "nan")
+    assert isinstance(d, Denied) and d.reason is DenyReason.BAD_ORDER, d
+    assert await risk_snapshot(redis_client, acct) == before
+    assert await redis_client.hgetall(acct.stats) == {}
+    assert await redis_client.xlen(acct.denials) == 0
+    assert await redis_client.hget(acct.intents, "nan") is None
 
 
 @pytest.mark.parametrize(
@@ -355,7 +412,7 @@ async def test_script_when_raw_qty_malformed_then_bad_order_and_no_state_change(
     k = acct
     keys = [k.schema, k.state, k.lease, k.intents, k.limits, k.positions, k.reservations,
             k.marks, k.throttle, k.day("2026-01-01"), k.order(coid), k.open_orders, k.journal,
-            k.stats, k.denials, k.nonce, k.aggregates]
+            k.stats, k.denials, k.nonce, k.aggregates, k.tombstones]
     before = await risk_snapshot(redis_client, acct)
     raw = await script(keys=keys, args=[SCHEMA_VERSION, TOKEN, HOLDER, "raw", coid, SYMBOL,
                                         "buy", qty, "60000", 0, "2026-01-01"])

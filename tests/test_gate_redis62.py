@@ -62,3 +62,24 @@ async def test_scripts_when_run_on_redis_62_then_admit_fill_refuse_and_rebuild_w
     await r62.hincrby(keys.reservations, f"{SYMBOL}:buy", 5)
     fixed = await sweep(ledger, FakeVenue(), fix=True)
     assert fixed.fixed and (await sweep(ledger, FakeVenue(), fix=False)).clean
+
+
+async def test_prune_when_run_on_redis_62_then_removed_tombstoned_and_refused(
+    r62: aioredis.Redis, tmp_path: Path
+) -> None:
+    from guardrails.prune import Archive, Pruner, read_archive
+
+    keys = account_keys("r62p")
+    cfg = risk()
+    await seed(r62, keys, cfg)
+    gate = OrderGate(r62, keys, cfg)
+    d = await gate.admit(buy("0.0200"), intent_id="p", token=TOKEN, holder_id=HOLDER)
+    assert isinstance(d, Admitted)
+    await Ledger(r62, keys, cfg).mark_canceled(d.client_order_id, "x")
+    updated = int(await r62.hget(keys.order(d.client_order_id), "updated_ms") or 0)
+    pruner = Pruner(r62, keys, Archive(tmp_path / "a" / "x.jsonl"), retention_ms=3_600_000)
+    rep = await pruner.sweep(now_ms=updated + 3_600_000)
+    assert rep.pruned == [d.client_order_id]
+    assert set(read_archive(pruner.archive.path).orders) == {d.client_order_id}
+    again = await gate.admit(buy("0.0200"), intent_id="p", token=TOKEN, holder_id=HOLDER)
+    assert isinstance(again, Denied) and again.reason is DenyReason.INTENT_PRUNED

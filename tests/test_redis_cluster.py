@@ -35,7 +35,7 @@ from guardrails.infra import connect
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
 from guardrails.lease import Acquired, Lease
 from guardrails.ledger import Ledger
-from guardrails.model import Admitted, Denied, DenyReason
+from guardrails.model import Admitted, Denied, DenyReason, client_order_id_for
 from guardrails.registry import InstanceInfo, Registry
 from tests import gatekit
 from tests.ha_harness import ClusterGroup
@@ -282,3 +282,26 @@ def test_cluster_when_30_process_pairs_then_takeover_wakeups_kill_all_and_status
         assert acct["trading"]["state"] == "HALTED", acct
         assert acct["lease"] is not None, acct
     print(f"30 pairs booted in {booted:.0f}s, whole test {time.monotonic() - t0:.0f}s")
+
+
+async def test_cluster_when_accounts_pruned_then_each_accounts_sweep_finds_its_orders(
+    client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The sweep's SCAN walks every primary: accounts whose slots live on different
+    primaries each have their old terminal order archived, removed and refused again."""
+    from guardrails.prune import Archive, Pruner, read_archive
+
+    for name in ("prune-a", "prune-b", "prune-c", "prune-d"):
+        keys = _keys(name)
+        token, gate, holder = await _library_account(client, name)
+        coid = client_order_id_for(f"{name}-1")
+        await Ledger(client, keys, gatekit.risk()).mark_canceled(coid, "test")
+        updated = int(await client.hget(keys.order(coid), "updated_ms"))
+        pruner = Pruner(client, keys, Archive(tmp_path / name / "a.jsonl"),
+                        retention_ms=3_600_000)
+        rep = await pruner.sweep(now_ms=updated + 3_600_000)
+        assert rep.pruned == [coid], (name, rep)
+        assert set(read_archive(pruner.archive.path).orders) == {coid}
+        again = await gate.admit(gatekit.buy("0.001"), intent_id=f"{name}-1", token=token,
+                                 holder_id=holder)
+        assert isinstance(again, Denied) and again.reason is DenyReason.INTENT_PRUNED

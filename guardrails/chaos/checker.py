@@ -895,8 +895,49 @@ def parse_journal(
     return admissions, transitions, revocations
 
 
-def read_ledger(client: Any, keys: AccountKeys, units: dict[str, Units]) -> LedgerView:
-    """Positions, fills, orders, open set and reservations, read raw (docs/keys.md)."""
+def read_archive_rows(path: Any) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The prune archive (docs/operations.md, Pruning), read raw: order records by client
+    order id and fill id -> client order id of what the prune sweep removed from Redis.
+    Missing file = nothing pruned; a torn last line (a crash mid-write) is skipped."""
+    orders: dict[str, dict[str, str]] = {}
+    fills: dict[str, str] = {}
+    if path is None:
+        return orders, fills
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return orders, fills
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:
+                continue
+            raise
+        if row.get("kind") == "order":
+            orders[str(row["coid"])] = {str(k): str(v) for k, v in row["order"].items()}
+        elif row.get("kind") == "fill":
+            fills[str(row["fill_id"])] = str(row["coid"])
+    return orders, fills
+
+
+def _ledger_order(coid: str, h: dict[str, str], units: dict[str, Units]) -> LedgerOrder:
+    sym = h["symbol"]
+    lot = units[sym].lot
+    qty = Decimal(h["qty"]) if "qty" in h else lot * int(h["lots"])
+    filled = lot * int(h["filled_lots"]) if "filled_lots" in h else Decimal(h.get("filled", "0"))
+    return LedgerOrder(coid, h["state"], sym, Side(h["side"]), qty, filled)
+
+
+def read_ledger(
+    client: Any, keys: AccountKeys, units: dict[str, Units], archive: Any = None
+) -> LedgerView:
+    """Positions, fills, orders, open set and reservations, read raw (docs/keys.md), with
+    the orders and fills the prune sweep moved to ``archive`` (a path) merged back in."""
     positions: dict[str, Decimal] = {}
     for fld, val in (client.hgetall(keys.positions) or {}).items():
         if fld.endswith(":qty"):
@@ -910,12 +951,14 @@ def read_ledger(client: Any, keys: AccountKeys, units: dict[str, Units]) -> Ledg
         h = client.hgetall(name)
         if not h or "state" not in h:
             continue
-        sym = h["symbol"]
-        lot = units[sym].lot
-        qty = Decimal(h["qty"]) if "qty" in h else lot * int(h["lots"])
-        filled = lot * int(h["filled_lots"]) if "filled_lots" in h else Decimal(h.get("filled", "0"))
         coid = h.get("coid") or name.rsplit("order:", 1)[1]
-        orders[coid] = LedgerOrder(coid, h["state"], sym, Side(h["side"]), qty, filled)
+        orders[coid] = _ledger_order(coid, h, units)
+    archived_orders, archived_fills = read_archive_rows(archive)
+    for coid, h in archived_orders.items():
+        if coid not in orders and "state" in h:
+            orders[coid] = _ledger_order(coid, h, units)
+    for fid, coid in archived_fills.items():
+        fills.setdefault(fid, coid)
     reserved: dict[str, Decimal] = {}
     for fld, val in (client.hgetall(keys.reservations) or {}).items():
         sym, _, part = fld.rpartition(":")
@@ -950,11 +993,12 @@ def read_journal(client: Any, keys: AccountKeys) -> tuple[list[tuple[str, dict[s
 
 
 def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any,
-         lost_histories: Iterable[Any] = ()) -> CheckInput:
+         archive: Any = None, lost_histories: Iterable[Any] = ()) -> CheckInput:
     """Everything the checker needs, from a (sync, decode_responses) Redis client and the
     venue's JSONL record. ``risk`` is the run's own config: instrument units and limits.
     ``lost_histories``: clients of every history the account lost before the live one,
-    oldest first (their journals count; the ledger compared with the venue is the live one)."""
+    oldest first (their journals count; the ledger compared with the venue is the live one);
+    ``archive``: the prune sweep's archive (a path), merged into the ledger view."""
     units = {s: Units(i.tick, i.lot) for s, i in risk.instruments.items()}
     sec, usec = client.time()
     checked_at_ms = int(sec) * 1000 + int(usec) // 1000
@@ -995,7 +1039,7 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any,
         venue_orders=orders,
         venue_fills=fills,
         limits=limits,
-        ledger=read_ledger(client, keys, units),
+        ledger=read_ledger(client, keys, units, archive),
         venue_ends=ends,
         revocations=revocations,
         denied=denied,

@@ -56,6 +56,7 @@ from guardrails.config import Config, load_config
 from guardrails.infra import connect
 from guardrails.infra.server import RedisProcess, free_port
 from guardrails.keys import AccountId, AccountKeys
+from guardrails.prune import default_archive_path
 
 log = logging.getLogger("guardrails.chaos")
 
@@ -382,6 +383,8 @@ class Harness:
                     servers[gen].start()
                 archives.append(servers[gen].client(db))
             return checker.load(self.redis.client(), self.keys, self.cfg.risk, record,
+                                # what the instances' prune sweeps moved out of Redis
+                                default_archive_path(self.keys, self.work / "state"),
                                 lost_histories=archives)
         finally:
             for srv in servers.values():

@@ -17,6 +17,7 @@
 -- KEYS[15] denials       STREAM  capped recent denials
 -- KEYS[16] nonce         STRING  next EVM nonce (only touched when ARGV[10] == "1")
 -- KEYS[17] agg           HASH    maintained aggregates (lib/agg.lua; docs/keys.md)
+-- KEYS[18] tomb          HASH    tombstones of pruned intents (lib/tomb.lua)
 -- ARGV[1] schema version expected   ARGV[2] token        ARGV[3] holder id
 -- ARGV[4] intent id                 ARGV[5] client order id
 -- ARGV[6] symbol   ARGV[7] side (buy|sell)   ARGV[8] qty (decimal string)
@@ -32,7 +33,7 @@ local K_SCHEMA, K_STATE, K_LEASE, K_INTENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_LIMITS, K_POS, K_RES, K_MARKS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_THROTTLE, K_DAY, K_ORDER, K_OPEN = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local K_JOURNAL, K_STATS, K_DENIALS, K_NONCE = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
-local K_AGG = KEYS[17]
+local K_AGG, K_TOMB = KEYS[17], KEYS[18]
 local want_schema, token, holder, intent_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local coid, symbol, side_s, qty_s = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local price_s, alloc, day = ARGV[9], ARGV[10], ARGV[11]
@@ -43,12 +44,13 @@ local price_s, alloc, day = ARGV[9], ARGV[10], ARGV[11]
 --!include lib/journal.lua
 --!include lib/fence.lua
 --!include lib/agg.lua
+--!include lib/tomb.lua
 
 local REASON = {
   'schema_mismatch', 'halted', 'reduce_only', 'stale_token', 'lease_expired',
   'bad_order', 'unknown_symbol', 'off_tick', 'off_lot', 'max_notional',
   'price_band', 'throttled', 'position_limit', 'gross_exposure', 'daily_loss', 'bad_state',
-  'intent_conflict',
+  'intent_conflict', 'intent_pruned',
 }
 -- the codes by name (one table: Lua 5.1 allows a function 60 upvalues)
 local C = {}
@@ -284,6 +286,12 @@ local function main()
     redis.pcall('HINCRBY', K_STATS, 'duplicate', 1)
     return {0, 1, pt, pd, prior_nonce,
       was[1] or '', was[2] or '', was[3] or '', was[4] or ''}
+  end
+  -- 4b. an intent the prune sweep archived and removed is never admitted again
+  local tb, tfp = tomb_of(intent_id)
+  if tomb_has(rd('HGET', K_TOMB, tb), tfp) then
+    return deny(C.INTENT_PRUNED, 'intent ' .. intent_id .. ' was decided and pruned ' ..
+      '(archived) after the retention window; a new order needs a new intent id')
   end
 
   -- 5. order sanity

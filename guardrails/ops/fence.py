@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -22,11 +23,23 @@ from redis.exceptions import RedisError
 from guardrails.config import Config, ConfigError
 from guardrails.fencing import fence_status, recover
 from guardrails.infra import connect
+from guardrails.infra.embedded import state_dir
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ledger import Ledger
 from guardrails.ops.common import load_target
+from guardrails.prune import default_archive_path
 from guardrails.reconcile import AdoptReport, VenueOrderRow, adopt_venue_history, read_venue_orders
 from guardrails.venues.base import VenueError
+
+
+def _archive(cfg: Config | None, keys: AccountKeys) -> Path | None:
+    """The prune archive of this host (the config's ``[prune] archive`` or the default),
+    if there is one: pruned orders carry tokens too."""
+    if cfg is not None and cfg.prune.archive:
+        path = Path(cfg.prune.archive)
+    else:
+        path = default_archive_path(keys, state_dir())
+    return path if path.exists() else None
 
 
 def _s(v: object) -> str:
@@ -95,7 +108,8 @@ async def _fence(args: argparse.Namespace) -> int:
                       f"{len(adopted.reconciled.failures)} not reconciled, e.g. {why}); the "
                       "alarm stays set (safe to run again)", file=sys.stderr)
                 return 1
-        result = await recover(redis, keys, above=args.above, paper_venue=paper)
+        result = await recover(redis, keys, above=args.above, paper_venue=paper,
+                               archive=_archive(cfg, keys))
         latch = {_s(k): _s(v) for k, v in (await redis.hgetall(keys.state)).items()}
     except VenueError as e:
         print(f"guardrails fence recover: the venue cannot be read ({e}); the alarm stays set "

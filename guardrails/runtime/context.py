@@ -32,7 +32,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
@@ -41,19 +41,26 @@ import redis.exceptions
 from guardrails import logs
 from guardrails.config import InstrumentConfig, RiskConfig
 from guardrails.gate import GateOutcomeUnknown, GateUnavailable
-from guardrails.ledger import LedgerError
+from guardrails.ledger import LedgerError, Transition, submit_target
 from guardrails.model import (
     Admitted,
     Decision,
     Denied,
     DenyReason,
-    Fill,
     Intent,
     Order,
     OrderState,
     intent_problem,
 )
-from guardrails.venues.base import Accepted, Rejected, Venue, VenueError, VenueOrderState
+from guardrails.venues.base import (
+    Accepted,
+    Rejected,
+    SubmitResult,
+    Unknown,
+    Venue,
+    VenueError,
+    VenueOrderState,
+)
 
 if TYPE_CHECKING:
     from guardrails.gate import OrderGate
@@ -359,37 +366,34 @@ class Context:
         if why_not is not None:
             logs.event(self._rlog, "order.not_sent", logging.WARNING, strategy=self.name,
                        client_order_id=coid, reason=why_not)
-            await self._record("mark_expired", coid, why_not)
+            await self._record(coid, OrderState.EXPIRED, self._ledger.mark_expired(coid, why_not))
             return
         self._sent.append(coid)
+        result: SubmitResult
         try:
             result = await self._venue.submit(order)
         except Exception as e:  # the protocol says "never raises"; if it does, we cannot know
-            logs.event(self._rlog, "order.unknown", logging.WARNING, strategy=self.name,
-                       client_order_id=coid, reason=f"{type(e).__name__}: {e}")
-            await self._record("mark_unknown", coid, f"submit raised {type(e).__name__}: {e}")
-            return
+            result = Unknown(f"submit raised {type(e).__name__}: {e}")
         if isinstance(result, Accepted):
             logs.event(self._rlog, "order.submitted", strategy=self.name, client_order_id=coid,
                        venue_order_id=result.venue_order_id, token=order.token)
-            await self._record("mark_submitted", coid, result.venue_order_id)
         elif isinstance(result, Rejected):
             logs.event(self._rlog, "order.rejected", strategy=self.name, client_order_id=coid,
                        reason=result.reason)
-            await self._record("mark_rejected", coid, result.reason)
         else:
             # Unknown: keep the reservation; reconciliation looks it up by coid. Never resend.
             logs.event(self._rlog, "order.unknown", logging.WARNING, strategy=self.name,
                        client_order_id=coid, reason=result.reason)
-            await self._record("mark_unknown", coid, result.reason)
+        await self._record(coid, submit_target(result), self._ledger.record_submit(coid, result))
 
-    async def _record(self, method: str, coid: str, arg: str) -> None:
-        """Record a venue outcome in the ledger; a Redis failure leaves it to reconciliation."""
+    async def _record(self, coid: str, target: OrderState, step: Awaitable[Transition]) -> None:
+        """Await one ledger write of a venue outcome; a failure to record it is logged
+        and left to reconciliation (which looks the order up by client order id)."""
         try:
-            await getattr(self._ledger, method)(coid, arg)
+            await step
         except _INFRA_ERRORS as e:
             logs.event(self._rlog, "order.record_failed", logging.WARNING, client_order_id=coid,
-                       transition=method, error=f"{type(e).__name__}: {e}",
+                       transition=target.value, error=f"{type(e).__name__}: {e}",
                        note="left for reconciliation")
 
     async def cancel(self, client_order_id: str) -> bool:
@@ -410,9 +414,10 @@ async def cancel_order(
 ) -> bool:
     """Cancel at the venue, then settle the ledger from the venue's record of the order.
 
-    After a confirmed cancel the order is looked up: fills it got first are applied
-    (once per fill id), and only a venue-side CANCELED/EXPIRED/REJECTED releases the
-    rest of the reservation — a cancel that raced a fill never loses the fill.
+    After a confirmed cancel the order is looked up and settled through the ledger's one
+    table (``Ledger.settle``, exactly as reconciliation does): fills it got first are
+    applied (once per fill id), and only a venue-side CANCELED/EXPIRED/REJECTED releases
+    the rest of the reservation — a cancel that raced a fill never loses the fill.
     """
     try:
         result = await venue.cancel(client_order_id)
@@ -422,29 +427,23 @@ async def cancel_order(
         return False
     if not isinstance(result, Accepted):
         logs.event(log, "order.cancel_failed", logging.WARNING, client_order_id=client_order_id,
-                   error=getattr(result, "reason", ""))
+                   error=result.reason)
         return False
     try:
         status = await venue.lookup(client_order_id)
-        await apply_fills(ledger, status.fills)
-        if status.state in (VenueOrderState.CANCELED, VenueOrderState.EXPIRED):
-            await ledger.mark_canceled(client_order_id, reason)
-        elif status.state is VenueOrderState.REJECTED:
-            await ledger.mark_rejected(client_order_id, status.detail or reason)
+        settled = await ledger.settle(client_order_id, status, source=reason)
     except (VenueError, *_INFRA_ERRORS) as e:
         logs.event(log, "order.cancel_record_failed", logging.WARNING,
                    client_order_id=client_order_id, error=f"{type(e).__name__}: {e}",
                    note="left for reconciliation")
         return True
-    if status.state in (VenueOrderState.CANCELED, VenueOrderState.EXPIRED):
+    if not settled.ok:
+        logs.event(log, "order.cancel_record_failed", logging.WARNING,
+                   client_order_id=client_order_id, error=settled.problem,
+                   note="left for reconciliation")
+    elif status.state in (VenueOrderState.CANCELED, VenueOrderState.EXPIRED):
         logs.event(log, "order.canceled", client_order_id=client_order_id, reason=reason)
     else:  # the order was already final (e.g. filled) when the cancel arrived
         logs.event(log, "order.cancel_too_late", client_order_id=client_order_id,
                    venue_state=status.state.value)
     return True
-
-
-async def apply_fills(ledger: Ledger, fills: Iterable[Fill]) -> None:
-    """Apply venue fills through the ledger (each fill id applies once, so re-applying is safe)."""
-    for fill in fills:
-        await ledger.apply_fill(fill)

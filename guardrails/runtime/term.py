@@ -41,6 +41,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -51,12 +52,13 @@ from guardrails.config import Config, ConfigError, EvmVenueConfig, load_config
 from guardrails.fencing import FileFenceMemory
 from guardrails.gate import OrderGate
 from guardrails.infra import connect, persistence
-from guardrails.infra.embedded import EmbeddedRedisError
+from guardrails.infra.embedded import EmbeddedRedisError, state_dir
 from guardrails.keys import AccountKeys
 from guardrails.lease import LeaderElector, Leadership, Lease
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
 from guardrails.model import Fill, OrderState, TradingState
 from guardrails.ops import notify
+from guardrails.prune import Archive, PruneError, Pruner, default_archive_path, was_pruned
 from guardrails.reconcile import ReconcileReport, reconcile, reconcile_order
 from guardrails.registry import InstanceInfo, Registry, new_instance_id
 from guardrails.runtime import identity, localguard
@@ -75,6 +77,7 @@ _INFRA_ERRORS: tuple[type[BaseException], ...] = (
     LedgerError,
 )
 _CLEANUP_ERRORS: tuple[type[BaseException], ...] = (ContextUnavailable, *_INFRA_ERRORS)
+_PRUNE_ERRORS: tuple[type[BaseException], ...] = (PruneError, *_INFRA_ERRORS)
 LIMITS_RECHECK_S = 5.0
 """How often a standby whose limits differ from the account's checks again."""
 RECONCILE_RETRY_S = 2.0
@@ -391,6 +394,8 @@ class Runtime:
                 tg.create_task(self._kill_listener())
                 tg.create_task(self._report())
                 tg.create_task(self._settle_in_doubt())
+                if self.cfg.prune.enabled:
+                    tg.create_task(self._prune())
                 term_service = getattr(self.venue, "term_service", None)
                 if term_service is not None:
                     # The venue's own fence while active (the CLOB heartbeat).
@@ -660,6 +665,13 @@ class Runtime:
                    fill_id=fill.fill_id, symbol=fill.symbol, side=fill.side.value,
                    qty=fill.qty, price=fill.price, outcome=outcome.value)
         if outcome is FillOutcome.UNKNOWN_ORDER:
+            with contextlib.suppress(*_INFRA_ERRORS):  # cannot tell: treat it as foreign
+                if await was_pruned(self.redis, self.keys, fill.client_order_id):
+                    logs.event(log, "fill.pruned_order", logging.WARNING, fill_id=fill.fill_id,
+                               client_order_id=fill.client_order_id,
+                               detail="a late report of an order pruned after the retention "
+                                      "window (terminal: a fill on it is refused)")
+                    return
             await self._foreign_fill(fill)
 
     async def _foreign_fill(self, fill: Fill) -> None:
@@ -801,6 +813,28 @@ class Runtime:
             logs.event(log, "positions", token=self.token, positions=held or "flat",
                        budget_used=getattr(budget, "used", None),
                        budget_limit=getattr(budget, "limit", None))
+
+    async def _prune(self) -> None:
+        """Every ``[prune] interval`` while active: archive and remove the terminal orders
+        older than the retention window (``prune.py``). Housekeeping, never a reason to
+        stop trading: a failure is logged and the next interval tries again."""
+        p = self.cfg.prune
+        path = Path(p.archive) if p.archive else default_archive_path(self.keys, state_dir())
+        pruner = Pruner(self.redis, self.keys, Archive(path), retention_ms=p.retention,
+                        batch=p.batch)
+        while True:
+            checkpoint()
+            await asyncio.sleep(p.interval / 1000)
+            try:
+                rep = await pruner.sweep()
+            except _PRUNE_ERRORS as e:
+                logs.event(log, "prune.failed", logging.ERROR, archive=str(path), error=str(e))
+                continue
+            if rep.pruned_orders or rep.pruned_fills or rep.recovered:
+                logs.event(log, "prune.swept", orders=rep.pruned_orders,
+                           intents=rep.pruned_intents, fills=rep.pruned_fills,
+                           kept=rep.kept, batches=rep.batches,
+                           max_batch_ms=round(rep.max_batch_ms, 2), archive=str(path))
 
     # -- registry, health, dashboard ---------------------------------------------------
 

@@ -11,61 +11,19 @@ Adapters must pass the shared conformance suite in ``tests/venue_conformance.py`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+# The venue facts live in the core (``model``: the ledger records them); re-exported here,
+# where adapters and their callers have always imported them.
+from guardrails.model import Accepted as Accepted
 from guardrails.model import Fill, Order
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """The venue acknowledged the order (it may rest, fill, or have filled already)."""
-
-    venue_order_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """The order certainly did not and will not execute."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unknown:
-    """The outcome is unknown (timeout, dropped connection, ambiguous error). Reconcile."""
-
-    reason: str
-
-
-SubmitResult = Accepted | Rejected | Unknown
-
-
-class VenueOrderState(StrEnum):
-    OPEN = "open"
-    """Live at the venue, may still execute."""
-    FILLED = "filled"
-    CANCELED = "canceled"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
-    NOT_FOUND = "not_found"
-    """The venue has no record of this client order id."""
-
-
-@dataclass(frozen=True, slots=True)
-class VenueOrderStatus:
-    """A venue's answer to "what happened to this client order id?"."""
-
-    client_order_id: str
-    state: VenueOrderState
-    filled_qty: Decimal = Decimal(0)
-    fills: Sequence[Fill] = field(default_factory=tuple)
-    can_still_arrive: bool = False
-    """With ``NOT_FOUND``: True while an order sent earlier could still reach the venue
-    (its deadline has not passed). Only when False may the ledger expire it."""
-    detail: str = ""
+from guardrails.model import Rejected as Rejected
+from guardrails.model import SubmitResult as SubmitResult
+from guardrails.model import Unknown as Unknown
+from guardrails.model import VenueOrderState as VenueOrderState
+from guardrails.model import VenueOrderStatus as VenueOrderStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,25 @@
+-- lib/tomb: the tombstones of pruned intents (docs/keys.md, tomb).
+--
+-- An intent id's sha1 hex h names bucket h[1..3] (4096 buckets, fields of the tomb
+-- HASH) and fingerprint h[4..15] packed into 6 bytes; a bucket's value is its
+-- fingerprints concatenated. 60 bits in all: a new intent id collides with one of n
+-- tombstones with probability n / 2^60 (and is then refused, never wrongly admitted).
+-- tomb_of(id) -> bucket, fingerprint; tomb_has(blob, fp) -> true when fp is one of the
+-- 6-byte entries of blob (a match must start on an entry boundary).
+local function tomb_of(id)
+  local h = redis.sha1hex(id)
+  local fp = string.gsub(string.sub(h, 4, 15), '..',
+    function(x) return string.char(tonumber(x, 16)) end)
+  return string.sub(h, 1, 3), fp
+end
+
+local function tomb_has(blob, fp)
+  if not blob then return false end
+  local i = 1
+  while true do
+    local s = string.find(blob, fp, i, true)
+    if not s then return false end
+    if (s - 1) % 6 == 0 then return true end
+    i = s + 1
+  end
+end

@@ -1,0 +1,426 @@
+"""The prune sweep: Redis memory that stays flat.
+
+Every admitted order leaves an order record, an intent and (per fill) an applied-fill
+entry in Redis. Terminal orders whose last change is older than the retention window
+(``[prune] retention``), with their intents, Polymarket order-hash mappings and fill
+entries, are **archived** to a JSON-lines file an operator can read (and ``reconcile`` /
+the chaos checker merge, ``read_archive``) and then **removed** from Redis, by a bounded
+background sweep the active instance runs (``Pruner.sweep`` every ``[prune] interval``,
+from ``runtime/term.py``).
+
+Invariants upheld:
+
+- *Only terminal and old is removed.* The candidates are found with ``SCAN`` (small
+  ``COUNT``) and a read of each record; each batch is then removed by
+  ``lua/prune_orders.lua``, which re-checks atomically that every order is still terminal,
+  unchanged since it was archived (``updated_ms``), older than the cutoff (Redis time)
+  and not in the open set. A non-terminal order is never removed, however old.
+- *Idempotency survives the prune.* A pruned intent id (and the order's client order
+  id) is written to the tombstones (``keys.tombstones``, 6 bytes each,
+  ``lua/lib/tomb.lua``) in the same script that removes it, and ``gate_admit.lua``
+  refuses an intent found there (``intent_pruned``): a late retry of a pruned intent is
+  refused, never admitted again; ``was_pruned`` tells the runtime a late venue fill of
+  a pruned order from foreign activity.
+- *The archive holds exactly what was removed.* A batch is first written (and fsynced)
+  to ``<archive>.pending``; after the script answers, the lines of the orders it really
+  removed are appended (fsynced) to the archive and the pending file is dropped. A crash
+  between the two is repaired at the next sweep: a pending line whose key is gone from
+  Redis is appended, the others dropped. ``read_archive`` keeps one line per order or
+  fill (a repair after a crash at the wrong moment can write one twice, identically).
+- *Never blocks the gate.* Each script handles at most ``batch`` (≤ 200) orders or
+  fills: one command per item and about ten batch-wide ones (13-25 µs per order
+  measured, ``bench/memory.py``); the sweep sleeps ``pause_s`` between batches so the
+  gate's commands run in between.
+
+What is not pruned here: the journal and the denials stream are already capped
+(``XADD MAXLEN ~``); the tombstones grow by 12 bytes per pruned order and are kept for
+ever (docs/architecture.md, "Memory that stays flat").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from guardrails import scripts
+from guardrails.keys import AccountKeys
+from guardrails.model import TERMINAL_STATES
+
+ARCHIVE_VERSION = 1
+"""``"v"`` of every archive line."""
+
+MAX_BATCH = 200
+"""The most orders (or fills) one prune script handles: its cost is bounded by this."""
+
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+
+
+class PruneError(Exception):
+    """The sweep could not run safely: the archive cannot be written (not ours, not
+    0600, a symlink, the disk is full) or a key has an unexpected shape. Nothing was
+    removed from Redis that is not in the archive."""
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def default_archive_path(keys: AccountKeys, state_dir: Path) -> Path:
+    """``<state dir>/archive/<venue>+<account>.jsonl`` (the account id is file-name safe)."""
+    acct = keys.account
+    return state_dir / "archive" / f"{acct.venue}+{acct.account}.jsonl"
+
+
+def tombstone(value: str) -> tuple[str, bytes]:
+    """lib/tomb.lua's (bucket, 6-byte fingerprint) of an intent or client order id."""
+    h = hashlib.sha1(value.encode()).hexdigest()
+    return h[:3], bytes.fromhex(h[3:15])
+
+
+async def was_pruned(redis: aioredis.Redis, keys: AccountKeys, client_order_id: str) -> bool:
+    """True when the prune sweep removed this order (its id is in the tombstones): a
+    venue fill that names it is a late report of a long-terminal order, not foreign
+    activity (the ledger refuses a fill on a terminal order all the same)."""
+    bucket, fp = tombstone(client_order_id)
+    # bytes whatever the client decodes (the fingerprints are binary)
+    blob = await redis.execute_command(  # type: ignore[no-untyped-call]
+        "HGET", keys.tombstones, "c" + bucket, NEVER_DECODE=True)
+    if not isinstance(blob, bytes):
+        return False
+    return any(blob[i:i + 6] == fp for i in range(0, len(blob) - 5, 6))
+
+
+# -- the archive file ----------------------------------------------------------------------
+
+
+class Archive:
+    """The account's archive: JSON lines, mode 0600, in a 0700 directory of this user.
+
+    Lines (``"v": 1``): ``{"kind": "order", "coid", "pruned_at_ms", "order": {record
+    fields}, "intent_id", "intent": <intents value or null>, "clob_hash": <or null>}``
+    and ``{"kind": "fill", "fill_id", "coid", "pruned_at_ms"}``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pending = path.with_name(path.name + ".pending")
+
+    def _dir(self) -> None:
+        d = self.path.parent
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise PruneError(f"archive directory {d} is not a directory of this user")
+        if st.st_mode & 0o077:
+            raise PruneError(f"archive directory {d} is open to others (mode "
+                             f"{stat.S_IMODE(st.st_mode):o}); it must be 0700")
+
+    def _open(self, path: Path, flags: int) -> int:
+        try:
+            fd = os.open(path, flags | os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise PruneError(f"archive {path}: {e.strerror}") from None
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o600:
+            os.close(fd)
+            raise PruneError(f"archive {path} must be a 0600 file of this user "
+                             f"(mode {stat.S_IMODE(st.st_mode):o})")
+        return fd
+
+    def _write(self, path: Path, lines: list[dict[str, Any]], *, append: bool) -> None:
+        self._dir()
+        fd = self._open(path, os.O_APPEND if append else os.O_TRUNC)
+        try:
+            data = "".join(json.dumps(x, separators=(",", ":"), sort_keys=True) + "\n"
+                           for x in lines).encode()
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        except OSError as e:
+            raise PruneError(f"archive {path}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def stage(self, lines: list[dict[str, Any]]) -> None:
+        """Write ``lines`` to the pending file (replacing it), fsynced, after checking
+        that the archive itself can be appended to (so a batch is never removed from
+        Redis while its archive is unwritable)."""
+        self._dir()
+        os.close(self._open(self.path, os.O_APPEND))
+        self._write(self.pending, lines, append=False)
+
+    def staged(self) -> list[dict[str, Any]]:
+        if not self.pending.exists():
+            return []
+        return list(_lines(self.pending))
+
+    def commit(self, lines: list[dict[str, Any]]) -> None:
+        """Append ``lines`` (what was removed) to the archive, fsynced; drop the pending file."""
+        if lines:
+            self._write(self.path, lines, append=True)
+        self.pending.unlink(missing_ok=True)
+
+
+def _lines(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                if n > 1 and not f.readline():
+                    return  # a torn last line (a crash mid-write); never acted on
+                raise PruneError(f"archive {path}: line {n} is not JSON") from None
+            if isinstance(obj, dict):
+                yield obj
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveView:
+    """What was pruned: order lines by client order id, fill ids -> client order id."""
+
+    orders: dict[str, dict[str, Any]]
+    fills: dict[str, str]
+
+
+def read_archive(path: Path | str) -> ArchiveView:
+    """Read an archive (missing = empty). One entry per order / fill id."""
+    orders: dict[str, dict[str, Any]] = {}
+    fills: dict[str, str] = {}
+    p = Path(path)
+    if not p.exists():
+        return ArchiveView(orders, fills)
+    for obj in _lines(p):
+        if obj.get("kind") == "order":
+            orders[str(obj["coid"])] = obj
+        elif obj.get("kind") == "fill":
+            fills[str(obj["fill_id"])] = str(obj["coid"])
+    return ArchiveView(orders, fills)
+
+
+# -- the sweep -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SweepReport:
+    cutoff_ms: int = 0
+    scanned_orders: int = 0
+    pruned_orders: int = 0
+    pruned_intents: int = 0
+    pruned_fills: int = 0
+    kept: int = 0
+    """Candidates the script kept (they changed, or were re-opened, meanwhile)."""
+    batches: int = 0
+    max_batch_ms: float = 0.0
+    """The slowest prune script round trip (client-side; Redis-side cost is in the bench)."""
+    recovered: int = 0
+    """Pending lines of an interrupted sweep appended to the archive."""
+    pruned: list[str] = field(default_factory=list)
+
+
+class Pruner:
+    """Archives and removes one account's terminal orders older than ``retention_ms``.
+
+    ``batch`` orders (or fills) per script, ``scan_count`` per ``SCAN``/``HSCAN`` step,
+    ``pause_s`` between batches (the gate's commands run in between)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: AccountKeys,
+        archive: Archive,
+        *,
+        retention_ms: int,
+        batch: int = 25,
+        scan_count: int = 200,
+        pause_s: float = 0.002,
+    ) -> None:
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
+        if retention_ms <= 0:
+            raise ValueError("retention_ms must be > 0")
+        self.redis = redis
+        self.keys = keys
+        self.archive = archive
+        self.retention_ms = retention_ms
+        self.batch = batch
+        self.scan_count = scan_count
+        self.pause_s = pause_s
+        self._orders = scripts.register(redis, "prune_orders")
+        self._fills = scripts.register(redis, "prune_fills")
+
+    async def _server_ms(self) -> int:
+        sec, usec = await self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    async def recover(self) -> int:
+        """Finish an interrupted batch: pending lines whose key is gone are archived."""
+        staged = self.archive.staged()
+        if not staged:
+            self.archive.commit([])
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for line in staged:
+                if line.get("kind") == "order":
+                    pipe.exists(self.keys.order(str(line["coid"])))
+                else:
+                    pipe.hexists(self.keys.fills, str(line["fill_id"]))
+            present = await pipe.execute()
+        gone = [line for line, here in zip(staged, present, strict=True) if not here]
+        self.archive.commit(gone)
+        return len(gone)
+
+    async def sweep(self, *, now_ms: int | None = None) -> SweepReport:
+        """One pass over the account's orders, then its applied fills. ``now_ms``
+        (default: Redis time) is for tests that age records without waiting."""
+        rep = SweepReport()
+        rep.recovered = await self.recover()
+        now = now_ms if now_ms is not None else await self._server_ms()
+        rep.cutoff_ms = now - self.retention_ms
+        prefix = self.keys.order("")
+        pending: list[tuple[str, dict[str, str]]] = []
+        names: list[str] = []
+        # scan_iter, not a hand-rolled SCAN loop: on Redis Cluster it walks every primary
+        async for n in self.redis.scan_iter(match=prefix + "*", count=self.scan_count):
+            names.append(_s(n)[len(prefix):])
+            if len(names) >= self.scan_count:
+                await self._candidates(names, now, pending, rep)
+                names = []
+        await self._candidates(names, now, pending, rep)
+        if pending:
+            await self._prune_orders(pending, now, rep)
+        await self._prune_fill_entries(now, rep)
+        return rep
+
+    async def _candidates(self, coids: list[str], now: int,
+                          pending: list[tuple[str, dict[str, str]]], rep: SweepReport) -> None:
+        """Read one scanned page of order records; queue the terminal ones older than the
+        cutoff (with their whole record, for the archive) and prune every full batch."""
+        if not coids:
+            return
+        rep.scanned_orders += len(coids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c in coids:
+                pipe.hmget(self.keys.order(c), ["state", "updated_ms"])
+            heads = await pipe.execute()
+        queued = {c for c, _ in pending}  # SCAN may return a key twice
+        old = [c for c, (st, up) in zip(coids, heads, strict=True)
+               if st is not None and _s(st) in _TERMINAL and up is not None
+               and _s(up).isdigit() and int(_s(up)) <= rep.cutoff_ms and c not in queued]
+        if old:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for c in old:
+                    pipe.hgetall(self.keys.order(c))
+                recs = await pipe.execute()
+            pending.extend((c, {_s(k): _s(v) for k, v in r.items()})
+                           for c, r in zip(old, recs, strict=True) if r)
+        while len(pending) >= self.batch:
+            await self._prune_orders(pending[: self.batch], now, rep)
+            del pending[: self.batch]
+
+    async def _prune_orders(
+        self, batch: list[tuple[str, dict[str, str]]], now: int, rep: SweepReport
+    ) -> None:
+        k = self.keys
+        intents_raw: list[Any] = []
+        hashes_raw: list[Any] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for coid, rec in batch:
+                pipe.hget(k.intents, rec.get("intent_id", "") or "\x00")
+                pipe.hget(k.clob_orders, coid)
+            got = await pipe.execute()
+        intents_raw, hashes_raw = got[0::2], got[1::2]
+        lines: dict[str, dict[str, Any]] = {}
+        for (coid, rec), iv, hv in zip(batch, intents_raw, hashes_raw, strict=True):
+            intent = _s(iv) if iv is not None else None
+            if intent is not None and not intent.startswith(coid + "|"):
+                intent = None
+            lines[coid] = {
+                "v": ARCHIVE_VERSION, "kind": "order", "account": str(k.account), "coid": coid,
+                "pruned_at_ms": now, "order": rec, "intent_id": rec.get("intent_id") or None,
+                "intent": intent, "clob_hash": _s(hv) if hv is not None else None,
+            }
+        args: list[str] = [str(rep.cutoff_ms)]
+        for coid, rec in batch:
+            args += [coid, rec.get("updated_ms", "")]
+        keys = [k.open_orders, k.intents, k.tombstones, k.prune_state, k.clob_orders,
+                k.clob_hashes, *[k.order(c) for c, _ in batch]]
+        raw, removed = await self._batch("prune_orders", lines, keys, args, 3, rep)
+        rep.pruned_orders += int(raw[1])
+        rep.pruned_intents += int(raw[2])
+        rep.kept += len(batch) - len(removed)
+        rep.pruned.extend(removed)
+
+    async def _batch(
+        self, name: str, lines: dict[str, dict[str, Any]], keys: list[str], args: list[str],
+        first: int, rep: SweepReport,
+    ) -> tuple[list[Any], list[str]]:
+        """Stage ``lines``, run one prune script, archive the lines of what it removed
+        (the ids from reply element ``first`` on); the script's reply and those ids."""
+        self.archive.stage(list(lines.values()))
+        script = self._orders if name == "prune_orders" else self._fills
+        t0 = time.perf_counter()
+        raw = await script(keys=keys, args=args)
+        rep.max_batch_ms = max(rep.max_batch_ms, (time.perf_counter() - t0) * 1000)
+        rep.batches += 1
+        code = int(raw[0])
+        if code == 4:
+            self.archive.commit([])
+            raise PruneError(f"{name} refused, nothing removed: {_s(raw[1])}")
+        if code != 0:
+            raise PruneError(f"{name} returned unknown code {code}")
+        removed = [_s(x) for x in raw[first:]]
+        self.archive.commit([lines[x] for x in removed])
+        await asyncio.sleep(self.pause_s)
+        return raw, removed
+
+    async def _prune_fill_entries(self, now: int, rep: SweepReport) -> None:
+        """Fill entries whose order record is gone (pruned): archived, then removed."""
+        k = self.keys
+        pending: list[tuple[str, str]] = []
+        page: list[tuple[str, str]] = []
+
+        async def check(items: list[tuple[str, str]]) -> None:
+            if not items:
+                return
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, c in items:
+                    pipe.exists(k.order(c))
+                present = await pipe.execute()
+            queued = {f for f, _ in pending}  # HSCAN may return a field twice
+            pending.extend(i for i, here in zip(items, present, strict=True)
+                           if not here and i[0] not in queued)
+            while len(pending) >= self.batch:
+                await self._prune_fills(pending[: self.batch], now, rep)
+                del pending[: self.batch]
+
+        async for f, c in self.redis.hscan_iter(k.fills, count=self.scan_count):
+            page.append((_s(f), _s(c)))
+            if len(page) >= self.scan_count:
+                await check(page)
+                page = []
+        await check(page)
+        if pending:
+            await self._prune_fills(pending, now, rep)
+
+    async def _prune_fills(self, batch: list[tuple[str, str]], now: int, rep: SweepReport) -> None:
+        k = self.keys
+        lines = {f: {"v": ARCHIVE_VERSION, "kind": "fill", "account": str(k.account),
+                     "fill_id": f, "coid": c, "pruned_at_ms": now} for f, c in batch}
+        keys = [k.fills, k.prune_state, *[k.order(c) for _, c in batch]]
+        raw, _ = await self._batch("prune_fills", lines, keys,
+                                   [x for pair in batch for x in pair], 2, rep)
+        rep.pruned_fills += int(raw[1])
