@@ -8,7 +8,7 @@ CONFIG ?= config/paper.toml
 DURATION ?= 600
 SEED ?=
 
-.PHONY: setup run test bench lint chaos clean browser
+.PHONY: setup run test bench lint chaos clean browser example
 
 # Two stamps: `make run` installs the runtime dependencies only; `make test`, `lint`, `bench`
 # and `chaos` add the dev tools (.[dev]). Either is redone when pyproject.toml changes.
@@ -29,6 +29,11 @@ setup: $(STAMP)
 ## shared with a `guardrails run --standby` in another terminal) with an embedded Redis, until Ctrl-C.
 run: $(RUNSTAMP)
 	$(BIN)/guardrails run --config $(CONFIG) --dashboard
+
+## make example — examples/plain_bot.py (ccxt, no guardrails), then the same bot guarded
+## (examples/guarded_bot.py), against the Binance-protocol simulator.
+example: $(RUNSTAMP)
+	$(BIN)/python examples/run.py
 
 ## make test — the whole suite, against redis-server processes the tests start themselves.
 test: $(STAMP) browser

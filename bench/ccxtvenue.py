@@ -1,13 +1,15 @@
 """Submit overhead of the ccxt venue against a bare signed HTTP POST of the same order.
 
 What is timed: one ``await CcxtVenue.submit(order)`` (exactness checks, recvWindow fence,
-the unmodified ccxt ``binance`` class building, signing and sending ``POST
-/api/v3/order``, parsing the answer) against one bare ``aiohttp`` POST of the same
-Binance request (the same parameters, HMAC-SHA256 signed, the JSON answer parsed), to the
-same Binance-protocol simulator process on loopback, in the same run. The two alternate
-order by order (the order inside each pair alternating too), so drift on the shared box
-lands on both. Both ask for Binance's short ``ACK`` answer (as the venue does: the
-order id is all a submit needs). Every order rests (priced 10 % under the mark), so neither side fills.
+the venue building ccxt's request for a spot limit order, the unmodified ccxt ``binance``
+class signing and sending ``POST /api/v3/order`` through its endpoint method
+``privatePostOrder``, mapping errors and parsing the JSON answer) against one bare
+``aiohttp`` POST of the same Binance request (the same parameters, HMAC-SHA256 signed,
+the JSON answer parsed), to the same Binance-protocol simulator process on loopback, in
+the same run. The two alternate order by order (the order inside each pair alternating
+too), so drift on the shared box lands on both. Both ask for Binance's short ``ACK``
+answer (as the venue does: the order id is all a submit needs). Every order rests
+(priced 10 % under the mark), so neither side fills.
 Target (issue 11): ccxt p50 <= 1.5 x bare POST p50.
 """
 
@@ -59,7 +61,7 @@ async def run(*, quick: bool) -> list[Row]:
     try:
         from guardrails.config import load_config
         from guardrails.model import Order, Side
-        from guardrails.sim.exchange import SimulatorProcess
+        from guardrails.sim.daemon import SimulatorProcess
         from guardrails.venues.base import Accepted
         from guardrails.venues.ccxt import CcxtVenue, Credentials
     except ImportError as e:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tests.redis_harness import RedisServer
+from guardrails.infra.server import RedisProcess
 
 PASS = "PASS"
 MISS = "MISS"
@@ -109,9 +109,9 @@ def progress(bench: str, msg: str) -> None:
 
 
 @contextlib.contextmanager
-def redis_server(*, aof: bool = False) -> Iterator[RedisServer]:
+def redis_server(*, aof: bool = False) -> Iterator[RedisProcess]:
     """A throwaway redis-server on a free port (never 6379), stopped on exit."""
-    server = RedisServer(aof=aof).start()
+    server = RedisProcess(aof=aof).start()  # its own temporary directory, removed by stop()
     try:
         yield server
     finally:

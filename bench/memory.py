@@ -46,7 +46,7 @@ LIMIT_MB = 150.0
 MB = 2**20
 
 _IMPORTS_ONLY = (
-    "import guardrails.runtime.term, guardrails.venues, sys, time; {extra}"
+    "import guardrails.runtime.process, guardrails.venues, sys, time; {extra}"
     "print('ready', flush=True); time.sleep(60)"
 )
 

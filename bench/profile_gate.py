@@ -9,8 +9,9 @@ Not part of the ``make bench`` table: a diagnostic for the gate's owner.
    the sum is a little above the real script's time (compare with the ``INFO
    commandstats`` mean printed beside it).
 2. **In the client**: the Python parts of ``OrderGate.admit`` timed one by one
-   (``timeit``), including redis-py packing the EVALSHA's 16 keys and 11 arguments,
-   against packing a PING.
+   (``timeit``): redis-py packing the EVALSHA's 17 keys and 11 arguments (the
+   ``execute_command`` path) against packing a PING, and the gate wire's own packing
+   (``OrderGate._packed``, the path a plain client takes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
 from bench import gatesetup
-from bench.account import HOLDER, account, intent
+from bench.account import HOLDER, account, intent, risk_config
 from bench.core import redis_server
 from guardrails.gate import decimal_arg
 from guardrails.model import client_order_id_for
@@ -118,6 +119,13 @@ def in_client() -> None:
     from guardrails.tradingday import TradingDay
 
     day = TradingDay("UTC", None)
+    from guardrails.gate import OrderGate
+    from guardrails.keys import AccountKeys
+
+    gate = OrderGate(aioredis.Redis(), AccountKeys(account()), risk_config())
+    gate._token, gate._holder = (1, b"1"), ("bench-holder", b"bench-holder")
+    gate._day_key = ("2026-11-22", b"gr:{paper:bench}:day:2026-11-22", b"2026-11-22")
+    coid = client_order_id_for("bench-1")
     parts = [
         ("TradingDay.today()", lambda: day.today()),
         ("client_order_id_for()", lambda: client_order_id_for("bench-1")),
@@ -125,6 +133,8 @@ def in_client() -> None:
         ("pack EVALSHA, 16 keys + 11 args", lambda: conn.pack_command("EVALSHA", "a" * 40, 16,
                                                                       *keys, *args)),
         ("pack PING", lambda: conn.pack_command("PING")),
+        ("OrderGate._packed (the gate wire's EVALSHA bytes)",
+         lambda: gate._packed("bench-1", coid, it, "0.0100", "60000.00", False)),
     ]
     print("in the client (µs per call, timeit):")
     for name, fn in parts:

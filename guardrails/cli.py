@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (console on a terminal, else kv), kv (key=value lines), json (JSON lines), console",
     )
-    p.set_defaults(func=_lazy("guardrails.runtime.term:cmd_run"))
+    p.set_defaults(func=_lazy("guardrails.runtime.process:cmd_run"))
 
     p = sub.add_parser("kill", help="halt an account (or make it reduce-only) from anywhere")
     _common(p)
@@ -146,10 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--admin", action="store_true", help="enable /admin/* test fault hooks")
     vp.add_argument("--daemon-dir", default=None, help=argparse.SUPPRESS)  # url = "embedded"
     protocols = ("eip712", "binance")
-    vp.add_argument("--protocol", choices=protocols, default="eip712",
-                    help="eip712: the HTTP venue's API; binance: Binance spot REST (ccxt venue)")
+    vp.add_argument("--protocol", choices=(*protocols, "clob"), default="eip712",
+                    help="eip712: the HTTP venue's API; binance: Binance spot REST (ccxt venue); "
+                         "clob: Polymarket's CLOB (a kind = \"polymarket\" --config)")
     vp.add_argument("--keys-file", default=None,
                     help="binance: JSON {api key: secret} (default: accept the demo keys)")
+    vp.add_argument("--heartbeat-timeout-ms", type=int, default=10_000,
+                    help="clob: cancel every resting order when no heartbeat came this long")
     vp = vsub.add_parser("status", help="is the per-user simulator daemon (url = 'embedded') running")
     vp.add_argument("--json", action="store_true")
     vp.add_argument("--protocol", choices=protocols, default="eip712")

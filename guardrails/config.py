@@ -507,6 +507,21 @@ class CcxtVenueConfig(_Model):
     simulator: PaperVenueConfig | None = Field(
         default=None, description="Market of the embedded simulator (url = 'embedded')."
     )
+    symbols: dict[str, str] = Field(
+        default_factory=dict,
+        description="Instrument -> the exchange's ccxt symbol (e.g. 'BTC-USD' = 'BTC/USDT'); "
+        "an instrument not listed is its own ccxt symbol. Checked against the markets at start.",
+    )
+    dead_man_switch: bool = Field(
+        default=True,
+        description="Arm the exchange's cancelAllOrdersAfter while active, where ccxt has it "
+        "(Kraken, OKX, Bybit...; not Binance spot). See docs/venues.md.",
+    )
+    dead_man_timeout: DurationMs | None = Field(
+        default=None,
+        description="The dead-man switch's countdown (whole seconds at the exchange); unset: "
+        "4 x lease ttl, rounded up to a second, at least the exchange's minimum.",
+    )
 
     @model_validator(mode="after")
     def _embedded(self) -> CcxtVenueConfig:

@@ -42,6 +42,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from guardrails import scripts
 from guardrails.config import RiskConfig
+from guardrails.gatewire import GateWire, WireError
+from guardrails.gatewire import bulk as wire_bulk
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
 from guardrails.model import (
     Admitted,
@@ -180,6 +182,16 @@ def check_intent(intent: Intent, risk: RiskConfig) -> Denied | None:
     return None
 
 
+_PACKED = (
+    b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s"  # head, day key, order key, tail
+    + b"$%d\r\n%s\r\n" * 8  # token, holder, intent id, coid, symbol, side, qty, price
+    + b"$1\r\n%s\r\n$%d\r\n%s\r\n"  # allocate nonce, day
+)
+"""The variable part of a decision's EVALSHA (OrderGate._packed)."""
+_PACKED_VARIABLE_ARGS = 10
+"""Arguments ``_PACKED`` adds after the tail keys (8 above, then nonce and day)."""
+
+
 class OrderGate:
     """Admits or denies intents for one account, atomically, inside Redis.
 
@@ -188,8 +200,9 @@ class OrderGate:
     """
 
     __slots__ = (
-        "_day", "_day_key", "_head", "_holder", "_keys", "_prefix", "_recover_ms", "_redis",
-        "_risk", "_script", "_tail", "_tail_b", "_token",
+        "_day", "_day_key", "_head", "_holder", "_keys", "_order_prefix", "_packed_head",
+        "_packed_tail", "_prefix", "_recover_ms", "_redis", "_risk", "_script", "_tail",
+        "_tail_b", "_token", "_wire",
     )
 
     def __init__(
@@ -230,6 +243,18 @@ class OrderGate:
         """(trading day, its key, the day itself), encoded once per day."""
         self._token: tuple[int, bytes] = (-1, b"")
         self._holder: tuple[str, bytes] = ("", b"")
+        # The gate's own pipelined connection (gatewire.py), when the client is one it
+        # speaks for: the command is then sent as RESP bytes of which everything
+        # constant per account (the command, the sha, every key but the day's and the
+        # order's, the schema version) was packed here, once.
+        self._wire = GateWire.for_client(redis)
+        count = len(self._prefix) + 2 + len(self._tail_b) + _PACKED_VARIABLE_ARGS
+        self._packed_head = b"*%d\r\n" % count + b"".join(wire_bulk(
+            a if isinstance(a, bytes) else a.encode()) for a in self._prefix)
+        self._packed_tail = b"".join(wire_bulk(a) for a in self._tail_b)
+        # an order's key is this prefix + its client order id (checked, else built per call)
+        prefix = keys.order("")
+        self._order_prefix = prefix.encode() if keys.order("c0") == prefix + "c0" else b""
 
     async def admit(
         self,
@@ -262,24 +287,35 @@ class OrderGate:
             self._holder = (holder_id, holder_id.encode())
         # KEYS 1-9, day, order, KEYS 12-17 + ARGV 1; then ARGV 2-11 (see gate_admit.lua)
         qty, price = decimal_arg(intent.qty, "qty"), decimal_arg(intent.price, "price")
-        command = (
-            *self._prefix, self._day_key[1], self._keys.order(coid), *self._tail_b,
-            self._token[1], self._holder[1], intent_id, coid, intent.symbol,
-            intent.side.value, qty, price, b"1" if allocate_nonce else b"0", self._day_key[2],
-        )
         try:
             try:
-                # EVALSHA straight through execute_command: the Script wrapper would copy
-                # the arguments twice more. On NOSCRIPT (a restarted or flushed Redis) the
-                # script is loaded (same text, same sha) and run once more.
-                raw = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
-            except NoScriptError:
-                await self._redis.script_load(self._script.script)
-                raw = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
-        except ResponseError as e:
-            if "WRONGTYPE" in str(e):
-                return Denied(intent_id, DenyReason.BAD_STATE, str(e))
-            raise GateUnavailable(f"gate script failed: {e}") from e
+                # On NOSCRIPT (a restarted or flushed Redis) the script is loaded (same
+                # text, same sha) and run once more.
+                if self._wire is not None:
+                    packed = self._packed(intent_id, coid, intent, qty, price, allocate_nonce)
+                    try:
+                        raw = await self._wire.call(packed)
+                    except NoScriptError:
+                        await self._wire.load_script(self._script.script)
+                        raw = await self._wire.call(packed)
+                else:
+                    command = (
+                        *self._prefix, self._day_key[1], self._keys.order(coid), *self._tail_b,
+                        self._token[1], self._holder[1], intent_id, coid, intent.symbol,
+                        intent.side.value, qty, price, b"1" if allocate_nonce else b"0",
+                        self._day_key[2],
+                    )
+                    # EVALSHA straight through execute_command: the Script wrapper would
+                    # copy the arguments twice more.
+                    try:
+                        raw = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+                    except NoScriptError:
+                        await self._redis.script_load(self._script.script)
+                        raw = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+            except ResponseError as e:
+                if "WRONGTYPE" in str(e):
+                    return Denied(intent_id, DenyReason.BAD_STATE, str(e))
+                raise GateUnavailable(f"gate script failed: {e}") from e
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             if _before_sending(e):
                 raise GateUnavailable(f"redis unavailable: {type(e).__name__}: {e}") from e
@@ -288,6 +324,22 @@ class OrderGate:
         except RedisError as e:
             raise GateUnavailable(f"redis error: {type(e).__name__}: {e}") from e
         return decode_reply(intent_id, coid, raw)
+
+    def _packed(
+        self, intent_id: str, coid: str, intent: Intent, qty: str, price: str, nonce: bool
+    ) -> bytes:
+        """The EVALSHA of one decision as RESP bytes (what gatewire.pack would build), the
+        parts constant per account packed once in __init__, the rest in one format."""
+        iid, c = intent_id.encode(), coid.encode()
+        order = self._order_prefix + c if self._order_prefix else self._keys.order(coid).encode()
+        sym, side = intent.symbol.encode(), intent.side.value.encode()
+        q, p, day_key, day = qty.encode(), price.encode(), self._day_key[1], self._day_key[2]
+        token, holder = self._token[1], self._holder[1]
+        return _PACKED % (
+            self._packed_head, len(day_key), day_key, len(order), order, self._packed_tail,
+            len(token), token, len(holder), holder, len(iid), iid, len(c), c, len(sym), sym,
+            len(side), side, len(q), q, len(p), p, b"1" if nonce else b"0", len(day), day,
+        )
 
     async def _recover(self, intent_id: str, digest: str, cause: BaseException) -> Decision:
         """The EVALSHA may have run and only its reply been lost: ask Redis for the
@@ -323,6 +375,8 @@ class OrderGate:
 
 def _before_sending(e: BaseException) -> bool:
     """True when the error came from opening the connection: the request was not sent."""
+    if isinstance(e, WireError):
+        return not e.sent
     return "connecting to" in str(e).lower()
 
 

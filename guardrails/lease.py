@@ -65,7 +65,6 @@ import contextlib
 import enum
 import functools
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -81,14 +80,6 @@ from guardrails.keys import AccountKeys
 
 STEPDOWN_RECANCEL_S = 0.2
 """How often stepping down checks for (and repeats) a cancellation the lead swallowed."""
-DISABLE_SELF_FENCE_ENV = "GUARDRAILS_TEST_DISABLE_SELF_FENCE"
-"""Test-only: ``1`` makes ``valid()`` ignore the local deadline and the elector not
-self-fence on its timer (a renew that Redis refuses still makes it step down)."""
-
-STEPDOWN_DELAY_ENV = "GUARDRAILS_TEST_STEPDOWN_DELAY_MS"
-"""Test-only: delay (ms) between Redis refusing a renew and stepping down, so a test can
-watch a stale holder's submissions being refused by Redis itself."""
-
 T = TypeVar("T")
 
 Clock = Callable[[], float]
@@ -494,8 +485,10 @@ def _describe(e: BaseException) -> str:
 class LeaderElector:
     """Runs ``lead`` only while this process holds the lease (see the module doc).
 
-    ``self_fence=False`` (or env ``GUARDRAILS_TEST_DISABLE_SELF_FENCE=1``, tests only)
-    keeps leading past the local deadline until Redis itself refuses a renew.
+    ``self_fence=False`` keeps leading past the local deadline until Redis itself refuses
+    a renew, and ``on_refused(stop)`` is awaited after Redis refused a renew and before
+    stepping down. Both exist for tests that watch a stale holder's submissions being
+    refused by Redis alone (``tests/stale_leader.py``); ``guardrails run`` sets neither.
     ``fallback_ms`` is the slow standby retry when nothing else wakes it (default: ttl;
     never below renew_interval).
     """
@@ -507,12 +500,12 @@ class LeaderElector:
         log: logging.Logger,
         self_fence: bool = True,
         fallback_ms: int | None = None,
+        on_refused: Callable[[asyncio.Event], Awaitable[None]] | None = None,
     ) -> None:
         self.lease = lease
         self.log = log
-        disabled = os.environ.get(DISABLE_SELF_FENCE_ENV, "") == "1"
-        self.self_fence = self_fence and not disabled
-        self.stepdown_delay = int(os.environ.get(STEPDOWN_DELAY_ENV, "0") or 0) / 1000
+        self.self_fence = self_fence
+        self.on_refused = on_refused
         cfg = lease.cfg
         self.fallback = max(cfg.renew_interval, fallback_ms or cfg.ttl) / 1000
         self.leadership: Leadership | None = None
@@ -710,8 +703,8 @@ class LeaderElector:
             if outcome is not RenewOutcome.RENEWED:
                 logs.event(self.log, "lease.lost", logging.WARNING, token=leadership.token,
                            reason=outcome.value)
-                if self.stepdown_delay > 0:
-                    await _first_set([stop], self.stepdown_delay)  # test-only switch
+                if self.on_refused is not None:
+                    await self.on_refused(stop)
                 leadership.lost.set()
                 return _End.REFUSED
             answered_after = clock() - sent_at
@@ -799,5 +792,7 @@ class LeaderElector:
                            error=_describe(e), retry_in_ms=int(delay * 1000))
                 await _first_set([closing], delay)
             finally:
-                with contextlib.suppress(Exception):
+                # The subscription's connection may already be broken (that is often why
+                # the loop ended): closing it is best effort, whatever redis-py raises.
+                with logs.swallowed(self.log, "lease.release_listener.close"):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -10,11 +10,12 @@ credentials are masked and every secret the process registered is scrubbed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 
 from guardrails import redacted
@@ -29,7 +30,7 @@ def _fmt(value: object) -> str:
         text = f"{value:.6g}"
     else:
         text = str(value)
-    if text and all(c in _SAFE for c in text):
+    if text and _SAFE.issuperset(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -59,6 +60,22 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, *,
                extra={"gr_event": name, "gr_fields": fields})
     for listener in tuple(_listeners):
         listener(name, fields)
+
+
+@contextlib.contextmanager
+def swallowed(logger: logging.Logger, step: str,
+              *errors: type[Exception]) -> Iterator[None]:
+    """A best-effort step on a way down (closing a client, a socket, a subscription the
+    process is leaving anyway): an exception of ``errors`` (default: any ``Exception``;
+    never a cancellation or ``KeyboardInterrupt``) raised inside is logged at debug as
+    ``event=shutdown.swallowed step=<step>`` and not raised. The caller says in a comment
+    what it may swallow and why going on is right."""
+    caught: tuple[type[Exception], ...] = errors or (Exception,)
+    try:
+        yield
+    except caught as e:
+        event(logger, "shutdown.swallowed", logging.DEBUG, step=step,
+              error=f"{type(e).__name__}: {e}")
 
 
 FORMATS = ("auto", "kv", "json", "console")

@@ -12,12 +12,11 @@ import uuid
 from decimal import ROUND_FLOOR
 from typing import TYPE_CHECKING
 
-from guardrails import logs
+from guardrails import logs, param_choice, param_decimal, param_duration_s
 from guardrails.model import Intent, Side
-from guardrails.runtime.strategy_loader import param_choice, param_decimal, param_duration_s
 
 if TYPE_CHECKING:
-    from guardrails.runtime.context import Context
+    from guardrails import Context
 
 
 class Looper:

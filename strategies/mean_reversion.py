@@ -13,12 +13,11 @@ from collections import deque
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING
 
-from guardrails import logs
+from guardrails import logs, param_decimal, param_duration_s
 from guardrails.model import Admitted, Intent, Side
-from guardrails.runtime.strategy_loader import param_decimal, param_duration_s
 
 if TYPE_CHECKING:
-    from guardrails.runtime.context import Context
+    from guardrails import Context
 
 
 class MeanReversion:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
+from guardrails.infra import server
 from tests.redis_harness import FORBIDDEN_PORT, RedisServer, free_port
 
 MASTER = "gr"
@@ -51,7 +52,8 @@ def redis_cli(server_binary: str) -> str:
 
 
 class NodeServer(RedisServer):
-    """A ``RedisServer`` with extra ``redis-server`` arguments and a chosen port."""
+    """A ``RedisServer`` (AOF on by default) with extra ``redis-server`` arguments and a
+    chosen port."""
 
     def __init__(self, extra: list[str], *, port: int | None = None, aof: bool = True) -> None:
         super().__init__(aof=aof)
@@ -59,65 +61,25 @@ class NodeServer(RedisServer):
             self.port = port
         self.extra = extra
 
-    def start(self) -> NodeServer:
-        assert self.port != FORBIDDEN_PORT
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", str(self.dir), "--appendonly", "yes" if self.aof else "no",
-            "--appendfsync", "always", "--logfile", str(self.dir / "redis.log"), *self.extra,
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_ready()
-        return self
 
-
-class SentinelProc:
-    """One ``redis-server <conf> --sentinel`` process."""
+class SentinelProc(server.RedisProcess):
+    """One ``redis-server <conf> --sentinel`` process watching master ``gr``."""
 
     def __init__(self, master_port: int, binary: str) -> None:
-        self.port = free_port()
-        self._tmp = tempfile.TemporaryDirectory(prefix="gr-sentinel-")
-        self.dir = Path(self._tmp.name)
-        self.conf = self.dir / "sentinel.conf"
-        self.conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-            f"logfile {self.dir / 'sentinel.log'}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n"
-            f"sentinel down-after-milliseconds {MASTER} 1000\n"
-            f"sentinel failover-timeout {MASTER} 4000\n"
-            f"sentinel parallel-syncs {MASTER} 1\n"
-        )
-        self.binary = binary
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(sentinel=True, binary=binary, settings=[
+            f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2",
+            f"sentinel down-after-milliseconds {MASTER} 1000",
+            f"sentinel failover-timeout {MASTER} 4000",
+            f"sentinel parallel-syncs {MASTER} 1",
+        ])
 
-    def start(self) -> SentinelProc:
-        self.proc = subprocess.Popen([self.binary, str(self.conf), "--sentinel"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                c = redis.Redis(port=self.port, socket_timeout=0.5)
-                try:
-                    if c.ping():
-                        return self
-                finally:
-                    c.close()
-            except (redis.RedisError, OSError):
-                time.sleep(0.05)
-        raise RuntimeError(f"sentinel on {self.port} not ready")
+    @property
+    def conf(self) -> Path:
+        return self.config_path
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._tmp.cleanup()
+    def client(self, db: int = 0, **kw: Any) -> redis.Redis:
+        kw.setdefault("socket_timeout", 2)
+        return super().client(db, **kw)
 
 
 class SentinelGroup:

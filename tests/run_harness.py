@@ -148,8 +148,12 @@ class RunProc:
         standby: bool = False,
         env: dict[str, str] | None = None,
         extra_args: Iterable[str] = (),
+        stale_leader_ms: int | None = None,
     ) -> None:
+        """``stale_leader_ms``: run through ``tests/stale_leader.py`` (no local self-fence,
+        step down that long after Redis refused a renew)."""
         self.name = name
+        self.stale_leader_ms = stale_leader_ms
         self.config = config
         self.log_path = log_dir / f"{name}.log"
         self.standby = standby
@@ -159,7 +163,9 @@ class RunProc:
         self.started_at = 0.0
 
     def start(self) -> RunProc:
-        args = [sys.executable, "-m", "guardrails", "run", "--config", str(self.config),
+        entry = ["guardrails"] if self.stale_leader_ms is None else [
+            "tests.stale_leader", str(self.stale_leader_ms)]
+        args = [sys.executable, "-m", *entry, "run", "--config", str(self.config),
                 "--instance-id", self.name, *self.extra_args]
         if self.standby:
             args.append("--standby")

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from guardrails.infra import embedded
+from guardrails.infra.server import find_redis_server
 
 
 def _pid() -> int:
@@ -81,6 +82,9 @@ def test_fence_counter_when_embedded_restarted_then_survives(fresh_embedded: obj
 
 # -- another local user pre-creates the state directory and runs their own server -------
 
+# The attacker's server is started by hand, not by guardrails.infra.server: it stands for a
+# foreign user's process (world-writable socket, no password, no AOF) run with `python -I`
+# as that user, which must not depend on our package.
 ATTACKER_SERVER = """
 import os, subprocess, sys
 state = sys.argv[1]
@@ -115,7 +119,7 @@ def test_embedded_when_another_user_owns_the_state_dir_and_a_server_then_refused
     os.chmod(base, 0o1777)  # like /var/tmp: every user may create entries
     state = base / f"guardrails-{os.getuid()}"
     pw = pwd.getpwnam(name)
-    server = embedded.find_redis_server()
+    server = find_redis_server()
     try:
         planted = subprocess.run(
             ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",

@@ -567,3 +567,20 @@ async def test_admit_when_connection_refused_then_gate_unavailable_not_unknown(
         assert not isinstance(err.value, GateOutcomeUnknown)
     finally:
         await r.aclose()
+
+
+def test_gate_script_when_read_then_code_table_names_every_reason_at_its_index() -> None:
+    """gate_admit.lua writes its codes out literally (no per-call setup); a reason added
+    to REASON without its code in C would deny with a nil code. Both tables must agree."""
+    import re
+    from pathlib import Path
+
+    import guardrails
+
+    text = (Path(guardrails.__file__).parent / "lua" / "gate_admit.lua").read_text()
+    reasons_block = re.search(r"local REASON = \{(.*?)\}", text, re.S)
+    codes_block = re.search(r"local C = \{(.*?)\}", text, re.S)
+    assert reasons_block and codes_block
+    reasons = re.findall(r"'([a-z_]+)'", reasons_block.group(1))
+    codes = {k: int(v) for k, v in re.findall(r"([A-Z_]+) = (\d+)", codes_block.group(1))}
+    assert codes == {r.upper(): i for i, r in enumerate(reasons, start=1)}

@@ -35,7 +35,7 @@ from guardrails.lease import (
 from guardrails.registry import InstanceInfo, Registry
 from tests.conftest import ROOT, subprocess_env
 from tests.lease_contender import KEYS as CONTENDED
-from tests.redis_harness import RedisServer, free_port
+from tests.redis_harness import RedisServer
 
 KEYS = AccountKeys(AccountId("paper", "lease-test"))
 LOG = logging.getLogger("test.lease")
@@ -304,20 +304,16 @@ async def test_acquire_when_replicas_required_but_absent_then_fails_closed_and_r
 
 
 @pytest.fixture
-def replica_port(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
+def replica_port(redis_server: RedisServer) -> Iterator[int]:
     """A real redis-server replicating ``redis_server``; yields its port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [redis_server.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path),
-         "--replicaof", "127.0.0.1", str(redis_server.port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    replica = RedisServer()
+    replica.extra = ["--replicaof", "127.0.0.1", str(redis_server.port)]
+    replica.start()
     try:
-        yield port
+        yield replica.port
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        replica.kill()
+        replica.stop()
 
 
 async def test_acquire_when_replica_acknowledges_then_token_is_on_the_replica(
@@ -698,16 +694,14 @@ async def test_elector_when_injected_clock_passes_deadline_then_self_fences(
 async def test_elector_when_self_fence_disabled_then_leads_past_deadline_until_redis_refuses(
     redis_client: aioredis.Redis,
     tasks: list[asyncio.Task[None]],
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Arrange: the test-only switches, and a clock far past any deadline.
+    # Arrange: no self-fence, a 2 s pause before stepping down, a clock far past any deadline.
     caplog.set_level(logging.INFO, logger="test.lease")
-    monkeypatch.setenv("GUARDRAILS_TEST_DISABLE_SELF_FENCE", "1")
-    monkeypatch.setenv("GUARDRAILS_TEST_STEPDOWN_DELAY_MS", "2000")
     clock = FakeClock()
     lead = Recorder()
-    elector = LeaderElector(Lease(redis_client, KEYS, "a", cfg(), clock=clock), log=LOG)
+    elector = LeaderElector(Lease(redis_client, KEYS, "a", cfg(), clock=clock), log=LOG,
+                            self_fence=False, on_refused=lambda _stop: asyncio.sleep(2.0))
     tasks.append(asyncio.create_task(elector.run(lead, asyncio.Event())))
     await wait_event(lead.started, 10, "lead to start")
     leadership = lead.leaderships[0]
@@ -724,7 +718,7 @@ async def test_elector_when_self_fence_disabled_then_leads_past_deadline_until_r
     stepped_down_after = lead.cancelled_at - taken_at  # type: ignore[operator]
 
     # Assert: it stepped down, but only after the configured delay, without crashing.
-    assert valid_during_delay, "...and the step-down waits GUARDRAILS_TEST_STEPDOWN_DELAY_MS"
+    assert valid_during_delay, "...and the step-down waits for on_refused"
     assert stepped_down_after >= 2.0
     assert lead.lost_when_cancelled == [True]
     assert any("reason=other_holder" in m for m in events(caplog, "lease.lost"))

@@ -159,9 +159,7 @@ def test_run_when_self_fence_disabled_and_paused_past_ttl_then_redis_alone_refus
     # Arrange: A's local self-fence is off and it steps down 3 s after Redis refuses its
     # renew, so for 3 s it keeps submitting with its old token: only Redis can stop it.
     cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url)
-    a = _spawn(procs, "a", cfg, tmp_path, env={
-        "GUARDRAILS_TEST_DISABLE_SELF_FENCE": "1", "GUARDRAILS_TEST_STEPDOWN_DELAY_MS": "3000",
-    })
+    a = _spawn(procs, "a", cfg, tmp_path, stale_leader_ms=3000)
     token_a = a.wait_for("lease.acquired").int("token")
     a.wait_for("order.submitted")
     b = _spawn(procs, "b", cfg, tmp_path, standby=True)

@@ -4,8 +4,6 @@ crash, which are restarted, and that the restart backoff doubles and stays bound
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import re
 import time
@@ -15,7 +13,7 @@ import pytest
 from guardrails.config import parse_config
 from guardrails.runtime.context import ContextUnavailable
 from guardrails.runtime.strategy_loader import LoadedStrategy
-from guardrails.runtime.term import Runtime
+from guardrails.runtime.term import StrategySupervisor
 from tests.test_context import CONFIG
 
 
@@ -48,13 +46,12 @@ class _Ctx:
         return []
 
 
-def _runtime(backoff: str = "100ms", backoff_max: str = "400ms") -> Runtime:
+def _runtime(backoff: str = "100ms", backoff_max: str = "400ms") -> StrategySupervisor:
     data = dict(CONFIG)
     data["runtime"] = {"strategy_restart_backoff": backoff,
                        "strategy_restart_backoff_max": backoff_max}
     cfg = parse_config(data)
-    args = argparse.Namespace(instance_id="t", standby=False)
-    return Runtime(cfg, None, [], args=args, stop=asyncio.Event(), target="")  # type: ignore[arg-type]
+    return StrategySupervisor(cfg, [])
 
 
 def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, str]]:

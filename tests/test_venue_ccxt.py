@@ -22,7 +22,8 @@ from guardrails.keys import AccountId
 from guardrails.model import Order, Side
 from guardrails.sim import binance as sb
 from guardrails.sim import daemon
-from guardrails.sim.exchange import Simulator, read_record
+from guardrails.sim.exchange import read_record
+from guardrails.sim.server import Simulator
 from guardrails.venues import make_venue
 from guardrails.venues.base import Accepted, Rejected, Unknown, VenueError, VenueOrderState
 from guardrails.venues.ccxt import CcxtVenue, Credentials, classify_submit_error
@@ -129,6 +130,21 @@ async def test_submit_when_order_sent_then_exchange_received_the_exact_decimals(
     assert row["result"] == "accepted"
     assert Decimal(row["qty"]) == order.qty and Decimal(row["price"]) == order.price
     assert row["side"] == "buy" and row["symbol"] == SYMBOL
+
+
+@pytest.mark.parametrize("side", [Side.BUY, Side.SELL])
+async def test_binance_request_is_the_one_ccxt_create_order_builds(env: Env, side: Side) -> None:
+    """The venue sends Binance orders through ccxt's endpoint method (bench/ccxtvenue.py):
+    its request must be what ccxt's own create_order would send, value for value."""
+    order = env.order(side, Decimal("54321.10"), qty="0.0370")
+    params = {"newClientOrderId": order.client_order_id, "timestamp": 1, "recvWindow": 2}
+    ex = env.venue._exchange()
+    ours = env.venue.binance_request(order, "0.0370", "54321.10", params)
+    theirs = ex.create_order_request(SYMBOL, "limit", side.value, "0.0370", "54321.10", params)
+    assert ours.keys() == theirs.keys()
+    for k in ("quantity", "price"):
+        assert Decimal(ours.pop(k)) == Decimal(theirs.pop(k))
+    assert ours == theirs
 
 
 @pytest.mark.parametrize(("qty", "offset", "why"), [
@@ -530,3 +546,59 @@ def test_config_when_ccxt_venue_is_inconsistent_then_refused_naming_the_field(
     }
     with pytest.raises(ConfigError, match=message):
         parse_config(data, "x.toml")
+
+
+# -- [venue] symbols ----------------------------------------------------------------------
+
+
+async def test_symbol_mapping_when_instruments_named_otherwise_then_the_venue_speaks_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instruments ``BTC-USDT``/``ETH-USDT`` mapped to ccxt's ``BTC/USDT``/``ETH/USDT``:
+    orders, lookups, fills and marks carry the instrument; ccxt gets its symbols."""
+    key, secret = "k" + uuid.uuid4().hex, uuid.uuid4().hex
+    monkeypatch.setenv(KEY_ENV, key)
+    monkeypatch.setenv(SECRET_ENV, secret)
+    renamed = {s.replace("/", "-"): v for s, v in RISK_DICT["instruments"].items()}
+    risk = RiskConfig.model_validate({**RISK_DICT, "instruments": renamed})
+    market = MARKET.model_copy(update={"start_prices": {"BTC-USDT": Decimal("60000.00"),
+                                                        "ETH-USDT": Decimal("3000.00")}})
+    exchange = sb.make_exchange(market, risk, record_path=tmp_path / "r.jsonl")
+    sim = Simulator(exchange, app=lambda: sb.build_binance_app(
+        sb.BinanceSim(exchange, {key: secret}), admin=True))
+    url = await sim.start()
+    cfg = venue_cfg(url, symbols={"BTC-USDT": SYMBOL, "ETH-USDT": "ETH/USDT"})
+    venue = CcxtVenue(cfg, ACCOUNT, risk=risk)
+    try:
+        await venue.start()
+        marks = await venue.marks(["BTC-USDT", "ETH-USDT"])
+        assert marks.keys() == {"BTC-USDT", "ETH-USDT"}
+        price = marks["BTC-USDT"] - Decimal("10.00")
+        order = Order("c" + uuid.uuid4().hex[:31], "BTC-USDT", Side.BUY, Decimal("0.0010"),
+                      price, 9, now_ms() + 30_000)
+        assert isinstance(await venue.submit(order), Accepted)
+        async with aiohttp.ClientSession() as s, s.post(
+                url + "/admin/mark", json={"symbol": "BTC-USDT", "price": str(price)}) as r:
+            assert r.status == 200
+        batch = await venue.fills_since(None)
+        assert [(f.symbol, f.client_order_id, f.qty) for f in batch.fills] == [
+            ("BTC-USDT", order.client_order_id, Decimal("0.0010"))]
+        status = await venue.lookup(order.client_order_id)
+        assert status.state is VenueOrderState.FILLED and status.fills[0].symbol == "BTC-USDT"
+        assert venue.ccxt_symbol("BTC-USDT") == SYMBOL and venue.instrument(SYMBOL) == "BTC-USDT"
+    finally:
+        await venue.close()
+        await sim.stop()
+
+
+@pytest.mark.parametrize(("symbols", "why"), [
+    ({"BTC/USDT": "BTC/USDC"}, r"BTC/USDT \(BTC/USDC\) is not a market of binance"),
+    ({"DOGE/USDT": "DOGE/USDT"}, "maps DOGE/USDT, not in \\[risk.instruments\\]"),
+    ({"BTC/USDT": "ETH/USDT"}, "two instruments to one ccxt symbol"),
+])
+async def test_symbol_mapping_when_wrong_then_refuses_to_start(
+    env: Env, symbols: dict[str, str], why: str
+) -> None:
+    bad = CcxtVenue(venue_cfg(env.sim.url, symbols=symbols), ACCOUNT, risk=RISK)
+    with pytest.raises(VenueError, match=why):
+        await bad.start()

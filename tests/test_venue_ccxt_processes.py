@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from guardrails.sim.exchange import SimulatorProcess, read_record
+from guardrails.sim.daemon import SimulatorProcess
+from guardrails.sim.exchange import read_record
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc
 

@@ -17,13 +17,9 @@ from eth_account import Account
 from guardrails.config import HttpVenueConfig, PaperVenueConfig, parse_config
 from guardrails.keys import AccountId
 from guardrails.model import Order, Side
-from guardrails.sim.exchange import (
-    DEFAULT_RISK,
-    SimExchange,
-    Simulator,
-    SimulatorProcess,
-    read_record,
-)
+from guardrails.sim.daemon import SimulatorProcess
+from guardrails.sim.exchange import DEFAULT_RISK, SimExchange, read_record
+from guardrails.sim.server import Simulator
 from guardrails.venues import eip712, make_venue, signing
 from guardrails.venues.base import (
     Accepted,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from guardrails.sim.clob import ClobSimulatorProcess
+from guardrails.sim.daemon import SimulatorProcess
 from guardrails.sim.exchange import read_record
 from tests.conftest import subprocess_env
 from tests.redis_harness import RedisServer, free_port
@@ -109,9 +109,9 @@ class World:
         self.record = tmp_path / "clob-record.jsonl"
         self.config = write_config(tmp_path / "poly.toml", url=self.url,
                                    redis_url=redis_server.url, address=self.address, **cfg)
-        self.sim = ClobSimulatorProcess(config=str(self.config), record=self.record,
-                                        heartbeat_timeout_ms=3_000, port=port,
-                                        env=subprocess_env())
+        self.sim = SimulatorProcess(config=str(self.config), record=self.record,
+                                    protocol="clob", heartbeat_timeout_ms=3_000, port=port,
+                                    env=subprocess_env())
 
     def rows(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in read_record(self.record) if r.get("type") == kind]
@@ -208,9 +208,7 @@ def test_sigstop_when_active_paused_past_ttl_then_heartbeat_cancels_and_late_ord
     w = World(tmp_path, redis_server, cancel_on_takeover=False, volatility="0")
     w.sim.start()
     try:
-        a = _spawn(procs, "a", w, tmp_path, env={
-            "GUARDRAILS_TEST_DISABLE_SELF_FENCE": "1", "GUARDRAILS_TEST_STEPDOWN_DELAY_MS": "3000",
-        })
+        a = _spawn(procs, "a", w, tmp_path, stale_leader_ms=3000)
         token = a.wait_for("lease.acquired", timeout=60).int("token")
         a.wait_for("order.submitted", timeout=60)
         # Act: freeze it well past the TTL (1.5 s) and the heartbeat timeout (3 s).

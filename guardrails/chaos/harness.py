@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from guardrails.chaos import checker, faults, report
 from guardrails.chaos.proxy import ChaosProxy
@@ -57,6 +58,10 @@ from guardrails.infra import connect
 from guardrails.infra.server import RedisProcess, free_port
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.prune import default_archive_path
+
+_REDIS_DOWN: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
+"""What a read of the run's Redis raises while it restarts (a stale pooled connection):
+the harness's own reads retry on these; anything else is a bug and propagates."""
 
 log = logging.getLogger("guardrails.chaos")
 
@@ -730,7 +735,7 @@ class Harness:
         start = time.monotonic()
         while time.monotonic() - start < 20:
             await asyncio.sleep(1.0)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*_REDIS_DOWN):  # a restart mid-wait: ask again next second
                 if await direct.scard(self.keys.open_orders) == 0:
                     break
         await asyncio.sleep(2.0)  # one more fills/marks pump round
@@ -741,7 +746,7 @@ class Harness:
         for _ in range(3):
             try:
                 value = await direct.get(self.keys.lease)
-            except Exception:
+            except _REDIS_DOWN:
                 await asyncio.sleep(0.2)
                 continue
             if value:
@@ -797,7 +802,7 @@ async def _admitted(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
     """The gate's admission counter; None if Redis cannot be read (after a few tries:
     a pooled connection may be stale after a Redis restart)."""
     for _ in range(3):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*_REDIS_DOWN):
             v = await direct.hget(keys.stats, "admitted")
             return int(v or 0)
         await asyncio.sleep(0.2)
@@ -816,7 +821,7 @@ POST_FENCE_REASONS = frozenset(
 async def _decisions(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
     """Admissions plus post-fence denials so far: decisions only a live leader gets."""
     for _ in range(3):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*_REDIS_DOWN):
             stats = await direct.hgetall(keys.stats)
             total = int(stats.get("admitted", 0))
             for field_name, value in stats.items():

@@ -56,7 +56,9 @@ class _Conn:
         self.closed.set()
         for w in (self.client_w, self.upstream_w):
             if w is not None:
-                with contextlib.suppress(Exception):
+                # Closing a transport whose peer is gone, or whose loop is closing, can
+                # raise OSError or RuntimeError; the pair is torn down either way.
+                with contextlib.suppress(OSError, RuntimeError):
                     w.close()
 
 
@@ -246,8 +248,9 @@ async def _read_or_closed(reader: asyncio.StreamReader, conn: _Conn) -> bytes:
         for f in (read, closed):
             if not f.done():
                 f.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.gather(read, closed, return_exceptions=True)
+        # return_exceptions: the two children's own errors and cancellations are collected,
+        # never raised; only a cancellation of this task itself propagates (as it should).
+        await asyncio.gather(read, closed, return_exceptions=True)
     if read in done and not read.cancelled() and read.exception() is None:
         return read.result()
     return b""

@@ -11,14 +11,13 @@ later starts the old primary again as a replica of the new one.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from guardrails.infra.server import FORBIDDEN_PORT, RedisProcess, free_port
+from guardrails.infra.server import RedisProcess
 
 MASTER = "gr"
 
@@ -31,55 +30,14 @@ def _master_port(sentinel: redis.Redis) -> int:
     return int(reply[1])
 
 
-class SentinelProcess:
-    """One ``redis-server <conf> --sentinel``."""
-
-    def __init__(self, data_dir: Path, master_port: int, binary: str) -> None:
-        self.dir = data_dir
-        self.port = free_port()
-        self.binary = binary
-        self.master_port = master_port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 15.0) -> None:
-        assert self.port != FORBIDDEN_PORT
-        self.dir.mkdir(parents=True, exist_ok=True)
-        conf = self.dir / "sentinel.conf"
-        conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-            f"logfile {self.dir / 'sentinel.log'}\n"
-            f"sentinel monitor {MASTER} 127.0.0.1 {self.master_port} 2\n"
-            f"sentinel down-after-milliseconds {MASTER} 1000\n"
-            f"sentinel failover-timeout {MASTER} 4000\n"
-            f"sentinel parallel-syncs {MASTER} 1\n"
-        )
-        self.proc = subprocess.Popen([self.binary, str(conf), "--sentinel"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                c = redis.Redis(port=self.port, socket_timeout=0.5)
-                try:
-                    if c.ping():
-                        return
-                finally:
-                    c.close()
-            except (redis.RedisError, OSError):
-                time.sleep(0.05)
-        raise RuntimeError(f"sentinel on {self.port} not ready after {timeout}s")
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+def sentinel_process(data_dir: Path, master_port: int) -> RedisProcess:
+    """One ``redis-server --sentinel`` (the unified launcher) watching ``master_port``."""
+    return RedisProcess(data_dir, sentinel=True, settings=[
+        f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2",
+        f"sentinel down-after-milliseconds {MASTER} 1000",
+        f"sentinel failover-timeout {MASTER} 4000",
+        f"sentinel parallel-syncs {MASTER} 1",
+    ])
 
 
 class SentinelRedis:
@@ -88,7 +46,7 @@ class SentinelRedis:
     def __init__(self, data_dir: Path) -> None:
         self.dir = data_dir
         self.nodes = [RedisProcess(data_dir / "node-a"), RedisProcess(data_dir / "node-b")]
-        self.sentinels: list[SentinelProcess] = []
+        self.sentinels: list[RedisProcess] = []
         self.restarts = 0
         self.failovers = 0
 
@@ -103,8 +61,8 @@ class SentinelRedis:
         replica.extra = ["--replicaof", "127.0.0.1", str(primary.port)]
         replica.start()
         self.wait_replica(primary)
-        self.sentinels = [SentinelProcess(self.dir / f"sentinel-{i}", primary.port,
-                                          primary.binary) for i in range(3)]
+        self.sentinels = [sentinel_process(self.dir / f"sentinel-{i}", primary.port)
+                          for i in range(3)]
         for s in self.sentinels:
             s.start()
         self._wait_sentinels_agree()

@@ -9,14 +9,12 @@ made; the checker reads that file and nothing else from the venue side.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
-import sys
-import time
 from pathlib import Path
 
 import aiohttp
+
+from guardrails.sim.daemon import SimulatorProcess
 
 FAULT_PATH = "/admin/faults"
 """The simulator's test-only fault hook (served only with ``--admin``)."""
@@ -30,6 +28,9 @@ answers 503 without applying (the order never existed at the venue)."""
 
 
 class VenueProcess:
+    """The simulator as a process of its own (``sim.daemon.SimulatorProcess``) on a port
+    chosen before the configs are written, with the fault hooks on."""
+
     def __init__(self, config: Path, port: int, record: Path, log_path: Path, *, seed: int,
                  protocol: str = "eip712", keys: dict[str, str] | None = None) -> None:
         """``protocol``: ``eip712`` (the HTTP venue's simulator) or ``binance`` (the
@@ -42,43 +43,25 @@ class VenueProcess:
         self.record = record
         self.log_path = log_path
         self.seed = seed
-        self.proc: asyncio.subprocess.Process | None = None
+        self.sim: SimulatorProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, env: dict[str, str], timeout: float = 20.0) -> None:  # noqa: ASYNC109
-        extra = ["--protocol", self.protocol]
+        keys_file = None
         if self.keys is not None:
             keys_file = self.record.with_name("venue-keys.json")
             keys_file.touch(mode=0o600)
             keys_file.write_text(json.dumps(self.keys))
-            extra += ["--keys-file", str(keys_file)]
-        out = self.log_path.open("ab")
+        self.sim = SimulatorProcess(
+            config=str(self.config), record=self.record, admin=True, seed=self.seed, env=env,
+            protocol=self.protocol, keys_file=keys_file, port=self.port, log=self.log_path)
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "guardrails", "venue", "serve",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--config", str(self.config), "--record", str(self.record),
-                "--seed", str(self.seed), "--admin", *extra,
-                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
-            )  # fmt: skip
-        finally:
-            out.close()
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.proc.returncode is not None:
-                    raise RuntimeError(
-                        f"venue simulator exited with {self.proc.returncode}; see {self.log_path}"
-                    )
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with s.get(self.url + "/v1/time", timeout=aiohttp.ClientTimeout(1)) as r:
-                        if r.status < 500:
-                            return
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"venue simulator not answering on {self.url} after {timeout}s")
+            await asyncio.to_thread(self.sim.start, timeout)
+        except RuntimeError as e:
+            raise RuntimeError(f"venue simulator did not start ({e}); see {self.log_path}") from None
 
     async def lose_responses(self, mode: str | None) -> None:
         """Lose every submit's response in ``mode`` (``LOSS_MODES``) until called with None."""
@@ -94,13 +77,9 @@ class VenueProcess:
                 if r.status >= 300:
                     raise RuntimeError(f"venue fault hook answered {r.status}: {await r.text()}")
 
-    async def stop(self, timeout: float = 10.0) -> int | None:  # noqa: ASYNC109
-        if self.proc is None or self.proc.returncode is not None:
-            return None if self.proc is None else self.proc.returncode
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            return await self.proc.wait()
+    async def stop(self) -> int | None:
+        """Stop the simulator (SIGTERM, SIGKILL after 5 s); its exit code, None if never started."""
+        if self.sim is None or self.sim.proc is None:
+            return None
+        await asyncio.to_thread(self.sim.stop)
+        return self.sim.proc.returncode

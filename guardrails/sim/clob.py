@@ -29,7 +29,6 @@ limiting orders (a sell needs no shares here), proxy/safe signature types, rewar
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -37,8 +36,6 @@ import hashlib
 import hmac
 import json
 import logging
-import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from decimal import Decimal, InvalidOperation
@@ -59,12 +56,11 @@ from guardrails import logs
 from guardrails.config import (
     ConfigError,
     PaperVenueConfig,
-    PolymarketVenueConfig,
     RiskConfig,
-    load_config,
 )
 from guardrails.model import Order, Side
-from guardrails.sim.exchange import Faults, SimExchange, SimOrder, Simulator, SimulatorProcess
+from guardrails.sim.exchange import SimExchange, SimOrder
+from guardrails.sim.server import Faults, Simulator
 
 log = logging.getLogger("guardrails.sim.clob")
 
@@ -76,6 +72,9 @@ END_CURSOR = "LTE="
 
 AUTH_WINDOW_S = 300
 """How far an authenticated request's POLY_TIMESTAMP may be from the exchange's clock."""
+
+MIN_EXPIRY_WINDOW_MS = 180_000
+"""A GTD order must expire at least this far ahead (the exchange's "three minutes")."""
 
 _STATUS = {"open": "LIVE", "filled": "MATCHED", "canceled": "CANCELED",
            "rejected": "INVALID", "expired": "EXPIRED"}
@@ -127,7 +126,7 @@ class ClobExchange(SimExchange):
         fee_rate_bps: int = 0,
         collateral: Decimal = Decimal(10_000),
         heartbeat_timeout_ms: int = 10_000,
-        min_expiry_window_ms: int = 180_000,
+        min_expiry_window_ms: int = MIN_EXPIRY_WINDOW_MS,
         security_threshold_ms: int = 60_000,
         record_path: Path | None = None,
         resume: bool = False,
@@ -706,73 +705,3 @@ class ClobSimulator(Simulator):
 
     def build_app(self) -> web.Application:
         return build_clob_app(self.exchange, admin=self._admin)
-
-
-def exchange_from_config(path: str, *, record: Path | None = None,
-                         heartbeat_timeout_ms: int = 10_000) -> ClobExchange:
-    """The CLOB market a ``kind = "polymarket"`` config trades (its ``[venue.simulator]``)."""
-    cfg = load_config(path)
-    venue = cfg.venue
-    if not isinstance(venue, PolymarketVenueConfig) or venue.simulator is None:
-        raise ConfigError(f"{path}: [venue] must be kind = \"polymarket\" with [venue.simulator]")
-    missing = sorted(set(cfg.risk.instruments) - set(venue.simulator.start_prices))
-    if missing:
-        raise ConfigError(f"{path}: venue.simulator.start_prices lacks: {', '.join(missing)}")
-    return ClobExchange(venue.simulator, cfg.risk, venue.tokens, chain_id=venue.chain_id,
-                        record_path=record, heartbeat_timeout_ms=heartbeat_timeout_ms,
-                        min_expiry_window_ms=venue.expiry_window)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m guardrails.sim.clob --config FILE``: serve until SIGTERM/SIGINT."""
-    p = argparse.ArgumentParser(prog="python -m guardrails.sim.clob")
-    p.add_argument("--config", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--record")
-    p.add_argument("--admin", action="store_true")
-    p.add_argument("--heartbeat-timeout-ms", type=int, default=10_000)
-    args = p.parse_args(argv)
-    logs.setup()
-    try:
-        exchange = exchange_from_config(args.config, record=Path(args.record) if args.record
-                                        else None, heartbeat_timeout_ms=args.heartbeat_timeout_ms)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    async def serve() -> None:
-        sim = ClobSimulator(exchange, admin=args.admin)
-        url = await sim.start(args.host, args.port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print(f"listening {url}", flush=True)  # the contract with SimulatorProcess
-        logs.event(log, "clob.listening", url=url, record=args.record)
-        try:
-            await stop.wait()
-        finally:
-            await sim.stop()
-
-    asyncio.run(serve())
-    return 0
-
-
-class ClobSimulatorProcess(SimulatorProcess):
-    """``python -m guardrails.sim.clob`` as a child process on a free port."""
-
-    def __init__(self, *, config: str, record: Path | None = None, admin: bool = False,
-                 heartbeat_timeout_ms: int = 10_000, port: int = 0,
-                 env: Mapping[str, str] | None = None) -> None:
-        super().__init__(env=env)
-        self._args = [sys.executable, "-m", "guardrails.sim.clob", "--config", config,
-                      "--heartbeat-timeout-ms", str(heartbeat_timeout_ms), "--port", str(port)]
-        if record:
-            self._args += ["--record", str(record)]
-        if admin:
-            self._args.append("--admin")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

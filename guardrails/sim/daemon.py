@@ -39,16 +39,29 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from guardrails import logs
-from guardrails.config import PaperVenueConfig, RiskConfig
+from guardrails.config import (
+    CcxtVenueConfig,
+    ConfigError,
+    HttpVenueConfig,
+    PaperVenueConfig,
+    PolymarketVenueConfig,
+    RiskConfig,
+    load_config,
+)
 from guardrails.infra import embedded
+from guardrails.sim import binance, clob
+from guardrails.sim.exchange import DEFAULT_MARKET, DEFAULT_RISK, SimExchange, SimStateError
+from guardrails.sim.server import Simulator
 
 log = logging.getLogger("guardrails.simulator")
 
@@ -71,6 +84,9 @@ class MarketSpec:
     clob_tokens: dict[str, str] | None = None
     """Set: the daemon serves the Polymarket CLOB API (``guardrails.sim.clob``) on these
     outcome tokens (symbol -> token id) instead of the HTTP venue's protocol."""
+    clob_expiry_window_ms: int | None = None
+    """CLOB: how far ahead a GTD order must expire (the venue's ``expiry_window``; None: the
+    exchange's default). Not part of the digest: it is a rule of the venue, not its market."""
 
     def digest(self) -> str:
         """Equal markets have equal digests (limits other than units do not count)."""
@@ -324,12 +340,131 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def market_from_config(
+    path: str | None, seed: int | None
+) -> tuple[PaperVenueConfig, RiskConfig, int]:
+    """The market a config simulates: its paper venue, or its HTTP venue's ``simulator``."""
+    market_cfg, risk, chain_id = DEFAULT_MARKET, DEFAULT_RISK, 1
+    if path:
+        cfg = load_config(path)
+        risk = cfg.risk
+        if isinstance(cfg.venue, PaperVenueConfig):
+            market_cfg = cfg.venue
+        elif isinstance(cfg.venue, HttpVenueConfig):
+            chain_id = cfg.venue.chain_id
+            if cfg.venue.simulator is not None:
+                market_cfg = cfg.venue.simulator
+        elif isinstance(cfg.venue, CcxtVenueConfig) and cfg.venue.simulator is not None:
+            market_cfg = cfg.venue.simulator
+    missing = sorted(set(risk.instruments) - set(market_cfg.start_prices))
+    if missing:
+        raise ConfigError(
+            f"{path}: venue.simulator.start_prices lacks a price for: {', '.join(missing)}"
+        )
+    if seed is not None:
+        market_cfg = market_cfg.model_copy(update={"seed": seed})
+    return market_cfg, risk, chain_id
+
+
+def spec_from_config(path: str | None, seed: int | None, protocol: str) -> MarketSpec:
+    """The market ``guardrails venue serve --protocol P --config FILE`` simulates."""
+    if protocol == "clob":
+        if not path:
+            raise ConfigError("--protocol clob needs --config (a kind = \"polymarket\" config)")
+        cfg = load_config(path)
+        venue = cfg.venue
+        if not isinstance(venue, PolymarketVenueConfig) or venue.simulator is None:
+            raise ConfigError(f"{path}: [venue] must be kind = \"polymarket\" with "
+                              "[venue.simulator]")
+        missing = sorted(set(cfg.risk.instruments) - set(venue.simulator.start_prices))
+        if missing:
+            raise ConfigError(f"{path}: venue.simulator.start_prices lacks: {', '.join(missing)}")
+        sim_market = venue.simulator
+        if seed is not None:
+            sim_market = sim_market.model_copy(update={"seed": seed})
+        return MarketSpec(sim_market, cfg.risk, venue.chain_id, clob_tokens=dict(venue.tokens),
+                          clob_expiry_window_ms=venue.expiry_window)
+    market_cfg, risk, chain_id = market_from_config(path, seed)
+    return MarketSpec(market_cfg, risk, chain_id if protocol == "eip712" else 1, protocol=protocol)
+
+
+def make_simulator(
+    spec: MarketSpec, *, record: Path | None, resume: bool = False, admin: bool = False,
+    keys: Mapping[str, str] | None = None, heartbeat_timeout_ms: int = 10_000,
+) -> tuple[SimExchange, Simulator]:
+    """The engine and the protocol front ``spec`` asks for: the EIP-712 HTTP API, Binance
+    (``keys``: API key -> secret; none: the demo keys), or the CLOB (``spec.clob_tokens``).
+    ``resume``: the record is the state (the per-user daemon), bound to the spec's digest.
+    ``SimStateError`` / ``OSError`` / ``ValueError`` when the record or market is refused."""
+    digest = spec.digest() if resume else ""
+    if spec.protocol == "binance":
+        bex = binance.make_exchange(spec.market, spec.risk, chain_id=spec.chain_id,
+                                    record_path=record, resume=resume, market_digest=digest)
+        front = binance.BinanceSim(bex, keys, accept_demo_keys=not keys)
+        return bex, Simulator(bex, app=lambda: binance.build_binance_app(front, admin=admin))
+    if spec.clob_tokens:
+        window = spec.clob_expiry_window_ms
+        cex = clob.ClobExchange(spec.market, spec.risk, spec.clob_tokens, chain_id=spec.chain_id,
+                                record_path=record, resume=resume, market_digest=digest,
+                                heartbeat_timeout_ms=heartbeat_timeout_ms,
+                                min_expiry_window_ms=clob.MIN_EXPIRY_WINDOW_MS if window is None
+                                else window)
+        return cex, clob.ClobSimulator(cex, admin=admin)
+    ex = SimExchange(spec.market, spec.risk, chain_id=spec.chain_id, record_path=record,
+                     resume=resume, market_digest=digest)
+    return ex, Simulator(ex, admin=admin)
+
+
+def _announce(url: str) -> None:
+    # The first stdout line is the contract with SimulatorProcess: the URL served.
+    print(f"listening {url}", flush=True)
+
+
+async def serve_until_signal(
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0, *,
+    on_listening: Callable[[str], None] = _announce, on_stopped: Callable[[], None] | None = None,
+    **fields: Any,
+) -> None:
+    """Serve ``sim`` until SIGTERM/SIGINT. ``on_listening(url)`` runs once it listens (by
+    default: the URL on stdout), ``on_stopped()`` after it stopped serving."""
+    url = await sim.start(host, port)
+    stop_ev = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_ev.set)
+    on_listening(url)
+    logs.event(log, "simulator.listening", url=url, **fields)
+    try:
+        await stop_ev.wait()
+    finally:
+        await sim.stop()
+        if on_stopped is not None:
+            on_stopped()
+        logs.event(log, "simulator.stopped", url=url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``guardrails venue serve``: one simulator (any protocol) until SIGTERM/SIGINT."""
+    logs.setup()
+    record = Path(args.record) if args.record else None
+    admin = bool(args.admin)
+    try:
+        spec = spec_from_config(args.config, args.seed, args.protocol)
+        keys = binance.load_keys(args.keys_file) if args.keys_file else {}
+        _, sim = make_simulator(spec, record=record, admin=admin, keys=keys,
+                                heartbeat_timeout_ms=args.heartbeat_timeout_ms)
+    except (ConfigError, OSError, ValueError) as e:
+        print(f"guardrails venue serve: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(serve_until_signal(sim, args.host, args.port, record=record, admin=admin,
+                                   protocol=args.protocol, chain_id=spec.chain_id,
+                                   keys=len(keys)))
+    return 0
+
+
 def serve_daemon(root: Path) -> int:
     """The daemon itself (``guardrails venue serve --daemon-dir DIR``): replay, listen,
     publish ``sim.json``, serve until SIGTERM, then checkpoint and unpublish."""
-    from guardrails.sim.clob import ClobExchange, ClobSimulator
-    from guardrails.sim.exchange import SimExchange, SimStateError, Simulator
-
     p = paths(root)
     spec = MarketSpec.from_json(p.market.read_text())
     if os.fork() != 0:
@@ -345,56 +480,114 @@ def serve_daemon(root: Path) -> int:
         logs.event(log, "simulator.refused", logging.ERROR, error=msg)
         _write_atomic(p.errorfile, msg + "\n")
         return 1
-
-    async def run() -> int:
+    try:
         try:
-            sim: Simulator
-            exchange: SimExchange
-            if spec.protocol == "binance":
-                from guardrails.sim import binance
-
-                exchange = binance.make_exchange(spec.market, spec.risk, chain_id=spec.chain_id,
-                                                 record_path=p.record, resume=True,
-                                                 market_digest=spec.digest())
-                front = binance.BinanceSim(exchange, accept_demo_keys=True)
-                sim = Simulator(exchange, app=lambda: binance.build_binance_app(front))
-            elif spec.clob_tokens:
-                clob = ClobExchange(spec.market, spec.risk, spec.clob_tokens,
-                                    chain_id=spec.chain_id, record_path=p.record,
-                                    resume=True, market_digest=spec.digest())
-                exchange, sim = clob, ClobSimulator(clob)
-            else:
-                exchange = SimExchange(spec.market, spec.risk, chain_id=spec.chain_id,
-                                       record_path=p.record, resume=True,
-                                       market_digest=spec.digest())
-                sim = Simulator(exchange)
+            exchange, sim = make_simulator(spec, record=p.record, resume=True)
         except (SimStateError, OSError, KeyError, ValueError) as e:
             logs.event(log, "simulator.refused", logging.ERROR, error=f"{type(e).__name__}: {e}")
             _write_atomic(p.errorfile, f"{type(e).__name__}: {e}\n")
             return 1
-        url = await sim.start()
-        stop_ev = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop_ev.set)
-        _write_atomic(p.pidfile, f"{os.getpid()}\n")
-        _write_atomic(p.infofile, json.dumps({"pid": os.getpid(), "url": url,
-                                              "market_digest": spec.digest()}))
-        logs.event(log, "simulator.listening", url=url, record=p.record, daemon=1,
-                   replayed=exchange.replayed, chain_id=spec.chain_id, protocol=spec.protocol)
-        try:
-            await stop_ev.wait()
-        finally:
-            await sim.stop()
+
+        def publish(url: str) -> None:
+            _write_atomic(p.pidfile, f"{os.getpid()}\n")
+            _write_atomic(p.infofile, json.dumps({"pid": os.getpid(), "url": url,
+                                                  "market_digest": spec.digest()}))
+
+        def unpublish() -> None:
             p.infofile.unlink(missing_ok=True)
             p.pidfile.unlink(missing_ok=True)
-            logs.event(log, "simulator.stopped", url=url)
-        return 0
 
-    try:
-        return asyncio.run(run())
+        asyncio.run(serve_until_signal(
+            sim, on_listening=publish, on_stopped=unpublish, record=p.record, daemon=1,
+            replayed=exchange.replayed, chain_id=spec.chain_id, protocol=spec.protocol))
+        return 0
     finally:
         owner.close()
+
+
+class SimulatorProcess:
+    """``guardrails venue serve`` as a child process: the one way tests, the benchmarks and
+    the chaos run start a simulator of their own (``url = "embedded"`` uses the daemon).
+
+    ``port`` 0 picks a free port; ``log`` appends the child's log to that file (default: a
+    temporary file, see ``logs()``). ``start()`` returns the URL once the child listens;
+    ``stop()`` terminates it (SIGKILL after 5 s) and returns its log.
+    """
+
+    def __init__(self, *, config: str | None = None, record: Path | None = None,
+                 admin: bool = False, seed: int | None = None,
+                 env: Mapping[str, str] | None = None, protocol: str = "eip712",
+                 keys_file: Path | None = None, host: str = "127.0.0.1", port: int = 0,
+                 heartbeat_timeout_ms: int | None = None, log: Path | None = None) -> None:
+        self._args = [sys.executable, "-m", "guardrails", "venue", "serve", "--host", host,
+                      "--port", str(port), "--protocol", protocol]
+        if keys_file:
+            self._args += ["--keys-file", str(keys_file)]
+        if config:
+            self._args += ["--config", config]
+        if record:
+            self._args += ["--record", str(record)]
+        if seed is not None:
+            self._args += ["--seed", str(seed)]
+        if heartbeat_timeout_ms is not None:
+            self._args += ["--heartbeat-timeout-ms", str(heartbeat_timeout_ms)]
+        if admin:
+            self._args.append("--admin")
+        self._env = dict(env) if env is not None else dict(os.environ)
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        # stderr goes to a file, not a pipe: a chatty child must never block on a full pipe.
+        self._stderr: IO[str] = (log.open("a+", encoding="utf-8") if log is not None
+                                 else tempfile.TemporaryFile(mode="w+", encoding="utf-8"))
+        self._final_logs = ""
+
+    def start(self, timeout: float = 30.0) -> str:
+        self.proc = subprocess.Popen(
+            self._args, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=self._env
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        # readline blocks; the child prints its URL as soon as it listens (or exits).
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith("listening "):
+                self.url = line.split(" ", 1)[1].strip()
+                return self.url
+            if not line and self.proc.poll() is not None:
+                break
+        err = self.stop()
+        raise RuntimeError(f"simulator did not start: {line!r} {err[-2000:]}")
+
+    def stop(self) -> str:
+        """Stop the child; returns its stderr (logs)."""
+        if self._stderr.closed:
+            return self._final_logs
+        if self.proc is None:
+            self._stderr.close()
+            return ""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        text = self.logs()
+        self._stderr.close()
+        self._final_logs = text
+        return text
+
+    def logs(self) -> str:
+        """Everything the child wrote to stderr so far (all of it, after ``stop()``)."""
+        if self._stderr.closed:
+            return self._final_logs
+        with contextlib.suppress(ValueError, OSError):
+            self._stderr.seek(0)
+            return self._stderr.read()
+        return ""
 
 
 # -- CLI -----------------------------------------------------------------------------------
@@ -403,15 +596,9 @@ def serve_daemon(root: Path) -> int:
 def cmd_venue(args: argparse.Namespace) -> int:
     """``guardrails venue serve|status|stop``."""
     if args.venue_command == "serve":
-        if getattr(args, "daemon_dir", None):
+        if args.daemon_dir:
             logs.setup()
             return serve_daemon(Path(args.daemon_dir))
-        if getattr(args, "protocol", "eip712") == "binance":
-            from guardrails.sim.binance import cmd_serve as serve_binance
-
-            return serve_binance(args)
-        from guardrails.sim.exchange import cmd_serve
-
         return cmd_serve(args)
     protocol = getattr(args, "protocol", "eip712")
     try:

@@ -1,8 +1,7 @@
-"""An HTTP order-book exchange simulator that takes EIP-712 signed orders (``guardrails
-venue serve``).
-
-It is what the HTTP venue adapter talks to in tests and in the demo, over real HTTP, so
-the demo exercises the production code path. As an exchange it:
+"""The simulated exchange counterparty: ``SimExchange``, one matching engine and record
+behind every protocol front (``sim.server``: the EIP-712 HTTP API; ``sim.binance``;
+``sim.clob``). It is not a venue adapter: adapters (``guardrails.venues``) talk to it over
+real HTTP, so tests and the demo exercise the production code path. As an exchange it:
 
 * recovers the signer of every order and cancel and refuses it unless it is the
   message's ``account`` (``bad_signature``);
@@ -19,51 +18,35 @@ the demo exercises the production code path. As an exchange it:
 
 State lives in the process's memory. Served plainly (``--record``), a restarted
 simulator starts an empty book (its record file keeps growing). Served as the per-user
-daemon (``simdaemon``: ``url = "embedded"``), the record *is* its state: replayed at
-start, fsynced before each answer. Test fault hooks (``/admin/*``) exist only with
-``admin=True`` (``--admin``): drop the response of the next submits after applying them,
-answer them with a 5xx after applying (or not), and set a mark.
-
-HTTP API (JSON): ``POST /v1/orders`` {order, signature}; ``POST /v1/cancel`` {cancel,
-signature}; ``GET /v1/orders/{account}/{coid}``; ``GET /v1/fills/{account}?after=N``;
-``GET /v1/marks?symbols=A,B``; ``GET /v1/balances/{account}``; ``GET /v1/time``;
-``GET /v1/info`` (pid, market digest, counts).
+daemon (``sim.daemon``: ``url = "embedded"``), the record *is* its state: replayed at
+start, fsynced before each answer.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-from aiohttp import web
-
-from guardrails import logs
 from guardrails.config import (
-    CcxtVenueConfig,
-    ConfigError,
-    HttpVenueConfig,
     PaperVenueConfig,
     RiskConfig,
-    load_config,
 )
 from guardrails.model import Fill, Order, Side
 from guardrails.sim import market
-from guardrails.venues import eip712
+from guardrails.venues.eip712 import (
+    SignatureInvalid,
+    order_from_message,
+    recover,
+    signable_cancel,
+    signable_order,
+)
 
 log = logging.getLogger("guardrails.simulator")
 
@@ -420,10 +403,10 @@ class SimExchange:
         if not isinstance(msg, dict) or not isinstance(signature, str):
             return self._reject_unparsed(now, "bad_request: expected {order, signature}", 400)
         try:
-            order = eip712.order_from_message(msg)
+            order = order_from_message(msg)
             claimed = str(msg["account"]).lower()
-            signer = eip712.recover(eip712.signable_order(msg, self.chain_id), signature)
-        except (ValueError, eip712.SignatureInvalid) as e:
+            signer = recover(signable_order(msg, self.chain_id), signature)
+        except (ValueError, SignatureInvalid) as e:
             return self._reject_unparsed(now, f"bad_request: {e}", 400, msg)
         except Exception as e:  # eth-abi raises many types for values off their type
             return self._reject_unparsed(now, f"bad_request: {type(e).__name__}", 400, msg)
@@ -525,7 +508,7 @@ class SimExchange:
                 raise ValueError("expected {cancel, signature}")
             coid = str(msg["clientOrderId"])
             claimed = str(msg["account"]).lower()
-            signer = eip712.recover(eip712.signable_cancel(msg, self.chain_id), signature)
+            signer = recover(signable_cancel(msg, self.chain_id), signature)
         except Exception as e:
             return 400, {"status": "rejected", "reason": f"bad_request: {type(e).__name__}"}
         if signer != claimed:
@@ -635,308 +618,6 @@ class SimExchange:
             elif name in self._instruments:
                 out[name] = str(self._instruments[name].qty(units))
         return {"balances": out}
-
-
-@dataclass
-class Faults:
-    """Test fault hooks, each a count of submits it still applies to."""
-
-    drop_submit_responses: int = 0
-    """Apply the submit, then close the connection without answering."""
-    fail_submits: int = 0
-    """Answer the submit with ``fail_status`` (a 5xx)."""
-    fail_status: int = 503
-    fail_applies: bool = True
-    """With ``fail_submits``: whether the order is applied before the error is sent."""
-    delay_submit_responses: int = 0
-    """Apply the submit, then wait ``delay_seconds`` before answering (client timeouts)."""
-    delay_seconds: float = 0.0
-
-    def update(self, body: Mapping[str, Any]) -> None:
-        """Set the hooks named in ``body`` (``POST /admin/faults``), each as its field's type."""
-        for f in fields(self):
-            if f.name in body:
-                kind = {"int": int, "float": float, "bool": bool}[str(f.type)]
-                setattr(self, f.name, kind(body[f.name]))
-
-    async def answer(self, request: web.Request,
-                     apply: Callable[[], tuple[int, dict[str, Any]]],
-                     error: dict[str, Any]) -> web.StreamResponse:
-        """Answer a submit whose effect is ``apply()``, through the armed hooks: fail it
-        with ``error`` (applied or not), delay the answer, or drop it after applying."""
-        if self.fail_submits > 0:
-            self.fail_submits -= 1
-            if self.fail_applies:
-                apply()
-            return web.json_response(error, status=self.fail_status)
-        status, out = apply()
-        if self.delay_submit_responses > 0:
-            self.delay_submit_responses -= 1
-            await asyncio.sleep(self.delay_seconds)
-        if self.drop_submit_responses > 0:
-            self.drop_submit_responses -= 1
-            if request.transport is not None:
-                request.transport.abort()
-            # The client sees the connection reset: the order exists, the answer is lost.
-            raise ConnectionResetError("fault hook: response dropped after applying")
-        return web.json_response(out, status=status)
-
-
-def mark_handler(exchange: SimExchange) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """``POST /admin/mark`` {symbol, price}: put a mark and match (test hook)."""
-
-    async def set_mark(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        try:
-            exchange.set_mark(str(body["symbol"]), Decimal(str(body["price"])))
-        except (KeyError, ValueError, ArithmeticError) as e:
-            return web.json_response({"status": "error", "reason": str(e)}, status=400)
-        return web.json_response({"status": "ok"})
-
-    return set_mark
-
-
-def build_app(exchange: SimExchange, *, admin: bool = False) -> web.Application:
-    faults = Faults()
-    app = web.Application()
-
-    async def submit(request: web.Request) -> web.StreamResponse:
-        body = await _body(request)
-        return await faults.answer(request, lambda: exchange.submit(body),
-                                   {"status": "error", "reason": "injected"})
-
-    async def cancel(request: web.Request) -> web.StreamResponse:
-        status, out = exchange.cancel(await _body(request))
-        return web.json_response(out, status=status)
-
-    async def lookup(request: web.Request) -> web.StreamResponse:
-        status, out = exchange.lookup(request.match_info["account"], request.match_info["coid"])
-        return web.json_response(out, status=status)
-
-    async def fills(request: web.Request) -> web.StreamResponse:
-        try:
-            after = max(0, int(request.query.get("after", "0") or "0"))
-        except ValueError:
-            return web.json_response({"status": "error", "reason": "bad cursor"}, status=400)
-        return web.json_response(exchange.fills_after(request.match_info["account"], after))
-
-    async def marks(request: web.Request) -> web.StreamResponse:
-        symbols = [s for s in request.query.get("symbols", "").split(",") if s]
-        return web.json_response(exchange.marks(symbols))
-
-    async def balances(request: web.Request) -> web.StreamResponse:
-        return web.json_response(exchange.balances(request.match_info["account"]))
-
-    async def now(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"now_ms": exchange.now_ms(), "chain_id": exchange.chain_id})
-
-    async def info(request: web.Request) -> web.StreamResponse:
-        return web.json_response(exchange.info())
-
-    async def set_faults(request: web.Request) -> web.StreamResponse:
-        faults.update(await _body(request))
-        return web.json_response({"status": "ok"})
-
-    app.router.add_post("/v1/orders", submit)
-    app.router.add_post("/v1/cancel", cancel)
-    app.router.add_get("/v1/orders/{account}/{coid}", lookup)
-    app.router.add_get("/v1/fills/{account}", fills)
-    app.router.add_get("/v1/marks", marks)
-    app.router.add_get("/v1/balances/{account}", balances)
-    app.router.add_get("/v1/time", now)
-    app.router.add_get("/v1/info", info)
-    if admin:
-        app.router.add_post("/admin/faults", set_faults)
-        app.router.add_post("/admin/mark", mark_handler(exchange))
-    return app
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-class Simulator:
-    """The simulator served in this process (tests; ``url = "embedded"``)."""
-
-    def __init__(self, exchange: SimExchange, *, admin: bool = False,
-                 app: Callable[[], web.Application] | None = None) -> None:
-        """``app`` serves another protocol over ``exchange`` (``guardrails.sim.binance``);
-        by default the EIP-712 HTTP API (``build_app``)."""
-        self.exchange = exchange
-        self._admin = admin
-        self._app = app
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0: a free port); returns the base URL."""
-        # Bind the socket ourselves so the chosen port is known without aiohttp internals.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        runner = web.AppRunner(self.build_app(), access_log=None)
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        self._runner = runner
-        self.url = f"http://{host}:{sock.getsockname()[1]}"
-        return self.url
-
-    def build_app(self) -> web.Application:
-        """The protocol served: the ``app`` factory given, else the EIP-712 HTTP API (a
-        subclass may serve another exchange's API)."""
-        if self._app is not None:
-            return self._app()
-        return build_app(self.exchange, admin=self._admin)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        self.exchange.close()
-
-
-def market_from_config(
-    path: str | None, seed: int | None
-) -> tuple[PaperVenueConfig, RiskConfig, int]:
-    """The market a config simulates: its paper venue, or its HTTP venue's ``simulator``."""
-    market_cfg, risk, chain_id = DEFAULT_MARKET, DEFAULT_RISK, 1
-    if path:
-        cfg = load_config(path)
-        risk = cfg.risk
-        if isinstance(cfg.venue, PaperVenueConfig):
-            market_cfg = cfg.venue
-        elif isinstance(cfg.venue, HttpVenueConfig):
-            chain_id = cfg.venue.chain_id
-            if cfg.venue.simulator is not None:
-                market_cfg = cfg.venue.simulator
-        elif isinstance(cfg.venue, CcxtVenueConfig) and cfg.venue.simulator is not None:
-            market_cfg = cfg.venue.simulator
-    missing = sorted(set(risk.instruments) - set(market_cfg.start_prices))
-    if missing:
-        raise ConfigError(
-            f"{path}: venue.simulator.start_prices lacks a price for: {', '.join(missing)}"
-        )
-    if seed is not None:
-        market_cfg = market_cfg.model_copy(update={"seed": seed})
-    return market_cfg, risk, chain_id
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """``guardrails venue serve``: serve the simulator until SIGTERM/SIGINT."""
-    logs.setup()
-    market_cfg, risk, chain_id = market_from_config(args.config, args.seed)
-    record = Path(args.record) if args.record else None
-    admin = bool(getattr(args, "admin", False))
-
-    sim = Simulator(
-        SimExchange(market_cfg, risk, chain_id=chain_id, record_path=record), admin=admin
-    )
-    asyncio.run(serve_until_signal(sim, args.host, args.port, record=record, admin=admin,
-                                   chain_id=chain_id))
-    return 0
-
-
-async def serve_until_signal(sim: Simulator, host: str, port: int, **fields: Any) -> None:
-    """Serve ``sim`` until SIGTERM/SIGINT, announcing the URL on stdout (any protocol)."""
-    url = await sim.start(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # The first stdout line is the contract with SimulatorProcess: the URL served.
-    print(f"listening {url}", flush=True)
-    logs.event(log, "simulator.listening", url=url, **fields)
-    try:
-        await stop.wait()
-    finally:
-        await sim.stop()
-        logs.event(log, "simulator.stopped", url=url)
-
-
-class SimulatorProcess:
-    """``guardrails venue serve`` as a child process on a free port (tests, ``make run``).
-
-    ``start()`` returns once the server answers; ``stop()`` terminates it (kill after 5 s).
-    """
-
-    def __init__(self, *, config: str | None = None, record: Path | None = None,
-                 admin: bool = False, seed: int | None = None,
-                 env: Mapping[str, str] | None = None, protocol: str = "eip712",
-                 keys_file: Path | None = None) -> None:
-        self._args = [sys.executable, "-m", "guardrails", "venue", "serve", "--port", "0",
-                      "--protocol", protocol]
-        if keys_file:
-            self._args += ["--keys-file", str(keys_file)]
-        if config:
-            self._args += ["--config", config]
-        if record:
-            self._args += ["--record", str(record)]
-        if seed is not None:
-            self._args += ["--seed", str(seed)]
-        if admin:
-            self._args.append("--admin")
-        self._env = dict(env) if env is not None else dict(os.environ)
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        # stderr goes to a file, not a pipe: a chatty child must never block on a full pipe.
-        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
-        self._final_logs = ""
-
-    def start(self, timeout: float = 30.0) -> str:
-        self.proc = subprocess.Popen(
-            self._args, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=self._env
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = ""
-        # readline blocks; the child prints its URL as soon as it listens (or exits).
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("listening "):
-                self.url = line.split(" ", 1)[1].strip()
-                return self.url
-            if not line and self.proc.poll() is not None:
-                break
-        err = self.stop()
-        raise RuntimeError(f"simulator did not start: {line!r} {err[-2000:]}")
-
-    def stop(self) -> str:
-        """Stop the child; returns its stderr (logs)."""
-        if self._stderr.closed:
-            return self._final_logs
-        if self.proc is None:
-            self._stderr.close()
-            return ""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        text = self.logs()
-        self._stderr.close()
-        self._final_logs = text
-        return text
-
-    def logs(self) -> str:
-        """Everything the child wrote to stderr so far (all of it, after ``stop()``)."""
-        if self._stderr.closed:
-            return self._final_logs
-        with contextlib.suppress(ValueError, OSError):
-            self._stderr.seek(0)
-            return self._stderr.read()
-        return ""
 
 
 def read_record(path: Path) -> list[dict[str, Any]]:

@@ -57,7 +57,7 @@ def make_venue(cfg: Config, redis: aioredis.Redis, *, signer: Any = None) -> Ven
         from guardrails.venues.ccxt import CcxtVenue
 
         return CcxtVenue(venue_cfg, cfg.account_id, risk=cfg.risk, source=cfg.source,
-                         redis=redis)
+                         redis=redis, lease=cfg.lease)
     if isinstance(venue_cfg, PolymarketVenueConfig):
         from guardrails.venues.polymarket import PolymarketVenue
 
