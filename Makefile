@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 chaos: $(STAMP)
-	$(BIN)/python -m guardrails.chaos --duration $(DURATION) $(if $(SEED),--seed $(SEED),)
+	$(BIN)/python -m guardrails.chaos --duration $(DURATION) $(if $(SEED),--seed $(SEED),) $(if $(REDIS),--redis $(REDIS),)
 
 lint: $(STAMP)
 	$(BIN)/ruff check guardrails strategies tests bench

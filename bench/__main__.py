@@ -31,6 +31,8 @@ BENCHMARKS: list[tuple[str, str]] = [
     ("standby", "idle standby: Redis commands/s and CPU %"),
     ("memory", "RSS of an idle active `guardrails run`; Redis memory over a sustained run"),
     ("ccxtvenue", "ccxt venue submit vs a bare signed HTTP POST of the same order"),
+    ("scaleout", "30 accounts: one redis-server vs a three-primary cluster"),
+    ("sentinel", "crash takeover after a Sentinel failover vs after a plain SIGKILL"),
 ]
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -185,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "recover":
             fp.add_argument("--above", type=int, default=0,
                             help="also above this token (read from the venue or the logs)")
+            fp.add_argument("--venue-orders", default=None, metavar="FILE",
+                            help="the account's orders as the venue lists them (JSON lines: "
+                            "coid, symbol, side, qty, price): each gets a record and is "
+                            "reconciled, so its intent is not admitted again and a resting "
+                            "one's fills apply")
+            fp.add_argument("--no-venue", action="store_true",
+                            help="do not rebuild the ledger from the venue's fills first (the "
+                            "venue cannot be reached: positions and the day's loss stay as "
+                            "Redis has them)")
     p.set_defaults(func=_lazy("guardrails.ops.fence:cmd_fence"))
 
     p = sub.add_parser("migrate", help="move an account's keys to this version's schema (dry run "

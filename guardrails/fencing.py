@@ -12,10 +12,13 @@ one that remembers nothing — until ``recover``:
    ``seen_token`` (the highest any refusing instance saw), the ledger journal and order
    records, the registry, the paper venue's own record, and ``--above`` (what the
    operator read from the venue's records or the instances' logs);
-2. write, in one MULTI on the account's slot, fence = that floor, epoch =
+2. with the account's ``--config``: rebuild the ledger's record of what the venue filled
+   (``reconcile.adopt_venue_history``), while the alarm still stops every instance;
+3. write, in one MULTI on the account's slot, fence = that floor, epoch =
    ``<new id>@<floor>`` (the ``@floor`` lets running instances adopt the new history: it
-   starts above what they saw), and delete the alarm;
-3. the next holder takes a token above the floor and, as always on becoming active,
+   starts above what they saw), and delete the alarm; put the account back in the
+   account index;
+4. the next holder takes a token above the floor and, as always on becoming active,
    reconciles every non-terminal order with the venue before any strategy runs.
 """
 
@@ -34,7 +37,7 @@ import redis.asyncio as aioredis
 
 from guardrails import logs
 from guardrails.infra.embedded import state_dir
-from guardrails.keys import AccountKeys, PaperVenueKeys
+from guardrails.keys import ACCOUNTS_INDEX, AccountKeys, PaperVenueKeys
 from guardrails.prune import read_archive
 
 log = logging.getLogger("guardrails.fencing")
@@ -168,4 +171,7 @@ async def recover(redis: aioredis.Redis, keys: AccountKeys, *, above: int = 0,
         pipe.set(keys.epoch, epoch)
         pipe.delete(keys.fence_alarm)
         await pipe.execute()
+    # The account index went with the history (a FLUSHALL): without it `kill --all`,
+    # `status` and `doctor` would not see the account. Outside the slot: its own command.
+    await redis.sadd(ACCOUNTS_INDEX, str(keys.account))
     return Recovery(str(keys.account), floor, epoch, sources, alarm)

@@ -22,6 +22,7 @@ proceeds down, fees up) when the venue's price is finer than the money unit.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
@@ -45,7 +46,7 @@ from guardrails.model import (
     VenueOrderState,
     VenueOrderStatus,
 )
-from guardrails.tradingday import ClockMs, TradingDay, trading_day_of
+from guardrails.tradingday import ClockMs, TradingDay, trading_day_of, wall_clock_ms
 
 
 class LedgerError(Exception):
@@ -284,6 +285,7 @@ class Ledger:
         self._transition = scripts.register(redis, "ledger_transition")
         self._fill = scripts.register(redis, "ledger_fill")
         self._marks = scripts.register(redis, "ledger_marks")
+        self._adopt = scripts.register(redis, "ledger_adopt")
 
     def trading_day(self) -> str:
         return self._day.today()
@@ -452,6 +454,54 @@ class Ledger:
             return _FILL_CODES[code]
         except KeyError:
             raise LedgerError(f"ledger_fill returned unknown code {code}") from None
+
+    async def adopt(self, fills: Sequence[Fill]) -> bool:
+        """Give the venue order of ``fills`` (one client order id, one symbol and side) a
+        record when the ledger has none — its history was lost — for the quantity the
+        venue filled, so the fills can then be applied with ``apply_fill`` like any other
+        (``lua/ledger_adopt.lua``). True if a record was written, False if one existed.
+        Raises ``LedgerError`` for fills that are not one order's, or a key of an
+        unexpected shape (nothing written)."""
+        if not fills:
+            raise LedgerError("adopt: no fills")
+        first = fills[0]
+        if any((f.client_order_id, f.symbol, f.side) != (first.client_order_id, first.symbol,
+                                                          first.side) for f in fills):
+            raise LedgerError(f"adopt {first.client_order_id}: fills of more than one order")
+        try:
+            day = self.fill_day(first)
+        except ValueError as e:
+            raise LedgerError(str(e)) from None
+        qty = sum((f.qty for f in fills), Decimal(0))
+        return await self.adopt_order(first.client_order_id, first.symbol, first.side, qty,
+                                      first.price, day=day)
+
+    async def adopt_order(self, coid: str, symbol: str, side: Side, qty: Decimal,
+                          price: Decimal, *, day: str | None = None) -> bool:
+        """Give a venue order the ledger has no record of (its history was lost) a
+        SUBMITTED record for ``qty`` at ``price``, reserved, as the venue's records show
+        it; ``reconcile_order`` then brings it to the venue's state (fills, terminal).
+        True if written, False if a record existed. ``LedgerError`` for a quantity or
+        price the instrument cannot hold, or a key of an unexpected shape."""
+        inst = self.risk.instruments.get(symbol)
+        if inst is None:
+            raise LedgerError(f"adopt {coid}: symbol {symbol} is not configured")
+        lots_d, ticks_d = qty / inst.lot, price / inst.tick
+        if (lots_d != lots_d.to_integral_value() or lots_d <= 0
+                or ticks_d != ticks_d.to_integral_value() or ticks_d <= 0):
+            raise LedgerError(f"adopt {coid}: {qty} @ {price} is not whole lots and ticks")
+        k = self.keys
+        raw = await self._adopt(
+            keys=[k.order(coid), k.open_orders, k.reservations, k.journal, k.aggregates],
+            args=[coid, symbol, side.value, int(lots_d), int(ticks_d), wall_clock_ms(),
+                  day or self.trading_day(), str(qty), str(price)],
+        )
+        code = int(raw[0])
+        if code == 0:
+            return True
+        if code == 1:
+            return False
+        raise LedgerError(f"adopt {coid}: {_s(raw[1])}")
 
     # -- marks ---------------------------------------------------------------------------
 

@@ -17,11 +17,15 @@ and rebuilds the index and reservations atomically (``lua/ledger_rebuild.lua``).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from guardrails import scripts
-from guardrails.ledger import Ledger, LedgerError, OrderRecord, settle_step
+from guardrails.ledger import FillOutcome, Ledger, LedgerError, OrderRecord, settle_step
+from guardrails.model import Fill, Side
 from guardrails.venues.base import Venue, VenueError, VenueOrderStatus
 
 
@@ -210,3 +214,122 @@ async def sweep(ledger: Ledger, venue: Venue, *, fix: bool) -> SweepReport:
     report.fixed = True
     report.reconcile = rec_report
     return report
+
+
+# -- after a lost history ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VenueOrderRow:
+    """One order as the venue's own records show it (an export, a UI listing)."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+
+
+def read_venue_orders(path: str) -> list[VenueOrderRow]:
+    """Orders from a JSON-lines export: objects with ``coid`` (or ``client_order_id``),
+    ``symbol``, ``side``, ``qty``, ``price``. Rows with a ``type`` other than ``order``,
+    or a ``result`` other than ``accepted`` (the venue refused the order at the door:
+    it never existed there), are skipped — so the simulators' records can be given as
+    they are. Raises ``ValueError`` naming the line of a malformed row."""
+    out: list[VenueOrderRow] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if row.get("type", "order") != "order" or row.get("result", "accepted") != "accepted":
+                    continue
+                coid = str(row.get("coid") or row["client_order_id"])
+                if coid in seen:
+                    continue
+                seen.add(coid)
+                out.append(VenueOrderRow(coid, str(row["symbol"]), Side(str(row["side"])),
+                                         Decimal(str(row["qty"])), Decimal(str(row["price"]))))
+            except (ValueError, KeyError, TypeError, AttributeError, InvalidOperation) as e:
+                raise ValueError(f"{path}:{n}: not an order row ({type(e).__name__}: {e})") from None
+    return out
+
+
+@dataclass
+class AdoptReport:
+    """What ``adopt_venue_history`` did: the venue's fills of the account read, orders
+    the ledger had no record of given one, fills applied (the rest were known), and the
+    reconciliation of the listed orders."""
+
+    venue_fills: int = 0
+    adopted_orders: int = 0
+    fills_applied: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(fill id or client order id, why): the history does not add up."""
+    reconciled: ReconcileReport = field(default_factory=ReconcileReport)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused and self.reconciled.ok
+
+
+async def adopt_venue_history(ledger: Ledger, venue: Venue,
+                              orders: Sequence[VenueOrderRow] = ()) -> AdoptReport:
+    """After the ledger's history was lost (``guardrails fence recover``): make the
+    ledger know what the venue knows, through the ledger scripts.
+
+    1. Every order in ``orders`` (the venue's own listing of the account's orders) that
+       has no record gets an adopted SUBMITTED record for its quantity and price.
+    2. Every fill the venue has for the account (``fills_since(None)`` to the end) is
+       applied once per fill id, as the fills pump does; an order of a fill with no
+       record (not listed) is adopted for the quantity filled.
+    3. Every listed order still non-terminal in the ledger is reconciled with the venue
+       (``reconcile_order``: its state there — resting, cancelled, expired, filled).
+
+    Positions, realized PnL per trading day and the applied-fill set then match the
+    venue; a listed order keeps its intent from being admitted again (the gate finds
+    its record); a resting one keeps its reservation, and its later fills apply.
+
+    It cannot tell a fill the lost history made from another writer's: every fill on the
+    account is adopted. An unfilled order the listing leaves out stays unknown. Raises
+    ``VenueError`` when the venue's fills cannot be read."""
+    rep = AdoptReport()
+    listed = {o.client_order_id: o for o in orders}
+    for o in orders:
+        try:
+            if await ledger.order(o.client_order_id) is None and await ledger.adopt_order(
+                    o.client_order_id, o.symbol, o.side, o.qty, o.price):
+                rep.adopted_orders += 1
+        except LedgerError as e:
+            rep.refused.append((o.client_order_id, str(e)))
+    fills: list[Fill] = []
+    cursor: str | None = None
+    while True:
+        batch = await venue.fills_since(cursor)
+        fills.extend(batch.fills)
+        if not batch.fills or batch.cursor == cursor:
+            break
+        cursor = batch.cursor
+    rep.venue_fills = len(fills)
+    by_order: dict[str, list[Fill]] = {}
+    for f in fills:
+        by_order.setdefault(f.client_order_id, []).append(f)
+    for coid, group in by_order.items():
+        try:
+            if await ledger.order(coid) is None and await ledger.adopt(group):
+                rep.adopted_orders += 1
+            for f in group:
+                outcome = await ledger.apply_fill(f)
+                if outcome is FillOutcome.APPLIED:
+                    rep.fills_applied += 1
+                elif outcome is not FillOutcome.DUPLICATE:
+                    rep.refused.append((f.fill_id, f"{coid}: {outcome.value}"))
+        except LedgerError as e:
+            rep.refused.append((group[0].fill_id, f"{coid}: {e}"))
+    for coid in listed:
+        rec = await ledger.order(coid)
+        if rec is not None and not rec.state.terminal:
+            await reconcile_order(ledger, venue, rec, rep.reconciled)
+    return rep

@@ -37,6 +37,7 @@ _INCLUDE = re.compile(r"^--!include (lib/[a-z0-9_]+\.lua)[ \t]*$", re.MULTILINE)
 
 SCRIPTS = (
     "gate_admit", "ledger_fill", "ledger_transition", "ledger_rebuild", "ledger_marks",
+    "ledger_adopt",
     "lease_acquire", "lease_renew", "lease_release", "killswitch_set", "registry_heartbeat",
     "nonce_sync", "evm_claim", "paper_submit", "paper_advance", "paper_cancel",
     "prune_orders", "prune_fills",

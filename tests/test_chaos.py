@@ -202,7 +202,7 @@ def test_schedule_when_minimum_duration_then_every_kind_once_without_overlap(see
     # Act
     sched = faults.schedule(seed, duration, 3, 3.0)
     # Assert
-    assert {f.kind for f in sched} == set(faults.FaultKind)
+    assert {f.kind for f in sched} == set(faults.kinds_for("single"))
     for prev, nxt in itertools.pairwise(sched):
         assert prev.at_s + prev.hold_s < nxt.at_s
     assert sched[0].at_s >= faults.WARMUP_S
@@ -214,9 +214,13 @@ def test_schedule_when_minimum_duration_then_every_kind_once_without_overlap(see
 def test_schedule_when_long_run_then_each_required_kind_many_times() -> None:
     # Act
     sched = faults.schedule(7, 600, 3, 3.0)
+    failover = faults.schedule(7, 600, 3, 3.0, faults.kinds_for("sentinel"))
     # Assert
     for kind in faults.REQUIRED_KINDS:
-        assert sum(1 for f in sched if f.kind is kind) >= 5, kind
+        assert sum(1 for f in sched if f.kind is kind) >= 3, kind
+    assert {f.kind for f in failover} == set(faults.kinds_for("sentinel"))
+    assert sum(1 for f in failover if f.kind is faults.FaultKind.SENTINEL_FAILOVER) >= 5
+    assert not faults.PROXY_KINDS & {f.kind for f in failover}
 
 
 # -- checker on planted violations -----------------------------------------------------
@@ -330,6 +334,47 @@ def test_checker_when_admitted_under_older_token_then_fencing_violation() -> Non
     data.admissions.append(stale)
     # Act / Assert
     assert 1 in _invariants(data)
+
+
+def _fencing(admissions: list[Admission]) -> list[str]:
+    return [v.detail for v in checker.check_fencing(admissions)]
+
+
+def test_checker_when_history_lost_and_recovered_above_then_fencing_holds() -> None:
+    # Arrange: history 0 used tokens 1..3; after a FLUSHALL, recovery re-seeded above 3
+    old = [replace(_adm(n, n, n), holder=f"h{n}") for n in (1, 2, 3)]
+    new = [replace(_adm(checker.SEQ_SPAN + n, 10 + n, 4 + n // 2, ts=9000 + n), epoch=1,
+                   holder="h9") for n in (0, 1)]
+    # Act / Assert
+    assert _fencing(old + new) == []
+
+
+def test_checker_when_new_history_restarts_tokens_then_invariant_1() -> None:
+    # Arrange: the fence counter started again at 1 after the history was lost
+    old = [_adm(n, n, n) for n in (1, 2, 3)]
+    again = replace(_adm(checker.SEQ_SPAN, 20, 1, ts=9000), epoch=1)
+    # Act
+    found = _fencing([*old, again])
+    # Assert: (epoch, token) grew, but the token is not above what was seen before the loss
+    assert len(found) == 1 and "not above token 3" in found[0], found
+
+
+def test_checker_when_one_epoch_token_admits_for_two_holders_then_invariant_1() -> None:
+    # Arrange: a failover to a replica that missed the INCR handed token 2 out twice
+    a = replace(_adm(0, 1, 2), holder="chaos-0.1")
+    b = replace(_adm(1, 2, 2, ts=4000), holder="chaos-1.1")
+    # Act
+    found = _fencing([a, b])
+    # Assert
+    assert len(found) == 1 and "reused (epoch, token)" in found[0], found
+
+
+def test_checker_when_older_history_entry_after_newer_then_invariant_1() -> None:
+    # Arrange: an entry of history 1 before one of history 0 in the combined order
+    newer = replace(_adm(5, 1, 7), epoch=1)
+    older = replace(_adm(6, 2, 8), epoch=0)
+    # Act / Assert
+    assert any("histories 1 -> 0" in d for d in _fencing([newer, older]))
 
 
 def test_checker_when_venue_got_unadmitted_order_then_invariant_2() -> None:
@@ -810,6 +855,12 @@ def test_chaos_run_when_bounded_then_zero_violations(artifacts_dir: Path, tmp_pa
     run_bounded(artifacts_dir / "chaos-bounded.json", tmp_path)
 
 
+def test_chaos_run_when_bounded_on_sentinel_then_zero_violations(artifacts_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    # primary + replica + three sentinels: the failover and FLUSHALL kinds among the rest
+    run_bounded(artifacts_dir / "chaos-bounded-sentinel.json", tmp_path, "--redis", "sentinel")
+
+
 def run_bounded(report_path: Path, tmp_path: Path, *extra: str) -> None:
     """The shortest chaos run that injects every fault kind once (``extra``: more
     arguments, e.g. ``--venue ccxt``), asserted to have zero violations and problems."""
@@ -819,7 +870,8 @@ def run_bounded(report_path: Path, tmp_path: Path, *extra: str) -> None:
     from tests.conftest import subprocess_env
 
     # Arrange: the shortest window that injects every fault kind at least once
-    duration = faults.minimum_duration(3.0) + 2
+    mode = extra[extra.index("--redis") + 1] if "--redis" in extra else "single"
+    duration = faults.minimum_duration(3.0, faults.kinds_for(mode)) + 2
     report_path.unlink(missing_ok=True)
     cmd = [
         sys.executable, "-m", "guardrails.chaos", "--duration", str(duration),

@@ -6,6 +6,7 @@ seen before, and trades."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,3 +88,46 @@ def test_sentinel_when_primary_killed_under_active_and_standby_then_one_holder_l
         for p in (a, b):
             p.cleanup()
             (artifacts_dir / f"sentinel-{p.name}.log").write_text(p.text())
+
+
+def test_sentinel_when_promoted_replica_missed_the_last_acquire_then_token_above_it(
+    sentinel: SentinelGroup, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    # Arrange: an active and a standby on Sentinel; the replica stops applying (SIGSTOP)
+    cfg = write_config(tmp_path / "c.toml", redis_url=sentinel.url)
+    a = RunProc("a", cfg, tmp_path).start()
+    b = RunProc("b", cfg, tmp_path, standby=True)
+    try:
+        a.wait_for("order.admitted", timeout=60)
+        b.start()
+        b.wait_for("lease.standby", timeout=60)
+        old_port = sentinel.master_port()
+        replica = sentinel.server(next(p for p in (sentinel.primary.port, sentinel.replica.port)
+                                       if p != old_port))
+        replica.pause()
+        # the primary drops the stopped replica's link: what follows is never sent to it
+        primary = redis.Redis(port=old_port, decode_responses=True)
+        primary.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        # ... the standby takes over on the primary: a token the replica never receives
+        a.send(signal.SIGKILL)
+        a.wait_exit()
+        missed = b.wait_for("lease.acquired", timeout=60).int("token")
+        time.sleep(0.5)
+
+        # Act: the primary dies; the replica (without that acquire) comes back and is promoted
+        killed_at = time.time()
+        sentinel.server(old_port).kill()
+        replica.resume()
+        # still a read-only replica (the sentinels need a second to agree): what it holds
+        fence = redis.Redis(port=replica.port, decode_responses=True).get(KEYS.fence)
+        assert fence is not None and int(fence) < missed  # the history it carries lost it
+        sentinel.wait_failover(old_port)
+
+        # Assert: the next acquire is above the token the replica missed, and trades
+        took = b.wait_for("lease.acquired", after=killed_at, timeout=60)
+        assert took.int("token") > missed, (took.int("token"), missed, fence)
+        b.wait_for("order.admitted", after=took.ts, timeout=60)
+    finally:
+        for p in (a, b):
+            p.cleanup()
+            (artifacts_dir / f"sentinel-missed-{p.name}.log").write_text(p.text())

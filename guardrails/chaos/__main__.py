@@ -1,4 +1,5 @@
-"""``python -m guardrails.chaos --duration S --seed N --instances K --report PATH``.
+"""``python -m guardrails.chaos --duration S --seed N --instances K --report PATH
+[--venue http|ccxt] [--redis single|sentinel]``.
 
 Exit status: 0 when the checker found no violation, 1 when it found any, 2 when the
 run could not be set up (bad arguments, a duration too short for every fault kind).
@@ -41,6 +42,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--venue", choices=VENUES, default="http",
                    help="http: the EIP-712 HTTP venue; ccxt: the ccxt venue (unmodified ccxt "
                    "binance class) on the Binance-protocol simulator")
+    p.add_argument("--redis", choices=faults.REDIS_MODES, default="single",
+                   help="single: one redis-server behind per-instance proxies (every kind but "
+                   "the Sentinel failover); sentinel: primary + replica + three sentinels, "
+                   "instances connected through the sentinels (adds sentinel_failover, drops "
+                   "the proxy kinds, redis_restart and redis_wipe)")
     return p.parse_args(argv)
 
 
@@ -57,14 +63,15 @@ async def _run(opts: RunOptions) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    kinds = faults.kinds_for(args.redis)
     if args.schedule_only:
-        for f in faults.schedule(seed, args.duration, args.instances, TTL_S):
+        for f in faults.schedule(seed, args.duration, args.instances, TTL_S, kinds):
             print(f.describe())
         return 0
     if args.instances < 3:
         print("chaos: --instances must be at least 3", file=sys.stderr)
         return 2
-    shortest = faults.minimum_duration(TTL_S)
+    shortest = faults.minimum_duration(TTL_S, kinds)
     if args.duration < shortest:
         print(
             f"chaos: --duration {args.duration}s is too short to inject every fault kind; "
@@ -82,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_path=Path(args.report),
         workdir=workdir,
         venue=args.venue,
+        redis_mode=args.redis,
     )
     try:
         doc = asyncio.run(_run(opts))

@@ -13,7 +13,11 @@ parses the keys itself, so a bug in those modules cannot hide itself from it.
 The checks (numbering = ``INVARIANTS``):
 
 1. admissions are fenced: in journal order, once an order was admitted under token
-   N+1, no order is admitted under a token <= N;
+   N+1, no order is admitted under a token <= N; across histories (a FLUSHALL or an
+   empty restart loses one, the harness keeps it for the checker) the order is
+   (epoch, token), every history's tokens start above every token of the histories
+   before it (``fence recover`` re-seeds above them), and no (epoch, token) ever admits
+   for two holders;
 2. every order the venue received was admitted by the gate (same client order id,
    symbol, side, quantity, price), no client order id was admitted twice, and none
    executed twice at the venue (accepted as new more than once, or filled beyond its
@@ -81,6 +85,10 @@ class Admission:
     price: Decimal
     deadline_ms: int
     ts_ms: int
+    epoch: int = 0
+    """Which history (0 = the oldest) the journal entry was read from."""
+    holder: str = ""
+    """The lease holder the gate admitted it for (``""`` when not recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,7 @@ class Revocation:
     seq: int
     token: int
     ts_ms: int
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +218,13 @@ class CheckInput:
     journal_added: int | None = None
     """Entries ever appended to the journal (Redis >= 7); more than were read = trimmed."""
     aggregates: AggregateView | None = None
+    histories: list[dict[str, Any]] = field(default_factory=list)
+    """One row per history read (oldest first): its epoch key and journal size."""
+
+
+SEQ_SPAN = 10**9
+"""Journal sequence numbers of history ``e`` start at ``e * SEQ_SPAN``: one order over
+every history, oldest first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,24 +302,58 @@ def check(data: CheckInput) -> CheckResult:
         "journal_entries": data.journal_entries,
         "ledger_checked": data.ledger is not None,
         "venue_other_rows": dict(data.venue_other),
+        "histories": data.histories,
     }
     return CheckResult(violations, stats, late)
 
 
 def check_fencing(admissions: Iterable[Admission]) -> list[Violation]:
-    """1. In journal order the admitting token never goes back."""
+    """1. In journal order (histories oldest first) the admitting (epoch, token) never
+    goes back; a history's tokens are all above every token of the histories before it;
+    one (epoch, token) admits for one holder only."""
     out: list[Violation] = []
     highest: Admission | None = None
+    before: dict[int, int] = {}
+    """epoch -> the highest token admitted in every earlier history."""
+    top = 0
+    holders: dict[tuple[int, int], str] = {}
+    reported: set[tuple[int, int]] = set()
     for a in sorted(admissions, key=lambda a: a.seq):
-        if highest is not None and a.token < highest.token:
+        if a.epoch not in before:
+            before[a.epoch] = top
+        if highest is not None and (a.epoch, a.token) < (highest.epoch, highest.token):
             out.append(
                 Violation(
                     1,
                     f"{a.coid} admitted under token {a.token} after {highest.coid} was "
-                    f"admitted under token {highest.token}",
+                    f"admitted under token {highest.token}"
+                    + (f" (histories {highest.epoch} -> {a.epoch})" if a.epoch != highest.epoch
+                       else ""),
                 )
             )
-        if highest is None or a.token > highest.token:
+        elif a.token <= before[a.epoch] and (a.epoch, -1) not in reported:
+            reported.add((a.epoch, -1))
+            out.append(
+                Violation(
+                    1,
+                    f"{a.coid} admitted under token {a.token} in history {a.epoch}, not above "
+                    f"token {before[a.epoch]} admitted before the history was lost",
+                )
+            )
+        pair = (a.epoch, a.token)
+        if a.holder:
+            first = holders.setdefault(pair, a.holder)
+            if first != a.holder and pair not in reported:
+                reported.add(pair)
+                out.append(
+                    Violation(
+                        1,
+                        f"token {a.token} of history {a.epoch} admitted for two holders "
+                        f"({first}, then {a.holder} with {a.coid}): a reused (epoch, token)",
+                    )
+                )
+        top = max(top, a.token)
+        if highest is None or (a.epoch, a.token) > (highest.epoch, highest.token):
             highest = a
     return out
 
@@ -605,11 +655,12 @@ def check_late_sends(
     adms = sorted(admissions, key=lambda a: a.seq)
     by_coid = {a.coid: a for a in reversed(adms)}  # first admission wins
     # First moment a token above N was used to admit: from then on, N had lost the lease.
-    first_above: list[tuple[int, int]] = []  # (token, ts_ms of its first admission)
+    first_above: list[tuple[tuple[int, int], int]] = []
+    """((epoch, token), ts_ms of its first admission)"""
     for a in adms:
-        if not first_above or a.token > first_above[-1][0]:
-            first_above.append((a.token, a.ts_ms))
-    revoked = {r.token: r.ts_ms for r in revocations}
+        if not first_above or (a.epoch, a.token) > first_above[-1][0]:
+            first_above.append(((a.epoch, a.token), a.ts_ms))
+    revoked = {(r.epoch, r.token): r.ts_ms for r in revocations}
     filled: dict[str, Decimal] = defaultdict(Decimal)
     bad_price: dict[str, str] = {}
     for f in fills:
@@ -634,8 +685,8 @@ def check_late_sends(
             continue  # invariant 2 reports it
         lost_at = min(
             [adm.deadline_ms]
-            + [ts for tok, ts in first_above if tok > adm.token]
-            + [ts for tok, ts in revoked.items() if tok == adm.token]
+            + [ts for tok, ts in first_above if tok > (adm.epoch, adm.token)]
+            + [ts for tok, ts in revoked.items() if tok == (adm.epoch, adm.token)]
         )
         if v.received_ms <= lost_at:
             continue
@@ -802,13 +853,15 @@ def read_jsonl(path: Any) -> list[dict[str, Any]]:
 
 
 def parse_journal(
-    entries: Iterable[tuple[str, dict[str, str]]], units: dict[str, Units]
+    entries: Iterable[tuple[str, dict[str, str]]], units: dict[str, Units], *, epoch: int = 0
 ) -> tuple[list[Admission], list[Transition], list[Revocation]]:
-    """The account's journal stream (``docs/keys.md``), oldest first."""
+    """The account's journal stream (``docs/keys.md``), oldest first; ``epoch`` is the
+    history it was read from (0 = the oldest)."""
     admissions: list[Admission] = []
     transitions: list[Transition] = []
     revocations: list[Revocation] = []
-    for seq, (entry_id, f) in enumerate(entries):
+    for n, (entry_id, f) in enumerate(entries):
+        seq = epoch * SEQ_SPAN + n
         kind = f.get("ev") or f.get("type") or ""
         ts = _stream_ms(entry_id)
         if kind == "admit":
@@ -827,12 +880,14 @@ def parse_journal(
                     price=Decimal(f["price"]) if "price" in f else u.tick * int(f["ticks"]),
                     deadline_ms=int(f["deadline_ms"]),
                     ts_ms=ts,
+                    epoch=epoch,
+                    holder=f.get("holder", ""),
                 )
             )
         elif kind == "trading_state":
             tok = f.get("revoked_token", "")
             if tok:
-                revocations.append(Revocation(seq, int(tok), int(f.get("at_ms") or ts)))
+                revocations.append(Revocation(seq, int(tok), int(f.get("at_ms") or ts), epoch))
         elif kind in ("transition", "fill"):
             # Applied state changes only: ``refused_*`` entries record what the ledger
             # script refused to do, which is the invariant working, not a move.
@@ -914,14 +969,9 @@ def read_ledger(
     return LedgerView(positions, fills, orders, open_orders, reserved)
 
 
-def load(
-    client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any, archive: Any = None
-) -> CheckInput:
-    """Everything the checker needs, from a (sync, decode_responses) Redis client and the
-    venue's JSONL record. ``risk`` is the run's own config: instrument units and limits."""
-    units = {s: Units(i.tick, i.lot) for s, i in risk.instruments.items()}
-    sec, usec = client.time()
-    checked_at_ms = int(sec) * 1000 + int(usec) // 1000
+def read_journal(client: Any, keys: AccountKeys) -> tuple[list[tuple[str, dict[str, str]]], int | None]:
+    """The journal's entries, oldest first, and how many were ever appended (Redis >= 7;
+    None before, or for an empty journal)."""
     entries: list[tuple[str, dict[str, str]]] = []
     start = "-"
     while True:
@@ -934,12 +984,47 @@ def load(
         start = f"{ms}-{int(n) + 1}"
         if len(page) < 2000:
             break
-    admissions, transitions, revocations = parse_journal(entries, units)
     added: int | None = None
     if entries:
         info = client.xinfo_stream(keys.journal)
         raw_added = info.get("entries-added")  # Redis >= 7.0 only
         added = int(raw_added) if raw_added is not None else None
+    return entries, added
+
+
+def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any,
+         archive: Any = None, lost_histories: Iterable[Any] = ()) -> CheckInput:
+    """Everything the checker needs, from a (sync, decode_responses) Redis client and the
+    venue's JSONL record. ``risk`` is the run's own config: instrument units and limits.
+    ``lost_histories``: clients of every history the account lost before the live one,
+    oldest first (their journals count; the ledger compared with the venue is the live one);
+    ``archive``: the prune sweep's archive (a path), merged into the ledger view."""
+    units = {s: Units(i.tick, i.lot) for s, i in risk.instruments.items()}
+    sec, usec = client.time()
+    checked_at_ms = int(sec) * 1000 + int(usec) // 1000
+    admissions: list[Admission] = []
+    transitions: list[Transition] = []
+    revocations: list[Revocation] = []
+    histories: list[dict[str, Any]] = []
+    total_entries = 0
+    added_sum = 0
+    known = False
+    for epoch, c in enumerate([*lost_histories, client]):
+        entries, h_added = read_journal(c, keys)
+        a, t, r = parse_journal(entries, units, epoch=epoch)
+        admissions += a
+        transitions += t
+        revocations += r
+        histories.append({"epoch": c.get(keys.epoch) or "", "journal_entries": len(entries),
+                          "admitted": len(a)})
+        total_entries += len(entries)
+        # Trimmed anywhere counts: entries ever appended beyond those read, over every
+        # history (a history whose server cannot say counts what was read).
+        if h_added is not None:
+            known = True
+        added_sum += h_added if h_added is not None else len(entries)
+    added = added_sum if known else None
+    entries_read = total_entries
     orders, fills, ends, other = parse_venue_rows(read_jsonl(record_path))
     stats = client.hgetall(keys.stats) or {}
     denied = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("denied:")}
@@ -959,8 +1044,9 @@ def load(
         revocations=revocations,
         denied=denied,
         admitted_counter=int(stats["admitted"]) if "admitted" in stats else None,
-        journal_entries=len(entries),
+        journal_entries=entries_read,
         journal_added=added,
+        histories=histories,
         venue_other=other,
         checked_at_ms=checked_at_ms,
         aggregates=read_aggregates(client, keys, risk),

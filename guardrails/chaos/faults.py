@@ -44,6 +44,39 @@ class FaultKind(StrEnum):
     """``guardrails kill`` (halt, reduce-only, or with ``--revoke``), ``resume`` after."""
     VENUE_DROP = "venue_drop"
     """The venue applies requests but loses its responses for ``hold_s``."""
+    FLUSHALL = "flushall"
+    """Every key of the account's database vanishes at once (the history is lost); the
+    instances must refuse, then the harness runs ``guardrails fence recover`` like an
+    operator ``hold_s`` later."""
+    REDIS_WIPE = "redis_wipe"
+    """SIGKILL Redis and start it again *without* its AOF (an empty restart); then as
+    ``flushall``: refusal, ``fence recover`` after ``hold_s``."""
+    SENTINEL_FAILOVER = "sentinel_failover"
+    """SIGKILL the Sentinel-monitored primary; the sentinels promote the replica; the old
+    primary comes back as a replica after ``hold_s`` (``--redis sentinel`` only)."""
+
+
+PROXY_KINDS = frozenset(
+    {FaultKind.PARTITION, FaultKind.BLACKHOLE, FaultKind.REPLY_LOSS, FaultKind.LATENCY}
+)
+"""Kinds applied in an instance's TCP proxy to Redis (a single-server run only: with
+Sentinel the clients follow the master the sentinels name, not a proxy)."""
+HISTORY_LOSS_KINDS = frozenset({FaultKind.FLUSHALL, FaultKind.REDIS_WIPE})
+"""Kinds after which the account's history is gone and must be recovered."""
+REDIS_MODES = ("single", "sentinel")
+
+
+def kinds_for(redis_mode: str) -> tuple[FaultKind, ...]:
+    """The kinds a run injects: ``single`` (one redis-server behind per-instance proxies)
+    has every kind but the Sentinel failover; ``sentinel`` (primary + replica + three
+    sentinels, clients connected through the sentinels) has the process, kill-switch,
+    venue, FLUSHALL and failover kinds."""
+    if redis_mode == "single":
+        return tuple(k for k in FaultKind if k is not FaultKind.SENTINEL_FAILOVER)
+    if redis_mode == "sentinel":
+        return tuple(k for k in FaultKind if k not in PROXY_KINDS
+                     and k not in (FaultKind.REDIS_RESTART, FaultKind.REDIS_WIPE))
+    raise ValueError(f"unknown redis mode {redis_mode!r} (one of {REDIS_MODES})")
 
 
 REQUIRED_KINDS = (
@@ -53,8 +86,11 @@ REQUIRED_KINDS = (
     FaultKind.REDIS_RESTART,
     FaultKind.KILL_SWITCH,
     FaultKind.VENUE_DROP,
+    FaultKind.FLUSHALL,
+    FaultKind.REDIS_WIPE,
 )
-"""The kinds the issue asks for; every schedule long enough holds each at least once."""
+"""The kinds the issues ask for in a single-server run (``--redis sentinel`` adds
+``sentinel_failover``); every schedule long enough holds each at least once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +128,15 @@ def _hold_range(kind: FaultKind, ttl_s: float) -> tuple[float, float]:
         FaultKind.REDIS_RESTART: (0.5, 3.0),
         FaultKind.KILL_SWITCH: (2.0, 5.0),
         FaultKind.VENUE_DROP: (2.0, 5.0),
+        FaultKind.FLUSHALL: (2.0, 6.0),
+        FaultKind.REDIS_WIPE: (2.0, 6.0),
+        FaultKind.SENTINEL_FAILOVER: (3.0, 8.0),
     }[kind]
 
 
 def _target(kind: FaultKind, rng: random.Random, instances: int) -> str:
-    if kind is FaultKind.REDIS_RESTART:
+    if kind in (FaultKind.REDIS_RESTART, FaultKind.FLUSHALL, FaultKind.REDIS_WIPE,
+                FaultKind.SENTINEL_FAILOVER):
         return "redis"
     if kind is FaultKind.KILL_SWITCH:
         return "account"
@@ -119,15 +159,20 @@ def _params(kind: FaultKind, rng: random.Random) -> dict[str, Any]:
     return {}
 
 
-def schedule(seed: int, duration_s: float, instances: int, ttl_s: float) -> list[Fault]:
-    """Every fault of a run, in time order. Pure: same arguments, same list."""
+def schedule(seed: int, duration_s: float, instances: int, ttl_s: float,
+             kinds: tuple[FaultKind, ...] | None = None) -> list[Fault]:
+    """Every fault of a run, in time order. Pure: same arguments, same list. ``kinds``
+    defaults to ``kinds_for("single")``."""
     if instances < 1:
         raise ValueError("need at least one instance")
+    pool = list(kinds if kinds is not None else kinds_for("single"))
+    if not pool:
+        raise ValueError("need at least one fault kind")
     rng = random.Random(seed)
     end = duration_s - QUIET_S
     faults: list[Fault] = []
     t = WARMUP_S
-    first = list(FaultKind)
+    first = list(pool)
     rng.shuffle(first)
     # Coverage pass: each kind once, short holds, so even a short run sees them all.
     for kind in first:
@@ -139,7 +184,7 @@ def schedule(seed: int, duration_s: float, instances: int, ttl_s: float) -> list
         t += hold + rng.uniform(1.5, 3.0)
     # Then anything, with its full range of holds, until the window is full.
     while True:
-        kind = rng.choice(list(FaultKind))
+        kind = rng.choice(pool)
         lo, hi = _hold_range(kind, ttl_s)
         hold = round(rng.uniform(lo, hi), 1)
         if t + hold > end:
@@ -149,7 +194,8 @@ def schedule(seed: int, duration_s: float, instances: int, ttl_s: float) -> list
     return faults
 
 
-def minimum_duration(ttl_s: float) -> float:
+def minimum_duration(ttl_s: float, kinds: tuple[FaultKind, ...] | None = None) -> float:
     """The shortest ``--duration`` whose schedule certainly holds every kind once."""
-    worst = sum(lo + (hi - lo) * 0.25 for lo, hi in (_hold_range(k, ttl_s) for k in FaultKind))
-    return WARMUP_S + worst + 3.0 * len(FaultKind) + QUIET_S
+    pool = kinds if kinds is not None else kinds_for("single")
+    worst = sum(lo + (hi - lo) * 0.25 for lo, hi in (_hold_range(k, ttl_s) for k in pool))
+    return WARMUP_S + worst + 3.0 * len(pool) + QUIET_S

@@ -7,6 +7,18 @@ Layout of one run (everything under one work directory, kept for inspection):
                         <-- proxy k <-- guardrails run --standby  (instance k)
     guardrails venue serve (HTTP exchange simulator, JSONL record)  <-- every instance
 
+With ``--redis sentinel`` Redis is a primary + replica + three sentinels
+(``redisha.SentinelRedis``) and every instance connects through the sentinels (no
+proxies: the proxy kinds are left out of the schedule).
+
+After a fault that loses the account's history (``flushall``, ``redis_wipe``) the harness
+waits until the instances refuse (the fence alarm is set), then runs ``guardrails fence
+recover --above N`` like an operator would, N being the highest token in the venue's
+record. The lost history is kept for the checker: a ``flushall`` empties database 0 with
+one ``SWAPDB 0 k`` (the old keys land in database k, out of every instance's reach), a
+``redis_wipe`` restarts the server in a fresh data directory and keeps the old one; the
+checker reads every history, oldest first.
+
 Phases: start → wait until the account trades (the fault clock starts) → faults
 (``faults.schedule``) → settle (undo everything, restart what is dead, wait until
 admissions resume: the active instance reconciled) → quiesce (kill switch HALTED: the
@@ -39,8 +51,10 @@ from redis.exceptions import RedisError
 
 from guardrails.chaos import checker, faults, report
 from guardrails.chaos.proxy import ChaosProxy
+from guardrails.chaos.redisha import SentinelRedis
 from guardrails.chaos.venue import VenueProcess
 from guardrails.config import Config, load_config
+from guardrails.infra import connect
 from guardrails.infra.server import RedisProcess, free_port
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.prune import default_archive_path
@@ -56,6 +70,8 @@ TTL_S = 3.0
 SETTLE_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 20.0
 BOOT_TIMEOUT_S = 90.0
+REFUSAL_TIMEOUT_S = 30.0
+"""After a history loss: how long the instances get to refuse (set the fence alarm)."""
 RECONCILE_WAIT_S = 5.0
 """After a takeover: time for the new active instance to reconcile and pump fills."""
 HTTP_KEY = "0x" + "4c" * 32
@@ -85,7 +101,7 @@ id = "{account_id}"
 [redis]
 url = "{redis_url}"
 socket_timeout = "1s"
-
+{redis_extra}
 [lease]
 ttl = "3s"
 renew_deadline = "2s"
@@ -172,6 +188,8 @@ class RunOptions:
     workdir: Path
     venue: str = "http"
     """One of ``VENUES``."""
+    redis_mode: str = "single"
+    """One of ``faults.REDIS_MODES``: one server behind proxies, or Sentinel."""
 
 
 @dataclass
@@ -179,7 +197,9 @@ class Instance:
     """One ``guardrails run`` process slot (restarted in place after a SIGKILL)."""
 
     index: int
-    proxy: ChaosProxy
+    proxy: ChaosProxy | None
+    """The instance's TCP proxy to Redis (none with Sentinel: it follows the master)."""
+    redis_url: str
     config: Path
     logdir: Path
     generation: int = 0
@@ -200,7 +220,7 @@ class Instance:
         args = [
             sys.executable, "-m", "guardrails", "run",
             "--config", str(self.config),
-            "--redis-url", self.proxy.url,
+            "--redis-url", self.redis_url,
             "--instance-id", self.instance_id,
             # Every copy is a deliberate extra one: the host lock refuses a plain copy while
             # any copy of the account runs, and instances are SIGKILLed and restarted here.
@@ -244,7 +264,17 @@ class Harness:
         self.opts = opts
         self.work = opts.workdir
         self.logdir = self.work / "logs"
-        self.redis = RedisProcess(self.work / "redis")
+        self.mode = opts.redis_mode
+        self.kinds = faults.kinds_for(self.mode)
+        self.redis: RedisProcess | SentinelRedis = (
+            SentinelRedis(self.work / "redis") if self.mode == "sentinel"
+            else RedisProcess(self.work / "redis" / "gen-0"))
+        self.gen = 0
+        """Data-directory generation of the single server (a ``redis_wipe`` starts a new one)."""
+        self.lost: list[tuple[int, int]] = []
+        """Every lost history, oldest first: (data-directory generation, database)."""
+        self.next_db = 1
+        self.recoveries: list[dict[str, Any]] = []
         self.venue_port = free_port()
         self.config_path = self.work / "chaos.toml"
         self.instances: list[Instance] = []
@@ -281,6 +311,8 @@ class Harness:
             account_venue=account.venue,
             account_id=account.account,
             redis_url=self.redis.url,
+            redis_extra=('wait_replicas = 1\nwait_timeout = "1s"\n'
+                         if self.mode == "sentinel" else ""),
             venue_url=f"http://127.0.0.1:{self.venue_port}",
             seed=self.opts.seed % 1_000_000,
         )
@@ -304,8 +336,10 @@ class Harness:
         self.work.mkdir(parents=True, exist_ok=True)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.t0 = time.monotonic()
-        schedule = faults.schedule(self.opts.seed, self.opts.duration_s, self.opts.instances, TTL_S)
-        print(f"chaos schedule (seed {self.opts.seed}, {len(schedule)} faults):", flush=True)
+        schedule = faults.schedule(self.opts.seed, self.opts.duration_s, self.opts.instances, TTL_S,
+                                   self.kinds)
+        print(f"chaos schedule (seed {self.opts.seed}, redis {self.mode}, {len(schedule)} faults):",
+              flush=True)
         for f in schedule:
             print("  " + f.describe(), flush=True)
         await asyncio.to_thread(self.redis.start)
@@ -313,16 +347,16 @@ class Harness:
             self.cfg = self.write_config()
             run_facts = await self.exercise(schedule)
             self.say("checking")
-            data = await asyncio.to_thread(
-                checker.load, self.redis.client(), self.keys, self.cfg.risk,
-                self.work / "venue-record.jsonl",
-                # what the instances' prune sweeps moved out of Redis (their state dir)
-                default_archive_path(self.keys, self.work / "state"),
-            )  # fmt: skip
+            data = await asyncio.to_thread(self.load_check_input)
         finally:
             self.redis.stop()  # also on cancellation (SIGTERM of the harness)
         result = checker.check(data)
+        run_facts["redis"] = self.mode
         run_facts["redis_restarts"] = self.redis.restarts
+        run_facts["history_losses"] = len(self.lost)
+        run_facts["recoveries"] = self.recoveries
+        if isinstance(self.redis, SentinelRedis):
+            run_facts["failovers"] = self.redis.failovers
         run_facts["problems"] = self.problems
         run_facts["wall_s"] = round(self.elapsed(), 1)
         doc = report.build(
@@ -337,11 +371,33 @@ class Harness:
         report.save(doc, self.opts.report_path)
         return doc
 
+    def load_check_input(self) -> checker.CheckInput:
+        """The checker's input: the live history and every lost one, oldest first (a lost
+        history in an older data directory is read from a server started on a copy of it)."""
+        assert self.cfg is not None
+        record = self.work / "venue-record.jsonl"
+        archives: list[Any] = []
+        servers: dict[int, RedisProcess] = {}
+        try:
+            for gen, db in self.lost:
+                if gen == self.gen:
+                    archives.append(self.redis.client(db))
+                    continue
+                if gen not in servers:
+                    servers[gen] = RedisProcess(self.work / "redis" / f"gen-{gen}")
+                    servers[gen].start()
+                archives.append(servers[gen].client(db))
+            return checker.load(self.redis.client(), self.keys, self.cfg.risk, record,
+                                # what the instances' prune sweeps moved out of Redis
+                                default_archive_path(self.keys, self.work / "state"),
+                                lost_histories=archives)
+        finally:
+            for srv in servers.values():
+                srv.stop()
+
     async def exercise(self, schedule: list[faults.Fault]) -> dict[str, Any]:
         """Start everything, inject the faults, settle, stop everything; always clean up."""
-        direct = aioredis.Redis.from_url(
-            self.redis.url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
-        )
+        direct = await connect.connect(self.redis.url)
         run_facts: dict[str, Any] = {"workdir": str(self.work)}
         try:
             self.venue = VenueProcess(
@@ -352,13 +408,16 @@ class Harness:
             )  # fmt: skip
             await self.venue.start(self.env())
             for i in range(self.opts.instances):
-                proxy = ChaosProxy(f"p{i}", "127.0.0.1", self.redis.port)
-                await proxy.start()
-                self.instances.append(Instance(i, proxy, self.config_path, self.logdir))
+                proxy: ChaosProxy | None = None
+                if isinstance(self.redis, RedisProcess):
+                    proxy = ChaosProxy(f"p{i}", "127.0.0.1", self.redis.port)
+                    await proxy.start()
+                url = proxy.url if proxy is not None else self.redis.url
+                self.instances.append(Instance(i, proxy, url, self.config_path, self.logdir))
             for inst in self.instances:
                 await inst.start(self.env())
                 await asyncio.sleep(0.5)  # instance 0 first: it becomes the first active
-            self.say(f"started redis :{self.redis.port}, venue :{self.venue_port}, "
+            self.say(f"started redis {connect.describe(self.redis.url)}, venue :{self.venue_port}, "
                      f"{len(self.instances)} instances")  # fmt: skip
             run_facts["trading_after_s"] = await self.wait_trading(direct)
             self.t_faults = time.monotonic()
@@ -376,7 +435,8 @@ class Harness:
                     inst.proc.kill()
                     await inst.wait(5)
             for inst in self.instances:
-                await inst.proxy.close()
+                if inst.proxy is not None:
+                    await inst.proxy.close()
             if self.venue is not None:
                 await self.venue.stop()
             await direct.aclose()
@@ -460,12 +520,50 @@ class Harness:
                 await asyncio.sleep(fault.hold_s)
                 inst.signal(signal.SIGCONT)
             else:
+                assert inst.proxy is not None, "proxy faults need the single-server mode"
                 await self.hold_proxy(inst.proxy, kind, fault)
         elif kind is K.REDIS_RESTART:
+            assert isinstance(self.redis, RedisProcess)
             await asyncio.to_thread(self.redis.kill)
             await asyncio.sleep(fault.hold_s)
             await asyncio.to_thread(self.redis.start)
             self.redis.restarts += 1
+        elif kind is K.FLUSHALL:
+            db = self.next_db
+            self.next_db += 1
+            # One atomic step empties database 0 for every client, as a FLUSHALL would;
+            # the lost keys land in database ``db``, which no instance reads.
+            try:
+                await direct.swapdb(0, db)
+            except Exception:
+                # The reply can be lost after Redis swapped (seen under load): look.
+                if not await asyncio.to_thread(self.archived, db):
+                    raise
+                rec["swapdb_reply_lost"] = True
+            self.lost.append((self.gen, db))
+            rec["archived_db"] = db
+            await self.recover_history(direct, fault, rec)
+        elif kind is K.REDIS_WIPE:
+            assert isinstance(self.redis, RedisProcess)
+            await asyncio.to_thread(self.redis.kill)
+            self.lost.append((self.gen, 0))
+            self.gen += 1
+            self.redis.dir = self.work / "redis" / f"gen-{self.gen}"
+            await asyncio.to_thread(self.redis.start)  # same port, empty data directory
+            self.redis.restarts += 1
+            rec["generation"] = self.gen
+            await self.recover_history(direct, fault, rec)
+        elif kind is K.SENTINEL_FAILOVER:
+            assert isinstance(self.redis, SentinelRedis)
+            group = self.redis
+            old = await asyncio.to_thread(group.kill_master)
+            t_kill = time.monotonic()
+            rec["killed"] = old.port
+            new = await asyncio.to_thread(group.wait_failover, old)
+            rec["promoted"] = new.port
+            rec["failover_s"] = round(time.monotonic() - t_kill, 1)
+            await asyncio.sleep(fault.hold_s)
+            await asyncio.to_thread(group.rejoin, old, new)
         elif kind is K.KILL_SWITCH:
             mode = str(fault.params.get("mode", "halt"))
             extra = {"halt": [], "reduce_only": ["--reduce-only"], "revoke": ["--revoke"]}[mode]
@@ -489,6 +587,64 @@ class Harness:
                 await self.venue.lose_responses(None)
         else:  # pragma: no cover - every kind is handled above
             raise ValueError(f"unhandled fault {kind}")
+
+    def archived(self, db: int) -> bool:
+        """Whether database ``db`` holds the account's keys (a swap happened)."""
+        for _ in range(5):
+            try:
+                c = self.redis.client(db)
+                try:
+                    return bool(c.exists(self.keys.epoch, self.keys.journal, self.keys.fence))
+                finally:
+                    c.close()
+            except Exception:
+                time.sleep(0.5)
+        return False
+
+    async def recover_history(self, direct: aioredis.Redis, fault: faults.Fault,
+                              rec: dict[str, Any]) -> None:
+        """After a history loss, as an operator: wait until the instances refuse (the
+        fence alarm is set: they admit nothing), wait ``hold``, then ``guardrails fence
+        recover --above N`` with N the highest token the venue's record shows."""
+        start = time.monotonic()
+        alarm: dict[Any, Any] = {}
+        while time.monotonic() - start < REFUSAL_TIMEOUT_S:
+            with contextlib.suppress(Exception):
+                alarm = await direct.hgetall(self.keys.fence_alarm)
+            if alarm:
+                break
+            await asyncio.sleep(0.2)
+        if not alarm:
+            rec["ok"] = False
+            self.problems.append(f"no instance refused the lost history within {REFUSAL_TIMEOUT_S}s "
+                                 f"(fault at {fault.at_s}s)")
+        else:
+            rec["refused_after_s"] = round(time.monotonic() - start, 1)
+            rec["alarm"] = {k: alarm.get(k, "") for k in ("reason", "seen_token", "by")}
+        # After one TTL every order admitted before the loss has reached the venue or can
+        # no longer (its permit deadline passed): then the venue's listing is complete.
+        await asyncio.sleep(max(fault.hold_s, TTL_S + 0.5 - (time.monotonic() - start)))
+        record = self.work / "venue-record.jsonl"
+        above = venue_max_token(record)
+        listing = self.work / f"venue-orders-{len(self.recoveries)}.jsonl"
+        rec["venue_orders"] = venue_order_export(record, listing)
+        rc = -1
+        for _ in range(3):  # an operator runs it again when Redis timed out (exit 2)
+            rc = await self.cli("fence", "recover", "--above", str(above),
+                                "--venue-orders", str(listing))
+            if rc == 0:
+                break
+            await asyncio.sleep(1.0)
+        rec["recover_rc"] = rc
+        rec["above"] = above
+        if rc == 0:
+            # The active's fills pump may have met a fill of a lost order before it
+            # refused (foreign activity: halted, fail closed); the operator resumes.
+            rec["resume_rc"] = await self.resume()
+        self.recoveries.append({"at_s": round(self.fault_clock(), 1), "above": above, "rc": rc})
+        if rc != 0:
+            rec["ok"] = False
+            self.problems.append(f"guardrails fence recover exited {rc} (fault at {fault.at_s}s)")
 
     async def hold_proxy(self, proxy: ChaosProxy, kind: faults.FaultKind, fault: faults.Fault) -> None:
         if kind is faults.FaultKind.PARTITION:
@@ -536,7 +692,8 @@ class Harness:
         would not do: a long run can spend its daily loss budget, and then every order
         is rightly denied.)"""
         for inst in self.instances:
-            inst.proxy.heal()
+            if inst.proxy is not None:
+                inst.proxy.heal()
             inst.signal(signal.SIGCONT)
         assert self.venue is not None
         await self.venue.lose_responses(None)
@@ -566,7 +723,13 @@ class Harness:
 
     async def quiesce(self, direct: aioredis.Redis) -> None:
         """HALT the account: nothing new is admitted, the active instance cancels what rests."""
-        rc = await self.cli("kill", "--account", str(self.keys.account), "--reason", "chaos: end of run")
+        rc = -1
+        for _ in range(3):  # an operator retries a kill that could not be confirmed
+            rc = await self.cli("kill", "--account", str(self.keys.account),
+                                "--reason", "chaos: end of run")
+            if rc == 0:
+                break
+            await asyncio.sleep(1.0)
         if rc != 0:
             self.problems.append(f"final kill exited {rc}")
         start = time.monotonic()
@@ -668,6 +831,34 @@ async def _decisions(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
             return total
         await asyncio.sleep(0.2)
     return None
+
+
+def venue_max_token(record: Path) -> int:
+    """The highest fencing token on any order row of the venue's record (what an
+    operator reads from the venue before ``fence recover --above``)."""
+    best = 0
+    with contextlib.suppress(FileNotFoundError):
+        for line in record.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                row = json.loads(line)
+                if row.get("type") == "order" and row.get("token") is not None:
+                    best = max(best, int(row["token"]))
+    return best
+
+
+def venue_order_export(record: Path, out: Path) -> int:
+    """Write the order rows of the venue's record to ``out`` (what an operator exports
+    from the venue's order history for ``fence recover --venue-orders``); their count."""
+    n = 0
+    with out.open("w", encoding="utf-8") as f:
+        with contextlib.suppress(FileNotFoundError):
+            for line in record.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError, AttributeError):
+                    row = json.loads(line)
+                    if row.get("type") == "order" and row.get("symbol"):
+                        f.write(json.dumps(row) + "\n")
+                        n += 1
+    return n
 
 
 def chaos_account(venue: str = "http") -> AccountId:

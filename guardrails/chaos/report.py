@@ -36,7 +36,9 @@ def build(
         "seed": seed,
         "duration_s": duration_s,
         "instances": instances,
-        "faults": {k.value: by_kind.get(k.value, 0) for k in FaultKind},
+        # every kind the run's schedule holds (a single-server run has no failover kind)
+        "faults": {k.value: by_kind.get(k.value, 0) for k in FaultKind
+                   if any(f.kind is k for f in schedule)},
         "faults_not_applied": dict(failed),
         "schedule": [f.to_json() for f in schedule],
         "injected": injected,
@@ -97,6 +99,14 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"       - {v['detail']}")
         if len(found) > 5:
             lines.append(f"       … and {len(found) - 5} more")
+    run = doc.get("run", {})
+    if run.get("history_losses"):
+        histories = doc.get("orders", {}).get("histories") or []
+        lines += ["", f"histories lost and recovered: {run['history_losses']} "
+                      f"(redis {run.get('redis', 'single')}); admissions per history: "
+                      + ", ".join(str(h.get("admitted", "?")) for h in histories)]
+    if run.get("failovers"):
+        lines.append(f"sentinel failovers: {run['failovers']}")
     problems = doc.get("problems", [])
     lines += ["", f"run problems (not invariant violations, but the run fails): {len(problems)}"]
     lines += [f"  - {p}" for p in problems]
