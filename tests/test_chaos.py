@@ -415,6 +415,60 @@ def test_checker_when_intent_admitted_twice_then_invariant_2() -> None:
     assert 2 in _invariants(data)
 
 
+def _lost_and_readmitted() -> tuple[Admission, Admission]:
+    """c9 admitted in history 0 (token 1), then that history was lost (FLUSHALL) before
+    c9 reached the venue; the same intent is admitted again in history 1 (token 5)."""
+    old = replace(_adm(5, 9, 1, ts=0), holder="h1")
+    new = replace(_adm(checker.SEQ_SPAN + 2, 9, 5, ts=9000), epoch=1, holder="h2")
+    return old, new
+
+
+def test_checker_when_readmitted_after_lost_history_and_venue_never_saw_it_then_allowed() -> None:
+    # Arrange: the venue receives c9 once, after the re-admission, within its new deadline
+    old, new = _lost_and_readmitted()
+    orders = [_vorder(0, new)]
+    # Act
+    effective, readmitted, found = checker.resolve_readmissions([old, new], orders)
+    late, late_found = checker.check_late_sends([old, new], orders, [], [], effective=effective)
+    # Assert: matched to the admission of history 1, not a "late send" of history 0's
+    assert found == [] and readmitted == ["c9"] and effective == [new]
+    assert checker.check_admitted_once(effective, orders, []) == []
+    assert late_found == [] and late["total"] == 0
+    # ... which the first-admission-wins view would have called a late send
+    assert checker.check_late_sends([old, new], orders, [], [])[0]["total"] == 1
+
+
+def test_checker_when_readmitted_after_lost_history_but_venue_had_it_then_invariant_2() -> None:
+    # Arrange: history 0's c9 reached the venue before the loss; recovery must restore it
+    old, new = _lost_and_readmitted()
+    orders = [_vorder(0, old), _vorder(1, new, outcome="duplicate")]
+    # Act
+    _, readmitted, found = checker.resolve_readmissions([old, new], orders)
+    # Assert
+    assert readmitted == [] and len(found) == 1 and "venue had received it" in found[0].detail
+
+
+def test_checker_when_admitted_twice_in_one_history_then_invariant_2_even_after_a_loss() -> None:
+    # Arrange: the same id twice inside history 1
+    old, new = _lost_and_readmitted()
+    again = replace(new, seq=new.seq + 1, token=6)
+    # Act
+    _, _, found = checker.resolve_readmissions([old, new, again], [])
+    # Assert
+    assert [v.invariant for v in found] == [2] and "admitted twice" in found[0].detail
+
+
+def test_checker_when_order_ended_in_lost_history_then_new_life_in_next_is_not_a_move() -> None:
+    # Arrange: c9 EXPIRED in history 0; in history 1 it is admitted again and submitted
+    ended = Transition(6, "c9", "EXPIRED", T0 + 4000, from_state="PENDING_SUBMIT")
+    reborn = Transition(checker.SEQ_SPAN + 3, "c9", "SUBMITTED", T0 + 9015)
+    filled = Transition(checker.SEQ_SPAN + 4, "c9", "FILLED", T0 + 9030)
+    moved = Transition(7, "c9", "SUBMITTED", T0 + 4100)
+    # Act / Assert: a new life in a later history is not a move; within one it is
+    assert checker.check_terminal([ended, reborn, filled], None) == []
+    assert [v.invariant for v in checker.check_terminal([ended, moved], None)] == [5]
+
+
 def test_checker_when_venue_position_exceeds_limit_then_invariant_3() -> None:
     # Arrange: three buys of 0.01 without a sell: 0.03 > max 0.02
     data = _clean()

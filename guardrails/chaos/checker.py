@@ -19,9 +19,11 @@ The checks (numbering = ``INVARIANTS``):
    before it (``fence recover`` re-seeds above them), and no (epoch, token) ever admits
    for two holders;
 2. every order the venue received was admitted by the gate (same client order id,
-   symbol, side, quantity, price), no client order id was admitted twice, and none
-   executed twice at the venue (accepted as new more than once, or filled beyond its
-   quantity, or one fill id twice);
+   symbol, side, quantity, price), no client order id was admitted twice within one
+   history — nor again in a later history once the venue had received it (one the
+   venue never saw may be admitted again after a lost history: ``resolve_readmissions``)
+   — and none executed twice at the venue (accepted as new more than once, or filled
+   beyond its quantity, or one fill id twice);
 3. replaying the venue's fills in order, the account's position never exceeds a
    symbol's ``max_position`` and no trading day's realized loss exceeds the daily loss
    limit (unrealized loss moves with the market, which no gate can stop, so it is not
@@ -269,7 +271,11 @@ def check(data: CheckInput) -> CheckResult:
             )
         )
     violations += check_fencing(data.admissions)
-    violations += check_admitted_once(data.admissions, data.venue_orders, data.venue_fills)
+    effective, readmitted, readmit_violations = resolve_readmissions(
+        data.admissions, data.venue_orders
+    )
+    violations += readmit_violations
+    violations += check_admitted_once(effective, data.venue_orders, data.venue_fills)
     violations += check_limits(data.venue_fills, data.limits)
     if data.ledger is not None:
         violations += check_ledger_matches_venue(
@@ -284,12 +290,14 @@ def check(data: CheckInput) -> CheckResult:
         violations += check_aggregates(data.aggregates)
     violations += check_terminal(data.transitions, data.ledger)
     late, late_violations = check_late_sends(
-        data.admissions, data.venue_orders, data.venue_fills, data.revocations, data.ledger
+        data.admissions, data.venue_orders, data.venue_fills, data.revocations, data.ledger,
+        effective=effective,
     )
     violations += late_violations
     outcomes = Counter(v.outcome for v in data.venue_orders)
     stats: dict[str, Any] = {
         "admitted": len(data.admissions),
+        "readmitted_after_lost_history": len(readmitted),
         "admitted_counter": data.admitted_counter,
         "denied": dict(sorted(data.denied.items())),
         "venue_orders": len(data.venue_orders),
@@ -358,10 +366,59 @@ def check_fencing(admissions: Iterable[Admission]) -> list[Violation]:
     return out
 
 
+def resolve_readmissions(
+    admissions: Iterable[Admission], venue_orders: Iterable[VenueOrder]
+) -> tuple[list[Admission], list[str], list[Violation]]:
+    """2, across lost histories: which admission of each client order id the venue's
+    orders answer to.
+
+    Within one history an order id is admitted once (a second admission is a violation).
+    A history that was lost (FLUSHALL, empty restart) takes its intents with it: an
+    admission the venue never received cannot be known to anyone, and the same intent
+    may be admitted again in a later history (docs/architecture.md, "what epochs cannot
+    restore"). That re-admission is allowed — and then it is the admission the venue's
+    order must match — only when the venue had received nothing under that id before
+    it; one the venue had seen must have been restored by ``fence recover`` from the
+    venue's records, so admitting it again is a violation. Executing it twice at the
+    venue stays one too (``check_admitted_once``). Returns (the admission per id, the
+    ids re-admitted after a lost history, the violations)."""
+    first_at_venue: dict[str, int] = {}
+    for v in venue_orders:
+        seen = first_at_venue.get(v.coid)
+        first_at_venue[v.coid] = v.received_ms if seen is None else min(seen, v.received_ms)
+    current: dict[str, Admission] = {}
+    readmitted: list[str] = []
+    out: list[Violation] = []
+    for a in sorted(admissions, key=lambda a: a.seq):
+        prev = current.get(a.coid)
+        if prev is None:
+            current[a.coid] = a
+            continue
+        if prev.epoch == a.epoch:
+            out.append(Violation(2, f"{a.coid} admitted twice (tokens {prev.token}, {a.token})"))
+            continue
+        seen = first_at_venue.get(a.coid)
+        if seen is not None and seen <= a.ts_ms:
+            out.append(
+                Violation(
+                    2,
+                    f"{a.coid} admitted again in history {a.epoch} (token {a.token}) although "
+                    f"the venue had received it at {seen} ms, before the re-admission at "
+                    f"{a.ts_ms} ms: the recovery forgot an order the venue saw",
+                )
+            )
+            continue
+        readmitted.append(a.coid)
+        current[a.coid] = a
+    return list(current.values()), readmitted, out
+
+
 def check_admitted_once(
     admissions: Iterable[Admission], venue_orders: Iterable[VenueOrder], fills: Iterable[VenueFill]
 ) -> list[Violation]:
-    """2. Venue orders were admitted (same fields); once; executed once."""
+    """2. Venue orders were admitted (same fields); once; executed once. ``admissions``
+    holds one admission per order id (``resolve_readmissions``); a second one here is
+    still reported."""
     out: list[Violation] = []
     by_coid: dict[str, Admission] = {}
     for a in sorted(admissions, key=lambda a: a.seq):
@@ -611,14 +668,18 @@ def check_aggregates(view: AggregateView) -> list[Violation]:
 
 
 def check_terminal(transitions: Iterable[Transition], ledger: LedgerView | None) -> list[Violation]:
-    """5. Once terminal (in journal order), an order never moves again."""
+    """5. Once terminal (in journal order), an order never moves again — within each
+    history: an order a lost history had ended may be admitted again in a later one
+    (``resolve_readmissions``) and live a new life there. The ledger is compared with
+    each order's end in the latest history that ended it."""
     out: list[Violation] = []
-    final: dict[str, Transition] = {}
+    final: dict[tuple[int, str], Transition] = {}
     for t in sorted(transitions, key=lambda t: t.seq):
         if t.from_state in TERMINAL and t.to_state != t.from_state:
             out.append(Violation(5, f"{t.coid} moved {t.from_state} -> {t.to_state} (journal seq {t.seq})"))
             continue
-        first = final.get(t.coid)
+        key = (t.seq // SEQ_SPAN, t.coid)
+        first = final.get(key)
         if first is not None:
             if t.to_state != first.to_state or t.to_state not in TERMINAL:
                 out.append(
@@ -626,9 +687,12 @@ def check_terminal(transitions: Iterable[Transition], ledger: LedgerView | None)
                 )
             continue
         if t.to_state in TERMINAL:
-            final[t.coid] = t
+            final[key] = t
+    latest: dict[str, Transition] = {}
+    for (_, coid), t in sorted(final.items()):
+        latest[coid] = t  # sorted by (history, id): the latest history's end wins
     if ledger is not None:
-        for coid, t in sorted(final.items()):
+        for coid, t in sorted(latest.items()):
             rec = ledger.orders.get(coid)
             if rec is not None and rec.state != t.to_state:
                 out.append(
@@ -646,6 +710,8 @@ def check_late_sends(
     fills: Iterable[VenueFill],
     revocations: Iterable[Revocation],
     ledger: LedgerView | None = None,
+    *,
+    effective: Iterable[Admission] | None = None,
 ) -> tuple[dict[str, Any], list[Violation]]:
     """6. Orders that reached the venue after their sender lost the lease: fenced or bounded.
 
@@ -653,7 +719,10 @@ def check_late_sends(
     and — when the ledger is known — not filled after the ledger released it (an order
     the ledger cancelled or expired no longer holds a reservation)."""
     adms = sorted(admissions, key=lambda a: a.seq)
-    by_coid = {a.coid: a for a in reversed(adms)}  # first admission wins
+    if effective is None:
+        by_coid = {a.coid: a for a in reversed(adms)}  # first admission wins
+    else:  # the admission each venue order answers to (resolve_readmissions)
+        by_coid = {a.coid: a for a in effective}
     # First moment a token above N was used to admit: from then on, N had lost the lease.
     first_above: list[tuple[tuple[int, int], int]] = []
     """((epoch, token), ts_ms of its first admission)"""
