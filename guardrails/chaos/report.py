@@ -78,6 +78,9 @@ def render(doc: dict[str, Any]) -> str:
     ):
         if key in orders:
             lines.append(f"  {key:<16} {orders[key]:>6}")
+    if orders.get("readmitted_after_lost_history"):
+        lines.append(f"  {'re-admitted after a lost history (venue never saw the first)':<16} "
+                     f"{orders['readmitted_after_lost_history']:>6}")
     denied = orders.get("denied", {})
     lines.append(f"  {'denied':<16} {sum(denied.values()):>6}")
     for reason, n in sorted(denied.items()):
