@@ -16,11 +16,23 @@ import redis.exceptions
 from guardrails.config import Config, parse_config
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
+from guardrails.killswitch import read_latch
 from guardrails.lease import Acquired, Lease
 from guardrails.ledger import Ledger
 from guardrails.limits import check_or_init
-from guardrails.model import Admitted, Denied, DenyReason, Intent, Order, OrderState, Side
+from guardrails.model import (
+    Admitted,
+    Denied,
+    DenyReason,
+    Fill,
+    Intent,
+    Order,
+    OrderState,
+    Side,
+    TradingState,
+)
 from guardrails.runtime.context import Context, MarkBook
+from guardrails.runtime.services import AccountServices
 from guardrails.venues.base import SubmitResult, Unknown, VenueError
 from guardrails.venues.paper import PaperVenue, read_record
 from tests.redis_harness import RedisServer
@@ -391,3 +403,27 @@ async def test_submit_when_intent_is_not_an_intent_then_denied_bad_order(world: 
 
     assert isinstance(decision, Denied) and decision.reason is DenyReason.BAD_ORDER
     assert "not an Intent: tuple" in decision.detail
+
+
+@pytest.mark.parametrize("history", ["intact", "epoch_gone", "alarm_set"])
+async def test_fill_of_unknown_order_when_history_lost_then_not_foreign_else_halts(
+    world: World, history: str
+) -> None:
+    """A fill of an order the ledger does not know halts the account (another writer)
+    — unless the account's history was lost under this instance (FLUSHALL, an empty
+    restart): the ledger that knew the order went with it, so it is no evidence of a
+    second writer, and `fence recover` rebuilds from the venue. Found by the 600 s ccxt
+    chaos run: fills arriving between a FLUSHALL and the lease's refusal halted the
+    account for good."""
+    await world.redis.set(world.keys.epoch, "e-1")
+    if history == "epoch_gone":
+        await world.redis.delete(world.keys.epoch)
+    elif history == "alarm_set":
+        await world.redis.hset(world.keys.fence_alarm, mapping={"reason": "history_lost"})
+    services = AccountServices(world.cfg, world.redis, world.venue, MarkBook(),
+                               instance_id="i-1", token=lambda: world.term.token)
+    fill = Fill("f-x", "never-admitted", "BTC-USD", Side.BUY, Decimal("0.001"),
+                Decimal("60000.00"), 1)
+    await services._apply_fill(world.ledger, fill)
+    latch = await read_latch(world.redis, world.keys)
+    assert (latch.state is TradingState.HALTED) is (history == "intact"), latch

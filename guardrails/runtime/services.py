@@ -204,7 +204,29 @@ class AccountServices:
                                detail="a late report of an order pruned after the retention "
                                       "window (terminal: a fill on it is refused)")
                     return
+            if await self._history_lost():
+                logs.event(log, "fill.history_lost", logging.WARNING, fill_id=fill.fill_id,
+                           client_order_id=fill.client_order_id,
+                           detail="the account's Redis history is gone (no epoch, or the "
+                                  "lost-history alarm is set): the order may be one that "
+                                  "history held, so it is not counted as foreign; nothing is "
+                                  "admitted until `guardrails fence recover` rebuilds the "
+                                  "ledger from the venue")
+                return
             await self._foreign_fill(fill)
+
+    async def _history_lost(self) -> bool:
+        """Whether the account's keys lost their history under this instance (FLUSHALL,
+        an empty restart: ``fencing.py``): the epoch is gone or the alarm is set. A fill
+        of an unknown order is then no evidence of another writer — the ledger that knew
+        the order went with the history. Redis unreadable: False (counted as foreign:
+        fail closed)."""
+        try:
+            epoch = await self.redis.get(self.keys.epoch)
+            alarm = await self.redis.exists(self.keys.fence_alarm)
+        except INFRA_ERRORS:
+            return False
+        return epoch is None or bool(alarm)
 
     async def _foreign_fill(self, fill: Fill) -> None:
         """A fill on this account of an order the ledger never admitted: another writer
