@@ -35,7 +35,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -60,6 +60,8 @@ from guardrails.venues import make_venue
 from guardrails.venues.base import Venue
 
 log = logging.getLogger("guardrails.runtime")
+
+R = TypeVar("R")
 
 LIMITS_RECHECK_S = 5.0
 """How often a standby whose limits differ from the account's checks again."""
@@ -319,23 +321,16 @@ class Guard:
         """Refuse (``GuardError``) a Redis that would lose the fencing counter on a restart,
         unless the config says ``allow_non_durable``. Redis down: retried, since nothing
         can be admitted meanwhile; a stop while waiting is not a refusal."""
-        failing = False
-        while True:
-            try:
-                async with connect.primaries(self.redis) as nodes:
-                    readings = [(name, await persistence.read(node)) for name, node in nodes]
-                # The worst node decides: one volatile primary loses its accounts' fences.
-                name, found = min(readings, key=lambda r: _DURABILITY_RANK[r[1].durability])
-                break
-            except INFRA_ERRORS as e:
-                if not failing:
-                    logs.event(log, "runtime.redis_unavailable", logging.WARNING,
-                               during="persistence check", error=f"{type(e).__name__}: {e}",
-                               note="nothing can be admitted; retrying")
-                failing = True
-                await services.wait(self._stop, services.RETRY_S)
-                if self._stop.is_set():
-                    return
+        async def read_every_primary() -> list[tuple[str, persistence.Persistence]]:
+            async with connect.primaries(self.redis) as nodes:
+                return [(name, await persistence.read(node)) for name, node in nodes]
+
+        answered, readings = await self._until_redis_answers("persistence check",
+                                                             read_every_primary)
+        if not answered or readings is None:
+            return
+        # The worst node decides: one volatile primary loses its accounts' fences.
+        name, found = min(readings, key=lambda r: _DURABILITY_RANK[r[1].durability])
         durability = found.durability
         allowed = self.cfg.redis.allow_non_durable
         if durability is persistence.Durability.VOLATILE and not allowed:
@@ -457,31 +452,42 @@ class Guard:
                 continue
             await elector.run(self._lead, self._stop)
 
+    async def _until_redis_answers(
+        self, during: str, call: Callable[[], Awaitable[R]]
+    ) -> tuple[bool, R | None]:
+        """``call()`` until Redis answers: ``(True, its value)``, or ``(False, None)`` when
+        the Guard is stopped first. Nothing can be admitted meanwhile, so waiting is
+        right; the outage is logged once, and its end."""
+        failing = False
+        while True:
+            checkpoint()
+            try:
+                value = await call()
+            except INFRA_ERRORS as e:
+                if not failing:
+                    logs.event(log, "runtime.redis_unavailable", logging.WARNING,
+                               during=during, error=f"{type(e).__name__}: {e}",
+                               note="nothing can be admitted; retrying")
+                failing = True
+                await services.wait(self._stop, services.RETRY_S)
+                if self._stop.is_set():
+                    return False, None
+                continue
+            if failing:
+                logs.event(log, "redis.recovered", during=during)
+            return True, value
+
     async def _limits_agree(self) -> bool:
         """True when the account's stored limits equal ours (stored first if none are).
 
         A Redis failure is retried here (nothing can be admitted meanwhile anyway);
         only a real difference returns False.
         """
-        failing = False
-        while True:
-            checkpoint()
-            try:
-                mismatch = await check_or_init(
-                    self.redis, self.keys, self.cfg.risk, self.instance_id
-                )
-                break
-            except INFRA_ERRORS as e:
-                if not failing:
-                    logs.event(log, "runtime.redis_unavailable", logging.WARNING,
-                               during="limits check", error=f"{type(e).__name__}: {e}",
-                               note="nothing can be admitted; retrying")
-                failing = True
-                await services.wait(self._stop, services.RETRY_S)
-                if self._stop.is_set():
-                    return False
-        if failing:
-            logs.event(log, "redis.recovered", during="limits check")
+        answered, mismatch = await self._until_redis_answers(
+            "limits check",
+            lambda: check_or_init(self.redis, self.keys, self.cfg.risk, self.instance_id))
+        if not answered:
+            return False
         if mismatch is None:
             self._mismatch_logged = ("", 0.0)
             return True
