@@ -569,18 +569,26 @@ async def test_admit_when_connection_refused_then_gate_unavailable_not_unknown(
         await r.aclose()
 
 
-def test_gate_script_when_read_then_code_table_names_every_reason_at_its_index() -> None:
-    """gate_admit.lua writes its codes out literally (no per-call setup); a reason added
-    to REASON without its code in C would deny with a nil code. Both tables must agree."""
+def test_gate_script_when_read_then_every_denial_names_a_reason_at_its_code() -> None:
+    """gate_admit.lua denies by reason name (``deny(K, A, '<reason>', ...)``) and a
+    reason's code is its index in REASON; gate.py's DENY_CODES maps codes back. A
+    denial naming a reason missing from REASON would raise inside the script, and a
+    REASON out of DENY_CODES' order would map to the wrong reason: all three agree."""
     import re
     from pathlib import Path
 
     import guardrails
+    from guardrails.gate import DENY_CODES
 
     text = (Path(guardrails.__file__).parent / "lua" / "gate_admit.lua").read_text()
     reasons_block = re.search(r"local REASON = \{(.*?)\}", text, re.S)
-    codes_block = re.search(r"local C = \{(.*?)\}", text, re.S)
-    assert reasons_block and codes_block
+    assert reasons_block
     reasons = re.findall(r"'([a-z_]+)'", reasons_block.group(1))
-    codes = {k: int(v) for k, v in re.findall(r"([A-Z_]+) = (\d+)", codes_block.group(1))}
-    assert codes == {r.upper(): i for i, r in enumerate(reasons, start=1)}
+    assert {i: r.value for i, r in DENY_CODES.items()} == dict(enumerate(reasons, start=1))
+    named = set(re.findall(r"deny\(K(?:EYS)?, A(?:RGV)?, '([a-z_]+)'", text))
+    # the sanity and fence outcomes reach deny() as variables: their literals too
+    named |= set(re.findall(r"return '([a-z_]+)', ", text))
+    lib_fence = (Path(guardrails.__file__).parent / "lua" / "lib" / "fence.lua").read_text()
+    named |= set(re.findall(r"return '([a-z_]+)', ", lib_fence)) - {"ok"}
+    assert len(named) >= 17, named
+    assert named <= set(reasons), named - set(reasons)

@@ -8,8 +8,8 @@
 -- 6-byte entries of blob (a match must start on an entry boundary).
 local function tomb_of(id)
   local h = redis.sha1hex(id)
-  local fp = string.gsub(string.sub(h, 4, 15), '..',
-    function(x) return string.char(tonumber(x, 16)) end)
+  -- 12 hex digits = 48 bits, exact in a double; packed big-endian (struct, in Redis's Lua)
+  local fp = struct.pack('>I6', tonumber(string.sub(h, 4, 15), 16))
   return string.sub(h, 1, 3), fp
 end
 
