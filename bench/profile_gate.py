@@ -1,15 +1,19 @@
-"""Where a gate decision spends its time — ``python -m bench.profile_gate [N]``.
+"""Where a gate decision spends its time — ``python -m bench.profile_gate [--instructions] [N]``.
 
 Not part of the ``make bench`` table: a diagnostic for the gate's owner.
 
-1. **Inside Redis**: a copy of ``gate_admit.lua`` with ``redis.call('TIME')`` ticks
-   inserted at the start of each documented step (found by the step comments; a step
-   whose anchor is missing is skipped and said so) returns the per-step times of an
-   admission instead of its decision. Each tick itself costs about a microsecond, so
-   the sum is a little above the real script's time (compare with the ``INFO
-   commandstats`` mean printed beside it).
+1. **Inside Redis, step by step.** Copies of ``gate_admit.lua`` cut short at each
+   documented step (``do return {0} end`` inserted before the step's comment, and
+   before each write of step 12) are run on one redis-server, rotating variant by
+   variant in rounds of N pipelined admissions of fresh intents; each variant's time is
+   ``INFO commandstats`` µs per EVALSHA, the minimum over the rounds. A step's cost is
+   the difference from the cut before it. Wall time moves with the machine's load;
+   ``--instructions`` runs redis-server under ``valgrind --tool=callgrind`` instead and
+   reports instructions per call, which are repeatable whatever the load (about
+   560,000 per admission with redis-server 7.0.15, December 2026; every variant is
+   loaded and compiled before anything is counted).
 2. **In the client**: the Python parts of ``OrderGate.admit`` timed one by one
-   (``timeit``): redis-py packing the EVALSHA's 17 keys and 11 arguments (the
+   (``timeit``): redis-py packing the EVALSHA's keys and arguments (the
    ``execute_command`` path) against packing a PING, and the gate wire's own packing
    (``OrderGate._packed``, the path a plain client takes).
 """
@@ -17,9 +21,20 @@ Not part of the ``make bench`` table: a diagnostic for the gate's owner.
 from __future__ import annotations
 
 import asyncio
-import statistics
+import contextlib
+import glob
+import itertools
+import os
+import re
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 import timeit
+from collections.abc import Iterator
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
@@ -28,86 +43,146 @@ from bench import gatesetup
 from bench.account import HOLDER, account, intent, risk_config
 from bench.core import redis_server
 from guardrails.gate import decimal_arg
+from guardrails.keys import SCHEMA_VERSION
 from guardrails.model import client_order_id_for
 from guardrails.scripts import source as lua_source
 
-# (anchor text in gate_admit.lua, phase that starts there, insert before the anchor?)
-_ANCHORS = [
-    ("  local schema = rd('GET', K_SCHEMA)\n", "reads (schema, limits, positions, reservations, state)",
-     True),
-    ("  sane_code, sane_detail = sanity()\n", "order sanity (parse qty/price, tick/lot)", True),
-    ("  -- 2. trading state", "trading state", True),
-    ("  -- 3. fence", "fence (GET + PTTL lease)", True),
-    ("  -- 4. idempotency", "idempotency (HGET intents)", True),
-    ("  -- 5. order sanity", "sanity verdict, limits parsing, notional", True),
-    ("  -- 7. price band", "price band (HGETALL marks)", True),
-    ("  -- 8. order-rate throttle", "throttle (TIME, HMGET)", True),
-    ("  local side_name = side == 1", "position, gross, daily loss", True),
-    ("  -- the write keys must have the shapes", "write-key shape checks", True),
-    ("  -- 12. reserve", "journal XADD", True),
-    ("  redis.call('HSET', K_ORDER,", "order record HSET", True),
-    ("  redis.call('SADD', K_OPEN, coid)\n", "open set, reservations, throttle, intent, stats",
-     True),
-]
-_TICK = (
-    "local TT = {}\n"
-    "local function tick(n) local t = redis.call('TIME'); TT[#TT + 1] = n; "
-    "TT[#TT + 1] = tonumber(t[1]) * 1000000 + tonumber(t[2]) end\n"
-)
-_DONE = "  return {0, 0, tonumber(token), deadline, nonce, symbol, side_name, qty_s, price_s}\n"
+_STEP = re.compile(r"^  -- (\d+[a-z]?(?:-\d+)?)\. (.*)$", re.MULTILINE)
+_WRITE = re.compile(r"^  (journal_add\(|redis\.call\('(\w+)', (K_\w+))", re.MULTILINE)
 
 
-def instrumented() -> tuple[str, list[str]]:
+def variants() -> list[tuple[str, str]]:
+    """(label, script text): the gate cut short before each step and write, then whole."""
     src = lua_source("gate_admit.lua")
-    missing = []
-    src = src.replace("local REASON = {", _TICK + "local REASON = {", 1)
-    for anchor, phase, _ in _ANCHORS:
-        if anchor in src:
-            src = src.replace(anchor, f"  tick({phase!r})\n" + anchor, 1)
+    body_at = src.index("\nlocal function admit(K, A)\n")
+    cuts: list[tuple[int, str]] = [(src.index("\n", body_at + 1) + 1, "(entered admit: KEYS/ARGV bound)")]
+    for m in _STEP.finditer(src, body_at):
+        cuts.append((m.start(), f"before step {m.group(1)}: {m.group(2)[:48]}"))
+    writes_at = src.index("  -- 12. reserve", body_at)
+    for m in _WRITE.finditer(src, writes_at):
+        what = "journal XADD" if m.group(1).startswith("journal") else f"{m.group(2)} {m.group(3)}"
+        cuts.append((m.start(), f"before write: {what}"))
+    cuts.sort()
+    out = [("EVALSHA of 'return {0}' (same keys and arguments)", "return {0}"),
+           ("script prologue (libraries, helpers)", src[:body_at] + "\ndo return {0} end\n" + src[body_at:])]
+    out += [(label, src[:at] + "  do return {0} end\n" + src[at:]) for at, label in cuts]
+    out.append(("whole admission", src))
+    return out
+
+
+def _call_args(gate: Any, i: int) -> tuple[list[str], list[Any]]:
+    it = intent(i)
+    iid = it.intent_id or ""
+    coid = client_order_id_for(iid)
+    day = gate._day.today()
+    keys = [*gate._head, gate._keys.day(day), gate._keys.order(coid), *gate._tail]
+    args = [SCHEMA_VERSION, gatesetup.TOKEN, HOLDER, iid, coid, it.symbol, it.side.value,
+            decimal_arg(it.qty, "qty"), decimal_arg(it.price, "price"), 0, day]
+    return keys, args
+
+
+async def inside_redis(n: int, rounds: int, instructions: bool) -> None:
+    vs = variants()
+    server_bin = shutil.which("redis-server") or "redis-server"
+    with contextlib.ExitStack() as stack:
+        if instructions:
+            if not shutil.which("valgrind"):
+                raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
+            url, pid, out = stack.enter_context(_callgrind_server(server_bin))
         else:
-            missing.append(phase)
-    if _DONE not in src:
-        raise SystemExit("gate_admit.lua's admitted return changed; update bench/profile_gate.py")
-    src = src.replace(_DONE, "  tick('end')\n  return TT\n", 1)
-    return src, missing
-
-
-async def inside_redis(n: int) -> None:
-    src, missing = instrumented()
-    with redis_server() as server:
-        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+            server = stack.enter_context(redis_server())
+            url, pid, out = server.url, 0, ""
+        client = aioredis.Redis.from_url(url, decode_responses=True)
         try:
             gate = await gatesetup.seed(client, account())
             for i in range(300):  # warm-up through the real gate
                 await gatesetup.admit(gate, intent(i))
-            await client.config_resetstat()
-            for i in range(300, 300 + n):
-                await gatesetup.admit(gate, intent(i))
-            real = (await client.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"]
-            script = client.register_script(src)
-            phases: dict[str, list[int]] = {}
-            for i in range(300 + n, 300 + 2 * n):
-                it = intent(i)
-                iid = it.intent_id or ""
-                coid = client_order_id_for(iid)
-                day = gate._day.today()
-                keys = [*gate._head, gate._keys.day(day), gate._keys.order(coid), *gate._tail]
-                args = [1, gatesetup.TOKEN, HOLDER, iid, coid, it.symbol, it.side.value,
-                        decimal_arg(it.qty, "qty"), decimal_arg(it.price, "price"), 0, day]
-                ticks = await script(keys=keys, args=args)
-                for j in range(0, len(ticks) - 2, 2):
-                    phases.setdefault(ticks[j], []).append(int(ticks[j + 3]) - int(ticks[j + 1]))
+            scripts = [client.register_script(text) for _, text in vs]
+            counter = itertools.count(10_000)
+            for script in scripts:  # loaded and compiled before anything is counted
+                keys, args = _call_args(gate, next(counter))
+                await script(keys=keys, args=args)
+            best: list[float] = [float("inf")] * len(vs)
+            for _ in range(1 if instructions else rounds):
+                for v, script in enumerate(scripts):
+                    if instructions:
+                        _callgrind(pid, "-i", "on")
+                    else:
+                        await client.config_resetstat()
+                    pipe = client.pipeline(transaction=False)
+                    for _ in range(n):
+                        keys, args = _call_args(gate, next(counter))
+                        await script(keys=keys, args=args, client=pipe)
+                    replies = await pipe.execute()
+                    if any(int(r[0]) != 0 for r in replies):
+                        raise SystemExit(f"{vs[v][0]}: a call was denied: {replies[0]}")
+                    if instructions:
+                        _callgrind(pid, "-i", "off")
+                        _callgrind(pid, "-d", f"v{v}")
+                        best[v] = _last_dump_total(out) / n
+                    else:
+                        stats = await client.info("commandstats")
+                        best[v] = min(best[v], float(stats["cmdstat_evalsha"]["usec_per_call"]))
         finally:
             await client.aclose()
-    print(f"inside Redis, one admission ({n} samples, µs; real script mean {real:.0f} µs/call):")
-    total = 0.0
-    for phase, xs in phases.items():
-        med = statistics.median(xs)
-        total += med
-        print(f"  {med:7.1f}  {phase}")
-    print(f"  {total:7.1f}  sum of medians (includes ~1 µs per tick)")
-    if missing:
-        print(f"  (anchors not found, folded into the previous phase: {', '.join(missing)})")
+    unit = "instructions per call" if instructions else f"µs per call (min of {rounds} rounds)"
+    print(f"inside Redis, {n} pipelined admissions per variant, {unit}:")
+    prev = 0.0
+    for (label, _), value in zip(vs, best, strict=True):
+        fmt_v = f"{value:9.0f}" if instructions else f"{value:7.1f}"
+        delta = f"{value - prev:+9.0f}" if instructions else f"{value - prev:+7.1f}"
+        print(f"  {fmt_v}  {delta}  {label}")
+        prev = value
+
+
+@contextlib.contextmanager
+def _callgrind_server(server_bin: str) -> Iterator[tuple[str, int, str]]:
+    workdir = tempfile.mkdtemp(prefix="gr-callgrind-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = os.path.join(workdir, "callgrind.out")
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no",
+         server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("redis-server under valgrind did not start") from None
+                time.sleep(0.2)
+        yield f"redis://127.0.0.1:{port}/0", proc.pid, out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _callgrind(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _last_dump_total(out: str) -> int:
+    """The event total of the newest callgrind dump (its ``totals:`` line)."""
+    for _ in range(50):
+        dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
+        if dumps:
+            with open(dumps[-1]) as f:
+                # 'totals:' is the dump's own count ('summary:' may be 0 when instrumentation
+                # was switched on and off inside the dump's interval)
+                totals = [int(line.split()[1]) for line in f if line.startswith("totals:")]
+            if totals:
+                os.remove(dumps[-1])
+                return totals[-1]
+        time.sleep(0.1)
+    raise SystemExit("callgrind wrote no dump")
 
 
 def in_client() -> None:
@@ -143,8 +218,11 @@ def in_client() -> None:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    asyncio.run(inside_redis(n))
+    argv = sys.argv[1:]
+    instructions = "--instructions" in argv
+    rest = [a for a in argv if a != "--instructions"]
+    n = int(rest[0]) if rest else (100 if instructions else 200)
+    asyncio.run(inside_redis(n, rounds=8, instructions=instructions))
     in_client()
 
 
