@@ -201,10 +201,11 @@ async def schedule(redis: aioredis.Redis, keys: AccountKeys, *, interval_ms: int
         await redis.hdel(keys.prune_state, "scheduled_ms", "interval_ms")
         return
     sec, usec = await redis.time()
-    where = {} if archive is None else {"archive": f"{socket.gethostname()}:{archive}"}
     await redis.hset(keys.prune_state, mapping={
         "scheduled_ms": str(int(sec) * 1000 + int(usec) // 1000),
-        "interval_ms": str(interval_ms), **where})
+        "interval_ms": str(interval_ms)})
+    if archive is not None:
+        await redis.hset(keys.prune_state, "archive", f"{socket.gethostname()}:{archive}")
 
 
 # -- the archive file ----------------------------------------------------------------------
