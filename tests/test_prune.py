@@ -443,6 +443,10 @@ def test_run_when_active_then_sweep_archives_and_removes_aged_terminal_orders(
         assert {c: view.orders[c]["order"] for c in filled} == before
         assert set(view.orders) == set(filled)
         assert r.get(keys.schema) == str(SCHEMA_VERSION)
+        state = r.hgetall(keys.prune_state)  # the sweep's record, for status and doctor
+        assert state["interval_ms"] == "300" and int(state["scheduled_ms"]) > 0
+        assert state["last_by"] in r.zrange(keys.instances, 0, -1)
+        assert state["archive"].endswith(swept["archive"])
         r.close()
     finally:
         proc.cleanup()

@@ -203,6 +203,10 @@ async def _prune(args: argparse.Namespace) -> int:
             p = await plan(redis, keys, archive, retention_ms=cfg.prune.retention)
             _show_plan(p, as_json=bool(args.json))
             return 0
+        # an unsafe archive directory or lock file is bad input (exit 2), not a failed batch
+        held = archive.try_lock()
+        if held is not None:
+            held.release()
         pruner = Pruner(redis, keys, archive, retention_ms=cfg.prune.retention,
                         batch=cfg.prune.batch, by=operator_identity("guardrails prune"))
         try:
