@@ -45,7 +45,14 @@ from guardrails.infra.embedded import state_dir
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
 from guardrails.model import TERMINAL_STATES
 from guardrails.ops.common import operator_identity, require_config
-from guardrails.prune import Archive, PruneError, Pruner, SweepReport, default_archive_path
+from guardrails.prune import (
+    Archive,
+    Progress,
+    PruneError,
+    Pruner,
+    SweepReport,
+    default_archive_path,
+)
 
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 PROGRESS_EVERY_S = 1.0
@@ -160,7 +167,8 @@ def _iso(ms: int | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
-def _progress_printer() -> Any:
+def _progress_printer() -> Progress:
+    """Progress lines on stderr, at most one per ``PROGRESS_EVERY_S``."""
     last = [0.0]
 
     def show(rep: SweepReport) -> None:
