@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_lazy("guardrails.ops.migrate:cmd_migrate"))
 
+    p = sub.add_parser("prune", help="archive and remove old terminal orders now (dry run "
+                       "unless --apply)")
+    _common(p)
+    p.add_argument("--apply", action="store_true",
+                   help="really prune (safe beside the running instance's sweep)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_lazy("guardrails.ops.prune:cmd_prune"))
+
     _add_version(parser)
 
     return parser

@@ -32,6 +32,16 @@ Invariants upheld:
   measured, ``bench/memory.py``); the sweep sleeps ``pause_s`` between batches so the
   gate's commands run in between.
 
+- *One writer per archive.* A sweep holds an exclusive ``flock`` on ``<archive>.lock``
+  (``Archive.try_lock``: opened with ``O_NOFOLLOW``, a 0600 regular file of this user)
+  from its first staged line to its last commit, so the background sweep and a manual
+  ``guardrails prune --apply`` never write one archive at the same time. The lock is
+  never waited for: a sweep that finds it held skips its round (``SweepReport.skipped``).
+- *The operator sees what it did.* The scripts count what they remove in ``keys.prune_state``
+  (``orders``, ``intents``, ``fills``) in the same atomic step; each sweep then records
+  when it ran, by whom, its outcome (``ok`` / ``failed`` with the error / ``skipped``) and
+  where its archive is in the same hash (``record_sweep``; ``status`` and ``doctor`` read it).
+
 What is not pruned here: the journal and the denials stream are already capped
 (``XADD MAXLEN ~``); the tombstones grow by 12 bytes per pruned order and are kept for
 ever (docs/architecture.md, "Memory that stays flat").
@@ -40,19 +50,22 @@ ever (docs/architecture.md, "Memory that stays flat").
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from guardrails import scripts
+from guardrails import redacted, scripts
 from guardrails.keys import AccountKeys
 from guardrails.model import TERMINAL_STATES
 
@@ -98,6 +111,101 @@ async def was_pruned(redis: aioredis.Redis, keys: AccountKeys, client_order_id: 
     if not isinstance(blob, bytes):
         return False
     return any(blob[i:i + 6] == fp for i in range(0, len(blob) - 5, 6))
+
+
+# -- the sweep's record in Redis ------------------------------------------------------------
+
+OUTCOMES = ("ok", "failed", "skipped")
+"""``last_outcome`` of ``keys.prune_state``: the sweep finished; it stopped on an error
+(``last_error``); it did not run because another sweep held the archive's lock."""
+
+TOMBSTONE_BYTES = 6
+"""Bytes of one tombstone fingerprint (``lua/lib/tomb.lua``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneTotals:
+    """``keys.prune_state`` as read: the scripts' totals and the last sweep's record."""
+
+    orders: int = 0
+    intents: int = 0
+    fills: int = 0
+    last_run_ms: int | None = None
+    """Redis time when the last sweep that ran (``ok`` or ``failed``) ended."""
+    last_outcome: str | None = None
+    last_error: str | None = None
+    last_orders: int = 0
+    last_fills: int = 0
+    last_by: str | None = None
+    last_skipped_ms: int | None = None
+    """Redis time of the last round skipped because the archive's lock was held."""
+    scheduled_ms: int | None = None
+    """When the active instance's sweep schedule started (its first sweep is one
+    ``interval_ms`` later); None when no instance runs the background sweep."""
+    interval_ms: int | None = None
+    archive: str | None = None
+    """``<host>:<path>`` of the archive the last sweep wrote."""
+
+    @property
+    def tombstones(self) -> int:
+        """Fingerprints in ``keys.tombstones``: one per pruned order and one per pruned
+        intent (``prune_orders.lua`` writes both in the step that counts them; two ids
+        whose 48-bit fingerprints collide share one, so this is exact but for that)."""
+        return self.orders + self.intents
+
+    @property
+    def tombstone_bytes(self) -> int:
+        return self.tombstones * TOMBSTONE_BYTES
+
+    def to_json(self) -> dict[str, Any]:
+        return {"orders": self.orders, "intents": self.intents, "fills": self.fills,
+                "tombstones": self.tombstones, "tombstone_bytes": self.tombstone_bytes,
+                "last_run_ms": self.last_run_ms, "last_outcome": self.last_outcome,
+                "last_error": self.last_error, "last_orders": self.last_orders,
+                "last_fills": self.last_fills, "last_by": self.last_by,
+                "last_skipped_ms": self.last_skipped_ms, "scheduled_ms": self.scheduled_ms,
+                "interval_ms": self.interval_ms, "archive": self.archive}
+
+
+def _nat(v: object) -> int | None:
+    t = _s(v) if v is not None else ""
+    return int(t) if t.isdigit() else None
+
+
+def parse_totals(raw: dict[Any, Any]) -> PruneTotals:
+    """``HGETALL keys.prune_state`` as ``PruneTotals`` (a missing or malformed number
+    reads as 0 / None, never as an exception: this is what operators look at)."""
+    f = {_s(k): _s(v) for k, v in raw.items()}
+    outcome = f.get("last_outcome")
+    return PruneTotals(
+        orders=_nat(f.get("orders")) or 0, intents=_nat(f.get("intents")) or 0,
+        fills=_nat(f.get("fills")) or 0, last_run_ms=_nat(f.get("last_run_ms")),
+        last_outcome=outcome if outcome in OUTCOMES else None,
+        last_error=f.get("last_error") or None, last_orders=_nat(f.get("last_orders")) or 0,
+        last_fills=_nat(f.get("last_fills")) or 0, last_by=f.get("last_by") or None,
+        last_skipped_ms=_nat(f.get("last_skipped_ms")),
+        scheduled_ms=_nat(f.get("scheduled_ms")), interval_ms=_nat(f.get("interval_ms")),
+        archive=f.get("archive") or None)
+
+
+async def read_totals(redis: aioredis.Redis, keys: AccountKeys) -> PruneTotals:
+    """The account's prune totals and last sweep (one ``HGETALL``, read-only)."""
+    return parse_totals(await redis.hgetall(keys.prune_state))
+
+
+async def schedule(redis: aioredis.Redis, keys: AccountKeys, *, interval_ms: int | None,
+                   archive: Path | None = None) -> None:
+    """The active instance's sweep schedule: started now with ``interval_ms`` (what the
+    doctor measures an overdue sweep against), or stopped (``None``: pruning disabled)."""
+    if interval_ms is None:
+        await redis.hdel(keys.prune_state, "scheduled_ms", "interval_ms")
+        return
+    sec, usec = await redis.time()
+    await redis.hset(keys.prune_state, mapping={
+        "scheduled_ms": str(int(sec) * 1000 + int(usec) // 1000),
+        "interval_ms": str(interval_ms)})
+    if archive is not None:
+        await redis.hset(keys.prune_state, "archive", f"{socket.gethostname()}:{archive}")
 
 
 # -- the archive file ----------------------------------------------------------------------
@@ -152,6 +260,41 @@ class Archive:
         finally:
             os.close(fd)
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def try_lock(self) -> ArchiveLock | None:
+        """The archive's exclusive lock, or None when another sweep (this process's or
+        another's) holds it. Never blocks. ``PruneError`` when the lock file is unsafe:
+        a symlink, not a regular file, hard-linked, not ours, not 0600."""
+        self._dir()
+        path = self.lock_path
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            raise PruneError(f"archive lock {path}: {e.strerror} (a symlink is refused; "
+                             "remove it)") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise PruneError(f"archive lock {path} is not a regular file with one link; "
+                                 "remove it")
+            if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o600:
+                raise PruneError(f"archive lock {path} must be a 0600 file of this user "
+                                 f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        return ArchiveLock(path, fd)
+
     def stage(self, lines: list[dict[str, Any]]) -> None:
         """Write ``lines`` to the pending file (replacing it), fsynced, after checking
         that the archive itself can be appended to (so a batch is never removed from
@@ -170,6 +313,19 @@ class Archive:
         if lines:
             self._write(self.path, lines, append=True)
         self.pending.unlink(missing_ok=True)
+
+
+@dataclass(slots=True)
+class ArchiveLock:
+    """A held archive lock; ``release`` (or the process's death) drops it."""
+
+    path: Path
+    fd: int | None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)  # closing the descriptor drops the flock
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -228,7 +384,13 @@ class SweepReport:
     """The slowest prune script round trip (client-side; Redis-side cost is in the bench)."""
     recovered: int = 0
     """Pending lines of an interrupted sweep appended to the archive."""
+    skipped: bool = False
+    """Nothing ran: another sweep held the archive's lock (``Archive.try_lock``)."""
     pruned: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[SweepReport], None]
+"""Called after each batch with the running report (``guardrails prune``'s stderr lines)."""
 
 
 class Pruner:
@@ -247,6 +409,7 @@ class Pruner:
         batch: int = 25,
         scan_count: int = 200,
         pause_s: float = 0.002,
+        by: str = "",
     ) -> None:
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
@@ -259,6 +422,9 @@ class Pruner:
         self.batch = batch
         self.scan_count = scan_count
         self.pause_s = pause_s
+        self.by = by or f"pid {os.getpid()}@{socket.gethostname()}"
+        """Who sweeps, recorded as ``last_by`` (an instance id, ``user@host (prune)``)."""
+        self._progress: Progress | None = None
         self._orders = scripts.register(redis, "prune_orders")
         self._fills = scripts.register(redis, "prune_fills")
 
@@ -283,10 +449,50 @@ class Pruner:
         self.archive.commit(gone)
         return len(gone)
 
-    async def sweep(self, *, now_ms: int | None = None) -> SweepReport:
-        """One pass over the account's orders, then its applied fills. ``now_ms``
-        (default: Redis time) is for tests that age records without waiting."""
+    async def sweep(self, *, now_ms: int | None = None,
+                    progress: Progress | None = None) -> SweepReport:
+        """One pass over the account's orders, then its applied fills, under the
+        archive's lock; skipped (``rep.skipped``) when another sweep holds it. The outcome
+        is recorded in ``keys.prune_state`` (``record_sweep``), a failure too before it is
+        raised. ``now_ms`` (default: Redis time) is for tests that age records without
+        waiting; ``progress`` is called after each batch."""
+        lock = self.archive.try_lock()
+        if lock is None:
+            rep = SweepReport(skipped=True)
+            await self.redis.hset(self.keys.prune_state, "last_skipped_ms",
+                                  str(await self._server_ms()))
+            return rep
         rep = SweepReport()
+        self._progress = progress
+        try:
+            await self._sweep(rep, now_ms)
+        except BaseException as e:
+            if isinstance(e, Exception):
+                try:
+                    await self.record_sweep(rep, error=e)
+                except Exception:  # Redis may be what failed: raise the cause, not this
+                    pass
+            raise
+        finally:
+            self._progress = None
+            lock.release()
+        await self.record_sweep(rep)
+        return rep
+
+    async def record_sweep(self, rep: SweepReport, *, error: BaseException | None = None) -> None:
+        """Record one sweep that ran in ``keys.prune_state``: when it ended (Redis time),
+        by whom, ``ok`` or ``failed`` (the error, masked, one line), what it removed and
+        its archive. The totals themselves are the scripts' (counted as they remove)."""
+        text = "" if error is None else redacted.mask_text(
+            f"{type(error).__name__}: {error}").replace("\n", " ")[:500]
+        await self.redis.hset(self.keys.prune_state, mapping={
+            "last_run_ms": str(await self._server_ms()),
+            "last_outcome": "ok" if error is None else "failed", "last_error": text,
+            "last_orders": str(rep.pruned_orders), "last_fills": str(rep.pruned_fills),
+            "last_by": self.by, "archive": f"{socket.gethostname()}:{self.archive.path}",
+        })
+
+    async def _sweep(self, rep: SweepReport, now_ms: int | None) -> None:
         rep.recovered = await self.recover()
         now = now_ms if now_ms is not None else await self._server_ms()
         rep.cutoff_ms = now - self.retention_ms
@@ -303,7 +509,6 @@ class Pruner:
         if pending:
             await self._prune_orders(pending, now, rep)
         await self._prune_fill_entries(now, rep)
-        return rep
 
     async def _candidates(self, coids: list[str], now: int,
                           pending: list[tuple[str, dict[str, str]]], rep: SweepReport) -> None:
@@ -384,6 +589,8 @@ class Pruner:
             raise PruneError(f"{name} returned unknown code {code}")
         removed = [_s(x) for x in raw[first:]]
         self.archive.commit([lines[x] for x in removed])
+        if self._progress is not None:
+            self._progress(rep)
         await asyncio.sleep(self.pause_s)
         return raw, removed
 

@@ -89,7 +89,11 @@ async def test_sweep_when_terminal_and_old_then_only_those_removed_with_intent_a
     assert await r.hgetall(acct.fills) == {}
     for kept in (open_, recent):
         assert await r.hget(acct.order(kept), "state") is not None
-    assert await r.hgetall(acct.prune_state) == {"orders": "2", "intents": "2", "fills": "1"}
+    state = await r.hgetall(acct.prune_state)
+    assert {k: state[k] for k in ("orders", "intents", "fills")} == {
+        "orders": "2", "intents": "2", "fills": "1"}
+    assert state["last_outcome"] == "ok" and state["last_orders"] == "2"
+    assert state["last_fills"] == "1" and state["last_error"] == ""
 
 
 @pytest.mark.parametrize("state", ["PENDING_SUBMIT", "SUBMITTED", "UNKNOWN", "PARTIALLY_FILLED"])
@@ -439,6 +443,10 @@ def test_run_when_active_then_sweep_archives_and_removes_aged_terminal_orders(
         assert {c: view.orders[c]["order"] for c in filled} == before
         assert set(view.orders) == set(filled)
         assert r.get(keys.schema) == str(SCHEMA_VERSION)
+        state = r.hgetall(keys.prune_state)  # the sweep's record, for status and doctor
+        assert state["interval_ms"] == "300" and int(state["scheduled_ms"]) > 0
+        assert state["last_by"] in r.zrange(keys.instances, 0, -1)
+        assert state["archive"].endswith(swept["archive"])
         r.close()
     finally:
         proc.cleanup()

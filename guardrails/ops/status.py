@@ -36,6 +36,7 @@ from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.killswitch import read_latch
 from guardrails.ledger import Ledger
 from guardrails.ops.common import load_target
+from guardrails.prune import read_totals
 from guardrails.registry import Registry, known_accounts
 
 STATUS_SCHEMA_VERSION = 1
@@ -118,6 +119,11 @@ async def _counts(redis: aioredis.Redis, keys: AccountKeys) -> Json:
         elif field.startswith("denied:"):
             denied[field.removeprefix("denied:")] = n
     return {"admitted": admitted, "denied": dict(sorted(denied.items()))}
+
+
+async def _prune(redis: aioredis.Redis, keys: AccountKeys) -> Json:
+    """The prune sweep's totals and last run (``keys.prune_state``, one HGETALL)."""
+    return (await read_totals(redis, keys)).to_json()
 
 
 async def _denials(redis: aioredis.Redis, keys: AccountKeys) -> list[Json]:
@@ -242,6 +248,7 @@ async def snapshot(
     out["throttle"] = await part("throttle", redis.hgetall(keys.throttle), None)
     out["limits"] = await part("limits", redis.hgetall(keys.limits), None)
     out["counts"] = await part("counts", _counts(redis, keys), None)
+    out["prune"] = await part("prune", _prune(redis, keys), None)
     out["recent_denials"] = await part("denials", _denials(redis, keys), None)
     out["instances"] = await part("instances", _instances(redis, keys), None)
     out["errors"] = errors
@@ -347,6 +354,25 @@ def _iso(ms: object) -> str:
     return datetime.fromtimestamp(n / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _prune_text(pr: Json) -> str:
+    """``prune     removed orders=… intents=… fills=… tombstones=… (… B)`` and the last sweep."""
+    head = (f"prune     removed orders={pr['orders']} intents={pr['intents']} "
+            f"fills={pr['fills']} tombstones={pr['tombstones']} ({pr['tombstone_bytes']} B)")
+    every = f" every {pr['interval_ms']}ms" if pr.get("interval_ms") else " (no schedule)"
+    if pr.get("last_run_ms") is None:
+        last = "\n          last sweep: never" + every
+    else:
+        outcome = pr.get("last_outcome") or "?"
+        if outcome == "failed":
+            outcome = f"FAILED: {pr.get('last_error') or '?'}"
+        last = (f"\n          last sweep {_iso(pr['last_run_ms'])} {outcome} "
+                f"(orders={pr['last_orders']} fills={pr['last_fills']}) "
+                f"by={_fmt(pr.get('last_by'))}{every}")
+    if pr.get("last_skipped_ms") is not None and (pr.get("last_run_ms") or 0) < pr["last_skipped_ms"]:
+        last += f"; skipped {_iso(pr['last_skipped_ms'])} (archive locked by another sweep)"
+    return head + last + f"\n          archive {_fmt(pr.get('archive'))}"
+
+
 def render_table(doc: Json) -> str:
     """The human-readable form of a status document."""
     lines: list[str] = []
@@ -403,6 +429,9 @@ def render_table(doc: Json) -> str:
         if c:
             denied = " ".join(f"{k}={v}" for k, v in c["denied"].items()) or "none"
             lines.append(f"counts    admitted={c['admitted']} denied: {denied}")
+        pr = a.get("prune")
+        if pr and (pr["orders"] or pr["fills"] or pr["last_run_ms"] or pr["interval_ms"]):
+            lines.append(_prune_text(pr))
         for d in (a["recent_denials"] or [])[:5]:
             lines.append(f"denial    {_iso(d.get('at_ms'))} {d.get('reason')} {d.get('detail', '')}")
         for i in a["instances"] or []:

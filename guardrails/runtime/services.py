@@ -34,7 +34,14 @@ from guardrails.killswitch import KillSwitch, KillSwitchError, Latch, read_latch
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
 from guardrails.model import Fill, OrderState, TradingState
 from guardrails.ops import notify
-from guardrails.prune import Archive, PruneError, Pruner, default_archive_path, was_pruned
+from guardrails.prune import (
+    Archive,
+    PruneError,
+    Pruner,
+    default_archive_path,
+    schedule,
+    was_pruned,
+)
 from guardrails.reconcile import ReconcileReport, reconcile_order
 from guardrails.registry import Registry
 from guardrails.runtime.context import ContextUnavailable, MarkBook, cancel_order, checkpoint
@@ -102,8 +109,7 @@ class AccountServices:
         tg.create_task(self.kill_listener(), name="guard-kill-listener")
         tg.create_task(self.report(), name="guard-report")
         tg.create_task(self.settle_in_doubt(), name="guard-settle")
-        if self.cfg.prune.enabled:
-            tg.create_task(self.prune(), name="guard-prune")
+        tg.create_task(self.prune(), name="guard-prune")
         term_service = getattr(self.venue, "term_service", None)
         if term_service is not None:
             # The venue's own fence while active (the CLOB heartbeat).
@@ -370,11 +376,20 @@ class AccountServices:
     async def prune(self) -> None:
         """Every ``[prune] interval`` while active: archive and remove the terminal orders
         older than the retention window (``prune.py``). Housekeeping, never a reason to
-        stop trading: a failure is logged and the next interval tries again."""
+        stop trading: a failure is logged and the next interval tries again. A round whose
+        archive is locked by another sweep (``guardrails prune --apply``) is skipped, not
+        waited for. The schedule (or, disabled, its absence) is recorded for the doctor."""
         p = self.cfg.prune
         path = Path(p.archive) if p.archive else default_archive_path(self.keys, state_dir())
+        try:
+            await schedule(self.redis, self.keys, interval_ms=p.interval if p.enabled else None,
+                           archive=path)
+        except INFRA_ERRORS as e:  # housekeeping: the doctor may warn, trading goes on
+            logs.event(log, "prune.unscheduled", logging.WARNING, error=str(e))
+        if not p.enabled:
+            return
         pruner = Pruner(self.redis, self.keys, Archive(path), retention_ms=p.retention,
-                        batch=p.batch)
+                        batch=p.batch, by=self.instance_id)
         while True:
             checkpoint()
             await asyncio.sleep(p.interval / 1000)
@@ -382,6 +397,10 @@ class AccountServices:
                 rep = await pruner.sweep()
             except PRUNE_ERRORS as e:
                 logs.event(log, "prune.failed", logging.ERROR, archive=str(path), error=str(e))
+                continue
+            if rep.skipped:
+                logs.event(log, "prune.skipped", archive=str(path),
+                           detail="another sweep holds the archive's lock (guardrails prune?)")
                 continue
             if rep.pruned_orders or rep.pruned_fills or rep.recovered:
                 logs.event(log, "prune.swept", orders=rep.pruned_orders,

@@ -19,7 +19,9 @@ for each account, sorted:
 7. every instance runs the same limits and the same config;
 8. the manifest: missing and unexpected instances, accounts and hosts;
 9. the fence history alarm;
-then, once: 10. the server's persistence (would a restart lose the fencing counter?).
+10. the prune sweep: its last batch failed, or it has not run for ``PRUNE_OVERDUE_FACTOR``
+    intervals while an instance is active;
+then, once: 11. the server's persistence (would a restart lose the fencing counter?).
 
 No check does I/O: each is a function of the snapshot (and the manifest), so each is
 tested on a snapshot built by hand (``tests/test_doctor_checks.py``). Each finding
@@ -36,6 +38,10 @@ from guardrails.infra import persistence
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.ops.doctor.manifest import DEFAULT_STALE_AFTER_MS, Manifest, ManifestAccount
 from guardrails.ops.doctor.snapshot import AccountSnapshot, LocalProcess, Snapshot, as_int
+
+PRUNE_OVERDUE_FACTOR = 3
+"""The prune sweep is overdue when neither it nor its schedule's start is more recent
+than this many ``[prune] interval``s (a sweep of a large backlog takes a while)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,7 @@ def judge(s: Snapshot, manifest: Manifest | None) -> Census:
             check_manifest(c, account, instances, per_host, wanted.get(account))
         c.instances.extend(instances)
         check_fence_history(c, a)
+        check_prune(c, a, instances, s.now_ms)
     check_persistence(c, s.persistence,
                       allow_non_durable=bool(manifest and manifest.allow_non_durable))
     return c
@@ -388,7 +395,39 @@ def check_fence_history(c: Census, a: AccountSnapshot) -> None:
           "seen; the next holder reconciles with the venue before trading")
 
 
-# -- 10. persistence --------------------------------------------------------------------
+# -- 10. the prune sweep ----------------------------------------------------------------
+
+
+def check_prune(c: Census, a: AccountSnapshot, instances: list[Instance], now_ms: int) -> None:
+    """Did the last sweep fail? Is the active instance's sweep overdue? (guardrails/prune.py)"""
+    p, account = a.prune, a.account
+    if p is None:
+        return
+    if p.last_outcome == "failed":
+        c.add("prune_failed", account,
+              f"the last prune sweep ({p.last_by or '?'}, at {p.last_run_ms} ms) failed: "
+              f"{p.last_error or '?'}; nothing is removed that is not archived ({p.archive or '?'})",
+              "fix the cause (the archive's directory and file must be this user's, 0700/0600, "
+              "with space left); the next sweep retries, or run `guardrails prune --apply`",
+              "warning")
+    active = [i for i in instances if i.role == "active"]
+    if not active or not p.interval_ms:
+        return
+    since = max(p.last_run_ms or 0, p.scheduled_ms or 0)
+    late = now_ms - since
+    if since and late > PRUNE_OVERDUE_FACTOR * p.interval_ms:
+        skipped = (f"; rounds are being skipped (last at {p.last_skipped_ms} ms): another "
+                   f"sweep holds the archive's lock" if p.last_skipped_ms
+                   and p.last_skipped_ms > since else "")
+        last = "never" if p.last_run_ms is None else f"{late // 1000}s ago"
+        c.add("prune_overdue", account,
+              f"the prune sweep of active instance {active[0].id or '?'} last ran {last}, "
+              f"every {p.interval_ms // 1000}s expected{skipped}",
+              "look for prune.failed / prune.skipped in the active instance's log; a "
+              "`guardrails prune` holding the archive's lock, or a stuck sweep", "warning")
+
+
+# -- 11. persistence --------------------------------------------------------------------
 
 
 def check_persistence(c: Census, readings: tuple[tuple[str, persistence.Persistence], ...], *,

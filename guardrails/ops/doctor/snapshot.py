@@ -32,6 +32,7 @@ from guardrails.config import REDIS_URL_ENV, ConfigError, load_config
 from guardrails.fencing import read_alarm
 from guardrails.infra import connect, persistence
 from guardrails.keys import AccountId, AccountKeys
+from guardrails.prune import PruneTotals, read_totals
 from guardrails.registry import Registry, known_accounts
 
 EXPECTED_TYPES: dict[str, str] = {
@@ -54,6 +55,8 @@ EXPECTED_TYPES: dict[str, str] = {
     "denials": "stream",
     "nonce": "string",
     "instances": "zset",
+    "tombstones": "hash",
+    "prune_state": "hash",
 }
 """Documented type of every fixed per-account key (guardrails/keys.py, docs/keys.md)."""
 
@@ -181,6 +184,8 @@ class AccountSnapshot:
     bad_heartbeat_keys: tuple[tuple[str, str], ...] = ()
     """(key, type) of heartbeat records that are not hashes (the registry could not be read)."""
     fence_alarm: Mapping[str, str] | None = None
+    prune: PruneTotals | None = None
+    """The prune sweep's totals and last run (None when ``prune_state`` is mistyped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,11 +263,13 @@ async def read_account(redis: aioredis.Redis, account: str) -> AccountSnapshot:
         else None
     rows, gone, bad = await _registry(redis, keys)
     alarm = await read_alarm(redis, keys)
+    prune = await read_totals(redis, keys) if (await redis.type(keys.prune_state)) in (
+        "hash", "none") else None
     return AccountSnapshot(
         account=account, wrong_types=tuple(wrong),
         lease_value=None if lease is None else str(lease), lease_pttl_ms=pttl, fence=fence,
         rows=tuple(rows), expired=tuple(gone), bad_heartbeat_keys=tuple(bad),
-        fence_alarm=alarm,
+        fence_alarm=alarm, prune=prune,
     )
 
 
