@@ -37,7 +37,8 @@ def test_lua_when_read_then_header_names_keys_argv_and_return_shape(name: str) -
     first = body.split("\n\n", 1)[0]
     # ... or, where the chunk's per-call setup is kept lean (gate_admit), on the first
     # lines of the one decision function that takes KEYS and ARGV as (K, A)
-    lean = re.search(r"^local function \w+\(K, A\)\n(?:  local K_\w+(?:, K_\w+)* = K\[\d+\].*\n)+", body, re.M)
+    lean = re.search(r"^local function \w+\(K, A\)\n(?:  local K_\w+(?:, K_\w+)* = K\[\d+\].*\n)+",
+                     body, re.M)
     assert "= KEYS[1]" in first or ", KEYS[1]" in first or (lean and "= K[1]" in lean.group(0)), name
 
 
