@@ -20,11 +20,12 @@ from guardrails.ledger import Ledger, LedgerError
 from guardrails.model import Admitted, Denied, DenyReason
 from guardrails.ops import status
 from guardrails.ops.doctor.snapshot import as_int
-from guardrails.prune import Archive, Pruner, PruneError
+from guardrails.prune import Archive, PruneError, Pruner
 from guardrails.reconcile import _rebuild, sweep
 from guardrails.registry import Registry
 from tests.fakevenue import FakeVenue
 from tests.gatekit import HOLDER, SYMBOL, TOKEN, account_keys, buy, risk, seed
+from tests.redis_harness import RedisServer
 
 # What int() (or Lua's tonumber) reads as a number but a stored integer is not.
 MALFORMED = [" 100", "+1", "1_000", "0x64", "1e3", "9007199254740993"]
@@ -166,17 +167,17 @@ async def test_lease_acquire_when_fence_malformed_then_script_fails_closed_too(
 ) -> None:
     # Lua's side of the fence: INCR refuses the same spellings (2^53 + 1 it would take:
     # Python refuses it as wider than a stored integer, fail closed)
+    from redis.exceptions import ResponseError
+
     from guardrails.config import LeaseConfig
-    from guardrails.lease import Acquired, Lease
+    from guardrails.lease import Lease
 
     keys = account_keys("fencebad")
     await redis_client.set(keys.fence, bad)
     lease = Lease(redis_client, keys, "h", LeaseConfig.model_validate({"ttl": "10s"}))
-    try:
-        outcome = await lease.try_acquire()
-    except Exception as e:  # noqa: BLE001 - any failure is closed; record what it said
-        outcome = e
-    assert not isinstance(outcome, Acquired)
+    with pytest.raises(ResponseError, match="value is not an integer"):
+        await lease.try_acquire()
+    assert await redis_client.get(keys.lease) is None
     assert await redis_client.get(keys.fence) == bad
 
 
@@ -253,3 +254,31 @@ def test_status_and_doctor_readers_when_malformed_then_none(bad: str) -> None:
     assert status._int_or_none(bad) is None and as_int(bad) is None
     assert status._int_or_none("-12") == -12 and as_int("7") == 7
     assert status._int_or_none(None) is None and as_int(None) is None
+
+
+# -- the chaos checker (parses the keys itself: its own strict reader) -----------------
+
+
+@pytest.mark.parametrize("bad", MALFORMED)
+async def test_checker_when_stored_fields_malformed_then_error_names_key_and_field(
+    redis_server: RedisServer, redis_client: aioredis.Redis, acct: AccountKeys, bad: str
+) -> None:
+    from guardrails.chaos.checker import Units, parse_journal, read_aggregates, read_ledger
+
+    units = {s: Units(i.tick, i.lot) for s, i in risk().instruments.items()}
+    sync = redis_server.client()
+    coid = await place(redis_client, acct, "ck")
+    field = f"{SYMBOL}:buy"
+    await redis_client.hset(acct.reservations, field, bad)
+    with pytest.raises(ValueError, match=rf"{acct.reservations} field {field} is not an integer"):
+        read_ledger(sync, acct, units)
+    with pytest.raises(ValueError, match=rf"{acct.reservations} field {field} is not an integer"):
+        read_aggregates(sync, acct, risk())
+    await redis_client.hset(acct.reservations, field, "100")
+    await redis_client.hset(acct.order(coid), "filled_lots", bad)
+    with pytest.raises(ValueError, match=rf"order {coid} filled_lots is not an integer"):
+        read_ledger(sync, acct, units)
+    [(entry_id, admit)] = [e for e in await redis_client.xrange(acct.journal)
+                           if e[1].get("ev") == "admit"]
+    with pytest.raises(ValueError, match=rf"journal {entry_id} token is not an integer"):
+        parse_journal([(entry_id, {**admit, "token": bad})], units)
