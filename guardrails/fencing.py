@@ -161,7 +161,8 @@ async def highest_tokens(redis: aioredis.Redis, keys: AccountKeys, *,
     registry = 0
     for member in await redis.zrange(keys.instances, 0, -1):
         ikey = keys.instance(_s(member))
-        registry = max(registry, _int(await redis.hget(ikey, "token"), f"{ikey} token"))
+        token = await redis.hget(ikey, "token")  # '' while it holds none (a standby)
+        registry = max(registry, _int(token or None, f"{ikey} token"))
     out["registry"] = registry
     if paper_venue:
         out["venue_record"] = await _max_stream_token(
