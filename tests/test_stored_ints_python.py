@@ -282,3 +282,17 @@ async def test_checker_when_stored_fields_malformed_then_error_names_key_and_fie
                            if e[1].get("ev") == "admit"]
     with pytest.raises(ValueError, match=rf"journal {entry_id} token is not an integer"):
         parse_journal([(entry_id, {**admit, "token": bad})], units)
+
+
+@pytest.mark.parametrize("bad", MALFORMED)
+async def test_chaos_harness_counters_when_stats_malformed_then_error_names_field(
+    redis_client: aioredis.Redis, acct: AccountKeys, bad: str
+) -> None:
+    from guardrails.chaos.harness import _admitted, _decisions
+
+    await redis_client.hset(acct.stats, mapping={"admitted": "3", "denied:price_band": bad})
+    with pytest.raises(ValueError, match=rf"{acct.stats} denied:price_band is not an integer"):
+        await _decisions(redis_client, acct)
+    await redis_client.hset(acct.stats, "admitted", bad)
+    with pytest.raises(ValueError, match=rf"{acct.stats} admitted is not an integer"):
+        await _admitted(redis_client, acct)
