@@ -35,7 +35,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from guardrails import logs
+from guardrails import logs, scripts
 from guardrails.infra.embedded import state_dir
 from guardrails.keys import ACCOUNTS_INDEX, AccountKeys, PaperVenueKeys
 from guardrails.prune import read_archive
@@ -83,9 +83,22 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _int(v: Any) -> int:
-    text = _s(v) if v is not None else ""
-    return int(text) if text.isdigit() else 0
+def _opt(v: Any) -> str | None:
+    return None if v is None else _s(v)
+
+
+class FenceRecordError(ValueError):
+    """A record the fence floor is computed from holds a malformed token: recovery
+    refuses (a token read as 0 could put the floor below one already handed out)."""
+
+
+def _int(v: Any, what: str) -> int:
+    """A stored token (absent = 0), exactly as the scripts define one (lib/int.lua);
+    ``FenceRecordError`` naming ``what`` (key and field) otherwise."""
+    try:
+        return scripts.stored_nat(v, what)
+    except ValueError as e:
+        raise FenceRecordError(str(e)) from None
 
 
 async def read_alarm(redis: aioredis.Redis, keys: AccountKeys) -> dict[str, str] | None:
@@ -115,10 +128,10 @@ async def _max_stream_token(redis: aioredis.Redis, key: str, account: str | None
         batch = await redis.xrange(key, min=last, max="+", count=1000)
         if not batch:
             return best
-        for _, fields in batch:
+        for fid, fields in batch:
             f = {_s(k): v for k, v in (fields or {}).items()}
             if account is None or _s(f.get("account", "")) == account:
-                best = max(best, _int(f.get("token")))
+                best = max(best, _int(f.get("token"), f"{key} entry {_s(fid)} token"))
         last = "(" + _s(batch[-1][0])
         if len(batch) < 1000:
             return best
@@ -128,7 +141,8 @@ async def fence_status(redis: aioredis.Redis, keys: AccountKeys) -> dict[str, An
     """The account's epoch, fencing counter and alarm (read-only: GET, GET, HGETALL)."""
     epoch = await redis.get(keys.epoch)
     return {"account": str(keys.account), "epoch": None if epoch is None else _s(epoch),
-            "fence": _int(await redis.get(keys.fence)), "alarm": await read_alarm(redis, keys)}
+            "fence": _int(await redis.get(keys.fence), keys.fence),
+            "alarm": await read_alarm(redis, keys)}
 
 
 async def highest_tokens(redis: aioredis.Redis, keys: AccountKeys, *,
@@ -136,24 +150,28 @@ async def highest_tokens(redis: aioredis.Redis, keys: AccountKeys, *,
                          archive: Path | None = None) -> dict[str, int]:
     """The highest token each remaining record of the account shows, the prune archive
     (``archive``: the orders pruned from Redis, docs/keys.md) included."""
-    out: dict[str, int] = {"fence": _int(await redis.get(keys.fence))}
+    out: dict[str, int] = {"fence": _int(await redis.get(keys.fence), keys.fence)}
     alarm = await read_alarm(redis, keys)
-    out["alarm_seen"] = _int(alarm.get("seen_token")) if alarm else 0
+    out["alarm_seen"] = _int(alarm.get("seen_token"), f"{keys.fence_alarm} seen_token") if alarm else 0
     out["journal"] = await _max_stream_token(redis, keys.journal)
     orders = 0
     async for key in redis.scan_iter(match=keys.order("*"), count=500):
-        orders = max(orders, _int(await redis.hget(_s(key), "token")))
+        orders = max(orders, _int(await redis.hget(_s(key), "token"), f"{_s(key)} token"))
     out["orders"] = orders
     registry = 0
     for member in await redis.zrange(keys.instances, 0, -1):
-        registry = max(registry, _int(await redis.hget(keys.instance(_s(member)), "token")))
+        ikey = keys.instance(_s(member))
+        token = await redis.hget(ikey, "token")  # '' while it holds none (a standby)
+        registry = max(registry, _int(token or None, f"{ikey} token"))
     out["registry"] = registry
     if paper_venue:
         out["venue_record"] = await _max_stream_token(
             redis, PaperVenueKeys(paper_venue).record, str(keys.account))
     if archive is not None:
-        pruned = read_archive(archive).orders.values()
-        out["archive"] = max((_int(o.get("order", {}).get("token")) for o in pruned), default=0)
+        pruned = read_archive(archive).orders.items()
+        # the archive holds the records as Redis stored them: strings, read the same way
+        out["archive"] = max((_int(_opt(o.get("order", {}).get("token")),
+                                   f"{archive} order {c} token") for c, o in pruned), default=0)
     return out
 
 

@@ -73,6 +73,16 @@ class StateChange:
     """Processes subscribed to the control channel when the change was published."""
 
 
+def _at_ms(v: str | None, key: str) -> int | None:
+    """The latch's ``at_ms`` (absent: None) as lib/int.lua's stored integer."""
+    if not v:
+        return None
+    try:
+        return scripts.stored_nat(v, f"{key} at_ms")
+    except ValueError as e:
+        raise KillSwitchError(f"{e}: fail closed, fix the key") from None
+
+
 async def read_latch(redis: aioredis.Redis, keys: AccountKeys) -> Latch:
     """The account's latch (read-only: TYPE + HGETALL). Raises KillSwitchError on a bad shape."""
     kind = await redis.type(keys.state)
@@ -97,7 +107,7 @@ async def read_latch(redis: aioredis.Redis, keys: AccountKeys) -> Latch:
         state=state,
         reason=fields.get("reason", ""),
         by=fields.get("by", ""),
-        at_ms=int(at) if at and at.isdigit() else None,
+        at_ms=_at_ms(at, keys.state),
         revoked_token=fields.get("revoked_token", ""),
     )
 

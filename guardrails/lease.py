@@ -212,8 +212,13 @@ def _mapped(script: str, table: dict[int, Any], reply: object) -> Any:
 def parse_lease_value(value: str) -> tuple[int, str]:
     """``"<token>:<holder_id>"`` -> ``(token, holder_id)``; ``(-1, value)`` if malformed."""
     token, sep, holder = value.partition(":")
-    if sep and token.isdigit():
-        return int(token), holder
+    if sep:
+        try:  # lib/int.lua's stored integer: isdigit() also takes '١٠٠' and '²'
+            n = scripts.stored_nat(token, "lease token")
+        except ValueError:
+            return -1, value
+        if token:
+            return n, holder
     return -1, value
 
 

@@ -547,6 +547,7 @@ class Ledger:
         inst = self.risk.instruments.get(h["symbol"])
         lot = inst.lot if inst is not None else Decimal(0)
         nonce = h.get("nonce", "-")
+        o = f"order {h.get('coid', '?')} ({self.keys.order(h.get('coid', '?'))})"
         return OrderRecord(
             client_order_id=h["coid"],
             intent_id=h.get("intent_id", ""),
@@ -555,15 +556,15 @@ class Ledger:
             qty=Decimal(h["qty"]),
             price=Decimal(h["price"]),
             state=OrderState(h["state"]),
-            filled_qty=_i(h.get("filled_lots"), "order filled_lots") * lot,
-            open_qty=_i(h.get("open_lots"), "order open_lots") * lot,
-            token=_i(h.get("token"), "order token"),
-            created_ms=_i(h.get("created_ms"), "order created_ms"),
-            updated_ms=_i(h.get("updated_ms"), "order updated_ms"),
-            deadline_ms=_i(h.get("deadline_ms"), "order deadline_ms"),
+            filled_qty=_i(h.get("filled_lots"), f"{o} filled_lots") * lot,
+            open_qty=_i(h.get("open_lots"), f"{o} open_lots") * lot,
+            token=_i(h.get("token"), f"{o} token"),
+            created_ms=_i(h.get("created_ms"), f"{o} created_ms"),
+            updated_ms=_i(h.get("updated_ms"), f"{o} updated_ms"),
+            deadline_ms=_i(h.get("deadline_ms"), f"{o} deadline_ms"),
             venue_order_id=h.get("venue_order_id", ""),
             reason=h.get("reason", ""),
-            nonce=None if nonce in ("-", "") else _i(nonce, "order nonce"),
+            nonce=None if nonce in ("-", "") else _i(nonce, f"{o} nonce"),
         )
 
     async def open_orders(self) -> list[OrderRecord]:

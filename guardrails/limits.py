@@ -25,6 +25,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from guardrails import scripts
 from guardrails.config import RiskConfig
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
 from guardrails.tradingday import wall_clock_ms
@@ -212,9 +213,12 @@ async def check_or_init(
     if not diffs:
         return None
     c = current or {}
-    return LimitsMismatch(
-        tuple(diffs), c.get("digest", "?"), c.get("set_by", "?"), int(c.get("set_at_ms", "0") or 0)
-    )
+    try:  # lib/int.lua's stored integer, not int(): ' 100' or '+1' is not one
+        set_at = scripts.stored_nat(c.get("set_at_ms") or None, f"{keys.limits} set_at_ms")
+    except ValueError as e:
+        diffs.append(str(e))
+        set_at = 0
+    return LimitsMismatch(tuple(diffs), c.get("digest", "?"), c.get("set_by", "?"), set_at)
 
 
 async def apply(redis: aioredis.Redis, keys: AccountKeys, risk: RiskConfig, who: str) -> None:

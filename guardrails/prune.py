@@ -88,6 +88,15 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _updated_ms(key: str, v: Any) -> int:
+    """An order's stored ``updated_ms`` as lua/prune_orders.lua reads it (stored_nat):
+    ``PruneError`` naming the key when it is malformed, as the script would refuse it."""
+    try:
+        return scripts.stored_nat(v, f"{key} updated_ms")
+    except ValueError as e:
+        raise PruneError(f"{e}: nothing removed, fix the record") from None
+
+
 def default_archive_path(keys: AccountKeys, state_dir: Path) -> Path:
     """``<state dir>/archive/<venue>+<account>.jsonl`` (the account id is file-name safe)."""
     acct = keys.account
@@ -524,7 +533,7 @@ class Pruner:
         queued = {c for c, _ in pending}  # SCAN may return a key twice
         old = [c for c, (st, up) in zip(coids, heads, strict=True)
                if st is not None and _s(st) in _TERMINAL and up is not None
-               and _s(up).isdigit() and int(_s(up)) <= rep.cutoff_ms and c not in queued]
+               and _updated_ms(self.keys.order(c), up) <= rep.cutoff_ms and c not in queued]
         if old:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for c in old:

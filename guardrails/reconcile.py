@@ -135,8 +135,14 @@ async def _expected_reservations(ledger: Ledger, orders: dict[str, OrderRecord])
     for coid, rec in orders.items():
         if rec.state.terminal:
             continue
-        raw = await ledger.redis.hmget(ledger.keys.order(coid), ["open_lots", "wl"])
-        lots, wl = int(_s(raw[0] or 0)), int(_s(raw[1] or 0))
+        key = ledger.keys.order(coid)
+        raw = await ledger.redis.hmget(key, ["open_lots", "wl"])
+        # lua/ledger_rebuild.lua reads these two as stored_nat: the same values fail here
+        try:
+            lots = scripts.stored_nat(raw[0], f"order {coid} ({key}) open_lots")
+            wl = scripts.stored_nat(raw[1], f"order {coid} ({key}) wl")
+        except ValueError as e:
+            raise LedgerError(str(e)) from None
         sk, lk = f"{rec.symbol}:{rec.side.value}", f"{rec.symbol}:loss"
         exp[sk] = exp.get(sk, 0) + lots
         exp[lk] = exp.get(lk, 0) + lots * wl
@@ -153,11 +159,17 @@ async def _inspect(ledger: Ledger, venue: Venue) -> tuple[SweepReport, dict[str,
         if rec.state.terminal and coid in index:
             report.terminal_in_index.append(coid)
     report.dangling_in_index = sorted(index - set(orders))
-    stored = {
-        _s(k): int(_s(v)) for k, v in (await ledger.redis.hgetall(ledger.keys.reservations)).items()
-    }
+    stored: dict[str, int] = {}
+    malformed: set[str] = set()
+    for k, v in (await ledger.redis.hgetall(ledger.keys.reservations)).items():
+        try:  # the gate reads these as stored_int (lua/gate_admit.lua) and refuses a bad one
+            stored[_s(k)] = scripts.stored_int(v, f"{ledger.keys.reservations} field {_s(k)}")
+        except ValueError as e:
+            # a mismatch, not a crash: --fix rebuilds the hash from the order records
+            malformed.add(_s(k))
+            report.reservation_mismatches.append(f"{_s(k)}: {e}")
     expected = await _expected_reservations(ledger, orders)
-    for f in sorted(set(stored) | set(expected)):
+    for f in sorted((set(stored) | set(expected)) - malformed):
         if stored.get(f, 0) != expected.get(f, 0):
             report.reservation_mismatches.append(
                 f"{f}: stored {stored.get(f, 0)}, expected {expected.get(f, 0)}"

@@ -49,6 +49,16 @@ KEEP_SILENT_ROWS_MS = 24 * 3600 * 1000
 PRUNE_EVERY = 60
 """Prune on the first heartbeat and every this many after (not on every beat)."""
 
+def _stored_or(value: object, default: object) -> object:
+    """``value`` as lib/int.lua's stored integer, or ``default`` when it is not one."""
+    if not isinstance(value, str):
+        return default
+    try:
+        return scripts.stored_int(value, "field")
+    except ValueError:
+        return default
+
+
 INT_FIELDS = ("pid", "started_at_ms", "last_seen_ms", "standby_flag")
 """Fields ``list_instances`` returns as ``int`` (``token`` too, when set)."""
 
@@ -205,12 +215,12 @@ class Registry:
         for instance_id, score, raw in zip(ids, scores, records, strict=True):
             if raw:
                 record: dict[str, object] = {_text(k): _text(v) for k, v in raw.items()}
+                # lib/int.lua's stored integers; a malformed field stays its text (a
+                # token: None) rather than becoming a different number
                 for name in INT_FIELDS:
-                    value = record.get(name)
-                    if isinstance(value, str) and value.lstrip("-").isdigit():
-                        record[name] = int(value)
-                token = record.get("token")
-                record["token"] = int(token) if isinstance(token, str) and token.isdigit() else None
+                    if name in record:
+                        record[name] = _stored_or(record[name], record[name])
+                record["token"] = _stored_or(record.get("token"), None)
                 record["expired"] = False
                 out.append(record)
             elif include_expired:

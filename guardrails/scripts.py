@@ -101,6 +101,15 @@ def stored_int(value: str | bytes | None, what: str) -> int:
     return int(text)
 
 
+def stored_nat(value: str | bytes | None, what: str) -> int:
+    """lib/int.lua's ``stored_nat``: a stored integer (``stored_int``) that is ``>= 0``;
+    absent is 0. Raises ``ValueError`` naming ``what`` otherwise."""
+    n = stored_int(value, what)
+    if n < 0:
+        raise ValueError(f"{what} is negative: {n}")
+    return n
+
+
 def register(redis: aioredis.Redis, name: str) -> AsyncScript:
     """Register script ``name`` on ``redis``: call it with ``keys=`` and ``args=``; on
     NOSCRIPT (a restarted, failed-over or flushed Redis) redis-py loads the same text

@@ -45,6 +45,7 @@ The checks (numbering = ``INVARIANTS``):
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,18 @@ from zoneinfo import ZoneInfo
 from guardrails.config import RiskConfig
 from guardrails.keys import AccountKeys
 from guardrails.model import Side
+
+_STORED_INT = re.compile(r"-?[0-9]{1,17}")
+
+
+def _int(v: Any, what: str) -> int:
+    """A stored integer as docs/keys.md defines it (``^-?[0-9]+$``, ``|n| < 2^53``),
+    parsed here rather than imported (the checker trusts no module it checks); a
+    ``ValueError`` naming ``what`` (key and field) otherwise, never another number."""
+    text = v if isinstance(v, str) else str(v)
+    if not _STORED_INT.fullmatch(text) or abs(int(text)) >= 2**53:
+        raise ValueError(f"{what} is not an integer: {text!r}")
+    return int(text)
 
 INVARIANTS: dict[int, str] = {
     1: "admissions fenced (token never goes back)",
@@ -656,11 +669,12 @@ def check_aggregates(view: AggregateView) -> list[Violation]:
                 continue
             g = w * mark * k
             u = max(0, c - p * mark * k)
-        have = (int(agg.get(f"g:{sym}", 0)), int(agg.get(f"u:{sym}", 0)))
+        have = (_int(agg.get(f"g:{sym}", 0), f"agg g:{sym}"),
+                _int(agg.get(f"u:{sym}", 0), f"agg u:{sym}"))
         if have != (g, u):
             out.append(Violation(4, f"aggregates g/u:{sym} = {have}, the book gives {(g, u)}"))
         gross, uloss = gross + g, uloss + u
-    totals = tuple(int(agg.get(f, 0)) for f in ("gross", "uloss", "rloss"))
+    totals = tuple(_int(agg.get(f, 0), f"agg {f}") for f in ("gross", "uloss", "rloss"))
     if totals != (gross, uloss, rloss):
         out.append(Violation(4, f"aggregate totals (gross, uloss, rloss) = {totals}, the "
                                 f"book gives {(gross, uloss, rloss)}"))
@@ -942,12 +956,14 @@ def parse_journal(
                 Admission(
                     seq=seq,
                     coid=f["coid"],
-                    token=int(f["token"]),
+                    token=_int(f["token"], f"journal {entry_id} token"),
                     symbol=sym,
                     side=Side(f["side"]),
-                    qty=Decimal(f["qty"]) if "qty" in f else u.lot * int(f["lots"]),
-                    price=Decimal(f["price"]) if "price" in f else u.tick * int(f["ticks"]),
-                    deadline_ms=int(f["deadline_ms"]),
+                    qty=(Decimal(f["qty"]) if "qty" in f
+                         else u.lot * _int(f["lots"], f"journal {entry_id} lots")),
+                    price=(Decimal(f["price"]) if "price" in f
+                           else u.tick * _int(f["ticks"], f"journal {entry_id} ticks")),
+                    deadline_ms=_int(f["deadline_ms"], f"journal {entry_id} deadline_ms"),
                     ts_ms=ts,
                     epoch=epoch,
                     holder=f.get("holder", ""),
@@ -956,7 +972,9 @@ def parse_journal(
         elif kind == "trading_state":
             tok = f.get("revoked_token", "")
             if tok:
-                revocations.append(Revocation(seq, int(tok), int(f.get("at_ms") or ts), epoch))
+                at = _int(f["at_ms"], f"journal {entry_id} at_ms") if f.get("at_ms") else ts
+                revocations.append(Revocation(
+                    seq, _int(tok, f"journal {entry_id} revoked_token"), at, epoch))
         elif kind in ("transition", "fill"):
             # Applied state changes only: ``refused_*`` entries record what the ledger
             # script refused to do, which is the invariant working, not a move.
@@ -997,8 +1015,9 @@ def read_archive_rows(path: Any) -> tuple[dict[str, dict[str, str]], dict[str, s
 def _ledger_order(coid: str, h: dict[str, str], units: dict[str, Units]) -> LedgerOrder:
     sym = h["symbol"]
     lot = units[sym].lot
-    qty = Decimal(h["qty"]) if "qty" in h else lot * int(h["lots"])
-    filled = lot * int(h["filled_lots"]) if "filled_lots" in h else Decimal(h.get("filled", "0"))
+    qty = Decimal(h["qty"]) if "qty" in h else lot * _int(h["lots"], f"order {coid} lots")
+    filled = (lot * _int(h["filled_lots"], f"order {coid} filled_lots") if "filled_lots" in h
+              else Decimal(h.get("filled", "0")))
     return LedgerOrder(coid, h["state"], sym, Side(h["side"]), qty, filled)
 
 
@@ -1011,7 +1030,7 @@ def read_ledger(
     for fld, val in (client.hgetall(keys.positions) or {}).items():
         if fld.endswith(":qty"):
             sym = fld[: -len(":qty")]
-            positions[sym] = units[sym].lot * int(val)
+            positions[sym] = units[sym].lot * _int(val, f"{keys.positions} field {fld}")
     fills = dict(client.hgetall(keys.fills) or {})
     open_orders = frozenset(client.smembers(keys.open_orders) or ())
     orders: dict[str, LedgerOrder] = {}
@@ -1032,9 +1051,9 @@ def read_ledger(
     for fld, val in (client.hgetall(keys.reservations) or {}).items():
         sym, _, part = fld.rpartition(":")
         if part in ("buy", "sell") and sym in units:
-            reserved[fld] = units[sym].lot * int(val)
+            reserved[fld] = units[sym].lot * _int(val, f"{keys.reservations} field {fld}")
         elif part == "loss":
-            reserved[fld] = Decimal(int(val))
+            reserved[fld] = Decimal(_int(val, f"{keys.reservations} field {fld}"))
     return LedgerView(positions, fills, orders, open_orders, reserved)
 
 
@@ -1096,7 +1115,8 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any,
     entries_read = total_entries
     orders, fills, ends, other = parse_venue_rows(read_jsonl(record_path))
     stats = client.hgetall(keys.stats) or {}
-    denied = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("denied:")}
+    denied = {k.split(":", 1)[1]: _int(v, f"{keys.stats} field {k}")
+              for k, v in stats.items() if k.startswith("denied:")}
     limits = Limits(
         max_position={s: i.max_position for s, i in risk.instruments.items()},
         daily_loss_limit=risk.daily_loss_limit,
@@ -1112,7 +1132,8 @@ def load(client: Any, keys: AccountKeys, risk: RiskConfig, record_path: Any,
         venue_ends=ends,
         revocations=revocations,
         denied=denied,
-        admitted_counter=int(stats["admitted"]) if "admitted" in stats else None,
+        admitted_counter=(_int(stats["admitted"], f"{keys.stats} field admitted")
+                          if "admitted" in stats else None),
         journal_entries=entries_read,
         journal_added=added,
         histories=histories,
@@ -1127,9 +1148,12 @@ def read_aggregates(client: Any, keys: AccountKeys, risk: RiskConfig) -> Aggrega
     scale = Decimal(10) ** risk.quote_decimals
     return AggregateView(
         agg=dict(client.hgetall(keys.aggregates) or {}),
-        positions={f: int(v) for f, v in (client.hgetall(keys.positions) or {}).items()
+        positions={f: _int(v, f"{keys.positions} field {f}")
+                   for f, v in (client.hgetall(keys.positions) or {}).items()
                    if not f.endswith(":rpnl")},
-        reservations={f: int(v) for f, v in (client.hgetall(keys.reservations) or {}).items()},
-        marks={f: int(v) for f, v in (client.hgetall(keys.marks) or {}).items()},
+        reservations={f: _int(v, f"{keys.reservations} field {f}")
+                      for f, v in (client.hgetall(keys.reservations) or {}).items()},
+        marks={f: _int(v, f"{keys.marks} field {f}")
+               for f, v in (client.hgetall(keys.marks) or {}).items()},
         k={s: int(i.tick * i.lot * scale) for s, i in risk.instruments.items()},
     )

@@ -49,6 +49,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from guardrails import scripts
 from guardrails.chaos import checker, faults, report
 from guardrails.chaos.proxy import ChaosProxy
 from guardrails.chaos.redisha import SentinelRedis
@@ -804,7 +805,7 @@ async def _admitted(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
     for _ in range(3):
         with contextlib.suppress(*_REDIS_DOWN):
             v = await direct.hget(keys.stats, "admitted")
-            return int(v or 0)
+            return scripts.stored_nat(v, f"{keys.stats} admitted")
         await asyncio.sleep(0.2)
     return None
 
@@ -823,11 +824,11 @@ async def _decisions(direct: aioredis.Redis, keys: AccountKeys) -> int | None:
     for _ in range(3):
         with contextlib.suppress(*_REDIS_DOWN):
             stats = await direct.hgetall(keys.stats)
-            total = int(stats.get("admitted", 0))
+            total = scripts.stored_nat(stats.get("admitted"), f"{keys.stats} admitted")
             for field_name, value in stats.items():
                 reason = str(field_name).removeprefix("denied:")
                 if reason in POST_FENCE_REASONS and str(field_name).startswith("denied:"):
-                    total += int(value)
+                    total += scripts.stored_nat(value, f"{keys.stats} denied:{reason}")
             return total
         await asyncio.sleep(0.2)
     return None

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from guardrails.config import Config, ConfigError
-from guardrails.fencing import fence_status, recover
+from guardrails.fencing import FenceRecordError, fence_status, recover
 from guardrails.infra import connect
 from guardrails.infra.embedded import state_dir
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
@@ -111,6 +111,10 @@ async def _fence(args: argparse.Namespace) -> int:
         result = await recover(redis, keys, above=args.above, paper_venue=paper,
                                archive=_archive(cfg, keys))
         latch = {_s(k): _s(v) for k, v in (await redis.hgetall(keys.state)).items()}
+    except FenceRecordError as e:
+        print(f"guardrails fence: {e}; nothing written (repair the record, then run again)",
+              file=sys.stderr)
+        return 1
     except VenueError as e:
         print(f"guardrails fence recover: the venue cannot be read ({e}); the alarm stays set "
               "(--no-venue re-seeds without rebuilding the ledger)", file=sys.stderr)

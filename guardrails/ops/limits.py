@@ -15,6 +15,7 @@ import asyncio
 import json
 import sys
 
+from guardrails import scripts
 from guardrails.config import RiskConfig
 from guardrails.infra import connect
 from guardrails.keys import AccountKeys
@@ -60,6 +61,14 @@ async def _cmd_limits(args: argparse.Namespace) -> int:
         await redis.aclose()
 
 
+def _set_at_ms(v: str | None) -> int | None:
+    """The stored ``set_at_ms`` (lib/int.lua's stored integer), None when malformed."""
+    try:
+        return scripts.stored_nat(v or None, "set_at_ms")
+    except ValueError:
+        return None
+
+
 def _show(risk: RiskConfig, current: dict[str, str], *, as_json: bool, account: str) -> int:
     if not current:
         msg = {"account": account, "stored": None}
@@ -73,7 +82,7 @@ def _show(risk: RiskConfig, current: dict[str, str], *, as_json: bool, account: 
             "stored": cfg,
             "digest": current.get("digest"),
             "set_by": current.get("set_by"),
-            "set_at_ms": int(current.get("set_at_ms", "0") or 0),
+            "set_at_ms": _set_at_ms(current.get("set_at_ms")),
             "differences_from_config": diffs,
         }, indent=2, sort_keys=True))
         return 0

@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from guardrails import redacted
+from guardrails import redacted, scripts
 from guardrails.config import Config, RiskConfig
 from guardrails.fencing import read_alarm
 from guardrails.infra import connect
@@ -63,9 +63,12 @@ def _dec(value: object) -> str | None:
 
 
 def _int_or_none(value: object) -> int | None:
+    # lib/int.lua's stored integer, not int(): ' 100', '+1', '1_000' are not one
+    if value is None:
+        return None
     try:
-        return int(str(value))
-    except (TypeError, ValueError):
+        return scripts.stored_int(str(value), "field")
+    except ValueError:
         return None
 
 
@@ -88,6 +91,8 @@ async def _lease(redis: aioredis.Redis, keys: AccountKeys, errors: list[str]) ->
         holder = who if sep else str(value)
         if token is None:
             errors.append(f"lease value {value!r} is not '<token>:<holder>'")
+    if fence is not None and _int_or_none(fence) is None:
+        errors.append(f"{keys.fence} value {fence!r} is not an integer")
     return {
         "holder": holder,
         "token": token,

@@ -107,6 +107,17 @@ _FILLS_PER_BATCH = 200
 _ALREADY_KNOWN = re.compile(r"already known|known transaction|already imported", re.I)
 
 
+def _stored_nonce(rec: Mapping[str, str], key: str) -> int:
+    """The bound record's nonce as lib/int.lua's stored integer (``int()`` would read
+    ' 1' or '+1'): a ``VenueError`` naming the key otherwise, so the order stays unsettled."""
+    try:
+        return scripts.stored_nat(rec["nonce"], f"{key} nonce")
+    except KeyError:
+        raise VenueError(f"{key} has no nonce") from None
+    except ValueError as e:
+        raise VenueError(str(e)) from None
+
+
 class NotHolder(VenueError):
     """``sync_nonce`` was refused: the caller's token/holder is not the live lease."""
 
@@ -601,7 +612,7 @@ class EvmVenue:
             return VenueOrderStatus(coid, VenueOrderState.REJECTED, detail=rec.get("reason", ""))
         if rec.get("kind") == "filler":
             return VenueOrderStatus(coid, VenueOrderState.REJECTED, detail=rec.get("reason", ""))
-        tx_hash, nonce = rec["hash"], int(rec["nonce"])
+        tx_hash, nonce = rec["hash"], _stored_nonce(rec, self.record_key(coid))
         # Order matters: read the mined nonce first, then the receipt. If the nonce was
         # used and our transaction has no receipt after that, another one used it.
         mined_nonce = await self._w3.eth.get_transaction_count(self._checksum, "latest")

@@ -28,6 +28,7 @@ import psutil
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from guardrails import scripts
 from guardrails.config import REDIS_URL_ENV, ConfigError, load_config
 from guardrails.fencing import read_alarm
 from guardrails.infra import connect, persistence
@@ -208,9 +209,12 @@ class Snapshot:
 
 def as_int(v: object) -> int | None:
     """``v`` as an int, or None when it is not one (a field of a hand-edited key)."""
+    # lib/int.lua's stored integer, not int(): ' 100', '+1', '1_000' are not one
+    if v is None:
+        return None
     try:
-        return int(str(v))
-    except (TypeError, ValueError):
+        return scripts.stored_int(str(v), "field")
+    except ValueError:
         return None
 
 
