@@ -161,12 +161,13 @@ async def test_fence_status_when_fence_malformed_then_refused_naming_the_key(
     assert doc["fence"] is None and errors == [f"{acct.fence} value {bad!r} is not an integer"]
 
 
-@pytest.mark.parametrize("bad", ["+1", " 100", "1_000", "0x64", "1e3"])
+@pytest.mark.parametrize("bad", MALFORMED)
 async def test_lease_acquire_when_fence_malformed_then_script_fails_closed_too(
     redis_client: aioredis.Redis, bad: str
 ) -> None:
-    # Lua's side of the fence: INCR refuses the same spellings (2^53 + 1 it would take:
-    # Python refuses it as wider than a stored integer, fail closed)
+    # Lua's side of the fence: lease_acquire.lua reads the fence with lib/int's rule
+    # before any write (a fence from before epochs would otherwise get its epoch set
+    # first, and INCR would take 2^53 + 1)
     from redis.exceptions import ResponseError
 
     from guardrails.config import LeaseConfig
@@ -175,10 +176,29 @@ async def test_lease_acquire_when_fence_malformed_then_script_fails_closed_too(
     keys = account_keys("fencebad")
     await redis_client.set(keys.fence, bad)
     lease = Lease(redis_client, keys, "h", LeaseConfig.model_validate({"ttl": "10s"}))
-    with pytest.raises(ResponseError, match="value is not an integer"):
+    with pytest.raises(ResponseError, match=f"lease_acquire: fence {keys.fence} is not an integer"):
         await lease.try_acquire()
     assert await redis_client.get(keys.lease) is None
     assert await redis_client.get(keys.fence) == bad
+    assert await redis_client.get(keys.epoch) is None
+
+
+@pytest.mark.parametrize("bad", MALFORMED)
+async def test_lease_acquire_when_alarm_seen_token_malformed_then_refused_naming_it(
+    redis_client: aioredis.Redis, bad: str
+) -> None:
+    from redis.exceptions import ResponseError
+
+    from guardrails.config import LeaseConfig
+    from guardrails.lease import Lease
+
+    keys = account_keys("alarmbad")
+    await redis_client.hset(keys.fence_alarm, mapping={"reason": "history_lost", "seen_token": bad})
+    lease = Lease(redis_client, keys, "h", LeaseConfig.model_validate({"ttl": "10s"}))
+    with pytest.raises(ResponseError, match=f"alarm {keys.fence_alarm} seen_token is not an integer"):
+        await lease.try_acquire()
+    assert await redis_client.get(keys.lease) is None
+    assert await redis_client.hget(keys.fence_alarm, "seen_token") == bad
 
 
 # -- prune.py and prune_orders.lua ------------------------------------------------------

@@ -39,10 +39,21 @@ if seen_token == nil or seen_token < 0 or new_epoch == '' then
   return redis.error_reply('lease_acquire: seen_token must be >= 0 and new_epoch non-empty')
 end
 
+-- a stored integer field (lib/int's one rule; absent = 0), or nil and why: the script
+-- then answers an error naming the key, before any write
+local function stored(v, what)
+  local ok, n = pcall(stored_nat, v, what)
+  if ok then return n end
+  return nil, failure_detail(n) or tostring(n)
+end
+
 local seen = seen_epoch .. ':' .. string.format('%d', seen_token)
 if redis.call('EXISTS', alarm_key) == 1 then
+  local alarm_seen, why = stored(redis.call('HGET', alarm_key, 'seen_token'),
+    'alarm ' .. alarm_key .. ' seen_token')
+  if not alarm_seen then return redis.error_reply('lease_acquire: ' .. why) end
   -- keep the highest token any refused instance saw: recovery re-seeds above it
-  if seen_token > tonumber(redis.call('HGET', alarm_key, 'seen_token') or '0') then
+  if seen_token > alarm_seen then
     redis.call('HSET', alarm_key, 'seen_token', string.format('%d', seen_token),
       'seen_epoch', seen_epoch)
   end
@@ -51,6 +62,10 @@ end
 
 local epoch = redis.call('GET', epoch_key)
 local fence_now = redis.call('GET', fence_key)
+-- the fence is read as a stored integer before anything is written (INCR below would
+-- refuse ' 100' or '0x64' too, but only after the epoch may have been set)
+local fence_n, fence_why = stored(fence_now, 'fence ' .. fence_key)
+if not fence_n then return redis.error_reply('lease_acquire: ' .. fence_why) end
 local refused = nil
 if not epoch then
   if seen_token > 0 or seen_epoch ~= '' then
@@ -83,7 +98,7 @@ if not epoch then
   epoch = new_epoch  -- a new account: its history starts here
   redis.call('SET', epoch_key, epoch)
 end
-if seen_token > 0 and tonumber(fence_now or '0') < seen_token then
+if seen_token > 0 and fence_n < seen_token then
   redis.call('SET', fence_key, string.format('%d', seen_token))
 end
 local token = redis.call('INCR', fence_key)
