@@ -51,13 +51,14 @@ _GIVE_UP = 20
 
 
 def admitted(reply: object) -> bool:
-    """True when ``reply`` is gate_admit.lua's answer for an admission: a list whose first
-    element is the integer code 0. Anything else (a denial's code, an error, a shape
-    another client decoded differently) is not an admission."""
-    if not isinstance(reply, list | tuple) or not reply:
+    """True when ``reply`` is gate_admit.lua's answer for a FRESH admission: its 9-element
+    list with code 0 and the duplicate flag 0. Anything else (a denial's code, a
+    duplicate, an error, a shape another client decoded differently) is not one."""
+    if not isinstance(reply, list | tuple) or len(reply) != 9:
         return False
-    code = reply[0]
-    return isinstance(code, int) and not isinstance(code, bool) and code == 0
+    code, duplicate = reply[0], reply[1]
+    return all(isinstance(x, int) and not isinstance(x, bool) and x == 0
+               for x in (code, duplicate))
 
 
 def pong(reply: object) -> bool:
@@ -254,6 +255,8 @@ async def _concurrent(s: Subject, kind: str, counter: itertools.count[int], coun
     async def worker() -> None:
         nonlocal ok
         for prepared in it:
+            if not s.usable:
+                break
             s.calls += 1
             try:
                 await (s.decide(prepared) if kind == "decide" else s.ping())
