@@ -88,8 +88,8 @@ class Subject:
     connections: int = 0
     lat: dict[str, list[float]] = field(default_factory=lambda: {"ping": [], "decide": []})
     rate: dict[str, list[float]] = field(default_factory=lambda: {"ping": [], "decide": []})
-    cpu: list[float] = field(default_factory=list)
-    """This process's CPU (% of one core) in each concurrent decision round."""
+    cpu: list[tuple[float, float]] = field(default_factory=list)
+    """(this process, redis-server) CPU, % of one core, in each concurrent decision round."""
 
     def failed(self, e: BaseException) -> None:
         self.errors += 1
@@ -244,9 +244,11 @@ async def _sequential(subjects: list[Subject], counter: itertools.count[int], ro
             progress(NAME, f"{r}/{rounds} sequential rounds")
 
 
-async def _concurrent(s: Subject, kind: str, counter: itertools.count[int], count: int) -> float:
+async def _concurrent(s: Subject, kind: str, counter: itertools.count[int], count: int,
+                      info: aioredis.Redis) -> float:
     """``count`` calls of ``kind`` over CONCURRENCY tasks on ``s``'s client: calls/s (0.0
-    when any failed; the failures are counted on ``s``)."""
+    when any failed; the failures are counted on ``s``). ``info`` reads redis-server's CPU
+    before and after (outside the timed window)."""
     work = ([s.prepare(next(counter)) for _ in range(count)] if kind == "decide"
             else [None] * count)
     it = iter(work)
@@ -265,27 +267,35 @@ async def _concurrent(s: Subject, kind: str, counter: itertools.count[int], coun
                 ok = False
 
     me = psutil.Process()
+    r0 = await _redis_cpu(info)
     c0, t = sum(me.cpu_times()[:2]), time.perf_counter()
     async with asyncio.TaskGroup() as tg:
         for _ in range(CONCURRENCY):
             tg.create_task(worker())
     wall = time.perf_counter() - t
+    c1 = sum(me.cpu_times()[:2])
     if kind == "decide":
-        s.cpu.append(100 * (sum(me.cpu_times()[:2]) - c0) / wall)
+        s.cpu.append((100 * (c1 - c0) / wall, 100 * (await _redis_cpu(info) - r0) / wall))
     return count / wall if ok else 0.0
 
 
+async def _redis_cpu(client: aioredis.Redis) -> float:
+    """redis-server's user + sys CPU seconds so far (INFO cpu)."""
+    cpu = await client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 async def _throughput(subjects: list[Subject], counter: itertools.count[int], rounds: int,
-                      per_round: int) -> None:
+                      per_round: int, info: aioredis.Redis) -> None:
     """Phase 2: rounds alternate kind by kind (the order rotating), each CONCURRENCY tasks."""
     kinds = [(s, k) for s in subjects if s.usable for k in ("ping", "decide")]
     for s, kind in kinds:  # warm-up: pools grow their connections, scripts are cached
-        await _concurrent(s, kind, counter, 500)
+        await _concurrent(s, kind, counter, 500, info)
     for r in range(rounds):
         shift = (2 * r) % len(kinds)
         for s, kind in kinds[shift:] + kinds[:shift]:
             if s.usable:
-                s.rate[kind].append(await _concurrent(s, kind, counter, per_round))
+                s.rate[kind].append(await _concurrent(s, kind, counter, per_round, info))
         progress(NAME, f"concurrent round {r + 1}/{rounds}: " + ", ".join(
             f"{s.name} {statistics.median(s.rate['decide']):,.0f}/s" for s in subjects
             if s.rate["decide"]))
@@ -343,13 +353,16 @@ def rows_for(subjects: list[Subject], *, rounds: int, rate_rounds: int, per_roun
             status=INFO,
             note=f"{CONCURRENCY} tasks on one client{_connections(s)}; {rate_rounds} rounds of "
             f"{per_round} calls per kind, alternating, median round; every decision admitted; "
-            f"this process's CPU in the decision rounds {statistics.median(s.cpu):.0f} % of a core "
-            "(median)",
+            f"CPU in the decision rounds (% of one core, median): this process "
+            f"{statistics.median(c for c, _ in s.cpu):.0f} %, redis-server "
+            f"{statistics.median(r for _, r in s.cpu):.0f} %",
             data={"decide_rates": [round(x) for x in s.rate["decide"]],
                   "ping_rates": [round(x) for x in s.rate["ping"]],
                   "ratio_vs_redis_py_ping": round(rate / ping_rate, 3),
                   "ratio_vs_gate": round(rate / g_rate, 3) if gate_ok else None,
-                  "client_cpu_pct_median": round(statistics.median(s.cpu), 1),
+                  "cpu_pct_median": {
+                      "client": round(statistics.median(c for c, _ in s.cpu), 1),
+                      "redis": round(statistics.median(r for _, r in s.cpu), 1)},
                   "connections": s.connections},
         ))
     return rows
@@ -387,7 +400,7 @@ async def run(*, quick: bool) -> list[Row]:
                          + ", ".join(s.name for s in subjects if s.usable))
                 await _sequential(subjects, counter, rounds, warmup)
                 progress(NAME, f"{rate_rounds} concurrent rounds of {per_round} calls per kind")
-                await _throughput(subjects, counter, rate_rounds, per_round)
+                await _throughput(subjects, counter, rate_rounds, per_round, client)
                 stats = await client.info("commandstats")
                 named = [c.get("name", "") for c in await client.client_list()]
                 for s in subjects:

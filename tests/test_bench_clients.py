@@ -76,7 +76,7 @@ async def test_sequential_when_the_lease_is_lost_then_every_client_is_a_broken_r
 async def test_rows_when_one_client_repeats_an_intent_then_only_its_rows_are_broken(
     redis_server: RedisServer,
 ) -> None:
-    async with _bench(redis_server) as (_, subjects):
+    async with _bench(redis_server) as (client, subjects):
         # Arrange: the gate's path is handed intent 0 (already admitted) every time
         gate = next(s for s in subjects if s.name == "gate")
         gate.prepare = lambda _: intent(0)
@@ -84,7 +84,7 @@ async def test_rows_when_one_client_repeats_an_intent_then_only_its_rows_are_bro
         # Act
         counter = itertools.count(1)
         await clients._sequential(subjects, counter, 4, 0)
-        await clients._throughput(subjects, counter, 1, 100)
+        await clients._throughput(subjects, counter, 1, 100, client)
         rows = {r.figure: r for r in clients.rows_for(subjects, rounds=4, rate_rounds=1,
                                                        per_round=100, inside_us=0.0)}
 
