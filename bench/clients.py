@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import statistics
 import time
@@ -114,32 +115,47 @@ class NotAdmitted(RuntimeError):
     """A decision's reply was not an admission (a fresh intent must be admitted)."""
 
 
-def _missing(module: str) -> str | None:
-    why = available(module)
-    return (f"{why} (install the bench extra: pip install -e '.[bench]', as `make bench` does)"
-            if why else None)
+def _missing(module: str, package: str) -> str | None:
+    """None if ``module`` (PyPI ``package``) imports, else why not, for a NOT MEASURED row."""
+    if importlib.util.find_spec(module) is None:
+        return (f"{package} is not installed (the bench extra: pip install -e '.[bench]', as "
+                "`make bench` does)")
+    return available(module)
+
+
+def _script_subject(name: str, what: str, ping: Callable[[], Awaitable[object]],
+                    evalsha: Callable[[list[bytes], list[bytes]], Awaitable[object]],
+                    prepare: Callable[[int], Prepared], conn_name: str) -> Subject:
+    """A client calling the gate's script with prepared (keys, args), each reply checked."""
+
+    async def checked_ping() -> None:
+        if not pong(await ping()):
+            raise NotAdmitted(f"{name} PING did not PONG")
+
+    async def decide(p: Prepared) -> None:
+        reply = await evalsha(*p)
+        if not admitted(reply):
+            raise NotAdmitted(f"{name}: the decision was not an admission: {reply!r}"[:200])
+
+    return Subject(name, what, checked_ping, decide, prepare, conn_name=conn_name)
+
+
+def _absent(name: str, why: str) -> Subject:
+    async def never(*_: object) -> None:
+        raise NotAdmitted(f"{name} is not measured: {why}")
+
+    return Subject(name, "", never, never, lambda i: i, missing=why)
 
 
 async def _subjects(stack: contextlib.AsyncExitStack, url: str, port: int,
                     client: aioredis.Redis, gate: Any) -> list[Subject]:
     """The four clients, connected (each closed by ``stack``), or marked missing."""
-    client_name = client.connection_pool.connection_kwargs.get("client_name") or ""
     sha: str = gate._script.sha
     text: str = gate._script.script
     nkeys = b"%d" % len(gatesetup.call_args(gate, 0)[0])
 
     def raw(i: int) -> Prepared:
         return gatesetup.call_args(gate, i)
-
-    async def rp_ping() -> None:
-        if not pong(await client.ping()):
-            raise NotAdmitted("redis-py PING did not PONG")
-
-    async def rp_decide(p: Prepared) -> None:
-        keys, args = p
-        reply = await client.execute_command("EVALSHA", sha, nkeys, *keys, *args)
-        if not admitted(reply):
-            raise NotAdmitted(f"redis-py EVALSHA was not an admission: {reply!r}"[:200])
 
     wire = gate._wire
 
@@ -151,16 +167,18 @@ async def _subjects(stack: contextlib.AsyncExitStack, url: str, port: int,
         await gatesetup.admit(gate, it)
 
     subjects = [
-        Subject("redis-py", "redis.asyncio execute_command('EVALSHA', ...), the gate's "
-                "fallback path; PING: client.ping()", rp_ping, rp_decide, raw,
-                conn_name=client_name),
+        _script_subject(
+            "redis-py", "redis.asyncio execute_command('EVALSHA', ...), the gate's fallback "
+            "path; PING: client.ping()", client.ping,
+            lambda k, a: client.execute_command("EVALSHA", sha, nkeys, *k, *a), raw,
+            client.connection_pool.connection_kwargs.get("client_name") or ""),
         Subject("gate", "OrderGate.admit on a plain client: its own pipelined connection "
                 "(guardrails/gatewire.py); PING: pre-packed bytes on that connection",
                 wire_ping, gate_decide, intent,
                 missing=None if wire is not None else "the gate has no wire on this client"),
     ]
 
-    missing = _missing("coredis")
+    missing = _missing("coredis", "coredis")
     if missing is None:
         import coredis
 
@@ -169,24 +187,14 @@ async def _subjects(stack: contextlib.AsyncExitStack, url: str, port: int,
         loaded = await cd.script_load(text)
         if (loaded.decode() if isinstance(loaded, bytes) else loaded) != sha:
             raise RuntimeError(f"coredis script_load gave sha {loaded!r}, expected {sha}")
-
-        async def cd_ping() -> None:
-            if not pong(await cd.ping()):
-                raise NotAdmitted("coredis PING did not PONG")
-
-        async def cd_decide(p: Prepared) -> None:
-            keys, args = p
-            reply = await cd.evalsha(sha, keys, args)
-            if not admitted(reply):
-                raise NotAdmitted(f"coredis evalsha was not an admission: {reply!r}"[:200])
-
-        subjects.append(Subject(
+        subjects.append(_script_subject(
             "coredis", f"coredis {coredis.__version__} Redis.evalsha (after its script_load); "
-            "PING: client.ping()", cd_ping, cd_decide, raw, conn_name="bench-coredis"))
+            "PING: client.ping()", cd.ping, lambda k, a: cd.evalsha(sha, k, a), raw,
+            "bench-coredis"))
     else:
-        subjects.append(Subject("coredis", "", rp_ping, rp_decide, raw, missing=missing))
+        subjects.append(_absent("coredis", missing))
 
-    missing = _missing("glide")
+    missing = _missing("glide", "valkey-glide")
     if missing is None:
         from importlib.metadata import version
 
@@ -199,23 +207,12 @@ async def _subjects(stack: contextlib.AsyncExitStack, url: str, port: int,
         script = glide.Script(text)
         if script.get_hash() != sha:
             raise RuntimeError(f"glide Script hash {script.get_hash()}, expected {sha}")
-
-        async def gl_ping() -> None:
-            if not pong(await gl.ping()):
-                raise NotAdmitted("glide PING did not PONG")
-
-        async def gl_decide(p: Prepared) -> None:
-            keys, args = p
-            reply = await gl.invoke_script(script, keys, args)
-            if not admitted(reply):
-                raise NotAdmitted(f"glide invoke_script was not an admission: {reply!r}"[:200])
-
-        subjects.append(Subject(
+        subjects.append(_script_subject(
             "valkey-glide", f"valkey-glide {version('valkey-glide')} GlideClient.invoke_script "
-            "(EVALSHA, SCRIPT LOAD on NOSCRIPT); PING: client.ping()", gl_ping, gl_decide, raw,
-            conn_name="bench-glide"))
+            "(EVALSHA, SCRIPT LOAD on NOSCRIPT); PING: client.ping()", gl.ping,
+            lambda k, a: gl.invoke_script(script, k, a), raw, "bench-glide"))
     else:
-        subjects.append(Subject("valkey-glide", "", rp_ping, rp_decide, raw, missing=missing))
+        subjects.append(_absent("valkey-glide", missing))
     return subjects
 
 
