@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+BENCHSTAMP := $(VENV)/.installed-bench-stamp
 RUNSTAMP := $(VENV)/.installed-run-stamp
 CONFIG ?= config/paper.toml
 DURATION ?= 600
@@ -10,8 +11,9 @@ SEED ?=
 
 .PHONY: setup run test bench lint chaos clean browser example
 
-# Two stamps: `make run` installs the runtime dependencies only; `make test`, `lint`, `bench`
-# and `chaos` add the dev tools (.[dev]). Either is redone when pyproject.toml changes.
+# Three stamps: `make run` installs the runtime dependencies only; `make test`, `lint` and
+# `chaos` add the dev tools (.[dev]); `make bench` adds the other Redis clients it compares
+# (.[dev,bench]). Each is redone when pyproject.toml changes.
 $(RUNSTAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "guardrails needs Python 3.11+, found " + sys.version.split()[0]'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +24,10 @@ $(RUNSTAMP): pyproject.toml
 $(STAMP): $(RUNSTAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+$(BENCHSTAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCHSTAMP)
 
 setup: $(STAMP)
 
@@ -46,7 +52,7 @@ browser:
 	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-bench: $(STAMP)
+bench: $(BENCHSTAMP)
 	$(BIN)/python -m bench
 
 chaos: $(STAMP)

@@ -24,6 +24,7 @@ from bench.core import MISS, NOT_MEASURED, Row, machine, not_measured, progress
 BENCHMARKS: list[tuple[str, str]] = [
     ("gate", "gate decision latency vs PING (interleaved)"),
     ("symbols", "gate admit p50 with positions in 1/10/100/1000 symbols"),
+    ("clients", "the gate's decision through redis-py, the gate's wire, coredis, valkey-glide"),
     ("noscript", "gate vs the same checks without a script (WATCH/MULTI)"),
     ("throughput", "64 concurrent intents: gate vs PING throughput"),
     ("failover", "crash takeover and graceful handover of `guardrails run`"),

@@ -12,9 +12,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench.account import HOLDER, MARK, SYMBOL, risk_config
+from bench.account import HOLDER, MARK, SYMBOL, intent, risk_config
 from guardrails.keys import SCHEMA_VERSION, AccountId, AccountKeys
-from guardrails.model import Admitted
+from guardrails.model import Admitted, client_order_id_for
 
 TOKEN = 1
 
@@ -53,3 +53,19 @@ async def admit(gate: Any, intent: Any) -> None:
     )
     if not isinstance(decision, Admitted) or decision.duplicate:
         raise RuntimeError(f"bench intent was not freshly admitted: {decision}")
+
+
+def call_args(gate: Any, i: int) -> tuple[list[bytes], list[bytes]]:
+    """KEYS and ARGV of the EVALSHA that admits ``intent(i)`` through ``gate`` — the keys
+    and arguments ``OrderGate.admit`` sends (gate_admit.lua's header), as bytes, for
+    benchmarks that call the script through another path than the gate's."""
+    from guardrails.gate import decimal_arg
+
+    it = intent(i)
+    iid = it.intent_id or ""
+    coid = client_order_id_for(iid)
+    day = gate._day.today()
+    keys = [*gate._head, gate._keys.day(day), gate._keys.order(coid), *gate._tail]
+    args = [SCHEMA_VERSION, TOKEN, HOLDER, iid, coid, it.symbol, it.side.value,
+            decimal_arg(it.qty, "qty"), decimal_arg(it.price, "price"), 0, day]
+    return [str(k).encode() for k in keys], [str(a).encode() for a in args]

@@ -34,16 +34,14 @@ import tempfile
 import time
 import timeit
 from collections.abc import Iterator
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
 from bench import gatesetup
-from bench.account import HOLDER, account, intent, risk_config
+from bench.account import account, intent, risk_config
 from bench.core import redis_server
 from guardrails.gate import decimal_arg
-from guardrails.keys import SCHEMA_VERSION
 from guardrails.model import client_order_id_for
 from guardrails.scripts import source as lua_source
 
@@ -70,17 +68,6 @@ def variants() -> list[tuple[str, str]]:
     return out
 
 
-def _call_args(gate: Any, i: int) -> tuple[list[str], list[Any]]:
-    it = intent(i)
-    iid = it.intent_id or ""
-    coid = client_order_id_for(iid)
-    day = gate._day.today()
-    keys = [*gate._head, gate._keys.day(day), gate._keys.order(coid), *gate._tail]
-    args = [SCHEMA_VERSION, gatesetup.TOKEN, HOLDER, iid, coid, it.symbol, it.side.value,
-            decimal_arg(it.qty, "qty"), decimal_arg(it.price, "price"), 0, day]
-    return keys, args
-
-
 async def inside_redis(n: int, rounds: int, instructions: bool) -> None:
     vs = variants()
     server_bin = shutil.which("redis-server") or "redis-server"
@@ -100,7 +87,7 @@ async def inside_redis(n: int, rounds: int, instructions: bool) -> None:
             scripts = [client.register_script(text) for _, text in vs]
             counter = itertools.count(10_000)
             for script in scripts:  # loaded and compiled before anything is counted
-                keys, args = _call_args(gate, next(counter))
+                keys, args = gatesetup.call_args(gate, next(counter))
                 await script(keys=keys, args=args)
             best: list[float] = [float("inf")] * len(vs)
             for _ in range(1 if instructions else rounds):
@@ -111,7 +98,7 @@ async def inside_redis(n: int, rounds: int, instructions: bool) -> None:
                         await client.config_resetstat()
                     pipe = client.pipeline(transaction=False)
                     for _ in range(n):
-                        keys, args = _call_args(gate, next(counter))
+                        keys, args = gatesetup.call_args(gate, next(counter))
                         await script(keys=keys, args=args, client=pipe)
                     replies = await pipe.execute()
                     if any(int(r[0]) != 0 for r in replies):
