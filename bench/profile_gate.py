@@ -27,7 +27,6 @@ import itertools
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from bench import gatesetup
 from bench.account import account, intent, risk_config
 from bench.core import redis_server
 from guardrails.gate import decimal_arg
+from guardrails.infra.server import RedisProcess
 from guardrails.model import client_order_id_for
 from guardrails.scripts import source as lua_source
 
@@ -70,12 +70,11 @@ def variants() -> list[tuple[str, str]]:
 
 async def inside_redis(n: int, rounds: int, instructions: bool) -> None:
     vs = variants()
-    server_bin = shutil.which("redis-server") or "redis-server"
     with contextlib.ExitStack() as stack:
         if instructions:
             if not shutil.which("valgrind"):
                 raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
-            url, pid, out = stack.enter_context(_callgrind_server(server_bin))
+            url, pid, out = stack.enter_context(_callgrind_server())
         else:
             server = stack.enter_context(redis_server())
             url, pid, out = server.url, 0, ""
@@ -123,32 +122,19 @@ async def inside_redis(n: int, rounds: int, instructions: bool) -> None:
 
 
 @contextlib.contextmanager
-def _callgrind_server(server_bin: str) -> Iterator[tuple[str, int, str]]:
-    workdir = tempfile.mkdtemp(prefix="gr-callgrind-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = os.path.join(workdir, "callgrind.out")
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no",
-         server_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("redis-server under valgrind did not start") from None
-                time.sleep(0.2)
-        yield f"redis://127.0.0.1:{port}/0", proc.pid, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        shutil.rmtree(workdir, ignore_errors=True)
+def _callgrind_server() -> Iterator[tuple[str, int, str]]:
+    """A redis-server (the one launcher, no persistence) under callgrind, instrumentation
+    off until ``_callgrind(pid, "-i", "on")``: (url, pid, callgrind output file)."""
+    with tempfile.TemporaryDirectory(prefix="gr-callgrind-") as workdir:
+        out = os.path.join(workdir, "callgrind.out")
+        server = RedisProcess(aof=False, wrapper=[
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no"])
+        try:
+            server.start(timeout=120)
+            assert server.proc is not None
+            yield server.url, server.proc.pid, out
+        finally:
+            server.stop()
 
 
 def _callgrind(pid: int, *args: str) -> None:

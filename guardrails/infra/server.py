@@ -146,8 +146,10 @@ class RedisProcess:
     ever); ``settings`` adds config-file lines (``sentinel monitor ...``), ``extra`` adds
     command-line options after the config file (``--replicaof 127.0.0.1 7001``,
     ``--cluster-enabled yes``: never anything secret, argv is public); ``sentinel=True``
-    runs it as a Sentinel. It can be killed (SIGKILL), paused (SIGSTOP), resumed and
-    restarted on the same port and data directory (with AOF, state survives the restart).
+    runs it as a Sentinel; ``wrapper`` is a command the server runs under (``valgrind
+    --tool=callgrind ...``, for bench/profile_gate.py). It can be killed (SIGKILL), paused
+    (SIGSTOP), resumed and restarted on the same port and data directory (with AOF,
+    state survives the restart).
     """
 
     def __init__(
@@ -161,6 +163,7 @@ class RedisProcess:
         extra: Sequence[str] = (),
         sentinel: bool = False,
         binary: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.aof = aof
         self.fsync = fsync
@@ -172,6 +175,7 @@ class RedisProcess:
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="gr-redis-")
         self.dir = data_dir if data_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         self.binary = binary or find_redis_server()
+        self.wrapper = list(wrapper)
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -201,7 +205,7 @@ class RedisProcess:
         """Start the server and wait until it answers PING; returns ``self``."""
         self.dir.mkdir(parents=True, exist_ok=True)
         write_config(self.config_path, self.config_lines())
-        args = [self.binary, str(self.config_path), *self.extra]
+        args = [*self.wrapper, self.binary, str(self.config_path), *self.extra]
         if self.sentinel:
             args.append("--sentinel")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
