@@ -87,6 +87,10 @@ def encode(risk: RiskConfig) -> dict[str, str]:
     return fields
 
 
+SCHEMA_DIFFERENCE = "key schema:"
+"""How a key-schema difference starts in ``LimitsMismatch.differences``."""
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsMismatch:
     """The configured limits differ from the account's stored limits."""
@@ -96,7 +100,24 @@ class LimitsMismatch:
     stored_by: str
     stored_at_ms: int
 
+    @property
+    def schema_only(self) -> bool:
+        """Only the key-schema version differs: `limits apply` would not help, a
+        migration would (``guardrails migrate``)."""
+        return all(d.startswith(SCHEMA_DIFFERENCE) for d in self.differences)
+
+    @property
+    def action(self) -> str:
+        """What the operator should do about it, in one sentence."""
+        if self.schema_only:
+            return ("migrate the account's keys: `guardrails migrate` shows the plan, "
+                    "`guardrails migrate --apply` runs it once every instance is stopped")
+        return ("fix the config, or change the account's limits deliberately with "
+                "`guardrails limits apply`")
+
     def __str__(self) -> str:
+        if self.schema_only:
+            return "; ".join(self.differences)
         head = (
             f"configured limits differ from the account's stored limits "
             f"(digest {self.stored_digest}, set by {self.stored_by} at {self.stored_at_ms}); "
@@ -197,7 +218,7 @@ async def check_or_init(
     schema = await redis.get(keys.schema)
     diffs: list[str] = []
     if schema is not None and _s(schema) != str(SCHEMA_VERSION):
-        diffs.append(f"key schema: stored {_s(schema)}, this version speaks {SCHEMA_VERSION}"
+        diffs.append(f"{SCHEMA_DIFFERENCE} stored {_s(schema)}, this version speaks {SCHEMA_VERSION}"
                      " (stop every instance, then `guardrails migrate --apply`)")
     if current is not None:
         if current.get("digest") != risk.digest() or current.get("config") is None:

@@ -48,6 +48,27 @@ async def test_check_or_init_when_config_differs_then_mismatch_names_each_differ
     assert await redis_client.hgetall(keys.limits) == before
 
 
+async def test_check_or_init_when_only_schema_differs_then_mismatch_says_migrate_not_apply(
+    redis_client: aioredis.Redis,
+) -> None:
+    """An account left at an older key schema (an embedded Redis kept from an earlier
+    version, say) is refused as a mismatch whose text and action name the migration:
+    `limits apply` would change nothing about it."""
+    keys = account_keys()
+    await limits.check_or_init(redis_client, keys, risk(), "alice")
+    await redis_client.set(keys.schema, "1")
+    mismatch = await limits.check_or_init(redis_client, keys, risk(), "bob")
+    assert mismatch is not None and mismatch.schema_only
+    assert str(mismatch) == (f"key schema: stored 1, this version speaks {SCHEMA_VERSION} "
+                             "(stop every instance, then `guardrails migrate --apply`)")
+    assert "guardrails migrate --apply" in mismatch.action and "limits apply" not in mismatch.action
+    # with the limits differing too, both are said and `limits apply` is named
+    both = await limits.check_or_init(redis_client, keys, risk(daily_loss_limit="500"), "bob")
+    assert both is not None and not both.schema_only
+    assert "key schema: stored 1" in str(both) and "daily_loss_limit" in str(both)
+    assert "limits apply" in both.action
+
+
 async def test_apply_when_deliberate_then_replaced_and_stale_instruments_removed(
     redis_client: aioredis.Redis,
 ) -> None:

@@ -497,8 +497,7 @@ class Guard:
             self._mismatch_logged = (str(mismatch), time.monotonic())
             logs.event(log, "limits.mismatch", logging.ERROR, instance=self.instance_id,
                        differences=str(mismatch),
-                       action="refusing to become active: fix the config, or change the "
-                       "account's limits deliberately with `guardrails limits apply`")
+                       action=f"refusing to become active: {mismatch.action}")
         return False
 
     async def _lead(self, leadership: Leadership) -> None:
