@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -177,8 +178,14 @@ class PruneTotals:
 
 
 def _nat(v: object) -> int | None:
-    t = _s(v) if v is not None else ""
-    return int(t) if t.isdigit() else None
+    """A stored integer >= 0 (lib/int.lua's rule, ``scripts.stored_nat``), or None when
+    absent or malformed (``str.isdigit`` would take '١٠٠' and raise on '²')."""
+    if v is None or _s(v) == "":
+        return None
+    try:
+        return scripts.stored_nat(_s(v), "prune_state")
+    except ValueError:
+        return None
 
 
 def parse_totals(raw: dict[Any, Any]) -> PruneTotals:
@@ -241,16 +248,24 @@ class Archive:
             raise PruneError(f"archive directory {d} is open to others (mode "
                              f"{stat.S_IMODE(st.st_mode):o}); it must be 0700")
 
-    def _open(self, path: Path, flags: int) -> int:
+    def _open(self, path: Path, flags: int, what: str = "archive") -> int:
+        """``path`` opened for writing (created 0600), refused unless it is a regular
+        0600 file of this user with one link: a planted symlink is never followed, a
+        planted or hard-linked file never written."""
         try:
-            fd = os.open(path, flags | os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = os.open(path, flags | os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY
+                         | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise PruneError(f"archive {path}: {e.strerror}") from None
+            raise PruneError(f"{what} {path}: {e.strerror} (a symlink is refused; remove it)"
+                             if e.errno == errno.ELOOP else f"{what} {path}: {e.strerror}") from None
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise PruneError(f"{what} {path} is not a regular file with one link; remove it")
         if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o600:
             os.close(fd)
-            raise PruneError(f"archive {path} must be a 0600 file of this user "
-                             f"(mode {stat.S_IMODE(st.st_mode):o})")
+            raise PruneError(f"{what} {path} must be a 0600 file of this user "
+                             f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
         return fd
 
     def _write(self, path: Path, lines: list[dict[str, Any]], *, append: bool) -> None:
@@ -278,31 +293,17 @@ class Archive:
         another's) holds it. Never blocks. ``PruneError`` when the lock file is unsafe:
         a symlink, not a regular file, hard-linked, not ours, not 0600."""
         self._dir()
-        path = self.lock_path
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        fd = self._open(self.lock_path, os.O_NONBLOCK, "archive lock")  # never truncated
         try:
-            fd = os.open(path, flags, 0o600)
-        except OSError as e:
-            raise PruneError(f"archive lock {path}: {e.strerror} (a symlink is refused; "
-                             "remove it)") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                raise PruneError(f"archive lock {path} is not a regular file with one link; "
-                                 "remove it")
-            if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o600:
-                raise PruneError(f"archive lock {path} must be a 0600 file of this user "
-                                 f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
-        return ArchiveLock(path, fd)
+        return ArchiveLock(self.lock_path, fd)
 
     def stage(self, lines: list[dict[str, Any]]) -> None:
         """Write ``lines`` to the pending file (replacing it), fsynced, after checking

@@ -22,7 +22,15 @@ from guardrails.keys import AccountKeys
 from guardrails.ledger import Ledger
 from guardrails.ops.doctor.checks import PRUNE_OVERDUE_FACTOR, Census, check_prune, judge
 from guardrails.ops.doctor.snapshot import AccountSnapshot, RegistryRow, Snapshot, read_account
-from guardrails.prune import Archive, PruneError, Pruner, PruneTotals, read_archive, read_totals
+from guardrails.prune import (
+    Archive,
+    PruneError,
+    Pruner,
+    PruneTotals,
+    parse_totals,
+    read_archive,
+    read_totals,
+)
 from tests.conftest import ROOT, subprocess_env
 from tests.gatekit import account_keys, risk, seed
 from tests.redis_harness import RedisServer
@@ -254,6 +262,35 @@ def test_archive_lock_when_symlink_then_refused_and_cli_exit_2_one_line(tmp_path
     with pytest.raises(PruneError, match="symlink"):
         archive.try_lock()
     assert target.read_text() == "keep"
+
+
+def test_archive_when_hard_linked_or_lock_planted_then_refused_and_target_untouched(
+    tmp_path: Path
+) -> None:
+    # a file of this user hard-linked as the archive (or its lock) is refused, never
+    # appended to or locked: one safe open (Archive._open) serves both
+    archive = archive_of(tmp_path)
+    archive.path.parent.mkdir(mode=0o700)
+    target = tmp_path / "ledger-of-record"
+    target.write_text("keep")
+    os.chmod(target, 0o600)
+    os.link(target, archive.path)
+    with pytest.raises(PruneError, match="one link"):
+        archive.stage([{"kind": "fill", "fill_id": "f", "coid": "c", "pruned_at_ms": 1}])
+        archive.commit([{"kind": "fill", "fill_id": "f", "coid": "c", "pruned_at_ms": 1}])
+    os.link(target, archive.lock_path)
+    with pytest.raises(PruneError, match=r"archive lock .* one link"):
+        archive.try_lock()
+    assert target.read_text() == "keep"
+
+
+def test_parse_totals_when_fields_malformed_then_read_as_absent_never_raised() -> None:
+    # the stored-integer rule, not str.isdigit(): '١٠٠' is not 100, '²' does not raise
+    raw = {"orders": "١٠٠", "intents": "²", "fills": " 7", "last_run_ms": "+5",
+           "interval_ms": "1e3", "last_orders": "3"}
+    t = parse_totals(raw)
+    assert (t.orders, t.intents, t.fills, t.last_run_ms, t.interval_ms, t.last_orders) == (
+        0, 0, 0, None, None, 3)
 
 
 def test_prune_cli_when_bad_input_then_one_line_and_exit_2(
