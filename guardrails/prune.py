@@ -98,6 +98,17 @@ def _updated_ms(key: str, v: Any) -> int:
         raise PruneError(f"{e}: nothing removed, fix the record") from None
 
 
+def candidate_since(key: str, state: Any, updated: Any, cutoff_ms: int) -> int | None:
+    """The one pre-filter of a sweep (and of ``guardrails prune``'s dry run): the order
+    at ``key`` whose record holds ``state`` and ``updated_ms`` is a candidate when it is
+    terminal and last changed at or before ``cutoff_ms``; its ``updated_ms`` then, else
+    None. (lua/prune_orders.lua re-checks all of it, and the open set, atomically.)"""
+    if state is None or _s(state) not in _TERMINAL or updated is None:
+        return None
+    up = _updated_ms(key, updated)
+    return up if up <= cutoff_ms else None
+
+
 def default_archive_path(keys: AccountKeys, state_dir: Path) -> Path:
     """``<state dir>/archive/<venue>+<account>.jsonl`` (the account id is file-name safe)."""
     acct = keys.account
@@ -533,8 +544,8 @@ class Pruner:
             heads = await pipe.execute()
         queued = {c for c, _ in pending}  # SCAN may return a key twice
         old = [c for c, (st, up) in zip(coids, heads, strict=True)
-               if st is not None and _s(st) in _TERMINAL and up is not None
-               and _updated_ms(self.keys.order(c), up) <= rep.cutoff_ms and c not in queued]
+               if c not in queued
+               and candidate_since(self.keys.order(c), st, up, rep.cutoff_ms) is not None]
         if old:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for c in old:

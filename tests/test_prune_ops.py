@@ -136,6 +136,26 @@ async def test_prune_cli_when_dry_run_then_nothing_changes_and_counts_match_appl
     assert (totals.tombstones, totals.tombstone_bytes) == (10, 60)
 
 
+async def test_prune_cli_when_updated_ms_malformed_then_dry_run_and_apply_refuse_alike(
+    redis_server: RedisServer, redis_client: aioredis.Redis, acct: AccountKeys, tmp_path: Path
+) -> None:
+    # the dry run and the sweep share one pre-filter (prune.candidate_since): a malformed
+    # updated_ms is named by both, never silently left out of the plan
+    old, _ = await aged_orders(redis_client, acct)
+    await redis_client.hset(acct.order(old[1]), "updated_ms", " 100")
+    cfg = config(tmp_path, redis_server.url)
+    before = dump_all(redis_server.url)
+    dry = cli("prune", "--config", str(cfg), cwd=tmp_path)
+    done = cli("prune", "--config", str(cfg), "--apply", cwd=tmp_path)
+    # the dry run cannot start (2); the sweep stops on the record before removing it (1)
+    assert (dry.returncode, done.returncode) == (2, 1), (dry, done)
+    for out in (dry, done):
+        assert f"{acct.order(old[1])} updated_ms" in out.stderr, out
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert dump_all(redis_server.url).keys() >= before.keys()
+    assert all([await redis_client.exists(acct.order(c)) for c in old])
+
+
 async def test_sweep_when_another_task_holds_archive_lock_then_skipped_and_nothing_written(
     redis_client: aioredis.Redis, acct: AccountKeys, tmp_path: Path
 ) -> None:

@@ -43,7 +43,6 @@ from guardrails.config import Config, ConfigError
 from guardrails.infra import connect
 from guardrails.infra.embedded import state_dir
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
-from guardrails.model import TERMINAL_STATES
 from guardrails.ops.common import operator_identity, require_config
 from guardrails.prune import (
     Archive,
@@ -51,10 +50,10 @@ from guardrails.prune import (
     PruneError,
     Pruner,
     SweepReport,
+    candidate_since,
     default_archive_path,
 )
 
-_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 PROGRESS_EVERY_S = 1.0
 """At most one progress line per this many seconds (and one at the end)."""
 
@@ -110,10 +109,9 @@ async def plan(redis: aioredis.Redis, keys: AccountKeys, archive: Archive, *,
             heads = await pipe.execute()
         old: list[tuple[str, int, str]] = []
         for c, (st, up, iid) in zip(coids, heads, strict=True):
-            if st is None or _s(st) not in _TERMINAL or up is None or not _s(up).isdigit():
-                continue
-            if int(_s(up)) <= p.cutoff_ms and c not in chosen:
-                old.append((c, int(_s(up)), "" if iid is None else _s(iid)))
+            since = candidate_since(keys.order(c), st, up, p.cutoff_ms)
+            if since is not None and c not in chosen:
+                old.append((c, since, "" if iid is None else _s(iid)))
         if not old:
             return
         async with redis.pipeline(transaction=False) as pipe:
