@@ -164,11 +164,8 @@ end
 local function k_of(k_limits, sym)
   local si = rd('HGET', k_limits, 'i:' .. sym)
   if not si then bad('position in unconfigured symbol ' .. sym) end
-  -- only k is used: the spec's shape is checked whole, k as a stored integer > 0
-  local kk = string.match(si, '^%d+ %d+ %d+ %d+ (%d+) %d+$')
-  local v = kk and #kk <= 16 and tonumber(kk)
-  if not v or v == 0 or v >= MAXI then bad('limits i:' .. sym .. ' is malformed: ' .. si) end
-  return v
+  -- only k is used (lib/agg's k_from_spec: the spec's shape whole, k a stored integer > 0)
+  return k_from_spec(si) or bad('limits i:' .. sym .. ' is malformed: ' .. si)
 end
 
 -- The whole book as tables (positions, reservations, marks)
@@ -201,12 +198,7 @@ local function book_totals(k_limits, pos, res, marks, symbol, k)
     local fl = s .. ':loss'
     gross, uloss = add(gross, g), add(uloss, u)
     rloss = add(rloss, reservation(res[fl], fl))
-    if s ~= symbol and (g ~= 0 or u ~= 0) then
-      rebuilt[#rebuilt + 1] = 'g:' .. s
-      rebuilt[#rebuilt + 1] = fmt(g)
-      rebuilt[#rebuilt + 1] = 'u:' .. s
-      rebuilt[#rebuilt + 1] = fmt(u)
-    end
+    if s ~= symbol and (g ~= 0 or u ~= 0) then agg_push(rebuilt, s, g, u) end
   end
   return gross, uloss, rloss, rebuilt
 end

@@ -64,12 +64,7 @@ local function main()
       local g0, u0 = stored_nat(old[1] or nil, 'agg g:', sym), stored_nat(old[2] or nil, 'agg u:', sym)
       gross = add(add(gross, -g0), g)
       uloss = add(add(uloss, -u0), u)
-      if g ~= g0 or u ~= u0 then
-        sets[#sets + 1] = 'g:' .. sym
-        sets[#sets + 1] = fmt(g)
-        sets[#sets + 1] = 'u:' .. sym
-        sets[#sets + 1] = fmt(u)
-      end
+      if g ~= g0 or u ~= u0 then agg_push(sets, sym, g, u) end
     end
     if plans ~= false then
       sets[#sets + 1] = 'gross'

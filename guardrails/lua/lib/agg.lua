@@ -42,6 +42,15 @@ local function agg_plan(key, sym, g, u, dr)
     'g:' .. sym, fmt(g), 'u:' .. sym, fmt(u)}
 end
 
+-- append sym's aggregate fields (g:<sym>, u:<sym>) with contributions g, u to the flat
+-- HSET argument list t
+local function agg_push(t, sym, g, u)
+  t[#t + 1] = 'g:' .. sym
+  t[#t + 1] = fmt(g)
+  t[#t + 1] = 'u:' .. sym
+  t[#t + 1] = fmt(u)
+end
+
 -- write a plan from agg_plan (after the script's other writes)
 local function agg_apply(key, plan)
   if plan == false then redis.call('DEL', key)
