@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -228,11 +228,11 @@ async def schedule(redis: aioredis.Redis, keys: AccountKeys, *, interval_ms: int
         await redis.hdel(keys.prune_state, "scheduled_ms", "interval_ms")
         return
     sec, usec = await redis.time()
-    await redis.hset(keys.prune_state, mapping={
-        "scheduled_ms": str(int(sec) * 1000 + int(usec) // 1000),
-        "interval_ms": str(interval_ms)})
+    fields = {"scheduled_ms": str(int(sec) * 1000 + int(usec) // 1000),
+              "interval_ms": str(interval_ms)}
     if archive is not None:
-        await redis.hset(keys.prune_state, "archive", f"{socket.gethostname()}:{archive}")
+        fields["archive"] = f"{socket.gethostname()}:{archive}"
+    await redis.hset(keys.prune_state, mapping=cast(Any, fields))
 
 
 # -- the archive file ----------------------------------------------------------------------
