@@ -56,16 +56,17 @@ async def admit(gate: Any, intent: Any) -> None:
 
 
 def call_args(gate: Any, i: int) -> tuple[list[bytes], list[bytes]]:
-    """KEYS and ARGV of the EVALSHA that admits ``intent(i)`` through ``gate`` — the keys
-    and arguments ``OrderGate.admit`` sends (gate_admit.lua's header), as bytes, for
-    benchmarks that call the script through another path than the gate's."""
+    """KEYS and ARGV of the EVALSHA that admits ``intent(i)`` alone (a batch of one)
+    through ``gate`` — the keys and arguments ``OrderGate.admit`` sends (gate_admit.lua's
+    header), as bytes, for benchmarks that call the script through another path than the
+    gate's. Its reply is a list of one decision's reply."""
     from guardrails.gate import decimal_arg
 
     it = intent(i)
     iid = it.intent_id or ""
     coid = client_order_id_for(iid)
     day = gate._day.today()
-    keys = [*gate._head, gate._keys.day(day), gate._keys.order(coid), *gate._tail]
+    keys = [*gate._fixed, gate._keys.day(day).encode(), gate._keys.order(coid).encode()]
     args = [SCHEMA_VERSION, TOKEN, HOLDER, iid, coid, it.symbol, it.side.value,
             decimal_arg(it.qty, "qty"), decimal_arg(it.price, "price"), 0, day]
-    return [str(k).encode() for k in keys], [str(a).encode() for a in args]
+    return list(keys), [str(a).encode() for a in args]

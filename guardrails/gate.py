@@ -77,6 +77,8 @@ RECOVER_MS = 5_000
 
 ADMITTED = 0
 """Reply code of gate_admit.lua for an admission (new or duplicate)."""
+FAILED = -1
+"""Reply code of gate_admit.lua for a decision that failed in the script itself."""
 
 DENY_CODES: dict[int, DenyReason] = {
     1: DenyReason.SCHEMA_MISMATCH,
@@ -112,6 +114,8 @@ def decode_reply(intent_id: str, client_order_id: str, raw: Any) -> Decision:
     if not isinstance(raw, list) or not raw:
         raise GateUnavailable(f"gate script returned an unexpected reply: {raw!r}")
     code = int(raw[0])
+    if code == FAILED:
+        raise GateUnavailable(f"gate script failed: {_text(raw[1]) if len(raw) > 1 else raw!r}")
     if code == ADMITTED:
         if len(raw) != 9:
             raise GateUnavailable(f"gate script returned an unexpected admission: {raw!r}")
@@ -182,14 +186,25 @@ def check_intent(intent: Intent, risk: RiskConfig) -> Denied | None:
     return None
 
 
-_PACKED = (
-    b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s"  # head, day key, order key, tail
-    + b"$%d\r\n%s\r\n" * 8  # token, holder, intent id, coid, symbol, side, qty, price
+BATCH_MAX = 16
+"""Decisions one EVALSHA carries at most (gate_admit.lua's ``BATCH_MAX``). Decisions
+that meet on the gate wire in one event-loop turn go out as one batch: the script's
+per-run cost (reading the request, its prologue, the reads every decision shares) is
+paid once per batch. 16 decisions run about as long as 16 pipelined single EVALSHAs,
+which Redis would also run back to back (it reads a client's pipeline in 16 KB
+chunks), so a batch stalls other clients no longer than the pipeline it replaces."""
+
+FIXED_KEYS = 16
+"""Keys every run of gate_admit.lua takes before the decisions' own (day, order) pairs."""
+DECISION_ARGS = 10
+"""Arguments per decision after ARGV[1] (gate_admit.lua's header)."""
+
+_DECISION_KEYS = b"$%d\r\n%s\r\n$%d\r\n%s\r\n"  # day key, order key
+_DECISION_ARGS = (
+    b"$%d\r\n%s\r\n" * 8  # token, holder, intent id, coid, symbol, side, qty, price
     + b"$1\r\n%s\r\n$%d\r\n%s\r\n"  # allocate nonce, day
 )
-"""The variable part of a decision's EVALSHA (OrderGate._packed)."""
-_PACKED_VARIABLE_ARGS = 10
-"""Arguments ``_PACKED`` adds after the tail keys (8 above, then nonce and day)."""
+"""A decision's part of a batch's EVALSHA, as RESP (OrderGate._parts)."""
 
 
 class OrderGate:
@@ -200,10 +215,13 @@ class OrderGate:
     """
 
     __slots__ = (
-        "_day", "_day_key", "_head", "_holder", "_keys", "_order_prefix", "_packed_head",
-        "_packed_tail", "_prefix", "_recover_ms", "_redis", "_risk", "_script", "_tail",
-        "_tail_b", "_token", "_wire",
+        "_day", "_day_key", "_fixed", "_holder", "_keys", "_order_prefix", "_packed_keys",
+        "_packed_sha", "_recover_ms", "_redis", "_risk", "_schema_b", "_script", "_token",
+        "_wire",
     )
+
+    batch_max = BATCH_MAX
+    """For the gate wire (``GateWire.decide``): decisions per batch at most."""
 
     def __init__(
         self,
@@ -221,24 +239,15 @@ class OrderGate:
         self._day = TradingDay(risk.timezone, clock_ms)
         self._script = scripts.register(redis, "gate_admit")
         # Everything constant per account is encoded once: redis-py would otherwise
-        # re-encode these 14 keys on every admit (about half of the client-side cost of
-        # packing the command). Bytes are sent as they are.
-        self._head = [
+        # re-encode these 16 keys on every admit (about half of the client-side cost of
+        # packing the command). Bytes are sent as they are. (KEYS 1-16 of gate_admit.lua)
+        self._fixed: tuple[bytes, ...] = tuple(k.encode() for k in (
             keys.schema, keys.state, keys.lease, keys.intents, keys.limits, keys.positions,
-            keys.reservations, keys.marks, keys.throttle,
-        ]
-        # The command name stays a str: redis-py's RedisCluster looks it up by name to
-        # route the call (by the script's first key) and refuses a bytes name.
-        self._prefix: tuple[str | bytes, ...] = (
-            "EVALSHA", self._script.sha.encode(), b"18", *(k.encode() for k in self._head)
-        )
-        self._tail = [
-            keys.open_orders, keys.journal, keys.stats, keys.denials, keys.nonce, keys.aggregates,
-            keys.tombstones,
-        ]
-        self._tail_b: tuple[bytes, ...] = (
-            *(k.encode() for k in self._tail), str(SCHEMA_VERSION).encode()
-        )
+            keys.reservations, keys.marks, keys.throttle, keys.open_orders, keys.journal,
+            keys.stats, keys.denials, keys.nonce, keys.aggregates, keys.tombstones,
+        ))
+        assert len(self._fixed) == FIXED_KEYS
+        self._schema_b = str(SCHEMA_VERSION).encode()
         self._day_key: tuple[str, bytes, bytes] = ("", b"", b"")
         """(trading day, its key, the day itself), encoded once per day."""
         self._token: tuple[int, bytes] = (-1, b"")
@@ -248,10 +257,8 @@ class OrderGate:
         # constant per account (the command, the sha, every key but the day's and the
         # order's, the schema version) was packed here, once.
         self._wire = GateWire.for_client(redis)
-        count = len(self._prefix) + 2 + len(self._tail_b) + _PACKED_VARIABLE_ARGS
-        self._packed_head = b"*%d\r\n" % count + b"".join(wire_bulk(
-            a if isinstance(a, bytes) else a.encode()) for a in self._prefix)
-        self._packed_tail = b"".join(wire_bulk(a) for a in self._tail_b)
+        self._packed_sha = wire_bulk(b"EVALSHA") + wire_bulk(self._script.sha.encode())
+        self._packed_keys = b"".join(wire_bulk(k) for k in self._fixed)
         # an order's key is this prefix + its client order id (checked, else built per call)
         prefix = keys.order("")
         self._order_prefix = prefix.encode() if keys.order("c0") == prefix + "c0" else b""
@@ -285,22 +292,27 @@ class OrderGate:
             self._token = (token, str(token).encode())
         if holder_id != self._holder[0]:
             self._holder = (holder_id, holder_id.encode())
-        # KEYS 1-9, day, order, KEYS 12-17 + ARGV 1; then ARGV 2-11 (see gate_admit.lua)
         qty, price = decimal_arg(intent.qty, "qty"), decimal_arg(intent.price, "price")
         try:
             try:
                 # On NOSCRIPT (a restarted or flushed Redis) the script is loaded (same
                 # text, same sha) and run once more.
                 if self._wire is not None:
-                    packed = self._packed(intent_id, coid, intent, qty, price, allocate_nonce)
+                    # the wire batches it with the other decisions of this loop turn
+                    keys_part, args_part = self._parts(
+                        intent_id, coid, intent, qty, price, allocate_nonce)
                     try:
-                        raw = await self._wire.call(packed)
+                        raw = await self._wire.decide(self, keys_part, args_part)
                     except NoScriptError:
                         await self._wire.load_script(self._script.script)
-                        raw = await self._wire.call(packed)
+                        raw = await self._wire.decide(self, keys_part, args_part)
                 else:
+                    # a batch of one: KEYS 1-16, day, order; ARGV 1, then the decision's 10
+                    # (the command name stays a str: redis-py's RedisCluster looks it up
+                    # by name to route the call, and refuses a bytes name)
                     command = (
-                        *self._prefix, self._day_key[1], self._keys.order(coid), *self._tail_b,
+                        "EVALSHA", self._script.sha, FIXED_KEYS + 2, *self._fixed,
+                        self._day_key[1], self._keys.order(coid), self._schema_b,
                         self._token[1], self._holder[1], intent_id, coid, intent.symbol,
                         intent.side.value, qty, price, b"1" if allocate_nonce else b"0",
                         self._day_key[2],
@@ -308,10 +320,11 @@ class OrderGate:
                     # EVALSHA straight through execute_command: the Script wrapper would
                     # copy the arguments twice more.
                     try:
-                        raw = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+                        replies = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
                     except NoScriptError:
                         await self._redis.script_load(self._script.script)
-                        raw = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+                        replies = await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
+                    raw = _only(replies)
             except ResponseError as e:
                 if "WRONGTYPE" in str(e):
                     return Denied(intent_id, DenyReason.BAD_STATE, str(e))
@@ -325,21 +338,33 @@ class OrderGate:
             raise GateUnavailable(f"redis error: {type(e).__name__}: {e}") from e
         return decode_reply(intent_id, coid, raw)
 
-    def _packed(
+    def _parts(
         self, intent_id: str, coid: str, intent: Intent, qty: str, price: str, nonce: bool
-    ) -> bytes:
-        """The EVALSHA of one decision as RESP bytes (what gatewire.pack would build), the
-        parts constant per account packed once in __init__, the rest in one format."""
+    ) -> tuple[bytes, bytes]:
+        """One decision's keys (day, order) and arguments, as the RESP bulks they are in a
+        batch's EVALSHA (``pack_batch``)."""
         iid, c = intent_id.encode(), coid.encode()
         order = self._order_prefix + c if self._order_prefix else self._keys.order(coid).encode()
         sym, side = intent.symbol.encode(), intent.side.value.encode()
         q, p, day_key, day = qty.encode(), price.encode(), self._day_key[1], self._day_key[2]
         token, holder = self._token[1], self._holder[1]
-        return _PACKED % (
-            self._packed_head, len(day_key), day_key, len(order), order, self._packed_tail,
+        return _DECISION_KEYS % (len(day_key), day_key, len(order), order), _DECISION_ARGS % (
             len(token), token, len(holder), holder, len(iid), iid, len(c), c, len(sym), sym,
             len(side), side, len(q), q, len(p), p, b"1" if nonce else b"0", len(day), day,
         )
+
+    def pack_batch(self, keys: list[bytes], args: list[bytes]) -> bytes:
+        """The EVALSHA of the decisions whose ``_parts`` are ``keys`` and ``args`` (1 to
+        ``BATCH_MAX``, in order) as RESP bytes: what ``gatewire.pack`` would build, the
+        parts constant per account packed once in __init__. Its reply is one reply per
+        decision, in the same order."""
+        n = len(keys)
+        numkeys = b"%d" % (FIXED_KEYS + 2 * n)
+        return b"".join((
+            b"*%d\r\n" % (3 + FIXED_KEYS + 2 * n + 1 + DECISION_ARGS * n), self._packed_sha,
+            b"$%d\r\n%s\r\n" % (len(numkeys), numkeys), self._packed_keys, *keys,
+            wire_bulk(self._schema_b), *args,
+        ))
 
     async def _recover(self, intent_id: str, digest: str, cause: BaseException) -> Decision:
         """The EVALSHA may have run and only its reply been lost: ask Redis for the
@@ -371,6 +396,13 @@ class OrderGate:
                     f"reply lost ({why}); Redis says intent {intent_id} was not admitted"
                 ) from cause
             return decode_intent_record(intent_id, _text(stored), digest)
+
+
+def _only(replies: Any) -> Any:
+    """The one reply of a batch of one (gate_admit.lua answers a list of replies)."""
+    if not isinstance(replies, list) or len(replies) != 1:
+        raise GateUnavailable(f"gate script returned an unexpected batch reply: {replies!r}")
+    return replies[0]
 
 
 def _before_sending(e: BaseException) -> bool:

@@ -8,8 +8,12 @@ argument, a reader task hop) — measured at more than a PING's whole round trip
 connection of the client's own pool (same host, credentials, database, timeouts: the pool
 connected and authenticated it) and matches replies in order (Redis answers a connection's
 commands in the order it received them), parsed by hiredis in the transport's callback.
-Concurrent decisions are pipelined on it: the writes of one event-loop turn go out as one
-``send``.
+Concurrent decisions are batched on it: the decisions of one gate that are asked for in
+one event-loop turn (``decide``) go out as ONE EVALSHA of up to ``batch_max`` decisions
+(the gate packs it, ``pack_batch``), whose reply — one entry per decision — resolves each
+caller's future as it is parsed; everything written in one turn goes out as one ``send``.
+A decision asked for alone (nothing else in its turn) is a batch of one: no wait is added
+to gather others.
 
 Invariants kept: *fail closed* — every error surfaces as a redis-py exception the gate
 already maps: ``ConnectionError`` with ``sent=False`` when the request never left (the
@@ -30,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import (
@@ -75,6 +79,28 @@ def bulk(a: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(a), a)
 
 
+def _deliver(futs: list[asyncio.Future[Any]], reply: Any) -> None:
+    """Resolve the futures of one batch from its reply: entry i is decision i's; an error
+    reply (NOSCRIPT, WRONGTYPE...) is every decision's (nothing in the batch ran past
+    it), each caller raising its own copy."""
+    if isinstance(reply, ResponseError):
+        text = str(reply)
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(NoScriptError(text) if text.startswith("NOSCRIPT")
+                                  else ResponseError(text))
+        return
+    if not isinstance(reply, list) or len(reply) != len(futs):
+        text = f"gate batch of {len(futs)} decisions answered with {reply!r}"
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(ResponseError(text))
+        return
+    for fut, entry in zip(futs, reply, strict=True):
+        if not fut.done():  # a caller cancelled after sending: its entry is dropped
+            fut.set_result(entry)
+
+
 class _Protocol(asyncio.Protocol):
     """Replaces the pool connection's stream protocol once it is connected: replies are
     parsed as they arrive and resolve the oldest waiting request."""
@@ -95,6 +121,9 @@ class _Protocol(asyncio.Protocol):
                 if not waiting:  # a reply nobody asked for: the stream is out of step
                     raise ValueError("a reply no request is waiting for")
                 fut = waiting.popleft()
+                if isinstance(fut, list):  # a batch: one reply, one entry per decision
+                    _deliver(fut, reply)
+                    continue
                 if fut.done():  # its caller was cancelled; the reply is its, dropped
                     continue
                 if isinstance(reply, ResponseError):
@@ -123,6 +152,19 @@ class _Protocol(asyncio.Protocol):
         self._inner.resume_writing()
 
 
+class Packer(Protocol):
+    """What ``GateWire.decide`` batches for: a gate that packs its decisions' parts into
+    one command whose reply is a list with one entry per decision, in order."""
+
+    batch_max: int
+
+    def pack_batch(self, keys: list[bytes], args: list[bytes]) -> bytes: ...
+
+
+_Out = tuple[Packer | None, bytes, bytes, "asyncio.Future[Any]"]
+"""A request not written yet: (None, command, b"", future) for a plain command, or
+(packer, keys part, arguments part, future) for one decision of a batch."""
+
 _WIRES: weakref.WeakKeyDictionary[Any, GateWire] = weakref.WeakKeyDictionary()
 
 
@@ -139,9 +181,11 @@ class GateWire:
         self._pool = pool
         self._conn: AbstractConnection | None = None
         self._transport: asyncio.Transport | None = None
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
-        """Requests written to the transport, oldest first (replies come in this order)."""
-        self._out: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._waiting: collections.deque[
+            asyncio.Future[Any] | list[asyncio.Future[Any]]] = collections.deque()
+        """Requests written to the transport, oldest first (replies come in this order); a
+        list is one batch's decisions (one reply)."""
+        self._out: list[_Out] = []
         """Requests of this event-loop turn, not written yet (one write for all of them)."""
         self._flush: asyncio.Handle | None = None
         self._lock = asyncio.Lock()
@@ -194,12 +238,21 @@ class GateWire:
         """Send one packed command; its parsed reply (bytes, int, list), or raise the
         error redis-py would (``ResponseError``, ``NoScriptError``), ``WireError`` or
         ``TimeoutError``."""
+        return await self._send(None, command, b"")
+
+    async def decide(self, packer: Packer, keys: bytes, args: bytes) -> Any:
+        """One decision of ``packer``'s, sent in one batch with the others asked for in
+        this event-loop turn (``packer.pack_batch``); its entry of the batch's reply, or
+        raise as ``call`` does (an error reply to the batch is every decision's)."""
+        return await self._send(packer, keys, args)
+
+    async def _send(self, packer: Packer | None, part: bytes, args: bytes) -> Any:
         transport = self._transport
         if transport is None or transport.is_closing():
             await self._ensure()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._out.append((command, fut))
+        self._out.append((packer, part, args, fut))
         if self._flush is None:
             self._flush = loop.call_soon(self._write)
         if self._timeout is None:
@@ -227,12 +280,37 @@ class GateWire:
         transport = self._transport
         if transport is None or transport.is_closing():
             err = WireError("connection to Redis lost before sending", sent=False)
-            for _, fut in out:
+            for *_, fut in out:
                 if not fut.done():
                     fut.set_exception(err)
             return
-        self._waiting.extend(fut for _, fut in out)
-        transport.write(out[0][0] if len(out) == 1 else b"".join(c for c, _ in out))
+        chunks: list[bytes] = []
+        i, end = 0, len(out)
+        while i < end:
+            packer, part, _, fut = out[i]
+            if packer is None:
+                chunks.append(part)
+                self._waiting.append(fut)
+                i += 1
+                continue
+            # consecutive decisions of one packer: one batch of up to its batch_max
+            j = min(end, i + packer.batch_max)
+            k = i + 1
+            while k < j and out[k][0] is packer:
+                k += 1
+            batch = out[i:k]
+            try:
+                chunks.append(packer.pack_batch([b[1] for b in batch], [b[2] for b in batch]))
+            except Exception as e:  # a programming error: these decisions are not sent
+                err = WireError(f"gate batch could not be packed: {e!r}", sent=False)
+                for *_, f in batch:
+                    if not f.done():
+                        f.set_exception(err)
+            else:
+                self._waiting.append([b[3] for b in batch])
+            i = k
+        if chunks:
+            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _expire(self, fut: asyncio.Future[Any]) -> None:
         if not fut.done():  # no reply within socket_timeout: nothing after it can be trusted
@@ -243,15 +321,16 @@ class GateWire:
         """Fail every request (written ones: ``err``; unwritten: not sent) and close the
         transport; the next call takes a fresh connection."""
         while self._waiting:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                fut.set_exception(err)
+            entry = self._waiting.popleft()
+            for fut in entry if isinstance(entry, list) else (entry,):
+                if not fut.done():
+                    fut.set_exception(err)
         out, self._out = self._out, []
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
         unsent = WireError(f"not sent: {err}", sent=False)
-        for _, fut in out:
+        for *_, fut in out:
             if not fut.done():
                 fut.set_exception(unsent)
         transport = self._transport

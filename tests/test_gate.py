@@ -411,11 +411,11 @@ async def test_script_when_raw_qty_malformed_then_bad_order_and_no_state_change(
     coid = client_order_id_for("raw")
     k = acct
     keys = [k.schema, k.state, k.lease, k.intents, k.limits, k.positions, k.reservations,
-            k.marks, k.throttle, k.day("2026-01-01"), k.order(coid), k.open_orders, k.journal,
-            k.stats, k.denials, k.nonce, k.aggregates, k.tombstones]
+            k.marks, k.throttle, k.open_orders, k.journal, k.stats, k.denials, k.nonce,
+            k.aggregates, k.tombstones, k.day("2026-01-01"), k.order(coid)]
     before = await risk_snapshot(redis_client, acct)
-    raw = await script(keys=keys, args=[SCHEMA_VERSION, TOKEN, HOLDER, "raw", coid, SYMBOL,
-                                        "buy", qty, "60000", 0, "2026-01-01"])
+    [raw] = await script(keys=keys, args=[SCHEMA_VERSION, TOKEN, HOLDER, "raw", coid, SYMBOL,
+                                          "buy", qty, "60000", 0, "2026-01-01"])
     assert raw[0] == 6, raw  # BAD_ORDER
     assert await risk_snapshot(redis_client, acct) == before
 
@@ -570,7 +570,7 @@ async def test_admit_when_connection_refused_then_gate_unavailable_not_unknown(
 
 
 def test_gate_script_when_read_then_every_denial_names_a_reason_at_its_code() -> None:
-    """gate_admit.lua denies by reason name (``deny(K, A, '<reason>', ...)``) and a
+    """gate_admit.lua denies by reason name (``deny(K, A, o, '<reason>', ...)``) and a
     reason's code is its index in REASON; gate.py's DENY_CODES maps codes back. A
     denial naming a reason missing from REASON would raise inside the script, and a
     REASON out of DENY_CODES' order would map to the wrong reason: all three agree."""
@@ -585,7 +585,7 @@ def test_gate_script_when_read_then_every_denial_names_a_reason_at_its_code() ->
     assert reasons_block
     reasons = re.findall(r"'([a-z_]+)'", reasons_block.group(1))
     assert {i: r.value for i, r in DENY_CODES.items()} == dict(enumerate(reasons, start=1))
-    named = set(re.findall(r"deny\(K(?:EYS)?, A(?:RGV)?, '([a-z_]+)'", text))
+    named = set(re.findall(r"deny\(K(?:EYS)?, A(?:RGV)?, o, '([a-z_]+)'", text))
     # the sanity and fence outcomes reach deny() as variables: their literals too
     named |= set(re.findall(r"return '([a-z_]+)', ", text))
     lib_fence = (Path(guardrails.__file__).parent / "lua" / "lib" / "fence.lua").read_text()

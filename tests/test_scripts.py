@@ -36,8 +36,8 @@ def test_lua_when_read_then_header_names_keys_argv_and_return_shape(name: str) -
     body = src[len(header):]
     first = body.split("\n\n", 1)[0]
     # ... or, where the chunk's per-call setup is kept lean (gate_admit), on the first
-    # lines of the one decision function that takes KEYS and ARGV as (K, A)
-    lean = re.search(r"^local function \w+\(K, A\)\n(?:  local K_\w+(?:, K_\w+)* = K\[\d+\].*\n)+",
+    # lines of the one decision function that takes KEYS and ARGV as (K, A, ...)
+    lean = re.search(r"^local function \w+\(K, A(?:, \w+)*\)\n(?:  local K_\w+(?:, K_\w+)* = K\[\d+\].*\n)+",
                      body, re.M)
     assert "= KEYS[1]" in first or ", KEYS[1]" in first or (lean and "= K[1]" in lean.group(0)), name
 

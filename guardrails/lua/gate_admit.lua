@@ -1,4 +1,6 @@
--- gate_admit: one atomic admission decision for one intent of one account (docs/gate.md).
+-- gate_admit: atomic admission decisions for intents of one account (docs/gate.md), one
+-- or several (a batch, up to BATCH_MAX) per run: each is decided exactly as if it ran
+-- alone, in order, after the ones before it.
 --
 -- KEYS[1]  schema        STRING  key-schema version
 -- KEYS[2]  state         HASH    trading-state latch (field state)
@@ -9,26 +11,37 @@
 -- KEYS[7]  reservations  HASH    <sym>:buy lots, <sym>:sell lots, <sym>:loss money
 -- KEYS[8]  marks         HASH    <sym> mark in ticks
 -- KEYS[9]  throttle      HASH    tokens (milli-tokens), ts_ms
--- KEYS[10] day           HASH    today's realized_pnl (money)
--- KEYS[11] order         HASH    the order record of this intent's client order id
--- KEYS[12] open          SET     client order ids of non-terminal orders
--- KEYS[13] journal       STREAM  append-only journal
--- KEYS[14] stats         HASH    admitted / duplicate / denied:<reason> counters
--- KEYS[15] denials       STREAM  capped recent denials
--- KEYS[16] nonce         STRING  next EVM nonce (only touched when ARGV[10] == "1")
--- KEYS[17] agg           HASH    maintained aggregates (lib/agg.lua; docs/keys.md)
--- KEYS[18] tomb          HASH    tombstones of pruned intents (lib/tomb.lua)
--- ARGV[1] schema version expected   ARGV[2] token        ARGV[3] holder id
--- ARGV[4] intent id                 ARGV[5] client order id
--- ARGV[6] symbol   ARGV[7] side (buy|sell)   ARGV[8] qty (decimal string)
--- ARGV[9] price (decimal string)    ARGV[10] allocate nonce (0|1)   ARGV[11] trading day
--- Returns {0, duplicate (0|1), token, submit_deadline_ms, nonce or -1, symbol, side, qty, price}
---           admitted; symbol..price are the ORDER RECORD's (what was admitted, read back:
---           for a duplicate, never the caller's arguments; '' when the record is gone)
---         {code, detail}  denied; code indexes REASON below (gate.py maps it, in one place)
+-- KEYS[10] open          SET     client order ids of non-terminal orders
+-- KEYS[11] journal       STREAM  append-only journal
+-- KEYS[12] stats         HASH    admitted / duplicate / denied:<reason> counters
+-- KEYS[13] denials       STREAM  capped recent denials
+-- KEYS[14] nonce         STRING  next EVM nonce (only touched when a decision allocates one)
+-- KEYS[15] agg           HASH    maintained aggregates (lib/agg.lua; docs/keys.md)
+-- KEYS[16] tomb          HASH    tombstones of pruned intents (lib/tomb.lua)
+-- then for decision j = 1..n:
+--   KEYS[15 + 2j] day    HASH    its trading day's realized_pnl (money)
+--   KEYS[16 + 2j] order  HASH    the order record of its client order id
+-- ARGV[1] schema version expected; then decision j's ten at o = 1 + 10 (j - 1):
+--   ARGV[o+1] token   ARGV[o+2] holder id   ARGV[o+3] intent id   ARGV[o+4] client order id
+--   ARGV[o+5] symbol  ARGV[o+6] side (buy|sell)   ARGV[o+7] qty (decimal string)
+--   ARGV[o+8] price (decimal string)   ARGV[o+9] allocate nonce (0|1)   ARGV[o+10] trading day
+-- Returns {reply 1, ..., reply n}: one per decision, in order, each
+--   {0, duplicate (0|1), token, submit_deadline_ms, nonce or -1, symbol, side, qty, price}
+--         admitted; symbol..price are the ORDER RECORD's (what was admitted, read back:
+--         for a duplicate, never the caller's arguments; '' when the record is gone)
+--   {code, detail}  denied; code indexes REASON below (gate.py maps it, in one place)
+--   {-1, detail}    the decision failed in the script itself (a programming error): the
+--                   caller treats it as the gate unavailable
 -- The digest of an admission is sha1 of the length-prefixed symbol, side, qty and price
 -- strings (gate.intent_digest mirrors it); a later admit of the same intent id whose
 -- digest differs is denied intent_conflict.
+--
+-- What a batch reads once and shares (S below): the schema, the limits and parsed
+-- limits, the instrument specs, the trading state, the lease, the server time and each
+-- day's realized loss. No decision writes any of them and nothing else runs during a
+-- script, so a second read would return the same. Everything a decision writes (the
+-- book, the aggregates, the throttle, intents, orders, the nonce) is read afresh by the
+-- next. The stats counters admitted / duplicate are added once, at the end.
 --!include lib/int.lua
 --!include lib/read.lua
 --!include lib/time.lua
@@ -42,6 +55,9 @@
 -- one top-level function of (KEYS, ARGV) with its per-call values as its own locals,
 -- not upvalues; its steps are top-level functions taking what they need as arguments;
 -- no closure or table is built per decision that a plain local can replace.
+
+-- decisions per run at most (gate.py's BATCH_MAX: it never sends more)
+local BATCH_MAX = 16
 
 -- the denial reasons; a reason's code is its index (gate.py's DENY_CODES maps it back)
 local REASON = {
@@ -208,10 +224,11 @@ end
 -- p, b, s, c, rl: this symbol's position, buy / sell reservations, cost, reserved loss.
 -- Returns 0, worst loss per lot, this order's worst loss, gross_after, uloss, rloss,
 -- g1, u0, rebuilt (nil on the fast path); or the denial's reason, detail.
--- K: the KEYS (5 limits, 6 positions, 7 reservations, 8 marks, 10 day); pos, res, marks:
--- the whole book when the caller already read it (nil on the fast path)
-local function risk(K, symbol, side, lots, ticks, k, max_lots, mark, band_ppm, max_gross,
-                    loss_limit, p, b, s, c, rl, agg, fast, pos, res, marks)
+-- K: the KEYS (5 limits, 6 positions, 7 reservations, 8 marks); k_day the decision's day;
+-- S the batch's shared reads (its day's realized pnl, read once); pos, res, marks: the
+-- whole book when the caller already read it (nil on the fast path)
+local function risk(K, S, k_day, symbol, side, lots, ticks, k, max_lots, mark, band_ppm,
+                    max_gross, loss_limit, p, b, s, c, rl, agg, fast, pos, res, marks)
   -- 9. position limit: |position + same-side reservations + this order|
   local same = side == 1 and b or s
   local before = math.abs(p + side * same)
@@ -242,7 +259,11 @@ local function risk(K, symbol, side, lots, ticks, k, max_lots, mark, band_ppm, m
     return 'gross_exposure', 'worst-case gross exposure ' .. fmt(gross_after) .. ' > ' .. fmt(max_gross) .. ' money units'
   end
   -- 11. daily loss budget
-  local rp = stored_int(rd('HGET', K[10], 'realized_pnl'), 'day realized_pnl')
+  local rp = S.rp[k_day]
+  if not rp then
+    rp = stored_int(rd('HGET', k_day, 'realized_pnl'), 'day realized_pnl')
+    S.rp[k_day] = rp
+  end
   local used = add(add(math.max(0, -rp), uloss), rloss)
   -- worst case of this order: it fills at its limit price (adverse distance from the
   -- mark) and, for the lots that add exposure, the mark then moves one band against
@@ -264,41 +285,60 @@ local function risk(K, symbol, side, lots, ticks, k, max_lots, mark, band_ppm, m
   return 0, wl, this_loss, gross_after, uloss, add(rloss, this_loss), g1, u0, rebuilt
 end
 
--- A denial: counted, recorded in the capped denials stream, returned as {code, detail}.
-local function deny(K, A, reason, detail)
+-- A denial of the decision whose arguments start after A[o]: counted, recorded in the
+-- capped denials stream, returned as {code, detail}.
+local function deny(K, A, o, reason, detail)
   local code
   for i = 1, #REASON do if REASON[i] == reason then code = i; break end end
   if not code then error('gate_admit: unknown denial reason ' .. tostring(reason)) end
-  redis.pcall('HINCRBY', K[14], 'denied:' .. reason, 1)
-  redis.pcall('XADD', K[15], 'MAXLEN', '~', '1000', '*',
-    'intent_id', A[4], 'reason', reason, 'detail', detail,
-    'token', A[2], 'holder', A[3], 'symbol', A[6], 'side', A[7],
-    'qty', A[8], 'price', A[9])
+  redis.pcall('HINCRBY', K[12], 'denied:' .. reason, '1')
+  redis.pcall('XADD', K[13], 'MAXLEN', '~', '1000', '*',
+    'intent_id', A[o + 3], 'reason', reason, 'detail', detail,
+    'token', A[o + 1], 'holder', A[o + 2], 'symbol', A[o + 5], 'side', A[o + 6],
+    'qty', A[o + 7], 'price', A[o + 8])
   return {code, detail}
 end
 
--- The decision (steps 1-12, docs/gate.md); K = KEYS, A = ARGV (the header above).
-local function admit(K, A)
+-- The limits' scalar fields, parsed (read once per batch: S.limn)
+local function limits_of(lim)
+  return {stored_nat(lim[1], 'limits max_order_notional'),
+    stored_nat(lim[2], 'limits max_gross_exposure'), stored_nat(lim[3], 'limits daily_loss_limit'),
+    stored_nat(lim[4], 'limits band_ppm'), stored_nat(lim[5], 'limits rate_milli'),
+    stored_nat(lim[6], 'limits burst')}
+end
+
+-- Decision j (steps 1-12, docs/gate.md): K = KEYS, A = ARGV, its arguments after A[o],
+-- its day and order keys; S the batch's shared reads (the header above).
+local function admit(K, A, S, o, K_DAY, K_ORDER)
   local K_SCHEMA, K_STATE, K_LEASE, K_INTENTS = K[1], K[2], K[3], K[4]
   local K_LIMITS, K_POS, K_RES, K_MARKS = K[5], K[6], K[7], K[8]
-  local K_THROTTLE, K_ORDER, K_OPEN = K[9], K[11], K[12]
-  local K_JOURNAL, K_STATS, K_NONCE, K_AGG, K_TOMB = K[13], K[14], K[16], K[17], K[18]
-  local token, holder, intent_id, coid = A[2], A[3], A[4], A[5]
-  local symbol, side_s, qty_s, price_s = A[6], A[7], A[8], A[9]
+  local K_THROTTLE, K_OPEN = K[9], K[10]
+  local K_JOURNAL, K_NONCE, K_AGG, K_TOMB = K[11], K[14], K[15], K[16]
+  local token, holder, intent_id, coid = A[o + 1], A[o + 2], A[o + 3], A[o + 4]
+  local symbol, side_s, qty_s, price_s = A[o + 5], A[o + 6], A[o + 7], A[o + 8]
   -- Reads first (each fails closed on a wrong type); writes only after every check.
-  local schema = rd('GET', K_SCHEMA)
+  local schema = S.schema
+  if schema == nil then schema = rd('GET', K_SCHEMA); S.schema = schema end
   -- 1. key-schema version
   if schema ~= A[1] then
-    return deny(K, A, 'schema_mismatch', 'key schema is ' .. (schema or 'missing') .. ', gate speaks ' .. A[1])
+    return deny(K, A, o, 'schema_mismatch', 'key schema is ' .. (schema or 'missing') .. ', gate speaks ' .. A[1])
   end
-  local lim = rd('HMGET', K_LIMITS, 'max_order_notional', 'max_gross_exposure',
-    'daily_loss_limit', 'band_ppm', 'rate_milli', 'burst', 'i:' .. symbol, 'digest')
-  if not lim[1] then return deny(K, A, 'bad_state', 'no limits stored for the account') end
-  local state = rd('HGET', K_STATE, 'state')
+  local lim, spec = S.lim, nil
+  if not lim then
+    lim = rd('HMGET', K_LIMITS, 'max_order_notional', 'max_gross_exposure',
+      'daily_loss_limit', 'band_ppm', 'rate_milli', 'burst', 'i:' .. symbol, 'digest')
+    S.lim = lim
+    S.spec[symbol] = lim[7]
+  end
+  if not lim[1] then return deny(K, A, o, 'bad_state', 'no limits stored for the account') end
+  spec = S.spec[symbol]
+  if spec == nil then spec = rd('HGET', K_LIMITS, 'i:' .. symbol); S.spec[symbol] = spec end
+  local state = S.state
+  if state == nil then state = rd('HGET', K_STATE, 'state'); S.state = state end
 
   -- Order sanity (pure); reported at step 5, or at step 2 in REDUCING.
   local sane_code, sane_detail, side, lots, ticks, k, max_lots
-  sane_code, side, lots, ticks, k, max_lots = sanity(side_s, lim[7], symbol, qty_s, price_s)
+  sane_code, side, lots, ticks, k, max_lots = sanity(side_s, spec, symbol, qty_s, price_s)
   if sane_code then sane_detail, side = side, nil end
 
   -- The book: with valid aggregates (lib/agg.lua: made for these limits, and agreeing
@@ -324,22 +364,23 @@ local function admit(K, A)
   end
 
   -- 2. trading state
-  if state == 'HALTED' then return deny(K, A, 'halted', 'account is HALTED') end
+  if state == 'HALTED' then return deny(K, A, o, 'halted', 'account is HALTED') end
   if state == 'REDUCING' then
-    if sane_code then return deny(K, A, sane_code, sane_detail) end
+    if sane_code then return deny(K, A, o, sane_code, sane_detail) end
     local p = stored_int(v_qty, 'position ', symbol)
     local same = side == 1 and reservation(v_buy, f_buy) or reservation(v_sell, f_sell)
     -- Reduces |position| even if every open order on this side fills too.
     if not (p * side < 0 and same + lots <= math.abs(p)) then
-      return deny(K, A, 'reduce_only', 'account is REDUCING and this order does not reduce the position')
+      return deny(K, A, o, 'reduce_only', 'account is REDUCING and this order does not reduce the position')
     end
   elseif state and state ~= 'ACTIVE' then
-    return deny(K, A, 'bad_state', 'trading state is ' .. tostring(state))
+    return deny(K, A, o, 'bad_state', 'trading state is ' .. tostring(state))
   end
 
   -- 3. fence: the lease holds exactly this token and holder, and is live (lib/fence)
-  local fenced, pttl = fence(K_LEASE, token, holder)
-  if fenced ~= 'ok' then return deny(K, A, fenced, pttl) end
+  if S.lease == nil then S.lease, S.pttl = lease_read(K_LEASE) end
+  local fenced, pttl = fence_judge(K_LEASE, S.lease, S.pttl, token, holder)
+  if fenced ~= 'ok' then return deny(K, A, o, fenced, pttl) end
 
   -- 4. idempotency: an admitted intent returns its original decision, and only for the
   -- very same order: the same id with other fields is a conflict (never re-sent as ours)
@@ -365,56 +406,55 @@ local function admit(K, A)
         what = ' (' .. tostring(was[2]) .. ' ' .. tostring(was[3]) .. ' ' .. tostring(was[1]) ..
           ' @ ' .. tostring(was[4]) .. ')'
       end
-      return deny(K, A, 'intent_conflict', 'intent ' .. intent_id .. ' was admitted as another order' ..
+      return deny(K, A, o, 'intent_conflict', 'intent ' .. intent_id .. ' was admitted as another order' ..
         what .. '; a different order needs a new intent id')
     end
     local prior_nonce = -1
     if pn ~= '-' then prior_nonce = stored_nat(pn, 'intents ' .. intent_id .. ' nonce') end
     pt = stored_nat(pt, 'intents ' .. intent_id .. ' token')
     pd = stored_nat(pd, 'intents ' .. intent_id .. ' deadline')
-    redis.pcall('HINCRBY', K_STATS, 'duplicate', 1)
+    S.duplicate = S.duplicate + 1
     return {0, 1, pt, pd, prior_nonce,
       was[1] or '', was[2] or '', was[3] or '', was[4] or ''}
   end
   -- 4b. an intent the prune sweep archived and removed is never admitted again
   local tb, tfp = tomb_of(intent_id)
   if tomb_has(rd('HGET', K_TOMB, tb), tfp) then
-    return deny(K, A, 'intent_pruned', 'intent ' .. intent_id .. ' was decided and pruned ' ..
+    return deny(K, A, o, 'intent_pruned', 'intent ' .. intent_id .. ' was decided and pruned ' ..
       '(archived) after the retention window; a new order needs a new intent id')
   end
 
   -- 5. order sanity
-  if sane_code then return deny(K, A, sane_code, sane_detail) end
+  if sane_code then return deny(K, A, o, sane_code, sane_detail) end
 
-  local max_notional = stored_nat(lim[1], 'limits max_order_notional')
-  local max_gross = stored_nat(lim[2], 'limits max_gross_exposure')
-  local loss_limit = stored_nat(lim[3], 'limits daily_loss_limit')
-  local band_ppm = stored_nat(lim[4], 'limits band_ppm')
-  local rate_milli = stored_nat(lim[5], 'limits rate_milli')
-  local burst = stored_nat(lim[6], 'limits burst')
+  local limn = S.limn
+  if not limn then limn = limits_of(lim); S.limn = limn end
+  local max_notional, max_gross, loss_limit = limn[1], limn[2], limn[3]
+  local band_ppm, rate_milli, burst = limn[4], limn[5], limn[6]
   -- (the checked products of lib/int inline: no pcall on the hot path)
   local notional = lots * ticks
   if notional < MAXI then notional = notional * k end
-  if notional >= MAXI then return deny(K, A, 'bad_order', 'order value overflows the exact integer range') end
+  if notional >= MAXI then return deny(K, A, o, 'bad_order', 'order value overflows the exact integer range') end
 
   -- 6. max notional per order
   if notional > max_notional then
-    return deny(K, A, 'max_notional', 'notional ' .. fmt(notional) .. ' > ' .. fmt(max_notional) .. ' money units')
+    return deny(K, A, o, 'max_notional', 'notional ' .. fmt(notional) .. ' > ' .. fmt(max_notional) .. ' money units')
   end
 
   -- 7. price band against the last mark
   local mark = mark_of(v_mark, symbol)
-  if not mark then return deny(K, A, 'price_band', 'no mark for ' .. symbol) end
+  if not mark then return deny(K, A, o, 'price_band', 'no mark for ' .. symbol) end
   local dist = math.abs(ticks - mark)
   local lhs, rhs = dist * 1000000, band_ppm * mark
-  if lhs >= MAXI or rhs >= MAXI then return deny(K, A, 'bad_order', 'price band check overflows') end
+  if lhs >= MAXI or rhs >= MAXI then return deny(K, A, o, 'bad_order', 'price band check overflows') end
   if lhs > rhs then
-    return deny(K, A, 'price_band', 'price ' .. price_s .. ' is ' .. fmt(dist) .. ' ticks from mark ' ..
+    return deny(K, A, o, 'price_band', 'price ' .. price_s .. ' is ' .. fmt(dist) .. ' ticks from mark ' ..
       fmt(mark) .. ' ticks (band ' .. fmt(band_ppm) .. ' ppm)')
   end
 
   -- 8. order-rate throttle (token bucket in milli-tokens, server clock)
-  local now = now_ms()
+  local now = S.now
+  if not now then now = now_ms(); S.now = now end
   local thr = rd('HMGET', K_THROTTLE, 'tokens', 'ts_ms')
   local cap = burst * 1000
   local tokens = cap
@@ -426,12 +466,12 @@ local function admit(K, A)
     local refill = elapsed * rate_milli
     if refill >= MAXI then tokens = cap else tokens = math.min(cap, tokens + ifloor(refill, 1000)) end
   end
-  if tokens < 1000 then return deny(K, A, 'throttled', 'order rate above ' .. fmt(rate_milli) .. ' milli-orders/s') end
+  if tokens < 1000 then return deny(K, A, o, 'throttled', 'order rate above ' .. fmt(rate_milli) .. ' milli-orders/s') end
 
   local nonce = -1
-  if A[10] == '1' then
+  if A[o + 9] == '1' then
     local nv = rd('GET', K_NONCE)
-    if not nv then return deny(K, A, 'bad_state', 'nonce not synced (' .. K_NONCE .. ' missing)') end
+    if not nv then return deny(K, A, o, 'bad_state', 'nonce not synced (' .. K_NONCE .. ' missing)') end
     nonce = stored_nat(nv, 'nonce')
   end
 
@@ -442,19 +482,19 @@ local function admit(K, A)
   local c = stored_int(v_cost, 'cost ', symbol)
   local rl = reservation(v_loss, f_loss)
   local ok3, v1, wl, this_loss, gross_after, uloss, rloss_after, g1, u0, rebuilt = pcall(risk,
-    K, symbol, side, lots, ticks, k, max_lots, mark, band_ppm, max_gross, loss_limit,
+    K, S, K_DAY, symbol, side, lots, ticks, k, max_lots, mark, band_ppm, max_gross, loss_limit,
     p, b, s, c, rl, agg, fast, pos, res, marks)
   if not ok3 then
     if type(v1) == 'table' and v1.overflow then
-      return deny(K, A, 'bad_order', 'risk arithmetic overflows the exact integer range')
+      return deny(K, A, o, 'bad_order', 'risk arithmetic overflows the exact integer range')
     end
     error(v1)
   end
-  if v1 ~= 0 then return deny(K, A, v1, wl) end
+  if v1 ~= 0 then return deny(K, A, o, v1, wl) end
 
   -- the write keys must have the shapes we are about to write
   if rd('HGET', K_ORDER, 'state') then
-    return deny(K, A, 'bad_state', 'order ' .. coid .. ' exists but its intent is not recorded')
+    return deny(K, A, o, 'bad_state', 'order ' .. coid .. ' exists but its intent is not recorded')
   end
   rd('SISMEMBER', K_OPEN, coid)
 
@@ -468,7 +508,7 @@ local function admit(K, A)
   local deadline = now + pttl
   local nonce_s = nonce >= 0 and fmt(nonce) or '-'
   local lots_s, ticks_s, now_s, deadline_s = fmt(lots), fmt(ticks), fmt(now), fmt(deadline)
-  local day = A[11]
+  local day = A[o + 10]
   journal_add(K_JOURNAL, 'ev', 'admit', 'coid', coid,
     'intent_id', intent_id, 'symbol', symbol, 'side', side_name, 'lots', lots_s,
     'ticks', ticks_s, 'token', token, 'holder', holder, 'deadline_ms', deadline_s,
@@ -498,13 +538,41 @@ local function admit(K, A)
   end
   redis.call('HSET', K_INTENTS, intent_id,
     coid .. '|' .. token .. '|' .. deadline_s .. '|' .. nonce_s .. '|' .. digest)
-  redis.pcall('HINCRBY', K_STATS, 'admitted', 1)
+  S.admitted = S.admitted + 1
   -- what was admitted, as the order record above holds it
   return {0, 0, tonumber(token), deadline, nonce, symbol, side_name, qty_s, price_s}
 end
 
-local ok, result = pcall(admit, KEYS, ARGV)
-if ok then return result end
-local detail = failure_detail(result)
-if detail then return deny(KEYS, ARGV, 'bad_state', detail) end
-error(result)
+local n = (#ARGV - 1) / 10
+if n < 1 or n > BATCH_MAX or n % 1 ~= 0 or #KEYS ~= 16 + 2 * n then
+  return redis.error_reply('gate_admit: ' .. #KEYS .. ' keys and ' .. #ARGV ..
+    ' arguments are not 1 to ' .. BATCH_MAX .. ' whole decisions')
+end
+-- the batch's shared reads (nil: not read yet; false: read, absent) and counters; every
+-- field is named here, so the table is made at its final size (no rehash as it fills)
+local S = {schema = nil, lim = nil, limn = nil, state = nil, lease = nil, pttl = nil,
+  now = nil, spec = {}, rp = {}, admitted = 0, duplicate = 0}
+local out = {}
+for j = 1, n do
+  local o = 10 * (j - 1) + 1
+  local ok, result = pcall(admit, KEYS, ARGV, S, o, KEYS[15 + 2 * j], KEYS[16 + 2 * j])
+  if not ok then
+    -- a stored-state failure (lib/int's {bad = ...}, or a command's error: Redis's pcall
+    -- hands a redis.call error over as its text) denies bad_state; anything else is a
+    -- failure of the script itself, answered for this decision alone
+    local detail = failure_detail(result)
+    if not detail and type(result) == 'string' and string.find(result, 'WRONGTYPE', 1, true) then
+      detail = result
+    end
+    if detail then result = deny(KEYS, ARGV, o, 'bad_state', detail)
+    else result = {-1, 'gate_admit: ' .. tostring(result)} end
+  end
+  out[j] = result
+end
+if S.admitted > 0 then
+  redis.pcall('HINCRBY', KEYS[12], 'admitted', S.admitted == 1 and '1' or fmt(S.admitted))
+end
+if S.duplicate > 0 then
+  redis.pcall('HINCRBY', KEYS[12], 'duplicate', S.duplicate == 1 and '1' or fmt(S.duplicate))
+end
+return out
