@@ -52,9 +52,13 @@ _GIVE_UP = 20
 
 
 def admitted(reply: object) -> bool:
-    """True when ``reply`` is gate_admit.lua's answer for a FRESH admission: its 9-element
-    list with code 0 and the duplicate flag 0. Anything else (a denial's code, a
-    duplicate, an error, a shape another client decoded differently) is not one."""
+    """True when ``reply`` is gate_admit.lua's answer to a batch of one FRESH admission: a
+    list of one 9-element list with code 0 and the duplicate flag 0. Anything else (a
+    denial's code, a duplicate, an error, a shape another client decoded differently) is
+    not one."""
+    if not isinstance(reply, list | tuple) or len(reply) != 1:
+        return False
+    reply = reply[0]
     if not isinstance(reply, list | tuple) or len(reply) != 9:
         return False
     code, duplicate = reply[0], reply[1]
@@ -393,17 +397,21 @@ async def run(*, quick: bool) -> list[Row]:
                 await gatesetup.admit(gate, intent(next(counter)))  # loads the script
                 subjects = await _subjects(stack, server.url, server.port, client, gate)
                 await client.config_resetstat()  # inside-Redis µs: both phases, all clients
+                admitted0 = int(await client.hget(gate._keys.stats, "admitted") or 0)
                 progress(NAME, f"{rounds} sequential rounds (+{warmup} warm-up) of "
                          + ", ".join(s.name for s in subjects if s.usable))
                 await _sequential(subjects, counter, rounds, warmup)
                 progress(NAME, f"{rate_rounds} concurrent rounds of {per_round} calls per kind")
                 await _throughput(subjects, counter, rate_rounds, per_round, client)
                 stats = await client.info("commandstats")
+                decisions = int(await client.hget(gate._keys.stats, "admitted") or 0) - admitted0
                 named = [c.get("name", "") for c in await client.client_list()]
                 for s in subjects:
                     s.connections = named.count(s.conn_name) if s.conn_name else 0
         finally:
             await client.aclose()
-    inside = float(stats.get("cmdstat_evalsha", {}).get("usec_per_call", 0.0))
+    # per decision, not per EVALSHA: the gate's own path batches concurrent decisions
+    # (every decision here is a fresh admission, counted by the script)
+    inside = float(stats.get("cmdstat_evalsha", {}).get("usec", 0.0)) / max(1, decisions)
     return rows_for(subjects, rounds=rounds, rate_rounds=rate_rounds, per_round=per_round,
                     inside_us=inside)

@@ -21,11 +21,13 @@ KEYS = AccountKeys(account())
 
 def test_admitted_when_reply_is_not_a_fresh_admission_then_false() -> None:
     fresh = [0, 0, 1, 123, -1, "BTC-USD", "buy", "0.01", "60000"]
-    assert clients.admitted(fresh)
-    assert not clients.admitted([0, 1, *fresh[2:]])  # a duplicate is not a fresh admission
-    assert not clients.admitted([7, "lease not held"])  # a denial
-    assert not clients.admitted([False, 0, *fresh[2:]])  # a bool is not the code 0
-    assert not clients.admitted([b"0", 0, *fresh[2:]])  # neither is a string
+    assert clients.admitted([fresh])  # the script answers a batch of one
+    assert not clients.admitted(fresh)  # not the reply of a batch
+    assert not clients.admitted([fresh, fresh])  # nor of a batch of two
+    assert not clients.admitted([[0, 1, *fresh[2:]]])  # a duplicate is not a fresh admission
+    assert not clients.admitted([[7, "lease not held"]])  # a denial
+    assert not clients.admitted([[False, 0, *fresh[2:]]])  # a bool is not the code 0
+    assert not clients.admitted([[b"0", 0, *fresh[2:]]])  # neither is a string
     assert not clients.admitted(b"OK")
 
 
