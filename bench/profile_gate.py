@@ -12,6 +12,8 @@ Not part of the ``make bench`` table: a diagnostic for the gate's owner.
    reports instructions per call, which are repeatable whatever the load (about
    560,000 per admission with redis-server 7.0.15, December 2026; every variant is
    loaded and compiled before anything is counted).
+   Then the whole script deciding in batches of 1, 2, 4, 8 and 16 (what the gate wire
+   sends when decisions meet in one event-loop turn): instructions or µs per decision.
 2. **In the client**: the Python parts of ``OrderGate.admit`` timed one by one
    (``timeit``): redis-py packing the EVALSHA's keys and arguments (the
    ``execute_command`` path) against packing a PING, and the gate wire's own packing
@@ -111,16 +113,59 @@ async def inside_redis(n: int, rounds: int, instructions: bool) -> None:
                     else:
                         stats = await client.info("commandstats")
                         best[v] = min(best[v], float(stats["cmdstat_evalsha"]["usec_per_call"]))
+            per_batch = await _batches(client, gate, counter, n, rounds, pid, out, instructions)
         finally:
             await client.aclose()
     unit = "instructions per call" if instructions else f"µs per call (min of {rounds} rounds)"
-    print(f"inside Redis, {n} pipelined admissions per variant, {unit}:")
+    print(f"inside Redis, {n} pipelined admissions per variant (each a batch of one), {unit}:")
     prev = 0.0
     for (label, _), value in zip(vs, best, strict=True):
         fmt_v = f"{value:9.0f}" if instructions else f"{value:7.1f}"
         delta = f"{value - prev:+9.0f}" if instructions else f"{value - prev:+7.1f}"
         print(f"  {fmt_v}  {delta}  {label}")
         prev = value
+    unit = "instructions" if instructions else "µs (min of rounds)"
+    print(f"the whole script, per DECISION by batch size (decisions per EVALSHA), {unit}:")
+    for size, value in per_batch.items():
+        print(f"  {value:9.0f}  batch of {size}" if instructions else f"  {value:7.1f}  batch of {size}")
+
+
+BATCH_SIZES = (1, 2, 4, 8, 16)
+
+
+async def _batches(client: aioredis.Redis, gate: object, counter: itertools.count[int], n: int,
+                   rounds: int, pid: int, out: str, instructions: bool) -> dict[int, float]:
+    """The real script (``gate.pack_batch``'s layout) deciding about ``n`` fresh intents in
+    batches of each size: instructions or inside-Redis µs per decision."""
+    sha: str = gate._script.sha  # type: ignore[attr-defined]
+    result: dict[int, float] = {}
+    for size in BATCH_SIZES:
+        calls = max(1, n // size)
+        best = float("inf")
+        for _ in range(1 if instructions else rounds):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(calls):
+                keys, args = gatesetup.call_args(gate, next(counter))
+                for _ in range(size - 1):  # the decisions' own (day, order) keys and args
+                    k, a = gatesetup.call_args(gate, next(counter))
+                    keys, args = keys + k[-2:], args + a[1:]
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            if instructions:
+                _callgrind(pid, "-i", "on")
+            else:
+                await client.config_resetstat()
+            replies = await pipe.execute()
+            if not all(int(d[0]) == 0 for r in replies for d in r):
+                raise SystemExit(f"batch of {size}: a decision was denied: {replies[0]}")
+            if instructions:
+                _callgrind(pid, "-i", "off")
+                _callgrind(pid, "-d", f"b{size}")
+                best = _last_dump_total(out) / (calls * size)
+            else:
+                stats = await client.info("commandstats")
+                best = min(best, float(stats["cmdstat_evalsha"]["usec_per_call"]) / size)
+        result[size] = best
+    return result
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ id is admitted at most once; a retry gets the original decision and reserves not
 and *fail closed* (a Redis error raises ``GateUnavailable``; a key of the wrong shape
 is ``Denied(BAD_STATE)``).
 
-Each ``admit`` is ONE ``EVALSHA`` of ``lua/gate_admit.lua``; Python only refuses an
+Each ``admit`` is decided in ONE ``EVALSHA`` of ``lua/gate_admit.lua`` — alone, or, on the
+gate wire, in one batch with the other decisions asked for in the same event-loop turn
+(``BATCH_MAX``; each decided exactly as alone, in order: docs/gate.md, "Batches"). Python only refuses an
 intent of the wrong shape before asking Redis (``model.intent_problem``: the same
 ``Denied(bad_order)`` whoever calls — the script re-checks the strings it is sent),
 formats the arguments and maps the reply. The check order and every ``DenyReason`` are documented
