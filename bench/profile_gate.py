@@ -17,7 +17,7 @@ Not part of the ``make bench`` table: a diagnostic for the gate's owner.
 2. **In the client**: the Python parts of ``OrderGate.admit`` timed one by one
    (``timeit``): redis-py packing the EVALSHA's keys and arguments (the
    ``execute_command`` path) against packing a PING, and the gate wire's own packing
-   (``OrderGate._packed``, the path a plain client takes).
+   (``OrderGate._parts`` + ``pack_batch``, the path a plain client takes).
 """
 
 from __future__ import annotations

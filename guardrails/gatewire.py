@@ -91,7 +91,9 @@ def _deliver(futs: list[asyncio.Future[Any]], reply: Any) -> None:
                                   else ResponseError(text))
         return
     if not isinstance(reply, list) or len(reply) != len(futs):
-        text = f"gate batch of {len(futs)} decisions answered with {reply!r}"
+        # (not the reply itself in the text: a detail in it must not read as another error)
+        got = f"{len(reply)} entries" if isinstance(reply, list) else f"a {type(reply).__name__}"
+        text = f"gate batch of {len(futs)} decisions answered with {got}"
         for fut in futs:
             if not fut.done():
                 fut.set_exception(ResponseError(text))
@@ -276,7 +278,9 @@ class GateWire:
 
     def _write(self) -> None:
         self._flush = None
-        out, self._out = self._out, []
+        # a request whose caller was cancelled before it left is not sent at all: a
+        # decision nobody waits for would reserve exposure for an order never submitted
+        out, self._out = [o for o in self._out if not o[3].done()], []
         transport = self._transport
         if transport is None or transport.is_closing():
             err = WireError("connection to Redis lost before sending", sent=False)

@@ -96,6 +96,8 @@ async def test_admit_when_concurrent_then_one_evalsha_per_batch_of_at_most_batch
     for it, d in zip(its, got, strict=True):
         assert isinstance(d, Admitted) and not d.duplicate and d.intent_id == it.intent_id
         assert d.order is not None and d.order.qty == it.qty
+    # one batch is decided at one instant: its deadlines are the lease's expiry then
+    assert len({d.submit_deadline_ms for d in got[:BATCH_MAX]}) == 1
     res = await redis_client.hgetall(acct.reservations)
     assert res[f"{SYMBOL}:buy"] == str(1 + sum(int(it.qty * 10_000) for it in its))
     assert (await redis_client.hgetall(acct.stats))["admitted"] == str(len(its) + 1)
@@ -225,7 +227,21 @@ async def test_batch_when_one_decision_meets_a_bad_key_then_only_it_is_denied(
     assert await redis_client.hget(acct.intents, "b-2") is None
 
 
-async def test_batch_when_a_caller_is_cancelled_after_queueing_then_others_get_their_own(
+async def test_batch_when_a_shared_read_fails_then_every_decision_denied_not_cached(
+    redis_client: aioredis.Redis, acct: AccountKeys,
+) -> None:
+    g = OrderGate(redis_client, acct, risk())
+    await decide(g, buy("0.0001", intent_id="warm-up"))
+    await redis_client.delete(acct.state)
+    await redis_client.set(acct.state, "ACTIVE")  # a STRING where the latch HASH belongs
+    got = await asyncio.gather(*(decide(g, it) for it in intents(3)))
+    # each decision meets the bad key itself (a failed read is not remembered as absent)
+    assert all(isinstance(d, Denied) and d.reason is DenyReason.BAD_STATE for d in got), got
+    assert (await redis_client.hgetall(acct.stats))["denied:bad_state"] == "3"
+    assert await redis_client.hget(acct.intents, "b-0") is None
+
+
+async def test_batch_when_a_caller_is_cancelled_before_sending_then_not_sent_and_others_decided(
     redis_client: aioredis.Redis, acct: AccountKeys,
 ) -> None:
     g = OrderGate(redis_client, acct, risk())
@@ -240,9 +256,11 @@ async def test_batch_when_a_caller_is_cancelled_after_queueing_then_others_get_t
     assert isinstance(first, Admitted) and first.intent_id == "b-0"
     assert isinstance(third, Admitted) and third.intent_id == "b-2"
     assert third.order is not None and third.order.qty == its[2].qty
-    # the cancelled decision may have run: asking again gives its decision, reserved once
+    # cancelled before its batch left: it was not sent (nothing reserved for it)
+    assert await redis_client.hget(acct.intents, "b-1") is None
     again = await decide(g, its[1])
-    assert isinstance(again, Admitted) and again.order is not None and again.order.qty == its[1].qty
+    assert isinstance(again, Admitted) and not again.duplicate
+    assert again.order is not None and again.order.qty == its[1].qty
 
 
 async def test_batch_when_reply_lost_then_each_decision_recovers_its_own_admission(

@@ -38,10 +38,12 @@
 --
 -- What a batch reads once and shares (S below): the schema, the limits and parsed
 -- limits, the instrument specs, the trading state, the lease, the server time and each
--- day's realized loss. No decision writes any of them and nothing else runs during a
--- script, so a second read would return the same. Everything a decision writes (the
--- book, the aggregates, the throttle, intents, orders, the nonce) is read afresh by the
--- next. The stats counters admitted / duplicate are added once, at the end.
+-- day's realized loss. No decision writes any of them, and nothing else runs during a
+-- script (a key cannot change or expire in it), so a later read would return the same;
+-- the clock is sampled once, beside the lease's PTTL: a batch is decided at one instant,
+-- and each admission's deadline is the lease's expiry as of that instant. Everything a
+-- decision writes (the book, the aggregates, the throttle, intents, orders, the nonce) is
+-- read afresh by the next. The stats counters admitted / duplicate are added once, at the end.
 --!include lib/int.lua
 --!include lib/read.lua
 --!include lib/time.lua
@@ -378,7 +380,13 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
   end
 
   -- 3. fence: the lease holds exactly this token and holder, and is live (lib/fence)
-  if S.lease == nil then S.lease, S.pttl = lease_read(K_LEASE) end
+  if S.lease == nil then
+    -- the lease and the clock sampled together, once: every admission of the batch gets
+    -- deadline = now + pttl, the lease's expiry as of this instant (PTTL and TIME are the
+    -- real clock, not the script's frozen one, so they are read side by side)
+    S.lease, S.pttl = lease_read(K_LEASE)
+    if not S.now then S.now = now_ms() end
+  end
   local fenced, pttl = fence_judge(K_LEASE, S.lease, S.pttl, token, holder)
   if fenced ~= 'ok' then return deny(K, A, o, fenced, pttl) end
 

@@ -8,8 +8,9 @@
 --   'bad_state', detail          the lease has no expiry, or is not a string
 -- It only reads (GET, PTTL), so a script checks it before its first write. A script
 -- that judges several callers in one run (gate_admit's batch) reads the lease once with
--- lease_read and judges each with fence_judge: nothing else runs during a script, so
--- what it read is what a second read would return.
+-- lease_read and judges each with fence_judge: nothing else runs during a script and a
+-- key cannot expire in it, so the value is what a second read would return (its PTTL
+-- counts down on the real clock: the caller samples the clock beside it).
 
 -- the lease's value (false when there is none, nil when the key is not a string) and,
 -- when there is one, its PTTL
