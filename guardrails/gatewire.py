@@ -79,16 +79,19 @@ def bulk(a: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(a), a)
 
 
+def _error(text: str) -> ResponseError:
+    """An error reply as redis-py would raise it (``NoScriptError`` for NOSCRIPT)."""
+    return NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text)
+
+
 def _deliver(futs: list[asyncio.Future[Any]], reply: Any) -> None:
     """Resolve the futures of one batch from its reply: entry i is decision i's; an error
     reply (NOSCRIPT, WRONGTYPE...) is every decision's (nothing in the batch ran past
     it), each caller raising its own copy."""
     if isinstance(reply, ResponseError):
-        text = str(reply)
         for fut in futs:
             if not fut.done():
-                fut.set_exception(NoScriptError(text) if text.startswith("NOSCRIPT")
-                                  else ResponseError(text))
+                fut.set_exception(_error(str(reply)))
         return
     if not isinstance(reply, list) or len(reply) != len(futs):
         # (not the reply itself in the text: a detail in it must not read as another error)
@@ -129,10 +132,7 @@ class _Protocol(asyncio.Protocol):
                 if fut.done():  # its caller was cancelled; the reply is its, dropped
                     continue
                 if isinstance(reply, ResponseError):
-                    text = str(reply)
-                    fut.set_exception(
-                        NoScriptError(text) if text.startswith("NOSCRIPT") else reply
-                    )
+                    fut.set_exception(_error(str(reply)))
                 else:
                     fut.set_result(reply)
         except Exception as e:  # a protocol error: nothing after it is trusted

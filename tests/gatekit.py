@@ -113,3 +113,15 @@ def risk_for_load() -> RiskConfig:
         max_order_notional="1000000", max_gross_exposure="100000000",
         daily_loss_limit="100000000", orders_per_second="1000000", burst=1_000_000,
     )
+
+
+async def through_proxy(redis_server_port: int) -> tuple[Any, aioredis.Redis]:
+    """A chaos proxy in front of the test's redis-server (its ``lose_replies`` / ``heal``
+    lose and restore replies) and a client through it; the caller closes both."""
+    from guardrails.chaos.proxy import ChaosProxy
+
+    proxy = ChaosProxy("gate", "127.0.0.1", redis_server_port)
+    await proxy.start()
+    client = aioredis.Redis.from_url(proxy.url, decode_responses=True, socket_timeout=2,
+                                     socket_connect_timeout=2)
+    return proxy, client

@@ -27,6 +27,7 @@ from tests.gatekit import (
     risk_snapshot,
     seed,
     sell,
+    through_proxy,
 )
 
 
@@ -493,23 +494,11 @@ async def test_admit_when_burst_spent_then_throttled_until_bucket_refills(
 # -- a lost reply is not a denial ---------------------------------------------------------
 
 
-async def _through_proxy(
-    redis_server_port: int,
-) -> tuple[Any, aioredis.Redis]:
-    from guardrails.chaos.proxy import ChaosProxy
-
-    proxy = ChaosProxy("gate", "127.0.0.1", redis_server_port)
-    await proxy.start()
-    client = aioredis.Redis.from_url(proxy.url, decode_responses=True, socket_timeout=2,
-                                     socket_connect_timeout=2)
-    return proxy, client
-
-
 async def test_admit_when_reply_lost_after_script_ran_then_original_admission_returned(
     redis_server: Any, redis_client: aioredis.Redis, acct: AccountKeys
 ) -> None:
     # Arrange: the gate talks to Redis through a proxy that will lose the replies
-    proxy, via = await _through_proxy(redis_server.port)
+    proxy, via = await through_proxy(redis_server.port)
     try:
         g = OrderGate(via, acct, risk(), recover_ms=15_000)
         assert isinstance(await admit(g, buy("0.0010"), "warm-up"), Admitted)  # script loaded
@@ -538,7 +527,7 @@ async def test_admit_when_reply_lost_and_redis_stays_unreachable_then_outcome_un
 ) -> None:
     from guardrails.gate import GateOutcomeUnknown
 
-    proxy, via = await _through_proxy(redis_server.port)
+    proxy, via = await through_proxy(redis_server.port)
     try:
         g = OrderGate(via, acct, risk(), recover_ms=1_000)
         assert isinstance(await admit(g, buy("0.0010"), "warm-up"), Admitted)

@@ -28,7 +28,7 @@ from guardrails.gate import BATCH_MAX, OrderGate
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
 from guardrails.model import Admitted, Decision, Denied, DenyReason, Intent, Side, client_order_id_for
 from guardrails.scripts import source as lua_source
-from tests.gatekit import ETH, HOLDER, SYMBOL, TOKEN, account_keys, buy, risk, seed
+from tests.gatekit import ETH, HOLDER, SYMBOL, TOKEN, account_keys, buy, risk, seed, through_proxy
 
 
 async def evalsha_calls(r: aioredis.Redis) -> int:
@@ -77,16 +77,23 @@ async def acct(redis_client: aioredis.Redis) -> AccountKeys:
     return keys
 
 
+@pytest.fixture
+async def gate(redis_client: aioredis.Redis, acct: AccountKeys) -> OrderGate:
+    """The account's gate, its wire connected and the script loaded (one admission)."""
+    g = OrderGate(redis_client, acct, risk())
+    assert isinstance(await decide(g, buy("0.0001", intent_id="warm-up")), Admitted)
+    return g
+
+
 def intents(n: int) -> list[Intent]:
     # a distinct quantity per intent: a reply matched to the wrong decision shows
     return [buy(f"0.{i + 1:04d}", intent_id=f"b-{i}") for i in range(n)]
 
 
 async def test_admit_when_concurrent_then_one_evalsha_per_batch_of_at_most_batch_max(
-    redis_client: aioredis.Redis, acct: AccountKeys,
+    redis_client: aioredis.Redis, acct: AccountKeys, gate: OrderGate,
 ) -> None:
-    g = OrderGate(redis_client, acct, risk())
-    await decide(g, buy("0.0001", intent_id="warm-up"))  # the wire is connected
+    g = gate
     its = intents(2 * BATCH_MAX + 8)
     before = await evalsha_calls(redis_client)
     # Act: every decision asked for in one event-loop turn
@@ -104,10 +111,9 @@ async def test_admit_when_concurrent_then_one_evalsha_per_batch_of_at_most_batch
 
 
 async def test_admit_when_sequential_then_each_decision_is_sent_alone(
-    redis_client: aioredis.Redis, acct: AccountKeys,
+    redis_client: aioredis.Redis, acct: AccountKeys, gate: OrderGate,
 ) -> None:
-    g = OrderGate(redis_client, acct, risk())
-    await decide(g, buy("0.0001", intent_id="warm-up"))  # connected, the script loaded
+    g = gate
     before = await evalsha_calls(redis_client)
     for it in intents(5):
         assert isinstance(await decide(g, it), Admitted)
@@ -207,10 +213,9 @@ async def test_batch_when_same_intent_twice_then_second_is_a_duplicate_or_a_conf
 
 
 async def test_batch_when_one_decision_meets_a_bad_key_then_only_it_is_denied(
-    redis_client: aioredis.Redis, acct: AccountKeys,
+    redis_client: aioredis.Redis, acct: AccountKeys, gate: OrderGate,
 ) -> None:
-    g = OrderGate(redis_client, acct, risk())
-    await decide(g, buy("0.0001", intent_id="warm-up"))
+    g = gate
     its = intents(5)
     # the third decision's order record is a STRING: its reads fail closed
     await redis_client.set(acct.order(client_order_id_for("b-2")), "planted")
@@ -228,10 +233,9 @@ async def test_batch_when_one_decision_meets_a_bad_key_then_only_it_is_denied(
 
 
 async def test_batch_when_a_shared_read_fails_then_every_decision_denied_not_cached(
-    redis_client: aioredis.Redis, acct: AccountKeys,
+    redis_client: aioredis.Redis, acct: AccountKeys, gate: OrderGate,
 ) -> None:
-    g = OrderGate(redis_client, acct, risk())
-    await decide(g, buy("0.0001", intent_id="warm-up"))
+    g = gate
     await redis_client.delete(acct.state)
     await redis_client.set(acct.state, "ACTIVE")  # a STRING where the latch HASH belongs
     got = await asyncio.gather(*(decide(g, it) for it in intents(3)))
@@ -242,10 +246,9 @@ async def test_batch_when_a_shared_read_fails_then_every_decision_denied_not_cac
 
 
 async def test_batch_when_a_caller_is_cancelled_before_sending_then_not_sent_and_others_decided(
-    redis_client: aioredis.Redis, acct: AccountKeys,
+    redis_client: aioredis.Redis, acct: AccountKeys, gate: OrderGate,
 ) -> None:
-    g = OrderGate(redis_client, acct, risk())
-    await decide(g, buy("0.0001", intent_id="warm-up"))
+    g = gate
     its = intents(3)
     tasks = [asyncio.create_task(decide(g, it)) for it in its]
     await asyncio.sleep(0)  # all three queued, the batch not written yet
@@ -266,12 +269,7 @@ async def test_batch_when_a_caller_is_cancelled_before_sending_then_not_sent_and
 async def test_batch_when_reply_lost_then_each_decision_recovers_its_own_admission(
     redis_server: Any, redis_client: aioredis.Redis, acct: AccountKeys,
 ) -> None:
-    from guardrails.chaos.proxy import ChaosProxy
-
-    proxy = ChaosProxy("gate", "127.0.0.1", redis_server.port)
-    await proxy.start()
-    via = aioredis.Redis.from_url(proxy.url, decode_responses=True, socket_timeout=2,
-                                  socket_connect_timeout=2)
+    proxy, via = await through_proxy(redis_server.port)
     try:
         g = OrderGate(via, acct, risk(), recover_ms=15_000)
         assert isinstance(await decide(g, buy("0.0001", intent_id="warm-up")), Admitted)

@@ -461,8 +461,7 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
   end
 
   -- 8. order-rate throttle (token bucket in milli-tokens, server clock)
-  local now = S.now
-  if not now then now = now_ms(); S.now = now end
+  local now = S.now -- sampled at step 3, beside the lease's PTTL
   local thr = rd('HMGET', K_THROTTLE, 'tokens', 'ts_ms')
   local cap = burst * 1000
   local tokens = cap
@@ -577,10 +576,6 @@ for j = 1, n do
   end
   out[j] = result
 end
-if S.admitted > 0 then
-  redis.pcall('HINCRBY', KEYS[12], 'admitted', S.admitted == 1 and '1' or fmt(S.admitted))
-end
-if S.duplicate > 0 then
-  redis.pcall('HINCRBY', KEYS[12], 'duplicate', S.duplicate == 1 and '1' or fmt(S.duplicate))
-end
+if S.admitted > 0 then redis.pcall('HINCRBY', KEYS[12], 'admitted', fmt(S.admitted)) end
+if S.duplicate > 0 then redis.pcall('HINCRBY', KEYS[12], 'duplicate', fmt(S.duplicate)) end
 return out
