@@ -69,11 +69,11 @@ async def run(*, quick: bool) -> list[Row]:
                                                ("ping", "gate", "wire", "ping_a", "fenced",
                                                          "lock")}
 
-            async def one(kind: str, i: int) -> None:
+            async def one(kind: str, i: int, it: Any) -> None:
                 if kind in ("ping", "ping_a"):
                     await client.ping()
                 elif kind == "gate":
-                    await gatesetup.admit(gate, intent(i + warmup))
+                    await gatesetup.admit(gate, it)
                 elif kind == "wire":
                     if await wire.call(_WIRE_PING) != b"PONG":
                         raise RuntimeError("PING on the gate's wire did not PONG")
@@ -86,8 +86,10 @@ async def run(*, quick: bool) -> list[Row]:
                 for i in range(-warmup, pairs):
                     shift = i % len(kinds)  # the order inside a round rotates
                     for kind in kinds[shift:] + kinds[:shift]:
+                        # the intent is the caller's, built before the clock starts
+                        it = intent(i + warmup) if kind == "gate" else None
                         t = time.perf_counter_ns()
-                        await one(kind, i)
+                        await one(kind, i, it)
                         d = (time.perf_counter_ns() - t) / 1e6
                         if i >= 0:
                             samples[kind].append(d)

@@ -11,10 +11,11 @@ is ``Denied(BAD_STATE)``).
 
 Each ``admit`` is decided in ONE ``EVALSHA`` of ``lua/gate_admit.lua`` — alone, or, on the
 gate wire, in one batch with the other decisions asked for in the same event-loop turn
-(``BATCH_MAX``; each decided exactly as alone, in order: docs/gate.md, "Batches"). Python only refuses an
-intent of the wrong shape before asking Redis (``model.intent_problem``: the same
-``Denied(bad_order)`` whoever calls — the script re-checks the strings it is sent),
-formats the arguments and maps the reply. The check order and every ``DenyReason`` are documented
+(``BATCH_MAX``; each decided exactly as alone, in order: docs/gate.md, "Batches").
+Python only refuses an intent of the wrong shape before asking Redis
+(``model.intent_args``: ``intent_problem``'s checks, the same ``Denied(bad_order)``
+whoever calls — the script re-checks the strings it is sent), formats the arguments and
+maps the reply. The check order and every ``DenyReason`` are documented
 in ``docs/gate.md``; the key layout in ``docs/keys.md``.
 
 A lost reply is not a denial: when the EVALSHA may have reached Redis but its reply
@@ -56,7 +57,7 @@ from guardrails.model import (
     Order,
     Side,
     client_order_id_for,
-    intent_problem,
+    intent_args,
 )
 from guardrails.tradingday import ClockMs, TradingDay
 
@@ -109,6 +110,10 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+_SIDES = {b"buy": Side.BUY, b"sell": Side.SELL, "buy": Side.BUY, "sell": Side.SELL}
+"""A recorded side as the reply carries it (bytes on the gate wire, str through redis-py)."""
+
+
 def decode_reply(intent_id: str, client_order_id: str, raw: Any) -> Decision:
     """Map gate_admit.lua's reply to a decision; an unknown shape is a programming error.
 
@@ -121,24 +126,17 @@ def decode_reply(intent_id: str, client_order_id: str, raw: Any) -> Decision:
     if code == ADMITTED:
         if len(raw) != 9:
             raise GateUnavailable(f"gate script returned an unexpected admission: {raw!r}")
-        _, duplicate, token, deadline, nonce_raw, symbol, side, qty, price = raw
-        nonce = None if int(nonce_raw) < 0 else int(nonce_raw)
+        _, duplicate, token_raw, deadline_raw, nonce_raw, symbol, side_raw, qty, price = raw
+        token, deadline, nonce = int(token_raw), int(deadline_raw), int(nonce_raw)
         order = None
-        if _text(symbol):
-            order = Order(
-                client_order_id=client_order_id, symbol=_text(symbol), side=Side(_text(side)),
-                qty=Decimal(_text(qty)), price=Decimal(_text(price)), token=int(token),
-                submit_deadline_ms=int(deadline), nonce=nonce,
-            )
-        return Admitted(
-            intent_id=intent_id,
-            client_order_id=client_order_id,
-            token=int(token),
-            submit_deadline_ms=int(deadline),
-            duplicate=bool(int(duplicate)),
-            nonce=nonce,
-            order=order,
-        )
+        if symbol:  # '' when the order record is gone
+            side = _SIDES.get(side_raw)
+            if side is None:
+                raise GateUnavailable(f"gate script returned an unexpected side: {raw!r}")
+            order = Order(client_order_id, _text(symbol), side, Decimal(_text(qty)),
+                          Decimal(_text(price)), token, deadline, None if nonce < 0 else nonce)
+        return Admitted(intent_id, client_order_id, token, deadline, bool(int(duplicate)),
+                        None if nonce < 0 else nonce, order)
     reason = DENY_CODES.get(code)
     if reason is None:
         raise GateUnavailable(f"gate script returned unknown code {code}: {raw!r}")
@@ -201,12 +199,17 @@ FIXED_KEYS = 16
 DECISION_ARGS = 10
 """Arguments per decision after ARGV[1] (gate_admit.lua's header)."""
 
-_DECISION_KEYS = b"$%d\r\n%s\r\n$%d\r\n%s\r\n"  # day key, order key
+_ORDER_KEY = b"$%d\r\n%s\r\n"  # a decision's order key, after its day key's bulk
 _DECISION_ARGS = (
-    b"$%d\r\n%s\r\n" * 8  # token, holder, intent id, coid, symbol, side, qty, price
-    + b"$1\r\n%s\r\n$%d\r\n%s\r\n"  # allocate nonce, day
+    b"%s"  # token, holder (packed when they change)
+    + b"$%d\r\n%s\r\n" * 3  # intent id, coid, symbol
+    + b"%s"  # side
+    + b"$%d\r\n%s\r\n" * 2  # qty, price
+    + b"%s%s"  # allocate nonce, day (packed once per day)
 )
 """A decision's part of a batch's EVALSHA, as RESP (OrderGate._parts)."""
+_SIDE_BULK = {Side.BUY: b"$3\r\nbuy\r\n", Side.SELL: b"$4\r\nsell\r\n"}
+_NONCE_BULK = (b"$1\r\n0\r\n", b"$1\r\n1\r\n")
 
 
 class OrderGate:
@@ -217,8 +220,9 @@ class OrderGate:
     """
 
     __slots__ = (
-        "_day", "_day_key", "_fixed", "_holder", "_keys", "_order_prefix", "_packed_keys",
-        "_packed_sha", "_recover_ms", "_redis", "_risk", "_schema_b", "_script", "_token",
+        "_day", "_day_key", "_fixed", "_head_one", "_holder", "_keys", "_order_prefix",
+        "_packed_keys", "_packed_sha", "_recover_ms", "_redis", "_risk", "_schema_b",
+        "_schema_bulk", "_script", "_token", "_who",
         "_wire",
     )
 
@@ -250,10 +254,12 @@ class OrderGate:
         ))
         assert len(self._fixed) == FIXED_KEYS
         self._schema_b = str(SCHEMA_VERSION).encode()
-        self._day_key: tuple[str, bytes, bytes] = ("", b"", b"")
-        """(trading day, its key, the day itself), encoded once per day."""
+        self._day_key: tuple[str, bytes, bytes, bytes, bytes] = ("", b"", b"", b"", b"")
+        """(trading day, its key, the day itself, both as RESP bulks), encoded once per day."""
         self._token: tuple[int, bytes] = (-1, b"")
         self._holder: tuple[str, bytes] = ("", b"")
+        self._who = b""
+        """The token's and the holder's RESP bulks (packed when either changes)."""
         # The gate's own pipelined connection (gatewire.py), when the client is one it
         # speaks for: the command is then sent as RESP bytes of which everything
         # constant per account (the command, the sha, every key but the day's and the
@@ -261,6 +267,12 @@ class OrderGate:
         self._wire = GateWire.for_client(redis)
         self._packed_sha = wire_bulk(b"EVALSHA") + wire_bulk(self._script.sha.encode())
         self._packed_keys = b"".join(wire_bulk(k) for k in self._fixed)
+        self._schema_bulk = wire_bulk(self._schema_b)
+        numkeys = b"%d" % (FIXED_KEYS + 2)
+        self._head_one = b"".join((  # a batch of one up to its decision's keys
+            b"*%d\r\n" % (3 + FIXED_KEYS + 2 + 1 + DECISION_ARGS), self._packed_sha,
+            wire_bulk(numkeys), self._packed_keys,
+        ))
         # an order's key is this prefix + its client order id (checked, else built per call)
         prefix = keys.order("")
         self._order_prefix = prefix.encode() if keys.order("c0") == prefix + "c0" else b""
@@ -280,21 +292,22 @@ class OrderGate:
         (or answered with an error), and ``GateOutcomeUnknown`` when the request may
         have run but Redis could not be asked again within ``recover_ms``.
 
-        An intent of the wrong shape (``model.intent_problem``: a float or NaN qty, a str
+        An intent of the wrong shape (``model.intent_args``: a float or NaN qty, a str
         side, an over-long symbol or id, a decimal the script cannot hold exactly) is
         ``Denied(bad_order)`` here, before anything reaches Redis — whoever the caller."""
-        problem = intent_problem(intent)
-        if problem is not None:
-            return Denied(intent_id, DenyReason.BAD_ORDER, problem)
+        args = intent_args(intent)  # the shape checks, and the exact qty / price strings
+        if isinstance(args, str):
+            return Denied(intent_id, DenyReason.BAD_ORDER, args)
+        qty, price = args
         coid = client_order_id_for(intent_id)
         day = self._day.today()
         if day != self._day_key[0]:
-            self._day_key = (day, self._keys.day(day).encode(), day.encode())
-        if token != self._token[0]:
+            day_key, day_b = self._keys.day(day).encode(), day.encode()
+            self._day_key = (day, day_key, day_b, wire_bulk(day_key), wire_bulk(day_b))
+        if token != self._token[0] or holder_id != self._holder[0]:
             self._token = (token, str(token).encode())
-        if holder_id != self._holder[0]:
             self._holder = (holder_id, holder_id.encode())
-        qty, price = decimal_arg(intent.qty, "qty"), decimal_arg(intent.price, "price")
+            self._who = wire_bulk(self._token[1]) + wire_bulk(self._holder[1])
         try:
             try:
                 # On NOSCRIPT (a restarted or flushed Redis) the script is loaded (same
@@ -347,12 +360,10 @@ class OrderGate:
         batch's EVALSHA (``pack_batch``)."""
         iid, c = intent_id.encode(), coid.encode()
         order = self._order_prefix + c if self._order_prefix else self._keys.order(coid).encode()
-        sym, side = intent.symbol.encode(), intent.side.value.encode()
-        q, p, day_key, day = qty.encode(), price.encode(), self._day_key[1], self._day_key[2]
-        token, holder = self._token[1], self._holder[1]
-        return _DECISION_KEYS % (len(day_key), day_key, len(order), order), _DECISION_ARGS % (
-            len(token), token, len(holder), holder, len(iid), iid, len(c), c, len(sym), sym,
-            len(side), side, len(q), q, len(p), p, b"1" if nonce else b"0", len(day), day,
+        sym, q, p = intent.symbol.encode(), qty.encode(), price.encode()
+        return self._day_key[3] + _ORDER_KEY % (len(order), order), _DECISION_ARGS % (
+            self._who, len(iid), iid, len(c), c, len(sym), sym, _SIDE_BULK[intent.side],
+            len(q), q, len(p), p, _NONCE_BULK[nonce], self._day_key[4],
         )
 
     def pack_batch(self, keys: list[bytes], args: list[bytes]) -> bytes:
@@ -361,11 +372,13 @@ class OrderGate:
         parts constant per account packed once in __init__. Its reply is one reply per
         decision, in the same order."""
         n = len(keys)
+        if n == 1:
+            return b"".join((self._head_one, keys[0], self._schema_bulk, args[0]))
         numkeys = b"%d" % (FIXED_KEYS + 2 * n)
         return b"".join((
             b"*%d\r\n" % (3 + FIXED_KEYS + 2 * n + 1 + DECISION_ARGS * n), self._packed_sha,
             b"$%d\r\n%s\r\n" % (len(numkeys), numkeys), self._packed_keys, *keys,
-            wire_bulk(self._schema_b), *args,
+            self._schema_bulk, *args,
         ))
 
     async def _recover(self, intent_id: str, digest: str, cause: BaseException) -> Decision:

@@ -119,6 +119,14 @@ MAX_SIGNIFICANT_DIGITS = 15
 """The gate parses qty and price itself: at most 15 significant digits (exact in a double)."""
 MAX_DECIMAL_CHARS = 40
 """... and at most 40 characters as a plain decimal string."""
+try:  # CPython's own SHA-256 (3.12+: _sha2): for a short id it is ~2.5x faster than
+    # OpenSSL's (hashlib.sha256), whose per-call setup dominates; the same digest
+    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,unused-ignore]
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+    except ImportError:  # pragma: no cover - a Python built without its own hashes
+        _sha256 = hashlib.sha256
 _SYMBOL_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,32}$")
 _ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
@@ -131,15 +139,27 @@ def intent_problem(intent: object, strategy: str = "") -> str | None:
         return f"not an Intent: {type(intent).__name__}"
     if strategy and len(strategy) > MAX_STRATEGY_LEN:
         return f"strategy name longer than {MAX_STRATEGY_LEN} characters"
+    args = intent_args(intent)
+    return args if isinstance(args, str) else None
+
+
+def intent_args(intent: object) -> str | tuple[str, str]:
+    """``intent_problem``'s checks (bar the strategy name) and, when they pass, the exact
+    qty and price strings the gate sends (``decimal_text``): one pass over the intent, on
+    the gate's path of every order. Returns the problem (a str) or (qty, price)."""
+    if not isinstance(intent, Intent):
+        return f"not an Intent: {type(intent).__name__}"
     if not isinstance(intent.symbol, str) or not _SYMBOL_RE.match(intent.symbol):
         return (f"symbol must be a str of 1-{MAX_SYMBOL_LEN} of A-Z a-z 0-9 _ . - / "
                 f"(got {_short(intent.symbol)})")
     if not isinstance(intent.side, Side):
         return f"side must be Side.BUY or Side.SELL (got {_short(intent.side)})"
-    for what in ("qty", "price"):
-        problem = decimal_problem(getattr(intent, what))
-        if problem:
-            return f"{what} {problem}"
+    qty = decimal_text(intent.qty)
+    if qty[1] is not None:
+        return f"qty {qty[1]}"
+    price = decimal_text(intent.price)
+    if price[1] is not None:
+        return f"price {price[1]}"
     if intent.intent_id is not None and (
         not isinstance(intent.intent_id, str) or not _ID_RE.match(intent.intent_id)
     ):
@@ -147,26 +167,41 @@ def intent_problem(intent: object, strategy: str = "") -> str | None:
                 f"spaces (got {_short(intent.intent_id)})")
     if not isinstance(intent.tag, str) or len(intent.tag) > MAX_TAG_LEN:
         return f"tag must be a str of at most {MAX_TAG_LEN} characters (got {_short(intent.tag)})"
-    return None
+    return qty[0], price[0]
 
 
 def decimal_problem(value: object) -> str | None:
     """Why ``value`` is not a qty/price the gate can hold (None if it can)."""
+    return decimal_text(value)[1]
+
+
+def decimal_text(value: object) -> tuple[str, None] | tuple[None, str]:
+    """(the plain decimal string of ``value`` the gate sends, None), or (None, why
+    ``value`` is not a qty/price the gate can hold): a Decimal, finite, > 0, at most
+    ``MAX_SIGNIFICANT_DIGITS`` significant digits, and the string itself at most
+    ``MAX_DECIMAL_CHARS`` characters — what the gate script accepts (docs/gate.md,
+    step 5). Counted on the string, not through ``normalize()``, which rounds to the
+    context's precision (28 digits by default: a 29-digit value would read as fewer)."""
     if isinstance(value, bool) or not isinstance(value, Decimal):
-        return f"must be a Decimal (got {type(value).__name__} {_short(value)})"
+        return None, f"must be a Decimal (got {type(value).__name__} {_short(value)})"
     if not value.is_finite():
-        return f"must be finite (got {value})"
+        return None, f"must be finite (got {value})"
     if value <= 0:
-        return f"must be greater than 0 (got {_short(value)})"
-    # Exponent first: formatting Decimal('1e10000000') would build a 10-MB string.
-    if value.adjusted() >= MAX_DECIMAL_CHARS or value.adjusted() < -MAX_DECIMAL_CHARS:
-        return f"is out of range (got {_short(value)})"
-    digits = value.normalize().as_tuple().digits
-    if len(digits) > MAX_SIGNIFICANT_DIGITS:
-        return f"has more than {MAX_SIGNIFICANT_DIGITS} significant digits (got {_short(value)})"
-    if len(format(value.normalize(), "f")) > MAX_DECIMAL_CHARS:
-        return f"is longer than {MAX_DECIMAL_CHARS} characters as a decimal (got {_short(value)})"
-    return None
+        return None, f"must be greater than 0 (got {_short(value)})"
+    # Exponent first: formatting Decimal('1e10000000') would build a 10-MB string. Within
+    # it the string is at most the value's own digits and 41 more characters.
+    adjusted = value.adjusted()
+    if adjusted >= MAX_DECIMAL_CHARS or adjusted < -MAX_DECIMAL_CHARS:
+        return None, f"is out of range (got {_short(value)})"
+    text = format(value, "f")  # digits and at most one "." (value > 0: no sign, exponent)
+    # the digits the script's mantissa holds: all but leading zeros and the fraction's
+    # trailing zeros ("0.0100" has 1, "1000" has 4)
+    whole, _, frac = text.partition(".")
+    if len((whole + frac.rstrip("0")).lstrip("0")) > MAX_SIGNIFICANT_DIGITS:
+        return None, f"has more than {MAX_SIGNIFICANT_DIGITS} significant digits (got {_short(value)})"
+    if len(text) > MAX_DECIMAL_CHARS:
+        return None, f"is longer than {MAX_DECIMAL_CHARS} characters as a decimal (got {_short(value)})"
+    return text, None
 
 
 def _short(value: object) -> str:
@@ -177,7 +212,8 @@ def _short(value: object) -> str:
 
 def client_order_id_for(intent_id: str) -> str:
     """The client order id of an intent: deterministic, so a retry re-sends the same id."""
-    return "c" + hashlib.sha256(intent_id.encode()).hexdigest()[:31]
+    digest: str = _sha256(intent_id.encode()).hexdigest()
+    return "c" + digest[:31]
 
 
 @dataclass(frozen=True, slots=True)

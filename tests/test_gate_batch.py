@@ -1,7 +1,8 @@
 """Batched decisions (gate.py BATCH_MAX, gatewire.GateWire.decide), against a real redis-server.
 
-What must hold: decisions asked for in one event-loop turn go out as one EVALSHA of at
-most BATCH_MAX decisions; each is decided exactly as if it had been sent alone, in the
+What must hold: a decision asked for on an idle wire goes out at once (a batch of one);
+the decisions asked for behind it in one event-loop turn go out as EVALSHAs of at most
+BATCH_MAX decisions; each is decided exactly as if it had been sent alone, in the
 same order (same admissions, denials, duplicates, conflicts, reservations, aggregates,
 order records and counters); one decision failing on the stored state does not touch
 the others; a batch whose reply is lost is recovered decision by decision; the script
@@ -34,6 +35,12 @@ from tests.gatekit import ETH, HOLDER, SYMBOL, TOKEN, account_keys, buy, risk, s
 async def evalsha_calls(r: aioredis.Redis) -> int:
     stats = await r.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def evalshas_for(n: int) -> int:
+    """EVALSHAs for n decisions asked for in one turn on an idle wire: the first is
+    written at once (a batch of one), the others queue behind it in batches."""
+    return 1 + math.ceil((n - 1) / BATCH_MAX)
 
 
 async def decide(g: OrderGate, it: Intent) -> Decision:
@@ -98,13 +105,13 @@ async def test_admit_when_concurrent_then_one_evalsha_per_batch_of_at_most_batch
     before = await evalsha_calls(redis_client)
     # Act: every decision asked for in one event-loop turn
     got = await asyncio.gather(*(decide(g, it) for it in its))
-    # Assert: ceil(40 / 16) EVALSHAs, each decision its own
-    assert await evalsha_calls(redis_client) - before == math.ceil(len(its) / BATCH_MAX)
+    # Assert: the first alone, then ceil(39 / 16) EVALSHAs; each decision its own
+    assert await evalsha_calls(redis_client) - before == evalshas_for(len(its)) == 4
     for it, d in zip(its, got, strict=True):
         assert isinstance(d, Admitted) and not d.duplicate and d.intent_id == it.intent_id
         assert d.order is not None and d.order.qty == it.qty
     # one batch is decided at one instant: its deadlines are the lease's expiry then
-    assert len({d.submit_deadline_ms for d in got[:BATCH_MAX]}) == 1
+    assert len({d.submit_deadline_ms for d in got[1:1 + BATCH_MAX]}) == 1
     res = await redis_client.hgetall(acct.reservations)
     assert res[f"{SYMBOL}:buy"] == str(1 + sum(int(it.qty * 10_000) for it in its))
     assert (await redis_client.hgetall(acct.stats))["admitted"] == str(len(its) + 1)
@@ -176,7 +183,7 @@ async def test_batch_when_decided_then_same_as_one_by_one(
     # Act: the same intents, in the same order: in batches, then one at a time
     before = await evalsha_calls(redis_client)
     got_batch = await asyncio.gather(*(decide(g_batch, it) for it in its))
-    assert await evalsha_calls(redis_client) - before == math.ceil(len(its) / BATCH_MAX)
+    assert await evalsha_calls(redis_client) - before == evalshas_for(len(its))
     got_alone = [await decide(g_alone, it) for it in its]
     # Assert: the same decisions and the same state
     assert [shape(d) for d in got_batch] == [shape(d) for d in got_alone]
@@ -190,7 +197,8 @@ async def test_batch_when_burst_is_spent_inside_it_then_later_decisions_throttle
     cfg = risk(orders_per_second="1", burst=3)
     await seed(redis_client, keys, cfg)
     g = OrderGate(redis_client, keys, cfg)
-    # Act: five decisions in one batch; the bucket holds three (one script run: no refill)
+    # Act: five decisions in one turn (one at once, four in one batch, well under the
+    # second a token takes to refill); the bucket holds three
     got = await asyncio.gather(*(decide(g, it) for it in intents(5)))
     # Assert
     assert [isinstance(d, Admitted) for d in got] == [True, True, True, False, False]
@@ -221,7 +229,7 @@ async def test_batch_when_one_decision_meets_a_bad_key_then_only_it_is_denied(
     await redis_client.set(acct.order(client_order_id_for("b-2")), "planted")
     before = await evalsha_calls(redis_client)
     got = await asyncio.gather(*(decide(g, it) for it in its))
-    assert await evalsha_calls(redis_client) - before == 1  # one batch
+    assert await evalsha_calls(redis_client) - before == 2  # b-0 at once, b-1..b-4 one batch
     for i, d in enumerate(got):
         if i == 2:
             assert isinstance(d, Denied) and d.reason is DenyReason.BAD_STATE, d
@@ -280,7 +288,8 @@ async def test_batch_when_reply_lost_then_each_decision_recovers_its_own_admissi
     finally:
         await via.aclose()
         await proxy.close()
-    # Assert: Redis admitted each once (one batch); each caller learns its own admission
+    # Assert: Redis admitted each once (the first alone, three in one batch); each caller
+    # learns its own admission
     for it, d in zip(its, got, strict=True):
         assert isinstance(d, Admitted) and d.duplicate, d
         assert d.client_order_id == client_order_id_for(it.intent_id or "")

@@ -189,3 +189,21 @@ async def test_call_when_error_reply_then_response_error_and_wire_still_usable(
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await wire.call(pack(b"HGET", b"s", b"f"))
     assert await wire.call(pack(b"PING")) == b"PONG"
+
+
+async def test_decide_when_wire_idle_then_written_at_once_and_later_ones_batched_behind_it(
+    redis_client: aioredis.Redis, acct: AccountKeys,
+) -> None:
+    g = OrderGate(redis_client, acct, wide())
+    await decide(g, intent(0))  # connected and warm
+    wire = g._wire
+    assert wire is not None and not wire._waiting and not wire._out
+    # Act: three decisions in one turn; each task runs up to its await
+    tasks = [asyncio.create_task(decide(g, intent(i))) for i in (1, 2, 3)]
+    await asyncio.sleep(0)
+    # Assert: the first was written inside its call (no loop turn added before it); the
+    # two asked for while it was in flight wait to go out together at the turn's end
+    assert len(wire._waiting) == 1 and len(wire._out) == 2
+    got = await asyncio.gather(*tasks)
+    assert [d.intent_id for d in got] == ["w-1", "w-2", "w-3"]
+    assert [d.order.qty if d.order else None for d in got] == [intent(i).qty for i in (1, 2, 3)]

@@ -61,14 +61,6 @@
 -- decisions per run at most (gate.py's BATCH_MAX: it never sends more)
 local BATCH_MAX = 16
 
--- the denial reasons; a reason's code is its index (gate.py's DENY_CODES maps it back)
-local REASON = {
-  'schema_mismatch', 'halted', 'reduce_only', 'stale_token', 'lease_expired',
-  'bad_order', 'unknown_symbol', 'off_tick', 'off_lot', 'max_notional',
-  'price_band', 'throttled', 'position_limit', 'gross_exposure', 'daily_loss', 'bad_state',
-  'intent_conflict', 'intent_pruned',
-}
-
 -- 10^n for 0 <= n <= 22, exact: each 10^k (k <= 22) is a double (5^22 < 2^53), so every
 -- step of the product is exact (a loop, not a table: a table would be built per call)
 local function p10(n)
@@ -290,6 +282,14 @@ end
 -- A denial of the decision whose arguments start after A[o]: counted, recorded in the
 -- capped denials stream, returned as {code, detail}.
 local function deny(K, A, o, reason, detail)
+  -- the denial reasons; a reason's code is its index (gate.py's DENY_CODES maps it
+  -- back). Built here, on a denial only: a table at the top would be built every run.
+  local REASON = {
+    'schema_mismatch', 'halted', 'reduce_only', 'stale_token', 'lease_expired',
+    'bad_order', 'unknown_symbol', 'off_tick', 'off_lot', 'max_notional',
+    'price_band', 'throttled', 'position_limit', 'gross_exposure', 'daily_loss', 'bad_state',
+    'intent_conflict', 'intent_pruned',
+  }
   local code
   for i = 1, #REASON do if REASON[i] == reason then code = i; break end end
   if not code then error('gate_admit: unknown denial reason ' .. tostring(reason)) end
