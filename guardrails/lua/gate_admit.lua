@@ -81,7 +81,7 @@ local function parse_dec(s)
   end
   if not ip then return nil end
   if string.byte(fp, -1) == 48 then fp = string.match(fp, '^(%d-)0+$') end
-  local m = tonumber(ip .. fp)
+  local m = (ip .. fp) + 0 -- digits only (the patterns): + 0 is tonumber, converting once
   if not m or m >= 1e15 then return nil end
   return m, #fp
 end
@@ -104,7 +104,7 @@ end
 -- one part of an instrument's stored spec: a strict stored integer (digits only, checked
 -- by the caller's pattern) below 2^53
 local function spec_part(sym, i, f)
-  local n = #f <= 16 and tonumber(f)
+  local n = #f <= 16 and f + 0 -- digits (the caller's pattern): tonumber, converting once
   if not n or n >= MAXI then
     bad('limits i:' .. sym .. ' part ' .. i .. ' is not an integer: ' .. f)
   end

@@ -61,7 +61,7 @@ end
 local function k_from_spec(si)
   if not si then return nil end
   local kk = string.match(si, '^%d+ %d+ %d+ %d+ (%d+) %d+$')
-  local v = kk and #kk <= 16 and tonumber(kk)
+  local v = kk and #kk <= 16 and kk + 0 -- digits (the pattern): + 0 is tonumber, once
   if not v or v == 0 or v >= MAXI then return nil end
   return v
 end

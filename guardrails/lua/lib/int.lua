@@ -6,7 +6,7 @@
 -- the including script maps them to its bad-state outcome, writing nothing.
 local MAXI = 9007199254740992 -- 2^53: integers at or above it are not exact in a double
 -- the library functions the hot helpers call, as locals (upvalues, not global lookups)
-local s_find, to_num, type_of = string.find, tonumber, type
+local s_find, type_of = string.find, type
 
 local function fmt(n) return string.format('%d', n) end
 
@@ -16,8 +16,10 @@ local function bad(detail) error({bad = detail}) end
 -- failure (two parts, so a hot loop does not build the name when nothing fails)
 local function stored_int(v, what, more)
   if not v then return 0 end
-  -- (find, not match: no capture string is made for a check)
-  local n = type_of(v) == 'string' and #v <= 17 and s_find(v, '^-?%d+$') and to_num(v)
+  -- (find, not match: no capture string is made for a check; then + 0, not tonumber:
+  -- Lua 5.1's tonumber converts a string twice, arithmetic once, and on digits the two
+  -- agree; + 0 also turns a stored "-0" into 0)
+  local n = type_of(v) == 'string' and #v <= 17 and s_find(v, '^-?%d+$') and v + 0
   if not n or n >= MAXI or n <= -MAXI then
     bad(what .. (more or '') .. ' is not an integer: ' .. tostring(v))
   end

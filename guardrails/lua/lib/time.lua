@@ -6,5 +6,6 @@ if redis.replicate_commands then redis.replicate_commands() end
 
 local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- (TIME's two fields are digit strings: + 0 converts each once, tonumber twice)
+  return (t[1] + 0) * 1000 + math.floor((t[2] + 0) / 1000)
 end
