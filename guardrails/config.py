@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from guardrails.keys import AccountId, InvalidAccountId
+from guardrails.model import SYMBOL_RE
 from guardrails.redacted import mask_url
 
 REDIS_URL_ENV = "GUARDRAILS_REDIS_URL"
@@ -383,7 +384,7 @@ class RiskConfig(_Model):
         if self.orders_per_second * 1000 >= MAX_EXACT_INT:
             raise ValueError(f"orders_per_second ({self.orders_per_second}) is absurdly high")
         for sym, inst in self.instruments.items():
-            if not re.match(r"^[A-Za-z0-9_.\-/]{1,32}$", sym):
+            if not isinstance(sym, str) or not SYMBOL_RE.fullmatch(sym):
                 raise ValueError(f"instrument {sym!r}: symbol must be 1-32 of A-Z a-z 0-9 _ . - /")
             for what in ("tick", "lot"):
                 problem = _increment_problem(getattr(inst, what))

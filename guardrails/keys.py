@@ -52,8 +52,9 @@ def signer_claim(chain_id: int, address: str) -> str:
     return f"{PREFIX}:signer:{int(chain_id)}:{address.lower()}"
 
 
-_VENUE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+# whole-string patterns (fullmatch: "$" with match() would also take a trailing newline)
+_VENUE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
 
 class InvalidAccountId(ValueError):
@@ -73,11 +74,11 @@ class AccountId:
     account: str
 
     def __post_init__(self) -> None:
-        if not _VENUE_RE.match(self.venue):
+        if not _VENUE_RE.fullmatch(self.venue):
             raise InvalidAccountId(
                 f"venue {self.venue!r}: use 1-32 chars of a-z, 0-9, '_' or '-', starting with a letter"
             )
-        if not _ACCOUNT_RE.match(self.account):
+        if not _ACCOUNT_RE.fullmatch(self.account):
             raise InvalidAccountId(
                 f"account {self.account!r}: use 1-128 chars of A-Z, a-z, 0-9, '_', '.', '@' or '-'"
             )

@@ -127,8 +127,10 @@ except ImportError:
         from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
     except ImportError:  # pragma: no cover - a Python built without its own hashes
         _sha256 = hashlib.sha256
-_SYMBOL_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,32}$")
-_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+# whole-string patterns (fullmatch: "$" with match() would also take a trailing newline)
+SYMBOL_RE = re.compile(r"[A-Za-z0-9_.\-/]{1,32}")
+"""A symbol: what the gate, the config and the key layout accept (``fullmatch``)."""
+_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def intent_problem(intent: object, strategy: str = "") -> str | None:
@@ -149,7 +151,7 @@ def intent_args(intent: object) -> str | tuple[str, str]:
     the gate's path of every order. Returns the problem (a str) or (qty, price)."""
     if not isinstance(intent, Intent):
         return f"not an Intent: {type(intent).__name__}"
-    if not isinstance(intent.symbol, str) or not _SYMBOL_RE.match(intent.symbol):
+    if not isinstance(intent.symbol, str) or not SYMBOL_RE.fullmatch(intent.symbol):
         return (f"symbol must be a str of 1-{MAX_SYMBOL_LEN} of A-Z a-z 0-9 _ . - / "
                 f"(got {_short(intent.symbol)})")
     if not isinstance(intent.side, Side):
@@ -161,7 +163,7 @@ def intent_args(intent: object) -> str | tuple[str, str]:
     if price[1] is not None:
         return f"price {price[1]}"
     if intent.intent_id is not None and (
-        not isinstance(intent.intent_id, str) or not _ID_RE.match(intent.intent_id)
+        not isinstance(intent.intent_id, str) or not _ID_RE.fullmatch(intent.intent_id)
     ):
         return (f"intent_id must be 1-{MAX_INTENT_ID_LEN} printable ASCII characters without "
                 f"spaces (got {_short(intent.intent_id)})")

@@ -477,14 +477,14 @@ def _int(params: Mapping[str, str], name: str, default: int | None = None) -> in
                                   "range is '^[0-9]{1,20}$'.") from None
 
 
-_PLAIN_DECIMAL = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,20})?$")
+_PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")  # fullmatch: no trailing newline
 
 
 def _decimal(params: Mapping[str, str], name: str) -> Decimal:
     raw = params.get(name)
     if not raw:
         raise _missing(name)
-    if not _PLAIN_DECIMAL.match(raw):
+    if not _PLAIN_DECIMAL.fullmatch(raw):
         raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal "
                                   "range is '^([0-9]{1,20})(\\.[0-9]{1,20})?$'.")
     try:

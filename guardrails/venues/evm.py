@@ -102,7 +102,7 @@ _SEL_TRANSFER = bytes.fromhex("a9059cbb")
 _SEL_APPROVE = bytes.fromhex("095ea7b3")
 _SEL_BALANCE_OF = bytes.fromhex("70a08231")
 _SEL_DECIMALS = bytes.fromhex("313ce567")
-_PLACEHOLDER = re.compile(r"^\{(qty|price|notional):(\d{1,2})\}$")
+_PLACEHOLDER = re.compile(r"\{(qty|price|notional):(\d{1,2})\}")  # fullmatch
 _FILLS_PER_BATCH = 200
 _ALREADY_KNOWN = re.compile(r"already known|known transaction|already imported", re.I)
 
@@ -382,7 +382,7 @@ class EvmVenue:
             return order.side is Side.BUY
         if arg == "{wallet}":
             return self._checksum
-        m = _PLACEHOLDER.match(arg)
+        m = _PLACEHOLDER.fullmatch(arg)
         if not m:
             return arg
         what, n = m.group(1), int(m.group(2))
