@@ -14,6 +14,8 @@ Not part of the ``make bench`` table: a diagnostic for the gate's owner.
    loaded and compiled before anything is counted).
    Then the whole script deciding in batches of 1, 2, 4, 8 and 16 (what the gate wire
    sends when decisions meet in one event-loop turn): instructions or µs per decision.
+   ``--wall [ROUNDS]`` instead takes a lone decision's wall time apart by layer (the
+   PINGs, the request's framing, the script on the wire, the gate's Python): ``wall``.
 2. **In the client**: the Python parts of ``OrderGate.admit`` timed one by one
    (``timeit``): redis-py packing the EVALSHA's keys and arguments (the
    ``execute_command`` path) against packing a PING, and the gate wire's own packing
@@ -42,9 +44,8 @@ from redis.asyncio.connection import Connection
 from bench import gatesetup
 from bench.account import account, intent, risk_config
 from bench.core import redis_server
-from guardrails.gate import decimal_arg
 from guardrails.infra.server import RedisProcess
-from guardrails.model import client_order_id_for
+from guardrails.model import client_order_id_for, intent_args
 from guardrails.scripts import source as lua_source
 
 _STEP = re.compile(r"^  -- (\d+[a-z]?(?:-\d+)?)\. (.*)$", re.MULTILINE)
@@ -218,13 +219,12 @@ def in_client() -> None:
     from guardrails.keys import AccountKeys
 
     gate = OrderGate(aioredis.Redis(), AccountKeys(account()), risk_config())
-    gate._token, gate._holder = (1, b"1"), ("bench-holder", b"bench-holder")
-    gate._day_key = ("2026-11-22", b"gr:{paper:bench}:day:2026-11-22", b"2026-11-22")
+    gate._bind("2026-11-22", 1, "bench-holder")
     coid = client_order_id_for("bench-1")
     parts = [
         ("TradingDay.today()", lambda: day.today()),
         ("client_order_id_for()", lambda: client_order_id_for("bench-1")),
-        ("decimal_arg() x2", lambda: (decimal_arg(it.qty, "q"), decimal_arg(it.price, "p"))),
+        ("intent_args() (shape checks, qty and price strings)", lambda: intent_args(it)),
         ("pack EVALSHA, 16 keys + 11 args", lambda: conn.pack_command("EVALSHA", "a" * 40, 16,
                                                                       *keys, *args)),
         ("pack PING", lambda: conn.pack_command("PING")),
@@ -240,11 +240,72 @@ def in_client() -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
+    if "--wall" in argv:
+        rest = [a for a in argv if a != "--wall"]
+        asyncio.run(wall(int(rest[0]) if rest else 3000))
+        return
     instructions = "--instructions" in argv
     rest = [a for a in argv if a != "--instructions"]
     n = int(rest[0]) if rest else (100 if instructions else 200)
     asyncio.run(inside_redis(n, rounds=8, instructions=instructions))
     in_client()
+
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+async def wall(rounds: int) -> None:
+    """A lone decision's wall time taken apart, one layer at a time, interleaved round by
+    round (order rotating) on one redis-server: redis-py's PING; a PING on the gate's
+    wire; the gate's EVALSHA bytes with a ``return {0}`` script (the request's size and
+    framing); the real script's EVALSHA bytes on the wire (no gate Python); the whole
+    ``OrderGate.admit``. Each layer's p50 minus the one before is what it adds."""
+    from guardrails.gatewire import pack
+
+    with redis_server() as server:
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            gate = await gatesetup.seed(client, account())
+            for i in range(300):
+                await gatesetup.admit(gate, intent(i))
+            wire = gate._wire
+            if wire is None:
+                raise SystemExit("the gate has no wire on this client")
+            empty = (await client.script_load("return {0}")).encode()
+            real = gate._script.sha.encode()
+            counter = itertools.count(10_000)
+
+            def raw(sha: bytes) -> bytes:
+                keys, args = gatesetup.call_args(gate, next(counter))
+                return pack(b"EVALSHA", sha, b"%d" % len(keys), *keys, *args)
+
+            layers = ["redis-py PING", "PING on the gate's wire", "EVALSHA return {0} (wire)",
+                      "EVALSHA gate_admit (wire)", "OrderGate.admit"]
+            got: dict[str, list[float]] = {k: [] for k in layers}
+            for r in range(rounds):
+                for k in layers[r % 5:] + layers[:r % 5]:
+                    it = intent(next(counter))
+                    data = raw(empty if "{0}" in k else real)
+                    t = time.perf_counter()
+                    if k == layers[0]:
+                        await client.ping()
+                    elif k == layers[1]:
+                        await wire.call(_PING)
+                    elif k == layers[4]:
+                        await gatesetup.admit(gate, it)
+                    else:
+                        await wire.call(data)
+                    got[k].append((time.perf_counter() - t) * 1e6)
+        finally:
+            await client.aclose()
+    base = sorted(got[layers[0]])[rounds // 2]
+    print(f"a lone decision, {rounds} interleaved rounds, p50 µs (ratio to redis-py's PING):")
+    prev = None
+    for k in layers:
+        v = sorted(got[k])[rounds // 2]
+        step = "" if prev is None else f"  {v - prev:+6.1f}"
+        print(f"  {v:7.1f}  {v / base:5.2f}×{step}  {k}")
+        prev = v
 
 
 if __name__ == "__main__":

@@ -300,14 +300,7 @@ class OrderGate:
             return Denied(intent_id, DenyReason.BAD_ORDER, args)
         qty, price = args
         coid = client_order_id_for(intent_id)
-        day = self._day.today()
-        if day != self._day_key[0]:
-            day_key, day_b = self._keys.day(day).encode(), day.encode()
-            self._day_key = (day, day_key, day_b, wire_bulk(day_key), wire_bulk(day_b))
-        if token != self._token[0] or holder_id != self._holder[0]:
-            self._token = (token, str(token).encode())
-            self._holder = (holder_id, holder_id.encode())
-            self._who = wire_bulk(self._token[1]) + wire_bulk(self._holder[1])
+        self._bind(self._day.today(), token, holder_id)
         try:
             try:
                 # On NOSCRIPT (a restarted or flushed Redis) the script is loaded (same
@@ -352,6 +345,17 @@ class OrderGate:
         except RedisError as e:
             raise GateUnavailable(f"redis error: {type(e).__name__}: {e}") from e
         return decode_reply(intent_id, coid, raw)
+
+    def _bind(self, day: str, token: int, holder_id: str) -> None:
+        """The encoded pieces of the decisions that follow: the trading day's key and the
+        day, the token and the holder (encoded again only when one changes)."""
+        if day != self._day_key[0]:
+            day_key, day_b = self._keys.day(day).encode(), day.encode()
+            self._day_key = (day, day_key, day_b, wire_bulk(day_key), wire_bulk(day_b))
+        if token != self._token[0] or holder_id != self._holder[0]:
+            self._token = (token, str(token).encode())
+            self._holder = (holder_id, holder_id.encode())
+            self._who = wire_bulk(self._token[1]) + wire_bulk(self._holder[1])
 
     def _parts(
         self, intent_id: str, coid: str, intent: Intent, qty: str, price: str, nonce: bool
