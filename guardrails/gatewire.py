@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import weakref
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -237,17 +238,19 @@ class GateWire:
             self._conn, self._transport = conn, transport
             return transport
 
-    async def call(self, command: bytes) -> Any:
-        """Send one packed command; its parsed reply (bytes, int, list), or raise the
-        error redis-py would (``ResponseError``, ``NoScriptError``), ``WireError`` or
-        ``TimeoutError``."""
-        return await self._send(None, command, b"")
+    def call(self, command: bytes) -> Coroutine[Any, Any, Any]:
+        """Send one packed command (await it); its parsed reply (bytes, int, list), or
+        raise the error redis-py would (``ResponseError``, ``NoScriptError``),
+        ``WireError`` or ``TimeoutError``. (``call`` and ``decide`` hand back ``_send``'s
+        coroutine itself: no frame of their own on every request.)"""
+        return self._send(None, command, b"")
 
-    async def decide(self, packer: Packer, keys: bytes, args: bytes) -> Any:
-        """One decision of ``packer``'s, sent in one batch with the others asked for in
-        this event-loop turn (``packer.pack_batch``); its entry of the batch's reply, or
-        raise as ``call`` does (an error reply to the batch is every decision's)."""
-        return await self._send(packer, keys, args)
+    def decide(self, packer: Packer, keys: bytes, args: bytes) -> Coroutine[Any, Any, Any]:
+        """One decision of ``packer``'s (await it), sent in one batch with the others asked
+        for in this event-loop turn (``packer.pack_batch``); its entry of the batch's
+        reply, or raise as ``call`` does (an error reply to the batch is every
+        decision's)."""
+        return self._send(packer, keys, args)
 
     async def _send(self, packer: Packer | None, part: bytes, args: bytes) -> Any:
         transport = self._transport
