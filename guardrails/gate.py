@@ -56,6 +56,7 @@ from guardrails.model import (
     Intent,
     Order,
     Side,
+    ID_RE,
     client_order_id_for,
     intent_args,
 )
@@ -126,16 +127,30 @@ def decode_reply(intent_id: str, client_order_id: str, raw: Any) -> Decision:
     if code == ADMITTED:
         if len(raw) != 9:
             raise GateUnavailable(f"gate script returned an unexpected admission: {raw!r}")
-        _, duplicate, token_raw, deadline_raw, nonce_raw, symbol, side_raw, qty, price = raw
-        token, deadline, nonce = int(token_raw), int(deadline_raw), int(nonce_raw)
+        _, duplicate_raw, token_raw, deadline_raw, nonce_raw, symbol, side_raw, qty, price = raw
+        try:
+            token, deadline, nonce = int(token_raw), int(deadline_raw), int(nonce_raw)
+            duplicate = bool(int(duplicate_raw))
+        except (TypeError, ValueError):
+            raise GateUnavailable(f"gate script returned an unexpected admission: {raw!r}") from None
         order = None
         if symbol:  # '' when the order record is gone
             side = _SIDES.get(side_raw)
-            if side is None:
-                raise GateUnavailable(f"gate script returned an unexpected side: {raw!r}")
-            order = Order(client_order_id, _text(symbol), side, Decimal(_text(qty)),
-                          Decimal(_text(price)), token, deadline, None if nonce < 0 else nonce)
-        return Admitted(intent_id, client_order_id, token, deadline, bool(int(duplicate)),
+            try:
+                if side is None:
+                    raise ValueError(f"side {side_raw!r}")
+                order = Order(client_order_id, _text(symbol), side, Decimal(_text(qty)),
+                              Decimal(_text(price)), token, deadline, None if nonce < 0 else nonce)
+            except (ValueError, ArithmeticError) as e:  # InvalidOperation is both
+                # A repeat reads the order record back; one damaged since (a field gone
+                # or rewritten) is not an order to send: the caller reads the record
+                # (and meets the damage there). A fresh admission's fields are the
+                # script's own arguments: one that does not decode is the script's fault.
+                if not duplicate:
+                    raise GateUnavailable(
+                        f"gate script returned an admission whose order does not decode ({e}): {raw!r}"
+                    ) from None
+        return Admitted(intent_id, client_order_id, token, deadline, duplicate,
                         None if nonce < 0 else nonce, order)
     reason = DENY_CODES.get(code)
     if reason is None:
@@ -256,8 +271,9 @@ class OrderGate:
         self._schema_b = str(SCHEMA_VERSION).encode()
         self._day_key: tuple[str, bytes, bytes, bytes, bytes] = ("", b"", b"", b"", b"")
         """(trading day, its key, the day itself, both as RESP bulks), encoded once per day."""
-        self._token: tuple[int, bytes] = (-1, b"")
-        self._holder: tuple[str, bytes] = ("", b"")
+        # (None: no token or holder is bound yet, so the first admit always packs them)
+        self._token: tuple[int | None, bytes] = (None, b"")
+        self._holder: tuple[str | None, bytes] = (None, b"")
         self._who = b""
         """The token's and the holder's RESP bulks (packed when either changes)."""
         # The gate's own pipelined connection (gatewire.py), when the client is one it
@@ -298,6 +314,10 @@ class OrderGate:
         args = intent_args(intent)  # the shape checks, and the exact qty / price strings
         if isinstance(args, str):
             return Denied(intent_id, DenyReason.BAD_ORDER, args)
+        if not isinstance(intent_id, str) or not ID_RE.fullmatch(intent_id):
+            return Denied(intent_id if isinstance(intent_id, str) and len(intent_id) <= 128 else "",
+                          DenyReason.BAD_ORDER, "intent_id must be 1-128 printable ASCII "
+                          "characters without spaces")
         qty, price = args
         coid = client_order_id_for(intent_id)
         self._bind(self._day.today(), token, holder_id)

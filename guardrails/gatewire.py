@@ -261,7 +261,10 @@ class GateWire:
         if not self._waiting and not self._out:
             # The wire is idle (nothing in flight, nothing queued): written now, so a lone
             # request pays no extra event-loop turn (~6 µs, bench/README.md). Requests
-            # asked for while it is in flight queue behind it and go out together.
+            # asked for while it is in flight queue behind it and go out together. From
+            # here on a cancelled caller is cancelled in flight: its decision may be
+            # admitted, reserved until reconciliation expires the unsent order after its
+            # deadline (the case of a lost reply); only a queued request can be withdrawn.
             entry: asyncio.Future[Any] | list[asyncio.Future[Any]] = fut
             if packer is None:
                 data = part
@@ -271,8 +274,10 @@ class GateWire:
                 except Exception as e:  # a programming error: not sent
                     raise WireError(f"gate batch could not be packed: {e!r}", sent=False) from e
                 entry = [fut]
-            self._waiting.append(entry)
+            # written before it is listed: a write that raises (data of the wrong type)
+            # leaves no waiting entry behind to shift every later reply by one
             transport.write(data)
+            self._waiting.append(entry)
         else:
             self._out.append((packer, part, args, fut))
             if self._flush is None:
@@ -298,8 +303,8 @@ class GateWire:
 
     def _write(self) -> None:
         self._flush = None
-        # a request whose caller was cancelled before it left is not sent at all: a
-        # decision nobody waits for would reserve exposure for an order never submitted
+        # a queued request whose caller was cancelled before it left is not sent at all:
+        # a decision nobody waits for would reserve exposure for an order never submitted
         out, self._out = [o for o in self._out if not o[3].done()], []
         transport = self._transport
         if transport is None or transport.is_closing():

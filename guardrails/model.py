@@ -120,7 +120,8 @@ MAX_SIGNIFICANT_DIGITS = 15
 MAX_DECIMAL_CHARS = 40
 """... and at most 40 characters as a plain decimal string."""
 try:  # CPython's own SHA-256 (3.12+: _sha2): for a short id it is ~2.5x faster than
-    # OpenSSL's (hashlib.sha256), whose per-call setup dominates; the same digest
+    # OpenSSL's (hashlib.sha256), whose per-call setup dominates; the same digest. It is
+    # outside OpenSSL's FIPS mode, which is fine here: an id, not a security function
     from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,unused-ignore]
 except ImportError:
     try:
@@ -130,7 +131,8 @@ except ImportError:
 # whole-string patterns (fullmatch: "$" with match() would also take a trailing newline)
 SYMBOL_RE = re.compile(r"[A-Za-z0-9_.\-/]{1,32}")
 """A symbol: what the gate, the config and the key layout accept (``fullmatch``)."""
-_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+"""An intent id (``fullmatch``): 1-128 printable ASCII characters, no space."""
 
 
 def intent_problem(intent: object, strategy: str = "") -> str | None:
@@ -163,7 +165,7 @@ def intent_args(intent: object) -> str | tuple[str, str]:
     if price[1] is not None:
         return f"price {price[1]}"
     if intent.intent_id is not None and (
-        not isinstance(intent.intent_id, str) or not _ID_RE.fullmatch(intent.intent_id)
+        not isinstance(intent.intent_id, str) or not ID_RE.fullmatch(intent.intent_id)
     ):
         return (f"intent_id must be 1-{MAX_INTENT_ID_LEN} printable ASCII characters without "
                 f"spaces (got {_short(intent.intent_id)})")

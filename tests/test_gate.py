@@ -99,6 +99,41 @@ async def test_admit_when_same_intent_twice_then_original_decision_and_nothing_m
     assert await risk_snapshot(redis_client, acct) == before
 
 
+@pytest.mark.parametrize("lost", ["qty", "price", "side"])
+async def test_admit_when_repeat_meets_a_damaged_order_record_then_admitted_without_an_order(
+    redis_client: aioredis.Redis, acct: AccountKeys, lost: str
+) -> None:
+    g = gate(redis_client, acct)
+    first = await admit(g, buy("0.0100"), "damaged")
+    assert isinstance(first, Admitted)
+    await redis_client.hdel(acct.order(first.client_order_id), lost)
+    # Act: the repeat reads the record back; a field of it is gone
+    again = await admit(g, buy("0.0100"), "damaged")
+    # Assert: the admission stands (nothing new reserved) but there is no order to send
+    # from it: the caller reads the record and meets the damage there
+    assert isinstance(again, Admitted) and again.duplicate and again.order is None
+
+
+@pytest.mark.parametrize(("token", "holder"), [(-1, ""), (0, ""), (TOKEN, "")])
+async def test_admit_when_first_call_binds_odd_token_or_holder_then_denied_not_hung(
+    redis_client: aioredis.Redis, acct: AccountKeys, token: int, holder: str
+) -> None:
+    # a fresh gate's first call with values its encoding cache might mistake for "bound"
+    d = await asyncio.wait_for(admit(gate(redis_client, acct), buy("0.0100"), "odd",
+                                     token=token, holder=holder), timeout=10)
+    assert isinstance(d, Denied) and d.reason is DenyReason.STALE_TOKEN, d
+    assert isinstance(await admit(gate(redis_client, acct), buy("0.0100"), "ok"), Admitted)
+
+
+@pytest.mark.parametrize("iid", ["", "\ud800", "has space", "x" * 129, "nl\n"])
+async def test_admit_when_intent_id_argument_malformed_then_bad_order_before_redis(
+    redis_client: aioredis.Redis, acct: AccountKeys, iid: str
+) -> None:
+    d = await admit(gate(redis_client, acct), buy("0.0100"), iid)
+    assert isinstance(d, Denied) and d.reason is DenyReason.BAD_ORDER, d
+    assert await redis_client.hlen(acct.intents) == 0
+
+
 async def test_admit_when_token_is_stale_then_stale_token_and_no_state_change(
     redis_client: aioredis.Redis, acct: AccountKeys
 ) -> None:
@@ -174,7 +209,7 @@ async def _loss_used(r: aioredis.Redis, k: AccountKeys) -> None:
 
 
 async def _admitted_as_other_qty(r: aioredis.Redis, k: AccountKeys) -> None:
-    d = await admit(gate(r, k), buy("0.0010"), "deny-intent conflict")
+    d = await admit(gate(r, k), buy("0.0010"), "deny-intent-conflict")
     assert isinstance(d, Admitted), d
 
 
@@ -183,7 +218,7 @@ async def _pruned(r: aioredis.Redis, k: AccountKeys) -> None:
     from guardrails.infra.embedded import state_dir
     from guardrails.prune import Archive, Pruner
 
-    d = await admit(gate(r, k), buy("0.0010"), "deny-intent pruned")
+    d = await admit(gate(r, k), buy("0.0010"), "deny-intent-pruned")
     assert isinstance(d, Admitted), d
     await Ledger(r, k, risk()).mark_canceled(d.client_order_id, "test")
     pruner = Pruner(r, k, Archive(state_dir() / "archive.jsonl"), retention_ms=3_600_000)
@@ -230,7 +265,7 @@ async def test_admit_when_check_fails_then_denied_with_reason_and_no_state_chang
     await setup(redis_client, acct)
     before = await risk_snapshot(redis_client, acct)
     # Act
-    d = await admit(gate(redis_client, acct), intent, f"deny-{name}")
+    d = await admit(gate(redis_client, acct), intent, f"deny-{name}".replace(" ", "-"))
     # Assert
     assert isinstance(d, Denied), d
     assert d.reason is reason, d
@@ -239,7 +274,7 @@ async def test_admit_when_check_fails_then_denied_with_reason_and_no_state_chang
     stats = await redis_client.hgetall(acct.stats)
     assert stats.get(f"denied:{reason.value}") == "1"
     last = (await redis_client.xrevrange(acct.denials, count=1))[0][1]
-    assert last["reason"] == reason.value and last["intent_id"] == f"deny-{name}"
+    assert last["reason"] == reason.value and last["intent_id"] == f"deny-{name}".replace(" ", "-")
 
 
 def test_deny_codes_when_compared_with_script_then_same_table() -> None:

@@ -207,3 +207,20 @@ async def test_decide_when_wire_idle_then_written_at_once_and_later_ones_batched
     got = await asyncio.gather(*tasks)
     assert [d.intent_id for d in got] == ["w-1", "w-2", "w-3"]
     assert [d.order.qty if d.order else None for d in got] == [intent(i).qty for i in (1, 2, 3)]
+
+
+async def test_call_when_a_write_raises_then_later_replies_still_match_their_requests(
+    redis_client: aioredis.Redis, acct: AccountKeys,
+) -> None:
+    g = OrderGate(redis_client, acct, wide())
+    await decide(g, intent(0))
+    wire = g._wire
+    assert wire is not None
+    # Act: a request the transport refuses (not bytes) on the idle wire
+    with pytest.raises(TypeError):
+        await wire.call("PING")  # type: ignore[arg-type]
+    # Assert: nothing was left waiting for a reply; the next ones get their own
+    assert not wire._waiting
+    assert await wire.call(pack(b"ECHO", b"mine")) == b"mine"
+    d = await decide(g, intent(1))
+    assert d.order is not None and d.order.qty == intent(1).qty
