@@ -49,6 +49,7 @@ from guardrails.gatewire import GateWire, WireError
 from guardrails.gatewire import bulk as wire_bulk
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
 from guardrails.model import (
+    ID_RE,
     Admitted,
     Decision,
     Denied,
@@ -56,7 +57,6 @@ from guardrails.model import (
     Intent,
     Order,
     Side,
-    ID_RE,
     client_order_id_for,
     intent_args,
 )
