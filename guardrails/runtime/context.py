@@ -154,6 +154,33 @@ class MarkBook:
         return dict(self._marks)
 
 
+class HandedOver:
+    """The client order ids one term handed to the venue (``Context._send``), shared by
+    all the term's contexts, each until its permit deadline has passed.
+
+    Invariant upheld: *one admission, one order* — a repeat of an intent id whose first
+    send is still in flight (its record still PENDING_SUBMIT: the venue has not answered,
+    or the caller's own timeout cancelled the wait) is never sent again. A second POST of
+    the same client order id is not always refused by a venue (Binance refuses only the
+    ids of *open* orders), so it could be a second, unreserved order. Such an order stays
+    in doubt until ``settle_in_doubt`` looks it up by client order id after its deadline.
+    After the deadline nothing is re-sent anyway (``_unsent``), so an id is forgotten then.
+    """
+
+    def __init__(self, clock_ms: Callable[[], int] | None = None) -> None:
+        self._deadlines: dict[str, int] = {}
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+
+    def __contains__(self, coid: object) -> bool:
+        return coid in self._deadlines
+
+    def add(self, coid: str, deadline_ms: int) -> None:
+        if len(self._deadlines) >= 1024:  # forget the ones whose deadline has passed
+            now = self._clock_ms()
+            self._deadlines = {c: d for c, d in self._deadlines.items() if d >= now}
+        self._deadlines[coid] = deadline_ms
+
+
 class Context:
     """One strategy's door to the account, for one term of leadership."""
 
@@ -169,6 +196,7 @@ class Context:
         marks: MarkBook,
         allocate_nonce: bool = False,
         clock_ms: Callable[[], int] | None = None,
+        handed: HandedOver | None = None,
     ) -> None:
         self.name = name
         self.log = logging.getLogger(f"strategy.{name}")
@@ -181,6 +209,8 @@ class Context:
         self._allocate_nonce = allocate_nonce
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._sent: deque[str] = deque(maxlen=SENT_MEMORY)
+        self._handed = handed if handed is not None else HandedOver(self._clock_ms)
+        """What this term handed to the venue (shared by the term's contexts)."""
         self._rlog = logging.getLogger("guardrails.orders")
 
     # -- reading the account's combined state ------------------------------------
@@ -332,10 +362,13 @@ class Context:
 
     async def _unsent(self, admitted: Admitted) -> Order | None:
         """The recorded order of a duplicate admission of this term that never left
-        the process (still PENDING_SUBMIT, before its deadline), else None."""
+        the process (still PENDING_SUBMIT, before its deadline, and not handed to the
+        venue by this term: ``HandedOver``), else None."""
         if admitted.token != self._leadership.token:
             return None
         if self._clock_ms() >= admitted.submit_deadline_ms:
+            return None
+        if admitted.client_order_id in self._handed:
             return None
         recorded = await self._recorded(admitted)
         if recorded is None or recorded[1] is not OrderState.PENDING_SUBMIT:
@@ -372,6 +405,14 @@ class Context:
                        client_order_id=coid, reason=why_not)
             await self._record(coid, OrderState.EXPIRED, self._ledger.mark_expired(coid, why_not))
             return
+        if coid in self._handed:
+            # handed to the venue already in this term (a repeat of its intent while the
+            # first send is unanswered): never a second send; it stays in doubt until the
+            # venue answers or settle_in_doubt looks it up after its deadline
+            logs.event(self._rlog, "order.not_resent", strategy=self.name, client_order_id=coid,
+                       reason="already handed to the venue in this term; its outcome is pending")
+            return
+        self._handed.add(coid, order.submit_deadline_ms)
         self._sent.append(coid)
         result: SubmitResult
         try:

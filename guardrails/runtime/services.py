@@ -70,8 +70,11 @@ KILL_ACK_TTL_MS = 86_400_000
 """Confirmations of kills/resumes are kept a day (they matter for seconds)."""
 ALERT_DRAIN_S = 3.0
 """On the way down, how long queued alerts may take to leave before the process exits."""
-HALT_RECHECK_S = 1.0
-"""After a HALTED sweep, sweep again once this much later (catches in-flight sends)."""
+HALT_RECHECK_S = 0.5
+"""After a HALTED sweep that left orders open, sweep again this much later, then at
+doubling intervals up to ``HALT_RECHECK_MAX_S`` while any is left: an order admitted
+just before the latch may reach the venue at any moment up to its permit deadline."""
+HALT_RECHECK_MAX_S = 5.0
 
 
 class AccountServices:
@@ -277,20 +280,26 @@ class AccountServices:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.keys.control_channel)
-                recheck_at = None
-                if await self.cancel_if_halted("subscribed"):
-                    recheck_at = time.monotonic() + HALT_RECHECK_S
+                # After a sweep that left orders open (an order admitted just before the
+                # latch and still on its way, a cancel the venue did not confirm), sweep
+                # again, at doubling intervals, until none is left: an order sent before
+                # the latch can land at the venue up to its permit deadline.
+                recheck_at: float | None = None
+                pause = HALT_RECHECK_S
+                left = await self.cancel_if_halted("subscribed")
+                if left:
+                    recheck_at = time.monotonic() + pause
                 while True:
                     checkpoint()
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
                     if msg is not None:
-                        if await self.cancel_if_halted("control message"):
-                            recheck_at = time.monotonic() + HALT_RECHECK_S
+                        left = await self.cancel_if_halted("control message")
+                        pause = HALT_RECHECK_S
+                        recheck_at = time.monotonic() + pause if left else None
                     elif recheck_at is not None and time.monotonic() >= recheck_at:
-                        # An order admitted just before the latch may reach the venue
-                        # just after the first sweep: sweep once more.
-                        recheck_at = None
-                        await self.cancel_if_halted("recheck")
+                        left = await self.cancel_if_halted("recheck")
+                        pause = min(pause * 2, HALT_RECHECK_MAX_S)
+                        recheck_at = time.monotonic() + pause if left else None
             except INFRA_ERRORS as e:
                 logs.event(log, "kill.listener_error", logging.WARNING,
                            error=f"{type(e).__name__}: {e}", action="resubscribing")
@@ -315,8 +324,11 @@ class AccountServices:
         except INFRA_ERRORS as e:
             logs.event(log, "kill.ack_failed", logging.WARNING, error=f"{type(e).__name__}: {e}")
 
-    async def cancel_if_halted(self, why: str) -> bool:
-        """If the latch says HALTED, cancel every open order of the account; True then.
+    async def cancel_if_halted(self, why: str) -> int | None:
+        """If the latch says HALTED, cancel every open order of the account and return
+        how many are left open (not confirmed gone by the venue: still on their way, or
+        a cancel that failed); 1 when the latch or the open orders could not be read (so
+        the caller looks again); None when the latch is not HALTED.
 
         Logs ``kill.halted`` (trigger, open orders, cancels confirmed) after every cancel
         has been confirmed by the venue and recorded; a recheck with nothing left open
@@ -327,22 +339,22 @@ class AccountServices:
             latch = await read_latch(self.redis, self.keys)
         except errors as e:
             logs.event(log, "kill.read_failed", logging.WARNING, error=str(e))
-            return False
+            return 1  # it cannot tell: look again (a recheck reads the latch first)
         if why in ("control message", "subscribed"):
             await self._ack_latch(latch)
         if why == "control message":
             logs.event(log, "kill.state", state=latch.state.value, reason=latch.reason or None,
                        by=latch.by or None)
         if latch.state is not TradingState.HALTED:
-            return False
+            return None
         ledger = self.ledger()
         try:
             open_orders = await ledger.open_orders()
         except INFRA_ERRORS as e:
             logs.event(log, "kill.cancel_failed", logging.WARNING, error=str(e))
-            return True
+            return 1
         if why == "recheck" and not open_orders:
-            return True
+            return 0
         canceled = 0
         for rec in open_orders:
             if await cancel_order(ledger, self.venue, rec.client_order_id,
@@ -350,7 +362,7 @@ class AccountServices:
                 canceled += 1
         logs.event(log, "kill.halted", trigger=why, open_orders=len(open_orders),
                    canceled=canceled, reason=latch.reason or None)
-        return True
+        return len(open_orders) - canceled
 
     async def report(self) -> None:
         """Every ``REPORT_INTERVAL_S``: log the positions and budget, and record the day's

@@ -42,7 +42,7 @@ from guardrails.config import Config, EvmVenueConfig
 from guardrails.gate import OrderGate
 from guardrails.lease import Leadership
 from guardrails.reconcile import reconcile
-from guardrails.runtime.context import Context, ContextUnavailable, MarkBook, checkpoint
+from guardrails.runtime.context import Context, ContextUnavailable, HandedOver, MarkBook, checkpoint
 from guardrails.runtime.services import CLEANUP_ERRORS, INFRA_ERRORS, RETRY_S, AccountServices
 from guardrails.runtime.strategy_loader import LoadedStrategy
 
@@ -176,6 +176,8 @@ class Term:
         """Set the moment the term ends (before its bodies are cancelled)."""
         self.reason = ""
         """Why it ended ("stopping", "lease lost", ...), once ``ended`` is set."""
+        self._handed = HandedOver()
+        """The client order ids this term handed to the venue (every context's sends)."""
 
     @property
     def token(self) -> int:
@@ -198,6 +200,7 @@ class Term:
             risk=self.cfg.risk,
             marks=services.marks,
             allocate_nonce=isinstance(self.cfg.venue, EvmVenueConfig),
+            handed=self._handed,
         )
 
     def enter(self, body: Body) -> bool:
