@@ -174,3 +174,22 @@ def test_embedded_when_started_then_password_file_0600_not_in_argv_and_auth_requ
         anonymous.close()
     assert mode == 0o600 and password.encode() not in cmdline
     assert redis.Redis.from_url(url).ping()
+
+
+def test_redis_start_when_it_prints_the_url_then_the_password_is_masked(
+    fresh_embedded: object,
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, subprocess_env
+
+    # Act: the operator command, as a process (what a terminal or a log would keep)
+    started = subprocess.run([sys.executable, "-m", "guardrails", "redis", "start"],
+                             env=subprocess_env(),
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Assert
+    password = embedded.paths().password_file.read_text().strip()
+    assert started.returncode == 0, started.stderr
+    assert "embedded redis running at" in started.stdout
+    assert password not in started.stdout + started.stderr

@@ -11,14 +11,15 @@ import argparse
 import json
 import sys
 
-from guardrails.infra import embedded
+from guardrails.infra import connect, embedded
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
     """``guardrails redis start|stop|status`` (``--json`` for status)."""
     try:
         if args.redis_command == "start":
-            print(f"embedded redis running at {embedded.ensure_running()}")
+            # the URL carries the server's password: masked, as everywhere else
+            print(f"embedded redis running at {connect.describe(embedded.ensure_running())}")
             return 0
         if args.redis_command == "stop":
             stopped = embedded.stop()
