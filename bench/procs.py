@@ -52,6 +52,7 @@ def private_env(root: Path) -> dict[str, str]:
     env.pop("GUARDRAILS_REDIS_URL", None)
     env["GUARDRAILS_STATE_DIR"] = str(root / "state")
     env["GUARDRAILS_LOCK_DIR"] = str(root / "locks")
+    env["GUARDRAILS_LOCK_DIR_ISOLATED"] = "1"  # the bench's copies never meet the host's
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

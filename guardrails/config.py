@@ -653,7 +653,8 @@ class RuntimeConfig(_Model):
     )
     dashboard_port: int = Field(default=8765, ge=0, le=65535, description="Port of --dashboard.")
     lock_dir: str | None = Field(
-        default=None, description="Directory of the local single-instance lock (default: /run/…)."
+        default=None, description="An extra directory of the local single-instance lock, taken "
+        "in addition to /run/guardrails and /tmp/guardrails-locks (never instead)."
     )
     foreign_activity_threshold: int = Field(
         default=1, ge=0, le=1_000_000,

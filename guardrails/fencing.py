@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from guardrails import logs, scripts
-from guardrails.infra.embedded import state_dir
+from guardrails import logs, scripts, statedir
 from guardrails.keys import ACCOUNTS_INDEX, AccountKeys, PaperVenueKeys
 from guardrails.prune import read_archive
 
@@ -47,21 +45,30 @@ class FileFenceMemory:
     """The highest (epoch, token) this host's instances of an account have seen, kept in
     ``<state dir>/fence/<sha256(account|redis target)[:16]>.json`` so that a cold start
     after Redis lost its history is still refused. Keyed by the Redis target too: another
-    Redis is another history (a bench or a test server), not a loss. Written atomically;
-    unreadable or unwritable memory is logged and treated as none (never a crash)."""
+    Redis is another history (a bench or a test server), not a loss.
+
+    Only this user's own private memory is trusted (``guardrails.statedir``): ``load``
+    raises ``StateDirError`` when the state directory, ``fence/`` or the file is not this
+    user's (a planted memory would make this instance raise the lost-history alarm, or
+    forget the history it saw) — fail closed, naming the path. Our own file that does not
+    parse is logged and treated as none. ``save`` writes a fresh 0600 file and renames
+    it (never through a planted name) and never raises (``lease.FenceMemory``): a
+    directory refused since, or a failed write, is logged as ``fence.memory_unwritable``."""
 
     def __init__(self, account: str, redis_target: str, root: Path | None = None) -> None:
         digest = hashlib.sha256(f"{account}|{redis_target}".encode()).hexdigest()[:16]
-        self.path = (root or state_dir() / "fence") / f"{digest}.json"
+        self.path = (root or statedir.state_dir() / "fence") / f"{digest}.json"
         self.account = account
 
     def load(self) -> tuple[str, int]:
-        try:
-            doc = json.loads(self.path.read_text())
-            epoch, token = str(doc["epoch"]), int(doc["token"])
-        except FileNotFoundError:
+        statedir.private_dir(self.path.parent)
+        raw = statedir.read_private(self.path)
+        if raw is None:
             return "", 0
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        try:
+            doc = json.loads(raw)
+            epoch, token = str(doc["epoch"]), int(doc["token"])
+        except (ValueError, KeyError, TypeError) as e:
             logs.event(log, "fence.memory_unreadable", logging.WARNING, path=str(self.path),
                        error=f"{type(e).__name__}: {e}")
             return "", 0
@@ -69,12 +76,9 @@ class FileFenceMemory:
 
     def save(self, epoch: str, token: int) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"account": self.account, "epoch": epoch,
-                                       "token": token}))
-            os.replace(tmp, self.path)
-        except OSError as e:
+            statedir.write_private(self.path, json.dumps(
+                {"account": self.account, "epoch": epoch, "token": token}).encode())
+        except (OSError, statedir.StateDirError) as e:
             logs.event(log, "fence.memory_unwritable", logging.WARNING, path=str(self.path),
                        error=f"{type(e).__name__}: {e}")
 

@@ -66,7 +66,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from guardrails import redacted, scripts
+from guardrails import redacted, scripts, statedir
 from guardrails.keys import AccountKeys
 from guardrails.model import TERMINAL_STATES
 
@@ -250,14 +250,13 @@ class Archive:
         self.pending = path.with_name(path.name + ".pending")
 
     def _dir(self) -> None:
-        d = self.path.parent
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            raise PruneError(f"archive directory {d} is not a directory of this user")
-        if st.st_mode & 0o077:
-            raise PruneError(f"archive directory {d} is open to others (mode "
-                             f"{stat.S_IMODE(st.st_mode):o}); it must be 0700")
+        # Inside the state directory, every directory down to the archive's is checked
+        # (and created 0700): one rule for the state directory (guardrails.statedir).
+        try:
+            statedir.private_dir(self.path.parent)
+        except statedir.StateDirError as e:
+            raise PruneError(f"archive directory {self.path.parent} is not a directory of this "
+                             f"user's own: {e}") from None
 
     def _open(self, path: Path, flags: int, what: str = "archive") -> int:
         """``path`` opened for writing (created 0600), refused unless it is a regular

@@ -24,6 +24,8 @@ def _isolated_state(
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("GUARDRAILS_STATE_DIR", str(state))
     monkeypatch.setenv("GUARDRAILS_LOCK_DIR", str(state / "locks"))
+    # test-only: that lock directory replaces the host's defaults (localguard's module doc)
+    monkeypatch.setenv("GUARDRAILS_LOCK_DIR_ISOLATED", "1")
     monkeypatch.delenv("GUARDRAILS_REDIS_URL", raising=False)
     yield
     for name in ("simulator", "clob-simulator"):

@@ -215,8 +215,8 @@ async def _admitted_as_other_qty(r: aioredis.Redis, k: AccountKeys) -> None:
 
 async def _pruned(r: aioredis.Redis, k: AccountKeys) -> None:
     """The intent was admitted, canceled and pruned after the retention window."""
-    from guardrails.infra.embedded import state_dir
     from guardrails.prune import Archive, Pruner
+    from guardrails.statedir import state_dir
 
     d = await admit(gate(r, k), buy("0.0010"), "deny-intent-pruned")
     assert isinstance(d, Admitted), d

@@ -21,6 +21,7 @@ from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc, write_config
 
 ACCOUNT = AccountId("paper", "guard-test")
+STEM = localguard.lock_stem(ACCOUNT)
 
 PROBE = """
 import sys
@@ -293,3 +294,78 @@ def test_run_when_another_user_squats_the_lock_file_then_refusal_names_the_real_
     assert standby_rc == 2 and f"pid {squatter.pid}" in standby_text, standby_text
     assert "not a guardrails copy" in standby_text and "Traceback" not in standby_text
     assert content == b"pid=1 started=1970-01-01T00:00:00Z fake holder\n"
+
+
+# -- an explicit lock directory is in addition to the host's, never instead -------------
+
+HOLD_IN = """
+import sys, time
+from pathlib import Path
+from guardrails.runtime import localguard
+from guardrails.keys import AccountId
+# the host's default directories, moved for the test (the real ones stay untouched)
+localguard.RUN_DIR, localguard.TMP_DIR = Path(sys.argv[2]), Path(sys.argv[3])
+lock = localguard.acquire(AccountId("paper", "guard-test"), standby=False, lock_dir=sys.argv[1])
+print("acquired", flush=True)
+time.sleep(60)
+"""
+
+
+def test_acquire_when_copies_name_different_lock_dirs_then_second_refused_naming_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the test-only isolation off; the host's defaults in two sticky dirs of ours.
+    monkeypatch.delenv(localguard.ISOLATED_ENV, raising=False)
+    monkeypatch.delenv(localguard.LOCK_DIR_ENV, raising=False)
+    run_dir, tmp_dir = tmp_path / "run-guardrails", tmp_path / "tmp-guardrails-locks"
+    monkeypatch.setattr(localguard, "RUN_DIR", run_dir)
+    monkeypatch.setattr(localguard, "TMP_DIR", tmp_dir)
+    mine, theirs = tmp_path / "lock-a", tmp_path / "lock-b"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_IN, str(mine), str(run_dir), str(tmp_dir)],
+        env=subprocess_env(PYTHONPATH=str(ROOT)), cwd=str(ROOT), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "acquired", holder.stderr
+        # Act: a plain copy with its own lock_dir; then one with $GUARDRAILS_LOCK_DIR
+        with pytest.raises(localguard.AlreadyRunning) as by_kwarg:
+            localguard.acquire(ACCOUNT, standby=False, lock_dir=theirs)
+        monkeypatch.setenv(localguard.LOCK_DIR_ENV, str(theirs))
+        with pytest.raises(localguard.AlreadyRunning) as by_env:
+            localguard.acquire(ACCOUNT, standby=False)
+        standby = localguard.acquire(ACCOUNT, standby=True, lock_dir=theirs)
+        standby.release()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        for stream in (holder.stdout, holder.stderr):
+            if stream is not None:
+                stream.close()
+    # Assert: both refused in a default directory, naming the holder from the kernel
+    for refused in (by_kwarg.value, by_env.value):
+        assert refused.pid == holder.pid
+        assert refused.path.parent in (run_dir, tmp_dir)
+    assert sorted(p.name for p in theirs.iterdir()) == [STEM + ".admit", STEM + ".lock"]
+
+
+def test_lock_dirs_when_explicit_then_defaults_follow_unless_test_isolation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(localguard, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(localguard, "TMP_DIR", tmp_path / "tmp")
+    os.makedirs(tmp_path / "run", mode=0o1777)
+    os.makedirs(tmp_path / "tmp", mode=0o1777)
+    os.chmod(tmp_path / "run", 0o1777)
+    os.chmod(tmp_path / "tmp", 0o1777)
+    extra = tmp_path / "extra"
+
+    monkeypatch.delenv(localguard.ISOLATED_ENV, raising=False)
+    added = localguard.lock_dirs(extra)
+    monkeypatch.setenv(localguard.ISOLATED_ENV, "1")
+    isolated = localguard.lock_dirs()  # $GUARDRAILS_LOCK_DIR alone (the autouse fixture)
+
+    env_dir = Path(os.environ[localguard.LOCK_DIR_ENV])
+    assert added == [extra, env_dir, tmp_path / "run", tmp_path / "tmp"]
+    assert isolated == [env_dir]

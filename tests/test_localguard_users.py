@@ -241,7 +241,8 @@ def test_acquire_when_other_users_copy_runs_then_second_user_refused_naming_it(
     holder = subprocess.Popen(
         guardrails_as(mallory, ["time", "guardrails.runtime.localguard", "guardrails.keys"], probe,
                       str(shared)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user_env(), cwd="/",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+        env=user_env({localguard.LOCK_DIR_ENV: str(shared), localguard.ISOLATED_ENV: "1"}),
         start_new_session=True,
     )
     try:

@@ -298,6 +298,8 @@ class Harness:
                 "PYTHONUNBUFFERED": "1",
                 "GUARDRAILS_STATE_DIR": str(self.work / "state"),
                 "GUARDRAILS_LOCK_DIR": str(self.work / "locks"),
+                # its copies are a sandbox's: their lock directory alone (test-only switch)
+                "GUARDRAILS_LOCK_DIR_ISOLATED": "1",
                 "GUARDRAILS_CHAOS_HTTP_KEY": HTTP_KEY,
                 "GUARDRAILS_CHAOS_CCXT_KEY": CCXT_KEY,
                 "GUARDRAILS_CHAOS_CCXT_SECRET": CCXT_SECRET,

@@ -7,7 +7,8 @@ restart of the embedded server — graceful or a crash — never hands out a tok
 
 The state directory derives from the user id, never from ``$HOME``: two supervisors with
 different ``HOME`` directories must reach the *same* Redis, or their leases would not
-exclude each other. ``GUARDRAILS_STATE_DIR`` overrides it (tests use this).
+exclude each other. ``GUARDRAILS_STATE_DIR`` overrides it (tests use this); the directory
+and its rule against other users live in ``guardrails.statedir``.
 
 Never fakeredis: a run always talks to a real server.
 
@@ -32,21 +33,12 @@ from pathlib import Path
 
 import redis
 
+from guardrails import statedir
 from guardrails.infra import server
-
-STATE_DIR_ENV = "GUARDRAILS_STATE_DIR"
 
 
 class EmbeddedRedisError(RuntimeError):
     """The embedded Redis could not be found, started or reached."""
-
-
-def state_dir() -> Path:
-    """``$GUARDRAILS_STATE_DIR`` or ``/var/tmp/guardrails-<uid>`` (survives reboots, not HOME)."""
-    env = os.environ.get(STATE_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(f"/var/tmp/guardrails-{os.getuid()}")
 
 
 @dataclass(frozen=True)
@@ -83,45 +75,16 @@ class EmbeddedPaths:
         return f"unix://{self.socket}"
 
 
-def _check_private_dir(path: Path, create: bool) -> None:
-    """``path`` is a real directory of this user with mode 0700 (created so if missing and
-    ``create``); ``EmbeddedRedisError`` saying what is wrong and what to do otherwise."""
-    if create:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise EmbeddedRedisError(f"cannot create {path}: {e.strerror}") from None
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise EmbeddedRedisError(f"{path} does not exist") from None
-    problem = None
-    if stat.S_ISLNK(st.st_mode):
-        problem = "a symlink"
-    elif not stat.S_ISDIR(st.st_mode):
-        problem = "not a directory"
-    elif st.st_uid != os.geteuid():
-        problem = f"owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
-    elif stat.S_IMODE(st.st_mode) & 0o077:
-        problem = f"mode {stat.S_IMODE(st.st_mode):04o}, open to other users (must be 0700)"
-    if problem:
-        raise EmbeddedRedisError(
-            f"{path} is {problem}: refusing to use or start the embedded Redis there (another "
-            f"user could run their own server on its socket and own your lease and kill "
-            f"switch). Remove it, or chmod 700 it if it is yours, or set {STATE_DIR_ENV} to a "
-            "directory of yours with mode 0700"
-        )
-
-
 def _checked_paths(create: bool) -> EmbeddedPaths:
+    """The paths, once the state directory and its ``redis/`` are this user's private
+    directories (``statedir.private_dir``); ``EmbeddedRedisError`` saying why otherwise."""
     p = paths()
-    root = state_dir()
-    if create:
-        root.parent.mkdir(parents=True, exist_ok=True)
-    _check_private_dir(root, create)
-    _check_private_dir(p.root, create)
+    try:
+        statedir.private_dir(p.root, create=create)
+    except statedir.StateDirError as e:
+        raise EmbeddedRedisError(
+            f"{e} — not using or starting the embedded Redis there (another user could run "
+            "their own server on its socket and own your lease and kill switch)") from None
     return p
 
 
@@ -159,7 +122,7 @@ def _auth_url(p: EmbeddedPaths, password: str) -> str:
 
 
 def paths() -> EmbeddedPaths:
-    return EmbeddedPaths(state_dir() / "redis")
+    return EmbeddedPaths(statedir.state_dir() / "redis")
 
 
 def _client(p: EmbeddedPaths, password: str | None, timeout: float = 2) -> redis.Redis:
@@ -228,7 +191,10 @@ def ensure_running(timeout: float = 10.0) -> str:
     p = _checked_paths(create=True)
     password = _password(p, create=True)
     assert password is not None
-    lock_fd = os.open(p.lockfile, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        lock_fd = statedir.open_lock(p.lockfile)
+    except statedir.StateDirError as e:
+        raise EmbeddedRedisError(str(e)) from None
     with os.fdopen(lock_fd, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _ping(p, password):
@@ -268,7 +234,7 @@ def running_url() -> str | None:
     """The (authenticated) URL of this user's embedded server if it answers; never starts
     one. ``EmbeddedRedisError`` when the directories are unsafe or a foreign server answers."""
     p = paths()
-    if not state_dir().exists():
+    if not statedir.state_dir().exists():
         return None
     p = _checked_paths(create=False) if p.root.exists() else p
     if not p.root.exists():

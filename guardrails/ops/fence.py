@@ -23,12 +23,12 @@ from redis.exceptions import RedisError
 from guardrails.config import Config, ConfigError
 from guardrails.fencing import FenceRecordError, fence_status, recover
 from guardrails.infra import connect
-from guardrails.infra.embedded import state_dir
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ledger import Ledger
 from guardrails.ops.common import load_target
 from guardrails.prune import default_archive_path
 from guardrails.reconcile import AdoptReport, VenueOrderRow, adopt_venue_history, read_venue_orders
+from guardrails.statedir import state_dir
 from guardrails.venues.base import VenueError
 
 

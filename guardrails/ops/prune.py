@@ -41,7 +41,6 @@ from redis.exceptions import RedisError
 from guardrails import redacted
 from guardrails.config import Config, ConfigError
 from guardrails.infra import connect
-from guardrails.infra.embedded import state_dir
 from guardrails.keys import SCHEMA_VERSION, AccountKeys
 from guardrails.ops.common import operator_identity, require_config
 from guardrails.prune import (
@@ -53,6 +52,7 @@ from guardrails.prune import (
     candidate_since,
     default_archive_path,
 )
+from guardrails.statedir import state_dir
 
 PROGRESS_EVERY_S = 1.0
 """At most one progress line per this many seconds (and one at the end)."""

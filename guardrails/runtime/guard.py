@@ -56,6 +56,7 @@ from guardrails.runtime import identity, localguard, services
 from guardrails.runtime.context import Context, MarkBook, checkpoint
 from guardrails.runtime.services import INFRA_ERRORS, AccountServices
 from guardrails.runtime.term import Term, prepare
+from guardrails.statedir import StateDirError
 from guardrails.venues import make_venue
 from guardrails.venues.base import Venue
 
@@ -139,6 +140,7 @@ class Guard:
         """Strategies that crashed (``guardrails run``'s supervisor adds to it)."""
         self.marks = MarkBook()
         self.target = ""
+        self._memory: FileFenceMemory | None = None
         self.health_url = ""
         self._stop = asyncio.Event()
         self._finished = asyncio.Event()
@@ -282,6 +284,15 @@ class Guard:
             logs.event(log, "runtime.redis_unavailable", logging.ERROR, error=str(e))
             raise GuardError(str(e), exit_code=1) from None
         self.target = connect.describe(url)
+        # The fence memory before anything reaches Redis: a planted or foreign memory (or
+        # state directory) is refused here, never trusted into the lease (where a forged
+        # history would raise the account's lost-history alarm for every instance).
+        memory = FileFenceMemory(str(cfg.account_id), self.target)
+        try:
+            memory.load()
+        except StateDirError as e:
+            raise GuardError(f"{cfg.source}: fence memory: {e}") from None
+        self._memory = memory
         self._redis = await connect.connect(cfg.redis.model_copy(update={"url": url}))
         logs.event(
             log, "runtime.started", instance=self.instance_id, account=cfg.account_id,
@@ -361,7 +372,7 @@ class Guard:
             self.redis, self.keys, self.instance_id, self.cfg.lease,
             wait_replicas=self.cfg.redis.wait_replicas,
             wait_timeout_ms=self.cfg.redis.wait_timeout,
-            memory=FileFenceMemory(str(self.cfg.account_id), self.target),
+            memory=self._memory,
         )
         elector = LeaderElector(lease, log=logging.getLogger("guardrails.lease"))
         notifier = notify.Notifier(self.channels)

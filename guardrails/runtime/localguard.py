@@ -21,11 +21,20 @@ How, per lock directory, with two files named ``acct-<sha256(account)[:16]>``:
 The kernel drops an ``flock`` when its process dies (even by SIGKILL), so nothing stale
 ever blocks a restart, and nothing is ever written into a lock file.
 
-Lock directories: ``$GUARDRAILS_LOCK_DIR`` (or an explicit ``lock_dir``) alone when
-given; otherwise EVERY usable one of ``/run/guardrails`` and ``/tmp/guardrails-locks``,
+Lock directories: EVERY usable one of ``/run/guardrails`` and ``/tmp/guardrails-locks``,
 created mode 1777 (shared by every user of the host; sticky, so none can delete or
-replace another's files). A copy that can only use ``/tmp`` still meets one that also
-uses ``/run``. Never under ``HOME``.
+replace another's files); at least one of them must be usable. A copy that can only use
+``/tmp`` still meets one that also uses ``/run``. Never under ``HOME``. An explicit
+``lock_dir`` (``[runtime] lock_dir``) or ``$GUARDRAILS_LOCK_DIR`` is taken IN ADDITION,
+first, never instead: a copy started with its own lock directory still meets every
+other copy of the account in the default ones, so one instance per account per host
+holds whatever lock directory each copy names.
+
+The one exception is deliberate and for tests only: with ``$GUARDRAILS_LOCK_DIR`` set and
+``$GUARDRAILS_LOCK_DIR_ISOLATED=1`` (``ISOLATED_ENV``), that directory alone is used. A
+test suite, a bench or the chaos harness sets it so that its copies never meet the host's
+real ones (or another run's); it gives up one instance per account per host, so never
+set it where real bots run. Nothing in a config file can ask for it.
 
 Hostile local users (the directories are shared): a directory is used only if it is a
 real directory (not a symlink), owned by root or by us, and — when others may write in
@@ -60,6 +69,9 @@ from pathlib import Path
 from guardrails.keys import AccountId
 
 LOCK_DIR_ENV = "GUARDRAILS_LOCK_DIR"
+ISOLATED_ENV = "GUARDRAILS_LOCK_DIR_ISOLATED"
+"""Test-only: ``1`` makes ``$GUARDRAILS_LOCK_DIR`` replace the default lock directories
+instead of adding to them (see the module doc). Gives up the host-wide guard."""
 RUN_DIR = Path("/run/guardrails")
 TMP_DIR = Path("/tmp/guardrails-locks")
 DIR_MODE = 0o1777
@@ -425,22 +437,38 @@ def _enter(dfd: int, directory: Path, stem: str, account: AccountId, standby: bo
         os.close(admit)  # drops the admission lock
 
 
+def isolated() -> bool:
+    """Whether the test-only switch is on: ``$GUARDRAILS_LOCK_DIR`` set and
+    ``$GUARDRAILS_LOCK_DIR_ISOLATED=1``."""
+    return bool(os.environ.get(LOCK_DIR_ENV)) and os.environ.get(ISOLATED_ENV) == "1"
+
+
 def _directories(explicit: str | os.PathLike[str] | None) -> list[tuple[Path, bool]]:
-    chosen = explicit or os.environ.get(LOCK_DIR_ENV)
-    if chosen:
-        return [(Path(chosen), False)]
-    return [(RUN_DIR, True), (TMP_DIR, True)]
+    """The explicit directories first (``lock_dir``, ``$GUARDRAILS_LOCK_DIR``), then the
+    defaults — unless ``isolated()``, when ``$GUARDRAILS_LOCK_DIR`` (or ``lock_dir``, when
+    both are given) stands alone."""
+    chosen = [Path(d) for d in (explicit, os.environ.get(LOCK_DIR_ENV)) if d]
+    if isolated():
+        return [(chosen[0], False)]
+    out: list[tuple[Path, bool]] = []
+    for d in chosen:
+        if d not in (RUN_DIR, TMP_DIR) and all(d != seen for seen, _ in out):
+            out.append((d, False))
+    return [*out, (RUN_DIR, True), (TMP_DIR, True)]
 
 
 @contextmanager
 def _opened_dirs(explicit: str | os.PathLike[str] | None) -> Iterator[list[tuple[Path, int]]]:
     opened: list[tuple[Path, int]] = []
     try:
+        defaults = 0
         for path, shared in _directories(explicit):
             fd = _open_dir(path, shared=shared)
             if fd is not None:
                 opened.append((path, fd))
-        if not opened:
+                defaults += shared
+        if not opened or (not defaults and not isolated()):
+            # an explicit directory alone would not meet the copies in the default ones
             raise LocalGuardError(f"neither {RUN_DIR} nor {TMP_DIR} can be created or written")
         yield opened
     finally:
@@ -477,7 +505,8 @@ def acquire(
 ) -> LocalLock:
     """Join the host-wide guard for ``account`` (whatever Redis this copy uses).
 
-    Returns the held ``LocalLock``. A plain copy (``standby=False``) raises
+    ``lock_dir`` is taken in addition to the default directories, never instead (see
+    the module doc). Returns the held ``LocalLock``. A plain copy (``standby=False``) raises
     ``AlreadyRunning``, naming every holder the kernel reports, while any other copy of
     the account holds the guard in any lock directory; a standby is let in beside them
     (and, by holding on, keeps later plain copies out after it took over). An unsafe or

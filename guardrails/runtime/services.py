@@ -28,7 +28,6 @@ import redis.exceptions
 
 from guardrails import logs
 from guardrails.config import Config
-from guardrails.infra.embedded import state_dir
 from guardrails.keys import AccountKeys
 from guardrails.killswitch import KillSwitch, KillSwitchError, Latch, read_latch
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
@@ -46,6 +45,7 @@ from guardrails.reconcile import ReconcileReport, reconcile_order
 from guardrails.registry import Registry
 from guardrails.runtime.context import ContextUnavailable, MarkBook, cancel_order, checkpoint
 from guardrails.runtime.health import start_health_server
+from guardrails.statedir import state_dir
 from guardrails.venues.base import Venue, VenueError
 
 log = logging.getLogger("guardrails.runtime")

@@ -4,7 +4,9 @@ Invariant upheld: *one writer per account* must be testable against one exchange
 ``guardrails run`` of a user on a host — the active instance and its standbys — reaches
 the SAME simulator, so a failover meets the book and fills a real venue would show.
 Like the embedded Redis (``guardrails.infra.embedded``), the daemon lives in the state
-directory (``embedded.state_dir()/simulator``, never under ``$HOME``):
+directory (``statedir.state_dir()/simulator``, never under ``$HOME``), a private directory
+of this user checked by ``guardrails.statedir`` (its files are read and written only
+through it: a planted file or symlink is refused, never trusted or written through):
 
 * ``start.lock`` — ``flock`` around check-and-start: of several processes starting at
   once, exactly one spawns the daemon, the others reuse it;
@@ -48,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from guardrails import logs
+from guardrails import logs, statedir
 from guardrails.config import (
     CcxtVenueConfig,
     ConfigError,
@@ -58,7 +60,6 @@ from guardrails.config import (
     RiskConfig,
     load_config,
 )
-from guardrails.infra import embedded
 from guardrails.sim import binance, clob
 from guardrails.sim.exchange import DEFAULT_MARKET, DEFAULT_RISK, SimExchange, SimStateError
 from guardrails.sim.server import Simulator
@@ -170,19 +171,55 @@ def paths(root: Path | None = None, protocol: str = "eip712") -> DaemonPaths:
     if root is not None:
         return DaemonPaths(root)
     name = "simulator" if protocol == "eip712" else f"simulator-{protocol}"
-    return DaemonPaths(embedded.state_dir() / name)
+    return DaemonPaths(statedir.state_dir() / name)
 
 
 def clob_root() -> Path:
     """State directory of the per-user CLOB simulator daemon (Polymarket, ``embedded``)."""
-    return embedded.state_dir() / "clob-simulator"
+    return statedir.state_dir() / "clob-simulator"
+
+
+def _private(p: DaemonPaths, *, create: bool) -> None:
+    """The daemon's directory is this user's private one (``statedir.private_dir``);
+    ``SimDaemonError`` naming it and what is wrong otherwise."""
+    try:
+        statedir.private_dir(p.root, create=create)
+    except statedir.StateDirError as e:
+        raise SimDaemonError(f"simulator state: {e}") from None
+
+
+def _lock(path: Path) -> IO[bytes]:
+    """The lock file ``path`` (``statedir.open_lock``: created 0600, never followed)."""
+    try:
+        return os.fdopen(statedir.open_lock(path), "r+b")
+    except statedir.StateDirError as e:
+        raise SimDaemonError(str(e)) from None
+
+
+def _append(path: Path) -> IO[bytes]:
+    """``path`` opened for appending (``statedir.open_append``: 0600, never followed)."""
+    try:
+        return os.fdopen(statedir.open_append(path), "ab")
+    except statedir.StateDirError as e:
+        raise SimDaemonError(str(e)) from None
+
+
+def _read_error(p: DaemonPaths) -> str | None:
+    try:
+        raw = statedir.read_private(p.errorfile)
+    except statedir.StateDirError as e:
+        raise SimDaemonError(str(e)) from None
+    return None if raw is None else raw.decode(errors="replace").strip()
 
 
 def _read_info(p: DaemonPaths) -> dict[str, Any] | None:
     try:
-        data = json.loads(p.infofile.read_text())
+        raw = statedir.read_private(p.infofile)
+        data = json.loads(raw) if raw is not None else None
     except (OSError, ValueError):
         return None
+    except statedir.StateDirError as e:
+        raise SimDaemonError(str(e)) from None
     return data if isinstance(data, dict) else None
 
 
@@ -241,9 +278,9 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
     ``daemon_environment()`` only: no key, token or password reaches it.
     """
     p = paths(root, spec.protocol)
-    p.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private(p, create=True)
     digest = spec.digest()
-    with p.lockfile.open("a") as lock:
+    with _lock(p.lockfile) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         info = _healthy(p)
         if info is not None:
@@ -257,8 +294,8 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
             return str(info["url"])
         p.infofile.unlink(missing_ok=True)
         p.errorfile.unlink(missing_ok=True)
-        p.market.write_text(spec.to_json())
-        with p.logfile.open("a") as logf:
+        _write_atomic(p.market, spec.to_json())
+        with _append(p.logfile) as logf:
             # The child forks the daemon off and exits at once (double fork): the daemon
             # is nobody's child, so it outlives this process and leaves no zombie.
             subprocess.run(
@@ -273,11 +310,10 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
             info = _healthy(p)
             if info is not None:
                 return str(info["url"])
-            if p.errorfile.exists():
+            error = _read_error(p)
+            if error is not None:
                 raise SimDaemonError(
-                    f"the simulator daemon refused to start: {p.errorfile.read_text().strip()} "
-                    f"(log {p.logfile})"
-                )
+                    f"the simulator daemon refused to start: {error} (log {p.logfile})")
             time.sleep(0.05)
         raise SimDaemonError(f"the simulator daemon did not answer within {timeout}s "
                              f"(log {p.logfile}):\n{_log_tail(p)}")
@@ -286,6 +322,8 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
 def status(root: Path | None = None, protocol: str = "eip712") -> dict[str, Any]:
     """What ``guardrails venue status`` shows."""
     p = paths(root, protocol)
+    if p.root.exists() or p.root.is_symlink():
+        _private(p, create=False)
     info = _healthy(p)
     out: dict[str, Any] = {
         "running": info is not None,
@@ -315,9 +353,10 @@ def _pid_alive(pid: int) -> bool:
 def stop(*, root: Path | None = None, timeout: float = 10.0, protocol: str = "eip712") -> bool:
     """SIGTERM the daemon and wait until it is gone. False if it was not running."""
     p = paths(root, protocol)
-    if not p.root.exists():
+    if not p.root.exists() and not p.root.is_symlink():
         return False
-    with p.lockfile.open("a") as lock:
+    _private(p, create=False)
+    with _lock(p.lockfile) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         info = _healthy(p)
         if info is None:
@@ -335,9 +374,11 @@ def stop(*, root: Path | None = None, timeout: float = 10.0, protocol: str = "ei
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """``statedir.write_private``: a fresh 0600 file renamed over ``path``."""
+    try:
+        statedir.write_private(path, text.encode())
+    except statedir.StateDirError as e:
+        raise SimDaemonError(str(e)) from None
 
 
 def market_from_config(
@@ -466,13 +507,17 @@ def serve_daemon(root: Path) -> int:
     """The daemon itself (``guardrails venue serve --daemon-dir DIR``): replay, listen,
     publish ``sim.json``, serve until SIGTERM, then checkpoint and unpublish."""
     p = paths(root)
-    spec = MarketSpec.from_json(p.market.read_text())
+    _private(p, create=False)
+    raw = statedir.read_private(p.market)
+    if raw is None:
+        raise SimDaemonError(f"{p.market} does not exist (written by the starting process)")
+    spec = MarketSpec.from_json(raw.decode())
     if os.fork() != 0:
         os._exit(0)  # the first child returns at once; the grandchild is the daemon
     os.setsid()
     # One writer per record: held for the daemon's life, so a second daemon (say, started
     # while this one hung and failed its health check) refuses instead of appending too.
-    owner = p.ownerlock.open("a")
+    owner = _lock(p.ownerlock)
     try:
         fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -598,7 +643,11 @@ def cmd_venue(args: argparse.Namespace) -> int:
     if args.venue_command == "serve":
         if args.daemon_dir:
             logs.setup()
-            return serve_daemon(Path(args.daemon_dir))
+            try:
+                return serve_daemon(Path(args.daemon_dir))
+            except (SimDaemonError, statedir.StateDirError) as e:
+                print(f"guardrails venue serve: {e}", file=sys.stderr)
+                return 2
         return cmd_serve(args)
     protocol = getattr(args, "protocol", "eip712")
     try:
