@@ -24,14 +24,31 @@ own calls return). The object it gives back behaves as the exchange, except:
 * A gate denial raises ``OrderDenied`` (a ``ccxt.InvalidOrder``: existing ``except
   ccxt.InvalidOrder`` keeps working) carrying the ``DenyReason``; an exchange rejection
   raises ``ccxt.InvalidOrder``.
-* When this instance is not active — standby, lease lost, the term ended while the call
-  was pending (it is cancelled), the gate not reachable — gated calls (``create_order``,
+* ``create_limit_order``, ``create_limit_buy_order``, ``create_limit_sell_order`` and
+  the ``create_market_*`` trio are ``create_order`` with their fixed arguments: gated
+  alike (market orders refused alike). camelCase names are their snake_case twins.
+* When this instance is not active — standby, lease lost, the term ended before the order
+  was sent (the call is cancelled), the gate not reachable — gated calls (``create_order``,
   ``cancel_order``) raise ``NotActive`` (a ``ccxt.ExchangeNotAvailable``, so a bot that
   retries on ``ccxt.NetworkError`` idles on the standby and trades once it takes over).
+  ``NotActive`` always means the order was not sent: once it has left the process, the
+  term ending does not cancel the send — the exchange's answer is awaited and returned —
+  and a sent order whose outcome cannot be learned raises ``OrderMayBeLive`` (a
+  ``ccxt.ExchangeError``, not a ``NetworkError``) carrying its ``client_order_id``.
 * ``cancel_order``, ``fetch_order`` and ``fetch_open_orders`` read the ledger's view (the
   account's orders, whichever process sent them); ``fetch_order`` of an id the ledger
   does not know raises ``ccxt.OrderNotFound``.
-* Everything else passes through to the caller's exchange object unchanged.
+* Data attributes (``markets``, ``id``, ``has``, ``options``...) and the methods on the
+  passthrough list (``passes_through``: ``fetch_*``, ``watch_*``, ``load_markets``,
+  ``market()``, ``*_to_precision``, time and parse helpers, ``close``) are the caller's
+  object, unchanged. Every other method — ``edit_order``, ``create_orders``, stop and
+  other order types, ``cancel_all_orders``, websocket ``*_ws`` order calls, implicit API
+  methods (``privatePostOrder``, ``sapi*``, ``fapi*``...), raw ``fetch``/``request`` —
+  raises ``NotGated`` (a ``ccxt.NotSupported``) when called, before anything is sent.
+
+Invariant upheld here: *every order passes the gate* — nothing the wrapper hands out can
+place, change or cancel an order except through the gate (an allowlist: a method a newer
+ccxt adds is refused until it is listed).
 
 When the guard stops — SIGTERM/SIGINT (``handle_signals``), ``ex.guard.stop()``, or its
 background failed — the body of ``async with guarded(...)`` is cancelled, as SIGTERM ends a
@@ -51,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
@@ -64,14 +82,24 @@ import redis.asyncio as aioredis
 from guardrails import logs
 from guardrails.config import CcxtVenueConfig, Config, load_config
 from guardrails.ledger import Ledger, OrderRecord
-from guardrails.model import Denied, DenyReason, Intent, OrderState, Side
+from guardrails.model import (
+    Decision,
+    Denied,
+    DenyReason,
+    Intent,
+    OrderState,
+    Side,
+    client_order_id_for,
+)
 from guardrails.runtime.context import Context, ContextUnavailable
 from guardrails.runtime.guard import Guard, GuardStopped, TermEnded
+from guardrails.runtime.services import INFRA_ERRORS
 from guardrails.runtime.term import Term
 from guardrails.venues.base import Venue
 from guardrails.venues.ccxt import CcxtVenue
 
-__all__ = ["GuardedExchange", "NotActive", "OrderDenied", "guarded"]
+__all__ = ["GuardedExchange", "NotActive", "NotGated", "OrderDenied", "OrderMayBeLive",
+           "guarded", "passes_through"]
 
 T = TypeVar("T")
 log = logging.getLogger("guardrails.ccxt")
@@ -105,11 +133,93 @@ class OrderDenied(ccxt_async.InvalidOrder):  # type: ignore[misc]
 
 class NotActive(ccxt_async.ExchangeNotAvailable):  # type: ignore[misc]
     """This instance may not trade now (standby, lease lost, term ended, gate unreachable):
-    nothing was sent. ``reason`` is the ``DenyReason`` when the gate gave one."""
+    the order was not sent to the exchange (it may have been reserved, if the gate's reply
+    was lost: such a reservation expires, unsent, at reconciliation). A ``NetworkError``,
+    so a bot may retry it. Never raised once the order has left the process: that is
+    ``OrderMayBeLive``. ``reason`` is the ``DenyReason`` when the gate gave one."""
 
     def __init__(self, message: str, reason: DenyReason | None = None) -> None:
         super().__init__(f"guardrails: {message}")
         self.reason = reason
+
+
+class OrderMayBeLive(ccxt_async.ExchangeError):  # type: ignore[misc]
+    """The gate admitted the order and it was sent to the exchange, but its outcome could
+    not be learned: it may be live. Deliberately *not* a ``NetworkError`` — a bot that
+    retries network errors under a fresh id would place a second order. The ledger keeps
+    the reservation and reconciliation settles the order by ``client_order_id``;
+    ``fetch_order(client_order_id)`` reads what is known, and re-sending with
+    ``params={"clientOrderId": <the same intent id>}`` is the same order, never a second."""
+
+    def __init__(self, client_order_id: str, message: str) -> None:
+        super().__init__(f"guardrails: order {client_order_id} may be live: {message}")
+        self.client_order_id = client_order_id
+
+
+class NotGated(ccxt_async.NotSupported):  # type: ignore[misc]
+    """A method of the exchange the guarded wrapper does not route through the gate and
+    does not pass through (it can place, change or cancel orders, or sends raw requests):
+    refused when called, before anything is sent. ``method`` is the name called."""
+
+    def __init__(self, exchange_id: str, method: str, why: str) -> None:
+        super().__init__(f"guardrails: {exchange_id}.{method} is refused on a guarded "
+                         f"exchange: {why}")
+        self.method = method
+
+
+PASSTHROUGH_PREFIXES = ("fetch_", "watch_", "un_watch_", "parse_", "safe_")
+"""Method families that read (REST and websocket reads, subscriptions) or are pure helpers:
+passed through to the caller's object (``fetch_order``/``fetch_open_orders`` are the
+wrapper's own: the ledger's view)."""
+PASSTHROUGH_SUFFIXES = ("_to_precision",)
+PASSTHROUGH_NAMES = frozenset({
+    "load_markets", "load_time_difference", "load_accounts", "market", "market_id",
+    "market_ids", "market_symbols", "currency", "currency_id", "describe",
+    "check_required_credentials", "milliseconds", "seconds", "microseconds", "iso8601",
+    "parse8601", "ymd", "ymdhms", "yymmdd", "yyyymmdd", "nonce", "uuid", "sleep", "sum",
+    "omit", "extend", "deep_extend", "index_by", "group_by", "sort_by", "filter_by", "close",
+})
+"""Single methods that cannot place, change or cancel an order (``close`` closes the
+caller's own object; the venue trades through its own twin)."""
+NOT_PASSED = frozenset({"watch_multiple", "safe_deterministic_call"})
+"""Names in a passthrough family that send what they are told or call a method by name."""
+NOT_PASSED_PREFIXES = ("fetch_paginated_call_",)
+
+_ORDERISH = re.compile(r"order|close_position|close_all_positions")
+
+
+def passes_through(snake: str) -> bool:
+    """True if the exchange's method ``snake`` (snake_case) may be called on the caller's
+    object unchanged: it cannot place, change or cancel an order. An allowlist — a method
+    not named here is refused, so a method a newer ccxt adds is refused until listed."""
+    if snake in NOT_PASSED or snake.startswith(NOT_PASSED_PREFIXES):
+        return False
+    return (snake in PASSTHROUGH_NAMES or snake.startswith(PASSTHROUGH_PREFIXES)
+            or snake.endswith(PASSTHROUGH_SUFFIXES))
+
+
+def _snake(name: str) -> str:
+    """ccxt's snake_case name of a method (``fetchOHLCV`` -> ``fetch_ohlcv``)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _refusal(exchange_id: str, name: str, snake: str) -> Callable[..., Any]:
+    """A stand-in for a method that is not passed through: calling it raises ``NotGated``."""
+    if _ORDERISH.search(snake):
+        why = ("it can place, change or cancel orders outside the gate; place limit orders "
+               "with create_order(symbol, 'limit', side, amount, price) (or "
+               "create_limit_order / create_limit_buy_order / create_limit_sell_order) and "
+               "cancel one with cancel_order(id)")
+    else:
+        why = ("it is not on the passthrough list (reads pass: fetch_*, watch_*, "
+               "load_markets, markets, *_to_precision, ...; implicit API methods and raw "
+               "requests do not: docs/embedding.md)")
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise NotGated(exchange_id, name, why)
+
+    refused.__name__ = refused.__qualname__ = name
+    return refused
 
 
 def guarded(
@@ -202,7 +312,20 @@ class GuardedExchange:
         self._task: asyncio.Task[None] | None = None
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._ex, name)
+        """What the wrapper does not define: a data attribute of the caller's object, or a
+        method on the passthrough list (``passes_through``); any other method — every way
+        to place, change or cancel an order but the gated ones, every implicit API method
+        — is replaced by one that raises ``NotGated`` when called. A camelCase name is its
+        snake_case twin (``createOrder`` is ``create_order``, gated like it)."""
+        if name.startswith("_"):
+            raise AttributeError(name)  # never the raw object's internals (nor recursion)
+        snake = _snake(name)
+        if snake != name and snake in vars(GuardedExchange):
+            return getattr(self, snake)
+        value = getattr(self._ex, name)
+        if not callable(value) or isinstance(value, type) or passes_through(snake):
+            return value
+        return _refusal(getattr(self._ex, "id", "exchange"), name, snake)
 
     def __repr__(self) -> str:
         return f"guarded({self._ex!r}, account={self.guard.cfg.account_id})"
@@ -251,9 +374,50 @@ class GuardedExchange:
                             f"{self.guard.cfg.account_id}", DenyReason.NOT_ACTIVE)
         return term, ctx
 
+    async def _submit(self, term: Term, ctx: Context, intent: Intent) -> Decision:
+        """``ctx.submit(intent)`` bound to ``term``, never telling the caller "not sent"
+        about an order that may be out. If the term ends while the call is pending and
+        the order has not left the process (the gate, the record read), the call is
+        cancelled and ``NotActive`` raised: nothing reached the exchange. Once the send
+        has begun (its client order id is in ``ctx.sent_client_order_ids()``) the term
+        ending does not cancel it: the exchange's answer is awaited (bounded by the
+        venue's request timeout) and recorded, and the call returns as usual. A sent
+        order's call that fails instead raises ``OrderMayBeLive`` with its client order
+        id. (The caller's own cancellation still cancels the call: the order is then left
+        for reconciliation, which finds it by client order id.)"""
+        coid = client_order_id_for(intent.resolved_intent_id(CONTEXT_NAME))
+        task = asyncio.ensure_future(ctx.submit(intent))
+        ended = asyncio.ensure_future(term.ended.wait())
+        try:
+            await asyncio.wait((task, ended), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and coid in ctx.sent_client_order_ids():
+                # The order is on its way: cancelling now would lose the exchange's answer
+                # and tell a bot that retries NetworkError "not sent" (a second order).
+                await asyncio.wait((task,))
+        finally:
+            ended.cancel()
+            if not task.done():
+                task.cancel()  # not sent yet (or the caller itself is being cancelled)
+                await asyncio.gather(task, return_exceptions=True)
+        if not task.cancelled() and task.exception() is None:
+            return task.result()
+        failure = None if task.cancelled() else task.exception()
+        if coid in ctx.sent_client_order_ids():
+            how = "was cancelled" if failure is None else f"failed ({failure!r})"
+            raise OrderMayBeLive(coid, f"the call {how} after the order was sent to "
+                                 f"{self._ex.id}") from failure
+        if failure is None:
+            raise NotActive(f"the term ended ({term.reason or 'lease lost'}) before the "
+                            "order was sent", DenyReason.NOT_ACTIVE)
+        if isinstance(failure, ContextUnavailable):
+            raise NotActive(f"the account's state could not be read: {failure}",
+                            DenyReason.REDIS_UNAVAILABLE) from None
+        raise failure
+
     async def _in_term(self, term: Term, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call`` bound to ``term``: cancelled, and ``NotActive`` raised, if the term
-        ends while it is pending."""
+        """Run ``call`` (a cancel) bound to ``term``: cancelled, and ``NotActive`` raised,
+        if the term ends while it is pending (the cancel may or may not have reached the
+        exchange then: ``fetch_order`` reads the ledger, which reconciliation settles)."""
         task = asyncio.ensure_future(call())
         ended = asyncio.ensure_future(term.ended.wait())
         try:
@@ -298,21 +462,59 @@ class GuardedExchange:
                         _decimal(price, "price"),
                         intent_id=coid or f"ccxt-{uuid.uuid4().hex}")
         term, ctx = self._current()
-        decision = await self._in_term(term, lambda: ctx.submit(intent))
+        decision = await self._submit(term, ctx, intent)
         if isinstance(decision, Denied):
             if decision.reason in _NOT_ACTIVE_REASONS:
                 raise NotActive(f"order not admitted: {decision.reason.value}"
                                 + (f" ({decision.detail})" if decision.detail else ""),
                                 decision.reason)
             raise OrderDenied(decision.reason, decision.detail)
-        record = await self._ledger.order(decision.client_order_id)
+        coid = decision.client_order_id
+        try:
+            record = await self._ledger.order(coid)
+        except INFRA_ERRORS as e:
+            if coid in ctx.sent_client_order_ids():
+                raise OrderMayBeLive(coid, f"sent, but its record could not be read: {e}"
+                                     ) from e
+            raise NotActive(f"the admitted order's record could not be read: {e}",
+                            DenyReason.REDIS_UNAVAILABLE) from e
         if record is None:
-            raise NotActive("the admitted order's record could not be read",
+            if coid in ctx.sent_client_order_ids():
+                raise OrderMayBeLive(coid, "sent, but its record is missing")
+            raise NotActive("the admitted order's record could not be read (not sent)",
                             DenyReason.REDIS_UNAVAILABLE)
         if record.state is OrderState.REJECTED:
             raise ccxt_async.InvalidOrder(f"{self._ex.id} rejected the order "
                                           f"{record.client_order_id}: {record.reason}")
         return self._order(record)
+
+    # ccxt's fixed-argument conveniences: the gated create_order with those arguments
+    # (so market orders are refused by it, as create_order(..., "market", ...) is).
+
+    async def create_limit_order(self, symbol: str, side: str, amount: Any, price: Any,
+                                 params: dict[str, Any] | None = None) -> Any:
+        return await self.create_order(symbol, "limit", side, amount, price, params)
+
+    async def create_limit_buy_order(self, symbol: str, amount: Any, price: Any,
+                                     params: dict[str, Any] | None = None) -> Any:
+        return await self.create_order(symbol, "limit", "buy", amount, price, params)
+
+    async def create_limit_sell_order(self, symbol: str, amount: Any, price: Any,
+                                      params: dict[str, Any] | None = None) -> Any:
+        return await self.create_order(symbol, "limit", "sell", amount, price, params)
+
+    async def create_market_order(self, symbol: str, side: str, amount: Any,
+                                  price: Any = None,
+                                  params: dict[str, Any] | None = None) -> Any:
+        return await self.create_order(symbol, "market", side, amount, price, params)
+
+    async def create_market_buy_order(self, symbol: str, amount: Any,
+                                      params: dict[str, Any] | None = None) -> Any:
+        return await self.create_order(symbol, "market", "buy", amount, None, params)
+
+    async def create_market_sell_order(self, symbol: str, amount: Any,
+                                       params: dict[str, Any] | None = None) -> Any:
+        return await self.create_order(symbol, "market", "sell", amount, None, params)
 
     async def cancel_order(self, id: str, symbol: str | None = None,
                            params: dict[str, Any] | None = None) -> Any:
