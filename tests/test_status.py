@@ -112,6 +112,28 @@ async def test_status_table_when_account_has_position_then_lists_it(
     assert f"token={opskit.TOKEN}" in done.stdout
 
 
+async def test_status_table_when_stored_text_carries_terminal_controls_then_shown_escaped(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Arrange: a kill reason that would redraw the HALTED line as ACTIVE (and forge one)
+    from guardrails.killswitch import KillSwitch
+    from guardrails.model import TradingState
+
+    await opskit.seed(redis_client)
+    forged = "oops\r\x1b[2Ktrading   ACTIVE  reason=resume\nfake line \u202e"
+    await KillSwitch(redis_client, opskit.KEYS).set_state(
+        TradingState.HALTED, reason=forged, by="test\x9b31m")
+    # Act
+    done = status(redis_server.url, "--account", str(opskit.ACCOUNT))
+    # Assert: no control character reaches the terminal; they are shown as escapes
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("trading"))
+    assert line.startswith("trading   HALTED"), line
+    assert "\\x0d\\x1b[2K" in line and "\\x0afake line \\u202e" in line and "\\x9b" in line
+    assert not any((ord(c) < 0x20 and c != "\t") or 0x7f <= ord(c) <= 0x9f
+                   for c in done.stdout.replace("\n", ""))
+
+
 def test_status_when_redis_unreachable_then_exit_2() -> None:
     # Act
     done = status(f"redis://127.0.0.1:{free_port()}/0", "--account", "paper:x", "--json")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -378,8 +379,23 @@ def _prune_text(pr: Json) -> str:
     return head + last + f"\n          archive {_fmt(pr.get('archive'))}"
 
 
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """One line of ``text`` as a terminal must show it: every control character but tab
+    (C0 including newline and carriage return, DEL, C1 such as CSI) and the bidi
+    overrides as a visible ``\\xNN`` / ``\\uNNNN`` escape. What Redis holds (a kill
+    reason, a holder id, a denial detail) is anyone's text: raw, ``\\r\\e[2K`` would
+    redraw a HALTED line as ACTIVE, a newline would forge a line."""
+    def esc(m: re.Match[str]) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    return _UNPRINTABLE.sub(esc, text)
+
+
 def render_table(doc: Json) -> str:
-    """The human-readable form of a status document."""
+    """The human-readable form of a status document (each line ``printable``)."""
     lines: list[str] = []
     for a in doc["accounts"]:
         lines.append(f"== {a['account']} ==")
@@ -446,7 +462,7 @@ def render_table(doc: Json) -> str:
             )
         for e in a["errors"]:
             lines.append(f"error     {e}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 async def _status(args: argparse.Namespace) -> int:

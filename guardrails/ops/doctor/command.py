@@ -30,6 +30,7 @@ from guardrails.ops.common import load_target
 from guardrails.ops.doctor.checks import Census, judge
 from guardrails.ops.doctor.manifest import Manifest, load_manifest
 from guardrails.ops.doctor.snapshot import LocalProcess, gather
+from guardrails.ops.status import printable
 
 DOCTOR_SCHEMA_VERSION = 1
 
@@ -106,12 +107,14 @@ async def _doctor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report_json(result, url, manifest_path), indent=2))
     else:
+        # (each line printable: instance ids, hosts and messages carry Redis's text)
         for inst in result.instances:
-            print(f"instance {inst.account} {inst.id or '-'} host={inst.host} pid={inst.pid} "
-                  f"role={inst.role or '-'} token={inst.token} seen by {'+'.join(inst.sources)}")
+            print(printable(f"instance {inst.account} {inst.id or '-'} host={inst.host} "
+                            f"pid={inst.pid} role={inst.role or '-'} token={inst.token} "
+                            f"seen by {'+'.join(inst.sources)}"))
         for f in result.findings:
-            print(f"{f.severity.upper()} [{f.code}] {f.account or ''}: {f.message}\n"
-                  f"    what to do: {f.action}")
+            print(printable(f"{f.severity.upper()} [{f.code}] {f.account or ''}: {f.message}"))
+            print(printable(f"    what to do: {f.action}"))
         problems = sum(f.problem for f in result.findings)
         print(f"{problems} problem(s)" if problems else "healthy")
     if channels:
