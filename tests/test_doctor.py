@@ -252,3 +252,9 @@ def test_is_guardrails_run_when_command_lines_vary_then_only_run_matches() -> No
     assert not is_guardrails_run(["/usr/bin/python3", "-m", "guardrails", "doctor"])
     assert not is_guardrails_run(["vim", "guardrails/run.py"])
     assert not is_guardrails_run(["python", "-c", "pass", "guardrails", "run"])
+    # interpreter options before the script, or folded into -m
+    assert is_guardrails_run(["python", "-u", "/opt/gr/.venv/bin/guardrails", "run"])
+    assert is_guardrails_run(["python", "-X", "dev", "-W", "ignore", "/x/guardrails", "run"])
+    assert is_guardrails_run(["python", "-Im", "guardrails", "run"])
+    assert is_guardrails_run(["python3", "-um", "guardrails.cli", "run"])
+    assert not is_guardrails_run(["python", "tool.py", "/x/guardrails", "run"])

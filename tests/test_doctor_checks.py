@@ -182,9 +182,12 @@ def test_check_processes_when_run_never_registered_then_instance_from_process_ta
     # Act
     c = judge(s, None)
 
-    # Assert
-    assert codes(c) == ["unregistered_process"]
+    # Assert: 102 is an instance that never registered; 103 is the same account in
+    # another lease domain (its own lease and limits): an error of its own
+    assert codes(c) == ["unregistered_process", "account_on_other_redis"]
     assert [(i.pid, i.sources) for i in c.instances] == [(102, ["process"])]
+    other = c.findings[1]
+    assert other.problem and "pid 103 " in other.message and "redis://other/0" in other.message
 
 
 def test_check_unidentified_when_config_unreadable_then_info_only_if_it_may_use_this_redis() -> None:

@@ -13,7 +13,8 @@ for each account, sorted:
 1. keys of the wrong type (every other reading of the account is suspect);
 2. the lease: malformed, without expiry, above the fencing counter;
 3. the registry: heartbeat records of the wrong type, expired and silent rows;
-4. this host's process table: registered pids that do not run, runs that never registered;
+4. this host's process table: registered pids that do not run, runs that never registered,
+   runs of the account against another Redis (a second lease domain);
 5. the lease holder is a registered instance, and at most one instance claims ``active``;
 6. copies per host (a deliberate extra copy says ``--standby``);
 7. every instance runs the same limits and the same config;
@@ -34,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardrails.infra import persistence
+from guardrails.infra import connect, persistence
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.ops.doctor.manifest import DEFAULT_STALE_AFTER_MS, Manifest, ManifestAccount
 from guardrails.ops.doctor.snapshot import AccountSnapshot, LocalProcess, Snapshot, as_int
@@ -131,6 +132,7 @@ def judge(s: Snapshot, manifest: Manifest | None) -> Census:
         lease_token, lease_holder = check_lease(c, a)
         instances = check_registry(c, a, s.now_ms, stale_after)
         check_processes(c, a, s, procs, instances)
+        check_other_redis(c, account, s)
         check_holder_and_active(c, a, instances, lease_token, lease_holder)
         per_host = check_copies_per_host(c, account, instances, wanted.get(account))
         check_digests(c, account, instances)
@@ -270,6 +272,22 @@ def check_processes(c: Census, a: AccountSnapshot, s: Snapshot, procs: list[Loca
               "registry (not yet started, paused, or cut off from this Redis)",
               f"find out what it is (`ps -o pid,lstart,args -p {p.pid}`); if it should not run, "
               f"stop it (`kill {p.pid}`); it cannot trade without the lease")
+
+
+def check_other_redis(c: Census, account: str, s: Snapshot) -> None:
+    """A process on this host runs the account against another Redis: its lease, limits
+    and daily loss live there, so the two copies never see each other — the incident of
+    two bots on one wallet with limits silently doubled. Only this host's process table
+    shows it (another host's copy shows at the venue: foreign activity)."""
+    for p in s.processes:
+        if p.account != account or p.pid in s.ours or p.redis_target is None:
+            continue
+        c.add("account_on_other_redis", account,
+              f"pid {p.pid} on {s.host} runs `guardrails run` for {account} against another "
+              f"Redis ({connect.describe(p.redis_target)}): a second lease domain with its own "
+              "lease, positions and limits",
+              f"if it trades the same venue account, stop it (`kill {p.pid}`) now; if it is a "
+              "deliberate separate deployment, give it a distinct account id")
 
 
 # -- 5. the lease holder, and who thinks it is active -----------------------------------

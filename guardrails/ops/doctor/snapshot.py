@@ -92,16 +92,38 @@ def _flag(argv: list[str], name: str) -> str | None:
 _MODULES = ("guardrails", "guardrails.cli", "guardrails.__main__")
 
 
+_TAKES_VALUE = ("-X", "-W", "-Q")
+"""Interpreter options whose value is the next word (``python -X dev …``)."""
+
+
+def _interpreter_options(words: list[str]) -> bool:
+    """True when ``words`` (what stands between the interpreter and the script) are all
+    interpreter options: ``-u``, ``-I``, ``-X dev``, ``-W ignore``..."""
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if not w.startswith("-") or w == "-":
+            return False
+        i += 2 if w in _TAKES_VALUE else 1
+    return True
+
+
 def is_guardrails_run(argv: list[str]) -> bool:
     """True for every launch form of ``guardrails run``: the console script
-    (``…/guardrails run``, also behind an interpreter), ``python -m guardrails run``,
-    ``python -m guardrails.cli run`` and ``python -m guardrails.__main__ run``."""
+    (``…/guardrails run``, also behind an interpreter and its options: ``python -u
+    …/guardrails run``), ``python -m guardrails run`` (also with options folded into the
+    ``-m``: ``python -Im guardrails run``), ``python -m guardrails.cli run`` and
+    ``python -m guardrails.__main__ run``."""
     for i, a in enumerate(argv[:-1]):
-        base = os.path.basename(a)
-        script = base == "guardrails" and (i == 0 or i <= 1)
-        module = a in _MODULES and i > 0 and argv[i - 1] == "-m"
-        if (script or module) and argv[i + 1] == "run":
+        if argv[i + 1] != "run":
+            continue
+        if os.path.basename(a) == "guardrails" and (i == 0 or _interpreter_options(argv[1:i])):
             return True
+        if a in _MODULES and i > 0:
+            flag = argv[i - 1]
+            if flag == "-m" or (flag.startswith("-") and not flag.startswith("--")
+                                and flag.endswith("m") and flag[1:].isalpha()):
+                return True
     return False
 
 
@@ -119,7 +141,17 @@ def local_processes() -> list[LocalProcess]:
             argv = proc.info["cmdline"] or []
             if proc.info["pid"] == me or not is_guardrails_run(argv):
                 continue
-            cwd = proc.cwd()
+            try:
+                cwd = proc.cwd()
+            except psutil.AccessDenied:
+                # another user's run: its config cannot be found from here, but it is
+                # reported (unidentified), never silently left out of the roster
+                out.append(LocalProcess(
+                    pid=proc.info["pid"], cmdline=argv, account=None, redis_target=None,
+                    standby="--standby" in argv, config_digest=None, limits_digest=None,
+                    error="its working directory is not readable by this user (run doctor "
+                          "as that user or as root to identify it)"))
+                continue
             try:
                 env_url = proc.environ().get(REDIS_URL_ENV)
             except (psutil.AccessDenied, psutil.ZombieProcess):
