@@ -492,9 +492,12 @@ async def _status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print(render_table(doc) if doc["accounts"] else "no known accounts")
-    return 0
+    # read, but part of an account could not be (its "errors" say which): not a clean 0
+    return 1 if any(a["errors"] for a in doc["accounts"]) else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """``guardrails status``: exit 0 when read, 2 when Redis could not be read."""
+    """``guardrails status``: exit 0 when read, 1 when read but part of an account could
+    not be (a key of the wrong type, a field unreadable: its ``errors`` name it), 2 when
+    Redis could not be read."""
     return asyncio.run(_status(args))
