@@ -134,6 +134,17 @@ async def test_status_table_when_stored_text_carries_terminal_controls_then_show
                    for c in done.stdout.replace("\n", ""))
 
 
+async def test_status_when_part_of_an_account_is_unreadable_then_exit_1_naming_it(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    await opskit.seed(redis_client)
+    await redis_client.delete(opskit.KEYS.positions)
+    await redis_client.set(opskit.KEYS.positions, "planted")  # a STRING where a HASH belongs
+    done = status(redis_server.url, "--account", str(opskit.ACCOUNT))
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "error" in done.stdout and opskit.KEYS.positions in done.stdout
+
+
 def test_status_when_redis_unreachable_then_exit_2() -> None:
     # Act
     done = status(f"redis://127.0.0.1:{free_port()}/0", "--account", "paper:x", "--json")
