@@ -12,7 +12,12 @@ is refused inside Redis, whatever its local clock believes.
 
 What this module guarantees: when ``set_state`` returns, the latch is in Redis (read back
 and compared), so the gate — which reads the latch in its own admission script — admits
-nothing new after a HALTED kill returns. What it does NOT guarantee: that open orders are
+nothing new after a HALTED kill returns. It also says how many of the server's connected
+replicas acknowledged the write (``WAIT`` on the connection that wrote it, bounded by
+``replication_timeout_ms``): a latch that reached no replica is lost if the master fails
+over, and the replica promoted in its place reads ACTIVE. ``set_state`` reports that
+(``StateChange.replicated``); it does not refuse it — the caller decides (``kill`` exits
+non-zero and says so). What it does NOT guarantee: that open orders are
 already cancelled at the venue when the command returns; the active instance does that
 on the control-channel message (and reconciliation on takeover), and the gate refuses
 every new order meanwhile. The operator command around it (which accounts, the wait for
@@ -21,14 +26,19 @@ confirmations, exit codes) is ``guardrails/ops/kill.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from guardrails import scripts
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import TradingState
+
+REPLICATION_TIMEOUT_MS = 500
+"""How long ``set_state`` waits for replicas to acknowledge the latch (``WAIT``). Below
+the operator commands' 1 s socket timeout, so a paused replica is an answer, not an error."""
 
 
 class KillSwitchError(RuntimeError):
@@ -71,6 +81,17 @@ class StateChange:
     """Value of the fencing counter after the revoke's INCR ("" without revoke)."""
     subscribers: int
     """Processes subscribed to the control channel when the change was published."""
+    replicas: int = 0
+    """Replicas connected to the server that took the write (INFO replication)."""
+    acked: int = 0
+    """Of those, how many acknowledged the write within the timeout (``WAIT``)."""
+    replication_problem: str = ""
+    """Why replication could not be checked ("" when it was)."""
+
+    @property
+    def replicated(self) -> bool:
+        """Every connected replica acknowledged the write (vacuously true with none)."""
+        return not self.replication_problem and self.acked >= self.replicas
 
 
 def _at_ms(v: str | None, key: str) -> int | None:
@@ -121,22 +142,43 @@ class KillSwitch:
         self._script = scripts.register(redis, "killswitch_set")
 
     async def set_state(
-        self, state: TradingState, *, reason: str, by: str, revoke: bool = False
+        self, state: TradingState, *, reason: str, by: str, revoke: bool = False,
+        replication_timeout_ms: int = REPLICATION_TIMEOUT_MS,
     ) -> StateChange:
-        """Write the latch (and, with ``revoke``, fence out the holder), then verify it.
+        """Write the latch (and, with ``revoke``, fence out the holder), wait for the
+        server's connected replicas to acknowledge it, then verify it.
 
         Raises ``KillSwitchError`` if Redis refused or could not be reached, or if the
         latch read back is not the one written: the caller must then report failure.
+        A latch written but not acknowledged by every replica is returned with
+        ``replicated`` false (and ``replication_problem`` when it could not be checked).
         """
         k = self._keys
+        keys = [k.state, k.journal, k.fence, k.lease, k.control_channel]
+        args = [state.value, reason, by, "1" if revoke else "0", str(k.account)]
+        replicas = acked = 0
+        problem = ""
         try:
-            raw = await self._script(
-                keys=[k.state, k.journal, k.fence, k.lease, k.control_channel],
-                args=[state.value, reason, by, "1" if revoke else "0", str(k.account)],
-            )
+            if isinstance(self._redis, RedisCluster):
+                raw = await self._script(keys=keys, args=args)
+                replicas, problem = await self._cluster_replicas()
+            else:
+                # WAIT counts only the writes of its own connection: one connection for
+                # the script, INFO and WAIT.
+                async with self._redis.client() as conn:
+                    raw = await self._script(keys=keys, args=args, client=conn)
+                    self._outcome(raw, state, reason, by)  # refused: nothing to wait for
+                    try:
+                        info = await conn.info("replication")
+                        replicas = int(info.get("connected_slaves", 0))
+                        if replicas:
+                            acked = int(await conn.wait(replicas, replication_timeout_ms))
+                    except (RedisError, ValueError, TypeError) as e:
+                        problem = f"could not check replication: {e}"
         except RedisError as e:
             raise KillSwitchError(f"{k.account}: could not write the latch: {e}") from e
-        change = self._outcome(raw, state, reason, by)
+        change = replace(self._outcome(raw, state, reason, by), replicas=replicas,
+                         acked=acked, replication_problem=problem)
         try:
             latch = await read_latch(self._redis, k)
         except RedisError as e:
@@ -149,6 +191,21 @@ class KillSwitch:
                 f"not {state.value} at {change.at_ms}: another operator changed it; check status"
             )
         return change
+
+    async def _cluster_replicas(self) -> tuple[int, str]:
+        """The replicas of the slot owner of the latch, and why they cannot be waited for
+        ("" with none): a cluster client does not keep the write's connection for WAIT."""
+        assert isinstance(self._redis, RedisCluster)
+        try:
+            node = self._redis.get_node_from_key(self._keys.state)
+            info = await self._redis.info("replication", target_nodes=node)
+            replicas = int(info.get("connected_slaves", 0))
+        except (RedisError, ValueError, TypeError) as e:
+            return 0, f"could not check replication: {e}"
+        if replicas:
+            return replicas, ("Redis Cluster: replication of the latch is not checked "
+                              f"({replicas} replica(s) of its slot owner)")
+        return 0, ""
 
     def _outcome(self, raw: object, state: TradingState, reason: str, by: str) -> StateChange:
         """Map the script's reply to a value: the ONE place its codes are interpreted."""

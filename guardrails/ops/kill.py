@@ -10,7 +10,9 @@ exit status that says which of those happened:
 - 0: written, verified, and confirmed by a running instance of each account;
 - 1: not written (Redis refused or could not be reached);
 - 2: refused before anything was written (bad or unknown account);
-- 3 (``EXIT_UNCONFIRMED``): written and verified, but no running instance confirmed it.
+- 3 (``EXIT_UNCONFIRMED``): written and verified, but no running instance confirmed it,
+  or not every replica connected to the master acknowledged it (``WAIT``): a failover
+  now could promote a replica that reads ACTIVE, so the kill is not done.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from redis.exceptions import RedisError
 
 from guardrails.infra import connect
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
-from guardrails.killswitch import KillSwitch, KillSwitchError, StateChange
+from guardrails.killswitch import REPLICATION_TIMEOUT_MS, KillSwitch, KillSwitchError, StateChange
 from guardrails.model import TradingState
 from guardrails.ops.common import load_target, operator_identity, target_account
 from guardrails.registry import known_accounts
@@ -48,6 +50,12 @@ def describe(change: StateChange, *, confirmed: int | None = None) -> str:
         line += f"; {change.subscribers} listener(s) notified"
     else:
         line += f"; {confirmed} instance(s) confirmed"
+    if change.replication_problem:
+        line += f"; NOT replicated: {change.replication_problem}"
+    elif change.replicas:
+        line += f"; replicated to {change.acked}/{change.replicas} replicas"
+    else:
+        line += "; no replicas connected"
     return line
 
 
@@ -55,7 +63,8 @@ CONFIRM_TIMEOUT_S = 5.0
 """How long ``kill``/``resume`` wait for running instances to confirm they read the latch."""
 EXIT_UNCONFIRMED = 3
 """``kill``/``resume`` exit status: the latch is written and verified, but no running
-instance of the account confirmed it — no bot listens on this Redis (docs/operations.md)."""
+instance of the account confirmed it — no bot listens on this Redis (docs/operations.md) —
+or not every connected replica acknowledged it."""
 
 
 async def _confirmations(redis: aioredis.Redis, keys: AccountKeys, change: StateChange,
@@ -115,6 +124,7 @@ async def _apply(
         by = operator_identity()
         failed = 0
         unconfirmed: list[str] = []
+        unreplicated: list[str] = []
         timeout = float(getattr(args, "confirm_timeout", CONFIRM_TIMEOUT_S))
         # Every latch first, then one wait for all the confirmations: `kill --all` waits
         # `timeout` in all, not per account, and no account's halt waits on another's ack.
@@ -147,8 +157,18 @@ async def _apply(
             print(describe(change, confirmed=len(confirmed)))
             if not confirmed:
                 unconfirmed.append(str(account))
+            if not change.replicated:
+                unreplicated.append(
+                    f"{account} ({change.replication_problem or f'{change.acked}/{change.replicas}'})")
         if failed:
             return 1
+        if unreplicated:
+            print(f"NOT REPLICATED: the latch of {', '.join(unreplicated)} is written on the "
+                  f"master at {where}, but not every connected replica acknowledged it "
+                  f"within {REPLICATION_TIMEOUT_MS} ms: if the master fails over now, the "
+                  "promoted replica may read the old state and the bot keep trading. Check "
+                  "the replicas (INFO replication) and run this command again.",
+                  file=sys.stderr)
         if unconfirmed:
             print(f"NOT CONFIRMED: the latch of {', '.join(unconfirmed)} is written at {where}, "
                   f"but no running instance confirmed it within {timeout:g}s: no bot of that "
@@ -156,7 +176,7 @@ async def _apply(
                   "(a supervised bot's URL is in its unit's environment: GUARDRAILS_REDIS_URL); "
                   "run this command against that one.", file=sys.stderr)
             return EXIT_UNCONFIRMED
-        return 0
+        return EXIT_UNCONFIRMED if unreplicated else 0
     finally:
         await redis.aclose()
 
