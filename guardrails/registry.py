@@ -27,6 +27,7 @@ row's silence against it (stale after half its TTL, and never before ``stale_aft
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -37,11 +38,14 @@ from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
-from guardrails import __version__, redacted, scripts
+from guardrails import __version__, logs, redacted, scripts
 from guardrails.config import RuntimeConfig
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys, InvalidAccountId
+
+_log = logging.getLogger("guardrails.registry")
 
 KEEP_SILENT_ROWS_MS = 24 * 3600 * 1000
 """ZSET rows of instances silent for longer than this are pruned."""
@@ -129,7 +133,6 @@ class Registry:
         self.info = info
         self.cfg = cfg
         self._heartbeat = scripts.register(redis, "registry_heartbeat")
-        self._indexed = False
         self._beats = 0
 
     def interval_ms(self, role: Role | str) -> int:
@@ -165,8 +168,12 @@ class Registry:
     async def heartbeat(self, role: Role | str, token: int | None, *,
                         ttl_ms: int | None = None) -> int:
         """Write this instance's record (expiring after ``ttl_ms``, default
-        ``heartbeat_ttl``); returns the Redis server time (ms) written as
-        ``last_seen_ms``. Raises on Redis errors."""
+        ``heartbeat_ttl``) and (re-)add the account to ``ACCOUNTS_INDEX``; returns the
+        Redis server time (ms) written as ``last_seen_ms``. Raises on Redis errors.
+
+        The index is re-added on *every* beat, not only the first: a deleted or rebuilt
+        index (``DEL gr:accounts``, a restore) is whole again within one heartbeat of each
+        running instance, so ``kill --all`` cannot miss an account that is trading."""
         role = Role(role)
         args: list[str | int] = [
             self.info.id,
@@ -178,10 +185,9 @@ class Registry:
             keys=[self.keys.instance(self.info.id), self.keys.instances], args=args
         )
         self._beats += 1
-        if not self._indexed:
-            # ACCOUNTS_INDEX is outside the account's hash slot: a separate command.
-            await self.redis.sadd(ACCOUNTS_INDEX, self.info.account)
-            self._indexed = True
+        # ACCOUNTS_INDEX is outside the account's hash slot, so it cannot be a KEY of the
+        # heartbeat script on Redis Cluster: a separate, idempotent command on every beat.
+        await self.redis.sadd(ACCOUNTS_INDEX, self.info.account)
         if not isinstance(reply, list) or len(reply) != 2 or int(reply[0]) != 1:
             raise ResponseError(f"registry_heartbeat returned an unexpected reply: {reply!r}")
         return int(reply[1])
@@ -228,16 +234,55 @@ class Registry:
         return out
 
 
-async def known_accounts(redis: aioredis.Redis) -> list[AccountId]:
-    """Every account in ``keys.ACCOUNTS_INDEX`` (malformed members are skipped)."""
-    out: list[AccountId] = []
-    for raw in sorted(await redis.smembers(ACCOUNTS_INDEX)):
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+@dataclass(frozen=True, slots=True)
+class AccountIndex:
+    """``ACCOUNTS_INDEX`` as read: the account ids, and the members that are not one."""
+
+    accounts: list[AccountId]
+    bad: list[str]
+    """Members that are not UTF-8 or not ``venue:account``, escaped (``\\xff``) for
+    printing. The set is writable by every bot's ACL role, so one can hold anything."""
+
+    def warning(self) -> str | None:
+        """One line naming the bad members, or None when there are none."""
+        if not self.bad:
+            return None
+        return (f"warning: {ACCOUNTS_INDEX} has {len(self.bad)} member(s) that are not "
+                f"account ids, skipped: {', '.join(self.bad)} (remove with SREM)")
+
+
+def _escaped(raw: object) -> str:
+    """A member as printable ASCII-safe text: undecodable bytes as ``\\xff``."""
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text[:80]
+
+
+async def read_account_index(redis: aioredis.Redis) -> AccountIndex:
+    """Every member of ``keys.ACCOUNTS_INDEX``, read undecoded so a member that is not
+    UTF-8 is reported in ``bad`` instead of failing the whole read."""
+    members = await redis.execute_command(  # type: ignore[no-untyped-call]
+        "SMEMBERS", ACCOUNTS_INDEX, **{NEVER_DECODE: True})
+    accounts: list[AccountId] = []
+    bad: list[str] = []
+    for raw in sorted(members, key=lambda m: m if isinstance(m, bytes) else str(m).encode()):
         try:
-            out.append(AccountId.parse(text))
-        except InvalidAccountId:
-            continue
-    return out
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            accounts.append(AccountId.parse(text))
+        except (UnicodeDecodeError, InvalidAccountId):
+            bad.append(_escaped(raw))
+    return AccountIndex(accounts, bad)
+
+
+async def known_accounts(redis: aioredis.Redis) -> list[AccountId]:
+    """Every account in ``keys.ACCOUNTS_INDEX``; members that are not an account id are
+    skipped with one warning (``read_account_index`` returns them)."""
+    index = await read_account_index(redis)
+    if index.bad:
+        logs.event(_log, "registry.bad_index_members", logging.WARNING,
+                   key=ACCOUNTS_INDEX, members=", ".join(index.bad))
+    return index.accounts
 
 
 def _text(value: object) -> str:

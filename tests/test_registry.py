@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 
@@ -134,3 +135,22 @@ async def test_heartbeat_when_argv_has_redis_password_then_cmdline_stored_masked
     assert stored == ("/venv/bin/guardrails run --redis-url redis://bot:***@h:6379/0 "
                       "--x=rediss://:***@h:6380 unix:///r.sock?password=***")
     assert "s3cret" not in stored
+
+
+async def test_heartbeat_when_account_index_deleted_then_next_beat_of_each_re_adds_it(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: two accounts registered, then the index deleted (a restore, an operator).
+    other_keys = AccountKeys(AccountId("paper", "registry-other"))
+    other_info = dataclasses.replace(info("i-2"), account="paper:registry-other")
+    one = Registry(redis_client, KEYS, info("i-1"), runtime_cfg())
+    two = Registry(redis_client, other_keys, other_info, runtime_cfg())
+    await one.heartbeat(Role.ACTIVE, 1)
+    await two.heartbeat(Role.ACTIVE, 1)
+    await redis_client.delete(ACCOUNTS_INDEX)
+    # Act: one more heartbeat round of each
+    await one.heartbeat(Role.ACTIVE, 1)
+    await two.heartbeat(Role.ACTIVE, 1)
+    # Assert
+    assert await redis_client.smembers(ACCOUNTS_INDEX) == {
+        "paper:registry-test", "paper:registry-other"}

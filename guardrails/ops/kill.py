@@ -31,7 +31,7 @@ from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
 from guardrails.killswitch import REPLICATION_TIMEOUT_MS, KillSwitch, KillSwitchError, StateChange
 from guardrails.model import TradingState
 from guardrails.ops.common import load_target, operator_identity, target_account
-from guardrails.registry import known_accounts
+from guardrails.registry import known_accounts, read_account_index
 
 
 def describe(change: StateChange, *, confirmed: int | None = None) -> str:
@@ -101,7 +101,13 @@ async def _apply(
     where = connect.describe(url)
     try:
         try:
-            targets = accounts if accounts is not None else await known_accounts(redis)
+            if accounts is None:
+                index = await read_account_index(redis)
+                if index.warning():
+                    print(index.warning(), file=sys.stderr)
+                targets = index.accounts
+            else:
+                targets = accounts
             if accounts is not None and not getattr(args, "force", False):
                 unseen = [a for a in accounts if not await ever_seen(redis, a)]
                 if unseen:

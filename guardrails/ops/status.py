@@ -38,7 +38,7 @@ from guardrails.killswitch import read_latch
 from guardrails.ledger import Ledger
 from guardrails.ops.common import load_target
 from guardrails.prune import read_totals
-from guardrails.registry import Registry, known_accounts
+from guardrails.registry import Registry, read_account_index
 
 STATUS_SCHEMA_VERSION = 1
 """``schema_version`` of the JSON output; bumped on any incompatible change."""
@@ -480,7 +480,10 @@ async def _status(args: argparse.Namespace) -> int:
     redis = await connect.connect(url)
     try:
         if not accounts:
-            accounts = await known_accounts(redis)
+            index = await read_account_index(redis)
+            if index.warning():
+                print(f"guardrails status: {index.warning()}", file=sys.stderr)
+            accounts = index.accounts
         doc = await status_document(redis, accounts, config=cfg)
     except RedisError as e:
         print(f"guardrails status: could not read Redis at {connect.describe(url)}: {e}",
