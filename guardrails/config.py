@@ -246,6 +246,8 @@ def redis_url_problem(url: str) -> str | None:
     bad = next((db for db in dbs if db and not db.isdigit()), None)
     if bad is not None:
         return f"database {bad[:16]!r} is not a number"
+    if len({int(db) for db in dbs if db}) > 1:
+        return "the path's database and ?db= disagree; name the database once"
     return None
 
 

@@ -135,3 +135,44 @@ def test_operator_writes_when_limits_applied_and_account_killed_then_one_identit
         assert {f["by"] for f in journal} == {me}
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:7/1/2", "redis://127.0.0.1:7/1?db=2"])
+def test_load_target_when_no_config_and_bad_url_then_config_error_naming_its_origin(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config file at all
+    with pytest.raises(ConfigError, match=r"^--redis-url: "):
+        load_target(_args(redis_url=url))
+    monkeypatch.setenv(REDIS_URL_ENV, url)
+    with pytest.raises(ConfigError, match=rf"^\${REDIS_URL_ENV}: "):
+        load_target(_args())
+
+
+def test_kill_when_no_config_and_url_names_db_twice_then_refused_exit_2_nothing_written(
+    redis_server_volatile: RedisServer, tmp_path: Path
+) -> None:
+    base = f"redis://127.0.0.1:{redis_server_volatile.port}"
+    for url in (f"{base}/1/2", f"{base}/1?db=2"):
+        done = subprocess.run(
+            [sys.executable, "-m", "guardrails", "kill", "--force", "--account", "paper:x",
+             "--reason", "r", "--redis-url", url],
+            capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=60)
+        assert done.returncode == 2, (url, done.stdout, done.stderr)
+        assert "--redis-url" in done.stderr and "Traceback" not in done.stderr
+    for db in (0, 1, 2, 12):
+        assert redis_server_volatile.client(db).dbsize() == 0
+
+
+def test_kill_when_reason_is_not_utf8_then_refused_exit_2_without_traceback(
+    redis_server_volatile: RedisServer, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable.encode(), b"-m", b"guardrails", b"kill", b"--force", b"--account",
+         b"paper:x", b"--reason", b"bad\xff", b"--redis-url",
+         redis_server_volatile.url.encode()],
+        capture_output=True, env=subprocess_env(), cwd=tmp_path, timeout=60)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 2, err
+    assert "--reason is not valid UTF-8" in err and "Traceback" not in err
+    assert redis_server_volatile.client().dbsize() == 0

@@ -23,7 +23,14 @@ import socket
 import sys
 from pathlib import Path
 
-from guardrails.config import EMBEDDED, REDIS_URL_ENV, Config, ConfigError, load_config
+from guardrails.config import (
+    EMBEDDED,
+    REDIS_URL_ENV,
+    Config,
+    ConfigError,
+    load_config,
+    redis_url_problem,
+)
 from guardrails.keys import AccountId, InvalidAccountId
 
 DEFAULT_CONFIG = "config/paper.toml"
@@ -46,7 +53,9 @@ def load_target(args: argparse.Namespace) -> tuple[str, Config | None]:
 
     ``--redis-url``, then ``$GUARDRAILS_REDIS_URL``, then the config's ``[redis] url``,
     then ``embedded``. The config is optional: the default path may be absent, an
-    explicit one must load (``ConfigError`` otherwise).
+    explicit one must load (``ConfigError`` otherwise). A URL from the flag or the
+    environment is checked by ``redis_url_problem`` with or without a config
+    (``ConfigError`` naming where it came from).
     """
     cfg: Config | None = None
     path = getattr(args, "config", None)
@@ -55,7 +64,13 @@ def load_target(args: argparse.Namespace) -> tuple[str, Config | None]:
             cfg = load_config(path, getattr(args, "redis_url", None))
         elif path != DEFAULT_CONFIG:
             raise ConfigError(f"{path}: config file not found")
-    url = getattr(args, "redis_url", None) or os.environ.get(REDIS_URL_ENV)
+    flag = getattr(args, "redis_url", None)
+    url = flag or os.environ.get(REDIS_URL_ENV)
+    if url and cfg is None:
+        # load_config checks an override; with no config file, check it here, the same way
+        problem = redis_url_problem(url)
+        if problem:
+            raise ConfigError(f"{'--redis-url' if flag else f'${REDIS_URL_ENV}'}: {problem}")
     if not url:
         url = cfg.redis.url if cfg is not None else EMBEDDED
     return url, cfg

@@ -187,9 +187,23 @@ async def _apply(
         await redis.aclose()
 
 
+def _reason_problem(args: argparse.Namespace, command: str) -> bool:
+    """True (after one line on stderr) when ``--reason`` is not UTF-8 text: argv bytes
+    that are not UTF-8 arrive as surrogate escapes, which Redis cannot be sent."""
+    try:
+        str(getattr(args, "reason", "")).encode("utf-8")
+    except UnicodeEncodeError:
+        print(f"guardrails {command}: --reason is not valid UTF-8 text; nothing was written",
+              file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     """``guardrails kill``: HALTED (or REDUCING with --reduce-only). Exit 0 written and
     confirmed by a running instance, 1 not written, 2 refused, 3 written but unconfirmed."""
+    if _reason_problem(args, "kill"):
+        return 2
     state = TradingState.REDUCING if args.reduce_only else TradingState.HALTED
     accounts: list[AccountId] | None = None
     if not args.all:
@@ -207,4 +221,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 2
     if not getattr(args, "reason", ""):
         args.reason = "resume"
+    if _reason_problem(args, "resume"):
+        return 2
     return asyncio.run(_apply(args, TradingState.ACTIVE, [account], False))
