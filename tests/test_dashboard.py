@@ -179,7 +179,7 @@ async def test_kill_when_operator_token_configured_then_bad_token_403_good_token
     ro = aioredis.Redis.from_url(
         await opskit.read_only_url(redis_client, redis_server.port), decode_responses=True)
     app = create_app(ro, accounts=[opskit.ACCOUNT], operator_token=OPERATOR_TOKEN,
-                     kill_redis=redis_client)
+                     kill_redis=redis_client, confirm_timeout_s=0.2)
     runner, url = await serve(app, "127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as s:
@@ -192,14 +192,16 @@ async def test_kill_when_operator_token_configured_then_bad_token_403_good_token
             async with s.post(url + "api/kill", json={
                     "account": "paper:ops", "reason": "from the page",
                     "token": OPERATOR_TOKEN}) as resp:
-                good = await resp.json()
+                good, good_status = await resp.json(), resp.status
     finally:
         await runner.cleanup()
         await ro.aclose()
 
-    # Assert
+    # Assert: written, but no bot runs here, so not confirmed (202, ok false, says so)
     assert bad == 403
-    assert good["ok"] is True and good["state"] == "HALTED"
+    assert good_status == 202 and good["state"] == "HALTED"
+    assert good["written"] is True and good["confirmed"] is False and good["ok"] is False
+    assert "NOT CONFIRMED" in good["error"]
     latch = await read_latch(redis_client, opskit.KEYS)
     assert (latch.state, latch.reason) == (TradingState.HALTED, "from the page")
     assert "dashboard" in latch.by
@@ -339,7 +341,7 @@ async def kill_served(
         await opskit.read_only_url(redis_client, redis_server.port), decode_responses=True)
     throttle = kill_throttle
     app = create_app(ro, accounts=[opskit.ACCOUNT], operator_token=OPERATOR_TOKEN,
-                     kill_redis=redis_client, throttle=throttle)
+                     kill_redis=redis_client, throttle=throttle, confirm_timeout_s=0.2)
     runner, url = await serve(app, "127.0.0.1", 0)
     try:
         yield KillServed(url, int(url.rsplit(":", 1)[1].strip("/")), redis_client)
@@ -384,8 +386,8 @@ async def test_kill_when_same_origin_json_with_origin_header_then_halts(
     ) as resp:
         status = resp.status
 
-    # Assert
-    assert status == 200
+    # Assert: written (202: no running instance confirmed it; none runs in this test)
+    assert status == 202
     assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
 
 
@@ -407,7 +409,7 @@ async def test_api_status_when_foreign_host_header_then_refused(kill_served: Kil
         assert status == (421 if host.startswith("evil") else 200), (host, status)
 
 
-async def test_kill_when_token_brute_forced_then_throttled_after_five_failures(
+async def test_kill_when_token_brute_forced_then_failures_throttled_and_right_token_still_halts(
     kill_served: KillServed,
 ) -> None:
     # Act: 50 wrong guesses as fast as the client can send them, then the right token
@@ -422,11 +424,12 @@ async def test_kill_when_token_brute_forced_then_throttled_after_five_failures(
                 "account": "paper:ops", "token": OPERATOR_TOKEN}) as resp:
             right = resp.status
 
-    # Assert: only five guesses were even checked; the right token waits out the window
+    # Assert: after five failures the wrong ones get 429; the right token is never locked
+    # out (every local user is this same loopback peer)
     assert statuses == [403] * 5 + [429] * 45
     assert retry_after is not None and 1 <= int(retry_after) <= 60
-    assert right == 429
-    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.ACTIVE
+    assert right == 202  # written; unconfirmed only because no bot runs here
+    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
 
 
 class FakeClock:
@@ -458,7 +461,7 @@ async def test_kill_when_throttle_window_passed_then_right_token_halts(
             status = resp.status
 
     # Assert
-    assert status == 200
+    assert status == 202
     assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
 
 
@@ -529,7 +532,8 @@ def test_cli_dashboard_when_operator_url_set_then_kill_goes_through_operator_use
 
     # Assert
     assert "kill button enabled" in banner, err
-    assert answer["ok"] is True and state == "HALTED"
+    assert answer["written"] is True and state == "HALTED"
+    assert answer["confirmed"] is False  # no bot runs in this test
     assert {"ro", "op"} <= users
     assert "op-pass-0123" not in err and OPERATOR_TOKEN not in err
 
@@ -579,7 +583,7 @@ async def test_kill_when_real_browser_posts_cross_site_then_refused_and_same_ori
     assert cross_plain == "status:0"  # opaque to the page; the server refused it (below)
     assert cross_json.startswith("error:")  # the preflight was not granted
     assert latch_after_cross is TradingState.ACTIVE
-    assert same_origin == "status:200"
+    assert same_origin == "status:202"  # written; no bot runs here to confirm it
     assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
 
 
@@ -661,3 +665,180 @@ async def test_page_when_operator_clicks_kill_then_resume_in_chromium_then_statu
     assert "dashboard" in halted["by"]
     assert resumed["state"] == "ACTIVE"
     assert png.startswith(b"\x89PNG")
+
+
+# -- a kill reaches the Redis the page shows, and says whether a bot confirmed it -----
+
+
+def test_cli_dashboard_when_operator_url_names_another_db_then_refused_exit_2_nothing_written(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange: the page would read db 0 (where the bot's latch is); kills would go to db 1
+    admin = redis_server.client()
+    admin.sadd("gr:accounts", "paper:ops")
+    port = free_port()
+
+    # Act
+    done = subprocess.run(
+        [sys.executable, "-m", "guardrails", "dashboard", "--redis-url",
+         f"redis://127.0.0.1:{redis_server.port}/0", "--port", str(port)],
+        env=subprocess_env(
+            GUARDRAILS_OPERATOR_REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/1",
+            GUARDRAILS_OPERATOR_TOKEN=OPERATOR_TOKEN),
+        capture_output=True, text=True, timeout=60,
+    )
+    dbs = admin.info("keyspace")
+    admin.close()
+
+    # Assert
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "GUARDRAILS_OPERATOR_REDIS_URL" in done.stderr and "/1" in done.stderr
+    assert "not the Redis the page reads" in done.stderr and "Traceback" not in done.stderr
+    assert "dashboard on" not in done.stdout
+    assert "db1" not in dbs
+
+
+async def test_create_app_when_kill_client_on_another_db_then_refused(
+    redis_server: RedisServer, redis_client: aioredis.Redis,
+) -> None:
+    other_db = aioredis.Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/1")
+    try:
+        with pytest.raises(DashboardError, match="halt nothing the page shows"):
+            create_app(redis_client, operator_token=OPERATOR_TOKEN, kill_redis=other_db)
+    finally:
+        await other_db.aclose()
+
+
+async def test_kill_when_account_never_seen_then_404_and_nothing_written(
+    kill_served: KillServed,
+) -> None:
+    # Act: a typo of a known account (paper:ops is seeded)
+    async with aiohttp.ClientSession() as s, s.post(kill_served.url + "api/kill", json={
+            "account": "paper:dem0", "reason": "typo", "token": OPERATOR_TOKEN}) as resp:
+        status, body = resp.status, await resp.json()
+
+    # Assert
+    typo = AccountKeys(AccountId("paper", "dem0"))
+    assert status == 404 and body["ok"] is False and "never seen" in body["error"]
+    assert not await kill_served.admin.exists(typo.state)
+    assert not await kill_served.admin.sismember("gr:accounts", "paper:dem0")
+
+
+async def test_kill_when_a_running_instance_acks_then_ok_and_confirmed_by_it(
+    kill_served: KillServed,
+) -> None:
+    # Arrange: an active instance's kill listener, reduced to what it writes once it has
+    # read the latch (AccountServices._ack_latch: kill_acks[instance] = "<at_ms>:<state>")
+    async def instance() -> None:
+        while True:
+            latch = await read_latch(kill_served.admin, opskit.KEYS)
+            if latch.state is TradingState.HALTED and latch.at_ms is not None:
+                await kill_served.admin.hset(opskit.KEYS.kill_acks, "bot-1",
+                                             f"{latch.at_ms}:{latch.state.value}")
+                return
+            await asyncio.sleep(0.02)
+
+    acker = asyncio.create_task(instance())
+    try:
+        # Act
+        async with aiohttp.ClientSession() as s, s.post(kill_served.url + "api/kill", json={
+                "account": "paper:ops", "reason": "drill", "token": OPERATOR_TOKEN}) as resp:
+            status, body = resp.status, await resp.json()
+    finally:
+        await acker
+
+    # Assert
+    assert status == 200
+    assert body["ok"] is True and body["confirmed"] is True and body["confirmed_by"] == ["bot-1"]
+    assert body["state"] == "HALTED" and "error" not in body
+
+
+# -- the kill button cannot be locked out -------------------------------------------
+
+
+@pytest.mark.parametrize("kill_throttle", [FailureThrottle(per_peer=5, overall=20)])
+async def test_kill_when_other_peers_exhausted_the_failure_limit_then_right_token_halts(
+    kill_served: KillServed, kill_throttle: FailureThrottle,
+) -> None:
+    # Arrange: twenty bad tokens from other addresses: the overall failure limit is reached
+    for i in range(20):
+        kill_throttle.failed(f"10.0.0.{i}")
+    assert kill_throttle.retry_after("127.0.0.1") > 0
+    async with aiohttp.ClientSession() as s:
+        async with s.post(kill_served.url + "api/kill", json={
+                "account": "paper:ops", "token": "still-a-wrong-token"}) as resp:
+            wrong = resp.status
+        # Act
+        async with s.post(kill_served.url + "api/kill", json={
+                "account": "paper:ops", "reason": "locked out?", "token": OPERATOR_TOKEN}) as resp:
+            right = resp.status
+
+    # Assert: a wrong token is throttled, the right one is accepted and written
+    assert wrong == 429
+    assert right == 202  # written; unconfirmed only because no bot runs here
+    latch = await read_latch(kill_served.admin, opskit.KEYS)
+    assert (latch.state, latch.reason) == (TradingState.HALTED, "locked out?")
+
+
+# -- `guardrails run --dashboard`: the page cannot starve the bot's Redis client ----------
+
+
+async def test_in_process_dashboard_when_many_sse_clients_then_own_small_pool_cap_503_bot_unaffected(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path,
+) -> None:
+    # Arrange: the bot's own client (as Guard holds it) and a --dashboard in the same process
+    from guardrails.config import RedisConfig, load_config
+    from guardrails.ops import dashboard
+    from guardrails.runtime import services
+    from tests.run_harness import write_config
+
+    await opskit.seed(redis_client)
+    port = free_port()
+    path = write_config(tmp_path / "bot.toml", redis_url=redis_server.url, account="ops")
+    path.write_text(path.read_text() + f"dashboard_port = {port}\n")
+    cfg = load_config(path)
+    bot = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    await bot.ping()
+    bot_pool_before = len(bot.connection_pool._available_connections) + len(
+        bot.connection_pool._in_use_connections)
+    close = await services.start_dashboard(RedisConfig(url=redis_server.url), cfg)
+    assert close is not None
+    n = dashboard.MAX_SSE_CLIENTS + 8
+    url = f"http://127.0.0.1:{port}/api/events"
+    try:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0)) as s:
+            # Act: n subscribers at once, each reading two status events
+            async def subscribe() -> int | list[int]:
+                async with s.get(url) as resp:
+                    if resp.status != 200:
+                        return resp.status
+                    stamps: list[int] = []
+                    async for raw in resp.content:
+                        line = raw.decode().strip()
+                        if line.startswith("data: "):
+                            stamps.append(json.loads(line[6:])["generated_at_ms"])
+                            if len(stamps) == 2:
+                                return stamps
+                    return stamps
+
+            async with asyncio.timeout(60):
+                results = await asyncio.gather(*(subscribe() for _ in range(n)))
+                bot_ok = await bot.ping()
+                clients = await redis_client.client_list()
+    finally:
+        await close()
+    bot_pool_after = len(bot.connection_pool._available_connections) + len(
+        bot.connection_pool._in_use_connections)
+    await bot.aclose()
+
+    # Assert: the cap held (the rest got 503), every admitted subscriber was served, the
+    # dashboard read on its own few named connections and never on the bot's pool
+    streams = [r for r in results if isinstance(r, list)]
+    assert sorted(r for r in results if isinstance(r, int)) == [503] * 8
+    assert len(streams) == dashboard.MAX_SSE_CLIENTS and all(len(r) == 2 for r in streams)
+    ours = [c for c in clients if c.get("name") == services.DASHBOARD_CLIENT_NAME]
+    assert 1 <= len(ours) <= dashboard.DASHBOARD_MAX_CONNECTIONS
+    assert bot_ok is True and bot_pool_after == bot_pool_before == 1
+    # one document per tick for everyone: the 32 streams shared a handful of stamps
+    assert len({t for r in streams for t in r}) <= 6

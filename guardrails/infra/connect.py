@@ -191,6 +191,8 @@ async def connect(
     *,
     decode_responses: bool = True,
     password: str | None = None,
+    max_connections: int | None = None,
+    client_name: str | None = None,
 ) -> aioredis.Redis:
     """An asyncio client for ``cfg`` (a ``RedisConfig`` or a URL): plain, Sentinel or
     Cluster. ``RedisUrlError`` for a Sentinel/Cluster URL that cannot be parsed; a cluster
@@ -198,7 +200,9 @@ async def connect(
     their first command.
 
     The password is the URL's own, else ``password``, else ``password_from_env()``
-    (never applied to the embedded server, which is per user).
+    (never applied to the embedded server, which is per user). ``max_connections`` caps
+    the client's pool (per node on a cluster; default: redis-py's); ``client_name`` is
+    what ``CLIENT LIST`` shows for its connections.
     """
     url = cfg if isinstance(cfg, str) else cfg.url
     timeout = 1.0 if isinstance(cfg, str) else cfg.socket_timeout / 1000
@@ -209,6 +213,10 @@ async def connect(
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
     }
+    if max_connections is not None:
+        common["max_connections"] = max_connections
+    if client_name is not None:
+        common["client_name"] = client_name
 
     def fallback_password() -> str | None:
         chosen = password if password is not None else password_from_env()

@@ -11,13 +11,20 @@ Serving (aiohttp, 127.0.0.1 by default):
 - ``GET /api/status`` — the status document (``docs/status.schema.json``) plus
   ``kill_enabled``;
 - ``GET /api/events`` — server-sent events: one ``status`` event per refresh interval;
+  the document is built once per interval and shared by every subscriber (``StatusFeed``),
+  and at most ``MAX_SSE_CLIENTS`` subscribe at once (beyond, 503);
 - ``GET /metrics`` — Prometheus text format;
 - ``POST /api/kill`` — only when an operator token is configured
   (``$GUARDRAILS_OPERATOR_TOKEN``, at least ``MIN_OPERATOR_TOKEN_LEN`` characters, else
   the dashboard refuses to start) *and* an operator Redis client is given:
   ``{"account", "reason", "reduce_only", "token"}``; goes through ``killswitch`` on its
   own operator connection (``$GUARDRAILS_OPERATOR_REDIS_URL``, password
-  ``$GUARDRAILS_OPERATOR_REDIS_PASSWORD[_FILE]``), never the read-only one.
+  ``$GUARDRAILS_OPERATOR_REDIS_PASSWORD[_FILE]``), never the read-only one. That URL must
+  name the Redis the page reads (``connect.same_target``), else the dashboard refuses to
+  start: a kill written elsewhere would halt nothing the page shows. As ``guardrails kill``
+  does, an account never seen on that Redis is refused (nothing written), and the answer
+  says whether a running instance confirmed the latch within ``confirm_timeout_s``:
+  ``ok`` is true only then; written but unconfirmed is 202 with ``written: true``.
 
 What a browser elsewhere cannot do (cross-site request forgery, DNS rebinding):
 
@@ -27,14 +34,17 @@ What a browser elsewhere cannot do (cross-site request forgery, DNS rebinding):
 - a kill must be ``Content-Type: application/json`` (a form cannot send that cross-site
   without a CORS preflight, which is never granted) — else 415; an ``Origin`` or
   ``Sec-Fetch-Site`` header naming another site is refused (403);
-- failed tokens are rate-limited per peer and overall (``FailureThrottle``): over the
-  limit every attempt, right or wrong, gets 429 until the window passes, so the token
-  cannot be guessed at speed.
+- the token is compared first, in constant time, and a correct one is always accepted:
+  no one who can reach the page can lock the operator out. Only failures are throttled
+  (``FailureThrottle``, per peer and overall): over the limit a wrong token gets 429.
+  This does not slow guessing (a guess is still compared); what stops guessing is the
+  token's length (``MIN_OPERATOR_TOKEN_LEN``) — use a random one.
 
 The reading client issues read-only commands only, so the dashboard can run as a Redis
 ACL user limited to ``+@read`` on the account keys (the tested roles are in
 docs/operations.md). ``create_app`` / ``serve`` let ``guardrails run --dashboard`` serve
-the same page (without a kill button: it has no operator connection).
+the same page (without a kill button: it has no operator connection) on a client of its
+own with a small pool (``DASHBOARD_MAX_CONNECTIONS``), never the bot's.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.killswitch import KillSwitch, KillSwitchError
 from guardrails.model import TradingState
 from guardrails.ops.common import load_target, operator_identity
+from guardrails.ops.kill import CONFIRM_TIMEOUT_S, confirmations, ever_seen
 from guardrails.ops.status import status_document
 from guardrails.registry import known_accounts
 
@@ -80,6 +91,12 @@ OPERATOR_PASSWORD_FILE_ENV = "GUARDRAILS_OPERATOR_REDIS_PASSWORD_FILE"
 MIN_OPERATOR_TOKEN_LEN = 16
 """An operator token shorter than this is refused at start (``openssl rand -hex 16``
 gives 32 characters)."""
+
+MAX_SSE_CLIENTS = 32
+"""Concurrent ``/api/events`` subscribers at most; one more is refused with 503."""
+DASHBOARD_MAX_CONNECTIONS = 4
+"""The pool size of a dashboard's own read client (reads are single-flight: see
+``StatusFeed``); ``guardrails run --dashboard`` gives it such a client, never the bot's."""
 
 log = logging.getLogger("guardrails.dashboard")
 
@@ -162,6 +179,8 @@ class _Settings:
         interval_s: float,
         allow_hosts: Sequence[str],
         throttle: FailureThrottle,
+        confirm_timeout_s: float,
+        max_sse_clients: int,
     ) -> None:
         self.redis = redis
         self.accounts = list(accounts)
@@ -174,6 +193,10 @@ class _Settings:
         self.hosts: set[str] = set()
         """Accepted ``host:port`` values; filled by ``serve`` once the port is bound."""
         self.throttle = throttle
+        self.confirm_timeout_s = confirm_timeout_s
+        self.max_sse_clients = max_sse_clients
+        self.sse_clients = 0
+        self.feed = StatusFeed(self)
 
     @property
     def kill_enabled(self) -> bool:
@@ -182,6 +205,66 @@ class _Settings:
 
 
 SETTINGS: web.AppKey[_Settings] = web.AppKey("dashboard_settings", _Settings)
+
+
+class StatusFeed:
+    """The one status document of an app, rebuilt at most once per refresh interval.
+
+    Every reader (each ``/api/events`` subscriber, ``/api/status``, ``/metrics``) takes
+    ``latest()``: a document younger than the interval is shared as is; an older one is
+    rebuilt by the first reader while the others wait for it (single flight). So the
+    Redis work per interval is one document however many clients are connected, and a
+    failed read (``RedisError``) is shared the same way rather than retried per client.
+    """
+
+    def __init__(self, settings: _Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._s = settings
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._at: float | None = None
+        self._doc: dict[str, Any] | None = None
+        self._error: RedisError | None = None
+        self.builds = 0
+        """Documents built so far (what a test counts)."""
+
+    def _fresh(self) -> bool:
+        return self._at is not None and self._clock() - self._at < self._s.interval_s
+
+    async def latest(self) -> dict[str, Any]:
+        """The current document; raises the ``RedisError`` its last build met."""
+        if not self._fresh():
+            async with self._lock:
+                if not self._fresh():  # another reader may have rebuilt it meanwhile
+                    try:
+                        self._doc, self._error = await document(self._s), None
+                    except RedisError as e:
+                        self._doc, self._error = None, e
+                    self.builds += 1
+                    self._at = self._clock()
+        if self._error is not None:
+            raise self._error
+        assert self._doc is not None
+        return self._doc
+
+    def invalidate(self) -> None:
+        """Forget the document (after a kill: the next reader sees the new latch)."""
+        self._at = None
+
+
+def client_target(redis: object) -> str | None:
+    """The ``redis://host:port/db`` (or ``unix://path?db=N``) a plain client's pool
+    connects to, for ``connect.same_target``; None for a client whose target is not a
+    fixed address (Sentinel, Cluster), which the CLI compares by URL instead."""
+    pool = getattr(redis, "connection_pool", None)
+    if pool is None or type(pool).__name__ not in ("ConnectionPool", "BlockingConnectionPool"):
+        return None
+    kw = pool.connection_kwargs
+    db = int(kw.get("db") or 0)
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={db}"
+    host = str(kw.get("host") or "localhost")
+    shown = f"[{host}]" if ":" in host else host
+    return f"redis://{shown}:{int(kw.get('port') or connect.DEFAULT_PORT)}/{db}"
 
 
 def create_app(
@@ -194,6 +277,8 @@ def create_app(
     interval_s: float = 1.0,
     allow_hosts: Sequence[str] = (),
     throttle: FailureThrottle | None = None,
+    confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
+    max_sse_clients: int = MAX_SSE_CLIENTS,
 ) -> web.Application:
     """The dashboard app. ``redis`` is used for reads only (decode_responses=True).
 
@@ -204,7 +289,19 @@ def create_app(
     would enable kill but is shorter than ``MIN_OPERATOR_TOKEN_LEN`` raises
     ``DashboardError``. ``allow_hosts`` adds names the ``Host`` header may carry (behind
     a reverse proxy); the app answers only requests addressed to it (see ``serve``).
+    ``confirm_timeout_s`` bounds a kill's wait for running instances to confirm;
+    ``max_sse_clients`` caps concurrent ``/api/events`` subscribers. ``kill_redis`` on a
+    different server or database than ``redis`` raises ``DashboardError``.
     """
+    if max_sse_clients < 1 or confirm_timeout_s < 0:
+        raise DashboardError("need max_sse_clients >= 1 and confirm_timeout_s >= 0")
+    if kill_redis is not None:
+        read_at, kill_at = client_target(redis), client_target(kill_redis)
+        if read_at is not None and kill_at is not None and not connect.same_target(read_at,
+                                                                                   kill_at):
+            raise DashboardError(
+                f"the kill client writes to {kill_at} but the page reads {read_at}: a kill "
+                "would halt nothing the page shows")
     if operator_token is None:
         operator_token = os.environ.get(OPERATOR_TOKEN_ENV) or None
     if operator_token and kill_redis is not None:
@@ -212,7 +309,8 @@ def create_app(
     redacted.register(operator_token)
     app = web.Application(middlewares=[_only_our_host])
     app[SETTINGS] = _Settings(redis, accounts, config, operator_token, kill_redis, interval_s,
-                              allow_hosts, throttle or FailureThrottle())
+                              allow_hosts, throttle or FailureThrottle(), confirm_timeout_s,
+                              max_sse_clients)
     web_dir = resources.files("guardrails.ops").joinpath("web")
     app.router.add_get("/", _index)
     app.router.add_get("/api/status", _api_status)
@@ -401,7 +499,7 @@ async def _index(request: web.Request) -> web.Response:
 
 async def _api_status(request: web.Request) -> web.Response:
     try:
-        doc = await document(request.app[SETTINGS])
+        doc = await request.app[SETTINGS].feed.latest()
     except RedisError as e:
         return web.json_response({"error": f"redis: {redacted.mask_text(str(e))}"}, status=503)
     return web.json_response(doc, dumps=lambda o: json.dumps(o, sort_keys=True))
@@ -409,14 +507,21 @@ async def _api_status(request: web.Request) -> web.Response:
 
 async def _api_events(request: web.Request) -> web.StreamResponse:
     s = request.app[SETTINGS]
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await resp.prepare(request)
+    if s.sse_clients >= s.max_sse_clients:
+        logs.event(log, "dashboard.refused", logging.WARNING, reason="too_many_subscribers",
+                   limit=s.max_sse_clients, peer=request.remote or "?")
+        return web.json_response(
+            {"ok": False, "error": f"too many live subscribers (at most {s.max_sse_clients}); "
+             "retry later"}, status=503, headers={"Retry-After": "5"})
+    s.sse_clients += 1
     try:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
         while True:
             try:
-                payload = json.dumps(await document(s), sort_keys=True)
+                payload = json.dumps(await s.feed.latest(), sort_keys=True)
                 await resp.write(f"event: status\ndata: {payload}\n\n".encode())
             except RedisError as e:
                 err = json.dumps({"error": f"redis: {redacted.mask_text(str(e))}"})
@@ -424,9 +529,10 @@ async def _api_events(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(s.interval_s)
     except ConnectionResetError:
         return resp  # the browser went away
+    finally:
+        s.sse_clients -= 1
     # A cancellation (the server stopping) propagates: swallowing it is how a task
     # outlives its cancel (the step-down bug the chaos run found in the runtime).
-    return resp
 
 
 def _label(value: object) -> str:
@@ -491,7 +597,7 @@ def render_metrics(doc: dict[str, Any]) -> str:
 
 async def _metrics(request: web.Request) -> web.Response:
     try:
-        text = render_metrics(await document(request.app[SETTINGS]))
+        text = render_metrics(await request.app[SETTINGS].feed.latest())
     except RedisError:
         text = "# HELP guardrails_up 1 when Redis was read for this scrape.\n" \
                "# TYPE guardrails_up gauge\nguardrails_up 0\n"
@@ -515,10 +621,6 @@ async def _api_kill(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         return refuse(415, "content_type", "a kill must be sent as Content-Type: "
                       f"application/json (got {request.content_type[:100]!r})")
-    wait = s.throttle.retry_after(peer)
-    if wait > 0:
-        return refuse(429, "throttled", f"too many bad operator tokens; retry in {wait:.0f}s",
-                      **{"Retry-After": str(max(1, round(wait)))})
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -526,27 +628,59 @@ async def _api_kill(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         return web.json_response({"ok": False, "error": "body must be an object"}, status=400)
     given = str(body.get("token") or request.headers.get("X-Operator-Token", ""))
+    # The right token first, in constant time, and always accepted: failures from anyone
+    # else (every local user is the same loopback peer) must never lock the operator out.
     if not hmac.compare_digest(given.encode(), s.operator_token.encode()):
+        wait = s.throttle.retry_after(peer)
+        if wait > 0:
+            return refuse(429, "throttled", f"too many bad operator tokens; retry in {wait:.0f}s",
+                          **{"Retry-After": str(max(1, round(wait)))})
         s.throttle.failed(peer)
         return refuse(403, "bad_token", "bad operator token")
     try:
         account = AccountId.parse(str(body.get("account", "")))
     except InvalidAccountId as e:
         return web.json_response({"ok": False, "error": str(e)}, status=400)
+    try:
+        seen = await ever_seen(s.kill_redis, account)
+    except RedisError as e:
+        return web.json_response({"ok": False, "written": False, "error":
+                                  f"redis: {redacted.mask_text(str(e))}; nothing was written"},
+                                 status=502)
+    if not seen:
+        return refuse(404, "unknown_account", f"{account} was never seen on this Redis (not in "
+                      "the account index, no stored limits) — a typo? Nothing was written")
     resume = request.path.endswith("/resume")
     reason = str(body.get("reason") or ("dashboard resume" if resume else "dashboard kill"))
     state = (TradingState.ACTIVE if resume
              else TradingState.REDUCING if body.get("reduce_only") else TradingState.HALTED)
+    keys = AccountKeys(account)
     try:
-        change = await KillSwitch(s.kill_redis, AccountKeys(account)).set_state(
+        change = await KillSwitch(s.kill_redis, keys).set_state(
             state, reason=reason, by=operator_identity(f"dashboard from {peer}")
         )
     except KillSwitchError as e:
-        return web.json_response({"ok": False, "error": str(e)}, status=502)
-    return web.json_response({
-        "ok": True, "account": str(account), "prev_state": change.prev_state.value,
-        "state": change.state.value, "at_ms": change.at_ms, "by": change.by,
-    })
+        return web.json_response({"ok": False, "written": False, "error": str(e)}, status=502)
+    s.feed.invalidate()
+    answer: dict[str, Any] = {
+        "account": str(account), "prev_state": change.prev_state.value,
+        "state": change.state.value, "at_ms": change.at_ms, "by": change.by, "written": True,
+    }
+    try:
+        acked = await confirmations(s.kill_redis, keys, change, s.confirm_timeout_s)
+    except RedisError as e:
+        acked, why = [], f"confirmations could not be read ({redacted.mask_text(str(e))})"
+    else:
+        why = f"no running instance confirmed it within {s.confirm_timeout_s:g}s"
+    answer.update(confirmed=bool(acked), confirmed_by=acked, ok=bool(acked))
+    logs.event(log, "dashboard.kill", account=str(account), state=change.state.value,
+               peer=peer, confirmed=len(acked))
+    if not acked:
+        answer["error"] = (f"NOT CONFIRMED: the latch of {account} is written ({change.prev_state.value}"
+                           f" -> {change.state.value}), but {why}: no bot of that account "
+                           "listens on this Redis")
+        return web.json_response(answer, status=202)
+    return web.json_response(answer)
 
 
 async def _api_resume(request: web.Request) -> web.Response:
@@ -587,6 +721,12 @@ async def _dashboard(args: argparse.Namespace) -> int:
         print(f"guardrails dashboard: refused: {e}", file=sys.stderr)
         return 2
     op_url = os.environ.get(OPERATOR_REDIS_URL_ENV) or url
+    if token is not None and not connect.same_target(op_url, url):
+        print(f"guardrails dashboard: refused: ${OPERATOR_REDIS_URL_ENV} "
+              f"({connect.describe(op_url)}) is not the Redis the page reads "
+              f"({connect.describe(url)}): a kill would be written where no bot shown here "
+              "reads it. Point both at the same server and database", file=sys.stderr)
+        return 2
     async with contextlib.AsyncExitStack() as stack:
         try:
             read, kill = await stack.enter_async_context(_clients(url, token is not None))

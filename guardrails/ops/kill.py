@@ -67,7 +67,7 @@ instance of the account confirmed it — no bot listens on this Redis (docs/oper
 or not every connected replica acknowledged it."""
 
 
-async def _confirmations(redis: aioredis.Redis, keys: AccountKeys, change: StateChange,
+async def confirmations(redis: aioredis.Redis, keys: AccountKeys, change: StateChange,
                          within_s: float) -> list[str]:
     """The instances that acked ``change`` (``keys.kill_acks``) within ``within_s``."""
     want = f"{change.at_ms}:{change.state.value}"
@@ -155,7 +155,7 @@ async def _apply(
         deadline = time.monotonic() + timeout
         for account, keys, change in written:
             try:
-                confirmed = await _confirmations(redis, keys, change,
+                confirmed = await confirmations(redis, keys, change,
                                                  max(0.0, deadline - time.monotonic()))
             except RedisError as e:
                 confirmed = []

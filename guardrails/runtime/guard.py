@@ -308,7 +308,8 @@ class Guard:
         if closer is not None:
             self._closers.append(closer)
         if self.dashboard:
-            dash = await services.start_dashboard(self.redis, cfg)
+            # Its own small pool, never the bot's (the lease renews on self.redis).
+            dash = await services.start_dashboard(cfg.redis.model_copy(update={"url": url}), cfg)
             if dash is not None:
                 self._closers.append(dash)
         self._services = AccountServices(cfg, self.redis, self.venue, self.marks,

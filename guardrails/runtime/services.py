@@ -27,7 +27,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from guardrails import logs
-from guardrails.config import Config
+from guardrails.config import Config, RedisConfig
+from guardrails.infra import connect
 from guardrails.keys import AccountKeys
 from guardrails.killswitch import KillSwitch, KillSwitchError, Latch, read_latch
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
@@ -482,8 +483,16 @@ async def start_health(
     return runner.cleanup, url
 
 
-async def start_dashboard(redis: aioredis.Redis, cfg: Config) -> Closer | None:
+DASHBOARD_CLIENT_NAME = "guardrails-dashboard"
+"""What ``CLIENT LIST`` shows for the in-process dashboard's own connections."""
+
+
+async def start_dashboard(redis_cfg: RedisConfig, cfg: Config) -> Closer | None:
     """``--dashboard``: serve OPS's dashboard (``guardrails.ops.dashboard``) in this process.
+
+    The dashboard reads through a client of its own (``redis_cfg``, a pool of
+    ``DASHBOARD_MAX_CONNECTIONS``), never the bot's: its page is unauthenticated, and
+    whoever can reach it must not be able to take the connections the lease renews on.
 
     Optional by design: if the port is taken (another copy serves it already), this is
     logged and the instance runs on without it. The import is deferred: the dashboard
@@ -492,15 +501,33 @@ async def start_dashboard(redis: aioredis.Redis, cfg: Config) -> Closer | None:
     dashboard: Any = importlib.import_module("guardrails.ops.dashboard")
     port = cfg.runtime.dashboard_port
     try:
-        app = dashboard.create_app(redis, accounts=[cfg.account_id], config=cfg)
+        client = await connect.connect(redis_cfg,
+                                       max_connections=dashboard.DASHBOARD_MAX_CONNECTIONS,
+                                       client_name=DASHBOARD_CLIENT_NAME)
+    except INFRA_ERRORS as e:  # a cluster is contacted at connect
+        logs.event(log, "dashboard.unavailable", logging.WARNING, port=port,
+                   reason=f"{type(e).__name__}: {e}")
+        return None
+    try:
+        app = dashboard.create_app(client, accounts=[cfg.account_id], config=cfg)
         runner, url = await dashboard.serve(app, "127.0.0.1", port)
     except OSError as e:
         logs.event(log, "dashboard.unavailable", logging.WARNING, port=port,
                    reason=f"{type(e).__name__}: {e}")
+        await client.aclose()
         return None
+    except BaseException:
+        await client.aclose()
+        raise
     logs.event(log, "dashboard.serving", url=url)
-    cleanup: Closer = runner.cleanup
-    return cleanup
+
+    async def close() -> None:
+        try:
+            await runner.cleanup()
+        finally:
+            await client.aclose()
+
+    return close
 
 
 async def wait_any(events: tuple[asyncio.Event, ...], seconds: float | None) -> None:

@@ -191,8 +191,12 @@ async function act(sec) {
     });
     const body = await resp.json();
     result.dataset.ok = String(!!body.ok);
-    result.textContent = body.ok ? `${account}: ${body.prev_state} → ${body.state} by ${body.by}` : `FAILED: ${body.error}`;
-    if (body.ok) { form.elements.token.value = ""; form.hidden = true; }
+    result.dataset.written = String(!!body.written);
+    // ok: written and confirmed by a running instance; written alone is not success.
+    result.textContent = body.ok
+      ? `${account}: ${body.prev_state} → ${body.state} by ${body.by}; confirmed by ${body.confirmed_by.join(", ")}`
+      : body.written ? body.error : `FAILED: ${body.error}`;
+    if (body.written) { form.elements.token.value = ""; form.hidden = true; }
   } catch (e) {
     result.dataset.ok = "false";
     result.textContent = `FAILED: ${e}`;
