@@ -94,7 +94,7 @@ class SentinelGroup:
         self.primary.start()
         self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
         self.replica.start()
-        self._wait_replication(self.primary)
+        wait_replica_online(self.primary)
         self.sentinels = [SentinelProc(self.primary.port, self.primary.binary).start()
                           for _ in range(3)]
         self._wait_sentinels_agree()
@@ -110,14 +110,6 @@ class SentinelGroup:
         _, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(MASTER)
         return int(port)
 
-    def _wait_replication(self, primary: RedisServer, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = primary.client().info("replication")
-            if info.get("connected_slaves", 0) >= 1 and "online" in str(info.get("slave0", "")):
-                return
-            time.sleep(0.1)
-        raise RuntimeError("replica did not come online")
 
     def _wait_sentinels_agree(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -208,3 +200,14 @@ class ClusterGroup:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+
+
+def wait_replica_online(primary: RedisServer, timeout: float = 20) -> None:
+    """Until ``primary`` has a replica whose link is online (or ``RuntimeError``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = primary.client().info("replication")
+        if info.get("connected_slaves", 0) >= 1 and "online" in str(info.get("slave0", "")):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("replica did not come online")

@@ -166,3 +166,10 @@ def shared_sticky_dir(prefix: str) -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def attacker(user: OsUser, code: str, *args: str) -> None:
+    """Run Python ``code`` as ``user`` (the other local user of a test); it must succeed:
+    the attack is set up, and what it does to the victim is the test's to judge."""
+    done = as_user(user, python(code, *args))
+    assert done.returncode == 0, done.stderr

@@ -6,14 +6,13 @@ trading. A real `guardrails run` bot on a real master with a real replica
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.ha_harness import NodeServer
+from tests.ha_harness import NodeServer, wait_replica_online
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc, run_cli, write_config
 
@@ -27,16 +26,6 @@ class Replicated:
     cfg: Path
 
 
-def _wait_online(master: RedisServer, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = master.client().info("replication")
-        if info.get("connected_slaves", 0) >= 1 and "online" in str(info.get("slave0", "")):
-            return
-        time.sleep(0.1)
-    raise RuntimeError("replica did not come online")
-
-
 @pytest.fixture
 def replicated_bot(tmp_path: Path) -> Iterator[Replicated]:
     """A master (AOF, as `run` requires), one replica of it, and a bot on the master."""
@@ -44,7 +33,7 @@ def replicated_bot(tmp_path: Path) -> Iterator[Replicated]:
     replica = NodeServer(["--replicaof", "127.0.0.1", str(master.port)], aof=False)
     try:
         replica.start()
-        _wait_online(master)
+        wait_replica_online(master)
         cfg = write_config(tmp_path / "c.toml", redis_url=master.url)
         bot = RunProc("bot", cfg, tmp_path).start()
         try:

@@ -21,7 +21,7 @@ from guardrails.keys import AccountId
 from guardrails.runtime import localguard
 from tests.oskit import (
     OsUser,
-    as_user,
+    attacker,
     guardrails_as,
     popen_as_user,
     python,
@@ -58,11 +58,6 @@ def shared() -> Iterator[Path]:
         yield base
 
 
-def _attacker(user: OsUser, code: str, *args: str) -> None:
-    done = as_user(user, python(code, *args))
-    assert done.returncode == 0, done.stderr
-
-
 def _precious(tmp_path: Path) -> Path:
     target = tmp_path / "precious"
     target.write_bytes(PRECIOUS)
@@ -87,7 +82,7 @@ def test_acquire_when_other_user_symlinked_lock_name_then_refused_and_target_unt
 ) -> None:
     # Arrange: mallory points the predictable lock name at root's 0600 file.
     target = _precious(tmp_path)
-    _attacker(mallory, "import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
+    attacker(mallory, "import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
               str(target), str(shared / (STEM + suffix)))
     # Act / Assert: plain and standby both refuse, naming the symlink.
     for standby in (False, True):
@@ -101,7 +96,7 @@ def test_run_when_other_user_symlinked_lock_name_then_exit_2_without_traceback(
     mallory: OsUser, shared: Path, tmp_path: Path, redis_server: RedisServer
 ) -> None:
     target = _precious(tmp_path)
-    _attacker(mallory, "import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
+    attacker(mallory, "import os, sys; os.symlink(sys.argv[1], sys.argv[2])",
               str(target), str(shared / (STEM + ".lock")))
     cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url, account="hostile")
 
@@ -119,7 +114,7 @@ def test_run_when_other_user_planted_non_file_then_exit_2_without_hang_or_traceb
     mallory: OsUser, shared: Path, tmp_path: Path, redis_server: RedisServer, kind: str
 ) -> None:
     make = "os.mkfifo(sys.argv[1])" if kind == "fifo" else "os.mkdir(sys.argv[1])"
-    _attacker(mallory, f"import os, sys; {make}", str(shared / (STEM + ".lock")))
+    attacker(mallory, f"import os, sys; {make}", str(shared / (STEM + ".lock")))
     cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url, account="hostile")
 
     plain = _run(cfg, shared)
@@ -135,7 +130,7 @@ def test_acquire_when_other_user_holds_planted_file_then_refusal_names_kernel_ho
 ) -> None:
     # Arrange: mallory plants the lock file with forged holder details and holds it.
     path = shared / (STEM + ".lock")
-    _attacker(mallory, "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644);"
+    attacker(mallory, "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644);"
               " os.write(fd, b'pid=1\\nstarted_at=2001-01-01T00:00:00Z\\naccount=paper:x\\n')",
               str(path))
     forged = path.read_bytes()
@@ -168,7 +163,7 @@ def test_acquire_when_other_user_holds_planted_file_then_refusal_names_kernel_ho
 def test_acquire_when_other_user_hardlinked_lock_name_then_refused(
     mallory: OsUser, shared: Path
 ) -> None:
-    _attacker(mallory, "import os, sys; open(sys.argv[1], 'w').close();"
+    attacker(mallory, "import os, sys; open(sys.argv[1], 'w').close();"
               " os.link(sys.argv[1], sys.argv[2])",
               str(shared / "elsewhere"), str(shared / (STEM + ".lock")))
 
@@ -181,7 +176,7 @@ def test_acquire_when_lock_dir_owned_by_other_user_then_refused(
 ) -> None:
     # Arrange: mallory creates the lock directory before anyone else does.
     hostile = shared / "locks"
-    _attacker(mallory, "import os, sys; os.mkdir(sys.argv[1]); os.chmod(sys.argv[1], 0o1777)",
+    attacker(mallory, "import os, sys; os.mkdir(sys.argv[1]); os.chmod(sys.argv[1], 0o1777)",
               str(hostile))
     cfg = write_config(tmp_path / "c.toml", redis_url=redis_server.url, account="hostile")
     # Act
@@ -198,7 +193,7 @@ def test_acquire_when_default_tmp_dir_squatted_by_other_user_then_refused(
     mallory: OsUser, shared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     squatted = shared / "guardrails-locks"
-    _attacker(mallory, "import os, sys; os.mkdir(sys.argv[1]); os.chmod(sys.argv[1], 0o777)",
+    attacker(mallory, "import os, sys; os.mkdir(sys.argv[1]); os.chmod(sys.argv[1], 0o777)",
               str(squatted))
     monkeypatch.delenv(localguard.LOCK_DIR_ENV, raising=False)
     monkeypatch.setattr(localguard, "RUN_DIR", shared / "run-guardrails")
@@ -214,7 +209,7 @@ def test_acquire_when_default_tmp_dir_squatted_by_other_user_then_refused(
 def test_acquire_when_lock_dir_is_other_users_symlink_then_refused(
     mallory: OsUser, shared: Path
 ) -> None:
-    _attacker(mallory, "import os, sys; os.mkdir(sys.argv[1]); os.symlink(sys.argv[1], sys.argv[2])",
+    attacker(mallory, "import os, sys; os.mkdir(sys.argv[1]); os.symlink(sys.argv[1], sys.argv[2])",
               str(shared / "mine"), str(shared / "locks"))
 
     with pytest.raises(localguard.LocalGuardError, match="symlink"):

@@ -24,7 +24,7 @@ from guardrails import fencing, statedir
 from guardrails.config import load_config
 from guardrails.infra import connect
 from guardrails.keys import AccountKeys
-from tests.oskit import OsUser, as_user, python, shared_sticky_dir, throwaway_user
+from tests.oskit import OsUser, attacker, shared_sticky_dir, throwaway_user
 from tests.redis_harness import RedisServer
 from tests.run_harness import run_cli, write_config
 
@@ -62,11 +62,6 @@ def shared() -> Iterator[Path]:
         yield base
 
 
-def _attacker(user: OsUser, code: str, *args: str) -> None:
-    done = as_user(user, python(code, *args))
-    assert done.returncode == 0, done.stderr
-
-
 def test_run_when_other_user_planted_fence_memory_then_exit_2_naming_it_and_no_alarm(
     mallory: OsUser, shared: Path, tmp_path: Path, redis_server: RedisServer,
 ) -> None:
@@ -77,7 +72,7 @@ def test_run_when_other_user_planted_fence_memory_then_exit_2_naming_it_and_no_a
     account = load_config(cfg).account_id
     memory = fencing.FileFenceMemory(str(account), connect.describe(redis_server.url),
                                      root=state / "fence")
-    _attacker(mallory, PLANT_MEMORY, str(state), str(state / "fence"), memory.path.name)
+    attacker(mallory, PLANT_MEMORY, str(state), str(state / "fence"), memory.path.name)
     # Act
     done = run_cli("run", "--config", str(cfg),
                    env={statedir.STATE_DIR_ENV: str(state)}, timeout=60)
@@ -123,7 +118,7 @@ def test_save_when_other_user_symlinked_tmp_name_then_target_untouched(
     monkeypatch.setenv(statedir.STATE_DIR_ENV, str(state))
     memory = fencing.FileFenceMemory("paper:planted", "redis://x")
     tmp_name = memory.path.with_suffix(f".{os.getpid()}.tmp").name
-    _attacker(mallory, PLANT_LINKS, str(state), str(state / "fence"), str(target), tmp_name,
+    attacker(mallory, PLANT_LINKS, str(state), str(state / "fence"), str(target), tmp_name,
               memory.path.name)
     # Act: save never raises (a lease must not stop for it); load refuses
     with caplog.at_level(logging.WARNING, logger="guardrails.fencing"):
