@@ -503,7 +503,7 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
   if rd('HGET', K_ORDER, 'state') then
     return deny(K, A, o, 'bad_state', 'order ' .. coid .. ' exists but its intent is not recorded')
   end
-  rd('SISMEMBER', K_OPEN, coid)
+  rd_int('SISMEMBER', K_OPEN, coid)
 
   -- the new totals, computed (and checked) before the first write: Redis does not roll
   -- a script back, so nothing below may fail after a write

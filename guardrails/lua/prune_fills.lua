@@ -25,7 +25,7 @@ local function main()
   local now = rd('HMGET', K_FILLS, unpack(fids))
   local go = {}
   for i = 1, n do
-    if now[i] == ARGV[2 * i] and rd('EXISTS', KEYS[2 + i]) == 0 then go[#go + 1] = fids[i] end
+    if now[i] == ARGV[2 * i] and rd_int('EXISTS', KEYS[2 + i]) == 0 then go[#go + 1] = fids[i] end
   end
   rd('HGET', K_PRUNE, 'fills')
   local out = {0, #go}

@@ -82,7 +82,7 @@ local function main()
   local blobs = {}
   for j, b in ipairs(buckets) do blobs[b] = got[j] or '' end
   rd('HGET', K_PRUNE, 'orders')
-  rd('HLEN', K_CLOB_HASHES)
+  rd_int('HLEN', K_CLOB_HASHES)
   -- 2. write
   local changed, del_intents, del_hashes, del_clob, del_keys = {}, {}, {}, {}, {}
   local function bury(b, fp)

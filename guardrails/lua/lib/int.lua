@@ -6,20 +6,23 @@
 -- the including script maps them to its bad-state outcome, writing nothing.
 local MAXI = 9007199254740992 -- 2^53: integers at or above it are not exact in a double
 -- the library functions the hot helpers call, as locals (upvalues, not global lookups)
-local s_find, type_of = string.find, type
+local s_find = string.find
 
 local function fmt(n) return string.format('%d', n) end
 
 local function bad(detail) error({bad = detail}) end
 
 -- a stored integer field (absent = 0); the field is named what .. (more or '') in the
--- failure (two parts, so a hot loop does not build the name when nothing fails)
+-- failure (two parts, so a hot loop does not build the name when nothing fails).
+-- v is what a read returned: a string, or false / nil for an absent field. Anything else
+-- is the calling script's own mistake and raises a Lua error (the script's failure, not a
+-- stored state's): no type() test on this hot path (a C call, ~700 instructions).
 local function stored_int(v, what, more)
   if not v then return 0 end
   -- (find, not match: no capture string is made for a check; then + 0, not tonumber:
   -- Lua 5.1's tonumber converts a string twice, arithmetic once, and on digits the two
   -- agree; + 0 also turns a stored "-0" into 0)
-  local n = type_of(v) == 'string' and #v <= 17 and s_find(v, '^-?%d+$') and v + 0
+  local n = #v <= 17 and s_find(v, '^-?%d+$') and v + 0
   if not n or n >= MAXI or n <= -MAXI then
     bad(what .. (more or '') .. ' is not an integer: ' .. tostring(v))
   end
