@@ -225,8 +225,11 @@ local function risk(K, S, k_day, symbol, side, lots, ticks, k, max_lots, mark, b
                     max_gross, loss_limit, p, b, s, c, rl, agg, fast, pos, res, marks)
   -- 9. position limit: |position + same-side reservations + this order|
   local same = side == 1 and b or s
-  local before = math.abs(p + side * same)
-  local after = math.abs(add(p, side * add(same, lots)))
+  -- (|x| inline here and below: math.abs is a C call, a few hundred instructions)
+  local before = p + side * same
+  if before < 0 then before = -before end
+  local after = add(p, side * add(same, lots))
+  if after < 0 then after = -after end
   if after > max_lots and after > before then
     return 'position_limit', 'worst-case position ' .. fmt(after) .. ' lots > max ' .. fmt(max_lots)
   end
@@ -258,7 +261,7 @@ local function risk(K, S, k_day, symbol, side, lots, ticks, k, max_lots, mark, b
     rp = stored_int(rd('HGET', k_day, 'realized_pnl'), 'day realized_pnl')
     S.rp[k_day] = rp
   end
-  local used = add(add(math.max(0, -rp), uloss), rloss)
+  local used = add(add(rp < 0 and -rp or 0, uloss), rloss)
   -- worst case of this order: it fills at its limit price (adverse distance from the
   -- mark) and, for the lots that add exposure, the mark then moves one band against
   -- it. Lots that reduce the position (net of same-side reservations) add no band.
@@ -452,7 +455,8 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
   -- 7. price band against the last mark
   local mark = mark_of(v_mark, symbol)
   if not mark then return deny(K, A, o, 'price_band', 'no mark for ' .. symbol) end
-  local dist = math.abs(ticks - mark)
+  local dist = ticks - mark
+  if dist < 0 then dist = -dist end
   local lhs, rhs = dist * 1000000, band_ppm * mark
   if lhs >= MAXI or rhs >= MAXI then return deny(K, A, o, 'bad_order', 'price band check overflows') end
   if lhs > rhs then
@@ -471,7 +475,10 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
     if elapsed < 0 then elapsed = 0 end
     if elapsed > 1000000000 then elapsed = 1000000000 end
     local refill = elapsed * rate_milli
-    if refill >= MAXI then tokens = cap else tokens = math.min(cap, tokens + ifloor(refill, 1000)) end
+    if refill >= MAXI then tokens = cap else
+      tokens = tokens + ifloor(refill, 1000)
+      if tokens > cap then tokens = cap end
+    end
   end
   if tokens < 1000 then return deny(K, A, o, 'throttled', 'order rate above ' .. fmt(rate_milli) .. ' milli-orders/s') end
 
