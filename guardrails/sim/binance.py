@@ -34,8 +34,16 @@ Binance's own rules, with its error codes and messages (HTTP 400 unless noted):
 * ``-2013`` ``Order does not exist.`` (query), ``-2011`` ``Unknown order sent.`` (cancel of
   an unknown or no longer open order — Binance keeps no tombstone for an id it never saw).
 
-Not simulated: partial fills, fees, funding (balances start at zero and may go
-negative), rate-limit bans, user-data streams, any endpoint not listed. Test fault hooks
+Commission (``Commission``; none by default) is charged as Binance charges it: in the
+asset received — the base asset on a BUY, the quote asset on a SELL — or, with BNB fee
+payment on (``bnb_price`` set), in BNB; each trade's ``commission`` / ``commissionAsset``
+in ``GET myTrades`` and in the order response's ``fills``, rounded up to 8 places, and
+taken out of ``GET account``'s balances (the wallet holds a buy's quantity less its
+commission).
+
+Not simulated: partial fills, maker/taker tiers and BNB discounts, funding (balances
+start at zero and may go negative), rate-limit bans, user-data streams, any endpoint not
+listed. Test fault hooks
 (``/admin/*``, only with ``admin=True``) drop, fail, delay or *hold* (before processing:
 the request arrives late) the next order requests, and set a mark.
 
@@ -56,7 +64,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_UP, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -119,6 +127,27 @@ def fmt8(d: Decimal) -> str:
     return format(d.quantize(Decimal("1e-8")), "f")
 
 
+@dataclass(frozen=True)
+class Commission:
+    """What the simulated exchange charges per trade: ``rate`` of the trade (0.001 is
+    Binance's standard spot rate), in the asset received — or, with ``bnb_price`` (the
+    quote price of BNB) set, the same value in BNB, as with Binance's "use BNB for fees"."""
+
+    rate: Decimal = Decimal(0)
+    bnb_price: Decimal | None = None
+
+    def of(self, f: Fill) -> tuple[Decimal, str]:
+        """(commission, commissionAsset) of fill ``f``, rounded up to 8 places."""
+        base, quote = assets(f.symbol)
+        if self.bnb_price is not None:
+            amount, asset = f.qty * f.price * self.rate / self.bnb_price, "BNB"
+        elif f.side is Side.BUY:
+            amount, asset = f.qty * self.rate, base
+        else:
+            amount, asset = f.qty * f.price * self.rate, quote
+        return amount.quantize(Decimal("1e-8"), rounding=ROUND_UP), asset
+
+
 class BinanceError(Exception):
     """An answer in Binance's error shape: ``{"code": code, "msg": msg}``."""
 
@@ -160,8 +189,9 @@ class BinanceSim:
     """Binance's request rules over one ``SimExchange``."""
 
     def __init__(self, exchange: SimExchange, keys: Mapping[str, str] | None = None, *,
-                 accept_demo_keys: bool = False) -> None:
+                 accept_demo_keys: bool = False, commission: Commission | None = None) -> None:
         self.exchange = exchange
+        self.commission = commission or Commission()
         self._keys = dict(keys or {})
         self._accept_demo = accept_demo_keys
         self._by_id = {symbol_id(s): s for s in exchange.instruments}
@@ -237,13 +267,17 @@ class BinanceSim:
             "origQuoteOrderQty": "0.00000000", "selfTradePreventionMode": "NONE",
         }
 
+    def _commission_json(self, f: Fill) -> dict[str, str]:
+        amount, asset = self.commission.of(f)
+        return {"commission": fmt8(amount), "commissionAsset": asset}
+
     def _trade_json(self, so: SimOrder, f: Fill) -> dict[str, Any]:
         return {
             "symbol": symbol_id(f.symbol), "id": trade_number(f.fill_id),
             "orderId": _order_number(so), "orderListId": -1, "price": fmt8(f.price),
-            "qty": fmt8(f.qty), "quoteQty": fmt8(f.qty * f.price), "commission": "0.00000000",
-            "commissionAsset": self._quote, "time": f.ts_ms, "isBuyer": f.side is Side.BUY,
-            "isMaker": False, "isBestMatch": True,
+            "qty": fmt8(f.qty), "quoteQty": fmt8(f.qty * f.price), **self._commission_json(f),
+            "time": f.ts_ms, "isBuyer": f.side is Side.BUY, "isMaker": False,
+            "isBestMatch": True,
         }
 
     def _find(self, account: str, params: Mapping[str, str], symbol: str) -> SimOrder | None:
@@ -384,8 +418,8 @@ class BinanceSim:
         if kind == "RESULT":
             return body
         body["fills"] = [
-            {"price": fmt8(f.price), "qty": fmt8(f.qty), "commission": "0.00000000",
-             "commissionAsset": self._quote, "tradeId": trade_number(f.fill_id)}
+            {"price": fmt8(f.price), "qty": fmt8(f.qty), **self._commission_json(f),
+             "tradeId": trade_number(f.fill_id)}
             for f in so.fills
         ]
         return body
@@ -440,8 +474,13 @@ class BinanceSim:
         for name, value in held.items():
             asset = self._quote if name == "cash" else assets(name)[0]
             totals[asset] = totals.get(asset, Decimal(0)) + Decimal(value)
+        for _, f in self.exchange.fills_of(account):
+            amount, asset = self.commission.of(f)
+            if amount:
+                totals[asset] = totals.get(asset, Decimal(0)) - amount
         return {
-            "makerCommission": 0, "takerCommission": 0, "buyerCommission": 0,
+            "makerCommission": int(self.commission.rate * 10_000),
+            "takerCommission": int(self.commission.rate * 10_000), "buyerCommission": 0,
             "sellerCommission": 0, "canTrade": True, "canWithdraw": False, "canDeposit": False,
             "brokered": False, "requireSelfTradePrevention": False, "preventSor": False,
             "updateTime": self.exchange.now_ms(), "accountType": "SPOT",

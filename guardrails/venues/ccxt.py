@@ -21,6 +21,14 @@ ccxt silently rounds a price and truncates an amount, so an order it would chang
 refused here instead (``off_tick`` / ``off_lot``). ccxt parses numbers as strings
 (``exchange.number = str``), so nothing the exchange says passes through a float.
 
+Fees: a trade's fee counts in the fill (``Fill.fee``, quote currency) when it is in the
+market's quote currency (Binance: a sell's commission), or in its base currency (Binance:
+a buy's commission, charged in the asset received) valued at the trade's own price,
+exactly. The ledger's position stays the traded quantity; the wallet holds the quantity
+less the base fee. A fee in any other currency (BNB fee payment) cannot be valued
+exactly: the fill still applies without it and ``venue.ccxt.fee_not_counted`` (WARNING)
+names the currency, the amount and the client order id.
+
 Venue-side fences (per exchange; docs/venues.md has the table):
 
 * Binance: every signed order carries ``timestamp`` (the exchange's clock, from the
@@ -94,6 +102,8 @@ EMBEDDED = "embedded"
 RECV_WINDOW_EXCHANGES = frozenset({"binance"})
 """Exchanges whose signed requests carry ``timestamp`` + ``recvWindow`` (the submit fence)."""
 TRADES_PAGE = 1000
+_FEE_WARNED_MAX = 4096
+"""Fill ids remembered so an uncounted fee is logged once per fill, not once per read."""
 DEAD_MAN_LEASE_TTLS = 4
 """Default dead-man countdown, in lease TTLs."""
 DEAD_MAN_REFRESHES = 4
@@ -148,6 +158,41 @@ def _dec(value: Any, what: str) -> Decimal:
     if not d.is_finite():
         raise VenueError(f"ccxt venue: {what} is not finite")
     return d
+
+
+def fee_in_quote(trade: dict[str, Any], *, base: str, quote: str,
+                 price: Decimal) -> tuple[Decimal, list[tuple[str, str]]]:
+    """(fee in the quote currency, fees it could not value) of a ccxt trade.
+
+    A fee in the quote currency counts as it is; a fee in the base currency (Binance
+    charges a buy's commission in the asset received) counts at the trade's own price,
+    ``cost x price``, exact. A fee in any other currency (BNB with BNB fee payment on), or
+    a non-zero cost with no currency or one that is not a number, cannot be valued
+    exactly: it is returned as ``(currency, amount text)`` for the caller to report and
+    is not counted; the fill itself still applies. A zero fee is nothing, in any currency;
+    a negative one (a rebate) counts as zero, so a fee never lowers the recorded loss.
+    ccxt's ``fees`` (one entry per currency) is read when present, else ``fee``."""
+    entries = trade.get("fees") or [trade.get("fee") or {}]
+    total = Decimal(0)
+    uncounted: list[tuple[str, str]] = []
+    for entry in entries:
+        cost, currency = (entry or {}).get("cost"), (entry or {}).get("currency")
+        if cost is None:
+            continue
+        try:
+            amount = _dec(cost, "fee")
+        except VenueError:
+            uncounted.append((str(currency or "unknown"), str(cost)[:40]))
+            continue
+        if amount <= 0:
+            continue
+        if currency == quote:
+            total += amount
+        elif currency == base:
+            total += amount * price
+        else:
+            uncounted.append((str(currency or "unknown"), format(amount, "f")))
+    return total, uncounted
 
 
 def _now_ms() -> int:
@@ -255,6 +300,8 @@ class CcxtVenue:
         """Instrument -> the exchange's ccxt symbol (``[venue] symbols``; unmapped: itself)."""
         self._inst_of = {sym: inst for inst, sym in self._cx_of.items()}
         self._lock = asyncio.Lock()
+        self._fee_warned: dict[str, None] = {}
+        """Fill ids whose uncounted fee was logged (insertion-ordered, bounded)."""
 
     def __repr__(self) -> str:
         return f"CcxtVenue(exchange={self._cfg.exchange!r}, account={self._account_id})"
@@ -747,17 +794,28 @@ class CcxtVenue:
                                 detail=str(raw.get("status")))
 
     def _fill(self, trade: dict[str, Any], coid: str) -> Fill:
-        market_id = self._exchange().market(trade["symbol"])["id"]
-        fee = Decimal(0)
-        fee_info = trade.get("fee") or {}
-        quote = self._exchange().market(trade["symbol"])["quote"]
-        if fee_info.get("cost") is not None and fee_info.get("currency") == quote:
-            fee = _dec(fee_info["cost"], "fee")
+        market = self._exchange().market(trade["symbol"])
+        fill_id = f"{market['id']}-{trade['id']}"
+        price = _dec(trade["price"], "trade price")
+        fee, uncounted = fee_in_quote(trade, base=str(market["base"]),
+                                      quote=str(market["quote"]), price=price)
+        if uncounted and fill_id not in self._fee_warned:
+            # Logged once per fill in this process: a lookup and the fill pump read the
+            # same trade, and every read would otherwise repeat the line.
+            if len(self._fee_warned) >= _FEE_WARNED_MAX:
+                self._fee_warned.pop(next(iter(self._fee_warned)))
+            self._fee_warned[fill_id] = None
+            for currency, amount in uncounted:
+                logs.event(log, "venue.ccxt.fee_not_counted", logging.WARNING,
+                           coid=coid, fill_id=fill_id, symbol=str(trade["symbol"]),
+                           currency=currency, amount=amount,
+                           action="the fill goes to the ledger without this fee: realized PnL and the "
+                                  "daily loss budget undercount it (turn BNB fee payment off)")
         return Fill(
-            fill_id=f"{market_id}-{trade['id']}", client_order_id=coid,
+            fill_id=fill_id, client_order_id=coid,
             symbol=self._inst_of.get(str(trade["symbol"]), str(trade["symbol"])),
             side=Side(str(trade["side"])),
-            qty=_dec(trade["amount"], "trade amount"), price=_dec(trade["price"], "trade price"),
+            qty=_dec(trade["amount"], "trade amount"), price=price,
             ts_ms=int(trade["timestamp"]), fee=fee,
         )
 
