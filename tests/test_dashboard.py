@@ -39,6 +39,7 @@ from guardrails.ops.dashboard import (
 from tests import opskit
 from tests.browser import Browser
 from tests.conftest import ROOT, subprocess_env
+from tests.ha_harness import NodeServer, wait_replica_online
 from tests.redis_harness import RedisServer, free_port
 
 SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
@@ -462,6 +463,38 @@ async def test_kill_when_throttle_window_passed_then_right_token_halts(
 
     # Assert
     assert status == 202
+    assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["replica_acks", "replica_paused"])
+async def test_kill_when_replica_lags_then_202_not_replicated_and_ok_false(
+    kill_served: KillServed, redis_server: RedisServer, paused: bool,
+) -> None:
+    # Arrange: one replica of the Redis the dashboard kills on; paused (SIGSTOP) it stays
+    # connected and acknowledges nothing, as a lagging replica does
+    replica = NodeServer(["--replicaof", "127.0.0.1", str(redis_server.port)], aof=False)
+    replica.start()
+    try:
+        wait_replica_online(redis_server)
+        if paused:
+            replica.pause()
+        # Act
+        async with aiohttp.ClientSession() as s:
+            async with s.post(kill_served.url + "api/kill", json={
+                    "account": "paper:ops", "reason": "drill", "token": OPERATOR_TOKEN}) as resp:
+                status, body = resp.status, await resp.json()
+    finally:
+        replica.resume()
+        replica.stop()
+
+    # Assert: written either way; never ok (no bot confirms here), and a lagging replica
+    # is said, as `guardrails kill` says it with exit 3
+    assert status == 202 and body["written"] is True and body["ok"] is False
+    assert body["replicas"] == 1
+    assert body["replicated"] is (not paused)
+    assert body["replicas_acked"] == (0 if paused else 1)
+    assert ("NOT REPLICATED" in body["error"]) is paused
+    assert "NOT CONFIRMED" in body["error"]
     assert (await read_latch(kill_served.admin, opskit.KEYS)).state is TradingState.HALTED
 
 

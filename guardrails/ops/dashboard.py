@@ -23,8 +23,11 @@ Serving (aiohttp, 127.0.0.1 by default):
   name the Redis the page reads (``connect.same_target``), else the dashboard refuses to
   start: a kill written elsewhere would halt nothing the page shows. As ``guardrails kill``
   does, an account never seen on that Redis is refused (nothing written), and the answer
-  says whether a running instance confirmed the latch within ``confirm_timeout_s``:
-  ``ok`` is true only then; written but unconfirmed is 202 with ``written: true``.
+  says whether a running instance confirmed the latch within ``confirm_timeout_s`` and
+  whether every connected replica acknowledged it (``replicated``, ``replicas``,
+  ``replicas_acked``: the WAIT of ``killswitch``): ``ok`` is true only when both hold;
+  written but unconfirmed or unreplicated is 202 with ``written: true`` and an ``error``
+  saying NOT CONFIRMED / NOT REPLICATED (``guardrails kill`` exits 3 on the same).
 
 What a browser elsewhere cannot do (cross-site request forgery, DNS rebinding):
 
@@ -672,13 +675,27 @@ async def _api_kill(request: web.Request) -> web.Response:
         acked, why = [], f"confirmations could not be read ({redacted.mask_text(str(e))})"
     else:
         why = f"no running instance confirmed it within {s.confirm_timeout_s:g}s"
-    answer.update(confirmed=bool(acked), confirmed_by=acked, ok=bool(acked))
+    answer.update(confirmed=bool(acked), confirmed_by=acked,
+                  replicated=change.replicated, replicas=change.replicas,
+                  replicas_acked=change.acked, ok=bool(acked) and change.replicated)
+    if change.replication_problem:
+        answer["replication_problem"] = change.replication_problem
     logs.event(log, "dashboard.kill", account=str(account), state=change.state.value,
-               peer=peer, confirmed=len(acked))
+               peer=peer, confirmed=len(acked), replicated=change.replicated)
+    problems = []
+    if not change.replicated:
+        # as `guardrails kill` exits 3: a latch only the master holds is lost if it fails
+        # over now, and the promoted replica reads the old state
+        lag = change.replication_problem or f"{change.acked}/{change.replicas} replicas acknowledged it"
+        problems.append(f"NOT REPLICATED: the latch of {account} is written on the master, but "
+                        f"not on every connected replica ({lag}): a failover now would lose it. "
+                        "Check the replicas (INFO replication) and kill again")
     if not acked:
-        answer["error"] = (f"NOT CONFIRMED: the latch of {account} is written ({change.prev_state.value}"
-                           f" -> {change.state.value}), but {why}: no bot of that account "
-                           "listens on this Redis")
+        problems.append(f"NOT CONFIRMED: the latch of {account} is written ({change.prev_state.value}"
+                        f" -> {change.state.value}), but {why}: no bot of that account "
+                        "listens on this Redis")
+    if problems:
+        answer["error"] = "; ".join(problems)
         return web.json_response(answer, status=202)
     return web.json_response(answer)
 

@@ -192,7 +192,8 @@ async function act(sec) {
     const body = await resp.json();
     result.dataset.ok = String(!!body.ok);
     result.dataset.written = String(!!body.written);
-    // ok: written and confirmed by a running instance; written alone is not success.
+    // ok: written, confirmed by a running instance and on every connected replica;
+    // written alone is not success (body.error says NOT CONFIRMED / NOT REPLICATED).
     result.textContent = body.ok
       ? `${account}: ${body.prev_state} → ${body.state} by ${body.by}; confirmed by ${body.confirmed_by.join(", ")}`
       : body.written ? body.error : `FAILED: ${body.error}`;
