@@ -67,6 +67,6 @@ def call_args(gate: Any, i: int) -> tuple[list[bytes], list[bytes]]:
     coid = client_order_id_for(iid)
     day = gate._day.today()
     keys = [*gate._fixed, gate._keys.day(day).encode(), gate._keys.order(coid).encode()]
-    args = [SCHEMA_VERSION, TOKEN, HOLDER, iid, coid, it.symbol, it.side.value,
+    args = [SCHEMA_VERSION, 0, TOKEN, HOLDER, iid, coid, it.symbol, it.side.value,
             decimal_arg(it.qty, "qty"), decimal_arg(it.price, "price"), 0, day]
     return list(keys), [str(a).encode() for a in args]

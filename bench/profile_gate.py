@@ -149,7 +149,7 @@ async def _batches(client: aioredis.Redis, gate: object, counter: itertools.coun
                 keys, args = gatesetup.call_args(gate, next(counter))
                 for _ in range(size - 1):  # the decisions' own (day, order) keys and args
                     k, a = gatesetup.call_args(gate, next(counter))
-                    keys, args = keys + k[-2:], args + a[1:]
+                    keys, args = keys + k[-2:], args + a[2:]
                 pipe.evalsha(sha, len(keys), *keys, *args)
             if instructions:
                 _callgrind(pid, "-i", "on")
@@ -210,7 +210,7 @@ def in_client() -> None:
     conn = Connection()
     it = intent(1)
     keys = [f"gr:{{paper:bench}}:key{i}" for i in range(16)]
-    args: list[str | int] = [1, 1, "bench-holder", "bench-1", "c" * 32, "BTC-USD", "buy",
+    args: list[str | int] = [1, 0, 1, "bench-holder", "bench-1", "c" * 32, "BTC-USD", "buy",
                              "0.0100", "60000.00", 0, "2026-11-22"]
     from guardrails.tradingday import TradingDay
 
@@ -219,13 +219,13 @@ def in_client() -> None:
     from guardrails.keys import AccountKeys
 
     gate = OrderGate(aioredis.Redis(), AccountKeys(account()), risk_config())
-    gate._bind("2026-11-22", 1, "bench-holder")
+    gate._bind("2026-11-22", 1, "bench-holder", 0)
     coid = client_order_id_for("bench-1")
     parts = [
         ("TradingDay.today()", lambda: day.today()),
         ("client_order_id_for()", lambda: client_order_id_for("bench-1")),
         ("intent_args() (shape checks, qty and price strings)", lambda: intent_args(it)),
-        ("pack EVALSHA, 16 keys + 11 args", lambda: conn.pack_command("EVALSHA", "a" * 40, 16,
+        ("pack EVALSHA, 16 keys + 12 args", lambda: conn.pack_command("EVALSHA", "a" * 40, 16,
                                                                       *keys, *args)),
         ("pack PING", lambda: conn.pack_command("PING")),
         ("OrderGate._parts + pack_batch of one (the gate wire's EVALSHA bytes)",

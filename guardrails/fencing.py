@@ -24,9 +24,6 @@ one that remembers nothing — until ``recover``:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,53 +31,36 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from guardrails import logs, scripts, statedir
+from guardrails import scripts, statedir
 from guardrails.keys import ACCOUNTS_INDEX, AccountKeys, PaperVenueKeys
 from guardrails.prune import read_archive
-
-log = logging.getLogger("guardrails.fencing")
 
 
 class FileFenceMemory:
     """The highest (epoch, token) this host's instances of an account have seen, kept in
-    ``<state dir>/fence/<sha256(account|redis target)[:16]>.json`` so that a cold start
-    after Redis lost its history is still refused. Keyed by the Redis target too: another
-    Redis is another history (a bench or a test server), not a loss.
-
-    Only this user's own private memory is trusted (``guardrails.statedir``): ``load``
-    raises ``StateDirError`` when the state directory, ``fence/`` or the file is not this
-    user's (a planted memory would make this instance raise the lost-history alarm, or
-    forget the history it saw) — fail closed, naming the path. Our own file that does not
-    parse is logged and treated as none. ``save`` writes a fresh 0600 file and renames
-    it (never through a planted name) and never raises (``lease.FenceMemory``): a
-    directory refused since, or a failed write, is logged as ``fence.memory_unwritable``."""
+    ``<state dir>/fence/`` (``statedir.HostMemory``: only this user's own private file is
+    trusted, ``load`` raises ``StateDirError`` otherwise; ``save`` never raises,
+    ``lease.FenceMemory``) so that a cold start after Redis lost its history is still
+    refused. Our own file that does not parse is logged and treated as none."""
 
     def __init__(self, account: str, redis_target: str, root: Path | None = None) -> None:
-        digest = hashlib.sha256(f"{account}|{redis_target}".encode()).hexdigest()[:16]
-        self.path = (root or statedir.state_dir() / "fence") / f"{digest}.json"
+        self._file = statedir.HostMemory("fence", account, redis_target, root)
+        self.path = self._file.path
         self.account = account
 
     def load(self) -> tuple[str, int]:
-        statedir.private_dir(self.path.parent)
-        raw = statedir.read_private(self.path)
-        if raw is None:
+        doc = self._file.load_doc()
+        if doc is None:
             return "", 0
         try:
-            doc = json.loads(raw)
             epoch, token = str(doc["epoch"]), int(doc["token"])
         except (ValueError, KeyError, TypeError) as e:
-            logs.event(log, "fence.memory_unreadable", logging.WARNING, path=str(self.path),
-                       error=f"{type(e).__name__}: {e}")
+            self._file.unreadable(e)
             return "", 0
         return (epoch, token) if epoch and token >= 0 else ("", 0)
 
     def save(self, epoch: str, token: int) -> None:
-        try:
-            statedir.write_private(self.path, json.dumps(
-                {"account": self.account, "epoch": epoch, "token": token}).encode())
-        except (OSError, statedir.StateDirError) as e:
-            logs.event(log, "fence.memory_unwritable", logging.WARNING, path=str(self.path),
-                       error=f"{type(e).__name__}: {e}")
+        self._file.save_doc({"epoch": epoch, "token": token})
 
 
 def _s(v: Any) -> str:

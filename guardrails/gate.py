@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -103,6 +104,7 @@ DENY_CODES: dict[int, DenyReason] = {
     16: DenyReason.BAD_STATE,
     17: DenyReason.INTENT_CONFLICT,
     18: DenyReason.INTENT_PRUNED,
+    19: DenyReason.LATCH_LOST,
 }
 """gate_admit.lua's denial codes -> reasons: the one place the script's codes are mapped."""
 
@@ -212,7 +214,7 @@ chunks), so a batch stalls other clients no longer than the pipeline it replaces
 FIXED_KEYS = 16
 """Keys every run of gate_admit.lua takes before the decisions' own (day, order) pairs."""
 DECISION_ARGS = 10
-"""Arguments per decision after ARGV[1] (gate_admit.lua's header)."""
+"""Arguments per decision after ARGV[1] and ARGV[2] (gate_admit.lua's header)."""
 
 _ORDER_KEY = b"$%d\r\n%s\r\n"  # a decision's order key, after its day key's bulk
 _DECISION_ARGS = (
@@ -231,14 +233,16 @@ class OrderGate:
     """Admits or denies intents for one account, atomically, inside Redis.
 
     ``clock_ms`` (Unix ms) decides the trading day whose budget the decision reads;
-    the throttle and the permit deadline use Redis server time.
+    the throttle and the permit deadline use Redis server time. ``latch_floor`` says, at
+    each decision, the lowest kill-switch latch version the caller accepts (the newest it
+    saw: ``killswitch.LatchSeen.floor``); below it the script denies ``latch_lost``.
+    Without it, 0: any latch, none included.
     """
 
     __slots__ = (
-        "_day", "_day_key", "_fixed", "_head_one", "_holder", "_keys", "_order_prefix",
-        "_packed_keys", "_packed_sha", "_recover_ms", "_redis", "_risk", "_schema_b",
-        "_schema_bulk", "_script", "_token", "_who",
-        "_wire",
+        "_day", "_day_key", "_fixed", "_floor", "_head_one", "_holder", "_keys",
+        "_latch_floor", "_order_prefix", "_packed_keys", "_packed_sha", "_recover_ms", "_redis",
+        "_risk", "_schema_b", "_schema_bulk", "_script", "_token", "_who", "_wire",
     )
 
     batch_max = BATCH_MAX
@@ -252,8 +256,10 @@ class OrderGate:
         *,
         clock_ms: ClockMs | None = None,
         recover_ms: int = RECOVER_MS,
+        latch_floor: Callable[[], int] | None = None,
     ) -> None:
         self._redis = redis
+        self._latch_floor = latch_floor
         self._recover_ms = recover_ms
         self._keys = keys
         self._risk = risk
@@ -276,17 +282,19 @@ class OrderGate:
         self._holder: tuple[str | None, bytes] = (None, b"")
         self._who = b""
         """The token's and the holder's RESP bulks (packed when either changes)."""
+        self._floor: tuple[int, bytes, bytes] = (0, b"0", wire_bulk(b"0"))
+        """The latch floor, as it is sent and as its RESP bulk (packed when it changes)."""
         # The gate's own pipelined connection (gatewire.py), when the client is one it
         # speaks for: the command is then sent as RESP bytes of which everything
         # constant per account (the command, the sha, every key but the day's and the
-        # order's, the schema version) was packed here, once.
+        # order's, the schema version) was packed here, once; the latch floor when it changes.
         self._wire = GateWire.for_client(redis)
         self._packed_sha = wire_bulk(b"EVALSHA") + wire_bulk(self._script.sha.encode())
         self._packed_keys = b"".join(wire_bulk(k) for k in self._fixed)
         self._schema_bulk = wire_bulk(self._schema_b)
         numkeys = b"%d" % (FIXED_KEYS + 2)
         self._head_one = b"".join((  # a batch of one up to its decision's keys
-            b"*%d\r\n" % (3 + FIXED_KEYS + 2 + 1 + DECISION_ARGS), self._packed_sha,
+            b"*%d\r\n" % (3 + FIXED_KEYS + 2 + 2 + DECISION_ARGS), self._packed_sha,
             wire_bulk(numkeys), self._packed_keys,
         ))
         # an order's key is this prefix + its client order id (checked, else built per call)
@@ -320,7 +328,8 @@ class OrderGate:
                           "characters without spaces")
         qty, price = args
         coid = client_order_id_for(intent_id)
-        self._bind(self._day.today(), token, holder_id)
+        self._bind(self._day.today(), token, holder_id,
+                   self._latch_floor() if self._latch_floor is not None else 0)
         try:
             try:
                 # On NOSCRIPT (a restarted or flushed Redis) the script is loaded (same
@@ -335,13 +344,13 @@ class OrderGate:
                         await self._wire.load_script(self._script.script)
                         raw = await self._wire.decide(self, keys_part, args_part)
                 else:
-                    # a batch of one: KEYS 1-16, day, order; ARGV 1, then the decision's 10
+                    # a batch of one: KEYS 1-16, day, order; ARGV 1-2, then the decision's 10
                     # (the command name stays a str: redis-py's RedisCluster looks it up
                     # by name to route the call, and refuses a bytes name)
                     command = (
                         "EVALSHA", self._script.sha, FIXED_KEYS + 2, *self._fixed,
                         self._day_key[1], self._keys.order(coid), self._schema_b,
-                        self._token[1], self._holder[1], intent_id, coid, intent.symbol,
+                        self._floor[1], self._token[1], self._holder[1], intent_id, coid, intent.symbol,
                         intent.side.value, qty, price, b"1" if allocate_nonce else b"0",
                         self._day_key[2],
                     )
@@ -366,9 +375,13 @@ class OrderGate:
             raise GateUnavailable(f"redis error: {type(e).__name__}: {e}") from e
         return decode_reply(intent_id, coid, raw)
 
-    def _bind(self, day: str, token: int, holder_id: str) -> None:
+    def _bind(self, day: str, token: int, holder_id: str, floor: int) -> None:
         """The encoded pieces of the decisions that follow: the trading day's key and the
-        day, the token and the holder (encoded again only when one changes)."""
+        day, the token and the holder, the latch floor (encoded again only when one
+        changes)."""
+        if floor != self._floor[0]:
+            floor_b = str(floor).encode()
+            self._floor = (floor, floor_b, wire_bulk(floor_b))
         if day != self._day_key[0]:
             day_key, day_b = self._keys.day(day).encode(), day.encode()
             self._day_key = (day, day_key, day_b, wire_bulk(day_key), wire_bulk(day_b))
@@ -397,12 +410,12 @@ class OrderGate:
         decision, in the same order."""
         n = len(keys)
         if n == 1:
-            return b"".join((self._head_one, keys[0], self._schema_bulk, args[0]))
+            return b"".join((self._head_one, keys[0], self._schema_bulk, self._floor[2], args[0]))
         numkeys = b"%d" % (FIXED_KEYS + 2 * n)
         return b"".join((
-            b"*%d\r\n" % (3 + FIXED_KEYS + 2 * n + 1 + DECISION_ARGS * n), self._packed_sha,
+            b"*%d\r\n" % (3 + FIXED_KEYS + 2 * n + 2 + DECISION_ARGS * n), self._packed_sha,
             b"$%d\r\n%s\r\n" % (len(numkeys), numkeys), self._packed_keys, *keys,
-            self._schema_bulk, *args,
+            self._schema_bulk, self._floor[2], *args,
         ))
 
     async def _recover(self, intent_id: str, digest: str, cause: BaseException) -> Decision:

@@ -3,7 +3,8 @@
 Invariant upheld: *fail closed, and say why* (DESIGN.md §5). The latch is the HASH
 ``keys.state`` (``state`` ACTIVE | REDUCING | HALTED, ``reason``, ``by`` = who, e.g. an
 operator's ``user@host``, ``at_ms`` = Redis server time, ``revoked_token``,
-``prev_state``). One script
+``prev_state``, ``version`` = the latch's number, one more than the latch it replaced).
+One script
 (``lua/killswitch_set.lua``) writes it, appends an entry to the account's journal and
 PUBLISHes a JSON message on ``keys.control_channel`` — all in one atomic step, so a
 latch is never set without its record and announcement. With ``revoke`` the same step
@@ -22,17 +23,33 @@ already cancelled at the venue when the command returns; the active instance doe
 on the control-channel message (and reconciliation on takeover), and the gate refuses
 every new order meanwhile. The operator command around it (which accounts, the wait for
 confirmations, exit codes) is ``guardrails/ops/kill.py``.
+
+A latch Redis lost is not a latch never set. Redis can lose its last writes (a crash
+under ``appendfsync everysec``, a failover to a replica that had not received them), and
+then a kill an instance already obeyed reads ACTIVE again (the key is gone) or as the
+older latch it replaced. The fence does not show it: without ``--revoke`` a kill does not
+touch the fence, and a fence rolled back within its epoch is raised silently on the next
+acquire (``lua/lease_acquire.lua``). So every instance remembers the newest latch it saw
+(``LatchSeen``, per host in ``FileLatchMemory``) and judges every latch it reads against
+it (``follow``): a version below the remembered one is a lost latch — the instance
+admits nothing (the gate refuses ``latch_lost`` below the floor it is given) and says so,
+until an operator writes a new latch (``kill`` or ``resume``), whose version is above
+what Redis showed. What that does NOT cover: a kill lost before any instance read it
+(no one saw it: nothing to remember — ``kill`` reports whether a bot confirmed it and
+whether every replica acknowledged it), and an instance on another host that never saw
+the lost latch (each host remembers what its own instances saw).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from guardrails import scripts
+from guardrails import scripts, statedir
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import TradingState
 
@@ -54,6 +71,9 @@ class Latch:
     by: str = ""
     at_ms: int | None = None
     revoked_token: str = ""
+    version: int = 0
+    """The latch's number (one more than the latch it replaced); 0 when there is none or
+    it was written before latches had versions."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -62,6 +82,7 @@ class Latch:
             "by": self.by,
             "at_ms": self.at_ms,
             "revoked_token": self.revoked_token or None,
+            "version": self.version,
         }
 
 
@@ -81,6 +102,8 @@ class StateChange:
     """Value of the fencing counter after the revoke's INCR ("" without revoke)."""
     subscribers: int
     """Processes subscribed to the control channel when the change was published."""
+    version: int = 0
+    """The new latch's version."""
     replicas: int = 0
     """Replicas connected to the server that took the write (INFO replication)."""
     acked: int = 0
@@ -94,12 +117,12 @@ class StateChange:
         return not self.replication_problem and self.acked >= self.replicas
 
 
-def _at_ms(v: str | None, key: str) -> int | None:
-    """The latch's ``at_ms`` (absent: None) as lib/int.lua's stored integer."""
+def _nat(v: str | None, what: str) -> int | None:
+    """A latch field (absent: None) as lib/int.lua's stored integer."""
     if not v:
         return None
     try:
-        return scripts.stored_nat(v, f"{key} at_ms")
+        return scripts.stored_nat(v, what)
     except ValueError as e:
         raise KillSwitchError(f"{e}: fail closed, fix the key") from None
 
@@ -123,14 +146,82 @@ async def read_latch(redis: aioredis.Redis, keys: AccountKeys) -> Latch:
         raise KillSwitchError(
             f"{keys.state} state={fields.get('state')!r} is not ACTIVE|REDUCING|HALTED"
         ) from None
-    at = fields.get("at_ms")
     return Latch(
         state=state,
         reason=fields.get("reason", ""),
         by=fields.get("by", ""),
-        at_ms=_at_ms(at, keys.state),
+        at_ms=_nat(fields.get("at_ms"), f"{keys.state} at_ms"),
         revoked_token=fields.get("revoked_token", ""),
+        version=_nat(fields.get("version"), f"{keys.state} version") or 0,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LatchSeen:
+    """The newest latch an instance saw: what it judges every latch it reads against."""
+
+    version: int
+    state: TradingState
+    at_ms: int | None = None
+    by: str = ""
+    lost: str = ""
+    """Non-empty while the latch in Redis is behind one seen before (that one, described):
+    ``version`` etc. are then the latch Redis showed, and only a newer one clears it."""
+
+    @property
+    def floor(self) -> int:
+        """The lowest latch version anything may be admitted under (``gate_admit.lua``,
+        step 2): the version seen, or, while lost, one above what Redis showed."""
+        return self.version + 1 if self.lost else self.version
+
+    def describe(self) -> str:
+        return f"{self.state.value} version {self.version} by {self.by or '?'} at_ms {self.at_ms}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": self.version, "state": self.state.value, "at_ms": self.at_ms,
+                "by": self.by, "lost": self.lost}
+
+
+def follow(seen: LatchSeen | None, latch: Latch) -> tuple[LatchSeen, bool]:
+    """What an instance that remembers ``seen`` makes of reading ``latch`` (pure): what it
+    remembers now, and whether the latch has just gone backwards — a version below the one
+    seen (an absent latch is version 0). A newer version is followed (and ends a loss);
+    the same version is the same latch (or, while lost, the one Redis fell back to)."""
+    now = LatchSeen(latch.version, latch.state, latch.at_ms, latch.by)
+    if seen is None or latch.version > seen.version:
+        return now, False
+    if latch.version == seen.version:
+        return seen, False
+    return replace(now, lost=seen.lost or seen.describe()), True
+
+
+class FileLatchMemory:
+    """The newest latch this host's instances of an account saw (``LatchSeen``), kept in
+    ``<state dir>/latch/`` (``statedir.HostMemory``: only this user's own private file is
+    trusted, ``load`` raises ``StateDirError`` otherwise; ``save`` never raises), so that a
+    restarted instance still knows a latch Redis has since lost. Our own file that does
+    not parse is logged and read as none."""
+
+    def __init__(self, account: str, redis_target: str, root: Path | None = None) -> None:
+        self._file = statedir.HostMemory("latch", account, redis_target, root)
+        self.path = self._file.path
+
+    def load(self) -> LatchSeen | None:
+        doc = self._file.load_doc()
+        if doc is None:
+            return None
+        try:
+            at_ms = doc.get("at_ms")
+            seen = LatchSeen(int(doc["version"]), TradingState(doc["state"]),
+                             None if at_ms is None else int(at_ms), str(doc.get("by", "")),
+                             str(doc.get("lost", "")))
+        except (ValueError, KeyError, TypeError) as e:
+            self._file.unreadable(e)
+            return None
+        return seen if seen.version >= 0 else None
+
+    def save(self, seen: LatchSeen) -> None:
+        self._file.save_doc(seen.to_json())
 
 
 class KillSwitch:
@@ -185,10 +276,12 @@ class KillSwitch:
             raise KillSwitchError(
                 f"{k.account}: wrote the latch but could not read it back: {e}"
             ) from e
-        if latch.state is not state or latch.at_ms != change.at_ms:
+        if (latch.state is not state or latch.at_ms != change.at_ms
+                or latch.version != change.version):
             raise KillSwitchError(
-                f"{k.account}: latch read back as {latch.state.value} at {latch.at_ms}, "
-                f"not {state.value} at {change.at_ms}: another operator changed it; check status"
+                f"{k.account}: latch read back as {latch.state.value} at {latch.at_ms} "
+                f"(version {latch.version}), not {state.value} at {change.at_ms} (version "
+                f"{change.version}): another operator changed it; check status"
             )
         return change
 
@@ -209,9 +302,9 @@ class KillSwitch:
 
     def _outcome(self, raw: object, state: TradingState, reason: str, by: str) -> StateChange:
         """Map the script's reply to a value: the ONE place its codes are interpreted."""
-        if not isinstance(raw, list) or len(raw) != 6:
+        if not isinstance(raw, list) or len(raw) != 7:
             raise KillSwitchError(f"{self._keys.account}: unexpected script reply {raw!r}")
-        code, prev, at_ms, revoked, fence_after, subscribers = (
+        code, prev, at_ms, revoked, fence_after, subscribers, version = (
             x.decode() if isinstance(x, bytes) else x for x in raw
         )
         if code == 1:
@@ -225,6 +318,7 @@ class KillSwitch:
                 revoked_token=str(revoked),
                 fence_after=str(fence_after),
                 subscribers=int(subscribers),
+                version=int(version),
             )
         if code == -1:
             index, _, kind = str(prev).partition(":")
@@ -235,4 +329,7 @@ class KillSwitch:
             )
         if code == -2:
             raise KillSwitchError(f"{self._keys.account}: {prev!r} is not a trading state")
+        if code == -3:
+            raise KillSwitchError(f"{self._keys.account}: {prev}; nothing written. Repair "
+                                  "the latch's version field first")
         raise KillSwitchError(f"{self._keys.account}: unknown script code {code!r}")

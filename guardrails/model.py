@@ -59,6 +59,9 @@ class DenyReason(StrEnum):
     """Why the gate refused an intent, in the order the checks run (docs/gate.md)."""
 
     SCHEMA_MISMATCH = "schema_mismatch"
+    LATCH_LOST = "latch_lost"
+    """The kill-switch latch in Redis is older than one this instance saw (Redis lost
+    writes): nothing is admitted until an operator writes a new one (``kill``/``resume``)."""
     HALTED = "halted"
     REDUCE_ONLY = "reduce_only"
     STALE_TOKEN = "stale_token"

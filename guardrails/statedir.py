@@ -19,6 +19,9 @@ choosing (as root: any file). Every user of the state directory goes through her
   renamed over ``path`` (a rename replaces the name, never writes through a link).
 - ``open_lock(path)`` / ``open_append(path)``: a lock file or a log opened (created 0600)
   with ``O_NOFOLLOW`` and checked like ``read_private``.
+- ``HostMemory``: one small JSON document this host keeps about an account's history in
+  one Redis (the fence's highest token, the newest kill-switch latch), read and written
+  by the rules above.
 
 The directory derives from the user id, never from ``$HOME``: two supervisors with
 different ``HOME`` must share one embedded Redis and one fence memory.
@@ -30,12 +33,20 @@ Not guaranteed: protection against root, or against this same user.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
+import logging
 import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from guardrails import logs
 
 STATE_DIR_ENV = "GUARDRAILS_STATE_DIR"
+
+log = logging.getLogger("guardrails.statedir")
 
 
 class StateDirError(RuntimeError):
@@ -196,3 +207,52 @@ def open_lock(path: Path) -> int:
     """A read-write descriptor of the lock file ``path`` (created 0600 if missing) for
     ``flock``, checked like ``read_private``. Call ``private_dir`` first."""
     return _open_checked(path, os.O_RDWR | os.O_CREAT)
+
+
+class HostMemory:
+    """What this host's instances of an account saw of one Redis's history, kept beyond
+    their lives in ``<state dir>/<kind>/<sha256(account|redis target)[:16]>.json`` (or
+    under ``root``), so that a cold start after Redis lost writes still notices. Keyed by
+    the Redis target too: another Redis is another history (a bench or a test server),
+    not a loss.
+
+    ``load_doc`` raises ``StateDirError`` when the state directory, ``<kind>/`` or the
+    file is not this user's (a planted memory could make an instance raise an alarm, or
+    forget what it saw) — fail closed, naming the path; our own file that does not parse
+    as a JSON object is logged (``<kind>.memory_unreadable``) and read as none.
+    ``save_doc`` writes a fresh 0600 file and renames it, and never raises: a directory
+    refused since, or a failed write, is logged as ``<kind>.memory_unwritable`` (a memory
+    that cannot be written is only less memory, never a reason to stop)."""
+
+    def __init__(self, kind: str, account: str, redis_target: str,
+                 root: Path | None = None) -> None:
+        digest = hashlib.sha256(f"{account}|{redis_target}".encode()).hexdigest()[:16]
+        self.path = (root or state_dir() / kind) / f"{digest}.json"
+        self.kind = kind
+        self.account = account
+
+    def load_doc(self) -> dict[str, Any] | None:
+        private_dir(self.path.parent)
+        raw = read_private(self.path)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                raise ValueError(f"not a JSON object: {type(doc).__name__}")
+        except ValueError as e:
+            self.unreadable(e)
+            return None
+        return doc
+
+    def save_doc(self, doc: dict[str, Any]) -> None:
+        try:
+            write_private(self.path, json.dumps({"account": self.account, **doc}).encode())
+        except (OSError, StateDirError) as e:
+            logs.event(log, f"{self.kind}.memory_unwritable", logging.WARNING,
+                       path=str(self.path), error=f"{type(e).__name__}: {e}")
+
+    def unreadable(self, e: BaseException) -> None:
+        """Say that our own file does not hold what its reader expects (read as none)."""
+        logs.event(log, f"{self.kind}.memory_unreadable", logging.WARNING, path=str(self.path),
+                   error=f"{type(e).__name__}: {e}")

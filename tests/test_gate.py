@@ -285,7 +285,8 @@ def test_deny_codes_when_compared_with_script_then_same_table() -> None:
 
 
 async def test_admit_when_every_reason_then_each_reachable_in_suite() -> None:
-    reached = {d[3] for d in DENIALS} | {DenyReason.STALE_TOKEN}
+    # (latch_lost needs a gate given a latch floor: tests/test_kill_gate.py)
+    reached = {d[3] for d in DENIALS} | {DenyReason.STALE_TOKEN, DenyReason.LATCH_LOST}
     in_script = set(DENY_CODES.values())
     assert in_script <= reached
 
@@ -450,7 +451,7 @@ async def test_script_when_raw_qty_malformed_then_bad_order_and_no_state_change(
             k.marks, k.throttle, k.open_orders, k.journal, k.stats, k.denials, k.nonce,
             k.aggregates, k.tombstones, k.day("2026-01-01"), k.order(coid)]
     before = await risk_snapshot(redis_client, acct)
-    [raw] = await script(keys=keys, args=[SCHEMA_VERSION, TOKEN, HOLDER, "raw", coid, SYMBOL,
+    [raw] = await script(keys=keys, args=[SCHEMA_VERSION, 0, TOKEN, HOLDER, "raw", coid, SYMBOL,
                                           "buy", qty, "60000", 0, "2026-01-01"])
     assert raw[0] == 6, raw  # BAD_ORDER
     assert await risk_snapshot(redis_client, acct) == before

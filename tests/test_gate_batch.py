@@ -309,7 +309,7 @@ def _keys(k: AccountKeys, coids: list[str]) -> list[str]:
 
 
 def _args(iids: list[str]) -> list[Any]:
-    out: list[Any] = [SCHEMA_VERSION]
+    out: list[Any] = [SCHEMA_VERSION, 0]  # schema, latch floor
     for iid in iids:
         out += [TOKEN, HOLDER, iid, client_order_id_for(iid), SYMBOL, "buy", "0.0100", "60000",
                 0, "2026-01-01"]

@@ -12,7 +12,9 @@ from decimal import Decimal
 
 import redis.asyncio as aioredis
 
-from guardrails.model import Admitted, Denied, DenyReason, Intent, Side
+from guardrails.gate import OrderGate
+from guardrails.killswitch import KillSwitch
+from guardrails.model import Admitted, Denied, DenyReason, Intent, Side, TradingState
 from tests import opskit
 from tests.conftest import subprocess_env
 from tests.redis_harness import RedisServer
@@ -140,3 +142,36 @@ async def test_kill_revoke_when_holder_trading_then_its_token_is_refused_even_af
     assert isinstance(stale, Denied)
     assert stale.reason in (DenyReason.STALE_TOKEN, DenyReason.LEASE_EXPIRED)
     assert int(await redis_client.get(opskit.KEYS.fence)) == opskit.TOKEN + 1
+
+
+async def test_gate_when_latch_below_the_floor_seen_then_latch_lost_and_nothing_reserved(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: a kill (version 1) this instance saw, then resumed (version 2)
+    await opskit.seed(redis_client)
+    ks = KillSwitch(redis_client, opskit.KEYS)
+    await ks.set_state(TradingState.HALTED, reason="k", by="o@h")
+    await ks.set_state(TradingState.ACTIVE, reason="r", by="o@h")
+    floor = 2
+    gate = OrderGate(redis_client, opskit.KEYS, opskit.RISK, latch_floor=lambda: floor)
+
+    async def admit(n: int) -> Admitted | Denied:
+        return await gate.admit(Intent(opskit.BTC, Side.BUY, Decimal("0.0001"),
+                                       Decimal("59500"), intent_id=f"f-{n}"),
+                                intent_id=f"f-{n}", token=opskit.TOKEN, holder_id=opskit.HOLDER)
+
+    assert isinstance(await admit(1), Admitted)  # the latch seen: trades
+    before = await redis_client.hgetall(opskit.KEYS.reservations)
+
+    # Act: Redis loses both writes (the latch is gone), then only the resume
+    await redis_client.delete(opskit.KEYS.state)
+    gone = await admit(2)
+    await redis_client.hset(opskit.KEYS.state, mapping={"state": "HALTED", "version": "1"})
+    older = await admit(3)
+
+    # Assert
+    for denied, version in ((gone, 0), (older, 1)):
+        assert isinstance(denied, Denied) and denied.reason is DenyReason.LATCH_LOST
+        assert f"latch is version {version}, below 2" in denied.detail
+    assert await redis_client.hgetall(opskit.KEYS.reservations) == before
+    assert await redis_client.hget(opskit.KEYS.stats, "denied:latch_lost") == "2"

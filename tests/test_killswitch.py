@@ -8,12 +8,21 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from guardrails.keys import ACCOUNTS_INDEX, AccountId, AccountKeys
-from guardrails.killswitch import KillSwitch, KillSwitchError, read_latch
+from guardrails.killswitch import (
+    FileLatchMemory,
+    KillSwitch,
+    KillSwitchError,
+    Latch,
+    LatchSeen,
+    follow,
+    read_latch,
+)
 from guardrails.model import TradingState
 from tests.conftest import subprocess_env
 from tests.redis_harness import RedisServer, free_port
@@ -205,3 +214,106 @@ def test_cli_kill_all_when_no_known_accounts_then_exits_1(redis_server: RedisSer
     # Assert
     assert done.returncode == 1
     assert "nothing was changed" in done.stderr
+
+
+# -- versions: what a lost latch is judged by ----------------------------------------------
+
+
+async def test_kill_when_latches_written_then_each_version_one_above_the_last_and_journaled(
+    redis_client: aioredis.Redis,
+) -> None:
+    ks = KillSwitch(redis_client, KEYS)
+
+    first = await ks.set_state(TradingState.HALTED, reason="a", by="o@h")
+    second = await ks.set_state(TradingState.ACTIVE, reason="b", by="o@h")
+
+    assert (first.version, second.version) == (1, 2)
+    assert (await read_latch(redis_client, KEYS)).version == 2
+    journal = await redis_client.xrange(KEYS.journal)
+    assert [f["version"] for _, f in journal] == ["1", "2"]
+
+
+async def test_kill_when_latch_from_before_versions_then_read_as_0_and_next_is_1(
+    redis_client: aioredis.Redis,
+) -> None:
+    await redis_client.hset(KEYS.state, mapping={"state": "HALTED", "at_ms": "5", "by": "old"})
+    assert (await read_latch(redis_client, KEYS)).version == 0
+
+    change = await KillSwitch(redis_client, KEYS).set_state(TradingState.ACTIVE, reason="r",
+                                                            by="o@h")
+
+    assert change.version == 1 and change.prev_state is TradingState.HALTED
+
+
+async def test_kill_when_version_field_malformed_then_raises_and_writes_nothing(
+    redis_client: aioredis.Redis,
+) -> None:
+    await redis_client.hset(KEYS.state, mapping={"state": "HALTED", "version": "1e3"})
+    await redis_client.set(KEYS.fence, 3)
+
+    with pytest.raises(KillSwitchError, match="version"):
+        await KillSwitch(redis_client, KEYS).set_state(TradingState.ACTIVE, reason="r",
+                                                       by="o@h", revoke=True)
+    with pytest.raises(KillSwitchError, match="version"):
+        await read_latch(redis_client, KEYS)
+    assert await redis_client.get(KEYS.fence) == "3"
+    assert await redis_client.hget(KEYS.state, "state") == "HALTED"
+    assert await redis_client.exists(KEYS.journal) == 0
+
+
+def _latch(state: TradingState, version: int) -> Latch:
+    return Latch(state, by="o@h", at_ms=1000 + version, version=version)
+
+
+def test_follow_when_nothing_seen_or_newer_then_followed_floor_is_its_version() -> None:
+    seen, back = follow(None, _latch(TradingState.HALTED, 3))
+    assert not back and seen == LatchSeen(3, TradingState.HALTED, 1003, "o@h")
+    assert seen.floor == 3
+    newer, back = follow(seen, _latch(TradingState.ACTIVE, 4))
+    assert not back and newer.version == 4 and newer.floor == 4
+    same, back = follow(newer, _latch(TradingState.ACTIVE, 4))
+    assert not back and same is newer
+
+
+@pytest.mark.parametrize("to", [
+    pytest.param(Latch(TradingState.ACTIVE), id="absent"),
+    pytest.param(_latch(TradingState.ACTIVE, 2), id="older-active"),
+    pytest.param(_latch(TradingState.HALTED, 2), id="older-halted"),
+])
+def test_follow_when_latch_goes_back_then_lost_until_a_newer_one(to: Latch) -> None:
+    seen, _ = follow(None, _latch(TradingState.REDUCING, 3))
+
+    lost, back = follow(seen, to)
+
+    assert back and lost.lost == "REDUCING version 3 by o@h at_ms 1003"
+    assert lost.version == to.version and lost.floor == to.version + 1
+    again, back = follow(lost, to)  # the same latch Redis fell back to: still lost, said once
+    assert not back and again is lost
+    # a new kill or resume writes the version above what Redis showed: it ends the loss
+    renewed, back = follow(lost, _latch(TradingState.ACTIVE, to.version + 1))
+    assert not back and not renewed.lost and renewed.floor == to.version + 1
+
+
+def test_follow_when_lost_latch_goes_further_back_then_lost_again_keeping_the_first() -> None:
+    seen, _ = follow(None, _latch(TradingState.HALTED, 5))
+    lost, _ = follow(seen, _latch(TradingState.ACTIVE, 3))
+
+    further, back = follow(lost, _latch(TradingState.ACTIVE, 1))
+
+    assert back and further.lost == lost.lost and further.floor == 2
+
+
+def test_latch_memory_when_saved_then_loaded_by_the_next_instance_lost_included(
+    tmp_path: Path,
+) -> None:
+    memory = FileLatchMemory("paper:demo", "redis://x", root=tmp_path)
+    assert memory.load() is None
+    seen, _ = follow(None, _latch(TradingState.HALTED, 2))
+    lost, _ = follow(seen, Latch(TradingState.ACTIVE))
+
+    memory.save(lost)
+
+    assert FileLatchMemory("paper:demo", "redis://x", root=tmp_path).load() == lost
+    assert FileLatchMemory("paper:demo", "redis://other", root=tmp_path).load() is None
+    memory.path.write_text('{"version": "two"}')
+    assert memory.load() is None  # our own file, unreadable: logged, read as none

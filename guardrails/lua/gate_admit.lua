@@ -3,7 +3,7 @@
 -- alone, in order, after the ones before it.
 --
 -- KEYS[1]  schema        STRING  key-schema version
--- KEYS[2]  state         HASH    trading-state latch (field state)
+-- KEYS[2]  state         HASH    trading-state latch (fields state, version)
 -- KEYS[3]  lease         STRING  "<token>:<holder_id>" with PX
 -- KEYS[4]  intents       HASH    intent id -> "<coid>|<token>|<deadline_ms>|<nonce or ->|<digest>"
 -- KEYS[5]  limits        HASH    the account's effective limits (docs/keys.md)
@@ -21,7 +21,9 @@
 -- then for decision j = 1..n:
 --   KEYS[15 + 2j] day    HASH    its trading day's realized_pnl (money)
 --   KEYS[16 + 2j] order  HASH    the order record of its client order id
--- ARGV[1] schema version expected; then decision j's ten at o = 1 + 10 (j - 1):
+-- ARGV[1] schema version expected; ARGV[2] latch floor: the lowest latch version the caller
+-- accepts (the newest it saw: a latch below it was lost by Redis; 0: none seen);
+-- then decision j's ten at o = 2 + 10 (j - 1):
 --   ARGV[o+1] token   ARGV[o+2] holder id   ARGV[o+3] intent id   ARGV[o+4] client order id
 --   ARGV[o+5] symbol  ARGV[o+6] side (buy|sell)   ARGV[o+7] qty (decimal string)
 --   ARGV[o+8] price (decimal string)   ARGV[o+9] allocate nonce (0|1)   ARGV[o+10] trading day
@@ -37,7 +39,7 @@
 -- digest differs is denied intent_conflict.
 --
 -- What a batch reads once and shares (S below): the schema, the limits and parsed
--- limits, the instrument specs, the trading state, the lease, the server time and each
+-- limits, the instrument specs, the trading state and the latch's version, the lease, the server time and each
 -- day's realized loss. No decision writes any of them, and nothing else runs during a
 -- script (a key cannot change or expire in it), so a later read would return the same;
 -- the clock is sampled once, beside the lease's PTTL: a batch is decided at one instant,
@@ -291,7 +293,7 @@ local function deny(K, A, o, reason, detail)
     'schema_mismatch', 'halted', 'reduce_only', 'stale_token', 'lease_expired',
     'bad_order', 'unknown_symbol', 'off_tick', 'off_lot', 'max_notional',
     'price_band', 'throttled', 'position_limit', 'gross_exposure', 'daily_loss', 'bad_state',
-    'intent_conflict', 'intent_pruned',
+    'intent_conflict', 'intent_pruned', 'latch_lost',
   }
   local code
   for i = 1, #REASON do if REASON[i] == reason then code = i; break end end
@@ -339,7 +341,11 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
   spec = S.spec[symbol]
   if spec == nil then spec = rd('HGET', K_LIMITS, 'i:' .. symbol); S.spec[symbol] = spec end
   local state = S.state
-  if state == nil then state = rd('HGET', K_STATE, 'state'); S.state = state end
+  if state == nil then
+    local latch = rd('HMGET', K_STATE, 'state', 'version')
+    state = latch[1]
+    S.state, S.version = state, stored_nat(latch[2], 'latch version')
+  end
 
   -- Order sanity (pure); reported at step 5, or at step 2 in REDUCING.
   local sane_code, sane_detail, side, lots, ticks, k, max_lots
@@ -368,7 +374,12 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
     v_mark = marks[symbol]
   end
 
-  -- 2. trading state
+  -- 2. trading state: first, the latch is not older than one the caller saw
+  if S.version < S.floor then
+    return deny(K, A, o, 'latch_lost', 'the kill-switch latch is version ' .. fmt(S.version) ..
+      ', below ' .. fmt(S.floor) .. ', the lowest this instance accepts (it saw a newer one): ' ..
+      'Redis lost it; write a new one with `guardrails kill` or `guardrails resume`')
+  end
   if state == 'HALTED' then return deny(K, A, o, 'halted', 'account is HALTED') end
   if state == 'REDUCING' then
     if sane_code then return deny(K, A, o, sane_code, sane_detail) end
@@ -557,18 +568,22 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
   return {0, 0, tonumber(token), deadline, nonce, symbol, side_name, qty_s, price_s}
 end
 
-local n = (#ARGV - 1) / 10
+local n = (#ARGV - 2) / 10
 if n < 1 or n > BATCH_MAX or n % 1 ~= 0 or #KEYS ~= 16 + 2 * n then
   return redis.error_reply('gate_admit: ' .. #KEYS .. ' keys and ' .. #ARGV ..
     ' arguments are not 1 to ' .. BATCH_MAX .. ' whole decisions')
 end
+local floor = arg_int(ARGV[2])
+if not floor then
+  return redis.error_reply('gate_admit: latch floor ' .. tostring(ARGV[2]) .. ' is not an integer >= 0')
+end
 -- the batch's shared reads (nil: not read yet; false: read, absent) and counters; every
 -- field is named here, so the table is made at its final size (no rehash as it fills)
-local S = {schema = nil, lim = nil, limn = nil, state = nil, lease = nil, pttl = nil,
-  now = nil, spec = {}, rp = {}, admitted = 0, duplicate = 0}
+local S = {schema = nil, lim = nil, limn = nil, state = nil, version = nil, floor = floor,
+  lease = nil, pttl = nil, now = nil, spec = {}, rp = {}, admitted = 0, duplicate = 0}
 local out = {}
 for j = 1, n do
-  local o = 10 * (j - 1) + 1
+  local o = 10 * (j - 1) + 2
   local ok, result = pcall(admit, KEYS, ARGV, S, o, KEYS[15 + 2 * j], KEYS[16 + 2 * j])
   if not ok then
     -- a stored-state failure (lib/int's {bad = ...}, or a command's error: Redis's pcall

@@ -1,6 +1,7 @@
 -- killswitch_set: set the account's trading-state latch, journal it and announce it, atomically.
 --
--- KEYS[1] state_key    HASH  the latch: state, reason, by, at_ms, revoked_token
+-- KEYS[1] state_key    HASH  the latch: state, reason, by, at_ms, revoked_token, prev_state,
+--                            version (this latch's number: one more than the one it replaces)
 -- KEYS[2] journal_key  STREAM the account's append-only journal
 -- KEYS[3] fence_key    STRING integer fencing counter (INCR'd only when revoke = "1")
 -- KEYS[4] lease_key    STRING "<token>:<holder_id>" (deleted only when revoke = "1")
@@ -11,11 +12,15 @@
 -- ARGV[4] revoke       "1": also bump the fence and delete the lease (fence the holder out)
 -- ARGV[5] account      "venue:account" (for the published payload and journal)
 --
--- Returns {code, prev_state, at_ms, revoked_token, fence_after, subscribers}
+-- Returns {code, prev_state, at_ms, revoked_token, fence_after, subscribers, version}
 --   code  1 = latch written (revoked_token "" when there was no lease or no revoke;
---             fence_after "" when revoke = "0")
+--             fence_after "" when revoke = "0"); version its number
 --        -1 = a key has the wrong type: prev_state carries "<key index>:<type>"; nothing written
 --        -2 = new_state is not one of the three states; nothing written
+--        -3 = the stored version is not a stored integer: prev_state carries why; nothing written
+-- The version only grows while Redis keeps its writes: a latch that went missing or came
+-- back older (a crash that lost the last writes, a failover to a replica without them)
+-- shows as a version below one an instance saw (docs/keys.md; killswitch.py).
 local state_key = KEYS[1]
 local journal_key = KEYS[2]
 local fence_key = KEYS[3]
@@ -27,11 +32,12 @@ local by = ARGV[3]
 local revoke = ARGV[4] == "1"
 local account = ARGV[5]
 
+--!include lib/int.lua
 --!include lib/time.lua
 --!include lib/journal.lua
 
 if new_state ~= "ACTIVE" and new_state ~= "REDUCING" and new_state ~= "HALTED" then
-  return {-2, new_state, "", "", "", 0}
+  return {-2, new_state, "", "", "", 0, 0}
 end
 
 -- Fail closed on a key of an unexpected shape: check every type before writing anything.
@@ -43,9 +49,17 @@ end
 for i, pair in ipairs(expected) do
   local t = redis.call("TYPE", pair[1])["ok"]
   if t ~= "none" and t ~= pair[2] then
-    return {-1, tostring(i) .. ":" .. t, "", "", "", 0}
+    return {-1, tostring(i) .. ":" .. t, "", "", "", 0, 0}
   end
 end
+
+-- a latch from before versions has none: it counts as 0 (read before any write)
+local ok, version = pcall(stored_nat, redis.call("HGET", state_key, "version"),
+  "latch " .. state_key .. " version")
+if not ok then
+  return {-3, failure_detail(version) or tostring(version), "", "", "", 0, 0}
+end
+version = version + 1
 
 local prev_state = redis.call("HGET", state_key, "state")
 if not prev_state then
@@ -73,18 +87,18 @@ end
 
 redis.call("HSET", state_key,
   "state", new_state, "reason", reason, "by", by, "at_ms", at_ms,
-  "revoked_token", revoked_token, "prev_state", prev_state)
+  "revoked_token", revoked_token, "prev_state", prev_state, "version", fmt(version))
 
 journal_add(journal_key,
   "ev", "trading_state", "account", account, "prev_state", prev_state, "state", new_state,
   "reason", reason, "by", by, "at_ms", at_ms, "revoked_token", revoked_token,
-  "fence", fence_after)
+  "fence", fence_after, "version", fmt(version))
 
 local payload = cjson.encode({
   type = "trading_state", account = account, state = new_state, prev_state = prev_state,
   reason = reason, by = by, at_ms = tonumber(at_ms), revoked_token = revoked_token,
-  fence = fence_after,
+  fence = fence_after, version = version,
 })
 local subscribers = redis.call("PUBLISH", control_chan, payload)
 
-return {1, prev_state, at_ms, revoked_token, fence_after, subscribers}
+return {1, prev_state, at_ms, revoked_token, fence_after, subscribers, version}

@@ -48,6 +48,7 @@ from guardrails.fencing import FileFenceMemory
 from guardrails.infra import connect, persistence
 from guardrails.infra.embedded import EmbeddedRedisError
 from guardrails.keys import AccountKeys
+from guardrails.killswitch import FileLatchMemory
 from guardrails.lease import LeaderElector, Leadership, Lease
 from guardrails.limits import check_or_init
 from guardrails.ops import notify
@@ -288,10 +289,12 @@ class Guard:
         # state directory) is refused here, never trusted into the lease (where a forged
         # history would raise the account's lost-history alarm for every instance).
         memory = FileFenceMemory(str(cfg.account_id), self.target)
+        latch_memory = FileLatchMemory(str(cfg.account_id), self.target)
         try:
             memory.load()
+            latch_seen = latch_memory.load()  # the newest kill-switch latch this host saw
         except StateDirError as e:
-            raise GuardError(f"{cfg.source}: fence memory: {e}") from None
+            raise GuardError(f"{cfg.source}: fence or latch memory: {e}") from None
         self._memory = memory
         self._redis = await connect.connect(cfg.redis.model_copy(update={"url": url}))
         logs.event(
@@ -313,7 +316,8 @@ class Guard:
             if dash is not None:
                 self._closers.append(dash)
         self._services = AccountServices(cfg, self.redis, self.venue, self.marks,
-                                         instance_id=self.instance_id, token=lambda: self._token)
+                                         instance_id=self.instance_id, token=lambda: self._token,
+                                         latch_memory=latch_memory, latch_seen=latch_seen)
         self._main = asyncio.create_task(self._background(), name="guard-main")
 
     async def _start_venue(self) -> None:

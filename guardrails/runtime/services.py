@@ -4,8 +4,10 @@ For the whole life of the process (``Guard.__aenter__`` to ``__aexit__``): the r
 heartbeat (role, token and digests, said at once when the role changes) and alert
 delivery. While this instance is active (one task group per term, cancelled when the
 term ends): the fills/marks pump, the kill-switch listener (a HALTED latch cancels the
-account's open orders), the settler of in-doubt orders, and the periodic position and
-P&L report. The health endpoint and the optional dashboard are started here too.
+account's open orders; a latch older than one seen — Redis lost it — stops admission and
+raises ``kill.latch_lost``: ``killswitch.follow``), the settler of in-doubt orders, and
+the periodic position and P&L report. The health endpoint and the optional dashboard
+are started here too.
 
 Every loop survives infrastructure errors (logged once per outage, retried): a service
 that stops would leave the account's exposure unmanaged while the lease is held. None
@@ -30,7 +32,15 @@ from guardrails import logs
 from guardrails.config import Config, RedisConfig
 from guardrails.infra import connect
 from guardrails.keys import AccountKeys
-from guardrails.killswitch import KillSwitch, KillSwitchError, Latch, read_latch
+from guardrails.killswitch import (
+    FileLatchMemory,
+    KillSwitch,
+    KillSwitchError,
+    Latch,
+    LatchSeen,
+    follow,
+    read_latch,
+)
 from guardrails.ledger import FillOutcome, Ledger, LedgerError
 from guardrails.model import Fill, OrderState, TradingState
 from guardrails.ops import notify
@@ -46,7 +56,7 @@ from guardrails.reconcile import ReconcileReport, reconcile_order
 from guardrails.registry import Registry
 from guardrails.runtime.context import ContextUnavailable, MarkBook, cancel_order, checkpoint
 from guardrails.runtime.health import start_health_server
-from guardrails.statedir import state_dir
+from guardrails.statedir import StateDirError, state_dir
 from guardrails.venues.base import Venue, VenueError
 
 log = logging.getLogger("guardrails.runtime")
@@ -76,6 +86,9 @@ HALT_RECHECK_S = 0.5
 doubling intervals up to ``HALT_RECHECK_MAX_S`` while any is left: an order admitted
 just before the latch may reach the venue at any moment up to its permit deadline."""
 HALT_RECHECK_MAX_S = 5.0
+LATCH_CHECK_S = 1.0
+"""How often the kill listener reads the latch with no message: a latch Redis lost (a
+restart from an AOF without its last second, a failover) announces nothing."""
 
 
 class AccountServices:
@@ -94,6 +107,8 @@ class AccountServices:
         *,
         instance_id: str,
         token: Callable[[], int | None],
+        latch_memory: FileLatchMemory | None = None,
+        latch_seen: LatchSeen | None = None,
     ) -> None:
         self.cfg = cfg
         self.redis = redis
@@ -103,6 +118,9 @@ class AccountServices:
         self.instance_id = instance_id
         self._token = token
         self._foreign_fills: set[str] = set()
+        self._latch_memory = latch_memory
+        self.latch_seen = latch_seen
+        """The newest kill-switch latch this instance (or this host: ``latch_memory``) saw."""
 
     def ledger(self) -> Ledger:
         return Ledger(self.redis, self.keys, self.cfg.risk)
@@ -290,6 +308,7 @@ class AccountServices:
                 left = await self.cancel_if_halted("subscribed")
                 if left:
                     recheck_at = time.monotonic() + pause
+                check_at = time.monotonic() + LATCH_CHECK_S
                 while True:
                     checkpoint()
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
@@ -301,6 +320,12 @@ class AccountServices:
                         left = await self.cancel_if_halted("recheck")
                         pause = min(pause * 2, HALT_RECHECK_MAX_S)
                         recheck_at = time.monotonic() + pause if left else None
+                    elif time.monotonic() >= check_at:
+                        check_at = time.monotonic() + LATCH_CHECK_S
+                        if await self._latch_went_back():
+                            left = await self.cancel_if_halted("latch lost")
+                            pause = HALT_RECHECK_S
+                            recheck_at = time.monotonic() + pause if left else None
             except INFRA_ERRORS as e:
                 logs.event(log, "kill.listener_error", logging.WARNING,
                            error=f"{type(e).__name__}: {e}", action="resubscribing")
@@ -325,11 +350,75 @@ class AccountServices:
         except INFRA_ERRORS as e:
             logs.event(log, "kill.ack_failed", logging.WARNING, error=f"{type(e).__name__}: {e}")
 
+    def latch_floor(self) -> int:
+        """The lowest latch version the gate may admit under (``LatchSeen.floor``)."""
+        return self.latch_seen.floor if self.latch_seen is not None else 0
+
+    def recall_latch(self) -> None:
+        """At a takeover: what this host's other instances saw since this one started
+        (the memory file), if it is newer than this instance's own."""
+        if self._latch_memory is None:
+            return
+        try:
+            kept = self._latch_memory.load()
+        except StateDirError as e:  # refused since the start: keep our own
+            logs.event(log, "latch.memory_refused", logging.WARNING, error=str(e))
+            return
+        mine = self.latch_seen
+        if kept is not None and (mine is None or (kept.version, bool(kept.lost))
+                                 > (mine.version, bool(mine.lost))):
+            self.latch_seen = kept
+
+    def follow_latch(self, latch: Latch) -> bool:
+        """Judge the latch just read against the newest one seen (``killswitch.follow``)
+        and remember the outcome (in the host's memory too, before any ack of the latch
+        is written). True when it has just gone backwards, which is said once, as
+        ``kill.latch_lost``: from then on the gate refuses everything (``latch_lost``)
+        until a newer latch is written."""
+        before = self.latch_seen
+        seen, went_back = follow(before, latch)
+        if seen == before:
+            return False
+        self.latch_seen = seen
+        if self._latch_memory is not None:
+            self._latch_memory.save(seen)
+        account = self.keys.account
+        if went_back:
+            assert before is not None
+            logs.event(
+                log, "kill.latch_lost", logging.ERROR, lost=seen.lost,
+                remembered_state=before.state.value,
+                seen_state=latch.state.value, seen_version=latch.version,
+                seen_by=latch.by or None,
+                detail="the kill-switch latch in Redis is older than one this instance saw "
+                       "(absent reads version 0): Redis lost recent writes (a restart without "
+                       "its last second of AOF, a failover to a replica without them)",
+                action=f"this instance admits nothing on {account} until a new latch is "
+                       f"written: decide what the account should do and run `guardrails kill "
+                       f"--account {account}` or `guardrails resume --account {account}`; "
+                       "then check the Redis's persistence and replication")
+        elif before is not None and before.lost:
+            logs.event(log, "kill.latch_renewed", state=latch.state.value,
+                       version=latch.version, by=latch.by or None,
+                       detail="a new latch was written after the lost one: following it")
+        return went_back
+
+    async def _latch_went_back(self) -> bool:
+        """Read and follow the latch (``follow_latch``); False when it cannot be read (the
+        gate fails closed on a broken latch by itself)."""
+        errors: tuple[type[BaseException], ...] = (KillSwitchError, *INFRA_ERRORS)
+        try:
+            latch = await read_latch(self.redis, self.keys)
+        except errors:
+            return False
+        return self.follow_latch(latch)
+
     async def cancel_if_halted(self, why: str) -> int | None:
-        """If the latch says HALTED, cancel every open order of the account and return
-        how many are left open (not confirmed gone by the venue: still on their way, or
-        a cancel that failed); 1 when the latch or the open orders could not be read (so
-        the caller looks again); None when the latch is not HALTED.
+        """If the latch says HALTED, or is lost (older than one seen: ``follow_latch``),
+        cancel every open order of the account and return how many are left open (not
+        confirmed gone by the venue: still on their way, or a cancel that failed); 1 when
+        the latch or the open orders could not be read (so the caller looks again); None
+        when the latch is neither.
 
         Logs ``kill.halted`` (trigger, open orders, cancels confirmed) after every cancel
         has been confirmed by the venue and recorded; a recheck with nothing left open
@@ -341,12 +430,14 @@ class AccountServices:
         except errors as e:
             logs.event(log, "kill.read_failed", logging.WARNING, error=str(e))
             return 1  # it cannot tell: look again (a recheck reads the latch first)
+        self.follow_latch(latch)
+        lost = self.latch_seen is not None and bool(self.latch_seen.lost)
         if why in ("control message", "subscribed"):
             await self._ack_latch(latch)
         if why == "control message":
             logs.event(log, "kill.state", state=latch.state.value, reason=latch.reason or None,
                        by=latch.by or None)
-        if latch.state is not TradingState.HALTED:
+        if latch.state is not TradingState.HALTED and not lost:
             return None
         ledger = self.ledger()
         try:
@@ -358,8 +449,9 @@ class AccountServices:
             return 0
         canceled = 0
         for rec in open_orders:
-            if await cancel_order(ledger, self.venue, rec.client_order_id,
-                                  reason=f"kill switch: {latch.reason}", log=log):
+            reason = "kill switch lost by Redis" if lost else f"kill switch: {latch.reason}"
+            if await cancel_order(ledger, self.venue, rec.client_order_id, reason=reason,
+                                  log=log):
                 canceled += 1
         logs.event(log, "kill.halted", trigger=why, open_orders=len(open_orders),
                    canceled=canceled, reason=latch.reason or None)

@@ -6,7 +6,8 @@ runs in order: the venue's term-start step (Polymarket: cancel what the previous
 left resting), reconciliation of every non-terminal order with the venue (until that
 succeeds nothing trades; the lease is kept meanwhile so no other instance trades
 unreconciled), the venue's takeover step (the EVM venue's fenced nonce sync), the first
-marks, and a sweep if the kill switch is HALTED. Only then is the ``Term`` opened: the
+marks, and a sweep if the kill switch is HALTED (or its latch was lost: older than one
+this host saw). Only then is the ``Term`` opened: the
 handle through which bodies (``guard.active()`` blocks, or ``guardrails run``'s
 strategies) get their ``Context``. When the term ends — lease lost, self-fence, kill
 ``--revoke``, stop — every body is cancelled and waited for (bounded), and only then is
@@ -66,6 +67,7 @@ async def prepare(services: AccountServices, leadership: Leadership) -> bool:
     if not await _venue_takeover(services, leadership):
         return False
     await services.first_marks()
+    services.recall_latch()  # what this host's other instances saw of the latch meanwhile
     await services.cancel_if_halted("takeover")
     checkpoint()  # a stop requested meanwhile must not open the term
     return True
@@ -193,7 +195,8 @@ class Term:
         services = self._services
         return Context(
             name,
-            gate=OrderGate(services.redis, services.keys, self.cfg.risk),
+            gate=OrderGate(services.redis, services.keys, self.cfg.risk,
+                           latch_floor=services.latch_floor),
             ledger=services.ledger(),
             venue=services.venue,
             leadership=self.leadership,
