@@ -10,7 +10,7 @@ Not part of the ``make bench`` table: a diagnostic for the gate's owner.
    the difference from the cut before it. Wall time moves with the machine's load;
    ``--instructions`` runs redis-server under ``valgrind --tool=callgrind`` instead and
    reports instructions per call, which are repeatable whatever the load (about
-   553,000 per admission with redis-server 7.0.15, 3 December 2026; every variant is
+   564,000 per admission with redis-server 7.0.15, 3 December 2026; every variant is
    loaded and compiled before anything is counted).
    Then the whole script deciding in batches of 1, 2, 4, 8 and 16 (what the gate wire
    sends when decisions meet in one event-loop turn): instructions or µs per decision.
