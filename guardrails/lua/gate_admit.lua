@@ -441,7 +441,7 @@ local function admit(K, A, S, o, K_DAY, K_ORDER)
   end
   -- 4b. an intent the prune sweep archived and removed is never admitted again
   local tb, tfp = tomb_of(intent_id)
-  if tomb_has(rd('HGET', K_TOMB, tb), tfp) then
+  if tomb_has(rd('HGET', K_TOMB, tb), tfp, tb) then
     return deny(K, A, o, 'intent_pruned', 'intent ' .. intent_id .. ' was decided and pruned ' ..
       '(archived) after the retention window; a new order needs a new intent id')
   end

@@ -13,7 +13,8 @@
 -- ARGV[2..] pairs: client order id, the updated_ms the caller archived it with
 -- Returns {0, pruned_orders, pruned_intents, coid...}  the coids removed (the others are
 --           kept: no longer terminal-and-unchanged, newer than the cutoff, or open)
---         {4, detail}  a key of the wrong type: nothing written
+--         {4, detail}  a key of the wrong type, or a tomb bucket that is not whole
+--                      6-byte entries (lib/tomb.lua): nothing written
 --
 -- A candidate is removed only if, at this moment, its record's state is terminal, its
 -- updated_ms is the archived one and <= cutoff, and it is not in the open set. Terminal
@@ -80,13 +81,16 @@ local function main()
   end
   local got = rd('HMGET', K_TOMB, unpack(buckets))
   local blobs = {}
-  for j, b in ipairs(buckets) do blobs[b] = got[j] or '' end
+  for j, b in ipairs(buckets) do
+    blobs[b] = got[j] or ''
+    tomb_whole(got[j], b) -- before any write: a shifted bucket is refused
+  end
   rd('HGET', K_PRUNE, 'orders')
   rd_int('HLEN', K_CLOB_HASHES)
   -- 2. write
   local changed, del_intents, del_hashes, del_clob, del_keys = {}, {}, {}, {}, {}
   local function bury(b, fp)
-    if not tomb_has(blobs[b], fp) then
+    if not tomb_has(blobs[b], fp, b) then
       blobs[b] = blobs[b] .. fp
       changed[b] = true
     end
