@@ -27,6 +27,8 @@ Invariants upheld:
   between the two is repaired at the next sweep: a pending line whose key is gone from
   Redis is appended, the others dropped. ``read_archive`` keeps one line per order or
   fill (a repair after a crash at the wrong moment can write one twice, identically).
+  A write cut short (a full disk) is cut back, and an append first cuts a torn last
+  line (``_whole_lines``): a later append never glues a line onto a fragment.
 - *Never blocks the gate.* Each script handles at most ``batch`` (≤ 200) orders or
   fills: one command per item and about ten batch-wide ones (13-25 µs per order
   measured, ``bench/memory.py``); the sweep sleeps ``pause_s`` between batches so the
@@ -258,12 +260,13 @@ class Archive:
             raise PruneError(f"archive directory {self.path.parent} is not a directory of this "
                              f"user's own: {e}") from None
 
-    def _open(self, path: Path, flags: int, what: str = "archive") -> int:
-        """``path`` opened for writing (created 0600), refused unless it is a regular
-        0600 file of this user with one link: a planted symlink is never followed, a
-        planted or hard-linked file never written."""
+    def _open(self, path: Path, flags: int, what: str = "archive",
+              access: int = os.O_WRONLY) -> int:
+        """``path`` opened for writing (created 0600; ``access`` ``os.O_RDWR`` to read it
+        too), refused unless it is a regular 0600 file of this user with one link: a
+        planted symlink is never followed, a planted or hard-linked file never written."""
         try:
-            fd = os.open(path, flags | os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY
+            fd = os.open(path, flags | access | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY
                          | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise PruneError(f"{what} {path}: {e.strerror} (a symlink is refused; remove it)"
@@ -279,9 +282,18 @@ class Archive:
         return fd
 
     def _write(self, path: Path, lines: list[dict[str, Any]], *, append: bool) -> None:
+        """Write ``lines`` to ``path`` (appended, or replacing it), fsynced. An append
+        first cuts a torn last line (``_whole_lines``), and a write cut short (a full
+        disk) is cut back to where it started: the next append never lands on a fragment,
+        which would make a line in the middle unreadable. (What a cut append held is
+        still in the pending file: the next sweep's repair appends it again.)"""
         self._dir()
-        fd = self._open(path, os.O_APPEND if append else os.O_TRUNC)
+        fd = self._open(path, os.O_APPEND if append else os.O_TRUNC,
+                        access=os.O_RDWR if append else os.O_WRONLY)
+        start = 0
         try:
+            if append:
+                start = _whole_lines(fd)
             data = "".join(json.dumps(x, separators=(",", ":"), sort_keys=True) + "\n"
                            for x in lines).encode()
             view = memoryview(data)
@@ -290,6 +302,8 @@ class Archive:
                 view = view[n:]
             os.fsync(fd)
         except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
             raise PruneError(f"archive {path}: {e.strerror}") from None
         finally:
             os.close(fd)
@@ -321,12 +335,20 @@ class Archive:
         Redis while its archive is unwritable)."""
         self._dir()
         os.close(self._open(self.path, os.O_APPEND))
-        self._write(self.pending, lines, append=False)
+        try:
+            self._write(self.pending, lines, append=False)
+        except PruneError:
+            # the script has not run: a pending file cut short names nothing removed,
+            # and left behind it would stop every later sweep's repair
+            self.pending.unlink(missing_ok=True)
+            raise
 
     def staged(self) -> list[dict[str, Any]]:
+        """The pending file's lines; a torn last one (a crash while staging, before the
+        script ran) is left out, even when it is the only one."""
         if not self.pending.exists():
             return []
-        return list(_lines(self.pending))
+        return list(_lines(self.pending, torn_first=True))
 
     def commit(self, lines: list[dict[str, Any]]) -> None:
         """Append ``lines`` (what was removed) to the archive, fsynced; drop the pending file."""
@@ -348,7 +370,36 @@ class ArchiveLock:
             os.close(fd)  # closing the descriptor drops the flock
 
 
-def _lines(path: Path) -> Iterator[dict[str, Any]]:
+def _whole_lines(fd: int) -> int:
+    """The length of the file at ``fd`` (open read-write) once a torn last line is cut
+    off (every write ends with a newline, so bytes after the last one are a write cut
+    short); a last line that is whole JSON but lost only its newline gets it back."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = keep = size
+    while end > 0:
+        begin = max(0, end - 65536)
+        i = os.pread(fd, end - begin, begin).rfind(b"\n")
+        if i >= 0:
+            keep = begin + i + 1
+            break
+        end = keep = begin
+    try:
+        whole = isinstance(json.loads(os.pread(fd, size - keep, keep)), dict)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        whole = False
+    if whole:
+        os.write(fd, b"\n")
+        return size + 1
+    os.ftruncate(fd, keep)
+    return keep
+
+
+def _lines(path: Path, *, torn_first: bool = False) -> Iterator[dict[str, Any]]:
+    """The JSON objects of ``path``, one a line. A torn last line (a crash mid-write) is
+    skipped when it follows another line, or always with ``torn_first``; any other line
+    that is not JSON is a ``PruneError``."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -357,7 +408,7 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                if n > 1 and not f.readline():
+                if (n > 1 or torn_first) and not f.readline():
                     return  # a torn last line (a crash mid-write); never acted on
                 raise PruneError(f"archive {path}: line {n} is not JSON") from None
             if isinstance(obj, dict):

@@ -1,9 +1,13 @@
 """The prune sweep under damage, against a real redis-server and a real archive file: a
 tombstone bucket that is not whole 6-byte entries fails closed (the gate denies
-``bad_state``, the sweep removes nothing)."""
+``bad_state``, the sweep removes nothing), and a full disk in the middle of an archive
+or pending-file write never leaves a file that stops later sweeps or readers."""
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ import redis.asyncio as aioredis
 from guardrails.keys import AccountKeys
 from guardrails.ledger import Ledger
 from guardrails.model import Denied, DenyReason
-from guardrails.prune import PruneError, read_archive, tombstone
+from guardrails.prune import Archive, PruneError, read_archive, tombstone
 from tests.gatekit import HOLDER, TOKEN, account_keys, buy, risk, seed
 from tests.redis_harness import RedisServer
 from tests.test_prune import HOUR, gate, place, pruner, updated
@@ -35,6 +39,24 @@ async def canceled(r: aioredis.Redis, keys: AccountKeys, *iids: str) -> tuple[li
         await ledger.mark_canceled(c, "x")
         coids.append(c)
     return coids, max([await updated(r, keys, c) for c in coids]) + 2 * HOUR
+
+
+def full_disk_on(path: Path, monkeypatch: pytest.MonkeyPatch, *, after: int = 0,
+                 keep: int = 50) -> Callable[[], None]:
+    """``os.write`` to ``path`` writes ``keep`` bytes and then fails ENOSPC (as a disk that
+    fills up mid-write does), from its ``after``-th call on; the returned function heals it."""
+    real, calls = os.write, [0]
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+            calls[0] += 1
+            if calls[0] > after:
+                real(fd, bytes(data)[:keep])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    return lambda: monkeypatch.setattr(os, "write", real)
 
 
 # -- a damaged tombstone bucket ---------------------------------------------------------------
@@ -77,3 +99,69 @@ async def test_sweep_when_tomb_bucket_not_whole_entries_then_refused_and_nothing
     assert await r.exists(acct.order(coid)) and await r.hexists(acct.intents, "next")
     assert await r.hget(acct.tombstones, bucket) == "12345"
     assert read_archive(p.archive.path).orders == {}
+
+
+# -- a full disk mid-write ---------------------------------------------------------------------
+
+
+async def test_archive_when_append_cut_by_full_disk_then_next_sweep_repairs_and_it_reads(
+    redis_client: aioredis.Redis, acct: AccountKeys, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: the second batch's append to the archive runs out of disk after 50 bytes
+    # (the script already removed its two orders: their lines wait in the pending file)
+    r = redis_client
+    coids, now = await canceled(r, acct, "d0", "d1", "d2", "d3")
+    p = pruner(r, acct, tmp_path, batch=2)
+    heal = full_disk_on(p.archive.path, monkeypatch, after=1)
+    with pytest.raises(PruneError, match="No space left"):
+        await p.sweep(now_ms=now)
+    heal()
+    # Act: the disk has room again; the next sweep repairs the interrupted batch
+    rep = await p.sweep(now_ms=now)
+    # Assert: every removed order is in the archive once, the archive reads cleanly, and a
+    # later append does not land on a torn fragment
+    assert rep.recovered == 2
+    assert set(read_archive(p.archive.path).orders) == set(coids)
+    assert p.archive.path.read_bytes().endswith(b"\n")
+    (more,), _ = await canceled(r, acct, "d4")
+    await p.sweep(now_ms=await updated(r, acct, more) + 2 * HOUR)
+    assert set(read_archive(p.archive.path).orders) == {*coids, more}
+
+
+async def test_sweep_when_pending_write_cut_by_full_disk_then_next_sweep_runs(
+    redis_client: aioredis.Redis, acct: AccountKeys, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staged batch is written before the script runs: a torn pending file names
+    nothing that was removed, so it never stops the sweeps that follow."""
+    r = redis_client
+    (coid,), now = await canceled(r, acct, "s0")
+    p = pruner(r, acct, tmp_path)
+    heal = full_disk_on(p.archive.pending, monkeypatch)
+    with pytest.raises(PruneError, match="No space left"):
+        await p.sweep(now_ms=now)
+    heal()
+    assert await r.exists(acct.order(coid))  # the script never ran
+    rep = await p.sweep(now_ms=now)
+    assert rep.pruned == [coid] and not p.archive.pending.exists()
+    assert set(read_archive(p.archive.path).orders) == {coid}
+
+
+@pytest.mark.parametrize("tail, kept", [
+    (b'{"v":1,"kind":"order","co', {"a", "b"}),  # cut mid-line: dropped (still staged)
+    (b'{"coid":"t","kind":"order","v":1}', {"a", "t", "b"}),  # lost only its newline
+])
+def test_archive_when_last_line_torn_by_a_crash_then_next_append_reads_whole(
+    tmp_path: Path, tail: bytes, kept: set[str]
+) -> None:
+    # Arrange: an archive whose last write was cut by a crash (no chance to cut it back)
+    arch = Archive(tmp_path / "archive" / "a.jsonl")
+    arch.commit([{"v": 1, "kind": "order", "coid": "a"}])
+    with open(arch.path, "ab") as f:
+        f.write(tail)
+    # Act: the next commit appends after it
+    arch.commit([{"v": 1, "kind": "order", "coid": "b"}])
+    # Assert: every line reads; nothing was glued onto the fragment
+    assert set(read_archive(arch.path).orders) == kept
+    assert arch.path.read_bytes().endswith(b"\n")
