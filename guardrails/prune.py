@@ -346,9 +346,7 @@ class Archive:
     def staged(self) -> list[dict[str, Any]]:
         """The pending file's lines; a torn last one (a crash while staging, before the
         script ran) is left out, even when it is the only one."""
-        if not self.pending.exists():
-            return []
-        return list(_lines(self.pending, torn_first=True))
+        return [obj for _, obj in _lines(self.pending, torn_first=True)]
 
     def commit(self, lines: list[dict[str, Any]]) -> None:
         """Append ``lines`` (what was removed) to the archive, fsynced; drop the pending file."""
@@ -396,12 +394,29 @@ def _whole_lines(fd: int) -> int:
     return keep
 
 
-def _lines(path: Path, *, torn_first: bool = False) -> Iterator[dict[str, Any]]:
-    """The JSON objects of ``path``, one a line. A torn last line (a crash mid-write) is
-    skipped when it follows another line, or always with ``torn_first``; any other line
-    that is not JSON is a ``PruneError``."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+def _lines(path: Path, *, torn_first: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) of ``path``, one a line; none when it does not exist.
+    It is read only if it is a regular file of this user that no one else may write (not
+    a symlink: ``statedir.open_read``), else ``PruneError`` — a planted archive is never
+    believed. A torn last line (a crash mid-write) is skipped when it follows another
+    line, or always with ``torn_first``; any other line that is not a JSON object is a
+    ``PruneError``."""
+    try:
+        fd = statedir.open_read(path)
+    except FileNotFoundError:
+        return
+    except statedir.StateDirError as e:
+        raise PruneError(f"archive {path}: {e}") from None
+    with os.fdopen(fd, encoding="utf-8") as f:
+        n = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError:
+                raise PruneError(f"archive {path}: line {n + 1} is not UTF-8") from None
+            if not line:
+                return
+            n += 1
             line = line.strip()
             if not line:
                 continue
@@ -411,8 +426,9 @@ def _lines(path: Path, *, torn_first: bool = False) -> Iterator[dict[str, Any]]:
                 if (n > 1 or torn_first) and not f.readline():
                     return  # a torn last line (a crash mid-write); never acted on
                 raise PruneError(f"archive {path}: line {n} is not JSON") from None
-            if isinstance(obj, dict):
-                yield obj
+            if not isinstance(obj, dict):
+                raise PruneError(f"archive {path}: line {n} is not a JSON object")
+            yield n, obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,17 +440,26 @@ class ArchiveView:
 
 
 def read_archive(path: Path | str) -> ArchiveView:
-    """Read an archive (missing = empty). One entry per order / fill id."""
+    """Read an archive (missing = empty). One entry per order / fill id. ``PruneError``
+    naming the file (and line) when it is not this user's own (``_lines``) or a line is
+    not an archive line: an order line's ``coid`` a string and ``order`` an object of
+    strings, a fill line's ``fill_id`` and ``coid`` strings."""
     orders: dict[str, dict[str, Any]] = {}
     fills: dict[str, str] = {}
     p = Path(path)
-    if not p.exists():
-        return ArchiveView(orders, fills)
-    for obj in _lines(p):
-        if obj.get("kind") == "order":
-            orders[str(obj["coid"])] = obj
-        elif obj.get("kind") == "fill":
-            fills[str(obj["fill_id"])] = str(obj["coid"])
+    for n, obj in _lines(p):
+        kind, coid = obj.get("kind"), obj.get("coid")
+        if kind == "order":
+            rec = obj.get("order")
+            if not (isinstance(coid, str) and isinstance(rec, dict)
+                    and all(isinstance(v, str) for v in rec.values())):
+                raise PruneError(f"archive {p}: line {n} is not an order line (coid, order)")
+            orders[coid] = obj
+        elif kind == "fill":
+            fid = obj.get("fill_id")
+            if not (isinstance(fid, str) and isinstance(coid, str)):
+                raise PruneError(f"archive {p}: line {n} is not a fill line (fill_id, coid)")
+            fills[fid] = coid
     return ArchiveView(orders, fills)
 
 

@@ -13,7 +13,7 @@ choosing (as root: any file). Every user of the state directory goes through her
   wrong; nothing in it is used.
 - ``read_private(path)``: an existing file opened with ``O_NOFOLLOW`` (never blocking on
   a FIFO) and used only if ``fstat`` shows a regular file owned by this user that no one
-  else may write.
+  else may write (``open_read``: the same check, a descriptor to read it in pieces).
 - ``write_private(path, data)``: a fresh 0600 temporary file (``mkstemp``: ``O_CREAT |
   O_EXCL | O_NOFOLLOW``, an unpredictable name) in the checked directory, fsynced, then
   renamed over ``path`` (a rename replaces the name, never writes through a link).
@@ -156,12 +156,19 @@ def _open_checked(path: Path, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
+def open_read(path: Path) -> int:
+    """A read-only descriptor of the existing file ``path`` (``FileNotFoundError`` if it
+    does not exist), only if it is a regular file of this user that no one else may write;
+    ``StateDirError`` otherwise. For a file too large to read whole (``read_private``)."""
+    return _open_checked(path, os.O_RDONLY)
+
+
 def read_private(path: Path) -> bytes | None:
     """The contents of ``path`` (None if it does not exist), only if it is a regular file
     of this user that no one else may write; ``StateDirError`` otherwise. Checks the
     file, not its directory: call ``private_dir`` first."""
     try:
-        fd = _open_checked(path, os.O_RDONLY)
+        fd = open_read(path)
     except FileNotFoundError:
         return None
     try:

@@ -150,18 +150,93 @@ async def test_sweep_when_pending_write_cut_by_full_disk_then_next_sweep_runs(
 
 @pytest.mark.parametrize("tail, kept", [
     (b'{"v":1,"kind":"order","co', {"a", "b"}),  # cut mid-line: dropped (still staged)
-    (b'{"coid":"t","kind":"order","v":1}', {"a", "t", "b"}),  # lost only its newline
+    (b'{"coid":"t","kind":"order","order":{},"v":1}', {"a", "t", "b"}),  # lost its newline
 ])
 def test_archive_when_last_line_torn_by_a_crash_then_next_append_reads_whole(
     tmp_path: Path, tail: bytes, kept: set[str]
 ) -> None:
     # Arrange: an archive whose last write was cut by a crash (no chance to cut it back)
     arch = Archive(tmp_path / "archive" / "a.jsonl")
-    arch.commit([{"v": 1, "kind": "order", "coid": "a"}])
+    arch.commit([{"v": 1, "kind": "order", "coid": "a", "order": {}}])
     with open(arch.path, "ab") as f:
         f.write(tail)
     # Act: the next commit appends after it
-    arch.commit([{"v": 1, "kind": "order", "coid": "b"}])
+    arch.commit([{"v": 1, "kind": "order", "coid": "b", "order": {}}])
     # Assert: every line reads; nothing was glued onto the fragment
     assert set(read_archive(arch.path).orders) == kept
     assert arch.path.read_bytes().endswith(b"\n")
+
+
+# -- what the archive's readers believe ----------------------------------------------------------
+
+
+def archive_with(tmp: Path, *lines: str, mode: int = 0o600) -> Path:
+    path = tmp / "archive" / "a.jsonl"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_text("".join(x + "\n" for x in lines))
+    os.chmod(path, mode)
+    return path
+
+
+ORDER_LINE = '{"v":1,"kind":"order","coid":"c1","order":{"token":"9","state":"FILLED"}}'
+
+
+@pytest.mark.parametrize("bad, why", [
+    ('{"v":1,"kind":"order","order":{"token":"9"}}', "line 2 is not an order line"),
+    ('{"v":1,"kind":"order","coid":"c2","order":{"token":9}}', "line 2 is not an order line"),
+    ('{"v":1,"kind":"order","coid":"c2","order":"x"}', "line 2 is not an order line"),
+    ('{"v":1,"kind":"fill","coid":"c1"}', "line 2 is not a fill line"),
+    ('["not", "an", "object"]', "line 2 is not a JSON object"),
+])
+def test_read_archive_when_a_line_is_not_an_archive_line_then_error_names_it(
+    tmp_path: Path, bad: str, why: str
+) -> None:
+    path = archive_with(tmp_path, ORDER_LINE, bad, ORDER_LINE)
+    with pytest.raises(PruneError, match=why):
+        read_archive(path)
+
+
+def test_read_archive_when_file_writable_by_others_or_a_symlink_then_refused(
+    tmp_path: Path
+) -> None:
+    """What another local user could have planted or replaced is never believed (fence
+    recover raises the fence floor to the archive's highest token)."""
+    path = archive_with(tmp_path, ORDER_LINE, mode=0o666)
+    with pytest.raises(PruneError, match="writable by other users"):
+        read_archive(path)
+    os.chmod(path, 0o600)
+    assert read_archive(path).orders["c1"]["order"]["token"] == "9"
+    link = tmp_path / "archive" / "link.jsonl"
+    link.symlink_to(path)
+    with pytest.raises(PruneError, match="symlink"):
+        read_archive(link)
+
+
+def test_fence_recover_when_archive_malformed_then_one_line_and_fence_not_reseeded(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: the default archive of this host for account paper:t, with a line that is
+    # not an order line; the account's history lost (no epoch)
+    from guardrails.statedir import state_dir
+    from tests.conftest import subprocess_env
+
+    keys = account_keys()
+    path = state_dir() / "archive" / "paper+t.jsonl"
+    path.parent.mkdir(parents=True, mode=0o700)
+    path.write_text(ORDER_LINE + "\n" + '{"v":1,"kind":"order","order":{}}\n')
+    os.chmod(path, 0o600)
+    # Act
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "guardrails", "fence", "recover",
+                           "--redis-url", redis_server.url, "--account", "paper:t",
+                           "--no-venue"], env=subprocess_env(), capture_output=True,
+                          text=True, timeout=60)
+    # Assert: exit 1, one line naming the file and line, no traceback, nothing re-seeded
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"archive {path}: line 2 is not an order line" in done.stderr, done.stderr
+    raw = redis.Redis(port=redis_server.port)
+    assert raw.get(keys.fence) is None and raw.get(keys.epoch) is None
+    raw.close()

@@ -26,7 +26,7 @@ from guardrails.infra import connect
 from guardrails.keys import AccountId, AccountKeys, InvalidAccountId
 from guardrails.ledger import Ledger
 from guardrails.ops.common import load_target
-from guardrails.prune import default_archive_path
+from guardrails.prune import PruneError, default_archive_path
 from guardrails.reconcile import AdoptReport, VenueOrderRow, adopt_venue_history, read_venue_orders
 from guardrails.statedir import state_dir
 from guardrails.venues.base import VenueError
@@ -114,6 +114,10 @@ async def _fence(args: argparse.Namespace) -> int:
     except FenceRecordError as e:
         print(f"guardrails fence: {e}; nothing written (repair the record, then run again)",
               file=sys.stderr)
+        return 1
+    except PruneError as e:  # the prune archive (pruned orders' tokens) cannot be trusted
+        print(f"guardrails fence recover: {e}; the fence was not re-seeded (repair or move "
+              "the archive, then run again)", file=sys.stderr)
         return 1
     except VenueError as e:
         print(f"guardrails fence recover: the venue cannot be read ({e}); the alarm stays set "
