@@ -386,6 +386,114 @@ async def test_fills_when_resting_order_crossed_later_then_maker_fill_by_client_
     assert usdc == Decimal(10_000) + Decimal("6.00")
 
 
+def _maker_trade(env: Env, maker_hash: str, *, taker_asset: str, maker_asset: str,
+                 maker_side: str = "BUY", price: str = "0.40", size: str = "10",
+                 **over: Any) -> dict[str, Any]:
+    """A ``/data/trades`` row as the CLOB answers it when another trader's order took this
+    wallet's resting ``maker_hash``."""
+    row: dict[str, Any] = {
+        "id": "t-" + uuid.uuid4().hex[:12], "market": env.exchange.condition_id,
+        "asset_id": taker_asset, "side": "BUY", "size": size, "fee_rate_bps": "0",
+        "price": str(1 - Decimal(price)), "status": "MATCHED",
+        "match_time": str(int(time.time())), "outcome": "", "owner": "",
+        "maker_address": "0x" + "11" * 20, "trader_side": "MAKER",
+        "taker_order_id": "0x" + "22" * 32,
+        "maker_orders": [{
+            "order_id": maker_hash, "maker_address": address_of(env.key), "owner": "",
+            "matched_amount": size, "price": price, "fee_rate_bps": "0",
+            "asset_id": maker_asset, "outcome": "", "side": maker_side,
+        }],
+    }
+    row.update(over)
+    return row
+
+
+async def test_fills_when_maker_bid_matched_against_other_outcome_bid_then_fill_is_its_own_token(
+    env: Env,
+) -> None:
+    # Arrange: our NO bid at 0.40 rests; another trader's YES bid at 0.60 crosses it (a
+    # complementary "mint" match): the trade row is of the YES token, our leg of NO.
+    order = env.order(Side.BUY, "0.40", symbol=NO)
+    accepted = await env.venue.submit(order)
+    assert isinstance(accepted, Accepted), accepted
+    start = await env.venue.fills_since(None)
+    row = _maker_trade(env, accepted.venue_order_id, taker_asset=TOKENS[YES],
+                       maker_asset=TOKENS[NO])
+    await env.admin("/admin/answers", {"trades": [row]})
+    # Act
+    batch = await env.venue.fills_since(start.cursor)
+    status = await env.venue.lookup(order.client_order_id)
+    # Assert: the fill is of the order's own token, side and price (before: YES, which the
+    # ledger refuses as not the order's symbol, so the NO position was never booked) and
+    # the order's lookup finds it too (before: it searched the NO token's trades only).
+    want = [(order.client_order_id, NO, Side.BUY, Decimal(10), Decimal("0.40"))]
+    assert [(f.client_order_id, f.symbol, f.side, f.qty, f.price) for f in batch.fills] == want
+    assert [(f.client_order_id, f.symbol, f.side, f.qty, f.price) for f in status.fills] == want
+
+
+async def test_fills_when_market_charges_a_fee_rate_then_each_fill_counts_the_exchange_fee(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: a market whose orders carry feeRateBps = 200 (2 %): the CTF Exchange takes
+    # bps x min(p, 1 - p) x size (CalculatorHelper.calculateFee) from each leg.
+    e, sim = await make_env(tmp_path, monkeypatch, redis_client, fee_rate_bps=200)
+    try:
+        # Both rest (the marks are 0.50) and fill at their limits when the marks cross.
+        buy = e.order(Side.BUY, "0.30", qty="10")
+        sell = e.order(Side.SELL, "0.80", qty="5.5", symbol=NO)
+        start = await e.venue.fills_since(None)
+        assert isinstance(await e.venue.submit(buy), Accepted)
+        assert isinstance(await e.venue.submit(sell), Accepted)
+        await e.cross(buy)
+        await e.cross(sell)
+        # Act
+        batch = await e.venue.fills_since(start.cursor)
+    finally:
+        await e.venue.close()
+        await sim.stop()
+    # Assert: before, every fill's fee was 0 whatever the market charged.
+    fees = {f.client_order_id: f.fee for f in batch.fills}
+    assert fees == {buy.client_order_id: Decimal("0.06"),  # 10 x 0.30 x 2 %
+                    sell.client_order_id: Decimal("0.022")}  # 5.5 x (1 - 0.80) x 2 %
+
+
+@pytest.mark.parametrize("field, value", [
+    ("price", "NaN"), ("price", "1.5"), ("price", "-0.40"), ("price", "0"),
+    ("matched_amount", "-10"), ("matched_amount", "Infinity"), ("matched_amount", "ten"),
+    ("side", "HOLD"), ("fee_rate_bps", "-5"), ("fee_rate_bps", "20000"),
+    ("fee_rate_bps", "1.5"), ("match_time", "NaN"),
+])
+async def test_fills_when_venue_answers_a_malformed_number_then_clear_error_and_no_fill(
+    env: Env, field: str, value: str,
+) -> None:
+    # Arrange: a maker fill of our resting order, with one field made impossible.
+    order = env.order(Side.BUY, "0.40", symbol=NO)
+    accepted = await env.venue.submit(order)
+    assert isinstance(accepted, Accepted), accepted
+    row = _maker_trade(env, accepted.venue_order_id, taker_asset=TOKENS[NO],
+                       maker_asset=TOKENS[NO])
+    if field == "match_time":
+        row["match_time"] = value
+    else:
+        row["maker_orders"][0][field] = value
+    await env.admin("/admin/answers", {"trades": [row]})
+    # Act / Assert: the batch is refused, naming the field; nothing reaches the ledger
+    # (before: a SELL fill for "HOLD", a fill at 1.5 USDC a share, a NaN price...).
+    with pytest.raises(VenueError, match="malformed answer") as info:
+        await env.venue.fills_since(None)
+    assert field.split("_")[0] in str(info.value) or "size" in str(info.value)
+
+
+@pytest.mark.parametrize("mid", ["NaN", "7", "-0.5", "abc"])
+async def test_marks_when_venue_answers_an_impossible_midpoint_then_clear_error(
+    env: Env, mid: str,
+) -> None:
+    await env.admin("/admin/answers", {"mids": {TOKENS[YES]: mid}})
+
+    with pytest.raises(VenueError, match="midpoint"):
+        await env.venue.marks([YES, NO])
+
+
 # -- start-up and config ----------------------------------------------------------------
 
 

@@ -23,8 +23,12 @@ driven by the unmodified ``py-clob-client``. As an exchange it:
   fills at the mark, a resting one at its limit when the mark crosses it later; every
   order, cancel and fill is a line of the JSONL record (docs/venues.md).
 
-What it does not model: partial fills, other traders, on-chain settlement, balances
-limiting orders (a sell needs no shares here), proxy/safe signature types, rewards.
+Its trades carry the market's fee rate; ``POST /admin/answers`` (admin) adds raw trade
+rows or midpoint values to its answers — another trader's match, or a hostile answer.
+
+What it does not model: partial fills, other traders, on-chain settlement, fees taken
+from balances, balances limiting orders (a sell needs no shares here), proxy/safe
+signature types, rewards.
 """
 
 from __future__ import annotations
@@ -157,6 +161,11 @@ class ClobExchange(SimExchange):
         """address -> ms of its last heartbeat (present once heartbeats started)."""
         self._liquidity: dict[str, str] = {}
         self.heartbeat_cancels = 0
+        self.injected_trades: list[Any] = []
+        """Raw rows ``/data/trades`` also answers, as given (``POST /admin/answers``):
+        other traders' matches, or hostile answers the adapter must refuse."""
+        self.injected_mids: dict[str, Any] = {}
+        """token -> the raw value ``/midpoints`` answers for it instead of the mark."""
         missing = sorted(set(self._instruments) - set(self.tokens))
         if missing:
             raise ConfigError(f"clob simulator: no token id for: {', '.join(missing)}")
@@ -402,7 +411,11 @@ class ClobExchange(SimExchange):
         after = int(query.get("after") or 0)
         before = int(query.get("before") or 0)
         asset = query.get("asset_id", "")
-        out = []
+        market = query.get("market", "")
+        out: list[Any] = []
+        if market and market != self.condition_id:
+            return out
+        fee = str(self.fee_rate_bps)  # every order carries the market's rate (post_order)
         for _, acct, f in self._fills:
             ts = f.ts_ms // 1000
             token = self.tokens.get(f.symbol, f.symbol)
@@ -412,7 +425,7 @@ class ClobExchange(SimExchange):
             liquidity = self._liquidity.get(f.fill_id, "taker")
             trade = {
                 "id": f.fill_id, "market": self.condition_id, "asset_id": token,
-                "side": f.side.value.upper(), "size": str(f.qty), "fee_rate_bps": "0",
+                "side": f.side.value.upper(), "size": str(f.qty), "fee_rate_bps": fee,
                 "price": str(f.price), "status": "CONFIRMED", "match_time": str(ts),
                 "last_update": str(ts), "outcome": f.symbol, "owner": "", "maker_address": acct,
                 "transaction_hash": "0x" + hashlib.sha256(f.fill_id.encode()).hexdigest(),
@@ -420,11 +433,20 @@ class ClobExchange(SimExchange):
                 "taker_order_id": f.client_order_id if liquidity == "taker" else "",
                 "maker_orders": [] if liquidity == "taker" else [{
                     "order_id": f.client_order_id, "maker_address": acct, "owner": "",
-                    "matched_amount": str(f.qty), "price": str(f.price), "fee_rate_bps": "0",
+                    "matched_amount": str(f.qty), "price": str(f.price), "fee_rate_bps": fee,
                     "asset_id": token, "outcome": f.symbol, "side": f.side.value.upper(),
                 }],
             }
             out.append(trade)
+        for row in self.injected_trades:
+            # Filtered as the exchange filters a trade: by its own asset and match time.
+            fields = row if isinstance(row, dict) else {}
+            if asset and fields.get("asset_id") != asset:
+                continue
+            with contextlib.suppress(TypeError, ValueError):
+                if after and int(fields.get("match_time", 0)) <= after:
+                    continue
+            out.append(row)
         return out
 
     # -- market data --------------------------------------------------------------------
@@ -535,8 +557,9 @@ def build_clob_app(exchange: ClobExchange, *, admin: bool = False,
 
     async def midpoints(request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        return web.json_response({str(p["token_id"]): str(exchange.mid(str(p["token_id"])))
-                                  for p in body})
+        return web.json_response({
+            str(p["token_id"]): exchange.injected_mids.get(str(p["token_id"]))
+            or str(exchange.mid(str(p["token_id"]))) for p in body})
 
     async def price(request: web.Request) -> web.StreamResponse:
         return web.json_response({"price": str(exchange.mid(token_q(request)))})
@@ -655,6 +678,14 @@ def build_clob_app(exchange: ClobExchange, *, admin: bool = False,
             return web.json_response({"status": "error", "reason": str(e)}, status=400)
         return web.json_response({"status": "ok"})
 
+    async def set_answers(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if "trades" in body:
+            exchange.injected_trades = list(body["trades"])
+        if "mids" in body:
+            exchange.injected_mids = dict(body["mids"])
+        return web.json_response({"status": "ok"})
+
     async def info(request: web.Request) -> web.StreamResponse:
         return web.json_response({**exchange.info(), "heartbeat_cancels":
                                   exchange.heartbeat_cancels})
@@ -689,7 +720,8 @@ def build_clob_app(exchange: ClobExchange, *, admin: bool = False,
         ("POST", "/v1/heartbeats", heartbeat), ("GET", "/v1/info", info),
     ]
     if admin:
-        routes += [("POST", "/admin/faults", set_faults), ("POST", "/admin/mark", set_mark)]
+        routes += [("POST", "/admin/faults", set_faults), ("POST", "/admin/mark", set_mark),
+                   ("POST", "/admin/answers", set_answers)]
     for method, path, handler in routes:
         app.router.add_route(method, path, guarded(handler))
     return app

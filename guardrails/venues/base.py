@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Protocol, runtime_checkable
 
 # The venue facts live in the core (``model``: the ledger records them); re-exported here,
@@ -35,6 +35,21 @@ class FillBatch:
 
 class VenueError(Exception):
     """Infrastructure failure talking to the venue (not an order outcome)."""
+
+
+def venue_number(value: object, what: str) -> Decimal:
+    """A number from a venue's answer as a finite ``Decimal``. ``ValueError`` naming
+    ``what`` for anything else (NaN, infinities, text, a bool, null): an adapter reports
+    it as a malformed answer, and no ledger entry is made from it."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValueError(f"{what} is not a number ({str(value)[:40]!r})")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{what} is not a number ({str(value)[:40]!r})") from None
+    if not d.is_finite():
+        raise ValueError(f"{what} is not finite")
+    return d
 
 
 @runtime_checkable

@@ -71,7 +71,7 @@ import os
 import stat
 import time
 from collections.abc import Sequence
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ from guardrails.venues.base import (
     VenueError,
     VenueOrderState,
     VenueOrderStatus,
+    venue_number,
 )
 
 log = logging.getLogger("guardrails.venue.ccxt")
@@ -152,12 +153,9 @@ def _brief(e: BaseException) -> str:
 
 def _dec(value: Any, what: str) -> Decimal:
     try:
-        d = Decimal(str(value))
-    except InvalidOperation:
-        raise VenueError(f"ccxt venue: {what} is not a number ({str(value)[:40]!r})") from None
-    if not d.is_finite():
-        raise VenueError(f"ccxt venue: {what} is not finite")
-    return d
+        return venue_number(value, what)
+    except ValueError as e:
+        raise VenueError(f"ccxt venue: {e}") from None
 
 
 def fee_in_quote(trade: dict[str, Any], *, base: str, quote: str,

@@ -34,7 +34,9 @@ maps each symbol to its token id) with the market's tick; prices are probabiliti
   answer is ``Rejected``; a 5xx is ``Unknown``.
 
 Fills come from ``/data/trades`` with a durable cursor (``"<match time>:<trade ids at
-that second>"``), marks from ``/midpoints``, balances from ``/balance-allowance``.
+that second>"``), each leg of its own order's token and with the exchange's fee
+(``trade_legs``, ``fee_of``); a trade row with an impossible number is a ``VenueError``,
+never a fill. Marks come from ``/midpoints``, balances from ``/balance-allowance``.
 The private key reaches py-clob-client (which signs by itself) and nothing else: no
 log line, repr, exception or Redis value holds it.
 """
@@ -48,6 +50,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
@@ -70,6 +73,7 @@ from guardrails.venues.base import (
     VenueError,
     VenueOrderState,
     VenueOrderStatus,
+    venue_number,
 )
 
 log = logging.getLogger("guardrails.venue.polymarket")
@@ -128,6 +132,95 @@ def _message_of(exc: Exception) -> str:
     if isinstance(msg, dict):
         msg = msg.get("error") or msg.get("errorMsg") or msg
     return str(msg if msg is not None else type(exc).__name__)[:200]
+
+
+MAX_FEE_RATE_BPS = 10_000
+"""A fee rate above 100 % is not an answer the exchange can give: the trade is malformed."""
+
+
+def _amount(v: object, what: str) -> Decimal:
+    d = venue_number(v, what)
+    if d < 0:
+        raise ValueError(f"{what} {d} is negative")
+    return d
+
+
+def _price(v: object, what: str) -> Decimal:
+    p = venue_number(v, what)
+    if not 0 < p < 1:
+        raise ValueError(f"{what} {p} is not a probability in (0, 1)")
+    return p
+
+
+def fee_of(size: Decimal, price: Decimal, fee_rate_bps: int) -> Decimal:
+    """The USDC value of the fee the CTF Exchange charges one leg of ``size`` shares at
+    ``price`` (``CalculatorHelper.calculateFee``): ``bps x min(p, 1 - p) x size / 10^4``
+    — on a SELL in USDC, on a BUY in shares worth exactly that at ``price``. Exact: the
+    ledger rounds it up to micro-USDC, against the account."""
+    return size * min(price, 1 - price) * fee_rate_bps / Decimal(10_000)
+
+
+@dataclass(frozen=True, slots=True)
+class TradeLeg:
+    """This wallet's part of one CLOB trade: its taker order, or one of its maker orders."""
+
+    order_hash: str
+    asset_id: str
+    """The token this leg's order traded: a maker order's own, which in a complementary
+    match (a YES bid against a NO bid) is not the trade's ``asset_id``."""
+    side: Side
+    size: Decimal
+    price: Decimal
+    fee: Decimal
+    fill_id: str
+    trade_id: str
+    match_time: int
+
+
+def trade_legs(t: Any, address: str) -> list[TradeLeg]:
+    """The legs of ``address`` (lower-cased) in one ``/data/trades`` row, each checked:
+    side BUY or SELL, a size > 0, a price in (0, 1), a fee rate in 0..10^4 bps, a match
+    time > 0. Raises ``ValueError``/``KeyError``/``TypeError`` for a row that is not that:
+    the venue's answer is wrong, and no ledger entry is made from it."""
+    if not isinstance(t, dict):
+        raise TypeError("trade row is not an object")
+    trade_id = str(t["id"])
+    match_time = int(venue_number(t["match_time"], "match_time"))
+    if match_time <= 0 or match_time != venue_number(t["match_time"], "match_time"):
+        raise ValueError(f"trade {trade_id[:40]}: match_time {t['match_time']!r} is not a "
+                         "positive whole second")
+
+    def leg(row: Any, order_hash: object, size: object, fill_id: str) -> TradeLeg:
+        if not isinstance(row, dict):
+            raise TypeError("trade leg is not an object")
+        side_s = str(row["side"]).upper()
+        if side_s not in ("BUY", "SELL"):
+            raise ValueError(f"trade {trade_id[:40]}: side {row['side']!r} is not BUY or SELL")
+        qty = venue_number(size, "size")
+        if qty <= 0:
+            raise ValueError(f"trade {trade_id[:40]}: size {qty} is not positive")
+        price = _price(row["price"], f"trade {trade_id[:40]}: price")
+        bps = venue_number(row.get("fee_rate_bps", 0), "fee_rate_bps")
+        if bps != bps.to_integral_value() or not 0 <= bps <= MAX_FEE_RATE_BPS:
+            raise ValueError(f"trade {trade_id[:40]}: fee_rate_bps {bps} is not 0..10000")
+        return TradeLeg(
+            order_hash=str(order_hash), asset_id=str(row["asset_id"]),
+            side=Side.BUY if side_s == "BUY" else Side.SELL, size=qty, price=price,
+            fee=fee_of(qty, price, int(bps)), fill_id=fill_id, trade_id=trade_id,
+            match_time=match_time,
+        )
+
+    out: list[TradeLeg] = []
+    makers = t.get("maker_orders") or []
+    if not isinstance(makers, list):
+        raise TypeError("maker_orders is not a list")
+    if str(t.get("trader_side", "")).upper() == "TAKER" or not makers:
+        out.append(leg(t, t["taker_order_id"], t["size"], trade_id))
+    for m in makers:
+        if isinstance(m, dict) and str(m.get("maker_address", "")).lower() == address:
+            out.append(leg(m, m["order_id"], m["matched_amount"],
+                           f"{trade_id}:{str(m['order_id'])[:18]}"))
+    return out
 
 
 class PolymarketVenue:
@@ -460,51 +553,49 @@ class PolymarketVenue:
             )
         try:
             state = _STATES[str(found["status"])]
-            fills = [f for f in await self._trades(asset_id=str(found.get("asset_id", "")))
+            # By market (condition id), not token: a maker leg of a complementary match
+            # (our NO bid against a YES bid) is a trade row of the other outcome's token.
+            fills = [f for f in await self._trades(market=str(found.get("market") or ""))
                      if f[0] == digest]
             return VenueOrderStatus(
                 client_order_id=client_order_id, state=state,
-                filled_qty=Decimal(str(found.get("size_matched", "0"))),
+                filled_qty=_amount(found.get("size_matched", "0"), "size_matched"),
                 fills=tuple(f[1] for f in fills), detail=str(found.get("reason", "")),
             )
         except (KeyError, ValueError, TypeError, InvalidOperation) as e:
-            raise VenueError(f"polymarket venue: lookup: malformed answer ({type(e).__name__})"
+            raise VenueError(f"polymarket venue: lookup: malformed answer ({type(e).__name__}: "
+                             f"{str(e)[:160]})"
                              ) from None
 
-    async def _trades(self, *, asset_id: str = "", after: int = 0
+    async def _trades(self, *, market: str = "", after: int = 0
                       ) -> list[tuple[str, Fill, int, str]]:
-        """(order hash, fill, match time s, trade id) of each of this wallet's fills."""
+        """(order hash, fill, match time s, trade id) of each of this wallet's fills.
+
+        Raises ``ValueError`` (or ``KeyError``/``TypeError``/``InvalidOperation``) for a
+        trade row that is not a well-formed leg (``trade_legs``): nothing is returned."""
         from py_clob_client.clob_types import TradeParams
 
-        params = TradeParams(maker_address=self.address, asset_id=asset_id or None,
+        params = TradeParams(maker_address=self.address, market=market or None,
                              after=after or None)
         try:
             rows = await self._call(self._lib().get_trades, params)
         except Exception as e:
             raise VenueError(f"polymarket venue: trades failed: {_message_of(e)}") from None
-        legs: list[tuple[str, str, str, str, str, dict[str, Any]]] = []
-        for t in rows:
-            if str(t.get("trader_side", "")).upper() == "TAKER" or not t.get("maker_orders"):
-                legs.append((str(t["taker_order_id"]), str(t["side"]), str(t["size"]),
-                             str(t["price"]), str(t["id"]), t))
-            for m in t.get("maker_orders") or []:
-                if str(m.get("maker_address", "")).lower() == self.address:
-                    legs.append((str(m["order_id"]), str(m["side"]), str(m["matched_amount"]),
-                                 str(m["price"]), f"{t['id']}:{str(m['order_id'])[:18]}", t))
-        coids = await self._redis.hmget(self._keys.clob_hashes, [leg[0] for leg in legs]) \
+        if not isinstance(rows, list):
+            raise TypeError("trades: not a list")
+        legs = [leg for t in rows for leg in trade_legs(t, self.address)]
+        coids = await self._redis.hmget(self._keys.clob_hashes, [leg.order_hash for leg in legs]) \
             if legs else []
         out = []
-        for (digest, side, size, price, fill_id, t), coid in zip(legs, coids, strict=True):
-            symbol = self._symbols.get(str(t.get("asset_id", "")))
+        for leg, coid in zip(legs, coids, strict=True):
+            symbol = self._symbols.get(leg.asset_id)
             if symbol is None:
                 continue  # another market's token: not an instrument of this account
-            coid_s = coid.decode() if isinstance(coid, bytes) else (coid or digest)
-            ts = int(t["match_time"])
-            out.append((digest, Fill(
-                fill_id=fill_id, client_order_id=coid_s, symbol=symbol,
-                side=Side.BUY if side.upper() == "BUY" else Side.SELL, qty=Decimal(size),
-                price=Decimal(price), ts_ms=ts * 1000,
-            ), ts, str(t["id"])))
+            coid_s = coid.decode() if isinstance(coid, bytes) else (coid or leg.order_hash)
+            out.append((leg.order_hash, Fill(
+                fill_id=leg.fill_id, client_order_id=coid_s, symbol=symbol, side=leg.side,
+                qty=leg.size, price=leg.price, ts_ms=leg.match_time * 1000, fee=leg.fee,
+            ), leg.match_time, leg.trade_id))
         return out
 
     async def fills_since(self, cursor: str | None) -> FillBatch:
@@ -519,7 +610,8 @@ class PolymarketVenue:
         try:
             legs = await self._trades(after=last_ts - 1 if last_ts else 0)
         except (KeyError, ValueError, TypeError, InvalidOperation) as e:
-            raise VenueError(f"polymarket venue: trades: malformed answer ({type(e).__name__})"
+            raise VenueError(f"polymarket venue: trades: malformed answer ({type(e).__name__}: "
+                             f"{str(e)[:160]})"
                              ) from None
         new = [leg for leg in legs if leg[2] > last_ts or (leg[2] == last_ts
                                                            and leg[1].fill_id not in seen)]
@@ -539,9 +631,16 @@ class PolymarketVenue:
         try:
             mids = await self._call(self._lib().get_midpoints,
                                     [BookParams(token_id=t) for _, t in wanted])
-            return {s: Decimal(str(mids[t])) for s, t in wanted if t in mids}
-        except (KeyError, TypeError, InvalidOperation) as e:
-            raise VenueError(f"polymarket venue: midpoints: malformed ({type(e).__name__})"
+            if not isinstance(mids, dict):
+                raise TypeError("not an object")
+            out = {s: venue_number(mids[t], f"midpoint of {s}") for s, t in wanted if t in mids}
+            for s, mid in out.items():
+                if not 0 <= mid <= 1:
+                    raise ValueError(f"midpoint of {s} {mid} is not a probability in [0, 1]")
+            return out
+        except (KeyError, ValueError, TypeError) as e:
+            raise VenueError(f"polymarket venue: midpoints: malformed ({type(e).__name__}: "
+                             f"{str(e)[:160]})"
                              ) from None
         except Exception as e:
             raise VenueError(f"polymarket venue: midpoints failed: {_message_of(e)}") from None
@@ -554,13 +653,14 @@ class PolymarketVenue:
         try:
             usdc = await self._call(lib.get_balance_allowance, BalanceAllowanceParams(
                 asset_type=AssetType.COLLATERAL, signature_type=0))
-            out["USDC"] = Decimal(str(usdc["balance"])) / UNITS
+            out["USDC"] = venue_number(usdc["balance"], "USDC balance") / UNITS
             for sym, tok in self._cfg.tokens.items():
                 row = await self._call(lib.get_balance_allowance, BalanceAllowanceParams(
                     asset_type=AssetType.CONDITIONAL, token_id=tok, signature_type=0))
-                out[sym] = Decimal(str(row["balance"])) / UNITS
-        except (KeyError, TypeError, InvalidOperation) as e:
-            raise VenueError(f"polymarket venue: balance: malformed ({type(e).__name__})"
+                out[sym] = venue_number(row["balance"], f"{sym} balance") / UNITS
+        except (KeyError, ValueError, TypeError) as e:
+            raise VenueError(f"polymarket venue: balance: malformed ({type(e).__name__}: "
+                             f"{str(e)[:160]})"
                              ) from None
         except Exception as e:
             raise VenueError(f"polymarket venue: balance failed: {_message_of(e)}") from None
