@@ -494,6 +494,21 @@ async def test_marks_when_venue_answers_an_impossible_midpoint_then_clear_error(
         await env.venue.marks([YES, NO])
 
 
+@pytest.mark.parametrize("answer", ["OK", ["0xabc"], {"canceled": "all"}, None])
+async def test_cancel_when_venue_answers_not_a_cancel_result_then_unknown_not_a_crash(
+    env: Env, answer: Any,
+) -> None:
+    # Arrange: a resting order; the exchange answers its cancel with something else.
+    order = env.order(Side.BUY, "0.40")
+    assert isinstance(await env.venue.submit(order), Accepted)
+    await env.admin("/admin/answers", {"cancel": [answer]})
+    # Act: before, ``"OK".get`` raised AttributeError out of cancel().
+    result = await env.venue.cancel(order.client_order_id)
+    # Assert: whether it cancelled is not known (the order in fact still rests).
+    assert isinstance(result, Unknown), result
+    assert len(env.exchange.open_ids(address_of(env.key))) == 1
+
+
 # -- start-up and config ----------------------------------------------------------------
 
 

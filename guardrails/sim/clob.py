@@ -24,7 +24,8 @@ driven by the unmodified ``py-clob-client``. As an exchange it:
   order, cancel and fill is a line of the JSONL record (docs/venues.md).
 
 Its trades carry the market's fee rate; ``POST /admin/answers`` (admin) adds raw trade
-rows or midpoint values to its answers — another trader's match, or a hostile answer.
+rows, midpoint values or cancel answers to its answers — another trader's match, or a
+hostile answer.
 
 What it does not model: partial fills, other traders, on-chain settlement, fees taken
 from balances, balances limiting orders (a sell needs no shares here), proxy/safe
@@ -166,6 +167,9 @@ class ClobExchange(SimExchange):
         other traders' matches, or hostile answers the adapter must refuse."""
         self.injected_mids: dict[str, Any] = {}
         """token -> the raw value ``/midpoints`` answers for it instead of the mark."""
+        self.injected_cancel: list[Any] = []
+        """Raw answers ``DELETE /order`` gives instead of its own, once each, in order
+        (the cancel is not applied)."""
         missing = sorted(set(self._instruments) - set(self.tokens))
         if missing:
             raise ConfigError(f"clob simulator: no token id for: {', '.join(missing)}")
@@ -609,6 +613,8 @@ def build_clob_app(exchange: ClobExchange, *, admin: bool = False,
 
     async def cancel(request: web.Request) -> web.StreamResponse:
         address, raw = await l2(request)
+        if exchange.injected_cancel:
+            return web.json_response(exchange.injected_cancel.pop(0))
         return web.json_response(exchange.cancel(address, [str(json.loads(raw)["orderID"])]))
 
     async def cancel_orders(request: web.Request) -> web.StreamResponse:
@@ -684,6 +690,8 @@ def build_clob_app(exchange: ClobExchange, *, admin: bool = False,
             exchange.injected_trades = list(body["trades"])
         if "mids" in body:
             exchange.injected_mids = dict(body["mids"])
+        if "cancel" in body:
+            exchange.injected_cancel = list(body["cancel"])
         return web.json_response({"status": "ok"})
 
     async def info(request: web.Request) -> web.StreamResponse:

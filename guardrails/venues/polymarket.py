@@ -521,7 +521,11 @@ class PolymarketVenue:
             resp = await self._call(self._lib().cancel, digest)
         except Exception as e:
             return Unknown(f"no answer: {_message_of(e)[:80]}")
-        if digest in (resp or {}).get("canceled", []):
+        if not isinstance(resp, dict) or not isinstance(resp.get("canceled", []), list) \
+                or not isinstance(resp.get("not_canceled", {}), dict):
+            # Not the exchange's {canceled, not_canceled}: whether it cancelled is unknown.
+            return Unknown(f"unparseable cancel answer: {str(resp)[:80]!r}")
+        if digest in resp.get("canceled", []):
             return Accepted(digest)
         try:
             found = await self._get_order(digest)
@@ -532,7 +536,7 @@ class PolymarketVenue:
         state = _STATES.get(str(found.get("status", "")))
         if state is not None and state is not VenueOrderState.OPEN:
             return Accepted(digest)  # already final
-        return Unknown(f"not canceled: {(resp or {}).get('not_canceled', {}).get(digest, '')}")
+        return Unknown(f"not canceled: {str(resp.get('not_canceled', {}).get(digest, ''))[:80]}")
 
     async def _server_ms(self) -> int:
         try:
