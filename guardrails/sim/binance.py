@@ -49,8 +49,14 @@ the request arrives late) the next order requests, and set a mark.
 
 Credentials: ``keys`` maps API keys to their HMAC secrets (``--keys-file``: a JSON object,
 never argv). With ``accept_demo_keys`` (the per-user daemon behind ``url = "embedded"``) the
-well-known demo credentials of any account (``demo_credentials``) are accepted too. The
-record names an account by a digest of its API key (``account_label``), never the key.
+well-known demo credentials of any account (``demo_credentials``) are accepted too. Each key
+is its own account, named in the record by a digest of the key (``account_label``), never
+the key — unless its entry is an object ``{"secret": ..., "account": "<name>"}``: every key
+naming one ``account`` trades that one account (its orders, fills and balances; the record
+names it ``<name>``), as an exchange account with several API keys does. ``GET account``
+answers the account's ``uid`` the way Binance does (an integer, the same for every key of
+the account: ``sim_uid``); ``"uid": null`` in any entry of an account leaves it out of the
+answer (an exchange that reports none).
 """
 
 from __future__ import annotations
@@ -103,6 +109,51 @@ def _demo_secret(api_key: str) -> str:
 def account_label(api_key: str) -> str:
     """The record's name for the account of ``api_key`` (a digest: keys are never written)."""
     return "k" + hashlib.sha256(api_key.encode()).hexdigest()[:20]
+
+
+def sim_uid(account: str) -> int:
+    """The ``uid`` ``GET account`` answers for the account named ``account`` in the record
+    (a positive integer, as Binance's; derived, so it is stable across restarts)."""
+    digest = hashlib.sha256(f"guardrails sim binance uid|{account}".encode()).hexdigest()
+    return int(digest[:8], 16) + 1
+
+
+_ACCOUNT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class SimKey:
+    """One API key of the simulator: its secret, the account it trades (the record's name
+    for it) and whether that account's ``GET account`` answer carries a ``uid``."""
+
+    secret: str
+    account: str
+    has_uid: bool = True
+
+    def __repr__(self) -> str:
+        return f"SimKey(account={self.account!r}, has_uid={self.has_uid})"
+
+
+def parse_keys(data: Mapping[str, Any], where: str = "keys") -> dict[str, SimKey]:
+    """API key -> ``SimKey`` from ``{key: secret}`` or ``{key: {"secret", "account"?,
+    "uid"?: null}}`` entries (module doc). ``ValueError`` naming ``where`` otherwise."""
+    out: dict[str, SimKey] = {}
+    for api_key, entry in data.items():
+        if isinstance(entry, str):
+            out[api_key] = SimKey(entry, account_label(api_key))
+            continue
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("secret"), str) \
+                or not set(entry) <= {"secret", "account", "uid"} \
+                or entry.get("uid") is not None:
+            raise ValueError(f"{where}: an entry must be a secret string or an object "
+                             '{"secret": str, "account": name, "uid": null} (account and '
+                             "uid optional)")
+        name = entry.get("account")
+        if name is not None and not (isinstance(name, str) and _ACCOUNT_NAME_RE.fullmatch(name)):
+            raise ValueError(f"{where}: account names are 1-64 of A-Z a-z 0-9 _ . -")
+        out[api_key] = SimKey(entry["secret"], name or account_label(api_key),
+                              has_uid="uid" not in entry)
+    return out
 
 
 def symbol_id(symbol: str) -> str:
@@ -188,11 +239,14 @@ def make_exchange(market_cfg: Any, risk: Any, **kw: Any) -> SimExchange:
 class BinanceSim:
     """Binance's request rules over one ``SimExchange``."""
 
-    def __init__(self, exchange: SimExchange, keys: Mapping[str, str] | None = None, *,
+    def __init__(self, exchange: SimExchange, keys: Mapping[str, Any] | None = None, *,
                  accept_demo_keys: bool = False, commission: Commission | None = None) -> None:
+        """``keys``: API key -> secret or ``SimKey`` (or a ``parse_keys`` entry)."""
         self.exchange = exchange
         self.commission = commission or Commission()
-        self._keys = dict(keys or {})
+        self._keys = {k: v if isinstance(v, SimKey) else parse_keys({k: v})[k]
+                      for k, v in (keys or {}).items()}
+        self._no_uid = {k.account for k in self._keys.values() if not k.has_uid}
         self._accept_demo = accept_demo_keys
         self._by_id = {symbol_id(s): s for s in exchange.instruments}
         self._quote = assets(next(iter(exchange.instruments)))[1]
@@ -202,19 +256,20 @@ class BinanceSim:
 
     # -- authentication -----------------------------------------------------------------
 
-    def _secret(self, api_key: str) -> str | None:
+    def _key(self, api_key: str) -> SimKey | None:
         if api_key in self._keys:
             return self._keys[api_key]
         if self._accept_demo and api_key.startswith(DEMO_KEY_PREFIX):
-            return _demo_secret(api_key)
+            return SimKey(_demo_secret(api_key), account_label(api_key))
         return None
 
     def authenticate(self, api_key: str | None, raw_query: str, raw_body: str,
                      params: Mapping[str, str]) -> str:
         """The account label of a correctly signed, timely request; else ``BinanceError``."""
-        secret = self._secret(api_key or "")
-        if secret is None:
+        key = self._key(api_key or "")
+        if key is None:
             raise BinanceError(-2015, "Invalid API-key, IP, or permissions for action.", 401)
+        secret = key.secret
         signature = params.get("signature", "")
         payload = "&".join(p for p in (_without_signature(raw_query), _without_signature(raw_body))
                            if p)
@@ -222,7 +277,7 @@ class BinanceSim:
         if not signature or not hmac.compare_digest(expected, signature.lower()):
             raise BinanceError(-1022, "Signature for this request is not valid.")
         self.check_window(params)
-        return account_label(api_key or "")
+        return key.account
 
     def check_window(self, params: Mapping[str, str]) -> tuple[int, int]:
         """(timestamp, recvWindow) of a request that is inside its window now."""
@@ -478,7 +533,7 @@ class BinanceSim:
             amount, asset = self.commission.of(f)
             if amount:
                 totals[asset] = totals.get(asset, Decimal(0)) - amount
-        return {
+        answer: dict[str, Any] = {
             "makerCommission": int(self.commission.rate * 10_000),
             "takerCommission": int(self.commission.rate * 10_000), "buyerCommission": 0,
             "sellerCommission": 0, "canTrade": True, "canWithdraw": False, "canDeposit": False,
@@ -486,8 +541,11 @@ class BinanceSim:
             "updateTime": self.exchange.now_ms(), "accountType": "SPOT",
             "balances": [{"asset": a, "free": fmt8(v), "locked": "0.00000000"}
                          for a, v in sorted(totals.items())],
-            "permissions": ["SPOT"], "uid": 0,
+            "permissions": ["SPOT"],
         }
+        if account not in self._no_uid:
+            answer["uid"] = sim_uid(account)
+        return answer
 
 
 def trade_number(fill_id: str) -> int:
@@ -649,8 +707,9 @@ def _record_refusal(sim: BinanceSim, account: str, params: Mapping[str, str],
                                 f"binance {e.code}: {e.msg}")
 
 
-def load_keys(path: str) -> dict[str, str]:
-    """``--keys-file``: a JSON object of API key -> secret (kept out of argv and logs)."""
+def load_keys(path: str) -> dict[str, SimKey]:
+    """``--keys-file``: a JSON object of API key -> secret or key entry (``parse_keys``;
+    kept out of argv and logs)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -658,7 +717,6 @@ def load_keys(path: str) -> dict[str, str]:
         raise ValueError(f"--keys-file {path}: {e.strerror or type(e).__name__}") from None
     except ValueError:
         raise ValueError(f"--keys-file {path}: not JSON") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                             for k, v in data.items()):
+    if not isinstance(data, dict):
         raise ValueError(f"--keys-file {path}: expected a JSON object of api key -> secret strings")
-    return data
+    return parse_keys(data, f"--keys-file {path}")

@@ -431,10 +431,11 @@ def spec_from_config(path: str | None, seed: int | None, protocol: str) -> Marke
 
 def make_simulator(
     spec: MarketSpec, *, record: Path | None, resume: bool = False, admin: bool = False,
-    keys: Mapping[str, str] | None = None, heartbeat_timeout_ms: int = 10_000,
+    keys: Mapping[str, binance.SimKey] | None = None, heartbeat_timeout_ms: int = 10_000,
 ) -> tuple[SimExchange, Simulator]:
     """The engine and the protocol front ``spec`` asks for: the EIP-712 HTTP API, Binance
-    (``keys``: API key -> secret; none: the demo keys), or the CLOB (``spec.clob_tokens``).
+    (``keys``: API key -> ``binance.SimKey``; none: the demo keys), or the CLOB
+    (``spec.clob_tokens``).
     ``resume``: the record is the state (the per-user daemon), bound to the spec's digest.
     ``SimStateError`` / ``OSError`` / ``ValueError`` when the record or market is refused."""
     digest = spec.digest() if resume else ""
