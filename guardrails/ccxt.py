@@ -7,7 +7,9 @@
         await exchange.create_order("BTC/USDT", "limit", "buy", 0.001, 60000)
 
 Invariants upheld: *one writer per account* and *fail closed, and say why*. ``guarded``
-enters a ``Guard`` (host lock, registry, lease loop, kill listener: docs/embedding.md)
+enters a ``Guard`` (host lock, the exchange account's claim for this account id — another
+account id over the same exchange account raises ``GuardError`` —, registry, lease loop,
+kill listener: docs/embedding.md)
 whose venue is the ccxt venue built on this exchange (``CcxtVenue(template=exchange)``:
 its own instance of the same class with the same credentials, URLs and options, because
 the venue reads numbers as exact decimal strings, which would change what the caller's

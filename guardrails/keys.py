@@ -45,11 +45,30 @@ def signer_claim(chain_id: int, address: str) -> str:
     on chain / EIP-712 domain ``chain_id`` in this Redis (``gr:signer:<chain_id>:<0x…>``).
 
     Deliberately outside every account's hash tag: it is the one key two account labels
-    sharing a signing key both reach. Set with ``SET NX`` by ``identity.claim_signer``;
+    sharing a signing key both reach. Set with ``SET NX`` by ``identity.claim_account``;
     an instance of another account finding it refuses to run. Never expires; an operator
     moves a key to another account by deleting it (docs/keys.md).
     """
     return f"{PREFIX}:signer:{int(chain_id)}:{address.lower()}"
+
+
+_EXCHANGE_REF_RE = re.compile(r"(uid|key):[A-Za-z0-9_.-]{1,128}")
+
+
+def exchange_claim(exchange: str, kind: str, ref: str) -> str:
+    """STRING, no expiry: the account id (``venue:account``) that owns one account at a
+    ccxt exchange in this Redis (``gr:exchange:<exchange>:<kind>:<ref>``).
+
+    ``exchange`` is the ccxt id (``-sandbox`` appended in sandbox mode); ``kind`` is
+    ``uid`` (``ref``: the account's id as the exchange reports it, Binance's ``uid``) or
+    ``key`` (the exchange reports none: ``ref`` is a domain-separated SHA-256 of the API
+    key, never the key). The counterpart of ``signer_claim`` for API-key venues, with the
+    same rules: outside every hash tag, set with ``SET NX`` by
+    ``identity.claim_account``, never expires, deleted only by an operator.
+    """
+    if not _VENUE_RE.fullmatch(exchange) or not _EXCHANGE_REF_RE.fullmatch(f"{kind}:{ref}"):
+        raise InvalidAccountId(f"exchange account {exchange!r} {kind}:{ref!r}: not a claim name")
+    return f"{PREFIX}:exchange:{exchange}:{kind}:{ref}"
 
 
 # whole-string patterns (fullmatch: "$" with match() would also take a trailing newline)

@@ -40,7 +40,7 @@ EVM_VENUE: dict[str, Any] = {
 
 
 class _Started:
-    """A started signing venue as ``claim_signer`` sees it: it has an address."""
+    """A started signing venue as ``claim_account`` sees it: it has an address."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -135,8 +135,8 @@ def _cfg(label: str, account: str = ADDRESS) -> Any:
 async def test_claim_when_first_then_set_and_when_same_account_again_then_accepted(
     redis_client: aioredis.Redis,
 ) -> None:
-    await identity.claim_signer(redis_client, _cfg("http"), _Started(ADDRESS))
-    await identity.claim_signer(redis_client, _cfg("http"), _Started("0x" + ADDRESS[2:].upper()))
+    await identity.claim_account(redis_client, _cfg("http"), _Started(ADDRESS))
+    await identity.claim_account(redis_client, _cfg("http"), _Started("0x" + ADDRESS[2:].upper()))
 
     assert await redis_client.get(signer_claim(1, ADDRESS)) == f"http:{ADDRESS}"
 
@@ -144,10 +144,10 @@ async def test_claim_when_first_then_set_and_when_same_account_again_then_accept
 async def test_claim_when_signer_owned_by_other_label_then_conflict_naming_owner(
     redis_client: aioredis.Redis,
 ) -> None:
-    await identity.claim_signer(redis_client, _cfg("paper"), _Started(ADDRESS))
+    await identity.claim_account(redis_client, _cfg("paper"), _Started(ADDRESS))
 
     with pytest.raises(identity.SignerConflict) as info:
-        await identity.claim_signer(redis_client, _cfg("http"), _Started(ADDRESS))
+        await identity.claim_account(redis_client, _cfg("http"), _Started(ADDRESS))
 
     assert info.value.owner == f"paper:{ADDRESS}"
     assert f"already belongs to account paper:{ADDRESS}" in str(info.value)
@@ -158,7 +158,7 @@ async def test_claim_when_paper_venue_then_nothing_claimed(redis_client: aioredi
     cfg = parse_config({"account": {"venue": "paper", "id": "p1"}, "risk": RISK,
                         "venue": {"kind": "paper", "start_prices": {"BTC-USD": "1"}}})
 
-    await identity.claim_signer(redis_client, cfg, object())
+    await identity.claim_account(redis_client, cfg, object())
 
     assert await redis_client.keys("gr:signer:*") == []
 
@@ -172,7 +172,7 @@ async def test_claim_when_redis_unreachable_then_retries_until_it_returns(
     redis_server.kill()
     try:
         claim = asyncio.create_task(
-            identity.claim_signer(client, _cfg("http"), _Started(ADDRESS), retry_s=0.2)
+            identity.claim_account(client, _cfg("http"), _Started(ADDRESS), retry_s=0.2)
         )
         await asyncio.sleep(1.0)
         assert not claim.done()  # still trying, not failed open or closed

@@ -348,17 +348,17 @@ async def test_start_when_symbol_not_listed_then_refused(env: Env) -> None:
         await CcxtVenue(venue_cfg(env.sim.url), ACCOUNT, risk=risk).start()
 
 
-async def test_submit_when_secret_is_wrong_then_rejected_by_signature_check(env: Env) -> None:
+async def test_start_when_secret_is_wrong_then_refused_by_signature_check(env: Env) -> None:
+    # start() reads the account (GET account, signed) to learn its uid: a wrong secret is
+    # refused there, before anything trades. (A submit's AuthenticationError is Rejected:
+    # test_classify_submit_error_when_ccxt_raises_then_only_certain_refusals_are_rejections.)
     venue = CcxtVenue(venue_cfg(env.sim.url), ACCOUNT, risk=RISK,
                       credentials=Credentials(env.key, "not-the-secret"))
-    await venue.start()  # public endpoints only
-    try:
-        order = env.order(Side.BUY, await env.mark() - 100)
-        result = await venue.submit(order)
-    finally:
-        await venue.close()
-    assert isinstance(result, Rejected) and "AuthenticationError" in result.reason
-    assert "not-the-secret" not in result.reason
+    with pytest.raises(VenueError) as refused:
+        await venue.start()
+    text = str(refused.value)
+    assert "cannot read the account" in text and "AuthenticationError" in text
+    assert "not-the-secret" not in text and env.key not in text
 
 
 async def test_start_when_no_credentials_then_refused_naming_the_env_vars(

@@ -89,12 +89,13 @@ heartbeat_ttl = "3s"
 
 
 class Exchange:
-    """The Binance-protocol simulator process with one API key, and its record."""
+    """The Binance-protocol simulator process with one API key (and ``more_keys``: its
+    ``--keys-file`` entries), and its record."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, more_keys: dict[str, Any] | None = None) -> None:
         self.key, self.secret = "k" + uuid.uuid4().hex, uuid.uuid4().hex * 2
         keys = tmp / "keys.json"
-        keys.write_text(json.dumps({self.key: self.secret}))
+        keys.write_text(json.dumps({self.key: self.secret, **(more_keys or {})}))
         os.chmod(keys, 0o600)
         self.record = tmp / "binance-record.jsonl"
         self.tmp = tmp

@@ -325,9 +325,10 @@ class Guard:
         try:
             self._venue = self._make_venue(self.cfg, self.redis)
             await self._venue.start()
-            # One signer, one account: a key already claimed by another account id (a
-            # second label for the same wallet) is refused before it can lead.
-            await identity.claim_signer(self.redis, self.cfg, self._venue, stop=self._stop)
+            # One signer or exchange account, one account id: one already claimed by
+            # another account id (a second label for the same wallet or API key, or
+            # another key of the same exchange account) is refused before it can lead.
+            await identity.claim_account(self.redis, self.cfg, self._venue, stop=self._stop)
         except Exception as e:  # a missing key, an EVM chain id mismatch, an unreachable venue
             logs.event(log, "venue.unavailable", logging.ERROR, venue=kind,
                        error=f"{type(e).__name__}: {e}", action="not starting")

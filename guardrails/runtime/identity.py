@@ -1,9 +1,10 @@
-"""The identity of a signing venue's account: the account IS the signer's address.
+"""The identity of a venue's account: one signer or exchange account, one account id.
 
 Invariant upheld: *the lease's domain is the protected resource*. For a venue that acts
-as a signing key (``http``, ``evm``) the resource is the exchange account or wallet of
-that key, not the label written in ``[account]``. Two labels with one key would be two
-leases, two limits and two budgets over one account. So, by construction:
+as a signing key (``http``, ``evm``, ``polymarket``) or an exchange API key (``ccxt``)
+the resource is the exchange account or wallet behind that key, not the label written
+in ``[account]``. Two labels over one account would be two leases, two limits and two
+budgets over it. So, by construction:
 
 1. ``venues.signing.check_signer_is_account`` — called by every signing venue's
    ``start()`` once its key is loaded — refuses to start when ``[account] id`` is not the signer's address
@@ -11,30 +12,46 @@ leases, two limits and two budgets over one account. So, by construction:
    from* the account id, so distinct accounts get distinct addresses by construction.)
 2. For EVM, ``config.py`` requires ``[account] venue = "evm-<chain_id>"``: one wallet on
    one chain has one label (``docs/venues.md``).
-3. Belt and braces across labels: ``claim_signer`` binds the signer address (per chain /
+3. Belt and braces across labels: ``claim_account`` binds the signer address (per chain /
    EIP-712 domain) to ONE account id in Redis (``keys.signer_claim``, ``SET NX``, no
    expiry). An instance of any other account id finding the claim refuses to run and
    names the account that owns the signer.
+4. A ccxt account has no address to derive its id from, so its label stays the
+   operator's; ``claim_account`` binds the exchange account to ONE account id in the same
+   way (``keys.exchange_claim``). The exchange account is what the exchange says it is
+   where it says so (Binance: the ``uid`` of ``GET /api/v3/account``, read by the venue at
+   start: two API keys of one account share it), else a domain-separated SHA-256 of the
+   API key (``venues.ccxt.api_key_digest``).
 
 What this does NOT guarantee: anything across two different Redis deployments (each
-has its own claims), or two keys for one exchange account (an exchange with sub-keys):
-there the operator must give both configs the same account id. The key itself is never
-logged: only its address.
+has its own claims); two keys for one exchange account where the exchange does not
+report the account (a ccxt exchange other than Binance, or a Binance answer without a
+``uid``: each key is then its own claim) — there the operator must give both configs the
+same account id; an exchange's sub-accounts are separate accounts (their own uids), so a
+master key and a sub-account key are not related here. Keys are never logged or stored:
+only a signer's address or the API key's digest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from guardrails import logs
-from guardrails.config import Config, EvmVenueConfig, HttpVenueConfig, PolymarketVenueConfig
-from guardrails.keys import signer_claim
-from guardrails.venues.base import VenueError
+from guardrails.config import (
+    CcxtVenueConfig,
+    Config,
+    EvmVenueConfig,
+    HttpVenueConfig,
+    PolymarketVenueConfig,
+)
+from guardrails.keys import exchange_claim, signer_claim
+from guardrails.venues.base import ExchangeAccount, VenueError
 
 log = logging.getLogger("guardrails.identity")
 
@@ -42,31 +59,67 @@ CLAIM_RETRY_S = 2.0
 """How often a claim that cannot reach Redis is tried again."""
 
 
-class SignerConflict(VenueError):
-    """The signer is already claimed in Redis by another account id."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one account id claims in Redis for its venue."""
 
-    def __init__(self, address: str, chain_id: int, owner: str, account: str) -> None:
-        self.address, self.chain_id, self.owner, self.account = address, chain_id, owner, account
+    kind: str
+    """``signer`` or ``exchange_account``: the log events' names and the conflict's class."""
+    key: str
+    """The claim's Redis key (``keys.signer_claim`` / ``keys.exchange_claim``)."""
+    what: str
+    """The claimed thing in words, for the messages (never a key or secret)."""
+    rule: str
+    """Why two account ids must not share it."""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """Log fields naming it."""
+
+
+class ClaimConflict(VenueError):
+    """The venue's account (a signer, an exchange account) is already claimed in Redis by
+    another account id."""
+
+    def __init__(self, claim: Claim, owner: str, account: str) -> None:
+        self.claim, self.owner, self.account = claim, owner, account
         super().__init__(
-            f"signer {address} (chain {chain_id}) already belongs to account {owner} in this "
-            f"Redis, not to {account}: one signing key is one account, so two account labels "
-            f"must not share it. Refusing to run {account}. Use the config of {owner} (with "
-            f"--standby for a second copy), or, if {owner} is retired and shares nothing "
-            f"open, delete the key {signer_claim(chain_id, address)} deliberately."
+            f"{claim.what} already belongs to account {owner} in this Redis, not to "
+            f"{account}: {claim.rule}. Refusing to run {account}. Use the config of {owner} "
+            f"(with --standby for a second copy), or, if {owner} is retired and shares "
+            f"nothing open, delete the key {claim.key} deliberately."
         )
 
 
-def claim_of(cfg: Config, venue: object) -> tuple[int, str] | None:
-    """(chain id, signer address) to claim for ``cfg``'s venue, or None (paper venue)."""
+class SignerConflict(ClaimConflict):
+    """The signer is already claimed in Redis by another account id."""
+
+
+class ExchangeAccountConflict(ClaimConflict):
+    """The ccxt venue's exchange account is already claimed in Redis by another account id."""
+
+
+def claim_of(cfg: Config, venue: object) -> Claim | None:
+    """What ``cfg``'s started venue claims, or None (the paper venue: Redis is its exchange)."""
+    if isinstance(cfg.venue, CcxtVenueConfig):
+        acct = getattr(venue, "exchange_account", None)
+        if not isinstance(acct, ExchangeAccount):
+            raise VenueError("ccxt venue: no exchange account to claim (not started?)")
+        return Claim("exchange_account", exchange_claim(acct.exchange, acct.kind, acct.ref),
+                     str(acct), "one exchange account is one account id, so two account "
+                     "ids must not trade it", {"exchange": acct.exchange,
+                                               "exchange_account": f"{acct.kind}:{acct.ref}"})
     if not isinstance(cfg.venue, HttpVenueConfig | EvmVenueConfig | PolymarketVenueConfig):
         return None
     address = getattr(venue, "address", None)
     if not isinstance(address, str) or not address:
         raise VenueError(f"{cfg.venue.kind} venue: no signer address to claim (not started?)")
-    return cfg.venue.chain_id, address.lower()
+    chain_id, address = cfg.venue.chain_id, address.lower()
+    return Claim("signer", signer_claim(chain_id, address),
+                 f"signer {address} (chain {chain_id})",
+                 "one signing key is one account, so two account labels must not share it",
+                 {"signer": address, "chain_id": chain_id})
 
 
-async def claim_signer(
+async def claim_account(
     redis: aioredis.Redis,
     cfg: Config,
     venue: object,
@@ -74,28 +127,28 @@ async def claim_signer(
     stop: asyncio.Event | None = None,
     retry_s: float = CLAIM_RETRY_S,
 ) -> None:
-    """Bind the started ``venue``'s signer to ``cfg``'s account id in Redis, once.
+    """Bind the started ``venue``'s signer or exchange account to ``cfg``'s account id in
+    Redis, once.
 
     Call after ``venue.start()`` and before standing for the lease. Returns when the
-    claim is ours (newly set, or already ours) or the venue signs nothing (paper), or
-    when ``stop`` is set. Raises ``SignerConflict`` when another account id owns the
-    signer. A Redis failure is logged once and retried every ``retry_s`` (nothing can be
-    admitted meanwhile anyway).
+    claim is ours (newly set, or already ours) or the venue claims nothing (paper), or
+    when ``stop`` is set. Raises ``SignerConflict`` / ``ExchangeAccountConflict`` when
+    another account id owns it. A Redis failure is logged once and retried every
+    ``retry_s`` (nothing can be admitted meanwhile anyway).
     """
-    what = claim_of(cfg, venue)
-    if what is None:
+    claim = claim_of(cfg, venue)
+    if claim is None:
         return
-    chain_id, address = what
-    key, account = signer_claim(chain_id, address), str(cfg.account_id)
+    account = str(cfg.account_id)
     failing = False
     while stop is None or not stop.is_set():
         try:
-            owner = await _claim_once(redis, key, account)
+            owner = await _claim_once(redis, claim.key, account)
             break
         except (RedisError, OSError, TimeoutError) as e:
             if not failing:
                 logs.event(log, "identity.redis_unavailable", logging.WARNING,
-                           during="signer claim", error=f"{type(e).__name__}: {e}",
+                           during=f"{claim.kind} claim", error=f"{type(e).__name__}: {e}",
                            action="retrying; not standing for the lease meanwhile")
             failing = True
             if stop is None:
@@ -108,10 +161,11 @@ async def claim_signer(
     else:
         return
     if owner != account:
-        logs.event(log, "identity.signer_conflict", logging.ERROR, signer=address,
-                   chain_id=chain_id, owner=owner, account=account, action="refusing to run")
-        raise SignerConflict(address, chain_id, owner, account)
-    logs.event(log, "identity.signer_claimed", signer=address, chain_id=chain_id,
+        logs.event(log, f"identity.{claim.kind}_conflict", logging.ERROR, **claim.fields,
+                   claim=claim.key, owner=owner, account=account, action="refusing to run")
+        conflict = SignerConflict if claim.kind == "signer" else ExchangeAccountConflict
+        raise conflict(claim, owner, account)
+    logs.event(log, f"identity.{claim.kind}_claimed", **claim.fields, claim=claim.key,
                account=account)
 
 

@@ -52,6 +52,25 @@ def venue_number(value: object, what: str) -> Decimal:
     return d
 
 
+@dataclass(frozen=True, slots=True)
+class ExchangeAccount:
+    """Which account at an API-key exchange a started venue trades (the ccxt venue's
+    ``exchange_account``): what ``runtime.identity.claim_account`` binds to one account
+    id. ``kind`` is ``"uid"`` (``ref``: the account id the exchange reported) or ``"key"``
+    (it reported none: ``ref`` is a domain-separated SHA-256 hex of the API key)."""
+
+    exchange: str
+    """The ccxt id, with ``-sandbox`` in sandbox mode (a test network's own accounts)."""
+    kind: str
+    ref: str
+
+    def __str__(self) -> str:
+        if self.kind == "uid":
+            return f"{self.exchange} account uid {self.ref}"
+        return (f"{self.exchange} API key sha256:{self.ref[:12]}… (no account uid from "
+                f"{self.exchange}, so the key stands for the account)")
+
+
 @runtime_checkable
 class Venue(Protocol):
     """One account at one venue. Methods are safe to call from any instance."""

@@ -65,9 +65,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Sequence
@@ -87,6 +89,7 @@ from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Fill, Order, Side
 from guardrails.venues.base import (
     Accepted,
+    ExchangeAccount,
     FillBatch,
     Rejected,
     SubmitResult,
@@ -114,6 +117,11 @@ DEAD_MAN_LIMITS_S = {"okx": (10, 120), "kraken": (1, 86_400), "hyperliquid": (5,
 DEAD_MAN_NOT_A_COUNTDOWN = frozenset({"bybit"})
 """ccxt has ``cancelAllOrdersAfter`` but it is not a REST countdown: Bybit's DCP cancels
 when a private *websocket* session drops, and this adapter holds none."""
+
+UID_EXCHANGES = frozenset({"binance"})
+"""Exchanges whose account id the venue asks for at start (Binance: ``GET /api/v3/account``
+answers ``uid``). Elsewhere the account is identified by a digest of its API key."""
+_UID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 _REJECTING: tuple[type[BaseException], ...] = (
     cx.InvalidOrder, cx.InsufficientFunds, cx.BadSymbol, cx.BadRequest,
@@ -195,6 +203,21 @@ def fee_in_quote(trade: dict[str, Any], *, base: str, quote: str,
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def api_key_digest(exchange: str, api_key: str) -> str:
+    """SHA-256 hex of ``api_key``, domain-separated by purpose and exchange: what stands
+    for an account whose exchange reports no uid (the key itself is never stored)."""
+    return hashlib.sha256(f"guardrails ccxt api key|{exchange}|{api_key}".encode()).hexdigest()
+
+
+def _uid(value: Any) -> str | None:
+    """An account uid as the exchange answered it, or None for none (missing, 0, empty)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if value > 0 else None
+    if isinstance(value, str) and _UID_RE.fullmatch(value) and value.strip("0"):
+        return value
+    return None
 
 
 class Credentials:
@@ -283,6 +306,7 @@ class CcxtVenue:
         self._source = source
         self._credentials = credentials
         self._ex: Any = None
+        self._account: ExchangeAccount | None = None
         self._base = venue_cfg.url or ""
         self._symbol_of: dict[str, str] = {}
         """Client order id -> symbol of the orders this process sent."""
@@ -318,6 +342,14 @@ class CcxtVenue:
     def instrument(self, ccxt_symbol: str) -> str | None:
         """The configured instrument of a ccxt symbol, or None if none maps to it."""
         return self._inst_of.get(ccxt_symbol)
+
+    @property
+    def exchange_account(self) -> ExchangeAccount:
+        """The exchange account this venue's key trades (after ``start``): its uid where the
+        exchange reports one (``UID_EXCHANGES``), else a digest of the API key."""
+        if self._account is None:
+            raise VenueError("ccxt venue: not started")
+        return self._account
 
     @property
     def dead_man_switch(self) -> bool:
@@ -436,6 +468,7 @@ class CcxtVenue:
             ex = self._make_exchange(creds)
             try:
                 await self._load(ex)
+                self._account = await self._read_account(ex, creds)
             except BaseException:
                 await ex.close()
                 raise
@@ -452,6 +485,24 @@ class CcxtVenue:
                        url=self._base or None, account=str(self._account_id),
                        time_offset_ms=ex.options.get("timeDifference"),
                        recv_window_fence=int(self._fenced))
+
+    async def _read_account(self, ex: Any, creds: Credentials) -> ExchangeAccount:
+        """Which exchange account ``creds`` trade: the uid the exchange reports, else the
+        key's digest. A failed account request raises ``VenueError`` (nothing starts)."""
+        sandbox = self._cfg.sandbox or bool(getattr(self._template, "isSandboxModeEnabled",
+                                                    False))
+        exchange = self._cfg.exchange + ("-sandbox" if sandbox else "")
+        uid = None
+        if self._cfg.exchange in UID_EXCHANGES:
+            try:
+                answer = await ex.private_get_account({"omitZeroBalances": "true"})
+            except cx.BaseError as e:
+                raise VenueError(f"ccxt venue: cannot read the account (GET account) to learn "
+                                 f"its uid: {type(e).__name__}: {_brief(e)}") from None
+            uid = _uid(answer.get("uid") if isinstance(answer, dict) else None)
+        if uid is not None:
+            return ExchangeAccount(exchange, "uid", uid)
+        return ExchangeAccount(exchange, "key", api_key_digest(exchange, creds.api_key))
 
     def _template_credentials(self) -> Credentials:
         t = self._template
