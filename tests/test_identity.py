@@ -185,6 +185,30 @@ async def test_claim_when_redis_unreachable_then_retries_until_it_returns(
         await client.aclose()
 
 
+async def test_claim_when_acl_lacks_claim_key_then_refused_at_once_naming_the_key(
+    redis_server: RedisServer, redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: a bot role for its own account's keys only — the claim key left out, as a
+    # role written before the claim existed would be
+    cfg = _cfg("http")
+    await redis_client.execute_command(
+        "ACL", "SETUSER", "gr-bot-noclaim", "reset", "on", ">pw-noclaim",
+        f"~gr:{{{cfg.account_id}}}:*", "-@all", "+@read", "+@write")
+    bot = aioredis.Redis(port=redis_server.port, username="gr-bot-noclaim",
+                         password="pw-noclaim", decode_responses=True)
+    try:
+        # Act: not retried for ever as if Redis were down — refused, naming what to add
+        with pytest.raises(identity.ClaimNotPermitted) as info:
+            await asyncio.wait_for(
+                identity.claim_account(bot, cfg, _Started(ADDRESS), retry_s=0.1), 10)
+    finally:
+        await bot.aclose()
+
+    # Assert
+    assert f"~{signer_claim(1, ADDRESS)}" in str(info.value)
+    assert await redis_client.get(signer_claim(1, ADDRESS)) is None
+
+
 def test_run_when_two_labels_share_one_signer_then_second_refused_naming_owner(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from guardrails import logs
 from guardrails.config import (
@@ -97,6 +97,19 @@ class ExchangeAccountConflict(ClaimConflict):
     """The ccxt venue's exchange account is already claimed in Redis by another account id."""
 
 
+class ClaimNotPermitted(VenueError):
+    """The Redis user may not touch the claim's key (an ACL without it): not a passing
+    Redis failure, so it is not retried — the operator must add the key to the role."""
+
+    def __init__(self, claim: Claim, account: str, error: str) -> None:
+        self.claim = claim
+        super().__init__(
+            f"the Redis user of {account} may not write {claim.key}, the claim that binds "
+            f"{claim.what} to one account id ({error}): add `~{claim.key}` to the bot's ACL "
+            "user (docs/operations.md, Redis ACL roles). Refusing to run without the claim."
+        )
+
+
 def claim_of(cfg: Config, venue: object) -> Claim | None:
     """What ``cfg``'s started venue claims, or None (the paper venue: Redis is its exchange)."""
     if isinstance(cfg.venue, CcxtVenueConfig):
@@ -145,6 +158,11 @@ async def claim_account(
         try:
             owner = await _claim_once(redis, claim.key, account)
             break
+        except NoPermissionError as e:  # an ACL without the claim key: retrying cannot help
+            logs.event(log, f"identity.{claim.kind}_not_permitted", logging.ERROR,
+                       **claim.fields, claim=claim.key, account=account, error=str(e),
+                       action="refusing to run: add the claim key to the bot's ACL user")
+            raise ClaimNotPermitted(claim, account, str(e)) from None
         except (RedisError, OSError, TimeoutError) as e:
             if not failing:
                 logs.event(log, "identity.redis_unavailable", logging.WARNING,
