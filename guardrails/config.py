@@ -604,9 +604,11 @@ class PolymarketVenueConfig(_Model):
         description="Per instrument symbol: the outcome token id (decimal string) it trades."
     )
     expiry_window: DurationMs = Field(
-        default=ms("180s"),
+        default=ms("180s"), ge=ms("1s"), le=ms("600s"),
         description="The exchange's minimum GTD window: an order's expiration is its submit "
-        "deadline plus this, so one arriving after its deadline is refused as too soon.",
+        "deadline plus this, so one arriving after its deadline is refused as too soon. "
+        "An order the venue has no record of holds its reservation until that expiration "
+        "(at most 600s).",
     )
     heartbeat_interval: DurationMs = Field(
         default=ms("3s"),

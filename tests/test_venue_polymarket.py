@@ -21,6 +21,7 @@ from eth_account import Account
 from py_clob_client.client import ClobClient
 from py_clob_client.clob_types import OrderArgs, OrderType
 from py_clob_client.exceptions import PolyApiException
+from pydantic import ValidationError
 
 from guardrails.config import (
     ConfigError,
@@ -154,6 +155,9 @@ class TestPolymarketConformance(VenueConformance, SecretConformance):
             # The CLOB keeps no record of an order hash it never received: a cancel that
             # overtakes its order cannot be promised (the expiry window bounds it instead).
             fences_unseen_cancel=False,
+            # an unknown order may still arrive until its signed expiration (+1 s: whole
+            # seconds), not only until its deadline
+            arrival_grace_ms=env.venue._cfg.expiry_window + 1_000,
         )
 
 
@@ -284,6 +288,28 @@ async def test_submit_when_sent_after_its_deadline_then_exchange_refuses_too_soo
 
     assert isinstance(result, Rejected), result
     assert [r["reason"] for r in env.record_rows("order")] == ["expired"]
+
+
+async def test_lookup_when_unknown_order_past_deadline_then_can_arrive_until_expiration(
+    env: Env,
+) -> None:
+    # An order the exchange has no record of, whose deadline has passed: the exchange's
+    # minimum-window refusal is policy (expiry_window may exceed it), so it may still be
+    # accepted until its signed expiration — only then may the ledger release it.
+    past = env.order(Side.BUY, "0.40", deadline_ms=now_ms() - 1_500)
+    expired = env.order(Side.BUY, "0.40", deadline_ms=now_ms() - 200_000)
+
+    late = await env.venue.lookup(past.client_order_id, deadline_ms=past.submit_deadline_ms)
+    gone = await env.venue.lookup(expired.client_order_id,
+                                  deadline_ms=expired.submit_deadline_ms)
+
+    assert late.state is VenueOrderState.NOT_FOUND and late.can_still_arrive
+    assert gone.state is VenueOrderState.NOT_FOUND and not gone.can_still_arrive
+
+
+def test_config_when_expiry_window_beyond_600s_then_refused() -> None:
+    with pytest.raises(ValidationError, match="expiry_window"):
+        venue_cfg("http://127.0.0.1:1", expiry_window="601s")
 
 
 async def test_resting_gtd_order_when_expiration_minus_threshold_passes_then_expired(

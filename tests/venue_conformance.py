@@ -77,6 +77,11 @@ class VenueHarness:
     """The venue refuses an order whose cancel arrived first (a tombstone, a voided id).
     A venue that cannot (False) must never answer such a cancel ``Accepted``: the ledger
     then keeps the reservation until the order's deadline has passed."""
+    arrival_grace_ms: int = 0
+    """How long after its submit deadline an order the venue has no record of may still
+    arrive (``lookup``'s ``can_still_arrive``): 0 where the venue's fence refuses a late
+    arrival by contract or signature; Polymarket's refusal is policy, so until the signed
+    expiration."""
 
     @property
     def qty(self) -> Decimal:
@@ -223,10 +228,14 @@ class VenueConformance:
         coid = "c" + uuid.uuid4().hex
 
         live = await harness.venue.lookup(coid, deadline_ms=now_ms() + DEADLINE_MARGIN_MS)
-        dead = await harness.venue.lookup(coid, deadline_ms=now_ms() - 5_000)
+        dead = await harness.venue.lookup(
+            coid, deadline_ms=now_ms() - 5_000 - harness.arrival_grace_ms)
 
         assert live.state is VenueOrderState.NOT_FOUND and live.can_still_arrive
         assert dead.state is VenueOrderState.NOT_FOUND and not dead.can_still_arrive
+        if harness.arrival_grace_ms > 5_000:  # within the grace: still possible
+            late = await harness.venue.lookup(coid, deadline_ms=now_ms() - 5_000)
+            assert late.can_still_arrive
 
     async def test_cancel_when_id_unknown_then_accepted_only_with_a_final_record(
         self, harness: VenueHarness

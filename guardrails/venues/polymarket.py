@@ -23,7 +23,10 @@ maps each symbol to its token id) with the market's tick; prices are probabiliti
   less than that far ahead, so an order arriving after its submit deadline (a paused
   instance's late send) is refused; one that arrived in time expires at most
   ``expiry_window - 60 s`` (the exchange's one-minute security threshold) after the lease
-  deadline.
+  deadline. The refusal is the exchange's policy, not a contract rule (its minimum has
+  changed over time, and ``expiry_window`` may exceed it), so an order the venue has no
+  record of is reported as one that can still arrive until its signed expiration
+  (``arrival_limit_ms``), which the contract enforces: its reservation is held until then.
 * **Heartbeat fence.** While active the runtime runs ``term_service``: a CLOB heartbeat
   every ``heartbeat_interval``. If this instance pauses, dies or is partitioned, the
   exchange cancels all of the wallet's resting orders ~10 s after the last heartbeat.
@@ -120,6 +123,12 @@ def expiration_for(deadline_ms: int, window_ms: int) -> int:
     """GTD expiration (s) of an order that must arrive by ``deadline_ms``: the exchange
     refuses one arriving later, as its expiration is then less than the window ahead."""
     return deadline_ms // 1000 + window_ms // 1000
+
+
+def arrival_limit_ms(deadline_ms: int, window_ms: int) -> int:
+    """The last instant (ms) an order signed for ``deadline_ms`` could reach a match: its
+    signed expiration, which the CTF Exchange contract enforces whatever the API's rule."""
+    return expiration_for(deadline_ms, window_ms) * 1000
 
 
 def _status_of(exc: Exception) -> int | None:
@@ -551,9 +560,15 @@ class PolymarketVenue:
         found = None if digest is None else await self._get_order(digest)
         if digest is None or found is None:
             now = await self._server_ms()
+            # Not "until the deadline": the exchange's minimum window is its policy (it has
+            # been 10 s, 60 s, 180 s) and ``expiry_window`` may be set above it, so an order
+            # sent earlier may still be accepted after its deadline. What no policy moves:
+            # the CTF Exchange contract matches nothing past the order's signed
+            # expiration. Until then its reservation is held (docs/venues.md).
             return VenueOrderStatus(
                 client_order_id=client_order_id, state=VenueOrderState.NOT_FOUND,
-                can_still_arrive=deadline_ms is None or now <= deadline_ms,
+                can_still_arrive=deadline_ms is None or now <= arrival_limit_ms(
+                    deadline_ms, self._cfg.expiry_window),
             )
         try:
             state = _STATES[str(found["status"])]
