@@ -63,7 +63,7 @@ async def run(*, quick: bool) -> list[Row]:
     fig_fail = "takeover p50 / p99 after a Sentinel failover (primary SIGKILLed)"
     if why:
         return [not_measured(NAME, fig_kill, "", why), not_measured(NAME, fig_fail, "", why)]
-    from tests.ha_harness import SentinelGroup
+    from tests.ha_harness import SentinelGroup, wait_replica_online
 
     trials = 3 if quick else 8
     acct = account("sentinel")
@@ -118,7 +118,7 @@ async def run(*, quick: bool) -> list[Row]:
                     node = group.server(old_port)
                     node.extra = ["--replicaof", "127.0.0.1", str(new_port)]
                     await asyncio.to_thread(node.start)
-                    await asyncio.to_thread(group._wait_replication, group.server(new_port))
+                    await asyncio.to_thread(wait_replica_online, group.server(new_port))
                     if who is not active:
                         active, standby = standby, active
                 progress(NAME, f"trial {n + 1}/{2 * trials} {kind}: {took:.0f} ms "

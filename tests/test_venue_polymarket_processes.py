@@ -223,8 +223,14 @@ def test_sigstop_when_active_paused_past_ttl_then_heartbeat_cancels_and_late_ord
         hb = [r for r in w.rows("cancel") if r.get("reason") == "heartbeat_timeout"]
         assert hb, w.sim.logs()[-2000:]
         assert all(stopped_ms <= r["arrival_ms"] <= continued * 1000 for r in hb)
+        # Every order it cancelled is one this bot placed before it froze. (Not only those
+        # logged as submitted: an order in flight at the SIGSTOP rests at the exchange while
+        # its answer waits, unread, in the frozen process.)
+        placed = {r["coid"] for r in w.rows("order")
+                  if r.get("result") != "rejected" and r["arrival_ms"] <= stopped_ms + 500}
+        assert {r["coid"] for r in hb} <= placed, (hb, placed)
         resting = {e["venue_order_id"] for e in a.events("order.submitted")}
-        assert {r["coid"] for r in hb} <= resting
+        assert {r["coid"] for r in hb} & resting, (hb, resting)
         # ...and its late orders under the old token were refused by the gate.
         late = [e for e in a.events("order.denied") if e.ts >= continued
                 and e.get("token") == str(token)]
