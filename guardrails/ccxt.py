@@ -256,13 +256,16 @@ class _Guarded:
         self._guard = Guard(cfg, standby=standby, instance_id=instance_id,
                             handle_signals=handle_signals, venue=self._venue)
         self._wrapped: GuardedExchange | None = None
+        self._built: CcxtVenue | None = None
         self._owner: asyncio.Task[Any]
         self._cancelled = False
 
     def _venue(self, cfg: Config, redis: aioredis.Redis) -> Venue:
         assert isinstance(cfg.venue, CcxtVenueConfig)
-        return CcxtVenue(cfg.venue, cfg.account_id, risk=cfg.risk, source=cfg.source,
-                         redis=redis, lease=cfg.lease, template=self._exchange)
+        # kept here: the guard hands out only a read-only view of its venue
+        self._built = CcxtVenue(cfg.venue, cfg.account_id, risk=cfg.risk, source=cfg.source,
+                                redis=redis, lease=cfg.lease, template=self._exchange)
+        return self._built
 
     async def __aenter__(self) -> GuardedExchange:
         owner = asyncio.current_task()
@@ -270,7 +273,9 @@ class _Guarded:
             raise RuntimeError("guarded() outside a task")
         await self._guard.__aenter__()
         self._owner = owner
-        self._wrapped = GuardedExchange(self._exchange, self._guard, on_stop=self._stopped)
+        assert self._built is not None  # the guard built its venue on entering
+        self._wrapped = GuardedExchange(self._exchange, self._guard, self._built,
+                                        on_stop=self._stopped)
         self._wrapped._start()
         return self._wrapped
 
@@ -298,15 +303,13 @@ class _Guarded:
 class GuardedExchange:
     """The caller's exchange with its order calls gated (see the module doc)."""
 
-    def __init__(self, exchange: Any, guard: Guard, *,
+    def __init__(self, exchange: Any, guard: Guard, venue: CcxtVenue, *,
                  on_stop: Callable[[], None] | None = None) -> None:
         self._ex = exchange
         self._on_stop = on_stop
         self.guard = guard
         """The ``Guard`` underneath: ``role``, ``token``, ``stop()``."""
         self._ledger = Ledger(guard.redis, guard.keys, guard.cfg.risk)
-        venue = guard.venue
-        assert isinstance(venue, CcxtVenue)
         self._venue = venue
         self._term: Term | None = None
         self._ctx: Context | None = None

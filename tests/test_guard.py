@@ -225,12 +225,39 @@ async def test_guard_when_given_a_venue_factory_then_trades_through_the_venue_it
         async with guard.active() as ctx:
             decision = await ctx.submit(_bid(1))
             at_venue = await guard.venue.lookup(decision.client_order_id)
+            at_built = await built[0].lookup(decision.client_order_id)
             guard.stop()
 
     # Assert: one venue, the factory's, received the admitted order.
-    assert len(built) == 1 and guard.venue is built[0]
+    assert len(built) == 1
     assert isinstance(decision, Admitted)
     assert at_venue.state.value == "open", at_venue
+    assert at_built == at_venue
+
+
+async def test_guard_venue_when_a_bot_reaches_for_submit_or_cancel_then_refused_reads_work(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    # Arrange: a careless bot holding guard.venue would trade outside every limit with
+    # its submit (no reservation, no fence); the guard hands out a read-only view.
+    guard = Guard.from_config(_config(tmp_path, redis_server), instance_id="g1",
+                              handle_signals=False)
+    async with guard:
+        async with guard.active() as ctx:
+            decision = await ctx.submit(_bid(1))
+            assert isinstance(decision, Admitted), decision
+            view = guard.venue
+            # Act / Assert: reads answer...
+            assert (await view.marks(["BTC-USD"]))["BTC-USD"] > 0
+            assert (await view.lookup(decision.client_order_id)).state.value == "open"
+            assert isinstance(await view.balances(), dict)
+            # ...the venue's order calls are not there, with a message saying where to go.
+            for name in ("submit", "cancel", "fills_since", "close", "_venue_x"):
+                with pytest.raises(AttributeError, match=r"guard.venue is read-only"):
+                    getattr(view, name)
+            guard.stop()
+    # Nothing was sent but the gated order: one open order, one admission.
+    assert await redis_client.scard(KEYS.open_orders) == 1
 
 
 async def test_guard_when_body_swallows_the_cancellation_like_a_client_timeout_then_cancelled_again(

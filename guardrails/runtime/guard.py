@@ -59,7 +59,7 @@ from guardrails.runtime.services import INFRA_ERRORS, AccountServices
 from guardrails.runtime.term import Term, prepare
 from guardrails.statedir import StateDirError
 from guardrails.venues import make_venue
-from guardrails.venues.base import Venue
+from guardrails.venues.base import Venue, VenueReader
 
 log = logging.getLogger("guardrails.runtime")
 
@@ -197,8 +197,12 @@ class Guard:
         return self._redis
 
     @property
-    def venue(self) -> Venue:
-        """The account's started venue (after ``__aenter__``)."""
+    def venue(self) -> VenueReader:
+        """The account's started venue, to read (after ``__aenter__``): marks, balances, an
+        order's record. Not to trade: orders go through the gate (``Context.submit``)."""
+        return VenueReader(self._started_venue())
+
+    def _started_venue(self) -> Venue:
         if self._venue is None:
             raise RuntimeError("guard.venue outside `async with Guard(...)`")
         return self._venue
@@ -315,7 +319,7 @@ class Guard:
             dash = await services.start_dashboard(cfg.redis.model_copy(update={"url": url}), cfg)
             if dash is not None:
                 self._closers.append(dash)
-        self._services = AccountServices(cfg, self.redis, self.venue, self.marks,
+        self._services = AccountServices(cfg, self.redis, self._started_venue(), self.marks,
                                          instance_id=self.instance_id, token=lambda: self._token,
                                          latch_memory=latch_memory, latch_seen=latch_seen)
         self._main = asyncio.create_task(self._background(), name="guard-main")

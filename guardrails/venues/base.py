@@ -111,3 +111,41 @@ class Venue(Protocol):
 
     async def balances(self) -> dict[str, Decimal]:
         """The account's holdings per symbol/asset as the venue sees them."""
+
+
+class VenueReader:
+    """What a bot may do with its account's venue outside the gate: read. Marks, balances
+    and an order's record — not ``submit`` or ``cancel``, nor ``fills_since`` (the runtime's
+    fill pump owns the fill stream). An order goes through the gate (``Context.submit``, or
+    ``guardrails.ccxt.guarded``), a cancel through the ledger (``Context.cancel``): a
+    submit here would trade outside every limit. ``Guard.venue`` hands this out."""
+
+    __slots__ = ("_venue",)
+
+    def __init__(self, venue: Venue) -> None:
+        self._venue = venue
+
+    @property
+    def name(self) -> str:
+        return self._venue.name
+
+    async def marks(self, symbols: Sequence[str]) -> dict[str, Decimal]:
+        """Current mark (mid) price of each symbol the venue quotes."""
+        return await self._venue.marks(symbols)
+
+    async def balances(self) -> dict[str, Decimal]:
+        """The account's holdings per symbol/asset as the venue sees them."""
+        return await self._venue.balances()
+
+    async def lookup(self, client_order_id: str, *,
+                     deadline_ms: int | None = None) -> VenueOrderStatus:
+        """The venue's record of one order (``Venue.lookup``)."""
+        return await self._venue.lookup(client_order_id, deadline_ms=deadline_ms)
+
+    def __getattr__(self, name: str) -> object:
+        raise AttributeError(
+            f"guard.venue is read-only: {name!r} is not offered (marks, balances, lookup "
+            f"are); orders go through the gate (Context.submit, Context.cancel)")
+
+    def __repr__(self) -> str:
+        return f"VenueReader({self._venue.name})"
