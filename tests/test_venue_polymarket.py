@@ -164,18 +164,25 @@ class TestPolymarketConformance(VenueConformance, SecretConformance):
 # -- exact amounts --------------------------------------------------------------------
 
 
-async def test_submit_when_library_rounds_size_inexactly_then_refused_and_nothing_sent(
+async def test_submit_when_library_would_round_size_inexactly_then_exact_amounts_signed(
     env: Env,
 ) -> None:
-    # Arrange: py-clob-client floors 0.29 * 100 = 28.999999999999996 to 28 (size 0.28).
+    # Arrange: py-clob-client's get_order_amounts floors 0.29 * 100 = 28.999999999999996
+    # to 28: through it, a 0.29-share bid would be signed as 0.28 shares.
+    from py_clob_client.order_builder.builder import ROUNDING_CONFIG
+
+    _, lib_maker, lib_taker = env.venue._lib().builder.get_order_amounts(
+        "BUY", 0.29, 0.40, ROUNDING_CONFIG["0.01"])
+    assert (lib_maker, lib_taker) != (116_000, 290_000)  # the library's float error, still there
     order = env.order(Side.BUY, "0.40", qty="0.29")
     # Act
     result = await env.venue.submit(order)
-    # Assert: refused before anything left, and the exchange saw no order at all.
-    assert isinstance(result, Rejected) and result.reason.startswith("amount_mismatch"), result
-    assert env.record_rows("order") == []
-    assert await env.redis.hget(AccountKeys(env.venue._account_id).clob_orders,
-                                order.client_order_id) is None
+    # Assert: the exchange received exactly 0.29 shares for exactly 0.116 USDC.
+    assert isinstance(result, Accepted), result
+    [row] = env.record_rows("order")
+    assert (Decimal(row["qty"]), Decimal(row["price"])) == (Decimal("0.29"), Decimal("0.4")), row
+    status = await env.venue.lookup(order.client_order_id)
+    assert status.state is VenueOrderState.OPEN, status
 
 
 async def test_submit_when_price_outside_unit_interval_then_refused(env: Env) -> None:

@@ -6,12 +6,11 @@ exchange*. The account is the wallet (``[account] id`` = the signer's address,
 maps each symbol to its token id) with the market's tick; prices are probabilities in
 (0, 1) and money is USDC (6 decimals).
 
-* **Exact amounts.** py-clob-client computes an order's maker/taker amounts from floats.
-  An order is converted to floats only when its price and size are exactly
-  representable on the market's tick and the 0.01 size grid; the amounts the library
-  computes — and the amounts in the order it signs — must equal the exact ``Decimal``
-  computation (``size x price x 10^6`` USDC, ``size x 10^6`` shares). A difference is
-  ``Rejected`` and nothing is sent.
+* **Exact amounts.** py-clob-client computes an order's maker/taker amounts from floats
+  (and floors: 0.29 shares would be signed as 0.28). The adapter computes them in
+  ``Decimal`` instead (``size x price x 10^6`` USDC, ``size x 10^6`` shares), within the
+  library's precision for the tick, and signs them with the library's own order builder
+  (py_order_utils); the signed order's amounts must equal them, or nothing is sent.
 * **Idempotency.** The EIP-712 salt is derived from the client order id and every other
   field from the admitted order, so a re-send is the same signed order — the same order
   hash — and the exchange refuses it as a duplicate; the adapter then answers with the
@@ -111,12 +110,6 @@ def salt_for(client_order_id: str) -> int:
     survives every JSON parser), so a re-send signs the same order."""
     digest = hashlib.sha256(f"guardrails clob salt|{client_order_id}".encode()).digest()
     return int.from_bytes(digest[:6], "big")
-
-
-def exact_float(d: Decimal) -> float | None:
-    """``float(d)`` when that float's shortest repr is exactly ``d``, else None."""
-    f = float(d)
-    return f if Decimal(repr(f)) == d else None
 
 
 def expiration_for(deadline_ms: int, window_ms: int) -> int:
@@ -388,11 +381,12 @@ class PolymarketVenue:
 
     def _build(self, order: Order, token: str) -> tuple[Any, str] | Rejected:
         """(signed order, its hash), or why it cannot be sent exactly. Runs in a thread."""
-        from py_clob_client.clob_types import CreateOrderOptions
         from py_clob_client.config import get_contract_config
         from py_clob_client.order_builder.builder import ROUNDING_CONFIG
         from py_order_utils.builders import OrderBuilder as UtilsOrderBuilder
+        from py_order_utils.model import BUY as UTILS_BUY
         from py_order_utils.model import EOA, OrderData
+        from py_order_utils.model import SELL as UTILS_SELL
         from py_order_utils.signer import Signer as UtilsSigner
 
         client = self._lib()
@@ -408,20 +402,18 @@ class PolymarketVenue:
             return Rejected(f"off_tick: price {price} not on tick {tick} inside (0, 1)")
         if qty <= 0 or qty % SIZE_STEP != 0:
             return Rejected(f"off_lot: size {qty} not a positive multiple of {SIZE_STEP}")
-        fprice, fqty = exact_float(price), exact_float(qty)
-        if fprice is None or fqty is None:
-            return Rejected("not_exact: price or size is not exact as a float")
+        # The amounts, in Decimal: the library's own get_order_amounts multiplies floats
+        # and floors (0.29 shares x 100 = 28.999999999999996 -> 0.28 signed), so it is not
+        # asked; the amounts are held to its precision for this tick (ROUNDING_CONFIG:
+        # size 2 decimals, the USDC amount the tick's decimals + 2), which an exact
+        # product of an on-tick price and an on-grid size always meets.
         shares, usdc = qty * UNITS, qty * price * UNITS
-        if shares != shares.to_integral_value() or usdc != usdc.to_integral_value():
-            return Rejected(f"not_exact: {qty} x {price} is not whole USDC micro-units")
+        amount_step = Decimal(1).scaleb(6 - ROUNDING_CONFIG[tick_s].amount)
+        if shares != shares.to_integral_value() or usdc % amount_step != 0:
+            return Rejected(f"not_exact: {qty} x {price} is not whole at the market's "
+                            f"{ROUNDING_CONFIG[tick_s].amount}-decimal USDC precision")
         exact = (int(usdc), int(shares)) if order.side is Side.BUY else (int(shares), int(usdc))
-        side_s = "BUY" if order.side is Side.BUY else "SELL"
-        options = CreateOrderOptions(tick_size=tick_s, neg_risk=neg_risk)
-        side_i, maker, taker = client.builder.get_order_amounts(
-            side_s, fqty, fprice, ROUNDING_CONFIG[options.tick_size])
-        if (int(maker), int(taker)) != exact:
-            return Rejected(f"amount_mismatch: py-clob-client computed maker/taker "
-                            f"{maker}/{taker}, exact is {exact[0]}/{exact[1]}; not sent")
+        side_i = UTILS_BUY if order.side is Side.BUY else UTILS_SELL
         address = to_checksum_address(self._signer.address)
         data = OrderData(
             maker=address, tokenId=token, makerAmount=str(exact[0]), takerAmount=str(exact[1]),
