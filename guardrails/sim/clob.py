@@ -27,9 +27,17 @@ Its trades carry the market's fee rate; ``POST /admin/answers`` (admin) adds raw
 rows, midpoint values or cancel answers to its answers — another trader's match, or a
 hostile answer.
 
-What it does not model: partial fills, other traders, on-chain settlement, fees taken
-from balances, balances limiting orders (a sell needs no shares here), proxy/safe
-signature types, rewards.
+Settlement: a trade is CONFIRMED as soon as it matches, unless settlement is held
+(``hold_settlement``, or ``POST /admin/settlement {"hold": true}``): a trade matched
+while held stays MATCHED until ``POST /admin/settlement {"trades": {id: status}}`` moves
+it on — to MINED or RETRYING (still unsettled), CONFIRMED, or FAILED. A FAILED trade did
+not happen: its fill is taken off the order and the balances, and the order is canceled
+(``reason = settlement_failed``; whole fills only, so nothing of it is left to rest).
+Each move is a ``settlement`` line of the record, replayed by the daemon.
+
+What it does not model: partial fills, other traders, the chain itself (balances move
+at the match and move back on a failure), fees taken from balances, balances limiting
+orders (a sell needs no shares here), proxy/safe signature types, rewards.
 """
 
 from __future__ import annotations
@@ -63,8 +71,8 @@ from guardrails.config import (
     PaperVenueConfig,
     RiskConfig,
 )
-from guardrails.model import Order, Side
-from guardrails.sim.exchange import SimExchange, SimOrder
+from guardrails.model import Fill, Order, Side
+from guardrails.sim.exchange import SimExchange, SimOrder, SimStateError
 from guardrails.sim.server import Faults, Simulator
 
 log = logging.getLogger("guardrails.sim.clob")
@@ -80,6 +88,14 @@ AUTH_WINDOW_S = 300
 
 MIN_EXPIRY_WINDOW_MS = 180_000
 """A GTD order must expire at least this far ahead (the exchange's "three minutes")."""
+
+UNSETTLED = ("MATCHED", "MINED", "RETRYING")
+"""Trade statuses of a match whose on-chain settlement is not final yet."""
+
+SETTLEMENT_MOVES = {"MATCHED": ("MINED", "RETRYING", "CONFIRMED", "FAILED"),
+                    "MINED": ("RETRYING", "CONFIRMED", "FAILED"),
+                    "RETRYING": ("MINED", "CONFIRMED", "FAILED")}
+"""trade status -> the statuses it may move to (CONFIRMED and FAILED are final)."""
 
 _STATUS = {"open": "LIVE", "filled": "MATCHED", "canceled": "CANCELED",
            "rejected": "INVALID", "expired": "EXPIRED"}
@@ -137,8 +153,14 @@ class ClobExchange(SimExchange):
         resume: bool = False,
         market_digest: str = "",
         secret: bytes = b"guardrails clob simulator",
+        hold_settlement: bool = False,
     ) -> None:
         # Set before the base replays a record (resume): _replay needs them.
+        self.hold_settlement = hold_settlement
+        """Trades matched while set stay MATCHED until ``settle`` moves them."""
+        self._settlement: dict[str, str] = {}
+        """fill (trade) id -> its status, for trades matched while settlement was held
+        (absent: CONFIRMED)."""
         self.tokens = dict(tokens)
         """symbol -> token id."""
         self.symbols = {t: s for s, t in self.tokens.items()}
@@ -268,6 +290,14 @@ class ClobExchange(SimExchange):
                            silent_ms=now - last)
 
     def _replay(self, row: Mapping[str, Any], market_digest: str, path: Path) -> None:
+        if row.get("type") == "settlement":
+            account, fill_id = str(row["account"]), str(row["fill_id"])
+            fill = next((f for _, acct, f in self._fills
+                         if acct == account and f.fill_id == fill_id), None)
+            if fill is None:
+                raise SimStateError(f"{path}: settlement of an unknown trade {fill_id}")
+            self._apply_settlement(account, fill, str(row["status"]))
+            return
         # An expiry or heartbeat cancel is a "cancel" line with its own result. (After a
         # restart, resting GTD orders are not expired again: the daemon is a demo.)
         if row.get("type") == "cancel" and row.get("result") == "expired":
@@ -296,7 +326,53 @@ class ClobExchange(SimExchange):
     def _fill(self, so: SimOrder, ticks: int, liquidity: str) -> None:
         super()._fill(so, ticks, liquidity)
         if so.fills:
-            self._liquidity[so.fills[-1].fill_id] = liquidity
+            fill_id = so.fills[-1].fill_id
+            self._liquidity[fill_id] = liquidity
+            if self.hold_settlement:
+                self._settlement[fill_id] = "MATCHED"
+                self._write({"type": "settlement", "fill_id": fill_id, "account": so.account,
+                             "coid": so.order.client_order_id, "status": "MATCHED"})
+
+    # -- settlement (held: tests move each trade on) ----------------------------------------
+
+    def trade_status(self, fill_id: str) -> str:
+        return self._settlement.get(fill_id, "CONFIRMED")
+
+    def unsettled(self) -> dict[str, str]:
+        """trade id -> status of every trade whose settlement is not final."""
+        return {t: s for t, s in self._settlement.items() if s in UNSETTLED}
+
+    def settle(self, fill_id: str, status: str) -> None:
+        """Move a held trade to ``status`` (``SETTLEMENT_MOVES``); FAILED undoes its fill
+        and cancels its order. ``ClobError(400)`` for a trade that is not held or a move
+        that is not allowed (CONFIRMED and FAILED are final)."""
+        current = self._settlement.get(fill_id)
+        if current is None:
+            raise ClobError(400, f"trade {fill_id} is not under held settlement")
+        if status not in SETTLEMENT_MOVES.get(current, ()):
+            raise ClobError(400, f"trade {fill_id} is {current}: cannot move to {status}")
+        found = next(((acct, f) for _, acct, f in self._fills if f.fill_id == fill_id), None)
+        if found is None:
+            raise ClobError(400, f"trade {fill_id} not found")
+        acct, fill = found
+        self._write({"type": "settlement", "fill_id": fill_id, "account": acct,
+                     "coid": fill.client_order_id, "status": status})
+        self._apply_settlement(acct, fill, status)
+
+    def _apply_settlement(self, account: str, fill: Fill, status: str) -> None:
+        self._settlement[fill.fill_id] = status
+        so = self._orders.get((account, fill.client_order_id))
+        if status != "FAILED" or so is None or fill not in so.fills:
+            return
+        # The trade did not happen: the order's matched size returns and the balances move
+        # back. With whole fills nothing of the order is left, so it ends canceled.
+        o, inst = so.order, self._instruments[so.order.symbol]
+        ticks = inst.ticks(fill.price) or 0
+        pos, cash = (account, o.symbol), (account, "cash")
+        self._balances[pos] = self._balances.get(pos, 0) - o.side.sign * so.lots
+        self._balances[cash] = self._balances.get(cash, 0) + o.side.sign * so.lots * ticks * inst.k
+        so.fills.remove(fill)
+        so.state, so.reason = "canceled", "settlement_failed"
 
     # -- orders -------------------------------------------------------------------------
 
@@ -430,7 +506,8 @@ class ClobExchange(SimExchange):
             trade = {
                 "id": f.fill_id, "market": self.condition_id, "asset_id": token,
                 "side": f.side.value.upper(), "size": str(f.qty), "fee_rate_bps": fee,
-                "price": str(f.price), "status": "CONFIRMED", "match_time": str(ts),
+                "price": str(f.price), "status": self.trade_status(f.fill_id),
+                "match_time": str(ts),
                 "last_update": str(ts), "outcome": f.symbol, "owner": "", "maker_address": acct,
                 "transaction_hash": "0x" + hashlib.sha256(f.fill_id.encode()).hexdigest(),
                 "bucket_index": 0, "trader_side": liquidity.upper(),
@@ -694,6 +771,20 @@ def build_clob_app(exchange: ClobExchange, *, admin: bool = False,
             exchange.injected_cancel = list(body["cancel"])
         return web.json_response({"status": "ok"})
 
+    async def set_settlement(request: web.Request) -> web.StreamResponse:
+        # {"hold": bool} holds (or stops holding) the settlement of trades matched from now
+        # on; {"trades": {trade id: status}} moves held trades on. Answers the unsettled ones.
+        body = await request.json()
+        moves = body.get("trades", {})
+        if not isinstance(moves, dict):
+            raise ClobError(400, "trades must be an object of trade id -> status")
+        for trade_id, status in moves.items():
+            exchange.settle(str(trade_id), str(status))
+        if "hold" in body:
+            exchange.hold_settlement = bool(body["hold"])
+        return web.json_response({"status": "ok", "hold": exchange.hold_settlement,
+                                  "unsettled": exchange.unsettled()})
+
     async def info(request: web.Request) -> web.StreamResponse:
         return web.json_response({**exchange.info(), "heartbeat_cancels":
                                   exchange.heartbeat_cancels})
@@ -729,7 +820,8 @@ def build_clob_app(exchange: ClobExchange, *, admin: bool = False,
     ]
     if admin:
         routes += [("POST", "/admin/faults", set_faults), ("POST", "/admin/mark", set_mark),
-                   ("POST", "/admin/answers", set_answers)]
+                   ("POST", "/admin/answers", set_answers),
+                   ("POST", "/admin/settlement", set_settlement)]
     for method, path, handler in routes:
         app.router.add_route(method, path, guarded(handler))
     return app
