@@ -618,6 +618,11 @@ class PolymarketVenueConfig(_Model):
         default=True, description="On taking the lease, cancel every resting order of the wallet."
     )
     request_timeout: DurationMs = Field(default=ms("5s"), description="Per-call time limit.")
+    settlement_warn_after: DurationMs = Field(
+        default=ms("5m"), ge=ms("1s"),
+        description="A trade not yet CONFIRMED or FAILED this long after its match is logged "
+        "once (venue.polymarket.trade_unsettled); it is still re-read until it settles.",
+    )
     simulator: PaperVenueConfig | None = Field(
         default=None,
         description="Market of the CLOB simulator (guardrails.sim.clob): start prices per symbol.",

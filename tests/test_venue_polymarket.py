@@ -427,7 +427,7 @@ def _maker_trade(env: Env, maker_hash: str, *, taker_asset: str, maker_asset: st
     row: dict[str, Any] = {
         "id": "t-" + uuid.uuid4().hex[:12], "market": env.exchange.condition_id,
         "asset_id": taker_asset, "side": "BUY", "size": size, "fee_rate_bps": "0",
-        "price": str(1 - Decimal(price)), "status": "MATCHED",
+        "price": str(1 - Decimal(price)), "status": "CONFIRMED",
         "match_time": str(int(time.time())), "outcome": "", "owner": "",
         "maker_address": "0x" + "11" * 20, "trader_side": "MAKER",
         "taker_order_id": "0x" + "22" * 32,

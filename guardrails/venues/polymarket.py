@@ -35,10 +35,14 @@ maps each symbol to its token id) with the market's tick; prices are probabiliti
   transport error (even one after the request was written): that is ``Unknown``; a 4xx
   answer is ``Rejected``; a 5xx is ``Unknown``.
 
-Fills come from ``/data/trades`` with a durable cursor (``"<match time>:<trade ids at
-that second>"``), each leg of its own order's token and with the exchange's fee
-(``trade_legs``, ``fee_of``); a trade row with an impossible number is a ``VenueError``,
-never a fill. Marks come from ``/midpoints``, balances from ``/balance-allowance``.
+Fills come from ``/data/trades``, each leg of its own order's token and with the
+exchange's fee (``trade_legs``, ``fee_of``); a trade row with an impossible number is a
+``VenueError``, never a fill. A trade is a fill only once its on-chain settlement is
+CONFIRMED; a FAILED one never is (it did not happen), and one still MATCHED, MINED or
+RETRYING is carried in the fills cursor (``TradeCursor``) and read again until it
+settles — so it is applied once, neither early nor lost. ``lookup`` reports an order
+with a trade still settling as OPEN, never final (a final order releases its reservation
+and would refuse that trade's fill). Marks come from ``/midpoints``, balances from ``/balance-allowance``.
 The private key reaches py-clob-client (which signs by itself) and nothing else: no
 log line, repr, exception or Redis value holds it.
 """
@@ -50,10 +54,12 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from enum import Enum
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -162,6 +168,27 @@ def fee_of(size: Decimal, price: Decimal, fee_rate_bps: int) -> Decimal:
     return size * min(price, 1 - price) * fee_rate_bps / Decimal(10_000)
 
 
+class Settlement(Enum):
+    """What a trade's ``status`` means for the ledger. On the CLOB a match settles on
+    chain: MATCHED -> MINED -> CONFIRMED, or MATCHED -> RETRYING -> FAILED."""
+
+    CONFIRMED = "confirmed"
+    """Final and successful: the trade happened, its legs are fills."""
+    FAILED = "failed"
+    """Final and failed: the trade did not happen, it is never a fill."""
+    UNSETTLED = "unsettled"
+    """MATCHED, MINED, RETRYING (or a status this adapter does not know): not a fill yet,
+    re-read until it is CONFIRMED or FAILED."""
+
+
+def settlement_of(status: str) -> Settlement:
+    if status == "CONFIRMED":
+        return Settlement.CONFIRMED
+    if status == "FAILED":
+        return Settlement.FAILED
+    return Settlement.UNSETTLED
+
+
 @dataclass(frozen=True, slots=True)
 class TradeLeg:
     """This wallet's part of one CLOB trade: its taker order, or one of its maker orders."""
@@ -177,20 +204,42 @@ class TradeLeg:
     fill_id: str
     trade_id: str
     match_time: int
+    status: str
+    """The trade's settlement status as the exchange wrote it, upper-cased."""
+
+    @property
+    def settlement(self) -> Settlement:
+        return settlement_of(self.status)
+
+
+MAX_TRADE_ID = 128
+_CURSOR_SEPARATORS = frozenset(",| \t\r\n")
+
+
+def _cursor_safe(ident: str) -> bool:
+    """A trade id the fills cursor can hold: 1..128 characters, none of its separators."""
+    return 0 < len(ident) <= MAX_TRADE_ID and not _CURSOR_SEPARATORS.intersection(ident)
 
 
 def trade_legs(t: Any, address: str) -> list[TradeLeg]:
     """The legs of ``address`` (lower-cased) in one ``/data/trades`` row, each checked:
     side BUY or SELL, a size > 0, a price in (0, 1), a fee rate in 0..10^4 bps, a match
-    time > 0. Raises ``ValueError``/``KeyError``/``TypeError`` for a row that is not that:
-    the venue's answer is wrong, and no ledger entry is made from it."""
+    time > 0, a status string, an id the fills cursor can hold. Raises
+    ``ValueError``/``KeyError``/``TypeError`` for a row that is not that: the venue's
+    answer is wrong, and no ledger entry is made from it."""
     if not isinstance(t, dict):
         raise TypeError("trade row is not an object")
     trade_id = str(t["id"])
+    if not _cursor_safe(trade_id):
+        raise ValueError(f"trade id {trade_id[:40]!r} is empty, longer than {MAX_TRADE_ID} or "
+                         "holds a separator of the fills cursor (',', '|', white space)")
     match_time = int(venue_number(t["match_time"], "match_time"))
     if match_time <= 0 or match_time != venue_number(t["match_time"], "match_time"):
         raise ValueError(f"trade {trade_id[:40]}: match_time {t['match_time']!r} is not a "
                          "positive whole second")
+    if not isinstance(t["status"], str):
+        raise TypeError(f"trade {trade_id[:40]}: status {t['status']!r} is not a string")
+    status = t["status"].upper()
 
     def leg(row: Any, order_hash: object, size: object, fill_id: str) -> TradeLeg:
         if not isinstance(row, dict):
@@ -209,7 +258,7 @@ def trade_legs(t: Any, address: str) -> list[TradeLeg]:
             order_hash=str(order_hash), asset_id=str(row["asset_id"]),
             side=Side.BUY if side_s == "BUY" else Side.SELL, size=qty, price=price,
             fee=fee_of(qty, price, int(bps)), fill_id=fill_id, trade_id=trade_id,
-            match_time=match_time,
+            match_time=match_time, status=status,
         )
 
     out: list[TradeLeg] = []
@@ -223,6 +272,74 @@ def trade_legs(t: Any, address: str) -> list[TradeLeg]:
             out.append(leg(m, m["order_id"], m["matched_amount"],
                            f"{trade_id}:{str(m['order_id'])[:18]}"))
     return out
+
+
+MAX_UNSETTLED = 256
+"""At most this many unsettled trades ride in one fills cursor; while it is full the
+cursor does not move past the next unsettled trade (it is read again later)."""
+
+
+MAX_LOGGED_FAILED = 10_000
+"""How many FAILED trade ids an instance remembers having logged."""
+
+
+@dataclass(frozen=True, slots=True)
+class TradeCursor:
+    """Where ``fills_since`` is in the wallet's trades, as the string
+    ``"<top>:<ids at top>[|<time>/<id>,...]"``.
+
+    ``top`` is the match second read up to and ``at_top`` the trades of that second
+    already taken (their fills returned, or their failure logged, or held as unsettled);
+    every trade before ``top`` was taken. ``unsettled`` are the taken trades not yet
+    CONFIRMED or FAILED (trade id -> match second), read again every time until they
+    settle — so a cursor never moves past a trade in a way that loses it."""
+
+    top: int = 0
+    at_top: frozenset[str] = frozenset()
+    unsettled: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, cursor: str | None) -> TradeCursor:
+        """The cursor ``cursor`` spells (None or '': the start). ``VenueError`` naming
+        the cursor for anything else — a damaged cursor would lose or repeat trades."""
+        if not cursor:
+            return cls()
+
+        def bad(why: str) -> VenueError:
+            return VenueError(f"polymarket venue: malformed fills cursor {cursor[:80]!r}: {why}")
+
+        head, _, tail = cursor.partition("|")
+        top_s, sep, ids_s = head.partition(":")
+        if not sep or not (top_s.isascii() and top_s.isdigit()):
+            raise bad("expected <match second>:<trade ids>[|<second>/<trade id>,...]")
+        at_top = ids_s.split(",") if ids_s else []
+        if not all(_cursor_safe(i) for i in at_top):
+            raise bad("a trade id is empty, too long or holds a separator")
+        unsettled: dict[str, int] = {}
+        for entry in tail.split(",") if tail else []:
+            t_s, sep, trade_id = entry.partition("/")
+            if not sep or not (t_s.isascii() and t_s.isdigit()) or int(t_s) <= 0 \
+                    or not _cursor_safe(trade_id) or trade_id in unsettled:
+                raise bad(f"unsettled entry {entry[:40]!r} is not <match second>/<trade id> "
+                          "(each trade once)")
+            unsettled[trade_id] = int(t_s)
+        if len(unsettled) > MAX_UNSETTLED:
+            raise bad(f"{len(unsettled)} unsettled trades, more than {MAX_UNSETTLED}")
+        return cls(int(top_s), frozenset(at_top), unsettled)
+
+    def __str__(self) -> str:
+        out = f"{self.top}:{','.join(sorted(self.at_top))}"
+        if self.unsettled:
+            out += "|" + ",".join(f"{t}/{i}" for i, t in sorted(self.unsettled.items(),
+                                                               key=lambda it: (it[1], it[0])))
+        return out
+
+    def taken(self, leg: TradeLeg) -> bool:
+        """Whether ``leg``'s trade was taken by an earlier batch and is settled."""
+        if leg.trade_id in self.unsettled:
+            return False
+        return leg.match_time < self.top or (leg.match_time == self.top
+                                             and leg.trade_id in self.at_top)
 
 
 class PolymarketVenue:
@@ -253,6 +370,10 @@ class PolymarketVenue:
         self._symbols = {tok: sym for sym, tok in venue_cfg.tokens.items()}
         self._heartbeat_id: str | None = None
         self._heartbeat_failing = False
+        self._stuck_logged: set[str] = set()
+        """Trades logged as unsettled for too long (once each, while they stay so)."""
+        self._failed_logged: set[str] = set()
+        """FAILED trades logged (once each by this instance)."""
         self._url = venue_cfg.url.rstrip("/")
 
     def __repr__(self) -> str:
@@ -566,12 +687,29 @@ class PolymarketVenue:
             state = _STATES[str(found["status"])]
             # By market (condition id), not token: a maker leg of a complementary match
             # (our NO bid against a YES bid) is a trade row of the other outcome's token.
-            fills = [f for f in await self._trades(market=str(found.get("market") or ""))
-                     if f[0] == digest]
+            legs = [(leg, fill) for leg, fill in
+                    await self._trades(market=str(found.get("market") or ""))
+                    if leg.order_hash == digest]
+            fills = tuple(fill for leg, fill in legs if leg.settlement is Settlement.CONFIRMED)
+            filled = sum((f.qty for f in fills), Decimal(0))
+            pending = sorted({leg.trade_id for leg, _ in legs
+                              if leg.settlement is Settlement.UNSETTLED})
+            detail = str(found.get("reason", ""))
+            if pending:
+                # A trade still settling may yet be CONFIRMED (a fill) or FAILED (its size
+                # returns): the order is not final, whatever the exchange calls it — final
+                # now, the ledger would release its reservation and refuse that fill.
+                state, detail = VenueOrderState.OPEN, (
+                    f"{len(pending)} trade(s) not settled yet: {','.join(pending)[:120]}")
+            elif state is VenueOrderState.FILLED and filled < _amount(
+                    found["original_size"], "original_size"):
+                # Matched, but not all of it CONFIRMED (a trade FAILED and the exchange has
+                # not re-opened or cancelled the order): not filled, its reservation stays.
+                state, detail = VenueOrderState.OPEN, (
+                    f"matched {found.get('size_matched')} but {filled} settled")
             return VenueOrderStatus(
-                client_order_id=client_order_id, state=state,
-                filled_qty=_amount(found.get("size_matched", "0"), "size_matched"),
-                fills=tuple(f[1] for f in fills), detail=str(found.get("reason", "")),
+                client_order_id=client_order_id, state=state, filled_qty=filled,
+                fills=fills, detail=detail,
             )
         except (KeyError, ValueError, TypeError, InvalidOperation) as e:
             raise VenueError(f"polymarket venue: lookup: malformed answer ({type(e).__name__}: "
@@ -579,8 +717,9 @@ class PolymarketVenue:
                              ) from None
 
     async def _trades(self, *, market: str = "", after: int = 0
-                      ) -> list[tuple[str, Fill, int, str]]:
-        """(order hash, fill, match time s, trade id) of each of this wallet's fills.
+                      ) -> list[tuple[TradeLeg, Fill]]:
+        """Each of this wallet's trade legs of an instrument, and the fill it is if (and
+        only if) its trade is CONFIRMED (``TradeLeg.settlement``).
 
         Raises ``ValueError`` (or ``KeyError``/``TypeError``/``InvalidOperation``) for a
         trade row that is not a well-formed leg (``trade_legs``): nothing is returned."""
@@ -603,35 +742,88 @@ class PolymarketVenue:
             if symbol is None:
                 continue  # another market's token: not an instrument of this account
             coid_s = coid.decode() if isinstance(coid, bytes) else (coid or leg.order_hash)
-            out.append((leg.order_hash, Fill(
+            out.append((leg, Fill(
                 fill_id=leg.fill_id, client_order_id=coid_s, symbol=symbol, side=leg.side,
                 qty=leg.size, price=leg.price, ts_ms=leg.match_time * 1000, fee=leg.fee,
-            ), leg.match_time, leg.trade_id))
+            )))
         return out
 
     async def fills_since(self, cursor: str | None) -> FillBatch:
-        last_ts, seen = 0, set[str]()
-        if cursor:
-            ts_s, _, ids = cursor.partition(":")
-            try:
-                last_ts = int(ts_s)
-            except ValueError:
-                raise VenueError(f"polymarket venue: bad fills cursor {cursor[:40]!r}") from None
-            seen = set(filter(None, ids.split(",")))
+        """The CONFIRMED fills after ``cursor`` (``TradeCursor``). A FAILED trade is logged
+        (``venue.polymarket.trade_failed``) and never a fill; an unsettled one rides in
+        the cursor and is read again on every call until it settles (one unsettled past
+        ``settlement_warn_after`` is logged once: ``venue.polymarket.trade_unsettled``).
+        Trades are re-read from the oldest unsettled one's match second."""
+        at = TradeCursor.parse(cursor)
+        start = min([at.top, *at.unsettled.values()])
         try:
-            legs = await self._trades(after=last_ts - 1 if last_ts else 0)
+            legs = await self._trades(after=start - 1 if start else 0)
         except (KeyError, ValueError, TypeError, InvalidOperation) as e:
             raise VenueError(f"polymarket venue: trades: malformed answer ({type(e).__name__}: "
                              f"{str(e)[:160]})"
                              ) from None
-        new = [leg for leg in legs if leg[2] > last_ts or (leg[2] == last_ts
-                                                           and leg[1].fill_id not in seen)]
-        top = max([last_ts, *(leg[2] for leg in legs)])
-        at_top = {leg[1].fill_id for leg in legs if leg[2] == top}
-        if top == last_ts:
-            at_top |= seen
-        return FillBatch(fills=tuple(leg[1] for leg in new),
-                         cursor=f"{top}:{','.join(sorted(at_top))}")
+        trades: dict[str, list[tuple[TradeLeg, Fill]]] = {}
+        for leg, fill in legs:
+            if not at.taken(leg):
+                trades.setdefault(leg.trade_id, []).append((leg, fill))
+        fills: dict[str, Fill] = {}
+        top, at_top, unsettled = at.top, set(at.at_top), dict(at.unsettled)
+        full = False
+        for trade_id, group in sorted(trades.items(),
+                                      key=lambda kv: (kv[1][0][0].match_time, kv[0])):
+            first = group[0][0]
+            if trade_id not in at.unsettled:
+                # A new trade: the cursor moves onto it, unless it would be one unsettled
+                # trade more than the cursor holds — then it stops before it (and before
+                # every later one), to read it again next time.
+                full = full or (first.settlement is Settlement.UNSETTLED
+                                and len(unsettled) >= MAX_UNSETTLED)
+                if full:
+                    continue
+                if first.match_time > top:
+                    top, at_top = first.match_time, set()
+                at_top.add(trade_id)
+            match first.settlement:
+                case Settlement.CONFIRMED:
+                    fills.update((fill.fill_id, fill) for _, fill in group)
+                    unsettled.pop(trade_id, None)
+                case Settlement.FAILED:
+                    self._log_failed(group)
+                    unsettled.pop(trade_id, None)
+                case Settlement.UNSETTLED:
+                    unsettled[trade_id] = first.match_time
+                    self._warn_if_stuck(group)
+        self._stuck_logged.difference_update(t for t in at.unsettled if t not in unsettled)
+        return FillBatch(fills=tuple(fills.values()),
+                         cursor=str(TradeCursor(top, frozenset(at_top), unsettled)))
+
+    def _log_failed(self, group: Sequence[tuple[TradeLeg, Fill]]) -> None:
+        """A FAILED trade did not happen: no fill, and the order's size returns (the
+        exchange re-opens or cancels it; ``lookup`` says which). Said once per trade by
+        this instance, however many cursors read it (a new term's pump reads from the
+        start)."""
+        if group[0][0].trade_id in self._failed_logged:
+            return
+        if len(self._failed_logged) >= MAX_LOGGED_FAILED:
+            self._failed_logged.clear()  # bounded: at worst an old failure is said again
+        self._failed_logged.add(group[0][0].trade_id)
+        for leg, fill in group:
+            logs.event(log, "venue.polymarket.trade_failed", logging.WARNING,
+                       trade_id=leg.trade_id, order=leg.order_hash,
+                       client_order_id=fill.client_order_id, symbol=fill.symbol,
+                       side=fill.side.value, qty=fill.qty, price=fill.price,
+                       action="not a fill: the on-chain settlement failed")
+
+    def _warn_if_stuck(self, group: Sequence[tuple[TradeLeg, Fill]]) -> None:
+        leg, fill = group[0]
+        age_s = time.time() - leg.match_time
+        if age_s * 1000 < self._cfg.settlement_warn_after or leg.trade_id in self._stuck_logged:
+            return
+        self._stuck_logged.add(leg.trade_id)
+        logs.event(log, "venue.polymarket.trade_unsettled", logging.WARNING,
+                   trade_id=leg.trade_id, status=leg.status, order=leg.order_hash,
+                   client_order_id=fill.client_order_id, age_s=int(age_s),
+                   action="not a fill yet; read again until CONFIRMED or FAILED")
 
     async def marks(self, symbols: Sequence[str]) -> dict[str, Decimal]:
         from py_clob_client.clob_types import BookParams
