@@ -23,7 +23,7 @@ from guardrails.model import Admitted, Intent, Order, OrderState, Side
 from guardrails.reconcile import reconcile
 from guardrails.sim.clob import ClobError, ClobExchange
 from guardrails.venues import polymarket
-from guardrails.venues.base import VenueError, VenueOrderState
+from guardrails.venues.base import Accepted, Unknown, VenueError, VenueOrderState
 from guardrails.venues.polymarket import PolymarketVenue, TradeCursor
 from tests.gatekit import HOLDER, TOKEN, ledger_state, seed
 from tests.test_venue_polymarket import MARKET, NO, RISK, TOKENS, YES, Env, make_env
@@ -398,3 +398,20 @@ def test_sim_when_settlement_replayed_then_failed_trade_stays_undone(tmp_path: P
     assert order.get("status") == "CANCELED" and order.get("size_matched") == "0"
     assert shares == str(10 * 10**6)
     assert after == {}
+
+
+async def test_cancel_when_order_matched_but_trade_settling_then_unknown_not_accepted(
+    env: Env,
+) -> None:
+    # Arrange: the order matched; its trade is still settling (it may yet fail, giving
+    # the order its size back).
+    desk = Desk(env)
+    coid, trade_id = await desk.matched()
+    # Act
+    while_settling = await env.venue.cancel(coid)
+    await settlement(env, trades={trade_id: "CONFIRMED"})
+    once_confirmed = await env.venue.cancel(coid)
+    # Assert: no promise that it can never execute until the settlement is final (before:
+    # Accepted, "already final", as soon as the exchange called it MATCHED).
+    assert isinstance(while_settling, Unknown) and "not settled" in while_settling.reason
+    assert isinstance(once_confirmed, Accepted)

@@ -650,15 +650,17 @@ class PolymarketVenue:
         if digest in resp.get("canceled", []):
             return Accepted(digest)
         try:
-            found = await self._get_order(digest)
+            # As lookup sees it: an order with a trade still settling is not final (a
+            # FAILED settlement gives its size back, and the exchange may re-open it).
+            status = await self.lookup(client_order_id)
         except VenueError as e:
             return Unknown(str(e))
-        if found is None:
+        if status.state is VenueOrderState.NOT_FOUND:
             return Rejected("not_found")
-        state = _STATES.get(str(found.get("status", "")))
-        if state is not None and state is not VenueOrderState.OPEN:
+        if status.state is not VenueOrderState.OPEN:
             return Accepted(digest)  # already final
-        return Unknown(f"not canceled: {str(resp.get('not_canceled', {}).get(digest, ''))[:80]}")
+        why = str(resp.get("not_canceled", {}).get(digest, ""))[:80]
+        return Unknown(f"not canceled: {why}{'; ' + status.detail if status.detail else ''}")
 
     async def _server_ms(self) -> int:
         try:
