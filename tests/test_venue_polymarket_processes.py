@@ -100,7 +100,8 @@ heartbeat_ttl = "3s"
 
 
 class World:
-    def __init__(self, tmp_path: Path, redis_server: RedisServer, **cfg: Any) -> None:
+    def __init__(self, tmp_path: Path, redis_server: RedisServer, *, admin: bool = False,
+                 **cfg: Any) -> None:
         key = "0x" + bytes(Account.create().key).hex()
         self.address = str(Account.from_key(key).address).lower()
         self.env = {"GUARDRAILS_TEST_POLY_KEY": key}
@@ -111,7 +112,7 @@ class World:
                                    redis_url=redis_server.url, address=self.address, **cfg)
         self.sim = SimulatorProcess(config=str(self.config), record=self.record,
                                     protocol="clob", heartbeat_timeout_ms=3_000, port=port,
-                                    env=subprocess_env())
+                                    admin=admin, env=subprocess_env())
 
     def rows(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in read_record(self.record) if r.get("type") == kind]

@@ -6,7 +6,11 @@ runtime's fill pump and reconciler apply them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import signal
+import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -16,8 +20,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from guardrails.config import load_config
 from guardrails.gate import OrderGate
-from guardrails.keys import AccountKeys
+from guardrails.keys import AccountId, AccountKeys
 from guardrails.ledger import FillOutcome, Ledger
 from guardrails.model import Admitted, Intent, Order, OrderState, Side
 from guardrails.reconcile import reconcile
@@ -26,7 +31,11 @@ from guardrails.venues import polymarket
 from guardrails.venues.base import Accepted, Unknown, VenueError, VenueOrderState
 from guardrails.venues.polymarket import PolymarketVenue, TradeCursor
 from tests.gatekit import HOLDER, TOKEN, ledger_state, seed
+from tests.redis_harness import RedisServer
+from tests.run_harness import RunProc
 from tests.test_venue_polymarket import MARKET, NO, RISK, TOKENS, YES, Env, make_env
+from tests.test_venue_polymarket_processes import World, _spawn
+from tests.test_venue_polymarket_processes import procs as procs  # the fixture
 
 QTY = Decimal(10)
 
@@ -415,3 +424,80 @@ async def test_cancel_when_order_matched_but_trade_settling_then_unknown_not_acc
     # Accepted, "already final", as soon as the exchange called it MATCHED).
     assert isinstance(while_settling, Unknown) and "not settled" in while_settling.reason
     assert isinstance(once_confirmed, Accepted)
+
+
+# -- real `guardrails run` processes: a restart while trades settle -------------------------
+
+
+def _admin_settlement(url: str, **body: Any) -> dict[str, str]:
+    req = urllib.request.Request(url + "/admin/settlement", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        out: dict[str, str] = json.loads(r.read())["unsettled"]
+        return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_run_when_restarted_while_trades_settle_then_confirmed_applied_once_failed_never(
+    tmp_path: Path, redis_server: RedisServer, procs: list[RunProc],
+) -> None:
+    # Arrange: the exchange holds settlement; a bot quotes until several of its bids
+    # matched, sees them MATCHED, and stops.
+    w = World(tmp_path, redis_server, admin=True)
+    w.sim.start()
+    try:
+        _admin_settlement(w.url, hold=True)
+        a = _spawn(procs, "a", w, tmp_path)
+        a.wait_for("lease.acquired", timeout=60)
+        deadline = time.time() + 90
+        while len(_admin_settlement(w.url)) < 4 and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(1.5)  # several pump passes over the MATCHED trades
+        a.send(signal.SIGTERM)
+        assert a.wait_exit(timeout=60) == 0, a.text()[-3000:]
+        held = sorted(_admin_settlement(w.url))
+        assert len(held) >= 4, w.sim.logs()[-2000:]
+        # Act: with no bot running, half the trades fail and half are confirmed; a new
+        # bot takes over (new process: reconciliation, its own fill pump from the start)
+        # and trades on, its own trades confirmed at once.
+        failed, confirmed = set(held[::2]), set(held[1::2])
+        _admin_settlement(w.url, hold=False, trades={
+            **{t: "FAILED" for t in failed}, **{t: "CONFIRMED" for t in confirmed}})
+        b = _spawn(procs, "b", w, tmp_path)
+        b.wait_for("lease.acquired", timeout=60)
+        time.sleep(4.0)
+        b.send(signal.SIGTERM)
+        assert b.wait_exit(timeout=60) == 0, b.text()[-3000:]
+        cfg = load_config(w.config)
+    finally:
+        w.sim.stop()
+    # Assert, from the exchange's record: every trade that did not fail is applied
+    # exactly once (the ledger's applied fills and its positions), no failed one ever.
+    status = {r["fill_id"]: r["status"] for r in w.rows("settlement")}
+    trades = {r["fill_id"]: r for r in w.rows("fill")}
+    good = {t for t in trades if status.get(t, "CONFIRMED") == "CONFIRMED"}
+    assert confirmed <= good and not failed & good
+    assert a.events("fill") == [], "a MATCHED trade was applied before it was confirmed"
+
+    async def ledger_view() -> tuple[set[str], dict[str, Decimal]]:
+        keys = AccountKeys(AccountId("polymarket", w.address))
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            applied = set(await client.hkeys(keys.fills))
+            views = await Ledger(client, keys, cfg.risk).positions()
+        finally:
+            await client.aclose()
+        return applied, {s: v.qty for s, v in views.items() if v.qty}
+
+    applied, positions = asyncio.run(ledger_view())
+    assert {f.partition(":")[0] for f in applied} == good
+    assert len(applied) == len(good)
+    want: dict[str, Decimal] = {}
+    for t in good:
+        sign = 1 if trades[t]["side"] == "buy" else -1
+        want[trades[t]["symbol"]] = want.get(trades[t]["symbol"], Decimal(0)) \
+            + sign * Decimal(trades[t]["qty"])
+    assert positions == {s: q for s, q in want.items() if q}
+    said = [e.get("trade_id") for e in b.events("venue.polymarket.trade_failed")]
+    assert sorted(said) == sorted(failed), said
