@@ -387,7 +387,7 @@ def test_sim_when_settlement_replayed_then_failed_trade_stays_undone(tmp_path: P
         ex.place(Order(coid, YES, Side.BUY, QTY, Decimal("0.52"), 0, 2**62), address,
                  ex.now_ms())
     failed, matched = [f.fill_id for _, _, f in ex._fills]
-    ex.settle(failed, "FAILED")
+    ex.settle({failed: "FAILED"})
     ex.close()
     # Act
     again = open_exchange()
@@ -396,8 +396,9 @@ def test_sim_when_settlement_replayed_then_failed_trade_stays_undone(tmp_path: P
         order = again.get_order(address, "0xaa") or {}
         shares = again.balance(address, "CONDITIONAL", TOKENS[YES])["balance"]
         with pytest.raises(ClobError, match="cannot move"):
-            again.settle(failed, "CONFIRMED")
-        again.settle(matched, "CONFIRMED")
+            again.settle({matched: "CONFIRMED", failed: "CONFIRMED"})
+        refused = again.unsettled()
+        again.settle({matched: "CONFIRMED"})
         after = again.unsettled()
     finally:
         again.close()
@@ -406,6 +407,7 @@ def test_sim_when_settlement_replayed_then_failed_trade_stays_undone(tmp_path: P
     assert unsettled == {matched: "MATCHED"} and failed_status == "FAILED"
     assert order.get("status") == "CANCELED" and order.get("size_matched") == "0"
     assert shares == str(10 * 10**6)
+    assert refused == {matched: "MATCHED"}  # a refused request moves nothing
     assert after == {}
 
 

@@ -342,10 +342,18 @@ class ClobExchange(SimExchange):
         """trade id -> status of every trade whose settlement is not final."""
         return {t: s for t, s in self._settlement.items() if s in UNSETTLED}
 
-    def settle(self, fill_id: str, status: str) -> None:
-        """Move a held trade to ``status`` (``SETTLEMENT_MOVES``); FAILED undoes its fill
-        and cancels its order. ``ClobError(400)`` for a trade that is not held or a move
-        that is not allowed (CONFIRMED and FAILED are final)."""
+    def settle(self, moves: Mapping[str, str]) -> None:
+        """Move each held trade (id -> status, ``SETTLEMENT_MOVES``); FAILED undoes its
+        fill and cancels its order. ``ClobError(400)``, and nothing moved, if a trade is
+        not held or a move is not allowed (CONFIRMED and FAILED are final)."""
+        checked = [(*self._held_trade(fill_id, status), status)
+                   for fill_id, status in moves.items()]
+        for acct, fill, status in checked:
+            self._write({"type": "settlement", "fill_id": fill.fill_id, "account": acct,
+                         "coid": fill.client_order_id, "status": status})
+            self._apply_settlement(acct, fill, status)
+
+    def _held_trade(self, fill_id: str, status: str) -> tuple[str, Fill]:
         current = self._settlement.get(fill_id)
         if current is None:
             raise ClobError(400, f"trade {fill_id} is not under held settlement")
@@ -354,10 +362,7 @@ class ClobExchange(SimExchange):
         found = next(((acct, f) for _, acct, f in self._fills if f.fill_id == fill_id), None)
         if found is None:
             raise ClobError(400, f"trade {fill_id} not found")
-        acct, fill = found
-        self._write({"type": "settlement", "fill_id": fill_id, "account": acct,
-                     "coid": fill.client_order_id, "status": status})
-        self._apply_settlement(acct, fill, status)
+        return found
 
     def _apply_settlement(self, account: str, fill: Fill, status: str) -> None:
         self._settlement[fill.fill_id] = status
@@ -778,8 +783,7 @@ def build_clob_app(exchange: ClobExchange, *, admin: bool = False,
         moves = body.get("trades", {})
         if not isinstance(moves, dict):
             raise ClobError(400, "trades must be an object of trade id -> status")
-        for trade_id, status in moves.items():
-            exchange.settle(str(trade_id), str(status))
+        exchange.settle({str(t): str(status) for t, status in moves.items()})
         if "hold" in body:
             exchange.hold_settlement = bool(body["hold"])
         return web.json_response({"status": "ok", "hold": exchange.hold_settlement,

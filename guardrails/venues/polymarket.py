@@ -168,7 +168,7 @@ def fee_of(size: Decimal, price: Decimal, fee_rate_bps: int) -> Decimal:
     return size * min(price, 1 - price) * fee_rate_bps / Decimal(10_000)
 
 
-class Settlement(Enum):
+class TradeSettlement(Enum):
     """What a trade's ``status`` means for the ledger. On the CLOB a match settles on
     chain: MATCHED -> MINED -> CONFIRMED, or MATCHED -> RETRYING -> FAILED."""
 
@@ -181,12 +181,12 @@ class Settlement(Enum):
     re-read until it is CONFIRMED or FAILED."""
 
 
-def settlement_of(status: str) -> Settlement:
+def settlement_of(status: str) -> TradeSettlement:
     if status == "CONFIRMED":
-        return Settlement.CONFIRMED
+        return TradeSettlement.CONFIRMED
     if status == "FAILED":
-        return Settlement.FAILED
-    return Settlement.UNSETTLED
+        return TradeSettlement.FAILED
+    return TradeSettlement.UNSETTLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +208,7 @@ class TradeLeg:
     """The trade's settlement status as the exchange wrote it, upper-cased."""
 
     @property
-    def settlement(self) -> Settlement:
+    def settlement(self) -> TradeSettlement:
         return settlement_of(self.status)
 
 
@@ -692,10 +692,10 @@ class PolymarketVenue:
             legs = [(leg, fill) for leg, fill in
                     await self._trades(market=str(found.get("market") or ""))
                     if leg.order_hash == digest]
-            fills = tuple(fill for leg, fill in legs if leg.settlement is Settlement.CONFIRMED)
+            fills = tuple(fill for leg, fill in legs if leg.settlement is TradeSettlement.CONFIRMED)
             filled = sum((f.qty for f in fills), Decimal(0))
             pending = sorted({leg.trade_id for leg, _ in legs
-                              if leg.settlement is Settlement.UNSETTLED})
+                              if leg.settlement is TradeSettlement.UNSETTLED})
             detail = str(found.get("reason", ""))
             if pending:
                 # A trade still settling may yet be CONFIRMED (a fill) or FAILED (its size
@@ -778,7 +778,7 @@ class PolymarketVenue:
                 # A new trade: the cursor moves onto it, unless it would be one unsettled
                 # trade more than the cursor holds — then it stops before it (and before
                 # every later one), to read it again next time.
-                full = full or (first.settlement is Settlement.UNSETTLED
+                full = full or (first.settlement is TradeSettlement.UNSETTLED
                                 and len(unsettled) >= MAX_UNSETTLED)
                 if full:
                     continue
@@ -786,13 +786,13 @@ class PolymarketVenue:
                     top, at_top = first.match_time, set()
                 at_top.add(trade_id)
             match first.settlement:
-                case Settlement.CONFIRMED:
+                case TradeSettlement.CONFIRMED:
                     fills.update((fill.fill_id, fill) for _, fill in group)
                     unsettled.pop(trade_id, None)
-                case Settlement.FAILED:
+                case TradeSettlement.FAILED:
                     self._log_failed(group)
                     unsettled.pop(trade_id, None)
-                case Settlement.UNSETTLED:
+                case TradeSettlement.UNSETTLED:
                     unsettled[trade_id] = first.match_time
                     self._warn_if_stuck(group)
         self._stuck_logged.difference_update(t for t in at.unsettled if t not in unsettled)
