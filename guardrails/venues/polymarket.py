@@ -42,7 +42,8 @@ CONFIRMED; a FAILED one never is (it did not happen), and one still MATCHED, MIN
 RETRYING is carried in the fills cursor (``TradeCursor``) and read again until it
 settles — so it is applied once, neither early nor lost. ``lookup`` reports an order
 with a trade still settling as OPEN, never final (a final order releases its reservation
-and would refuse that trade's fill). Marks come from ``/midpoints``, balances from ``/balance-allowance``.
+and would refuse that trade's fill). Marks come from ``/midpoints``, balances from
+``/balance-allowance``.
 The private key reaches py-clob-client (which signs by itself) and nothing else: no
 log line, repr, exception or Redis value holds it.
 """
