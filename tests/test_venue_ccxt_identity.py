@@ -12,6 +12,7 @@ class against the Binance-protocol simulator, real redis-servers on free ports.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -217,3 +218,75 @@ async def test_guarded_when_exchange_reports_no_uid_then_key_digest_claimed_and_
     stored = repr([(k, client.dump(k)) for k in client.scan_iter()])
     for secret_text in (key, secret, hashlib.sha256(key.encode()).hexdigest()):
         assert secret_text not in stored and secret_text not in text
+
+
+# -- the claim after Redis lost it ---------------------------------------------------------
+
+
+async def _wait_claim(client: redis_sync.Redis, key: str) -> object:
+    """The claim's owner once it is back in Redis (None after 10 s)."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while asyncio.get_running_loop().time() < deadline:
+        owner = client.get(key)
+        if owner is not None:
+            return owner
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def test_guarded_when_redis_loses_the_claim_while_t1_runs_then_t1_restores_it_and_t2_refused(
+    redis_server: RedisServer, tmp_path: Path, sim: Sim,
+) -> None:
+    # Arrange: t1 active through guarded(); then Redis loses the claim (the write a restart
+    # without persistence or a failover to a stale replica drops; t1's other keys stay).
+    [(key, secret), *_] = sim.keys.items()
+    first = plain_exchange(sim.url, key, secret)
+    second = plain_exchange(sim.url, key, secret)
+    t1 = _as(write_guarded_config(tmp_path / "g.toml", redis_server.url), "t1")
+    t2 = _as(t1, "t2")
+    claim = _uid_claim(sb.account_label(key))
+    client: redis_sync.Redis = redis_server.client()
+    try:
+        async with guarded(first, config=t1, handle_signals=False) as ex:
+            await ex.wait_active()
+            assert client.delete(claim) == 1
+            # Act: t1 keeps running; t2, over the same exchange account, starts later.
+            restored = await _wait_claim(client, claim)
+            with pytest.raises(GuardError) as refused:
+                async with guarded(second, config=t2, handle_signals=False):
+                    pytest.fail("t2 entered while t1 trades the same exchange account")
+            # Assert: the running instance put its claim back; the second was refused.
+            assert restored == OWNER
+            assert f"already belongs to account {OWNER}" in str(refused.value)
+            assert ex.guard.role == "active"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_guarded_when_another_account_id_took_the_lost_claim_then_running_instance_stops(
+    redis_server: RedisServer, tmp_path: Path, sim: Sim,
+) -> None:
+    # Arrange: t1 active; Redis lost the claim and t2 claimed the exchange account before t1
+    # noticed (t2 started in that window): two account ids over one exchange account.
+    [(key, secret), *_] = sim.keys.items()
+    first = plain_exchange(sim.url, key, secret)
+    t1 = _as(write_guarded_config(tmp_path / "g.toml", redis_server.url), "t1")
+    claim = _uid_claim(sb.account_label(key))
+    client: redis_sync.Redis = redis_server.client()
+    try:
+        with pytest.raises(GuardError) as refused:
+            async with guarded(first, config=t1, handle_signals=False) as ex:
+                await ex.wait_active()
+                client.set(claim, "binance:t2")
+                # Act: t1 keeps going as if nothing happened.
+                for _ in range(100):
+                    if ex.guard.stopping:
+                        break
+                    await asyncio.sleep(0.1)
+                # Assert (inside): t1 stops on its own: it is not the claim's owner any more.
+                assert ex.guard.stopping, "t1 kept running over t2's exchange account"
+        assert "already belongs to account binance:t2" in str(refused.value)
+        assert client.get(claim) == "binance:t2"
+    finally:
+        await first.close()

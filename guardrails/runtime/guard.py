@@ -160,6 +160,10 @@ class Guard:
         self._signals: list[signal.Signals] = []
         self._entered = False
         self._mismatch_logged: tuple[str, float] = ("", 0.0)
+        self._claim: identity.Claim | None = None
+        self._refusal: GuardError | None = None
+        """Why the running guard stopped itself (its claim taken by another account id):
+        raised by ``__aexit__``."""
 
     @classmethod
     def from_config(
@@ -261,6 +265,8 @@ class Guard:
                 await self._main
         finally:
             await self._close()
+        if self._refusal is not None:
+            raise self._refusal
         # A body ended by the stop that was asked for (a signal, stop()) is a clean exit.
         return asked and et is not None and issubclass(et, (TermEnded, GuardStopped))
 
@@ -332,7 +338,8 @@ class Guard:
             # One signer or exchange account, one account id: one already claimed by
             # another account id (a second label for the same wallet or API key, or
             # another key of the same exchange account) is refused before it can lead.
-            await identity.claim_account(self.redis, self.cfg, self._venue, stop=self._stop)
+            self._claim = await identity.claim_account(self.redis, self.cfg, self._venue,
+                                                       stop=self._stop)
         except Exception as e:  # a missing key, an EVM chain id mismatch, an unreachable venue
             logs.event(log, "venue.unavailable", logging.ERROR, venue=kind,
                        error=f"{type(e).__name__}: {e}", action="not starting")
@@ -395,9 +402,11 @@ class Guard:
                     registry, role=lambda: self._role, token=lambda: self._token,
                     stop=self._stop, role_changed=self._role_changed), name="guard-heartbeat")
                 alerts = tg.create_task(services.alerts(notifier, router), name="guard-alerts")
+                claim = tg.create_task(self._keep_claim(), name="guard-claim")
                 await self._elect(elector)
                 self._role = "stopping"
                 heartbeat.cancel()
+                claim.cancel()
                 # The last alerts (a lease lost on the way down) get a bounded moment to leave.
                 await notifier.drain(services.ALERT_DRAIN_S)
                 alerts.cancel()
@@ -406,6 +415,20 @@ class Guard:
             unlisten()
             with contextlib.suppress(*INFRA_ERRORS):
                 await registry.remove()
+
+    async def _keep_claim(self) -> None:
+        """Hold the venue's claim while the guard runs (``identity.keep_claim``). Another
+        account id owning it stops the guard — the term ends, the lease is released — and
+        ``__aexit__`` raises why (``guardrails run`` exits 2)."""
+        if self._claim is None:
+            return
+        try:
+            await identity.keep_claim(self.redis, self._claim, str(self.cfg.account_id),
+                                      every_s=self.cfg.runtime.heartbeat_interval / 1000)
+        except identity.ClaimConflict as e:
+            self._refusal = GuardError(f"venue ({self.cfg.venue.kind}): stopped: "
+                                       f"{type(e).__name__}: {e}")
+            self._stop.set()
 
     async def _close(self) -> None:
         """Undo whatever ``_start`` did, last first. Each step is best effort on the way

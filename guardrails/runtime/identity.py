@@ -22,6 +22,12 @@ budgets over it. So, by construction:
    where it says so (Binance: the ``uid`` of ``GET /api/v3/account``, read by the venue at
    start: two API keys of one account share it), else a domain-separated SHA-256 of the
    API key (``venues.ccxt.api_key_digest``).
+5. A claim is checked once, at start, but Redis can lose it later (a restart without
+   persistence, a failover to a replica that never had it), and then another account id
+   could claim the same signer or exchange account while this one runs. So ``keep_claim``
+   sets it again (``SET NX``) every heartbeat for the instance's whole life: a lost claim
+   is restored by its owner and said (``identity.<kind>_restored``); one another account
+   id took meanwhile is a conflict that stops this instance.
 
 What this does NOT guarantee: anything across two different Redis deployments (each
 has its own claims); two keys for one exchange account where the exchange does not
@@ -139,24 +145,25 @@ async def claim_account(
     *,
     stop: asyncio.Event | None = None,
     retry_s: float = CLAIM_RETRY_S,
-) -> None:
+) -> Claim | None:
     """Bind the started ``venue``'s signer or exchange account to ``cfg``'s account id in
     Redis, once.
 
-    Call after ``venue.start()`` and before standing for the lease. Returns when the
-    claim is ours (newly set, or already ours) or the venue claims nothing (paper), or
-    when ``stop`` is set. Raises ``SignerConflict`` / ``ExchangeAccountConflict`` when
-    another account id owns it. A Redis failure is logged once and retried every
-    ``retry_s`` (nothing can be admitted meanwhile anyway).
+    Call after ``venue.start()`` and before standing for the lease. Returns the claim
+    when it is ours (newly set, or already ours; then hold it with ``keep_claim``), None
+    when the venue claims nothing (paper) or when ``stop`` is set first. Raises
+    ``SignerConflict`` / ``ExchangeAccountConflict`` when another account id owns it.
+    A Redis failure is logged once and retried every ``retry_s`` (nothing can be
+    admitted meanwhile anyway).
     """
     claim = claim_of(cfg, venue)
     if claim is None:
-        return
+        return None
     account = str(cfg.account_id)
     failing = False
     while stop is None or not stop.is_set():
         try:
-            owner = await _claim_once(redis, claim.key, account)
+            owner, _ = await _claim_once(redis, claim.key, account)
             break
         except NoPermissionError as e:  # an ACL without the claim key: retrying cannot help
             logs.event(log, f"identity.{claim.kind}_not_permitted", logging.ERROR,
@@ -177,23 +184,57 @@ async def claim_account(
                 except TimeoutError:
                     pass
     else:
-        return
-    if owner != account:
-        logs.event(log, f"identity.{claim.kind}_conflict", logging.ERROR, **claim.fields,
-                   claim=claim.key, owner=owner, account=account, action="refusing to run")
-        conflict = SignerConflict if claim.kind == "signer" else ExchangeAccountConflict
-        raise conflict(claim, owner, account)
+        return None
+    _refuse_unless_ours(claim, owner, account)
     logs.event(log, f"identity.{claim.kind}_claimed", **claim.fields, claim=claim.key,
                account=account)
+    return claim
 
 
-async def _claim_once(redis: aioredis.Redis, key: str, account: str) -> str:
-    """``SET key account NX``; the owner afterwards (ours, or the one found)."""
+async def keep_claim(redis: aioredis.Redis, claim: Claim, account: str, *,
+                     every_s: float) -> None:
+    """Hold ``claim`` (ours: ``claim_account`` returned it) for as long as this runs: set
+    it again every ``every_s`` (``SET NX``), so a claim Redis lost is restored by its owner
+    (logged ``identity.<kind>_restored``) before another account id can take it. Raises
+    the conflict (``SignerConflict`` / ``ExchangeAccountConflict``) when another account id
+    owns it: it took the claim while Redis had none, and two account ids would trade one
+    account. A Redis failure is skipped (the heartbeat reports outages; nothing is
+    admitted meanwhile) and tried again at the next period."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            owner, created = await _claim_once(redis, claim.key, account)
+        except (RedisError, OSError, TimeoutError):
+            continue
+        _refuse_unless_ours(claim, owner, account, running=True)
+        if created:
+            logs.event(log, f"identity.{claim.kind}_restored", logging.WARNING, **claim.fields,
+                       claim=claim.key, account=account,
+                       detail="the claim was missing from Redis (Redis lost it, or it was "
+                              "deleted while this instance runs): set again")
+
+
+def _refuse_unless_ours(claim: Claim, owner: str, account: str, *,
+                        running: bool = False) -> None:
+    """Raise the claim's conflict (logged ``identity.<kind>_conflict``) unless ``owner``
+    is ``account``."""
+    if owner == account:
+        return
+    logs.event(log, f"identity.{claim.kind}_conflict", logging.ERROR, **claim.fields,
+               claim=claim.key, owner=owner, account=account,
+               action="stopping" if running else "refusing to run")
+    conflict = SignerConflict if claim.kind == "signer" else ExchangeAccountConflict
+    raise conflict(claim, owner, account)
+
+
+async def _claim_once(redis: aioredis.Redis, key: str, account: str) -> tuple[str, bool]:
+    """``SET key account NX``; the owner afterwards (ours, or the one found), and whether
+    this call set it."""
     while True:
         created: Any = await redis.set(key, account, nx=True)
         if created:
-            return account
+            return account, True
         owner: Any = await redis.get(key)
         if owner is not None:
-            return owner.decode() if isinstance(owner, bytes) else str(owner)
+            return owner.decode() if isinstance(owner, bytes) else str(owner), False
         # Deleted by an operator between the two commands: claim again.
