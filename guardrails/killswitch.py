@@ -3,7 +3,8 @@
 Invariant upheld: *fail closed, and say why* (DESIGN.md §5). The latch is the HASH
 ``keys.state`` (``state`` ACTIVE | REDUCING | HALTED, ``reason``, ``by`` = who, e.g. an
 operator's ``user@host``, ``at_ms`` = Redis server time, ``revoked_token``,
-``prev_state``, ``version`` = the latch's number, one more than the latch it replaced).
+``prev_state``, ``version`` = the latch's number, above the latch it replaced: the server
+time in ms, or one more than the replaced version when that is not below it).
 One script
 (``lua/killswitch_set.lua``) writes it, appends an entry to the account's journal and
 PUBLISHes a JSON message on ``keys.control_channel`` — all in one atomic step, so a
@@ -34,10 +35,12 @@ acquire (``lua/lease_acquire.lua``). So every instance remembers the newest latc
 it (``follow``): a version below the remembered one is a lost latch — the instance
 admits nothing (the gate refuses ``latch_lost`` below the floor it is given) and says so,
 until an operator writes a new latch (``kill`` or ``resume``), whose version is above
-what Redis showed. What that does NOT cover: a kill lost before any instance read it
-(no one saw it: nothing to remember — ``kill`` reports whether a bot confirmed it and
-whether every replica acknowledged it), and an instance on another host that never saw
-the lost latch (each host remembers what its own instances saw).
+what Redis showed and, being the server time, above the lost ones too (so one new latch
+clears every instance that remembers one of them, not only the one that raised the
+alarm). What that does NOT cover: a kill lost before any instance read it (no one saw
+it: nothing to remember — ``kill`` reports whether a bot confirmed it and whether every
+replica acknowledged it), and an instance on another host that never saw the lost latch
+(each host remembers what its own instances saw).
 """
 
 from __future__ import annotations
@@ -72,8 +75,8 @@ class Latch:
     at_ms: int | None = None
     revoked_token: str = ""
     version: int = 0
-    """The latch's number (one more than the latch it replaced); 0 when there is none or
-    it was written before latches had versions."""
+    """The latch's number (above the latch it replaced: ``lua/killswitch_set.lua``); 0 when
+    there is none or it was written before latches had versions."""
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -147,12 +147,11 @@ async def test_kill_revoke_when_holder_trading_then_its_token_is_refused_even_af
 async def test_gate_when_latch_below_the_floor_seen_then_latch_lost_and_nothing_reserved(
     redis_client: aioredis.Redis,
 ) -> None:
-    # Arrange: a kill (version 1) this instance saw, then resumed (version 2)
+    # Arrange: a kill this instance saw, then resumed (a newer version: its floor)
     await opskit.seed(redis_client)
     ks = KillSwitch(redis_client, opskit.KEYS)
-    await ks.set_state(TradingState.HALTED, reason="k", by="o@h")
-    await ks.set_state(TradingState.ACTIVE, reason="r", by="o@h")
-    floor = 2
+    killed = await ks.set_state(TradingState.HALTED, reason="k", by="o@h")
+    floor = (await ks.set_state(TradingState.ACTIVE, reason="r", by="o@h")).version
     gate = OrderGate(redis_client, opskit.KEYS, opskit.RISK, latch_floor=lambda: floor)
 
     async def admit(n: int) -> Admitted | Denied:
@@ -166,12 +165,13 @@ async def test_gate_when_latch_below_the_floor_seen_then_latch_lost_and_nothing_
     # Act: Redis loses both writes (the latch is gone), then only the resume
     await redis_client.delete(opskit.KEYS.state)
     gone = await admit(2)
-    await redis_client.hset(opskit.KEYS.state, mapping={"state": "HALTED", "version": "1"})
+    await redis_client.hset(opskit.KEYS.state,
+                            mapping={"state": "HALTED", "version": str(killed.version)})
     older = await admit(3)
 
     # Assert
-    for denied, version in ((gone, 0), (older, 1)):
+    for denied, version in ((gone, 0), (older, killed.version)):
         assert isinstance(denied, Denied) and denied.reason is DenyReason.LATCH_LOST
-        assert f"latch is version {version}, below 2" in denied.detail
+        assert f"latch is version {version}, below {floor}" in denied.detail
     assert await redis_client.hgetall(opskit.KEYS.reservations) == before
     assert await redis_client.hget(opskit.KEYS.stats, "denied:latch_lost") == "2"

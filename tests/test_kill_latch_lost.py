@@ -62,6 +62,23 @@ def _crash_back_to(server: RedisServer, snapshot: Path) -> None:
     server.start()
 
 
+def _looper(server: RedisServer, tmp: Path, account: str,
+            **looper: str) -> tuple[AccountKeys, Path]:
+    """The keys of paper account ``account`` and a config whose looper trades it."""
+    cfg = write_config(tmp / "c.toml", redis_url=server.url, account=account,
+                       looper={"interval": "50ms", "offset": "-0.01", **looper})
+    return AccountKeys(AccountId("paper", account)), cfg
+
+
+def _trade_then_snapshot(server: RedisServer, keys: AccountKeys, bot: RunProc,
+                         tmp: Path) -> None:
+    """Start ``bot``, let it trade, then copy the server's AOF (``aof-before-kill``)."""
+    bot.start()
+    bot.wait_for("runtime.active", WAIT_S)
+    _wait(lambda: len(_admits_since(server, keys, 0)) >= 3, "admissions")
+    _snapshot(server, tmp / "aof-before-kill")
+
+
 @pytest.mark.parametrize("mode", [
     pytest.param([], id="halted"),
     pytest.param(["--reduce-only"], id="reducing"),
@@ -73,9 +90,7 @@ def test_kill_when_redis_loses_it_after_the_bot_saw_it_then_no_admission_until_a
     # Arrange: a bot trading (resting buys: REDUCING denies them, the account is flat)
     server = redis_server_aof
     account = "kl1"
-    keys = AccountKeys(AccountId("paper", account))
-    cfg = write_config(tmp_path / "c.toml", redis_url=server.url, account=account,
-                       looper={"interval": "50ms", "offset": "-0.01", "side": "buy"})
+    keys, cfg = _looper(server, tmp_path, account, side="buy")
     bot = RunProc("bot", cfg, tmp_path).start()
     try:
         bot.wait_for("runtime.active", WAIT_S)
@@ -122,15 +137,10 @@ def test_kill_when_redis_loses_it_while_no_bot_runs_then_the_next_start_admits_n
     # Arrange: a bot sees the kill and stops
     server = redis_server_aof
     account = "kl2"
-    keys = AccountKeys(AccountId("paper", account))
-    cfg = write_config(tmp_path / "c.toml", redis_url=server.url, account=account,
-                       looper={"interval": "50ms", "offset": "-0.01"})
-    first = RunProc("first", cfg, tmp_path).start()
-    second = RunProc("second", cfg, tmp_path)
+    keys, cfg = _looper(server, tmp_path, account)
+    first, second = RunProc("first", cfg, tmp_path), RunProc("second", cfg, tmp_path)
     try:
-        first.wait_for("runtime.active", WAIT_S)
-        _wait(lambda: len(_admits_since(server, keys, 0)) >= 3, "admissions")
-        _snapshot(server, tmp_path / "aof-before-kill")
+        _trade_then_snapshot(server, keys, first, tmp_path)
         done = run_cli("kill", "--account", f"paper:{account}", "--reason", "cold start",
                        "--redis-url", server.url)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -149,6 +159,49 @@ def test_kill_when_redis_loses_it_while_no_bot_runs_then_the_next_start_admits_n
         second.wait_for("order.denied", 30, where=lambda e: e.get("reason") == "latch_lost")
         time.sleep(2.0)
         assert _admits_since(server, keys, restored_ms) == []
+    finally:
+        first.cleanup()
+        second.cleanup()
+
+
+def test_kill_when_redis_loses_latches_and_operator_resumes_then_standby_that_saw_them_trades(
+    redis_server_aof: RedisServer, tmp_path: Path
+) -> None:
+    # Arrange: an active bot sees a kill and a resume; a standby of the account starts on
+    # the same host afterwards (it reads the host's memory: the resume's version).
+    server = redis_server_aof
+    account = "kl3"
+    keys, cfg = _looper(server, tmp_path, account)
+    first = RunProc("first", cfg, tmp_path)
+    second = RunProc("second", cfg, tmp_path, standby=True)
+    try:
+        _trade_then_snapshot(server, keys, first, tmp_path)
+        for cmd in (("kill", "--reason", "drill"), ("resume",)):
+            done = run_cli(*cmd, "--account", f"paper:{account}", "--redis-url", server.url)
+            assert done.returncode == 0, done.stdout + done.stderr  # the bot confirmed it
+        second.start()
+        second.wait_for("lease.standby", WAIT_S)
+
+        # Act: Redis comes back without both latches; the active bot says so and the
+        # operator does what it says (a resume); then the active bot stops.
+        _crash_back_to(server, tmp_path / "aof-before-kill")
+        restored_ms = int(time.time() * 1000)
+        first.wait_for("kill.latch_lost", 30, after=restored_ms / 1000)
+        resumed = run_cli("resume", "--account", f"paper:{account}", "--redis-url", server.url)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        resumed_ms = int(time.time() * 1000)
+        _wait(lambda: len(_admits_since(server, keys, resumed_ms)) >= 3,
+              "admissions after the resume")
+        first.send(signal.SIGTERM)
+        assert first.wait_exit() == 0
+        stopped_ms = int(time.time() * 1000)
+
+        # Assert: the standby takes over and trades: the operator's new latch is newer than
+        # every latch any instance saw, not a second "lost" latch needing another resume.
+        second.wait_for("runtime.active", WAIT_S, after=stopped_ms / 1000 - 1)
+        _wait(lambda: len(_admits_since(server, keys, stopped_ms)) >= 3,
+              "admissions after the takeover", within_s=15)
+        assert not second.events("kill.latch_lost")
     finally:
         first.cleanup()
         second.cleanup()

@@ -219,7 +219,7 @@ def test_cli_kill_all_when_no_known_accounts_then_exits_1(redis_server: RedisSer
 # -- versions: what a lost latch is judged by ----------------------------------------------
 
 
-async def test_kill_when_latches_written_then_each_version_one_above_the_last_and_journaled(
+async def test_kill_when_latches_written_then_each_version_above_the_last_and_journaled(
     redis_client: aioredis.Redis,
 ) -> None:
     ks = KillSwitch(redis_client, KEYS)
@@ -227,22 +227,54 @@ async def test_kill_when_latches_written_then_each_version_one_above_the_last_an
     first = await ks.set_state(TradingState.HALTED, reason="a", by="o@h")
     second = await ks.set_state(TradingState.ACTIVE, reason="b", by="o@h")
 
-    assert (first.version, second.version) == (1, 2)
-    assert (await read_latch(redis_client, KEYS)).version == 2
+    # the server time when it is above the last one, else one more than it
+    assert first.version == first.at_ms
+    assert second.version == max(first.version + 1, second.at_ms)
+    assert (await read_latch(redis_client, KEYS)).version == second.version
     journal = await redis_client.xrange(KEYS.journal)
-    assert [f["version"] for _, f in journal] == ["1", "2"]
+    assert [f["version"] for _, f in journal] == [str(first.version), str(second.version)]
 
 
-async def test_kill_when_latch_from_before_versions_then_read_as_0_and_next_is_1(
+async def test_kill_when_redis_lost_latches_then_the_next_is_above_every_lost_one(
     redis_client: aioredis.Redis,
 ) -> None:
-    await redis_client.hset(KEYS.state, mapping={"state": "HALTED", "at_ms": "5", "by": "old"})
-    assert (await read_latch(redis_client, KEYS)).version == 0
+    # Arrange: two latches an instance saw, then Redis loses them (the key gone)
+    ks = KillSwitch(redis_client, KEYS)
+    await ks.set_state(TradingState.HALTED, reason="a", by="o@h")
+    seen = await ks.set_state(TradingState.ACTIVE, reason="b", by="o@h")
+    await redis_client.delete(KEYS.state)
+    await asyncio.sleep(0.01)  # the alarm, then the operator: not within the same ms
+
+    # Act: the operator writes a new latch, as the latch_lost alarm tells them to
+    after = await ks.set_state(TradingState.ACTIVE, reason="c", by="o@h")
+
+    # Assert: numbered above the lost one, so no instance that saw it refuses it as lost
+    assert after.version > seen.version
+    now, went_back = follow(LatchSeen(seen.version, seen.state),
+                            await read_latch(redis_client, KEYS))
+    assert not went_back and now.version == after.version and not now.lost
+
+
+AHEAD = 2 ** 50
+"""A latch version above the clock (written on a server whose clock was far ahead)."""
+
+
+@pytest.mark.parametrize("stored", [None, AHEAD], ids=["before-versions", "ahead-of-clock"])
+async def test_kill_when_latch_has_no_version_or_one_ahead_then_next_is_above_it(
+    redis_client: aioredis.Redis, stored: int | None,
+) -> None:
+    fields = {"state": "HALTED", "at_ms": "5", "by": "old"}
+    if stored is not None:
+        fields["version"] = str(stored)
+    await redis_client.hset(KEYS.state, mapping=fields)
+    assert (await read_latch(redis_client, KEYS)).version == (stored or 0)
 
     change = await KillSwitch(redis_client, KEYS).set_state(TradingState.ACTIVE, reason="r",
                                                             by="o@h")
 
-    assert change.version == 1 and change.prev_state is TradingState.HALTED
+    # the server time, or one more than a version that is not below it
+    assert change.version == (change.at_ms if stored is None else AHEAD + 1)
+    assert change.prev_state is TradingState.HALTED
 
 
 async def test_kill_when_version_field_malformed_then_raises_and_writes_nothing(

@@ -1,7 +1,7 @@
 -- killswitch_set: set the account's trading-state latch, journal it and announce it, atomically.
 --
 -- KEYS[1] state_key    HASH  the latch: state, reason, by, at_ms, revoked_token, prev_state,
---                            version (this latch's number: one more than the one it replaces)
+--                            version (this latch's number: above the one it replaces)
 -- KEYS[2] journal_key  STREAM the account's append-only journal
 -- KEYS[3] fence_key    STRING integer fencing counter (INCR'd only when revoke = "1")
 -- KEYS[4] lease_key    STRING "<token>:<holder_id>" (deleted only when revoke = "1")
@@ -20,7 +20,11 @@
 --        -3 = the stored version is not a stored integer: prev_state carries why; nothing written
 -- The version only grows while Redis keeps its writes: a latch that went missing or came
 -- back older (a crash that lost the last writes, a failover to a replica without them)
--- shows as a version below one an instance saw (docs/keys.md; killswitch.py).
+-- shows as a version below one an instance saw (docs/keys.md; killswitch.py). It is the
+-- server time in ms, or one more than the version it replaces when that is not below
+-- it: so the latch an operator writes after a loss is numbered above the lost ones too
+-- (each was at most its own write's time), not one above what Redis fell back to, which
+-- every instance that saw a lost latch would refuse again as lost.
 local state_key = KEYS[1]
 local journal_key = KEYS[2]
 local fence_key = KEYS[3]
@@ -59,14 +63,15 @@ local ok, version = pcall(stored_nat, redis.call("HGET", state_key, "version"),
 if not ok then
   return {-3, failure_detail(version) or tostring(version), "", "", "", 0, 0}
 end
-version = version + 1
+local now = now_ms()
+version = math.max(version + 1, now)
 
 local prev_state = redis.call("HGET", state_key, "state")
 if not prev_state then
   prev_state = "ACTIVE"
 end
 
-local at_ms = string.format("%d", now_ms())
+local at_ms = string.format("%d", now)
 
 local revoked_token = ""
 local fence_after = ""
