@@ -115,7 +115,9 @@ def test_kill_when_redis_loses_it_after_the_bot_saw_it_then_no_admission_until_a
         assert alarm["remembered_state"] == ("REDUCING" if mode == ["--reduce-only"]
                                              else "HALTED")
         assert alarm["seen_state"] == "ACTIVE" and alarm["seen_version"] == "0"
-        assert "guardrails kill" in alarm["action"] and "guardrails resume" in alarm["action"]
+        # commands an operator can paste (kill refuses to run without --reason)
+        assert f"guardrails kill --account paper:{account} --reason" in alarm["action"]
+        assert f"guardrails resume --account paper:{account}" in alarm["action"]
         time.sleep(3.0)
         assert _admits_since(server, keys, restored_ms) == []
 

@@ -395,8 +395,9 @@ class AccountServices:
                        "its last second of AOF, a failover to a replica without them)",
                 action=f"this instance admits nothing on {account} until a new latch is "
                        f"written: decide what the account should do and run `guardrails kill "
-                       f"--account {account}` or `guardrails resume --account {account}`; "
-                       "then check the Redis's persistence and replication")
+                       f"--account {account} --reason '...'` or `guardrails resume --account "
+                       f"{account}` against this Redis; then check its persistence and "
+                       "replication")
         elif before is not None and before.lost:
             logs.event(log, "kill.latch_renewed", state=latch.state.value,
                        version=latch.version, by=latch.by or None,
