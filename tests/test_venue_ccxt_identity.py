@@ -287,6 +287,7 @@ async def test_guarded_when_another_account_id_took_the_lost_claim_then_running_
                 # Assert (inside): t1 stops on its own: it is not the claim's owner any more.
                 assert ex.guard.stopping, "t1 kept running over t2's exchange account"
         assert "already belongs to account binance:t2" in str(refused.value)
+        assert "every instance of it stopped" in str(refused.value)  # how to move it
         assert client.get(claim) == "binance:t2"
     finally:
         await first.close()

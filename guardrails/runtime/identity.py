@@ -90,7 +90,8 @@ class ClaimConflict(VenueError):
         super().__init__(
             f"{claim.what} already belongs to account {owner} in this Redis, not to "
             f"{account}: {claim.rule}. Refusing to run {account}. Use the config of {owner} "
-            f"(with --standby for a second copy), or, if {owner} is retired and shares "
+            f"(with --standby for a second copy), or, if {owner} is retired — every "
+            f"instance of it stopped (a running one sets its claim again) — and shares "
             f"nothing open, delete the key {claim.key} deliberately."
         )
 
