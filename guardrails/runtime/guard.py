@@ -161,6 +161,8 @@ class Guard:
         self._entered = False
         self._mismatch_logged: tuple[str, float] = ("", 0.0)
         self._claim: identity.Claim | None = None
+        self._claim_due = asyncio.Event()
+        """Set on becoming active: the claim is checked at once (``_keep_claim``)."""
         self._refusal: GuardError | None = None
         """Why the running guard stopped itself (its claim taken by another account id):
         raised by ``__aexit__``."""
@@ -402,7 +404,7 @@ class Guard:
                     registry, role=lambda: self._role, token=lambda: self._token,
                     stop=self._stop, role_changed=self._role_changed), name="guard-heartbeat")
                 alerts = tg.create_task(services.alerts(notifier, router), name="guard-alerts")
-                claim = tg.create_task(self._keep_claim(), name="guard-claim")
+                claim = tg.create_task(self._keep_claim(registry), name="guard-claim")
                 await self._elect(elector)
                 self._role = "stopping"
                 heartbeat.cancel()
@@ -416,19 +418,24 @@ class Guard:
             with contextlib.suppress(*INFRA_ERRORS):
                 await registry.remove()
 
-    async def _keep_claim(self) -> None:
-        """Hold the venue's claim while the guard runs (``identity.keep_claim``). Another
-        account id owning it stops the guard — the term ends, the lease is released — and
-        ``__aexit__`` raises why (``guardrails run`` exits 2)."""
+    async def _keep_claim(self, registry: Registry) -> None:
+        """Hold the venue's claim while the guard runs (``identity.reclaim``): at the
+        registry heartbeat period of the role (a standby's slow one) and at once when this
+        instance becomes active. Another account id owning it stops the guard — the term
+        ends, the lease is released — and ``__aexit__`` raises why (``guardrails run``
+        exits 2)."""
         if self._claim is None:
             return
-        try:
-            await identity.keep_claim(self.redis, self._claim, str(self.cfg.account_id),
-                                      every_s=self.cfg.runtime.heartbeat_interval / 1000)
-        except identity.ClaimConflict as e:
-            self._refusal = GuardError(f"venue ({self.cfg.venue.kind}): stopped: "
-                                       f"{type(e).__name__}: {e}")
-            self._stop.set()
+        while True:
+            await services.wait(self._claim_due, registry.interval_ms(self._role) / 1000)
+            self._claim_due.clear()
+            try:
+                await identity.reclaim(self.redis, self._claim, str(self.cfg.account_id))
+            except identity.ClaimConflict as e:
+                self._refusal = GuardError(f"venue ({self.cfg.venue.kind}): stopped: "
+                                           f"{type(e).__name__}: {e}")
+                self._stop.set()
+                return
 
     async def _close(self) -> None:
         """Undo whatever ``_start`` did, last first. Each step is best effort on the way
@@ -550,6 +557,7 @@ class Guard:
         assert self._services is not None
         self._role, self._token = "active", int(leadership.token)
         self._role_changed.set()
+        self._claim_due.set()
         self._deadline_epoch_ms = leadership.deadline_epoch_ms
         logs.event(log, "runtime.active", instance=self.instance_id, token=leadership.token)
         try:

@@ -24,8 +24,9 @@ budgets over it. So, by construction:
    API key (``venues.ccxt.api_key_digest``).
 5. A claim is checked once, at start, but Redis can lose it later (a restart without
    persistence, a failover to a replica that never had it), and then another account id
-   could claim the same signer or exchange account while this one runs. So ``keep_claim``
-   sets it again (``SET NX``) every heartbeat for the instance's whole life: a lost claim
+   could claim the same signer or exchange account while this one runs. So the runtime
+   sets it again (``reclaim``: ``SET NX``) every heartbeat period and at every takeover,
+   for the instance's whole life: a lost claim
    is restored by its owner and said (``identity.<kind>_restored``); one another account
    id took meanwhile is a conflict that stops this instance.
 
@@ -151,7 +152,7 @@ async def claim_account(
     Redis, once.
 
     Call after ``venue.start()`` and before standing for the lease. Returns the claim
-    when it is ours (newly set, or already ours; then hold it with ``keep_claim``), None
+    when it is ours (newly set, or already ours; then hold it with ``reclaim``), None
     when the venue claims nothing (paper) or when ``stop`` is set first. Raises
     ``SignerConflict`` / ``ExchangeAccountConflict`` when another account id owns it.
     A Redis failure is logged once and retried every ``retry_s`` (nothing can be
@@ -192,27 +193,25 @@ async def claim_account(
     return claim
 
 
-async def keep_claim(redis: aioredis.Redis, claim: Claim, account: str, *,
-                     every_s: float) -> None:
-    """Hold ``claim`` (ours: ``claim_account`` returned it) for as long as this runs: set
-    it again every ``every_s`` (``SET NX``), so a claim Redis lost is restored by its owner
-    (logged ``identity.<kind>_restored``) before another account id can take it. Raises
-    the conflict (``SignerConflict`` / ``ExchangeAccountConflict``) when another account id
-    owns it: it took the claim while Redis had none, and two account ids would trade one
-    account. A Redis failure is skipped (the heartbeat reports outages; nothing is
-    admitted meanwhile) and tried again at the next period."""
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            owner, created = await _claim_once(redis, claim.key, account)
-        except (RedisError, OSError, TimeoutError):
-            continue
-        _refuse_unless_ours(claim, owner, account, running=True)
-        if created:
-            logs.event(log, f"identity.{claim.kind}_restored", logging.WARNING, **claim.fields,
-                       claim=claim.key, account=account,
-                       detail="the claim was missing from Redis (Redis lost it, or it was "
-                              "deleted while this instance runs): set again")
+async def reclaim(redis: aioredis.Redis, claim: Claim, account: str) -> None:
+    """Set ``claim`` (ours: ``claim_account`` returned it) again (``SET NX``): the runtime
+    calls it at every heartbeat period and at every takeover for its whole life, so a
+    claim Redis lost is restored by its owner (logged ``identity.<kind>_restored``) before
+    another account id can take it. Raises the conflict (``SignerConflict`` /
+    ``ExchangeAccountConflict``) when another account id owns it: it took the claim while
+    Redis had none, and two account ids would trade one account. A Redis failure is
+    skipped (the heartbeat reports outages; nothing is admitted meanwhile): the next
+    call tries again."""
+    try:
+        owner, created = await _claim_once(redis, claim.key, account)
+    except (RedisError, OSError, TimeoutError):
+        return
+    _refuse_unless_ours(claim, owner, account, running=True)
+    if created:
+        logs.event(log, f"identity.{claim.kind}_restored", logging.WARNING, **claim.fields,
+                   claim=claim.key, account=account,
+                   detail="the claim was missing from Redis (Redis lost it, or it was "
+                          "deleted while this instance runs): set again")
 
 
 def _refuse_unless_ours(claim: Claim, owner: str, account: str, *,
