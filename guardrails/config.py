@@ -607,8 +607,8 @@ class PolymarketVenueConfig(_Model):
         default=ms("180s"), ge=ms("1s"), le=ms("600s"),
         description="The exchange's minimum GTD window: an order's expiration is its submit "
         "deadline plus this, so one arriving after its deadline is refused as too soon. "
-        "An order the venue has no record of holds its reservation until that expiration "
-        "(at most 600s).",
+        "An order the venue has no record of holds its reservation until the latest "
+        "expiration any window could give it (its deadline + 600s + 3s).",
     )
     heartbeat_interval: DurationMs = Field(
         default=ms("3s"),

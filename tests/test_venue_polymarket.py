@@ -39,7 +39,9 @@ from guardrails.sim.exchange import read_record
 from guardrails.venues import make_venue
 from guardrails.venues.base import Accepted, Rejected, Unknown, VenueError, VenueOrderState
 from guardrails.venues.polymarket import (
+    EXPIRY_WINDOW_MAX_MS,
     PolymarketVenue,
+    arrival_limit_ms,
     demo_signer,
     expiration_for,
     salt_for,
@@ -155,9 +157,9 @@ class TestPolymarketConformance(VenueConformance, SecretConformance):
             # The CLOB keeps no record of an order hash it never received: a cancel that
             # overtakes its order cannot be promised (the expiry window bounds it instead).
             fences_unseen_cancel=False,
-            # an unknown order may still arrive until its signed expiration (+1 s: whole
-            # seconds), not only until its deadline
-            arrival_grace_ms=env.venue._cfg.expiry_window + 1_000,
+            # an unknown order may still arrive until its signed expiration with the
+            # longest window any config may sign (600 s; +1 s: whole seconds, + margin)
+            arrival_grace_ms=arrival_limit_ms(0),
         )
 
 
@@ -304,7 +306,7 @@ async def test_lookup_when_unknown_order_past_deadline_then_can_arrive_until_exp
     # minimum-window refusal is policy (expiry_window may exceed it), so it may still be
     # accepted until its signed expiration — only then may the ledger release it.
     past = env.order(Side.BUY, "0.40", deadline_ms=now_ms() - 1_500)
-    expired = env.order(Side.BUY, "0.40", deadline_ms=now_ms() - 200_000)
+    expired = env.order(Side.BUY, "0.40", deadline_ms=now_ms() - 700_000)
 
     late = await env.venue.lookup(past.client_order_id, deadline_ms=past.submit_deadline_ms)
     gone = await env.venue.lookup(expired.client_order_id,
@@ -312,6 +314,34 @@ async def test_lookup_when_unknown_order_past_deadline_then_can_arrive_until_exp
 
     assert late.state is VenueOrderState.NOT_FOUND and late.can_still_arrive
     assert gone.state is VenueOrderState.NOT_FOUND and not gone.can_still_arrive
+
+
+async def test_lookup_when_instance_window_shorter_than_the_signers_then_reservation_still_held(
+    env: Env,
+) -> None:
+    # Arrange: an order signed with a 600 s window (deadline 5 minutes ago: it can match
+    # for 5 more), never seen by the exchange yet; the instance asking now runs a 60 s
+    # window (lowered since, or a standby's config: only risk limits are compared).
+    short = env.new_venue(expiry_window="60s")
+    await short.start()
+    try:
+        order = env.order(Side.BUY, "0.40", deadline_ms=now_ms() - 300_000)
+        # Act
+        status = await short.lookup(order.client_order_id, deadline_ms=order.submit_deadline_ms)
+    finally:
+        await short.close()
+    # Assert: its own window would say "gone"; the signed expiration may still be ahead.
+    assert status.state is VenueOrderState.NOT_FOUND and status.can_still_arrive, status
+    assert arrival_limit_ms(order.submit_deadline_ms) >= \
+        expiration_for(order.submit_deadline_ms, 600_000) * 1000 + 1_000
+
+
+def test_arrival_limit_when_config_bound_read_then_it_is_the_longest_window() -> None:
+    from guardrails.config import PolymarketVenueConfig
+
+    [bound] = [m.le for m in PolymarketVenueConfig.model_fields["expiry_window"].metadata
+               if hasattr(m, "le")]
+    assert bound == EXPIRY_WINDOW_MAX_MS
 
 
 def test_config_when_expiry_window_beyond_600s_then_refused() -> None:

@@ -25,7 +25,8 @@ maps each symbol to its token id) with the market's tick; prices are probabiliti
   deadline. The refusal is the exchange's policy, not a contract rule (its minimum has
   changed over time, and ``expiry_window`` may exceed it), so an order the venue has no
   record of is reported as one that can still arrive until its signed expiration
-  (``arrival_limit_ms``), which the contract enforces: its reservation is held until then.
+  (``arrival_limit_ms``: with the longest window any config may sign, 600 s), which the
+  contract enforces: its reservation is held until then.
 * **Heartbeat fence.** While active the runtime runs ``term_service``: a CLOB heartbeat
   every ``heartbeat_interval``. If this instance pauses, dies or is partitioned, the
   exchange cancels all of the wallet's resting orders ~10 s after the last heartbeat.
@@ -125,10 +126,22 @@ def expiration_for(deadline_ms: int, window_ms: int) -> int:
     return deadline_ms // 1000 + window_ms // 1000
 
 
-def arrival_limit_ms(deadline_ms: int, window_ms: int) -> int:
-    """The last instant (ms) an order signed for ``deadline_ms`` could reach a match: its
-    signed expiration, which the CTF Exchange contract enforces whatever the API's rule."""
-    return expiration_for(deadline_ms, window_ms) * 1000
+EXPIRY_WINDOW_MAX_MS = 600_000
+"""The largest ``expiry_window`` a config may set (config.py bounds it): the longest
+window any instance of this account could have signed an order with."""
+
+ARRIVAL_MARGIN_MS = 2_000
+"""Past the signed expiration's whole second: the exchange's clock, read here through
+``/time`` in whole seconds, may lag the one that decides."""
+
+
+def arrival_limit_ms(deadline_ms: int) -> int:
+    """The last instant (ms) an order signed for ``deadline_ms`` could still reach a match:
+    its signed expiration (the CTF Exchange contract matches nothing later, whatever the
+    API's rule), taken with the longest window any config could have signed it with — not
+    this instance's own: the window may have been lowered since, or a standby's config
+    differ (only the risk limits are compared) — and the whole second it names."""
+    return expiration_for(deadline_ms, EXPIRY_WINDOW_MAX_MS) * 1000 + 1_000 + ARRIVAL_MARGIN_MS
 
 
 def _status_of(exc: Exception) -> int | None:
@@ -683,8 +696,7 @@ class PolymarketVenue:
             # expiration. Until then its reservation is held (docs/venues.md).
             return VenueOrderStatus(
                 client_order_id=client_order_id, state=VenueOrderState.NOT_FOUND,
-                can_still_arrive=deadline_ms is None or now <= arrival_limit_ms(
-                    deadline_ms, self._cfg.expiry_window),
+                can_still_arrive=deadline_ms is None or now <= arrival_limit_ms(deadline_ms),
             )
         try:
             state = _STATES[str(found["status"])]
