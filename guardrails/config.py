@@ -713,7 +713,7 @@ class RuntimeConfig(_Model):
 
 NotifyEvent = Literal[
     "kill", "resume", "lease_lost", "self_fence", "takeover", "budget_80", "budget_100",
-    "foreign_activity", "strategy_crashed", "redis_unreachable", "doctor",
+    "foreign_activity", "strategy_crashed", "redis_unreachable", "latch_lost", "doctor",
 ]
 NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
 

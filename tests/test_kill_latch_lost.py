@@ -10,16 +10,18 @@ Claims are proven from the account journal (Redis's own order of admissions)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from guardrails.keys import AccountId, AccountKeys
-from tests.redis_harness import RedisServer
+from tests.redis_harness import RedisServer, free_port
 from tests.run_harness import RunProc, run_cli, write_config
 
 pytestmark = pytest.mark.slow
@@ -62,6 +64,12 @@ def _crash_back_to(server: RedisServer, snapshot: Path) -> None:
     server.start()
 
 
+def _health(port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        facts: dict[str, object] = json.loads(r.read())
+    return facts
+
+
 def _looper(server: RedisServer, tmp: Path, account: str,
             **looper: str) -> tuple[AccountKeys, Path]:
     """The keys of paper account ``account`` and a config whose looper trades it."""
@@ -91,7 +99,8 @@ def test_kill_when_redis_loses_it_after_the_bot_saw_it_then_no_admission_until_a
     server = redis_server_aof
     account = "kl1"
     keys, cfg = _looper(server, tmp_path, account, side="buy")
-    bot = RunProc("bot", cfg, tmp_path).start()
+    health_port = free_port()
+    bot = RunProc("bot", cfg, tmp_path, extra_args=["--health-port", str(health_port)]).start()
     try:
         bot.wait_for("runtime.active", WAIT_S)
         _wait(lambda: len(_admits_since(server, keys, 0)) >= 3, "admissions")
@@ -118,6 +127,8 @@ def test_kill_when_redis_loses_it_after_the_bot_saw_it_then_no_admission_until_a
         # commands an operator can paste (kill refuses to run without --reason)
         assert f"guardrails kill --account paper:{account} --reason" in alarm["action"]
         assert f"guardrails resume --account paper:{account}" in alarm["action"]
+        # /health says it too: the role alone (active) would look healthy
+        assert _health(health_port)["latch_lost"], _health(health_port)
         time.sleep(3.0)
         assert _admits_since(server, keys, restored_ms) == []
 
@@ -129,6 +140,7 @@ def test_kill_when_redis_loses_it_after_the_bot_saw_it_then_no_admission_until_a
         # Assert: it trades again
         _wait(lambda: len(_admits_since(server, keys, resumed_ms)) >= 3,
               "admissions after the resume")
+        assert _health(health_port)["latch_lost"] == ""
     finally:
         bot.cleanup()
 

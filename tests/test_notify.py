@@ -25,7 +25,7 @@ from guardrails.ops.notify import (
 )
 
 ALL = frozenset({"kill", "resume", "takeover", "budget_80", "budget_100", "lease_lost", "self_fence",
-                 "strategy_crashed", "redis_unreachable", "foreign_activity"})
+                 "strategy_crashed", "redis_unreachable", "foreign_activity", "latch_lost"})
 
 
 class Receiver:
@@ -160,11 +160,16 @@ async def test_router_when_events_logged_then_alerts_once_per_change() -> None:
         r.tick()
         r.tick()
         logs.event(lg, "redis.recovered", during="heartbeat")
+        logs.event(lg, "kill.latch_lost", logging.ERROR, lost=5, remembered_state="HALTED",
+                   seen_state="ACTIVE", seen_version=0,
+                   action="run `guardrails kill --account paper:demo --reason '...'`")
     finally:
         remove()
     events = [a.event for a in got]
     assert events == ["kill", "resume", "takeover", "self_fence", "budget_80", "budget_100",
-                      "redis_unreachable", "redis_unreachable"]
+                      "redis_unreachable", "redis_unreachable", "latch_lost"]
+    assert "guardrails kill --account paper:demo" in got[-1].text
+    assert got[-1].fields["remembered_state"] == "HALTED"
     takeover = got[2]
     assert takeover.fields["old_token"] == "7" and takeover.fields["old_holder"] == "h-old"
     assert takeover.fields["token"] == "8" and takeover.fields["holder"] == "h-new"

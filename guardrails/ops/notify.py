@@ -289,6 +289,12 @@ class AlertRouter:
                             token=f.get("token"), reason=reason)
         elif name == "positions":
             self._budget(f)
+        elif name == "kill.latch_lost":
+            self._alert("latch_lost", "the kill-switch latch in Redis is older than one this "
+                        "instance saw: Redis lost writes; admitting nothing until a new latch "
+                        f"is written ({f.get('action') or 'guardrails kill / resume'})",
+                        remembered_state=f.get("remembered_state"), seen_state=f.get("seen_state"),
+                        seen_version=f.get("seen_version"))
         elif name in ("strategy.crashed",):
             self._alert("strategy_crashed", f"strategy {f.get('strategy')} crashed: {f.get('error')}",
                         strategy=f.get("strategy"), error=f.get("error"))

@@ -243,7 +243,14 @@ class Guard:
             "strategies": list(self.strategies),
             "crashed_strategies": sorted(self.crashed),
             "standby_flag": self.standby,
+            # non-empty while Redis shows a kill-switch latch older than one this instance
+            # saw: it admits nothing (kill.latch_lost) whatever the role says
+            "latch_lost": self._latch_lost(),
         }
+
+    def _latch_lost(self) -> str:
+        seen = self._services.latch_seen if self._services is not None else None
+        return seen.lost if seen is not None else ""
 
     # -- lifecycle --------------------------------------------------------------------
 
