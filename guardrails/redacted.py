@@ -20,15 +20,21 @@ Two layers, because a masker that only parses well-formed URLs leaks the ill-for
    any occurrence of them in free text, and ``logs.setup`` installs a filter that
    scrubs every log record and traceback with it.
 
+3. ``child_environment`` is what every child process we spawn (``redis-server``, the
+   simulator daemon and simulators) gets instead of ``os.environ``: an allow-list, so a
+   venue key, the operator token or a Redis password in this process's environment
+   never reaches a child's ``/proc/<pid>/environ`` (nor anything the child spawns).
+
 Not guaranteed: a secret this process never registered and that is not shaped like a
 URL credential (say, a venue key pasted into a strategy's log message) is not found.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote
 
 MASK = "***"
@@ -166,3 +172,22 @@ def register_argv(argv: Iterable[str]) -> None:
         if m:
             for secret in url_secrets(arg[m.start():]):
                 register(secret)
+
+
+CHILD_ENV_NAMES = frozenset({
+    "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "PYTHONPATH", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
+    "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONSAFEPATH", "VIRTUAL_ENV",
+    "COVERAGE_PROCESS_START", "COVERAGE_RCFILE",
+})
+"""Environment variables a child process inherits (plus ``LC_*``); nothing else. Our
+children read their settings from their arguments and 0600 files, hold no key and need
+no token: a signing key, an exchange secret, the operator token, a Redis password or any
+``GUARDRAILS_*`` variable in the parent's environment stays out of theirs."""
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of ``environ`` (default ``os.environ``): the ``env=`` of every
+    child process guardrails spawns that is not a ``guardrails`` bot itself."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k in CHILD_ENV_NAMES or k.startswith("LC_")}

@@ -23,7 +23,7 @@ import redis
 
 from guardrails import logs, redacted
 from guardrails.config import PaperVenueConfig, parse_config
-from guardrails.infra import connect
+from guardrails.infra import connect, embedded, server
 from guardrails.sim import daemon
 from guardrails.sim.exchange import DEFAULT_RISK
 from tests.conftest import subprocess_env
@@ -267,12 +267,10 @@ SECRETS_IN_ENV = {
 }
 
 
+@pytest.mark.usefixtures("secrets_in_env")
 def test_simulator_daemon_when_started_by_a_process_holding_secrets_then_environ_has_none(
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Arrange
-    for name, value in SECRETS_IN_ENV.items():
-        monkeypatch.setenv(name, value)
     spec = daemon.MarketSpec(
         PaperVenueConfig.model_validate({"name": "envcheck", "seed": 1, "step": "1h",
                                          "start_prices": {"BTC-USD": "60000.00",
@@ -284,16 +282,12 @@ def test_simulator_daemon_when_started_by_a_process_holding_secrets_then_environ
         url = daemon.ensure_running(spec, root=root)
         pid = int(daemon.status(root)["pid"])
         environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
-        names = [entry.split("=", 1)[0] for entry in environ.split("\0") if entry]
     finally:
         daemon.stop(root=root)
 
     # Assert: the daemon ran (it answered) and holds none of the starter's secrets
     assert url.startswith("http://127.0.0.1:")
-    assert "PATH" in names
-    for name, value in SECRETS_IN_ENV.items():
-        assert name not in names and value not in environ
-    assert not [n for n in names if n.startswith("GUARDRAILS_")]
+    _assert_no_secrets(environ)
 
 
 def test_cli_when_uncaught_exception_quotes_a_url_then_traceback_masked() -> None:
@@ -318,3 +312,88 @@ def test_doctor_when_redis_unreachable_then_error_names_target_masked() -> None:
     assert done.returncode == 2
     assert json.loads(done.stdout)["error"].startswith(f"Redis at redis://{USER}:***@127.0.0.1")
     assert PASSWORD not in done.stdout + done.stderr
+
+
+# -- every child we spawn gets the allow-listed environment -------------------------------
+
+
+@pytest.fixture
+def secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SECRETS_IN_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+def _assert_no_secrets(environ: str) -> None:
+    names = [entry.split("=", 1)[0] for entry in environ.split("\0") if entry]
+    assert "PATH" in names  # it really read a child's environment
+    for name, value in SECRETS_IN_ENV.items():
+        assert name not in names and value not in environ, f"{name} reached the child"
+    assert not [n for n in names if n.startswith("GUARDRAILS_")]
+
+
+@pytest.fixture
+def recording_redis_server(tmp_path: Path) -> tuple[Path, Path]:
+    """A ``redis-server`` that writes the environment it was started with to a file, then
+    execs the real one (redis-server overwrites its own ``/proc/<pid>/environ`` with its
+    process title, so the environment is read before it starts): (binary, record)."""
+    record = tmp_path / "server.environ"
+    script = tmp_path / "redis-server"
+    script.write_text(f"#!/bin/sh\n/usr/bin/env -0 > '{record}'\n"
+                      f"exec '{server.find_redis_server()}' \"$@\"\n")
+    script.chmod(0o700)
+    return script, record
+
+
+@pytest.mark.usefixtures("secrets_in_env")
+def test_redis_process_when_parent_holds_secrets_then_server_environ_has_none(
+    recording_redis_server: tuple[Path, Path],
+) -> None:
+    # Arrange
+    binary, record = recording_redis_server
+    proc = server.RedisProcess(aof=False, binary=str(binary))
+
+    # Act
+    proc.start()
+    proc.stop()
+
+    # Assert
+    _assert_no_secrets(record.read_text())
+
+
+@pytest.mark.usefixtures("secrets_in_env")
+def test_embedded_redis_when_started_by_a_process_holding_secrets_then_environ_has_none(
+    recording_redis_server: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Arrange
+    binary, record = recording_redis_server
+    monkeypatch.setenv(server.REDIS_SERVER_ENV, str(binary))
+
+    # Act: the daemonized per-user server outlives its starter, environment and all
+    embedded.ensure_running()
+    embedded.stop()
+
+    # Assert
+    _assert_no_secrets(record.read_text())
+
+
+@pytest.mark.usefixtures("secrets_in_env")
+def test_simulator_process_when_parent_holds_secrets_then_environ_has_none() -> None:
+    # Arrange
+    sim = daemon.SimulatorProcess(seed=1)
+
+    # Act
+    url = sim.start()
+    try:
+        assert sim.proc is not None
+        environ = Path(f"/proc/{sim.proc.pid}/environ").read_text(errors="replace")
+    finally:
+        sim.stop()
+
+    # Assert: it answered, and holds none of the starter's secrets
+    assert url.startswith("http://127.0.0.1:")
+    _assert_no_secrets(environ)
+
+
+def test_child_environment_when_secrets_and_locale_then_only_allow_listed_names() -> None:
+    env = {**SECRETS_IN_ENV, "PATH": "/bin", "LC_ALL": "C.UTF-8", "HOME": "/home/x"}
+    assert redacted.child_environment(env) == {"PATH": "/bin", "LC_ALL": "C.UTF-8"}

@@ -8,6 +8,10 @@ directory), the tests' throwaway servers (``tests/redis_harness.py``, ``tests/ha
 replicas, sentinels, cluster nodes) and the benchmarks. A new way of starting
 ``redis-server`` belongs here, not beside its caller.
 
+Every server starts with ``redacted.child_environment()``, never this process's
+environment: a venue key or token the parent holds is not in the server's
+``/proc/<pid>/environ``.
+
 Invariant upheld: *never port 6379* — a launched server binds a free loopback port (or
 the one a caller chose, refused if it is 6379), so nothing started here can be mistaken
 for, or collide with, a Redis someone runs on the default port. With ``aof=True`` and
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import redis
+
+from guardrails import redacted
 
 FORBIDDEN_PORT = 6379
 REDIS_SERVER_ENV = "GUARDRAILS_REDIS_SERVER"
@@ -126,7 +132,8 @@ def start_daemonized(binary: str, config: Path, *, timeout: float) -> None:
     """Run ``redis-server <config>`` whose config says ``daemonize yes``: returns once the
     daemon forked off (the caller waits for it to answer); ``RedisServerError`` if not."""
     try:
-        subprocess.run([binary, str(config)], check=True, capture_output=True, timeout=timeout)
+        subprocess.run([binary, str(config)], check=True, capture_output=True, timeout=timeout,
+                       env=redacted.child_environment())
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         raise RedisServerError(f"could not start {binary}: {e}") from None
 
@@ -208,7 +215,8 @@ class RedisProcess:
         args = [*self.wrapper, self.binary, str(self.config_path), *self.extra]
         if self.sentinel:
             args.append("--sentinel")
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=redacted.child_environment())
         self.wait_ready(timeout)
         return self
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from guardrails import logs, statedir
+from guardrails import logs, redacted, statedir
 from guardrails.config import (
     CcxtVenueConfig,
     ConfigError,
@@ -251,31 +251,13 @@ def _log_tail(p: DaemonPaths, n: int = 2000) -> str:
         return ""
 
 
-DAEMON_ENV_NAMES = frozenset({
-    "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-    "PYTHONPATH", "PYTHONHOME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
-    "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONSAFEPATH", "VIRTUAL_ENV",
-    "COVERAGE_PROCESS_START", "COVERAGE_RCFILE",
-})
-"""Environment variables the daemon inherits (plus ``LC_*``); nothing else. It reads its
-state directory from its argument, holds no key and needs no token: a signing key, the
-operator token, a Redis password or any ``GUARDRAILS_*`` variable in the starter's
-environment stays out of the daemon's (``/proc/<pid>/environ``)."""
-
-
-def daemon_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The allow-listed part of ``environ`` (default ``os.environ``) for the daemon."""
-    env = dict(os.environ if environ is None else environ)
-    return {k: v for k, v in env.items() if k in DAEMON_ENV_NAMES or k.startswith("LC_")}
-
-
 def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float = 30.0) -> str:
     """Start the daemon unless it already runs; return its base URL.
 
     Safe from several processes at once: a file lock serialises the check and the start.
     Raises ``SimDaemonError`` if the running daemon (or its record) simulates another
     market, or if it does not come up (the message quotes its log). It starts with
-    ``daemon_environment()`` only: no key, token or password reaches it.
+    ``redacted.child_environment()`` only: no key, token or password reaches it.
     """
     p = paths(root, spec.protocol)
     _private(p, create=True)
@@ -303,7 +285,7 @@ def ensure_running(spec: MarketSpec, *, root: Path | None = None, timeout: float
                  str(p.root)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
                 start_new_session=True, check=False, timeout=timeout,
-                env=daemon_environment(),
+                env=redacted.child_environment(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -557,7 +539,10 @@ class SimulatorProcess:
 
     ``port`` 0 picks a free port; ``log`` appends the child's log to that file (default: a
     temporary file, see ``logs()``). ``start()`` returns the URL once the child listens;
-    ``stop()`` terminates it (SIGKILL after 5 s) and returns its log.
+    ``stop()`` terminates it (SIGKILL after 5 s) and returns its log. The child's
+    environment is ``redacted.child_environment(env)`` (default: of ``os.environ``): the
+    simulator reads keys from ``keys_file``, never from its environment, so none of the
+    caller's keys or tokens reach it.
     """
 
     def __init__(self, *, config: str | None = None, record: Path | None = None,
@@ -579,7 +564,7 @@ class SimulatorProcess:
             self._args += ["--heartbeat-timeout-ms", str(heartbeat_timeout_ms)]
         if admin:
             self._args.append("--admin")
-        self._env = dict(env) if env is not None else dict(os.environ)
+        self._env = redacted.child_environment(env)  # never the caller's keys or tokens
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         # stderr goes to a file, not a pipe: a chatty child must never block on a full pipe.
