@@ -216,23 +216,46 @@ class _Model(BaseModel):
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
+_ENCODE_HINT = ("a '/', '?', '#', '@', '[' or ']' in a user name or password must be "
+                "percent-encoded (%2F %3F %23 %40 %5B %5D)")
+
+
+def _userinfo_unencoded(text: str) -> bool:
+    """Whether the part of ``text`` before its last ``@`` has a character that ends a
+    URL's authority (so a parser would cut the password short and read the rest as a
+    path, a query, a fragment or a port)."""
+    _, sep, rest = text.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    return bool(sep and at and any(c in userinfo for c in "/?#[]"))
+
+
 def redis_url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be a Redis target (None if it can). Never echoes the URL:
-    it may carry a password."""
+    """Why ``url`` cannot be a Redis target (None if it can). Never echoes the URL: it
+    may carry a password, and a malformed one is cut at the wrong place (an unencoded
+    ``/`` in the password makes the rest of it "the path"; a ``#``, "the port"). So such
+    a userinfo is refused first, and only the scheme and a database name are quoted."""
     if url == EMBEDDED:
         return None
-    if not url.strip():
+    text = url.strip()
+    if not text:
         return "empty; write redis://host:6379/0, unix:///path/to/redis.sock or 'embedded'"
-    if url.strip().split("://", 1)[0].lower() in ("redis+sentinel", "redis+cluster"):
+    if text.split("://", 1)[0].lower() in ("redis+sentinel", "redis+cluster"):
         return None  # parsed (and refused, naming the fault) by infra.connect.parse_ha_url
+    if _userinfo_unencoded(text):
+        return f"not a Redis URL: {_ENCODE_HINT}"
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(text)
         port = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError as e:
-        return f"not a Redis URL: {e}"
+        # urllib's message quotes what it took for the port: never repeat it.
+        what = ("the port is out of range" if "range" in str(e)
+                else "unbalanced '[' or ']' in the host" if "IPv6" in str(e)
+                else "the port is not a number")
+        return f"not a Redis URL: {what}" + (f" ({_ENCODE_HINT})" if "@" in text else "")
     scheme = parts.scheme.lower()
     if scheme not in _REDIS_SCHEMES:
-        shown = f"scheme {scheme!r}" if scheme and len(scheme) <= 16 else "no scheme"
+        shown = (f"scheme {scheme!r}" if "://" in text and scheme and len(scheme) <= 16
+                 else "no scheme")
         return (f"not a Redis URL ({shown}); write redis://host:6379/0, "
                 "rediss://…, unix:///path/to/redis.sock or 'embedded'")
     dbs = parse_qs(parts.query).get("db", [])
@@ -244,7 +267,7 @@ def redis_url_problem(url: str) -> str | None:
             return "port 0 is not a Redis port"
         dbs.append(unquote(parts.path).strip("/"))
     bad = next((db for db in dbs if db and not db.isdigit()), None)
-    if bad is not None:
+    if bad is not None:  # safe to quote: the whole userinfo was in the authority
         return f"database {bad[:16]!r} is not a number"
     if len({int(db) for db in dbs if db}) > 1:
         return "the path's database and ?db= disagree; name the database once"

@@ -112,6 +112,10 @@ def mask_url(url: str) -> str:
             pairs.append(pair)
         base += "?" + "&".join(pairs)
     prefix = f"{scheme}://"
+    if not at:  # no userinfo; but `user:PW` with the host forgotten reads as host:port
+        host, colon, port = base.partition("/")[0].partition("?")[0].rpartition(":")
+        if colon and port and not port.isdigit() and not port.endswith("]"):
+            base = f"{host}:{MASK}" + base[len(host) + 1 + len(port):]
     if at:
         user, colon, _ = userinfo.partition(":")
         if colon:

@@ -242,7 +242,7 @@ def test_load_when_orders_per_second_below_the_gates_resolution_then_refused(
     ("url", "expected"),
     [
         ("http://127.0.0.1:6379", "not a Redis URL (scheme 'http')"),
-        ("redis://127.0.0.1:abc/0", "not a Redis URL: Port could not be cast"),
+        ("redis://127.0.0.1:abc/0", "not a Redis URL: the port is not a number"),
         ("redis://127.0.0.1:6379/zero", "database 'zero' is not a number"),
         ("localhost:6379", "not a Redis URL"),
     ],

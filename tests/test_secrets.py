@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from guardrails import logs, redacted
-from guardrails.config import PaperVenueConfig, parse_config
+from guardrails.config import ConfigError, PaperVenueConfig, load_config, parse_config, redis_url_problem
 from guardrails.infra import connect, embedded, server
 from guardrails.sim import daemon
 from guardrails.sim.exchange import DEFAULT_RISK
@@ -397,3 +397,61 @@ def test_simulator_process_when_parent_holds_secrets_then_environ_has_none() -> 
 def test_child_environment_when_secrets_and_locale_then_only_allow_listed_names() -> None:
     env = {**SECRETS_IN_ENV, "PATH": "/bin", "LC_ALL": "C.UTF-8", "HOME": "/home/x"}
     assert redacted.child_environment(env) == {"PATH": "/bin", "LC_ALL": "C.UTF-8"}
+
+
+# -- a malformed Redis URL is refused without quoting its password ------------------------
+
+# Each fragment of the password would be what a parser that cut it short quotes back.
+FRAGMENTED = "Frag1/Frag2?Frag3#Frag4[Frag5"
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    (f"redis://:{FRAGMENTED}@h:1/0", "percent-encoded"),
+    ("redis://:Frag1#Frag2@h:1/0", "percent-encoded"),
+    ("redis://user:Frag1/Frag2@h:1/0", "percent-encoded"),
+    ("redis://Frag1/Frag2@h:1/0", "percent-encoded"),  # a lone userinfo is a password
+    ("redis://user:Frag1", "the port is not a number"),  # the host forgotten
+    ("redis://:Frag1@h:notaport/0", "the port is not a number"),
+    ("redis://:Frag1@h:99999/0", "the port is out of range"),
+    ("redis://:Frag1@[::1/0", "unbalanced"),
+])
+async def test_redis_url_when_malformed_then_refusal_names_the_fault_without_the_password(
+    tmp_path: Path, url: str, why: str,
+) -> None:
+    # Arrange
+    config = write_config(tmp_path / "run.toml", redis_url="embedded", account="sec")
+
+    # Act: every door a URL comes in by
+    connect_problem = load_problem = None
+    problem = redis_url_problem(url)
+    try:
+        await connect.connect(url)
+    except ConfigError as e:
+        connect_problem = str(e)
+    try:
+        load_config(config, url)
+    except ConfigError as e:
+        load_problem = str(e)
+
+    # Assert
+    for text in (problem, connect_problem, load_problem):
+        assert text is not None and why in text
+        assert "Frag" not in text, text
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://:Frag1?Frag2@h:1/master",
+    "redis+sentinel://:Frag1?Frag2@h:1/m/0",
+    "redis+sentinel://:Frag1/Frag2@h:1/m/notadb",
+    "redis+cluster://:Frag1?Frag2@h:1",
+])
+def test_ha_url_when_malformed_then_refusal_names_the_fault_without_the_password(
+    url: str,
+) -> None:
+    # Act
+    with pytest.raises(connect.RedisUrlError) as err:
+        connect.parse_ha_url(url)
+
+    # Assert
+    assert "not host:port" in str(err.value) or "not a number" in str(err.value)
+    assert "Frag" not in str(err.value), str(err.value)

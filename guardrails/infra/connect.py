@@ -46,7 +46,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from guardrails import redacted
-from guardrails.config import EMBEDDED, ConfigError, RedisConfig
+from guardrails.config import EMBEDDED, ConfigError, RedisConfig, redis_url_problem
 from guardrails.infra import embedded
 
 PASSWORD_ENV = "GUARDRAILS_REDIS_PASSWORD"
@@ -81,7 +81,9 @@ def is_ha_url(url: str) -> bool:
 
 
 def parse_ha_url(url: str) -> HaTarget:
-    """Parse a Sentinel or Cluster URL; ``RedisUrlError`` names what is wrong."""
+    """Parse a Sentinel or Cluster URL; ``RedisUrlError`` names what is wrong by position
+    (node 2, the db), never by quoting a part of the URL: a password with an unencoded
+    ``?`` or ``/`` would be cut short and its rest read as a node or a db."""
     where = describe(url)
     scheme, sep, rest = url.strip().partition("://")
     scheme = scheme.lower()
@@ -98,10 +100,11 @@ def parse_ha_url(url: str) -> HaTarget:
         username = unquote(user) or None
         password = unquote(pw) if colon else None
     nodes: list[tuple[str, int]] = []
-    for item in netloc.split(","):
+    items = netloc.split(",")
+    for n, item in enumerate(items, 1):
         host, colon, port_text = item.strip().rpartition(":")
         if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise RedisUrlError(f"redis url {where}: node {item.strip()!r} is not host:port")
+            raise RedisUrlError(f"redis url {where}: node {n} of {len(items)} is not host:port")
         nodes.append((host.strip("[]"), int(port_text)))
     parts = [p for p in path.split("/") if p]
     query = parse_qs(query_text)
@@ -116,7 +119,8 @@ def parse_ha_url(url: str) -> HaTarget:
         master = unquote(parts[0])
         if len(parts) == 2:
             if not parts[1].isdigit():
-                raise RedisUrlError(f"redis url {where}: db {parts[1]!r} is not a number")
+                raise RedisUrlError(f"redis url {where}: the db (after the master name) is "
+                                    "not a number")
             db = int(parts[1])
     elif parts and parts != ["0"]:
         raise RedisUrlError(f"redis url {where}: Redis Cluster has only database 0")
@@ -225,6 +229,9 @@ async def connect(
         return chosen
 
     if not is_ha_url(concrete):
+        problem = redis_url_problem(concrete)
+        if problem:  # before redis-py, whose parse errors quote what it took for the port
+            raise ConfigError(f"redis url {describe(url)}: {problem}")
         extra: dict[str, Any] = {}
         if url != EMBEDDED and _url_password(concrete) is None and "password=" not in concrete:
             chosen = fallback_password()
