@@ -14,7 +14,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from guardrails import redacted
 from guardrails.keys import AccountId, InvalidAccountId
 from guardrails.model import SYMBOL_RE
 from guardrails.redacted import mask_url
@@ -209,8 +210,39 @@ PositiveAmount = Annotated[Decimal, BeforeValidator(_parse_decimal), AfterValida
 """A finite, strictly positive exact decimal (ticks, lots, prices)."""
 
 
+class _EndpointOnly:
+    """Field metadata: a URL that may carry a credential anywhere (an API key in its path,
+    a token in its query), so a repr shows it as ``redacted.endpoint`` (scheme://host)."""
+
+
+ENDPOINT_ONLY = _EndpointOnly()
+
+
+def _repr_masked(value: object, endpoint_only: bool) -> object:
+    if isinstance(value, str):
+        return redacted.endpoint(value) if endpoint_only else redacted.mask_text(value)
+    if isinstance(value, dict):
+        return {k: _repr_masked(v, endpoint_only) for k, v in value.items()}
+    return value
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    """Every config section: frozen, unknown fields refused. Secrets stay out of what it
+    shows: a ``ValidationError`` never quotes the input (``hide_input_in_errors``: a
+    section's error would otherwise print the whole section, URLs and all), and the repr
+    masks URL credentials and registered secrets, and shows an ``ENDPOINT_ONLY`` field
+    as scheme://host."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True,
+                              hide_input_in_errors=True)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        fields = type(self).model_fields
+        for name, value in super().__repr_args__():
+            info = fields.get(name) if name is not None else None
+            endpoint_only = info is not None and any(
+                isinstance(m, _EndpointOnly) for m in info.metadata)
+            yield name, _repr_masked(value, endpoint_only)
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -519,7 +551,7 @@ class CcxtVenueConfig(_Model):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Merged into the ccxt exchange's options."
     )
-    urls: dict[str, str] = Field(
+    urls: Annotated[dict[str, str], ENDPOINT_ONLY] = Field(
         default_factory=dict, description="Overrides of the ccxt exchange's urls['api'] entries."
     )
     enable_rate_limit: bool = Field(
@@ -587,7 +619,8 @@ class EvmOrderTemplate(_Model):
 
 class EvmVenueConfig(_Model):
     kind: Literal["evm"] = "evm"
-    rpc_url: str = Field(description="JSON-RPC URL of the chain node.")
+    rpc_url: Annotated[str, ENDPOINT_ONLY] = Field(
+        description="JSON-RPC URL of the chain node (an API key in it is never shown).")
     chain_id: int = Field(ge=1, description="Expected chain id; a mismatch refuses to start.")
     key_env: str = Field(default="GUARDRAILS_EVM_KEY", description="Env var with the private key.")
     keystore: str | None = Field(default=None, description="Encrypted keystore file instead of env.")
@@ -742,8 +775,8 @@ NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
 
 
 def _http_url(v: str) -> str:
-    if not re.match(r"^https?://[^\s/]+", v):
-        raise ValueError(f"{v!r} is not an http(s) URL")
+    if not re.match(r"^https?://[^\s/]+", v):  # never quoted: a webhook URL holds its token
+        raise ValueError("not an http(s) URL (write https://host/...)")
     return v
 
 
@@ -757,7 +790,8 @@ class _NotifyBase(_Model):
 
 class WebhookNotifyConfig(_NotifyBase):
     kind: Literal["webhook"] = Field(description="A JSON POST of each alert to `url`.")
-    url: Annotated[str, AfterValidator(_http_url)] = Field(description="Where to POST.")
+    url: Annotated[str, AfterValidator(_http_url), ENDPOINT_ONLY] = Field(
+        description="Where to POST (a token in it is never shown).")
 
 
 class TelegramNotifyConfig(_NotifyBase):

@@ -125,6 +125,20 @@ def mask_url(url: str) -> str:
     return prefix + base
 
 
+def endpoint(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (``/…`` when a path or query followed): none of
+    its userinfo, path or query. For URLs that carry a credential where ``mask_url``
+    cannot see it — an RPC provider's API key in the path (``/v2/<key>``), a webhook's
+    token (``/services/T0/B0/<token>``). A word with no ``://`` (``embedded``) is kept;
+    anything else that is no URL is ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url if url.isidentifier() else MASK
+    after = rest.rpartition("@")[2]
+    host = re.split(r"[/?#]", after, maxsplit=1)[0]
+    return f"{scheme}://{host}" + ("/…" if len(host) < len(after) else "")
+
+
 def mask_text(text: str) -> str:
     """Free text with every URL in it masked and every registered secret scrubbed."""
     if "://" in text:

@@ -20,9 +20,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 from guardrails import logs, redacted
-from guardrails.config import ConfigError, PaperVenueConfig, load_config, parse_config, redis_url_problem
+from guardrails.config import (
+    Config,
+    ConfigError,
+    PaperVenueConfig,
+    load_config,
+    parse_config,
+    redis_url_problem,
+)
 from guardrails.infra import connect, embedded, server
 from guardrails.sim import daemon
 from guardrails.sim.exchange import DEFAULT_RISK
@@ -455,3 +463,61 @@ def test_ha_url_when_malformed_then_refusal_names_the_fault_without_the_password
     # Assert
     assert "not host:port" in str(err.value) or "not a number" in str(err.value)
     assert "Frag" not in str(err.value), str(err.value)
+
+
+# -- config objects: reprs and validation errors ------------------------------------------
+
+_EVM_CONFIG: dict[str, object] = {
+    "account": {"venue": "evm-1", "id": "0x" + "1" * 40},
+    "redis": {"url": f"redis://u:{PASSWORD}@h:1/0"},
+    "risk": {"max_order_notional": "1", "max_gross_exposure": "1", "daily_loss_limit": "1",
+             "instruments": {"ETH-USD": {"tick": "0.01", "lot": "0.0001", "max_position": "1"}}},
+    "venue": {"kind": "evm", "rpc_url": "https://eth.example/v2/RpcKey0123456789abcdef",
+              "chain_id": 1, "max_fee_per_gas": 10, "max_priority_fee_per_gas": 1},
+    "notify": [{"kind": "webhook", "url": "https://hooks.example/services/T0/HookTok0123456"}],
+}
+_CONFIG_SECRETS = (PASSWORD, "RpcKey0123456789abcdef", "HookTok0123456")
+
+
+def test_config_repr_when_urls_carry_credentials_then_masked_and_endpoints_named() -> None:
+    # Arrange
+    cfg = parse_config(_EVM_CONFIG)
+
+    # Act
+    shown = [repr(cfg), str(cfg), repr(cfg.venue), str(cfg.notify[0])]
+
+    # Assert
+    for text in shown:
+        for secret in _CONFIG_SECRETS:
+            assert secret not in text, text
+    assert "rpc_url='https://eth.example/…'" in shown[0]
+    assert "url='https://hooks.example/…'" in shown[0]
+    assert "url='redis://u:***@h:1/0'" in shown[0]
+
+
+@pytest.mark.parametrize("change", [
+    # a section's own rule: pydantic quotes the section (its rpc_url last, in the repr's tail)
+    {"venue": {"kind": "evm", "chain_id": 1, "max_fee_per_gas": 10, "max_priority_fee_per_gas": 100,
+               "rpc_url": "https://eth.example/v2/RpcKey0123456789abcdef"}},
+    {"venue": {**_EVM_CONFIG["venue"], "chain_id": "one"}},  # type: ignore[dict-item]
+    {"notify": [{"kind": "webhook", "url": "ftp://hooks.example/services/T0/HookTok0123456"}]},
+    {"redis": {"url": f"redis://u:{PASSWORD}@h:1/x"}},
+    {"account": {"venue": "evm-2", "id": "0x" + "1" * 40}},
+])
+def test_config_validation_error_when_a_field_is_bad_then_no_input_value_is_quoted(
+    change: dict[str, object],
+) -> None:
+    # Arrange
+    data = {**_EVM_CONFIG, **change}
+
+    # Act: pydantic's own message (what a caller that lets it escape prints) and ours
+    with pytest.raises(ValidationError) as raw:
+        Config.model_validate(data)
+    with pytest.raises(ConfigError) as ours:
+        parse_config(data, "bot.toml")
+
+    # Assert
+    for text in (str(raw.value), repr(raw.value), str(ours.value)):
+        for secret in _CONFIG_SECRETS:
+            assert secret not in text, text
+    assert str(ours.value).startswith("bot.toml: ")
