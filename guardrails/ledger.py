@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 
-from guardrails import scripts
+from guardrails import redacted, scripts
 from guardrails.config import RiskConfig
 from guardrails.keys import AccountKeys
 from guardrails.limits import per_lot_tick
@@ -295,12 +295,16 @@ class Ledger:
     async def transition(
         self, coid: str, target: OrderState, reason: str = "", venue_order_id: str = ""
     ) -> Transition:
-        """Move ``coid`` to ``target`` through the script (refused if it is terminal)."""
+        """Move ``coid`` to ``target`` through the script (refused if it is terminal).
+
+        ``reason`` is stored (the order's hash, the journal) masked by
+        ``redacted.mask_text``: it is often a venue's error answer, which can echo the
+        signed request it refused (a signature, an API key) or a URL with a key in it."""
         k = self.keys
         raw = await self._transition(
             keys=[k.order(coid), k.open_orders, k.reservations, k.journal, k.positions,
                   k.marks, k.limits, k.aggregates],
-            args=[coid, target.value, reason, venue_order_id],
+            args=[coid, target.value, redacted.mask_text(reason), venue_order_id],
         )
         code = int(raw[0])
         if code == _BAD_STATE:

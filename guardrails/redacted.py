@@ -18,7 +18,9 @@ Two layers, because a masker that only parses well-formed URLs leaks the ill-for
 2. ``register`` remembers secret values this process holds (a Redis password taken
    from the URL, the environment or a file; the operator token); ``scrub`` replaces
    any occurrence of them in free text, and ``logs.setup`` installs a filter that
-   scrubs every log record and traceback with it.
+   scrubs every log record and traceback with it. ``mask_text`` also masks a value
+   assigned to a credential's name (``signature=…``, ``"apiKey": "…"``): a venue's error
+   answer that echoes the signed request it refused.
 
 3. ``child_environment`` is what every child process we spawn (``redis-server``, the
    simulator daemon and simulators) gets instead of ``os.environ``: an allow-list, so a
@@ -139,10 +141,44 @@ def endpoint(url: str) -> str:
     return f"{scheme}://{host}" + ("/…" if len(host) < len(after) else "")
 
 
+_CREDENTIAL_ASSIGNMENT = re.compile(
+    r"""(\b(?:[A-Za-z0-9]+[_-])*"""
+    r"""(?:signature|sig|api[_-]?key|api[_-]?secret|secret|secret[_-]?key|passphrase|password"""
+    r"""|passwd|private[_-]?key|authorization)\b["']?\s*[=:]\s*["']?(?:Bearer\s+|Basic\s+)?)"""
+    r"""([^\s"'&,;{}\[\]]+)""",
+    re.IGNORECASE,
+)
+"""``signature=…``, ``"apiKey": "…"``, ``X-MBX-APIKEY: …``, ``Authorization: Bearer …``:
+a credential by its name, the way a venue's error answer echoes the request it refused.
+Not ``token`` nor a bare ``key`` (the fencing token and Redis keys are logged by name)."""
+
+
+KEY_LIKE_LEN = 16
+"""A path segment or query value this long in an ``ENDPOINT_ONLY`` URL is taken for a key."""
+
+
+def register_endpoint_url(url: str) -> None:
+    """``register`` what in ``url`` may be a credential that ``mask_url`` cannot see: its
+    URL credentials, and every path segment and query value of ``KEY_LIKE_LEN`` or more
+    characters (an RPC provider's ``/v2/<key>``, a webhook's ``/services/T0/B0/<token>``),
+    so an exception text or a library's log line that quotes the URL is scrubbed."""
+    for secret in url_secrets(url):
+        register(secret)
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return
+    after = rest.rpartition("@")[2]
+    for part in re.split(r"[/?#&=;]", after)[1:]:
+        if len(part) >= KEY_LIKE_LEN:
+            register(part)
+
+
 def mask_text(text: str) -> str:
-    """Free text with every URL in it masked and every registered secret scrubbed."""
+    """Free text with every URL in it masked, every credential assignment masked and
+    every registered secret scrubbed."""
     if "://" in text:
         text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+    text = _CREDENTIAL_ASSIGNMENT.sub(lambda m: m.group(1) + MASK, text)
     return scrub(text)
 
 

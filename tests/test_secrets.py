@@ -20,10 +20,13 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+from eth_account import Account
 from pydantic import ValidationError
 
 from guardrails import logs, redacted
 from guardrails.config import (
+    CcxtVenueConfig,
     Config,
     ConfigError,
     PaperVenueConfig,
@@ -31,10 +34,17 @@ from guardrails.config import (
     parse_config,
     redis_url_problem,
 )
+from guardrails.gate import OrderGate
 from guardrails.infra import connect, embedded, server
+from guardrails.ledger import Ledger
+from guardrails.model import Admitted
+from guardrails.ops import notify
 from guardrails.sim import daemon
 from guardrails.sim.exchange import DEFAULT_RISK
+from guardrails.venues import signing
+from guardrails.venues.ccxt import load_credentials
 from tests.conftest import subprocess_env
+from tests.gatekit import HOLDER, TOKEN, account_keys, buy, risk, seed
 from tests.redis_harness import RedisServer, free_port
 from tests.run_harness import RunProc, run_cli, write_config
 
@@ -521,3 +531,93 @@ def test_config_validation_error_when_a_field_is_bad_then_no_input_value_is_quot
         for secret in _CONFIG_SECRETS:
             assert secret not in text, text
     assert str(ours.value).startswith("bot.toml: ")
+
+
+# -- venue secrets are registered with the scrubber; ledger reasons are masked -------------
+
+
+def test_mask_text_when_a_venue_answer_echoes_the_signed_request_then_credentials_masked() -> None:
+    # Arrange: what exchanges answer to a refused request, and our own log fields
+    answers = {
+        '{"code":-1022,"msg":"bad","params":"symbol=BTCUSDT&signature=5f2b9c0a77"}':
+            '{"code":-1022,"msg":"bad","params":"symbol=BTCUSDT&signature=***"}',
+        "X-MBX-APIKEY: Ak9x7Hq2": "X-MBX-APIKEY: ***",
+        "Authorization: Bearer eyJhbGc.eyJzdWI": "Authorization: Bearer ***",
+        '{"apiKey": "Ak9x7Hq2", "secret": "Sx81"}': '{"apiKey": "***", "secret": "***"}',
+        "POLY_PASSPHRASE=pp1 POLY_SIGNATURE=s1": "POLY_PASSPHRASE=*** POLY_SIGNATURE=***",
+        # not credentials: the fencing token, a Redis key, the names of env vars
+        "event=lease.acquired token=5 key=gr:{a}:lease secret_env=GUARDRAILS_CCXT_SECRET":
+            "event=lease.acquired token=5 key=gr:{a}:lease secret_env=GUARDRAILS_CCXT_SECRET",
+    }
+    # Act / Assert
+    for text, shown in answers.items():
+        assert redacted.mask_text(text) == shown
+
+
+def test_venue_secrets_when_loaded_then_scrubbed_from_any_text(tmp_path: Path) -> None:
+    # Arrange
+    evm_key = "0x" + "5e" * 32
+    keystore_password = "keystore-pw-3f9a0c"
+    keystore = tmp_path / "key.json"
+    keystore.write_text(json.dumps(Account.encrypt("0x" + "7a" * 32, keystore_password)))
+    ccxt = CcxtVenueConfig.model_validate({"exchange": "binance", "api_key_env": "K",
+                                           "secret_env": "S", "password_env": "P"})
+    api_key, api_secret, api_password = "ApiKey-6d1e0b", "ApiSecret-90c2ff", "ApiPass-1a2b3c"
+
+    # Act
+    signing.load_signer(key_env="EVM", environ={"EVM": evm_key})
+    signing.load_signer(key_env="EVM", keystore=keystore, keystore_password_env="KP",
+                        environ={"KP": keystore_password})
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (("K", api_key), ("S", api_secret), ("P", api_password)):
+            mp.setenv(name, value)
+        assert load_credentials(ccxt) is not None
+    text = redacted.mask_text(
+        f"ValueError: bad key {evm_key} / {evm_key[2:].upper()} / {'7a' * 32}; keystore "
+        f"{keystore_password}; ccxt {api_key}:{api_secret}:{api_password}")
+
+    # Assert
+    for secret in (evm_key[2:], evm_key[2:].upper(), "7a" * 32, keystore_password, api_key,
+                   api_secret, api_password):
+        assert secret not in text, text
+
+
+async def test_ledger_transition_when_reason_echoes_credentials_then_stored_masked(
+    redis_client: aioredis.Redis,
+) -> None:
+    # Arrange: an order in flight, and a venue's refusal that echoes what it was sent
+    keys = account_keys()
+    await seed(redis_client, keys, risk())
+    gate = OrderGate(redis_client, keys, risk())
+    admitted = await gate.admit(buy("0.0100"), intent_id="s1", token=TOKEN, holder_id=HOLDER)
+    assert isinstance(admitted, Admitted)
+    coid = admitted.client_order_id
+    redacted.register("VenueSecret-4c0ffee")
+    reason = ("HTTP 400: {\"msg\":\"Signature invalid\",\"params\":\"qty=1&signature=9f8e7d6c\","
+              "\"echo\":\"VenueSecret-4c0ffee\"} at https://u:UrlPass-77@api.example/v1")
+
+    # Act
+    await Ledger(redis_client, keys, risk()).mark_rejected(coid, reason)
+
+    # Assert
+    stored = await redis_client.hgetall(keys.order(coid))
+    journal = json.dumps(await redis_client.xrange(keys.journal))
+    assert stored["state"] == "REJECTED"
+    assert "Signature invalid" in stored["reason"] and "signature=***" in stored["reason"]
+    for text in (stored["reason"], journal):
+        for secret in ("9f8e7d6c", "VenueSecret-4c0ffee", "UrlPass-77"):
+            assert secret not in text
+
+
+def test_webhook_channel_when_shown_then_url_token_hidden_and_registered() -> None:
+    # Arrange
+    token = "HookTok-5a6b7c8d9e0f1a2b"
+    cfg = parse_config({**_EVM_CONFIG, "notify": [
+        {"kind": "webhook", "url": f"https://hooks.example/services/T0/{token}"}]})
+
+    # Act
+    channels = notify.channels_from_config(cfg.notify)
+
+    # Assert
+    assert token not in repr(channels)
+    assert token not in redacted.mask_text(f"POST https://hooks.example/services/T0/{token}: 500")

@@ -17,6 +17,7 @@ from decimal import Decimal
 import pytest
 from eth_account import Account
 
+from guardrails import redacted
 from guardrails.model import Side, client_order_id_for
 from guardrails.venues.base import (
     Accepted,
@@ -425,3 +426,19 @@ async def test_start_when_gas_limit_above_block_limit_then_refuses(world: World)
     venue = world.venue(gas_limit=10**12)
     with pytest.raises(VenueError, match="block gas limit"):
         await venue.start()
+
+
+async def test_start_when_rpc_url_carries_an_api_key_then_errors_name_the_host_only(
+    world: World,
+) -> None:
+    # Arrange: a provider's key in the path (https://eth-mainnet.example/v2/<key>)
+    key = "RpcKey0a1b2c3d4e5f60718293"
+    venue = world.venue(chain_id=world.chain.chain_id + 1,
+                        rpc_url=f"https://user:pw0rd@rpc.example:8545/v2/{key}?x=1")
+    # Act
+    with pytest.raises(VenueError) as err:
+        await venue.start()
+    # Assert
+    assert "the node at https://rpc.example:8545/… is chain" in str(err.value)
+    assert key not in str(err.value) and "pw0rd" not in str(err.value)
+    assert key not in redacted.mask_text(f"HTTPError for url: https://rpc.example/v2/{key}")

@@ -33,7 +33,7 @@ from typing import Protocol
 
 import aiohttp
 
-from guardrails import logs
+from guardrails import logs, redacted
 from guardrails.config import NOTIFY_EVENTS, NotifyConfig, WebhookNotifyConfig
 
 log = logging.getLogger("guardrails.notify")
@@ -96,7 +96,7 @@ async def _post_json(session: aiohttp.ClientSession, url: str, body: object, tim
 class WebhookChannel:
     """``POST url`` with the alert as JSON (``Alert.as_json``)."""
 
-    url: str
+    url: str = field(repr=False)  # a webhook URL carries its token (path or query)
     events: frozenset[str]
     timeout_s: float = 5.0
     name: str = "webhook"
@@ -344,12 +344,14 @@ def channels_from_config(entries: Iterable[NotifyConfig],
     for e in entries:
         events = frozenset(e.events)
         if isinstance(e, WebhookNotifyConfig):
+            redacted.register_endpoint_url(e.url)  # a webhook URL is its token
             out.append(WebhookChannel(url=e.url, events=events, timeout_s=e.timeout / 1000))
         else:
             token = env.get(e.token_env, "")
             if not token:
                 raise ValueError(f"[[notify]] telegram: the token variable ${e.token_env} is not set "
                                  "(export the bot token there; it is never read from the config file)")
+            redacted.register(token)
             out.append(TelegramChannel(token=token, chat_id=e.chat_id, events=events,
                                        api_url=e.api_url, timeout_s=e.timeout / 1000))
     return out

@@ -83,7 +83,7 @@ from ccxt.base import errors as cx
 from ccxt.base.decimal_to_precision import TICK_SIZE
 from redis.exceptions import RedisError
 
-from guardrails import logs
+from guardrails import logs, redacted
 from guardrails.config import CcxtVenueConfig, LeaseConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Fill, Order, Side
@@ -227,6 +227,9 @@ class Credentials:
 
     def __init__(self, api_key: str, secret: str, password: str | None = None) -> None:
         self.api_key, self.secret, self.password = api_key, secret, password
+        # Registered with the log scrubber: ccxt's exception texts can quote the request.
+        for value in (api_key, secret, password):
+            redacted.register(value)
 
     def __repr__(self) -> str:
         return "Credentials(***)"
@@ -571,6 +574,7 @@ class CcxtVenue:
             ex.urls["api"]["public"] = api
             ex.urls["api"]["private"] = api
         for name, url in self._cfg.urls.items():
+            redacted.register_endpoint_url(url)  # ccxt's errors quote the URL they called
             ex.urls["api"][name] = url
         return ex
 

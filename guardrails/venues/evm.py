@@ -76,7 +76,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.providers.async_base import AsyncBaseProvider
 
-from guardrails import logs, scripts
+from guardrails import logs, redacted, scripts
 from guardrails.config import EvmOrderTemplate, EvmVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys, venue_key
 from guardrails.model import Fill, Order, Side
@@ -192,6 +192,7 @@ class EvmVenue:
         self._signer: Signer = signer
         # One attempt per request: a send that times out is classified, never retried
         # blindly by the transport (reads are re-asked by reconciliation instead).
+        redacted.register_endpoint_url(venue_cfg.rpc_url)  # web3's errors can quote it
         self._provider = provider or AsyncHTTPProvider(
             venue_cfg.rpc_url,
             request_kwargs={"timeout": ClientTimeout(total=rpc_timeout_s)},
@@ -274,8 +275,9 @@ class EvmVenue:
                    address=self.address)
 
     def _where(self) -> str:
-        # Never echo credentials embedded in an RPC URL.
-        return self._cfg.rpc_url.split("@")[-1] if self._cfg.rpc_url else "the provider"
+        # Never echo credentials embedded in an RPC URL: a provider's API key is often its
+        # path (https://eth-mainnet.example/v2/<key>), so the endpoint is scheme://host.
+        return redacted.endpoint(self._cfg.rpc_url) if self._cfg.rpc_url else "the provider"
 
     async def _check_template(self, symbol: str, tpl: EvmOrderTemplate) -> None:
         if not is_address(tpl.to):

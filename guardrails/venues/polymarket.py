@@ -69,7 +69,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from redis.exceptions import RedisError
 
-from guardrails import logs
+from guardrails import logs, redacted
 from guardrails.config import PolymarketVenueConfig, RiskConfig
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.model import Fill, Order, Side
@@ -485,6 +485,9 @@ class PolymarketVenue:
         client = ClobClient(self._url, chain_id=self._cfg.chain_id,
                             key=self._signer.private_key_hex())
         creds = client.create_or_derive_api_creds()
+        for value in (getattr(creds, "api_key", None), getattr(creds, "api_secret", None),
+                      getattr(creds, "api_passphrase", None)):
+            redacted.register(value)  # the L2 credentials: masked in every log line
         if creds is None:
             raise VenueError("polymarket venue: the exchange gave no API credentials")
         client.set_api_creds(creds)

@@ -30,6 +30,7 @@ from eth_account.datastructures import SignedTransaction
 from eth_account.messages import SignableMessage
 from eth_account.signers.local import LocalAccount
 
+from guardrails import redacted
 from guardrails.keys import AccountId
 from guardrails.venues.base import VenueError
 
@@ -52,6 +53,11 @@ class Signer:
 
     def __init__(self, account: LocalAccount) -> None:
         self.__account = account
+        # Registered with the log scrubber: a key echoed in an exception text, a venue's
+        # answer or a library's log line is masked on its way out.
+        key = bytes(account.key).hex()
+        for form in (key, "0x" + key, key.upper(), "0x" + key.upper()):
+            redacted.register(form)
 
     @classmethod
     def from_key(cls, key: str | bytes, *, source: str = "a key") -> Signer:
@@ -142,6 +148,7 @@ def load_signer(
             raise SigningKeyError(
                 f"keystore {path}: the password variable ${keystore_password_env} is not set"
             )
+        redacted.register(password)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
