@@ -44,7 +44,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis-url",
         default=None,
-        help="Redis URL or 'embedded'; overrides the config and $GUARDRAILS_REDIS_URL",
+        help="Redis URL or 'embedded'; overrides the config and $GUARDRAILS_REDIS_URL "
+             "(never put a password here: argv is public; use --redis-url-file or the env)",
+    )
+    p.add_argument(
+        "--redis-url-file", default=None, metavar="PATH",
+        help="read the Redis URL from the first line of this 0600 file (keeps its password "
+             "out of argv, which every local user can read)",
     )
 
 
@@ -252,6 +258,16 @@ def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
         )
 
 
+def _apply_redis_url_file(args: argparse.Namespace) -> None:
+    """``--redis-url-file`` becomes ``args.redis_url`` (read here, once, for every command)."""
+    path = getattr(args, "redis_url_file", None)
+    if path is None:
+        return
+    if getattr(args, "redis_url", None):
+        raise ConfigError("--redis-url and --redis-url-file: give one of them")
+    args.redis_url = connect.url_from_file(path)
+
+
 def install_masked_excepthook() -> None:
     """An uncaught exception's traceback is printed with credentials masked (its message
     may quote a URL the process was given)."""
@@ -269,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup()  # so the warning below is a timestamped event line like the rest
     _warn_if_password_in_argv(list(sys.argv[1:] if argv is None else argv))
     try:
+        _apply_redis_url_file(args)
         rc: int = args.func(args)
     except ConfigError as e:
         print(redacted.mask_text(str(e)), file=sys.stderr)

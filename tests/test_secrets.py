@@ -621,3 +621,32 @@ def test_webhook_channel_when_shown_then_url_token_hidden_and_registered() -> No
     # Assert
     assert token not in repr(channels)
     assert token not in redacted.mask_text(f"POST https://hooks.example/services/T0/{token}: 500")
+
+
+# -- --redis-url-file: a URL with a password, kept out of argv ----------------------------
+
+
+def test_redis_url_file_when_0600_then_used_and_no_argv_warning_else_refused(
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    # Arrange
+    _acl_user(redis_server)
+    url_file = tmp_path / "redis.url"
+    url_file.write_text(f"redis://{USER}:{PASSWORD}@127.0.0.1:{redis_server.port}/0\n")
+    url_file.chmod(0o600)
+
+    # Act
+    ok = run_cli("status", "--redis-url-file", str(url_file), "--account", "paper:sec", "--json")
+    url_file.chmod(0o640)
+    loose = run_cli("status", "--redis-url-file", str(url_file), "--account", "paper:sec")
+    both = run_cli("status", "--redis-url", "embedded", "--redis-url-file", str(url_file))
+
+    # Assert: it reached the Redis with the file's credentials (an account with no
+    # instance: exit 1 and its document), and warned of nothing
+    assert ok.returncode == 1, ok.stderr
+    assert json.loads(ok.stdout)["accounts"][0]["account"] == "paper:sec"
+    assert "secrets.password_in_argv" not in ok.stderr
+    assert loose.returncode == 2 and "chmod 600" in loose.stderr
+    assert both.returncode == 2 and "give one of them" in both.stderr
+    for done in (ok, loose, both):
+        assert PASSWORD not in done.stdout + done.stderr

@@ -23,7 +23,8 @@ Credentials: a password in the URL works, but a URL given as ``--redis-url`` is 
 process's argv, which every local user can read (``ps``). So the password can come from
 the environment instead: ``$GUARDRAILS_REDIS_PASSWORD``, or a file named by
 ``$GUARDRAILS_REDIS_PASSWORD_FILE`` (first line; keep it 0600) — used when the URL itself
-carries none. Every password a connection uses is registered with ``guardrails.redacted``
+carries none; or the whole URL from a 0600 file, ``--redis-url-file`` (``url_from_file``).
+Every password a connection uses is registered with ``guardrails.redacted``
 so no log line, status document or error message can print it; ``describe`` is the
 masked form of a URL for messages.
 """
@@ -174,6 +175,30 @@ def password_from_env(
         raise ConfigError(f"{file_env_name}={path}: the Redis password file is empty")
     redacted.register(value)
     return value
+
+
+def url_from_file(path: str | os.PathLike[str], origin: str = "--redis-url-file") -> str:
+    """The Redis URL on the first line of ``path`` (``--redis-url-file``: a URL with its
+    password kept out of argv). The file must be this user's and readable by no one else
+    (mode 0600); its credentials are registered with ``guardrails.redacted``. Anything
+    wrong is a ``ConfigError`` naming the file, never quoting it."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise ConfigError(f"{origin} {p}: must be a file of yours readable by no one else "
+                              f"(chmod 600 {p}; mode {oct(st.st_mode & 0o777)})")
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{origin} {p}: cannot read it: {e.strerror or type(e).__name__}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{origin} {p}: not UTF-8 text") from None
+    lines = text.splitlines()
+    url = lines[0].strip() if lines else ""
+    if not url:
+        raise ConfigError(f"{origin} {p}: the file is empty (write the Redis URL on its first line)")
+    register_url(url)
+    return url
 
 
 def _url_password(url: str) -> str | None:

@@ -89,6 +89,17 @@ def _flag(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _url_of_file(path: str | None, cwd: str) -> str | None:
+    """The URL in another run's ``--redis-url-file`` (None when this user cannot read it:
+    the run is then reported with the config's or the environment's URL)."""
+    if path is None:
+        return None
+    try:
+        return connect.url_from_file(Path(cwd) / path)
+    except ConfigError:
+        return None
+
+
 _MODULES = ("guardrails", "guardrails.cli", "guardrails.__main__")
 
 
@@ -161,7 +172,8 @@ def local_processes() -> list[LocalProcess]:
         cfg_path = Path(_flag(argv, "--config") or "config/paper.toml")
         if not cfg_path.is_absolute():
             cfg_path = Path(cwd) / cfg_path
-        url = _flag(argv, "--redis-url") or env_url
+        url = _flag(argv, "--redis-url") or _url_of_file(_flag(argv, "--redis-url-file"), cwd) \
+            or env_url
         account = config_digest = limits_digest = error = None
         try:
             cfg = load_config(cfg_path, url)
