@@ -12,7 +12,8 @@ Two layers, because a masker that only parses well-formed URLs leaks the ill-for
    whole — redis-py reads it as a user name, operators write it as a password — unless
    a password parameter follows, ``redis://user@host?password=PW``),
    ``rediss://``, ``unix://:PW@/path``, and secret query parameters (``?password=``,
-   and any name containing ``pass``, ``secret``, ``token``, ``auth`` or ``key``). The
+   and any name containing ``pass``, ``secret``, ``token``, ``auth``, ``key`` or ``sig``
+   — a request's ``signature``). The
    userinfo is everything up to the *last* ``@``, so an unencoded ``@``, ``/`` or ``?``
    inside a password masks too much (the host) rather than too little.
 2. ``register`` remembers secret values this process holds (a Redis password taken
@@ -44,7 +45,7 @@ MASK = "***"
 MIN_SECRET_LEN = 4
 """Shorter registered values are not scrubbed from free text (``"1"`` would mangle logs)."""
 
-_SECRET_PARAM = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
+_SECRET_PARAM = re.compile(r"pass|secret|token|auth|key|sig", re.IGNORECASE)
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 

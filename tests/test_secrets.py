@@ -74,6 +74,8 @@ def _acl_user(server: RedisServer) -> None:
     (f"redis://h:6379/0?password={PASSWORD}&db=1", "redis://h:6379/0?password=***&db=1"),
     ("redis://:pa/ss?x@h:6379/0", "redis://:***@h:6379/0"),  # unencoded / and ? inside
     ("redis://:p%40ss-word@h:6379", "redis://:***@h:6379"),
+    ("https://api.example/v3/order?symbol=X&signature=5f2b9c0a77",  # ccxt's error texts
+     "https://api.example/v3/order?symbol=X&signature=***"),
 ])
 def test_mask_url_when_credential_form_then_masked_and_target_kept(url: str, shown: str) -> None:
     # Act
@@ -455,6 +457,13 @@ async def test_redis_url_when_malformed_then_refusal_names_the_fault_without_the
     for text in (problem, connect_problem, load_problem):
         assert text is not None and why in text
         assert "Frag" not in text, text
+
+
+def test_ha_target_repr_when_parsed_then_no_password() -> None:
+    target = connect.parse_ha_url(
+        f"redis+sentinel://u:{PASSWORD}@h:1/m?sentinel_password=Sentinel-pw-81")
+    assert PASSWORD not in repr(target) and "Sentinel-pw-81" not in repr(target)
+    assert target.password == PASSWORD
 
 
 @pytest.mark.parametrize("url", [

@@ -37,7 +37,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -73,8 +73,8 @@ class HaTarget:
     master: str | None
     db: int
     username: str | None
-    password: str | None
-    sentinel_password: str | None
+    password: str | None = field(repr=False)
+    sentinel_password: str | None = field(repr=False)
 
 
 def is_ha_url(url: str) -> bool:

@@ -486,8 +486,8 @@ async def _status(args: argparse.Namespace) -> int:
             accounts = index.accounts
         doc = await status_document(redis, accounts, config=cfg)
     except RedisError as e:
-        print(f"guardrails status: could not read Redis at {connect.describe(url)}: {e}",
-              file=sys.stderr)
+        print(f"guardrails status: could not read Redis at {connect.describe(url)}: "
+              f"{redacted.mask_text(str(e))}", file=sys.stderr)
         return 2
     finally:
         await redis.aclose()
