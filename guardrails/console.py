@@ -85,7 +85,7 @@ class ConsoleHandler(logging.Handler):
             name = getattr(record, "gr_event", None)
             fields = getattr(record, "gr_fields", None)
             if isinstance(name, str) and isinstance(fields, Mapping):
-                masked = {k: redacted.mask_text(v) if isinstance(v, str) else v for k, v in fields.items()}
+                masked = {k: redacted.mask_value(v) for k, v in fields.items()}
                 self._event(record, name, masked)
             else:
                 self._plain(record)

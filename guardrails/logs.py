@@ -83,15 +83,10 @@ FORMATS = ("auto", "kv", "json", "console")
 
 
 def _json_value(value: object) -> object:
-    if isinstance(value, str):
-        return redacted.mask_text(value)
-    if isinstance(value, bool | int) or value is None:
-        return value
+    value = redacted.mask_value(value)
     if isinstance(value, Decimal):
         return format(value, "f")  # exact: never a JSON float
-    if isinstance(value, float):
-        return value
-    return str(value)
+    return value
 
 
 class _Formatter(logging.Formatter):

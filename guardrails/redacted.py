@@ -38,6 +38,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from urllib.parse import unquote
 
 MASK = "***"
@@ -181,6 +182,17 @@ def mask_text(text: str) -> str:
         text = _URL.sub(lambda m: mask_url(m.group(0)), text)
     text = _CREDENTIAL_ASSIGNMENT.sub(lambda m: m.group(1) + MASK, text)
     return scrub(text)
+
+
+def mask_value(value: object) -> object:
+    """A structured log field made safe to write: text masked (``mask_text``); a number,
+    a bool or None as it is; anything else (an exception, a dict, a request object)
+    masked in its ``str()`` form, which is how it would be written."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if value is None or isinstance(value, bool | int | float | Decimal):
+        return value
+    return mask_text(str(value))
 
 
 def scrub(text: str) -> str:

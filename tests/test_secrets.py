@@ -23,6 +23,7 @@ import redis
 import redis.asyncio as aioredis
 from eth_account import Account
 from pydantic import ValidationError
+from rich.console import Console
 
 from guardrails import logs, redacted
 from guardrails.config import (
@@ -34,6 +35,7 @@ from guardrails.config import (
     parse_config,
     redis_url_problem,
 )
+from guardrails.console import ConsoleHandler
 from guardrails.gate import OrderGate
 from guardrails.infra import connect, embedded, server
 from guardrails.ledger import Ledger
@@ -121,6 +123,36 @@ def test_log_line_when_registered_secret_or_url_in_message_or_traceback_then_scr
     text = stream.getvalue()
     assert PASSWORD not in text and "tok-5be0a1d2c3" not in text
     assert "redis://u:***@h:1/0" in text and "RuntimeError" in text
+
+
+@pytest.mark.parametrize("handler_kind", ["json", "console"])
+def test_log_event_when_a_field_is_an_object_quoting_a_secret_then_scrubbed(
+    handler_kind: str,
+) -> None:
+    # Arrange: a field that is not text (an exception, a request dict) but prints a secret
+    redacted.register("ObjSecret-9a8b7c")
+    stream = io.StringIO()
+    handler: logging.Handler
+    if handler_kind == "json":
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logs.JsonFormatter())
+    else:
+        handler = ConsoleHandler(Console(file=stream, width=400))
+    log = logging.getLogger(f"test.secrets.{handler_kind}")
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    try:
+        # Act
+        logs.event(log, "venue.failed", logging.WARNING,
+                   error=RuntimeError("refused ObjSecret-9a8b7c"),
+                   request={"apiKey": "ObjSecret-9a8b7c", "qty": 1})
+    finally:
+        log.removeHandler(handler)
+
+    # Assert
+    text = stream.getvalue()
+    assert "venue.failed" in text or "refused" in text
+    assert "ObjSecret-9a8b7c" not in text
 
 
 def test_config_digest_when_only_redis_password_differs_then_equal() -> None:
