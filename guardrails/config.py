@@ -226,6 +226,25 @@ def _repr_masked(value: object, endpoint_only: bool) -> object:
     return value
 
 
+def _endpoint_only(info: Any) -> bool:
+    return any(isinstance(m, _EndpointOnly) for m in info.metadata)
+
+
+def _mask_endpoints(model: BaseModel, data: dict[str, Any]) -> None:
+    """In ``data`` (``model``'s JSON dump), every ``ENDPOINT_ONLY`` value as its endpoint."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if _endpoint_only(info):
+            data[name] = _repr_masked(data[name], True)
+        elif isinstance(value, BaseModel):
+            _mask_endpoints(value, data[name])
+        elif isinstance(value, list | dict):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(item, BaseModel):
+                    _mask_endpoints(item, data[name][key if isinstance(value, list) else str(key)])
+
+
 class _Model(BaseModel):
     """Every config section: frozen, unknown fields refused. Secrets stay out of what it
     shows: a ``ValidationError`` never quotes the input (``hide_input_in_errors``: a
@@ -240,9 +259,7 @@ class _Model(BaseModel):
         fields = type(self).model_fields
         for name, value in super().__repr_args__():
             info = fields.get(name) if name is not None else None
-            endpoint_only = info is not None and any(
-                isinstance(m, _EndpointOnly) for m in info.metadata)
-            yield name, _repr_masked(value, endpoint_only)
+            yield name, _repr_masked(value, info is not None and _endpoint_only(info))
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -906,10 +923,13 @@ class Config(_Model):
     def digest(self) -> str:
         """Digest of the effective config (what doctor compares between instances).
 
-        The Redis URL enters it masked: the digest is stored in the registry, and a
-        short hash over a password would be an offline guessing oracle for it."""
+        The Redis URL enters it masked, and every ``ENDPOINT_ONLY`` URL (the EVM
+        rpc_url, a webhook's url, ccxt urls) as scheme://host: the digest is stored in
+        the registry, and a short hash over a password or a key would be an offline
+        guessing oracle for it."""
         data = self.model_dump(mode="json")
         data["redis"]["url"] = mask_url(str(data["redis"]["url"]))
+        _mask_endpoints(self, data)
         return _digest(data)
 
 

@@ -691,3 +691,19 @@ def test_redis_url_file_when_0600_then_used_and_no_argv_warning_else_refused(
     assert both.returncode == 2 and "give one of them" in both.stderr
     for done in (ok, loose, both):
         assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_config_digest_when_only_rpc_key_or_webhook_token_differs_then_equal() -> None:
+    # Arrange
+    def variant(rpc: str, hook: str) -> str:
+        return parse_config({**_EVM_CONFIG, "venue": {**_EVM_CONFIG["venue"], "rpc_url": rpc},  # type: ignore[dict-item]
+                             "notify": [{"kind": "webhook", "url": hook}]}).digest()
+
+    # Act
+    a = variant("https://eth.example/v2/KeyOne0123456789", "https://hooks.example/s/TokOne")
+    b = variant("https://eth.example/v2/KeyTwo0123456789", "https://hooks.example/s/TokTwo")
+    c = variant("https://other.example/v2/KeyOne0123456789", "https://hooks.example/s/TokOne")
+
+    # Assert: no guessing oracle for the key or the token; another node is another config
+    assert a == b
+    assert a != c
