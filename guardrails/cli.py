@@ -258,6 +258,43 @@ def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
         )
 
 
+LONG_LIVED = ("run", "dashboard")
+"""Commands that run for days: a password in their argv would be readable all that time."""
+
+
+def _without_url_flag(argv: Sequence[str], url: str) -> list[str] | None:
+    """``argv`` without its ``--redis-url <url>`` / ``--redis-url=<url>``; None if absent."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == f"--redis-url={url}":
+            return out[:i] + out[i + 1:]
+        if a == "--redis-url" and i + 1 < len(out) and out[i + 1] == url:
+            return out[:i] + out[i + 2:]
+    return None
+
+
+def _reexec_without_argv_password(args: argparse.Namespace) -> None:
+    """A long-lived command given ``--redis-url`` with a credential executes itself again
+    (``execve``: the same pid, so a supervisor tracks the same process) with the URL in
+    ``$GUARDRAILS_REDIS_URL`` instead — the environment is readable by this user only,
+    argv by everyone — so ``ps`` shows it for a moment, not for the process's life.
+    A command line it does not recognise is left as it is (the warning was logged)."""
+    url = getattr(args, "redis_url", None)
+    if args.command not in LONG_LIVED or not url or not redacted.has_credentials(url) \
+            or redis_url_problem(url) is not None:  # refused anyway, with its one line
+        return
+    n = len(sys.argv) - 1
+    head, tail = sys.orig_argv[:len(sys.orig_argv) - n], sys.orig_argv[len(sys.orig_argv) - n:]
+    rest = _without_url_flag(tail, url) if n and tail == sys.argv[1:] else None
+    if rest is None:
+        return
+    logs.event(logging.getLogger("guardrails.secrets"), "secrets.argv_reexec",
+               url=redacted.mask_url(url), note=f"restarting in place with the URL in ${REDIS_URL_ENV}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [*head, *rest], {**os.environ, REDIS_URL_ENV: url})
+
+
 def _apply_redis_url_file(args: argparse.Namespace) -> None:
     """``--redis-url-file`` becomes ``args.redis_url`` (read here, once, for every command)."""
     path = getattr(args, "redis_url_file", None)
@@ -284,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         logs.setup()  # so the warning below is a timestamped event line like the rest
     _warn_if_password_in_argv(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:  # a real process (not a caller of main): its argv is in /proc
+        _reexec_without_argv_password(args)
     try:
         _apply_redis_url_file(args)
         rc: int = args.func(args)

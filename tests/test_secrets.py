@@ -284,7 +284,11 @@ def test_run_when_password_in_argv_url_then_password_nowhere_in_redis_status_doc
     doc = json.loads(status.stdout)
     instances = doc["accounts"][0]["instances"]
     assert [i["role"] for i in instances] == ["active"]
-    assert "--redis-url redis://gr:***@127.0.0.1" in instances[0]["cmdline"]
+    # the run moved the URL out of its argv (execve, same pid): not in ps, nor the registry
+    assert "--redis-url" not in instances[0]["cmdline"]
+    assert int(instances[0]["pid"]) == run_with_password.pid  # the same process
+    cmdline = Path(f"/proc/{run_with_password.pid}/cmdline").read_bytes().decode()
+    assert "run" in cmdline and PASSWORD not in cmdline and "--redis-url" not in cmdline
     assert json.loads(doctor.stdout)["redis"] == f"redis://{USER}@127.0.0.1:{port}/0?password=***"
     assert failed.returncode != 0 and "redis://gr:***@127.0.0.1" in failed.stderr
     assert '"paper:sec"' in api and "guardrails_up 1" in metrics
@@ -302,6 +306,7 @@ def test_run_when_password_in_argv_url_then_password_nowhere_in_redis_status_doc
     warned = run_with_password.events("secrets.password_in_argv")
     assert len(warned) == 1 and warned[0]["url"].startswith("redis://gr:***@")
     assert "ps" in warned[0]["advice"]
+    assert len(run_with_password.events("secrets.argv_reexec")) == 1
     assert "secrets.password_in_argv" in status.stderr
 
 
