@@ -41,6 +41,7 @@ from guardrails.infra import connect, embedded, server
 from guardrails.ledger import Ledger
 from guardrails.model import Admitted
 from guardrails.ops import notify
+from guardrails.ops.doctor.checks import Census
 from guardrails.sim import daemon
 from guardrails.sim.exchange import DEFAULT_RISK
 from guardrails.venues import signing
@@ -712,3 +713,18 @@ def test_config_digest_when_only_rpc_key_or_webhook_token_differs_then_equal() -
     # Assert: no guessing oracle for the key or the token; another node is another config
     assert a == b
     assert a != c
+
+
+def test_doctor_finding_when_message_quotes_a_credential_then_masked() -> None:
+    # Arrange: a finding is printed, put in --json and sent to the alert channels
+    census = Census()
+
+    # Act
+    census.add("unidentified_process", None,
+               f"pid 7 runs `guardrails run` but cannot reach redis://u:{PASSWORD}@h:1/0",
+               f"retry with redis://u:{PASSWORD}@h:1/0")
+
+    # Assert
+    finding = census.findings[0].to_json()
+    assert PASSWORD not in json.dumps(finding)
+    assert "redis://u:***@h:1/0" in finding["message"]

@@ -35,6 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from guardrails import redacted
 from guardrails.infra import connect, persistence
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.ops.doctor.manifest import DEFAULT_STALE_AFTER_MS, Manifest, ManifestAccount
@@ -116,7 +117,10 @@ class Census:
 
     def add(self, code: str, account: str | None, message: str, action: str,
             severity: str = "error") -> None:
-        self.findings.append(Finding(code, account, message, action, severity))
+        # Masked here, once: a finding is printed, put in --json and sent as an alert
+        # (the 'doctor' event), and may quote another process's config error or URL.
+        self.findings.append(Finding(code, account, redacted.mask_text(message),
+                                     redacted.mask_text(action), severity))
 
 
 def judge(s: Snapshot, manifest: Manifest | None) -> Census:
