@@ -728,3 +728,20 @@ def test_doctor_finding_when_message_quotes_a_credential_then_masked() -> None:
     finding = census.findings[0].to_json()
     assert PASSWORD not in json.dumps(finding)
     assert "redis://u:***@h:1/0" in finding["message"]
+
+
+def test_alert_when_a_crash_quotes_a_secret_then_text_and_fields_masked() -> None:
+    # Arrange: alerts leave the host (a webhook, Telegram)
+    redacted.register("StratSecret-0d1e2f")
+    got: list[notify.Alert] = []
+    router = notify.AlertRouter("paper:demo", got.append)
+
+    # Act
+    router.on_event("strategy.crashed", {"strategy": "mm",
+                                     "error": f"ValueError: StratSecret-0d1e2f at redis://:{PASSWORD}@h"})
+
+    # Assert
+    assert len(got) == 1 and got[0].event == "strategy_crashed"
+    sent = json.dumps(got[0].as_json())
+    assert "StratSecret-0d1e2f" not in sent and PASSWORD not in sent
+    assert "ValueError" in got[0].text

@@ -255,8 +255,11 @@ class AlertRouter:
             log.warning("event=notify.router_error error=%s", type(e).__name__)
 
     def _alert(self, event: str, text: str, **fields: object) -> None:
-        self.publish(Alert(event, self.account, text,
-                           {k: str(v) for k, v in fields.items() if v is not None}))
+        # Masked like a log line: an alert leaves the host, and its text can quote an
+        # exception (a strategy's crash, a Redis driver's error) that quotes a secret.
+        self.publish(Alert(event, self.account, redacted.mask_text(text),
+                           {k: redacted.mask_text(str(v)) for k, v in fields.items()
+                            if v is not None}))
 
     def _route(self, name: str, f: Mapping[str, object]) -> None:
         if name == "kill.state":
