@@ -34,6 +34,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from guardrails import redacted
 from guardrails.keys import AccountId, InvalidAccountId
@@ -226,7 +227,7 @@ def _repr_masked(value: object, endpoint_only: bool) -> object:
     return value
 
 
-def _endpoint_only(info: Any) -> bool:
+def _endpoint_only(info: FieldInfo) -> bool:
     return any(isinstance(m, _EndpointOnly) for m in info.metadata)
 
 
@@ -238,11 +239,11 @@ def _mask_endpoints(model: BaseModel, data: dict[str, Any]) -> None:
             data[name] = _repr_masked(data[name], True)
         elif isinstance(value, BaseModel):
             _mask_endpoints(value, data[name])
-        elif isinstance(value, list | dict):
+        elif isinstance(value, list | dict):  # of sections: [[notify]], [venue.orders]
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 if isinstance(item, BaseModel):
-                    _mask_endpoints(item, data[name][key if isinstance(value, list) else str(key)])
+                    _mask_endpoints(item, data[name][key])
 
 
 class _Model(BaseModel):

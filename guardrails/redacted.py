@@ -2,8 +2,9 @@
 
 Invariant served: *secrets never leave the process* — not into Redis (the registry's
 ``cmdline``), logs, ``status --json``, ``doctor``, the dashboard, ``/metrics`` or an
-exception message. Every text that may carry a Redis URL, an argv or a configured
-secret passes through here before it is written anywhere.
+exception message, an alert, a child process's environment. Every text that may carry
+a Redis URL, an argv or a configured secret passes through here before it is written
+anywhere.
 
 Two layers, because a masker that only parses well-formed URLs leaks the ill-formed ones:
 
@@ -21,12 +22,15 @@ Two layers, because a masker that only parses well-formed URLs leaks the ill-for
    any occurrence of them in free text, and ``logs.setup`` installs a filter that
    scrubs every log record and traceback with it. ``mask_text`` also masks a value
    assigned to a credential's name (``signature=…``, ``"apiKey": "…"``): a venue's error
-   answer that echoes the signed request it refused.
+   answer that echoes the signed request it refused. ``endpoint`` shows a URL that
+   carries its key in the path (an RPC provider's, a webhook's) as scheme://host, and
+   ``register_endpoint_url`` registers its key-like parts.
 
-3. ``child_environment`` is what every child process we spawn (``redis-server``, the
-   simulator daemon and simulators) gets instead of ``os.environ``: an allow-list, so a
-   venue key, the operator token or a Redis password in this process's environment
-   never reaches a child's ``/proc/<pid>/environ`` (nor anything the child spawns).
+And one door out that is not text: ``child_environment`` is what every child process
+we spawn (``redis-server``, the simulator daemon and simulators) gets instead of
+``os.environ`` — an allow-list, so a venue key, the operator token or a Redis password
+in this process's environment never reaches a child's ``/proc/<pid>/environ`` (nor
+anything the child spawns).
 
 Not guaranteed: a secret this process never registered and that is not shaped like a
 URL credential (say, a venue key pasted into a strategy's log message) is not found.
