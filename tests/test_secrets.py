@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from guardrails import logs, redacted
+from guardrails.chaos import harness
 from guardrails.config import (
     CcxtVenueConfig,
     Config,
@@ -745,3 +746,20 @@ def test_alert_when_a_crash_quotes_a_secret_then_text_and_fields_masked() -> Non
     sent = json.dumps(got[0].as_json())
     assert "StratSecret-0d1e2f" not in sent and PASSWORD not in sent
     assert "ValueError" in got[0].text
+
+
+@pytest.mark.usefixtures("secrets_in_env")
+def test_chaos_bots_when_the_caller_holds_secrets_then_only_the_sandbox_settings(
+    tmp_path: Path,
+) -> None:
+    # Arrange: the chaos run starts real bots; the shell that started it may hold real keys
+    run = harness.Harness(harness.RunOptions(duration_s=1, seed=1, instances=1,
+                                             report_path=tmp_path / "r.json", workdir=tmp_path))
+
+    # Act
+    env = run.env()
+
+    # Assert
+    for name in SECRETS_IN_ENV:
+        assert name not in env
+    assert env["GUARDRAILS_STATE_DIR"] == str(tmp_path / "state") and "PATH" in env

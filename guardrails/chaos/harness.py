@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import signal
 import sys
@@ -49,7 +48,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from guardrails import scripts
+from guardrails import redacted, scripts
 from guardrails.chaos import checker, faults, report
 from guardrails.chaos.proxy import ChaosProxy
 from guardrails.chaos.redisha import SentinelRedis
@@ -292,7 +291,9 @@ class Harness:
     # -- environment ------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The sandbox's own settings and test keys on the allow-listed environment: not the
+        # caller's (a real venue key or Redis URL in the shell that started the run).
+        env = redacted.child_environment()
         env.update(
             {
                 "PYTHONUNBUFFERED": "1",
@@ -305,7 +306,6 @@ class Harness:
                 "GUARDRAILS_CHAOS_CCXT_SECRET": CCXT_SECRET,
             }
         )
-        env.pop("GUARDRAILS_REDIS_URL", None)
         return env
 
     def write_config(self) -> Config:
