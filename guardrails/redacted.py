@@ -188,6 +188,12 @@ def mask_text(text: str) -> str:
     return scrub(text)
 
 
+def excerpt(text: object, limit: int) -> str:
+    """``str(text)`` masked, then cut to ``limit`` characters — in that order: a cut first
+    could halve a registered secret, and half a secret is no longer found to scrub."""
+    return mask_text(str(text))[:limit]
+
+
 def mask_value(value: object) -> object:
     """A structured log field made safe to write: text masked (``mask_text``); a number,
     a bool or None as it is; anything else (an exception, a dict, a request object)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from ccxt.base import errors as ccxt_errors
 from eth_account import Account
 from pydantic import ValidationError
 from rich.console import Console
@@ -40,13 +41,13 @@ from guardrails.console import ConsoleHandler
 from guardrails.gate import OrderGate
 from guardrails.infra import connect, embedded, server
 from guardrails.ledger import Ledger
-from guardrails.model import Admitted
+from guardrails.model import Admitted, Rejected
 from guardrails.ops import notify
 from guardrails.ops.doctor.checks import Census
 from guardrails.sim import daemon
 from guardrails.sim.exchange import DEFAULT_RISK
 from guardrails.venues import signing
-from guardrails.venues.ccxt import load_credentials
+from guardrails.venues.ccxt import classify_submit_error, load_credentials
 from tests.conftest import subprocess_env
 from tests.gatekit import HOLDER, TOKEN, account_keys, buy, risk, seed
 from tests.redis_harness import RedisServer, free_port
@@ -763,3 +764,17 @@ def test_chaos_bots_when_the_caller_holds_secrets_then_only_the_sandbox_settings
     for name in SECRETS_IN_ENV:
         assert name not in env
     assert env["GUARDRAILS_STATE_DIR"] == str(tmp_path / "state") and "PATH" in env
+
+
+def test_venue_error_excerpt_when_the_cut_falls_inside_a_secret_then_no_half_of_it() -> None:
+    # Arrange: a ccxt error whose 160-character excerpt would end inside a registered secret
+    secret = "CutSecret-0123456789abcdef"
+    redacted.register(secret)
+    error = ccxt_errors.InvalidOrder("x" * 150 + secret + " rest of the answer")
+
+    # Act
+    reason = classify_submit_error(error)
+
+    # Assert
+    assert isinstance(reason, Rejected) and reason.reason.startswith("InvalidOrder: xxx")
+    assert "CutSecret" not in reason.reason and "***" in reason.reason

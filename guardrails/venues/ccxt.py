@@ -155,8 +155,9 @@ def classify_submit_error(e: BaseException) -> SubmitResult:
 
 
 def _brief(e: BaseException) -> str:
-    """An exception's message, short: ccxt's carry the exchange's answer, never the key."""
-    return str(e)[:160]
+    """An exception's message, short and masked: ccxt's carry the exchange's answer and
+    the request URL (with its signature), so it is masked before it is cut."""
+    return redacted.excerpt(e, 160)
 
 
 def _dec(value: Any, what: str) -> Decimal:

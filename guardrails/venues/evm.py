@@ -542,7 +542,7 @@ class EvmVenue:
         if answered:
             # The node refused the transaction and its nonce is unused: make the refusal
             # final (a re-submit of this id will not send it) and fill the nonce.
-            reason = f"refused by the node: {str(err)[:200]}"
+            reason = f"refused by the node: {redacted.excerpt(err, 200)}"  # stored in Redis
             await self._redis.hset(self.record_key(coid), mapping={"state": "rejected",
                                                                    "reason": reason})
             logs.event(log, "evm.refused", coid=coid, nonce=nonce, tx=tx_hash, error=what)

@@ -153,7 +153,7 @@ def _message_of(exc: Exception) -> str:
     msg = getattr(exc, "error_msg", None)
     if isinstance(msg, dict):
         msg = msg.get("error") or msg.get("errorMsg") or msg
-    return str(msg if msg is not None else type(exc).__name__)[:200]
+    return redacted.excerpt(msg if msg is not None else type(exc).__name__, 200)
 
 
 MAX_FEE_RATE_BPS = 10_000
