@@ -286,7 +286,7 @@ def _reexec_without_argv_password(args: argparse.Namespace) -> None:
     n = len(sys.argv) - 1
     head, tail = sys.orig_argv[:len(sys.orig_argv) - n], sys.orig_argv[len(sys.orig_argv) - n:]
     rest = _without_url_flag(tail, url) if n and tail == sys.argv[1:] else None
-    if rest is None:
+    if rest is None or any(a.startswith("--redis-url") for a in rest):  # given twice
         return
     logs.event(logging.getLogger("guardrails.secrets"), "secrets.argv_reexec",
                url=redacted.mask_url(url), note=f"restarting in place with the URL in ${REDIS_URL_ENV}")
