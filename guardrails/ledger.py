@@ -22,6 +22,7 @@ proceeds down, fees up) when the venue's price is finer than the money unit.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
@@ -81,6 +82,9 @@ _TRANSITION_CODES = {
     2: Transition.UNKNOWN_ORDER,
     3: Transition.REFUSED_INVALID,
 }
+_UNSAFE_FEE_TEXT = re.compile(r"[^A-Za-z0-9._-]")
+"""What ``fees_uncounted_text`` replaces in a venue's fee currency or amount."""
+
 _FILL_CODES = {
     0: FillOutcome.APPLIED,
     1: FillOutcome.DUPLICATE,
@@ -145,6 +149,9 @@ class BudgetView:
     limit: Decimal
     used: Decimal
     """realized_loss + unrealized_loss + reserved_worst_loss (what the gate compares)."""
+    fees_uncounted: int = 0
+    """Fills of the day applied with a fee the venue could not value (``Fill.fees_uncounted``):
+    realized_loss, and so ``used``, leave those fees out."""
 
     @property
     def remaining(self) -> Decimal:
@@ -418,6 +425,17 @@ class Ledger:
         ticks = int((fill.price / inst.tick).to_integral_value(rounding=ROUND_HALF_EVEN))
         return int(lots_d), value, fee, ticks
 
+    @staticmethod
+    def fees_uncounted_text(fill: Fill) -> str:
+        """``fill.fees_uncounted`` as ``ledger_fill.lua``'s ARGV[11]: ``<currency>:<amount>``
+        entries joined by ``,`` ('' for none). What the venue reported is anyone's text, so
+        a character outside ``[A-Za-z0-9._-]`` becomes ``?``, each part is cut to 40
+        characters and at most 16 entries are kept: the text always passes the script's
+        check, and a fill is never held back by its fee's spelling."""
+        def part(text: str) -> str:
+            return _UNSAFE_FEE_TEXT.sub("?", str(text))[:40] or "?"
+        return ",".join(f"{part(c)}:{part(a)}" for c, a in fill.fees_uncounted[:16])
+
     def fill_day(self, fill: Fill) -> str:
         """The trading day a fill's realized PnL and fees count toward: the day it
         *executed* (``fill.ts_ms``, the venue's time) in the account's timezone — not the
@@ -448,7 +466,7 @@ class Ledger:
             ],
             args=[
                 fill.fill_id, fill.client_order_id, fill.symbol, fill.side.value,
-                lots, value, fee, ticks, fill.ts_ms, day,
+                lots, value, fee, ticks, fill.ts_ms, day, self.fees_uncounted_text(fill),
             ],
         )
         code = int(raw[0])
@@ -639,14 +657,15 @@ class Ledger:
         """Today's loss budget exactly as the gate computes it (docs/gate.md)."""
         day = self._day.today()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self.keys.day(day), "realized_pnl")
+            pipe.hmget(self.keys.day(day), "realized_pnl", "fees_uncounted")
             pipe.hgetall(self.keys.positions)
             pipe.hgetall(self.keys.reservations)
             pipe.hgetall(self.keys.marks)
             pipe.hget(self.keys.limits, "daily_loss_limit")
-            rp_raw, pos_raw, res_raw, marks_raw, limit_raw = await pipe.execute()
+            (rp_raw, unc_raw), pos_raw, res_raw, marks_raw, limit_raw = await pipe.execute()
         qd = self.risk.quote_decimals
         rp = _i(rp_raw, "day realized_pnl")
+        uncounted = _i(unc_raw, "day fees_uncounted")
         pos = _ints(pos_raw, "position")
         res = _ints(res_raw, "reservation")
         marks = _ints(marks_raw, "mark")
@@ -673,4 +692,5 @@ class Ledger:
             reserved_worst_loss=Decimal(reserved).scaleb(-qd),
             limit=limit_d,
             used=Decimal(realized_loss + unreal_loss + reserved).scaleb(-qd),
+            fees_uncounted=uncounted,
         )

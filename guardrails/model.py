@@ -282,6 +282,12 @@ class Fill:
     price: Decimal
     ts_ms: int
     fee: Decimal = field(default=Decimal(0))
+    """The fee in the account's quote currency, counted in realized PnL and the day's loss."""
+    fees_uncounted: tuple[tuple[str, str], ...] = ()
+    """Fees the venue could not value in the quote currency (ccxt: BNB fee payment), as
+    ``(currency, amount)`` decimal text exactly as the venue reported them: NOT in ``fee``,
+    so realized PnL and the loss budget undercount them. The ledger counts the fill in the
+    trading day's ``fees_uncounted`` once, when it applies it (docs/keys.md)."""
 
 
 # -- venue facts: what a venue answered (the ledger records them, venues/base.py produces them)

@@ -59,16 +59,18 @@ async def admit(r: aioredis.Redis, intent: Intent, keys: AccountKeys = KEYS) -> 
 
 async def buy_and_fill(
     r: aioredis.Redis, qty: str, price: str, tag: str, keys: AccountKeys = KEYS,
-    symbol: str = BTC, side: Side = Side.BUY,
+    symbol: str = BTC, side: Side = Side.BUY, fees_uncounted: tuple[tuple[str, str], ...] = (),
 ) -> Admitted:
-    """Admit an order through the gate, mark it submitted and fill it completely."""
+    """Admit an order through the gate, mark it submitted and fill it completely
+    (``fees_uncounted``: the fill's fees the venue could not value, ``Fill.fees_uncounted``)."""
     decision = await admit(r, Intent(symbol, side, Decimal(qty), Decimal(price),
                                      intent_id=f"ops-{tag}"), keys)
     assert isinstance(decision, Admitted), decision
     ledger = Ledger(r, keys, RISK)
     await ledger.mark_submitted(decision.client_order_id, f"v-{tag}")
     await ledger.apply_fill(Fill(f"f-{tag}", decision.client_order_id, symbol, side,
-                                 Decimal(qty), Decimal(price), int(time.time() * 1000)))
+                                 Decimal(qty), Decimal(price), int(time.time() * 1000),
+                                 fees_uncounted=fees_uncounted))
     return decision
 
 

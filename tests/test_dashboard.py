@@ -115,6 +115,7 @@ async def test_metrics_when_scraped_then_prometheus_text_with_positions_and_coun
     assert "guardrails_up 1" in lines
     assert 'guardrails_position_qty{account="paper:ops",symbol="BTC-USD"} 0.0100' in lines
     assert 'guardrails_budget_limit{account="paper:ops"} 250.000000' in lines
+    assert 'guardrails_fees_uncounted{account="paper:ops"} 0' in lines
     assert f'guardrails_lease_token{{account="paper:ops"}} {opskit.TOKEN}' in lines
     assert 'guardrails_trading_state{account="paper:ops",state="ACTIVE"} 1' in lines
     assert 'guardrails_admitted_total{account="paper:ops"} 1' in lines
@@ -221,6 +222,8 @@ async def test_page_when_opened_in_chromium_then_shows_status_figures_and_update
 
     used_js, limit_js, token_js = (field_js(n) for n in ("budget-used", "budget-limit",
                                                           "lease-token"))
+    fees_js, fees_hidden_js = (field_js("budget-fees-uncounted"),
+                               "document.querySelector('#acct-paper_ops .fees-uncounted').hidden")
     try:
         # Act 1: load the page
         await browser.navigate(served.url)
@@ -232,10 +235,12 @@ async def test_page_when_opened_in_chromium_then_shows_status_figures_and_update
         assert await browser.evaluate(limit_js) == before["budget"]["limit"]
         assert await browser.evaluate(token_js) == str(opskit.TOKEN)
         assert await browser.evaluate("document.querySelector('.kill').hidden") is True
+        assert await browser.evaluate(fees_hidden_js) is True  # every fee counted so far
         updates_before = await browser.evaluate("window.guardrailsDashboard.updates")
 
-        # Act 2: a fill lands, no reload
-        await opskit.buy_and_fill(served.admin, "0.02", "60100", "d2")
+        # Act 2: a fill lands, no reload — its fee paid in BNB, which the ledger cannot count
+        await opskit.buy_and_fill(served.admin, "0.02", "60100", "d2",
+                                  fees_uncounted=(("BNB", "0.0015"),))
         after = status_json(served.redis_url)["accounts"][0]
         new_qty = after["positions"][0]["qty"]
         assert new_qty == "0.0300"
@@ -244,6 +249,10 @@ async def test_page_when_opened_in_chromium_then_shows_status_figures_and_update
         await browser.wait_for(f"({qty_js}) === {json.dumps(new_qty)}")
         await browser.wait_for(f"({used_js}) === {json.dumps(after['budget']['used'])}")
         assert after["budget"]["used"] != before["budget"]["used"]
+        # ... and says that today's figures leave a fee out
+        assert after["budget"]["fees_uncounted"] == 1
+        await browser.wait_for(f"({fees_js}) === '1'")
+        assert await browser.evaluate(fees_hidden_js) is False
         assert await browser.evaluate("window.guardrailsDashboard.updates") > updates_before
         assert await browser.evaluate("location.href") == served.url  # never reloaded
         png = await browser.screenshot()

@@ -276,3 +276,20 @@ def test_check_persistence_when_settings_unreadable_then_info() -> None:
     c = judge(snap(persistence=(("", Persistence(None, None, None, ("INFO: NOPERM",))),)), None)
 
     assert codes(c) == ["redis_persistence_unknown"] and c.findings[0].severity == "info"
+
+
+def test_check_fees_uncounted_when_fills_today_lacked_their_fee_then_warning_with_action() -> None:
+    c = judge(snap(account(trading_day="2026-12-03", fees_uncounted="3")), None)
+
+    assert codes(c) == ["fees_uncounted"] and c.findings[0].severity == "warning"
+    assert "3 fill(s) on trading day 2026-12-03" in c.findings[0].message
+    assert "turn BNB fee payment off, or account for these fees by hand" in c.findings[0].action
+
+
+def test_check_fees_uncounted_when_none_or_zero_then_no_finding_and_unreadable_is_named() -> None:
+    quiet = [judge(snap(account(trading_day="2026-12-03", fees_uncounted=v)), None)
+             for v in (None, "0")]
+    odd = judge(snap(account(trading_day="2026-12-03", fees_uncounted="1.5")), None)
+
+    assert [codes(c) for c in quiet] == [[], []]
+    assert codes(odd) == ["fees_uncounted"] and "unreadable ('1.5')" in odd.findings[0].message

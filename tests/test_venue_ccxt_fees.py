@@ -5,6 +5,7 @@ is mocked; the fills go through the gate and the ledger's scripts on a real Redi
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -13,22 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 
 from guardrails.gate import OrderGate
 from guardrails.keys import AccountKeys
-from guardrails.ledger import Ledger
+from guardrails.ledger import FillOutcome, Ledger
 from guardrails.model import Admitted, Fill, Intent, Order, OrderState, Side
+from guardrails.ops.doctor.checks import judge
+from guardrails.ops.doctor.snapshot import gather
+from guardrails.ops.status import render_table, status_document
 from guardrails.sim import binance as sb
 from guardrails.sim.server import Simulator
 from guardrails.venues.base import Accepted
 from guardrails.venues.ccxt import CcxtVenue, fee_in_quote
 from tests import gatekit
+from tests.conftest import ROOT
 from tests.test_venue_ccxt import ACCOUNT, KEY_ENV, MARKET, RISK, SECRET_ENV, SYMBOL, venue_cfg
 
 MARK = Decimal("60123.45")
 QTY = Decimal("0.0037")
 RATE = Decimal("0.00075")
+STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 
 
 class World:
@@ -142,6 +149,66 @@ async def test_fill_when_commission_paid_in_bnb_then_fill_applies_and_a_warning_
     assert len(warned) == 1 and warned[0].levelno == logging.WARNING
     line = warned[0].getMessage()
     assert "currency=BNB" in line and "amount=0.00027808" in line and f"coid={coid}" in line
+
+
+async def census_of(world: World) -> list[Any]:
+    """Doctor's findings for the account (this host's process table left out)."""
+    snap = await gather(world.redis, "redis://unused", [str(ACCOUNT)], host="h", processes=[])
+    return [f for f in judge(snap, None).findings if f.account == str(ACCOUNT)]
+
+
+async def test_fill_when_commission_paid_in_bnb_then_day_counts_it_once_and_status_and_doctor_show_it(
+    world_with: Any,
+) -> None:
+    # Arrange: "use BNB for fees" on.
+    world: World = await world_with(sb.Commission(rate=RATE, bnb_price=Decimal("600")))
+    # Act: the lookup's fill is applied, then the fill pump reads the same trade again
+    # and applies it again (a duplicate); then a second order fills.
+    coid, [fill] = await world.trade(Side.BUY, "60200.00")
+    batch = await world.venue.fills_since(None)
+    again = [f for f in batch.fills if f.fill_id == fill.fill_id]
+    outcomes = [await world.ledger.apply_fill(f) for f in again]
+    # Assert: the fill carries the fee it could not count (0.00027808 BNB, as charged) ...
+    assert fill.fees_uncounted == (("BNB", "0.00027808"),) and fill.fee == 0
+    assert again == [fill] and outcomes == [FillOutcome.DUPLICATE]
+    # ... the day counts it once, and the journal's fill entry names it
+    day = await world.day(fill)
+    assert day["fees_uncounted"] == 1 and day["fills"] == 1 and day["fees"] == 0
+    entries = [f for _, f in await world.redis.xrange(world.keys.journal)
+               if f.get("ev") == "fill" and f.get("fill_id") == fill.fill_id]
+    assert len(entries) == 1 and entries[0]["fees_uncounted"] == "BNB:0.00027808"
+    assert entries[0]["coid"] == coid
+    # ... status (JSON valid against its schema, and the table) shows today's count ...
+    doc = await status_document(world.redis, [ACCOUNT])
+    jsonschema.validate(doc, STATUS_SCHEMA)
+    (account,) = doc["accounts"]
+    assert account["budget"]["fees_uncounted"] == 1 and account["errors"] == []
+    assert "FEES      1 fill(s) on " in render_table(doc)
+    # ... and doctor warns, with what to do.
+    (finding,) = [f for f in await census_of(world) if f.code == "fees_uncounted"]
+    assert finding.severity == "warning" and "1 fill(s)" in finding.message
+    assert "turn BNB fee payment off" in finding.action
+    # A second such fill counts a second time.
+    _, [second] = await world.trade(Side.BUY, "60200.00")
+    assert (await world.day(second))["fees_uncounted"] == 2
+    assert (await world.ledger.budget()).fees_uncounted == 2
+
+
+async def test_fill_when_commission_in_quote_then_nothing_uncounted_and_doctor_is_quiet(
+    world_with: Any,
+) -> None:
+    world: World = await world_with(sb.Commission(rate=RATE))
+
+    _, [fill] = await world.trade(Side.SELL, "60000.00")
+
+    assert fill.fees_uncounted == () and fill.fee > 0
+    day = await world.day(fill)
+    assert "fees_uncounted" not in day and day["fills"] == 1
+    doc = await status_document(world.redis, [ACCOUNT])
+    jsonschema.validate(doc, STATUS_SCHEMA)
+    assert doc["accounts"][0]["budget"]["fees_uncounted"] == 0
+    assert "FEES " not in render_table(doc)
+    assert not [f for f in await census_of(world) if f.code == "fees_uncounted"]
 
 
 async def test_fill_when_commission_is_zero_then_no_fee_and_no_warning(

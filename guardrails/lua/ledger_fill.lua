@@ -5,7 +5,8 @@
 -- KEYS[3] fills         HASH    fill id -> client order id (applied fills)
 -- KEYS[4] positions     HASH    <sym>:qty lots, <sym>:cost money, <sym>:rpnl money
 -- KEYS[5] reservations  HASH    <sym>:buy / <sym>:sell lots, <sym>:loss money
--- KEYS[6] day           HASH    the fill's trading day: realized_pnl, fees, fills
+-- KEYS[6] day           HASH    the fill's trading day: realized_pnl, fees, fills,
+--                               fees_uncounted
 -- KEYS[7] journal       STREAM  append-only journal
 -- KEYS[8] marks         HASH    <sym> mark in ticks (set from the fill when missing)
 -- KEYS[9] limits        HASH    the account's limits (i:<sym> for k, for the aggregates)
@@ -15,6 +16,10 @@
 -- against the account by the caller)  ARGV[7] fee in money units (integer >= 0)
 -- ARGV[8] fill price in ticks (integer, for a missing mark)  ARGV[9] fill ts_ms
 -- ARGV[10] the trading day of ts_ms (the day KEYS[6] belongs to)
+-- ARGV[11] fees the venue could not value in the quote currency, not in ARGV[7]:
+--          '<currency>:<amount>,...' (Ledger.fees_uncounted_text; '' or absent: none).
+--          An applied fill with one counts 1 in the day's fees_uncounted (a duplicate
+--          counts nothing) and the journal's fill entry names them.
 -- Returns {code, detail}: 0 applied, 1 duplicate fill id, 2 unknown order,
 --         3 refused: symbol/side differ from the order, a malformed number, a fill on
 --           a terminal order, or more lots than the order has open (journaled
@@ -30,6 +35,7 @@ local K_RES, K_DAY, K_JOURNAL, K_MARKS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_LIMITS, K_AGG = KEYS[9], KEYS[10]
 local fill_id, coid, symbol, side_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local lots_s, value_s, fee_s, px_s, ts_s, day = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local unc_s = ARGV[11] or ''
 
 --!include lib/int.lua
 --!include lib/read.lua
@@ -42,7 +48,7 @@ local lots_s, value_s, fee_s, px_s, ts_s, day = ARGV[5], ARGV[6], ARGV[7], ARGV[
 local function journal(ev, detail)
   journal_try(K_JOURNAL, 'ev', ev, 'fill_id', fill_id,
     'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', lots_s, 'value', value_s,
-    'fee', fee_s, 'ts_ms', ts_s, 'day', day, 'detail', detail)
+    'fee', fee_s, 'fees_uncounted', unc_s, 'ts_ms', ts_s, 'day', day, 'detail', detail)
 end
 
 local int = stored_int
@@ -67,6 +73,9 @@ local function main()
   if not lots or lots <= 0 or not n or not fee or not ticks or ticks <= 0 then
     return refuse('malformed fill numbers')
   end
+  if #unc_s > 2048 or not string.find(unc_s, '^[%w%.%-_?:,]*$') then
+    return refuse('malformed uncounted fees')
+  end
   -- terminal is terminal: the venue said this order can no longer execute (or it is
   -- fully filled), so a new fill contradicts it; it is refused, not booked
   if TERMINAL[state] then return refuse('order is ' .. state) end
@@ -87,8 +96,11 @@ local function main()
   local rs = rd('HMGET', K_RES, side_f, loss_f, other_f)
   local res_side, res_loss = int(rs[1], 'reservation ' .. side_f), int(rs[2], 'reservation ' .. loss_f)
   local res_other = int(rs[3], 'reservation ' .. other_f)
-  local d = rd('HMGET', K_DAY, 'realized_pnl', 'fees', 'fills')
+  local d = rd('HMGET', K_DAY, 'realized_pnl', 'fees', 'fills', 'fees_uncounted')
   local d_rp, d_fees, d_fills = int(d[1], 'day realized_pnl'), int(d[2], 'day fees'), int(d[3], 'day fills')
+  -- read (and checked) only when this fill changes it: a fill with every fee counted
+  -- leaves the field as it is, absent on a day without such a fill
+  local d_unc = unc_s ~= '' and int(d[4], 'day fees_uncounted') or nil
 
   -- 2. position, cost basis and realized PnL (docs/gate.md, "Fills")
   local side = side_s == 'buy' and 1 or -1
@@ -150,11 +162,12 @@ local function main()
   local now = fmt(now_ms())
   journal_add(K_JOURNAL, 'ev', 'fill', 'fill_id', fill_id,
     'coid', coid, 'symbol', symbol, 'side', side_s, 'lots', fmt(lots), 'value', fmt(n),
-    'fee', fmt(fee), 'realized', fmt(realized), 'from', state, 'to', new_state,
-    'ts_ms', ts_s, 'day', day, 'late', '0')
+    'fee', fmt(fee), 'fees_uncounted', unc_s, 'realized', fmt(realized), 'from', state,
+    'to', new_state, 'ts_ms', ts_s, 'day', day, 'late', '0')
   redis.call('HSET', K_FILLS, fill_id, coid)
   redis.call('HSET', K_POS, qf, fmt(q2), cf, fmt(c2), rf, fmt(rp2))
   redis.call('HSET', K_DAY, 'realized_pnl', fmt(d_rp2), 'fees', fmt(d_fees2), 'fills', fmt(d_fills + 1))
+  if d_unc then redis.call('HSET', K_DAY, 'fees_uncounted', fmt(d_unc + 1)) end
   redis.call('HSET', K_RES, side_f, fmt(res_side2), loss_f, fmt(res_loss2))
   redis.call('HSET', K_ORDER, 'filled_lots', fmt(filled + lots), 'open_lots', fmt(open2),
     'state', new_state, 'updated_ms', now)

@@ -567,6 +567,9 @@ def render_metrics(doc: dict[str, Any]) -> str:
             add("guardrails_budget_limit", "gauge", "Daily loss limit (money).", acc, b["limit"])
             add("guardrails_budget_used_ratio", "gauge", "Budget used / limit.", acc,
                 b.get("used_fraction"))
+            add("guardrails_fees_uncounted", "gauge",
+                "Fills of the trading day applied without their fee (not in budget used).", acc,
+                b.get("fees_uncounted"))
         lease = a.get("lease") or {}
         add("guardrails_lease_token", "gauge", "Fencing token of the lease holder.", acc,
             lease.get("token"))

@@ -3,7 +3,7 @@
 Invariant served: *risk is shared, not per process* (DESIGN.md §2) — what an operator
 sees here is the account's combined state in Redis, never one process's view. Status
 (and the dashboard, which calls ``snapshot``) issue read-only Redis commands only
-(GET, PTTL, TYPE, HGETALL, SMEMBERS, XREVRANGE, ZRANGE, TIME), so they can run as a
+(GET, PTTL, TYPE, HGET, HMGET, HGETALL, SMEMBERS, XREVRANGE, ZRANGE, TIME), so they can run as a
 read-only ACL user and never disturb the account.
 
 The JSON form is a stable contract validated by ``docs/status.schema.json``: money and
@@ -198,6 +198,7 @@ async def _ledger_views(
         "used": _dec(used),
         "remaining": _dec(limit - used),
         "used_fraction": _dec((used / limit).quantize(Decimal("0.0001")) if limit > 0 else None),
+        "fees_uncounted": b.fees_uncounted,
     }
     orders: list[Json] = []
     for o in await ledger.open_orders():
@@ -394,6 +395,14 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(esc, text)
 
 
+def fees_uncounted_text(count: int, day: str) -> str:
+    """The status line for fills applied today without their fee (``day`` field
+    ``fees_uncounted``): what the budget line above it leaves out, and what to do."""
+    return (f"FEES      {count} fill(s) on {day} applied without their fee (paid in a currency "
+            "the venue could not value, e.g. BNB): realized_loss and used undercount them; "
+            "turn BNB fee payment off, or account for these fees by hand")
+
+
 def render_table(doc: Json) -> str:
     """The human-readable form of a status document (each line ``printable``)."""
     lines: list[str] = []
@@ -423,6 +432,8 @@ def render_table(doc: Json) -> str:
                 f"(realized_loss={b['realized_loss']} unrealized_loss={b['unrealized_loss']} "
                 f"reserved_worst={b['reserved_worst_loss']})"
             )
+            if b.get("fees_uncounted"):
+                lines.append(fees_uncounted_text(b["fees_uncounted"], b["trading_day"]))
         if a["positions"]:
             lines.append(f"{'symbol':<12}{'qty':>14}{'avg_cost':>14}{'mark':>14}{'unrealized':>14}")
             for p in a["positions"]:

@@ -26,8 +26,10 @@ market's quote currency (Binance: a sell's commission), or in its base currency 
 a buy's commission, charged in the asset received) valued at the trade's own price,
 exactly. The ledger's position stays the traded quantity; the wallet holds the quantity
 less the base fee. A fee in any other currency (BNB fee payment) cannot be valued
-exactly: the fill still applies without it and ``venue.ccxt.fee_not_counted`` (WARNING)
-names the currency, the amount and the client order id.
+exactly: the fill still applies without it, carrying the fee as ``Fill.fees_uncounted``
+(the ledger counts such fills in the trading day's ``fees_uncounted``, which status, the
+dashboard and doctor show), and ``venue.ccxt.fee_not_counted`` (WARNING) names the
+currency, the amount and the client order id.
 
 Venue-side fences (per exchange; docs/venues.md has the table):
 
@@ -864,13 +866,14 @@ class CcxtVenue:
                            coid=coid, fill_id=fill_id, symbol=str(trade["symbol"]),
                            currency=currency, amount=amount,
                            action="the fill goes to the ledger without this fee: realized PnL and the "
-                                  "daily loss budget undercount it (turn BNB fee payment off)")
+                                  "daily loss budget undercount it (turn BNB fee payment off, or "
+                                  "account for these fees by hand)")
         return Fill(
             fill_id=fill_id, client_order_id=coid,
             symbol=self._inst_of.get(str(trade["symbol"]), str(trade["symbol"])),
             side=Side(str(trade["side"])),
             qty=_dec(trade["amount"], "trade amount"), price=price,
-            ts_ms=int(trade["timestamp"]), fee=fee,
+            ts_ms=int(trade["timestamp"]), fee=fee, fees_uncounted=tuple(uncounted),
         )
 
     async def _coid(self, symbol: str, order_id: str) -> str:

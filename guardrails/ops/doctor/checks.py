@@ -22,7 +22,8 @@ for each account, sorted:
 9. the fence history alarm;
 10. the prune sweep: its last batch failed, or it has not run for ``PRUNE_OVERDUE_FACTOR``
     intervals while an instance is active;
-then, once: 11. the server's persistence (would a restart lose the fencing counter?).
+11. fees the ledger could not count today (a warning: the loss budget undercounts them);
+then, once: 12. the server's persistence (would a restart lose the fencing counter?).
 
 No check does I/O: each is a function of the snapshot (and the manifest), so each is
 tested on a snapshot built by hand (``tests/test_doctor_checks.py``). Each finding
@@ -145,6 +146,7 @@ def judge(s: Snapshot, manifest: Manifest | None) -> Census:
         c.instances.extend(instances)
         check_fence_history(c, a)
         check_prune(c, a, instances, s.now_ms)
+        check_fees_uncounted(c, a)
     check_persistence(c, s.persistence,
                       allow_non_durable=bool(manifest and manifest.allow_non_durable))
     return c
@@ -449,7 +451,33 @@ def check_prune(c: Census, a: AccountSnapshot, instances: list[Instance], now_ms
               "`guardrails prune` holding the archive's lock, or a stuck sweep", "warning")
 
 
-# -- 11. persistence --------------------------------------------------------------------
+# -- 11. fees the ledger could not count -------------------------------------------------
+
+
+def check_fees_uncounted(c: Census, a: AccountSnapshot) -> None:
+    """Were fills applied today without their fee? (``Fill.fees_uncounted``, the day hash's
+    ``fees_uncounted``: ccxt with BNB fee payment.) Realized PnL and the daily loss budget
+    leave those fees out, so the account can lose more than the budget says."""
+    raw, account = a.fees_uncounted, a.account
+    if raw is None:
+        return
+    n = as_int(raw)
+    if n is None:
+        c.add("fees_uncounted", account,
+              f"day:{a.trading_day} fees_uncounted is unreadable ({raw!r}): cannot tell how "
+              "many fills today were applied without their fee",
+              "repair the field (the journal's fill entries with fees_uncounted say which fills)",
+              "warning")
+    elif n > 0:
+        c.add("fees_uncounted", account,
+              f"{n} fill(s) on trading day {a.trading_day} applied without their fee (paid in a "
+              "currency the venue could not value in the quote currency, e.g. BNB): realized "
+              "PnL and the daily loss budget undercount them",
+              "turn BNB fee payment off, or account for these fees by hand (the journal's fill "
+              "entries name each currency and amount)", "warning")
+
+
+# -- 12. persistence ------------------------------------------------------------------
 
 
 def check_persistence(c: Census, readings: tuple[tuple[str, persistence.Persistence], ...], *,

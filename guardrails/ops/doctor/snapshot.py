@@ -9,8 +9,10 @@ Three sources, each authoritative for what it knows and for nothing else:
 - the **local process table** (psutil): which ``guardrails run`` processes exist on THIS
   host, whatever they registered — a process that never registered is still running.
 
-Plus the server's persistence settings (one reading per primary). ``gather`` reads with
-read-only commands only (TYPE, GET, PTTL, HGETALL, ZRANGE, INFO, CONFIG GET, TIME) and
+Plus the server's persistence settings (one reading per primary), and what the ledger
+could not count: today's ``fees_uncounted`` (``day:<today>``, in the account's timezone).
+``gather`` reads with read-only commands only (TYPE, GET, HGET, PTTL, HGETALL, ZRANGE,
+INFO, CONFIG GET, TIME) and
 returns a frozen ``Snapshot``; ``checks.judge`` turns it into findings without I/O, so
 every check can be tested on a snapshot built by hand. Redis connection errors
 propagate (the command reports "could not check").
@@ -23,6 +25,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psutil
 import redis.asyncio as aioredis
@@ -35,6 +38,7 @@ from guardrails.infra import connect, persistence
 from guardrails.keys import AccountId, AccountKeys
 from guardrails.prune import PruneTotals, read_totals
 from guardrails.registry import Registry, known_accounts
+from guardrails.tradingday import trading_day_of
 
 EXPECTED_TYPES: dict[str, str] = {
     "schema": "string",
@@ -231,6 +235,10 @@ class AccountSnapshot:
     fence_alarm: Mapping[str, str] | None = None
     prune: PruneTotals | None = None
     """The prune sweep's totals and last run (None when ``prune_state`` is mistyped)."""
+    trading_day: str | None = None
+    """Today in the account's stored ``limits`` timezone (None: no limits stored yet)."""
+    fees_uncounted: str | None = None
+    """The trading day's ``fees_uncounted`` as stored (None: absent, or no trading day)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,9 +304,31 @@ async def _registry(
     return rows, gone, []
 
 
-async def read_account(redis: aioredis.Redis, account: str) -> AccountSnapshot:
-    """One account's keys, lease, registry and fence alarm."""
+async def _fees_uncounted(redis: aioredis.Redis, keys: AccountKeys,
+                          now_ms: int) -> tuple[str | None, str | None]:
+    """(today in the account's timezone, today's ``fees_uncounted`` as stored): the day is
+    the one the ledger's fills count toward (the ``limits`` hash's ``timezone``)."""
+    if (await redis.type(keys.limits)) != "hash":
+        return None, None
+    tz = await redis.hget(keys.limits, "timezone")
+    try:
+        day = trading_day_of(now_ms, ZoneInfo(str(tz))) if tz else None
+    except (ValueError, ZoneInfoNotFoundError):
+        return None, None
+    if day is None or (await redis.type(keys.day(day))) != "hash":
+        return day, None
+    raw = await redis.hget(keys.day(day), "fees_uncounted")
+    return day, None if raw is None else str(raw)
+
+
+async def read_account(redis: aioredis.Redis, account: str,
+                       now_ms: int | None = None) -> AccountSnapshot:
+    """One account's keys, lease, registry, fence alarm, prune record and today's count of
+    fills applied without their fee (at ``now_ms``, Redis time; read when None)."""
     keys = AccountKeys(AccountId.parse(account))
+    if now_ms is None:
+        sec, usec = await redis.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
     wrong: list[tuple[str, str, str]] = []
     for name, expected in EXPECTED_TYPES.items():
         key = getattr(keys, name)
@@ -313,11 +343,12 @@ async def read_account(redis: aioredis.Redis, account: str) -> AccountSnapshot:
     alarm = await read_alarm(redis, keys)
     prune = await read_totals(redis, keys) if (await redis.type(keys.prune_state)) in (
         "hash", "none") else None
+    day, uncounted = await _fees_uncounted(redis, keys, now_ms)
     return AccountSnapshot(
         account=account, wrong_types=tuple(wrong),
         lease_value=None if lease is None else str(lease), lease_pttl_ms=pttl, fence=fence,
         rows=tuple(rows), expired=tuple(gone), bad_heartbeat_keys=tuple(bad),
-        fence_alarm=alarm, prune=prune,
+        fence_alarm=alarm, prune=prune, trading_day=day, fees_uncounted=uncounted,
     )
 
 
@@ -346,7 +377,7 @@ async def gather(
     names = {str(a) for a in await known_accounts(redis)}
     names |= {p.account for p in procs if p.account and p.pid in ours}
     names |= set(also_accounts)
-    accounts = {name: await read_account(redis, name) for name in sorted(names)}
+    accounts = {name: await read_account(redis, name, now_ms) for name in sorted(names)}
     registered = {as_int(r.fields.get("pid")) for a in accounts.values() for r in a.rows
                   if r.fields.get("host") == host}
     live = frozenset(p for p in registered if p is not None and psutil.pid_exists(p))

@@ -53,6 +53,9 @@ function renderAccount(a, killEnabled, extra) {
     text(sec, ".budget-realized", b.realized_loss);
     text(sec, ".budget-unrealized", b.unrealized_loss);
     text(sec, ".budget-reserved", b.reserved_worst_loss);
+    // Fees the ledger could not count are not in the figures above: say so, never hide it.
+    text(sec, ".budget-fees-uncounted", String(b.fees_uncounted || 0));
+    sec.querySelector(".fees-uncounted").hidden = !b.fees_uncounted;
     const pct = b.used_fraction === null ? 0 : Math.min(100, Number(b.used_fraction) * 100);
     text(sec, ".budget-pct", pct.toFixed(1) + " %");
     const fill = sec.querySelector(".gauge-fill");
