@@ -485,6 +485,12 @@ async def test_kill_when_replica_lags_then_202_not_replicated_and_ok_false(
     replica.start()
     try:
         wait_replica_online(redis_server)
+        # caught up and acknowledging (a replica just online may still be loading the
+        # first sync: on a loaded machine its first ack can miss the kill's 500 ms WAIT)
+        warm = redis_server.client()
+        warm.set("warmup", "1")
+        assert warm.execute_command("WAIT", 1, 10_000) == 1
+        warm.close()
         if paused:
             replica.pause()
         # Act
