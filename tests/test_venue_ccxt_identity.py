@@ -291,3 +291,41 @@ async def test_guarded_when_another_account_id_took_the_lost_claim_then_running_
         assert client.get(claim) == "binance:t2"
     finally:
         await first.close()
+
+
+async def test_guarded_when_claim_taken_while_standby_then_takeover_opens_no_term(
+    redis_server: RedisServer, tmp_path: Path, sim: Sim, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Arrange: t1 waits as standby behind another holder's lease; meanwhile Redis lost
+    # t1's claim and a t2 over the same exchange account took it.
+    from guardrails.keys import AccountId, AccountKeys
+
+    [(key, secret), *_] = sim.keys.items()
+    first = plain_exchange(sim.url, key, secret)
+    t1 = _as(write_guarded_config(tmp_path / "g.toml", redis_server.url), "t1")
+    claim = _uid_claim(sb.account_label(key))
+    lease = AccountKeys(AccountId("binance", "t1")).lease
+    client: redis_sync.Redis = redis_server.client()
+    assert client.set(lease, "999999:someone-else", px=60_000)
+    caplog.set_level("INFO")
+    try:
+        with pytest.raises(GuardError) as refused:
+            async with guarded(first, config=t1, handle_signals=False) as ex:
+                assert ex.guard.role == "standby"
+                client.set(claim, "binance:t2")
+                # Act: the other holder's lease ends; t1 takes it over
+                client.delete(lease)
+                for _ in range(150):
+                    if ex.guard.stopping:
+                        break
+                    await asyncio.sleep(0.1)
+                assert ex.guard.stopping, "t1 led over t2's exchange account"
+    finally:
+        await first.close()
+    # Assert: refused before the term's first step (reconcile) ran, lease released
+    assert "already belongs to account binance:t2" in str(refused.value)
+    events = [getattr(r, "event", "") or r.getMessage() for r in caplog.records]
+    conflict = next(i for i, e in enumerate(events) if "exchange_account_conflict" in e)
+    assert not any("reconcile.done" in e for e in events[:conflict + 1]), events
+    assert not any("reconcile.done" in e for e in events), events
+    assert client.get(lease) is None

@@ -162,7 +162,7 @@ class Guard:
         self._mismatch_logged: tuple[str, float] = ("", 0.0)
         self._claim: identity.Claim | None = None
         self._claim_due = asyncio.Event()
-        """Set on becoming active: the claim is checked at once (``_keep_claim``)."""
+        """Set on becoming active: ``_keep_claim`` moves to the active period at once."""
         self._refusal: GuardError | None = None
         """Why the running guard stopped itself (its claim taken by another account id):
         raised by ``__aexit__``."""
@@ -425,12 +425,30 @@ class Guard:
             with contextlib.suppress(*INFRA_ERRORS):
                 await registry.remove()
 
+    async def _claim_holds(self) -> bool:
+        """At takeover, before reconciling or opening the term: the venue's claim is ours
+        (set again if Redis lost it). False — and the guard stopping, ``__aexit__`` saying
+        why — when another account id owns it; nothing of the term has run."""
+        if self._claim is None:
+            return True
+        try:
+            await identity.reclaim(self.redis, self._claim, str(self.cfg.account_id))
+        except identity.ClaimConflict as e:
+            self._claim_refused(e)
+            return False
+        return True
+
+    def _claim_refused(self, e: identity.ClaimConflict) -> None:
+        self._refusal = GuardError(f"venue ({self.cfg.venue.kind}): stopped: "
+                                   f"{type(e).__name__}: {e}")
+        self._stop.set()
+
     async def _keep_claim(self, registry: Registry) -> None:
         """Hold the venue's claim while the guard runs (``identity.reclaim``): at the
-        registry heartbeat period of the role (a standby's slow one) and at once when this
-        instance becomes active. Another account id owning it stops the guard — the term
-        ends, the lease is released — and ``__aexit__`` raises why (``guardrails run``
-        exits 2)."""
+        registry heartbeat period of the role (a standby's slow one), and again on becoming
+        active (``_claim_holds`` checked it before the term opened). Another account id owning it
+        stops the guard — the term ends, the lease is released — and ``__aexit__`` raises
+        why (``guardrails run`` exits 2)."""
         if self._claim is None:
             return
         while True:
@@ -439,9 +457,7 @@ class Guard:
             try:
                 await identity.reclaim(self.redis, self._claim, str(self.cfg.account_id))
             except identity.ClaimConflict as e:
-                self._refusal = GuardError(f"venue ({self.cfg.venue.kind}): stopped: "
-                                           f"{type(e).__name__}: {e}")
-                self._stop.set()
+                self._claim_refused(e)
                 return
 
     async def _close(self) -> None:
@@ -570,6 +586,8 @@ class Guard:
         try:
             if not await self._limits_agree():
                 return  # refuse to lead: the elector releases the lease (see _elect)
+            if not await self._claim_holds():
+                return  # another account id owns the venue's account: the guard stops
             if not await prepare(self._services, leadership):
                 return  # fenced out meanwhile: end the term (the elector steps down)
             term = Term(self.cfg, self._services, leadership)
