@@ -33,7 +33,16 @@ from guardrails.venues.polymarket import PolymarketVenue, TradeCursor
 from tests.gatekit import HOLDER, TOKEN, ledger_state, seed
 from tests.redis_harness import RedisServer
 from tests.run_harness import RunProc
-from tests.test_venue_polymarket import MARKET, NO, RISK, TOKENS, YES, Env, make_env
+from tests.test_venue_polymarket import (
+    MARKET,
+    NO,
+    RISK,
+    TOKENS,
+    YES,
+    Env,
+    _maker_trade,
+    make_env,
+)
 from tests.test_venue_polymarket_processes import World, _spawn
 from tests.test_venue_polymarket_processes import procs as procs  # the fixture
 
@@ -340,33 +349,94 @@ async def test_fills_when_more_trades_unsettled_than_cursor_holds_then_none_lost
     assert {await desk.state(c) for c in coids} == {OrderState.FILLED}
 
 
-async def test_fills_when_trade_unsettled_too_long_then_logged_once_and_still_read(
-    env: Env, caplog: pytest.LogCaptureFixture,
-) -> None:
+@pytest.fixture
+async def impatient(env: Env, caplog: pytest.LogCaptureFixture
+                    ) -> AsyncIterator[PolymarketVenue]:
+    """A started venue of ``env``'s wallet that calls a trade stuck after 1 s (its
+    warnings captured)."""
     caplog.set_level(logging.INFO, logger="guardrails.venue.polymarket")
-    # Arrange: a venue that calls a trade stuck after 1 s.
     venue = env.new_venue(settlement_warn_after="1s")
     await venue.start()
     try:
-        desk = Desk(env)
-        start, _ = await desk.pump(None, venue)
-        await desk.place(Side.BUY, "0.52", venue=venue)
-        [trade_id] = (await settlement(env)).keys()
-        # Act: polled for 3 s while it stays MATCHED, then confirmed.
-        cursor, polls = start, []
-        for _ in range(12):
-            cursor, outcomes = await desk.pump(cursor, venue)
-            polls += outcomes
-            await asyncio.sleep(0.25)
-        await settlement(env, trades={trade_id: "CONFIRMED"})
-        cursor, confirmed = await desk.pump(cursor, venue)
+        yield venue
     finally:
         await venue.close()
+
+
+async def test_fills_when_trade_unsettled_too_long_then_logged_once_and_still_read(
+    env: Env, caplog: pytest.LogCaptureFixture, impatient: PolymarketVenue,
+) -> None:
+    # Arrange: a venue that calls a trade stuck after 1 s.
+    venue = impatient
+    desk = Desk(env)
+    start, _ = await desk.pump(None, venue)
+    await desk.place(Side.BUY, "0.52", venue=venue)
+    [trade_id] = (await settlement(env)).keys()
+    # Act: polled for 3 s while it stays MATCHED, then confirmed.
+    cursor, polls = start, []
+    for _ in range(12):
+        cursor, outcomes = await desk.pump(cursor, venue)
+        polls += outcomes
+        await asyncio.sleep(0.25)
+    await settlement(env, trades={trade_id: "CONFIRMED"})
+    cursor, confirmed = await desk.pump(cursor, venue)
     # Assert: one warning naming it, not one per poll; still read until it settled.
     warned = [r.getMessage() for r in events(caplog, "venue.polymarket.trade_unsettled")]
     assert len(warned) == 1 and f"trade_id={trade_id}" in warned[0], warned
     assert "status=MATCHED" in warned[0]
     assert polls == [] and confirmed == [FillOutcome.APPLIED]
+
+
+async def test_fills_when_unsettled_trade_comes_back_with_an_earlier_match_time_then_applied_once(
+    env: Env,
+) -> None:
+    # Arrange: our resting NO bid is taken (a raw trade row, as the exchange answers it);
+    # the pump sees the trade MATCHED and holds it in the cursor at its match second.
+    desk = Desk(env)
+    coid = await desk.place(Side.BUY, "0.48", symbol=NO)
+    digest = await env.redis.hget(desk.keys.clob_orders, coid)
+    start, _ = await desk.pump(None)
+    now = int(time.time())
+    row = _maker_trade(env, digest, taker_asset=TOKENS[NO], maker_asset=TOKENS[NO],
+                       price="0.48", status="MATCHED", match_time=str(now))
+    await env.admin("/admin/answers", {"trades": [row]})
+    cursor, matched = await desk.pump(start)
+    # Act: the exchange now calls it CONFIRMED, with a match time an hour earlier.
+    await env.admin("/admin/answers", {"trades": [
+        {**row, "status": "CONFIRMED", "match_time": str(now - 3600)}]})
+    cursor, confirmed = await desk.pump(cursor)
+    cursor, again = await desk.pump(cursor)
+    # Assert: applied once (before: the read from the cursor's second never saw it again;
+    # the fill was lost and the trade rode in the cursor for ever, said nowhere).
+    assert matched == [] and confirmed == [FillOutcome.APPLIED] and again == []
+    assert TradeCursor.parse(cursor).unsettled == {}
+    assert await desk.position(NO) == QTY and await desk.state(coid) is OrderState.FILLED
+
+
+async def test_fills_when_unsettled_trade_no_longer_listed_then_kept_and_logged_once(
+    env: Env, caplog: pytest.LogCaptureFixture, impatient: PolymarketVenue,
+) -> None:
+    # Arrange: a MATCHED trade of our resting bid, just matched, in the cursor.
+    venue = impatient
+    desk = Desk(env)
+    coid = await desk.place(Side.BUY, "0.48", symbol=NO, venue=venue)
+    digest = await env.redis.hget(desk.keys.clob_orders, coid)
+    row = _maker_trade(env, digest, taker_asset=TOKENS[NO], maker_asset=TOKENS[NO],
+                       price="0.48", status="MATCHED", match_time=str(int(time.time())))
+    await env.admin("/admin/answers", {"trades": [row]})
+    cursor, _ = await desk.pump(None, venue)
+    # Act: the exchange stops listing it; polled past settlement_warn_after.
+    await env.admin("/admin/answers", {"trades": []})
+    for _ in range(5):
+        cursor, outcomes = await desk.pump(cursor, venue)
+        assert outcomes == []
+        await asyncio.sleep(0.5)
+    # Assert: still in the cursor (it may yet settle), and said once (before: never — it
+    # was only ever warned about while the exchange listed it).
+    assert row["id"] in TradeCursor.parse(cursor).unsettled
+    warned = [r.getMessage() for r in events(caplog, "venue.polymarket.trade_unsettled")]
+    assert len(warned) == 1 and f"trade_id={row['id']}" in warned[0], warned
+    assert "status=ABSENT" in warned[0]
 
 
 # -- the simulator --------------------------------------------------------------------------

@@ -293,6 +293,11 @@ MAX_UNSETTLED = 256
 cursor does not move past the next unsettled trade (it is read again later)."""
 
 
+MAX_ASKED_BY_ID = 16
+"""At most this many unsettled trades missing from the range read are asked for by id in
+one ``fills_since`` (the least recently asked first): a bounded cost per call."""
+
+
 MAX_LOGGED_FAILED = 10_000
 """How many FAILED trade ids an instance remembers having logged."""
 
@@ -388,6 +393,8 @@ class PolymarketVenue:
         """Trades logged as unsettled for too long (once each, while they stay so)."""
         self._failed_logged: set[str] = set()
         """FAILED trades logged (once each by this instance)."""
+        self._asked_by_id: dict[str, float] = {}
+        """Unsettled trades last asked for by id (monotonic s): the least recent first."""
         self._url = venue_cfg.url.rstrip("/")
 
     def __repr__(self) -> str:
@@ -734,24 +741,26 @@ class PolymarketVenue:
                              f"{str(e)[:160]})"
                              ) from None
 
-    async def _trades(self, *, market: str = "", after: int = 0
+    async def _trades(self, *, market: str = "", after: int = 0, trade_id: str = ""
                       ) -> list[tuple[TradeLeg, Fill]]:
         """Each of this wallet's trade legs of an instrument, and the fill it is if (and
-        only if) its trade is CONFIRMED (``TradeLeg.settlement``).
+        only if) its trade is CONFIRMED (``TradeLeg.settlement``); with ``trade_id``, only
+        that trade's legs (asked by id, whatever its match time).
 
         Raises ``ValueError`` (or ``KeyError``/``TypeError``/``InvalidOperation``) for a
         trade row that is not a well-formed leg (``trade_legs``): nothing is returned."""
         from py_clob_client.clob_types import TradeParams
 
-        params = TradeParams(maker_address=self.address, market=market or None,
-                             after=after or None)
+        params = TradeParams(id=trade_id or None, maker_address=self.address,
+                             market=market or None, after=after or None)
         try:
             rows = await self._call(self._lib().get_trades, params)
         except Exception as e:
             raise VenueError(f"polymarket venue: trades failed: {_message_of(e)}") from None
         if not isinstance(rows, list):
             raise TypeError("trades: not a list")
-        legs = [leg for t in rows for leg in trade_legs(t, self.address)]
+        legs = [leg for t in rows for leg in trade_legs(t, self.address)
+                if not trade_id or leg.trade_id == trade_id]
         coids = await self._redis.hmget(self._keys.clob_hashes, [leg.order_hash for leg in legs]) \
             if legs else []
         out = []
@@ -776,6 +785,16 @@ class PolymarketVenue:
         start = min([at.top, *at.unsettled.values()])
         try:
             legs = await self._trades(after=start - 1 if start else 0)
+            # An unsettled trade the range did not answer (its match time moved before
+            # the one the cursor holds, or the listing dropped it) is asked for by id: a
+            # range from its recorded second would never see it again, and its fill would
+            # be lost while it held a place in the cursor.
+            listed = {leg.trade_id for leg, _ in legs}
+            missing = [t for t in sorted(at.unsettled, key=lambda t: self._asked_by_id.get(t, 0))
+                       if t not in listed][:MAX_ASKED_BY_ID]
+            for trade_id in missing:
+                self._asked_by_id[trade_id] = time.monotonic()
+                legs += await self._trades(trade_id=trade_id)
         except (KeyError, ValueError, TypeError, InvalidOperation) as e:
             raise VenueError(f"polymarket venue: trades: malformed answer ({type(e).__name__}: "
                              f"{str(e)[:160]})"
@@ -811,7 +830,12 @@ class PolymarketVenue:
                 case TradeSettlement.UNSETTLED:
                     unsettled[trade_id] = first.match_time
                     self._warn_if_stuck(group)
+        listed = {leg.trade_id for leg, _ in legs}
+        for trade_id in unsettled.keys() - listed:
+            self._warn_if_absent(trade_id, unsettled[trade_id])
         self._stuck_logged.difference_update(t for t in at.unsettled if t not in unsettled)
+        for trade_id in self._asked_by_id.keys() - unsettled.keys():
+            del self._asked_by_id[trade_id]
         return FillBatch(fills=tuple(fills.values()),
                          cursor=str(TradeCursor(top, frozenset(at_top), unsettled)))
 
@@ -831,6 +855,18 @@ class PolymarketVenue:
                        client_order_id=fill.client_order_id, symbol=fill.symbol,
                        side=fill.side.value, qty=fill.qty, price=fill.price,
                        action="not a fill: the on-chain settlement failed")
+
+    def _warn_if_absent(self, trade_id: str, match_time: int) -> None:
+        """An unsettled trade the exchange answers neither in the range nor by id: kept
+        in the cursor (it may still settle), said once past ``settlement_warn_after``."""
+        age_s = time.time() - match_time
+        if age_s * 1000 < self._cfg.settlement_warn_after or trade_id in self._stuck_logged:
+            return
+        self._stuck_logged.add(trade_id)
+        logs.event(log, "venue.polymarket.trade_unsettled", logging.WARNING,
+                   trade_id=trade_id, status="ABSENT", age_s=int(age_s),
+                   action="the exchange no longer lists it; kept in the fills cursor and "
+                          "asked for by id until it settles")
 
     def _warn_if_stuck(self, group: Sequence[tuple[TradeLeg, Fill]]) -> None:
         leg, fill = group[0]
