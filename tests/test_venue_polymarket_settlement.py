@@ -328,8 +328,9 @@ def test_cursor_when_written_then_read_back_the_same() -> None:
 
 
 async def test_fills_when_more_trades_unsettled_than_cursor_holds_then_none_lost(
-    env: Env, monkeypatch: pytest.MonkeyPatch,
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.venue.polymarket")
     # Arrange: the cursor holds two unsettled trades; three match while held.
     monkeypatch.setattr(polymarket, "MAX_UNSETTLED", 2)
     desk = Desk(env)
@@ -338,12 +339,16 @@ async def test_fills_when_more_trades_unsettled_than_cursor_holds_then_none_lost
     held = await settlement(env)
     # Act
     cursor, first = await desk.pump(start)
+    cursor, _ = await desk.pump(cursor)
     at = TradeCursor.parse(cursor)
     await settlement(env, trades={t: "CONFIRMED" for t in held})
     cursor, second = await desk.pump(cursor)
     cursor, third = await desk.pump(cursor)
-    # Assert: bounded, and the third trade — not in the cursor — is read again.
+    # Assert: bounded, and the third trade — not in the cursor — is read again; the
+    # stall is said once while it lasts (before: nothing said the fills were held back).
     assert first == [] and len(at.unsettled) == 2
+    [full] = [r.getMessage() for r in events(caplog, "venue.polymarket.cursor_full")]
+    assert "unsettled=2" in full
     assert second == [FillOutcome.APPLIED] * 3 and third == []
     assert await desk.position() == 3 * QTY
     assert {await desk.state(c) for c in coids} == {OrderState.FILLED}

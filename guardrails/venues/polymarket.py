@@ -393,6 +393,8 @@ class PolymarketVenue:
         """Trades logged as unsettled for too long (once each, while they stay so)."""
         self._failed_logged: set[str] = set()
         """FAILED trades logged (once each by this instance)."""
+        self._full_logged = False
+        """Whether the last ``fills_since`` stopped at a full cursor (said once a spell)."""
         self._asked_by_id: dict[str, float] = {}
         """Unsettled trades last asked for by id (monotonic s): the least recent first."""
         self._url = venue_cfg.url.rstrip("/")
@@ -834,6 +836,12 @@ class PolymarketVenue:
         for trade_id in unsettled.keys() - listed:
             self._warn_if_absent(trade_id, unsettled[trade_id])
         self._stuck_logged.difference_update(t for t in at.unsettled if t not in unsettled)
+        if full and not self._full_logged:
+            logs.event(log, "venue.polymarket.cursor_full", logging.WARNING,
+                       unsettled=len(unsettled), top=top,
+                       action="the fills cursor holds no more unsettled trades: later "
+                              "trades (and their fills) are read once some of these settle")
+        self._full_logged = full
         for trade_id in self._asked_by_id.keys() - unsettled.keys():
             del self._asked_by_id[trade_id]
         return FillBatch(fills=tuple(fills.values()),
