@@ -247,7 +247,7 @@ def _warn_if_password_in_argv(argv: Sequence[str]) -> None:
     redacted.register_argv(argv)
     # A URL that will be refused anyway gets its one-line error instead (the process stops
     # before using it); the warning is for a password that is about to be used from argv.
-    usable = all(redis_url_problem(a) is None for a in argv if "://" in a)
+    usable = all(redis_url_problem(url) is None for url in redacted.argv_urls(argv))
     if found and usable:
         logs.event(
             logging.getLogger("guardrails.secrets"), "secrets.password_in_argv", logging.WARNING,

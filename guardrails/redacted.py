@@ -232,23 +232,22 @@ def has_credentials(url: str) -> bool:
     return bool(url_secrets(url))
 
 
+def argv_urls(argv: Iterable[str]) -> list[str]:
+    """The URL of each argument that holds one, from its scheme to the argument's end
+    (``--redis-url=redis://…`` gives ``redis://…``)."""
+    return [arg[m.start():] for arg in argv if (m := _SCHEME.search(arg))]
+
+
 def argv_urls_with_credentials(argv: Iterable[str]) -> list[str]:
     """The masked form of every URL in ``argv`` that carries a credential."""
-    found: list[str] = []
-    for arg in argv:
-        m = _SCHEME.search(arg)
-        if m and has_credentials(arg[m.start():]):
-            found.append(mask_url(arg[m.start():]))
-    return found
+    return [mask_url(url) for url in argv_urls(argv) if has_credentials(url)]
 
 
 def register_argv(argv: Iterable[str]) -> None:
     """``register`` every credential of every URL in ``argv``."""
-    for arg in argv:
-        m = _SCHEME.search(arg)
-        if m:
-            for secret in url_secrets(arg[m.start():]):
-                register(secret)
+    for url in argv_urls(argv):
+        for secret in url_secrets(url):
+            register(secret)
 
 
 CHILD_ENV_NAMES = frozenset({

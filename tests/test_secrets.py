@@ -672,6 +672,22 @@ def test_webhook_channel_when_shown_then_url_token_hidden_and_registered() -> No
     assert token not in redacted.mask_text(f"POST https://hooks.example/services/T0/{token}: 500")
 
 
+def test_cli_when_password_in_argv_url_in_equals_form_then_warned(
+    redis_server: RedisServer,
+) -> None:
+    # Arrange
+    _acl_user(redis_server)
+    url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
+    # Act: the same URL as one argument with its flag (--redis-url=URL), and as two.
+    joined = run_cli("status", f"--redis-url={url}", "--account", "paper:sec")
+    split = run_cli("status", "--redis-url", url, "--account", "paper:sec")
+    # Assert: both used it and both warned (before: the joined form was checked as a
+    # whole, "--redis-url=redis://..." is no Redis URL, so it was never warned about)
+    for done in (joined, split):
+        assert done.returncode == 1, done.stderr
+        assert "secrets.password_in_argv" in done.stderr and PASSWORD not in done.stderr
+
+
 # -- --redis-url-file: a URL with a password, kept out of argv ----------------------------
 
 
