@@ -162,7 +162,8 @@ class Guard:
         self._mismatch_logged: tuple[str, float] = ("", 0.0)
         self._claim: identity.Claim | None = None
         self._claim_due = asyncio.Event()
-        """Set on becoming active: ``_keep_claim`` moves to the active period at once."""
+        """Set on becoming active: ``_keep_claim`` moves to the active period at once (the
+        takeover's own check is ``_claim_holds``)."""
         self._refusal: GuardError | None = None
         """Why the running guard stopped itself (its claim taken by another account id):
         raised by ``__aexit__``."""
@@ -445,15 +446,17 @@ class Guard:
 
     async def _keep_claim(self, registry: Registry) -> None:
         """Hold the venue's claim while the guard runs (``identity.reclaim``): at the
-        registry heartbeat period of the role (a standby's slow one), and again on becoming
-        active (``_claim_holds`` checked it before the term opened). Another account id owning it
-        stops the guard — the term ends, the lease is released — and ``__aexit__`` raises
-        why (``guardrails run`` exits 2)."""
+        registry heartbeat period of the role (a standby's slow one; at takeover
+        ``_claim_holds`` checks it before the term opens, and this loop moves to the active
+        period). Another account id owning it stops the guard — the term ends, the lease
+        is released — and ``__aexit__`` raises why (``guardrails run`` exits 2)."""
         if self._claim is None:
             return
         while True:
             await services.wait(self._claim_due, registry.interval_ms(self._role) / 1000)
-            self._claim_due.clear()
+            if self._claim_due.is_set():
+                self._claim_due.clear()  # became active: just checked; wait the new period
+                continue
             try:
                 await identity.reclaim(self.redis, self._claim, str(self.cfg.account_id))
             except identity.ClaimConflict as e:
