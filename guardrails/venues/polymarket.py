@@ -864,28 +864,33 @@ class PolymarketVenue:
                        side=fill.side.value, qty=fill.qty, price=fill.price,
                        action="not a fill: the on-chain settlement failed")
 
+    def _stuck_age_s(self, trade_id: str, match_time: int) -> int | None:
+        """The age (s) of an unsettled trade due its one ``trade_unsettled`` line: past
+        ``settlement_warn_after`` and not said yet in this process (None otherwise)."""
+        age_s = time.time() - match_time
+        if age_s * 1000 < self._cfg.settlement_warn_after or trade_id in self._stuck_logged:
+            return None
+        self._stuck_logged.add(trade_id)
+        return int(age_s)
+
     def _warn_if_absent(self, trade_id: str, match_time: int) -> None:
         """An unsettled trade the exchange answers neither in the range nor by id: kept
         in the cursor (it may still settle), said once past ``settlement_warn_after``."""
-        age_s = time.time() - match_time
-        if age_s * 1000 < self._cfg.settlement_warn_after or trade_id in self._stuck_logged:
-            return
-        self._stuck_logged.add(trade_id)
-        logs.event(log, "venue.polymarket.trade_unsettled", logging.WARNING,
-                   trade_id=trade_id, status="ABSENT", age_s=int(age_s),
-                   action="the exchange no longer lists it; kept in the fills cursor and "
-                          "asked for by id until it settles")
+        age_s = self._stuck_age_s(trade_id, match_time)
+        if age_s is not None:
+            logs.event(log, "venue.polymarket.trade_unsettled", logging.WARNING,
+                       trade_id=trade_id, status="ABSENT", age_s=age_s,
+                       action="the exchange no longer lists it; kept in the fills cursor and "
+                              "asked for by id until it settles")
 
     def _warn_if_stuck(self, group: Sequence[tuple[TradeLeg, Fill]]) -> None:
         leg, fill = group[0]
-        age_s = time.time() - leg.match_time
-        if age_s * 1000 < self._cfg.settlement_warn_after or leg.trade_id in self._stuck_logged:
-            return
-        self._stuck_logged.add(leg.trade_id)
-        logs.event(log, "venue.polymarket.trade_unsettled", logging.WARNING,
-                   trade_id=leg.trade_id, status=leg.status, order=leg.order_hash,
-                   client_order_id=fill.client_order_id, age_s=int(age_s),
-                   action="not a fill yet; read again until CONFIRMED or FAILED")
+        age_s = self._stuck_age_s(leg.trade_id, leg.match_time)
+        if age_s is not None:
+            logs.event(log, "venue.polymarket.trade_unsettled", logging.WARNING,
+                       trade_id=leg.trade_id, status=leg.status, order=leg.order_hash,
+                       client_order_id=fill.client_order_id, age_s=age_s,
+                       action="not a fill yet; read again until CONFIRMED or FAILED")
 
     async def marks(self, symbols: Sequence[str]) -> dict[str, Decimal]:
         from py_clob_client.clob_types import BookParams
